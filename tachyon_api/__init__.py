@@ -1,0 +1,35 @@
+"""tachyon_api: a fast ASGI framework with FastAPI-style decorators and background tasks that run after the
+response, reliably, observably, in-process or on Redis + RQ."""
+
+from msgspec import Struct
+
+from .applications import Tachyon
+from .background import BackgroundTask, BackgroundTasks
+from .datastructures import UploadFile
+from .dependencies import Depends, injectable
+from .exceptions import HTTPException
+from .params import Body, Cookie, File, Form, Header, Path, Query
+from .requests import Request
+from .routing import Router
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tachyon",
+    "Struct",
+    "Query",
+    "Body",
+    "Path",
+    "Header",
+    "Cookie",
+    "Form",
+    "File",
+    "UploadFile",
+    "injectable",
+    "Depends",
+    "HTTPException",
+    "Router",
+    "Request",
+    "BackgroundTasks",
+    "BackgroundTask",
+]

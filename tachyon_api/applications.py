@@ -1,0 +1,325 @@
+"""The ``Tachyon`` application: the ASGI entry point, route registration, middleware, errors and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+from typing import Any, AsyncContextManager, Callable, Sequence, TypeVar
+
+from .background import BackgroundRunner, ErrorHook
+from .compiler import Dependency, PathNotFound, compile_dependency
+from .concurrency import ThreadPool
+from .datastructures import State
+from .dependencies import Depends
+from .exceptions import HTTPException, RequestError, ResponseValidationError
+from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
+from .responses import JSONResponse, Response, is_foreign_response
+from .routing import PathTree, Route, RouteDecorators, Router, build_handler, prefixed_route
+
+__all__ = ["Tachyon"]
+
+logger = logging.getLogger("tachyon_api.errors")
+lifespan_logger = logging.getLogger("tachyon_api.lifespan")
+
+F = TypeVar("F", bound=Callable[..., Any])
+ExceptionHandler = Callable[[Request, Exception], Any]
+Lifespan = Callable[["Tachyon"], AsyncContextManager[Any]]
+
+_INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
+_RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"}
+
+
+def _http_exception(request: Request, exc: HTTPException) -> Response:
+    return JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+
+
+def _request_error(request: Request, exc: RequestError) -> Response:
+    return JSONResponse(exc.body(), exc.status_code)
+
+
+def _path_not_found(request: Request, exc: PathNotFound) -> Response:
+    return JSONResponse({"detail": "Not Found"}, 404)
+
+
+def _response_invalid(request: Request, exc: ResponseValidationError) -> Response:
+    logger.error("Response validation failed for %s %s", request.method, request.scope["path"], exc_info=exc)
+    return JSONResponse(_RESPONSE_INVALID, 500)
+
+
+class Tachyon(RouteDecorators):
+    """An ASGI 3 application.
+
+    ``max_body_size`` bounds every request body (JSON, forms and uploads) and is enforced while reading.
+    ``thread_pool_size`` bounds the threads of sync endpoints and dependencies. The ``background_*`` options
+    and ``shutdown_timeout`` configure the task runner, ``app.background`` (see ``background.py``).
+    """
+
+    def __init__(
+        self,
+        *,
+        lifespan: Lifespan | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        dependencies: Sequence[Depends] | None = None,
+        thread_pool_size: int = 40,
+        background_concurrency: int = 64,
+        background_queue: int = 10_000,
+        background_overflow: str = "wait",
+        background_threads: int = 8,
+        shutdown_timeout: float = 25.0,
+    ) -> None:
+        self.state = State()
+        self.max_body_size = max_body_size
+        self.dependency_overrides: dict[Any, Any] = {}
+        self.singletons: dict[Any, Any] = {}
+        self.dependencies = list(dependencies or ())
+        self.endpoint_pool = ThreadPool(thread_pool_size, "tachyon-endpoint")
+        self.background = BackgroundRunner(
+            concurrency=background_concurrency,
+            queue_size=background_queue,
+            overflow=background_overflow,
+            threads=background_threads,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self._lifespan = lifespan
+        self._lifespan_context: AsyncContextManager[Any] | None = None
+        self._on_startup: list[Callable[[], Any]] = []
+        self._on_shutdown: list[Callable[[], Any]] = []
+        self._routes: list[Route] = []
+        self._tree = PathTree()
+        self._middleware: list[tuple[type, dict[str, Any]]] = []
+        self._stack: Callable[..., Any] | None = None
+        self._overrides: dict[Any, Dependency] = {}
+        self._exception_handlers: dict[Any, ExceptionHandler] = {
+            HTTPException: _http_exception,
+            RequestError: _request_error,
+            PathNotFound: _path_not_found,
+            ResponseValidationError: _response_invalid,
+        }
+
+    # --- ASGI ------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        scope["app"] = self
+        if self._stack is None:
+            self._stack = self._build_stack()
+        await self._stack(scope, receive, send)
+
+    def _build_stack(self) -> Callable[..., Any]:
+        app: Callable[..., Any] = self._dispatch
+        for cls, options in self._middleware:  # the last added ends up outermost, as in Starlette
+            app = cls(app, **options)
+        return app
+
+    async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            route, values, allowed = self._tree.lookup(scope["method"], scope["path"])
+            if route is not None:
+                await route.handler(scope, receive, send, values)  # type: ignore[misc]
+            elif allowed:
+                exc = HTTPException(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
+                await self.send_error(scope, receive, send, exc)
+            else:
+                await self.send_error(scope, receive, send, HTTPException(404, "Not Found"))
+        elif kind == "lifespan":
+            await self._run_lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000, "reason": "WebSockets are not served here"})
+
+    # --- routes ----------------------------------------------------------------------------------------
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
+        """Register ``endpoint``; its signature is compiled now, so a bad parameter fails here."""
+        route = Route(path, endpoint, methods, **kwargs)
+        if self.dependencies:
+            route.dependencies[:0] = self.dependencies
+        self._add(route)
+        return route
+
+    def _add(self, route: Route) -> None:
+        route.handler = build_handler(route, self)
+        self._tree.insert(route)
+        self._routes.append(route)
+
+    def include_router(
+        self,
+        router: Router,
+        *,
+        prefix: str = "",
+        tags: Sequence[str] = (),
+        dependencies: Sequence[Depends] = (),
+    ) -> None:
+        """Add the router's routes as they are now (routes added to it later are not seen)."""
+        if not isinstance(router, Router):
+            raise TypeError("Expected Router instance")
+        for route in router.routes:
+            route = prefixed_route(router, route, prefix, tags, [*self.dependencies, *dependencies])
+            self._add(route)
+
+    @property
+    def routes(self) -> list[dict[str, Any]]:
+        """One dict per path and method: ``{"path", "method", "func", "name", ...}`` (as the existing framework)."""
+        return [
+            {"path": r.path, "method": m, "func": r.endpoint, "name": r.name, "status_code": r.status_code,
+             "response_model": r.response_model, "tags": r.tags, **r.options}
+            for r in self._routes
+            for m in r.methods
+        ]
+
+    # --- dependencies ----------------------------------------------------------------------------------
+    def override_dependency(self, override: Callable[..., Any]) -> Dependency:
+        """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use)."""
+        compiled = self._overrides.get(override)
+        if compiled is None:
+            compiled = self._overrides[override] = compile_dependency(override, frozenset(), use_cache=False)
+        return compiled
+
+    # --- middleware ------------------------------------------------------------------------------------
+    def add_middleware(self, middleware_class: type, **options: Any) -> None:
+        """Wrap the app in a standard ASGI middleware (``cls(app, **options)``); the last added runs first."""
+        self._middleware.append((middleware_class, options))
+        self._stack = None
+
+    # --- errors ----------------------------------------------------------------------------------------
+    def exception_handler(self, exc_class_or_status: type[BaseException] | int) -> Callable[[F], F]:
+        """Register ``handler(request, exc)`` (sync or async) for an exception class or an HTTP status code.
+
+        The most specific class in the exception's MRO wins, whatever the registration order.
+        """
+
+        def decorator(func: F) -> F:
+            self.add_exception_handler(exc_class_or_status, func)
+            return func
+
+        return decorator
+
+    def add_exception_handler(self, exc_class_or_status: type[BaseException] | int, handler: ExceptionHandler) -> None:
+        self._exception_handlers[exc_class_or_status] = handler
+
+    def _handler_for(self, exc: BaseException) -> ExceptionHandler | None:
+        handlers = self._exception_handlers
+        if isinstance(exc, HTTPException) and exc.status_code in handlers:
+            return handlers[exc.status_code]
+        for cls in type(exc).__mro__:
+            if cls in handlers:
+                return handlers[cls]
+        starlette = sys.modules.get("starlette.exceptions")
+        if starlette is not None and isinstance(exc, starlette.HTTPException):
+            return _http_exception  # type: ignore[return-value]
+        return None
+
+    async def handle_exception(self, request: Request, exc: Exception) -> Any:
+        """The one place an exception becomes a response. Unexpected ones are logged with their traceback."""
+        handler = self._handler_for(exc)
+        if handler is None or handler in (self._exception_handlers.get(Exception),):
+            logger.error("Unhandled error in %s %s", request.method, request.scope["path"], exc_info=exc)
+        if handler is None:
+            return JSONResponse(_INTERNAL_ERROR, 500)
+        try:
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, exc)
+            else:
+                response = await self.endpoint_pool.run(handler, request, exc)
+            if isinstance(response, Response) or is_foreign_response(response):
+                return response
+            raise TypeError(f"Exception handler {handler!r} returned {type(response).__name__}, not a Response")
+        except Exception as error:
+            logger.error("Exception handler failed while handling %r", exc, exc_info=error)
+            return JSONResponse(_INTERNAL_ERROR, 500)
+
+    async def send_error(self, scope: dict, receive: Any, send: Any, exc: Exception) -> None:
+        if isinstance(exc, ClientDisconnect):
+            return
+        response = await self.handle_exception(Request(scope, receive), exc)
+        if isinstance(response, Response):
+            await response.send(scope, send)
+        else:
+            response.background = None
+            await response(scope, receive, send)
+
+    # --- background tasks ------------------------------------------------------------------------------
+    def on_task_error(self, hook: ErrorHook) -> ErrorHook:
+        """Register ``hook(failure)`` (sync or async), called for every background task that finally fails."""
+        return self.background.on_error(hook)
+
+    # --- lifespan --------------------------------------------------------------------------------------
+    def on_event(self, event_type: str) -> Callable[[F], F]:
+        """Register a sync or async ``startup`` or ``shutdown`` handler."""
+
+        def decorator(func: F) -> F:
+            self.add_event_handler(event_type, func)
+            return func
+
+        return decorator
+
+    def add_event_handler(self, event_type: str, func: Callable[[], Any]) -> None:
+        if event_type == "startup":
+            self._on_startup.append(func)
+        elif event_type == "shutdown":
+            self._on_shutdown.append(func)
+        else:
+            raise ValueError(f"Invalid event type: {event_type}. Use 'startup' or 'shutdown'.")
+
+    async def _call_hook(self, func: Callable[[], Any]) -> None:
+        result = func() if inspect.iscoroutinefunction(func) else await self.endpoint_pool.run(func)
+        if inspect.isawaitable(result):
+            await result
+
+    async def startup(self) -> None:
+        """Startup handlers in order, then the ``lifespan`` context; then background tasks detach from requests."""
+        for func in self._on_startup:
+            await self._call_hook(func)
+        if self._lifespan is not None:
+            context = self._lifespan(self)
+            if inspect.isasyncgen(context):
+                context = contextlib.asynccontextmanager(lambda: context)()
+            value = await context.__aenter__()
+            self._lifespan_context = context
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    setattr(self.state, key, item)
+        self.background.start()
+
+    async def shutdown(self) -> None:
+        """Drain background tasks (up to ``shutdown_timeout``), exit the lifespan, then shutdown handlers.
+
+        Tasks drain first because they may use what the lifespan set up. Every shutdown handler runs even if
+        the lifespan exit or another handler fails; the first failure is re-raised at the end.
+        """
+        errors: list[BaseException] = []
+        try:
+            await self.background.shutdown()
+        except Exception as exc:
+            errors.append(exc)
+        if self._lifespan_context is not None:
+            context, self._lifespan_context = self._lifespan_context, None
+            try:
+                await context.__aexit__(None, None, None)
+            except Exception as exc:
+                lifespan_logger.error("The lifespan failed on exit", exc_info=exc)
+                errors.append(exc)
+        for func in self._on_shutdown:
+            try:
+                await self._call_hook(func)
+            except Exception as exc:
+                lifespan_logger.error("Shutdown handler %s failed", getattr(func, "__name__", func), exc_info=exc)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    async def _run_lifespan(self, receive: Any, send: Any) -> None:
+        await receive()
+        try:
+            await self.startup()
+        except BaseException as exc:
+            lifespan_logger.error("Application startup failed", exc_info=exc)
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        try:
+            await self.shutdown()
+        except BaseException as exc:
+            await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,534 @@
+"""Background tasks: the per-request list (:class:`BackgroundTasks`) and the app's runner that owns every task.
+
+The life of a task, all of it in this module:
+
+1. ``add_task(func, *args, **kwargs)`` checks the call at once, inside the request: a coroutine object, a
+   non-callable or arguments that do not bind to ``func``'s signature raise ``TypeError`` there, where the
+   mistake is, rather than later in a log.
+2. After the last byte of the response has been handed to the server, the framework gives the request's
+   tasks (those of a returned ``Response(background=...)`` first, then the injected ones) to
+   :meth:`BackgroundRunner.submit` as one *batch*, together with a copy of the request's context variables.
+3. The runner starts the batch as an asyncio task it keeps referenced, unless ``concurrency`` batches are
+   already running; then the batch waits in a bounded queue. When the queue is full, the ``overflow`` policy
+   applies: ``"wait"`` (default) holds the request's ASGI call until there is room, so memory stays bounded;
+   ``"drop"`` logs and counts the lost tasks.
+4. A batch runs its tasks one after another, in order. Async tasks run on the loop; sync tasks in the
+   runner's own bounded thread pool (never the endpoints' pool, never the loop). A failure is retried if the
+   task asked for it, else logged at ERROR with its traceback on the ``tachyon_api.background`` logger and
+   passed to the error hooks; the next task runs regardless.
+5. At shutdown the runner stops taking tasks, lets running and queued ones finish until ``shutdown_timeout``,
+   then cancels the rest and logs every lost task by name.
+
+Without a lifespan (a bare ASGI call, as ``httpx.ASGITransport`` makes it) there is nobody to own a detached
+task, so the request's own ASGI call runs its batch after sending the response: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import random
+import time
+import weakref
+from collections import deque
+from typing import Any, Awaitable, Callable, Iterator, Sequence
+
+import msgspec
+
+from .concurrency import ThreadPool
+
+__all__ = ["BackgroundTask", "BackgroundTasks", "BackgroundRunner", "TaskFailure", "TaskStats"]
+
+logger = logging.getLogger("tachyon_api.background")
+
+_signatures: "weakref.WeakKeyDictionary[Callable[..., Any], inspect.Signature | None]" = weakref.WeakKeyDictionary()
+
+
+def _signature(func: Any) -> inspect.Signature | None:
+    """The signature add_task binds against, computed once per plain function (None: not introspectable)."""
+    target = func.__func__ if inspect.ismethod(func) else func
+    try:
+        sig = _signatures[target]
+    except (KeyError, TypeError):
+        try:
+            sig = inspect.signature(target)
+        except (TypeError, ValueError):
+            sig = None
+        try:
+            _signatures[target] = sig
+        except TypeError:  # not weak-referenceable: do not cache
+            pass
+    return sig
+
+
+def _is_async(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(type(func), "__call__", None)
+    return not inspect.isroutine(func) and not isinstance(func, type) and inspect.iscoroutinefunction(call)
+
+
+def _name(func: Any) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(type(func), "__qualname__", None)
+    return name or repr(func)
+
+
+class BackgroundTask:
+    """One call to make after the response: ``func(*args, **kwargs)``, with its options.
+
+    Options are set with :meth:`with_options`, never through ``**kwargs``, so they cannot collide with the
+    task's own keyword arguments.
+    """
+
+    __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay")
+
+    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if inspect.iscoroutine(func) or inspect.isawaitable(func):
+            raise TypeError(
+                "add_task() needs the function itself, not a coroutine object: write "
+                "add_task(send_email, to, subject), not add_task(send_email(to, subject))"
+            )
+        if not callable(func):
+            raise TypeError(f"add_task() needs a callable (function, method or object), got {type(func).__name__}")
+        sig = _signature(func)
+        if sig is not None:
+            try:
+                if inspect.ismethod(func):
+                    sig.bind(func.__self__, *args, **kwargs)
+                else:
+                    sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"add_task({_name(func)}, ...): the arguments do not match its signature: {exc}") from None
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.is_async = _is_async(func)
+        self.name = _name(func)
+        self.timeout: float | None = None
+        self.retries = 0
+        self.retry_delay = 0.5
+
+    def with_options(
+        self,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> "BackgroundTask":
+        """Set per-task options and return the task, so they chain onto ``add_task(...)``.
+
+        ``timeout`` (seconds): an async task is cancelled when it passes it; a sync task cannot be stopped, so
+        it is reported as overrun (logged, counted in ``timed_out``) and awaited. ``retries``: how many more
+        attempts a failing task gets, after ``retry_delay * 2**n`` seconds with jitter. ``name``: used in logs,
+        error hooks and stats instead of the function's qualified name.
+        """
+        if name is not None:
+            self.name = name
+        if timeout is not None:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
+            self.timeout = timeout
+        if retries is not None:
+            if retries < 0:
+                raise ValueError("retries cannot be negative")
+            self.retries = retries
+        if retry_delay is not None:
+            if retry_delay < 0:
+                raise ValueError("retry_delay cannot be negative")
+            self.retry_delay = retry_delay
+        return self
+
+    async def __call__(self) -> None:
+        """Run the task once, now, in the caller's context (Starlette compatibility)."""
+        await _standalone_runner().run_batch([self], "", "")
+
+    def __repr__(self) -> str:
+        return f"<BackgroundTask {self.name}>"
+
+
+class BackgroundTasks:
+    """The tasks one request collects. Inject it by annotating a parameter ``BackgroundTasks``.
+
+    One instance is shared by the endpoint and all its dependencies. It is always truthy, so the seed's
+    ``if background_tasks: background_tasks.add_task(...)`` adds the task whenever the object was injected.
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self, tasks: Sequence[BackgroundTask] | None = None) -> None:
+        self._tasks: list[BackgroundTask] = list(tasks or ())
+
+    def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
+        """Queue ``func(*args, **kwargs)`` to run after the response; returns the task for ``with_options``."""
+        task = BackgroundTask(func, *args, **kwargs)
+        self._tasks.append(task)
+        return task
+
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        return tuple(self._tasks)
+
+    def __iter__(self) -> Iterator[BackgroundTask]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __bool__(self) -> bool:
+        return True
+
+    async def run_tasks(self) -> None:
+        """Run every task now, in order, each isolated from the others' failures."""
+        await _standalone_runner().run_batch(self._tasks, "", "")
+
+    __call__ = run_tasks
+
+    def __repr__(self) -> str:
+        return f"<BackgroundTasks {[t.name for t in self._tasks]}>"
+
+
+def collect(*sources: BackgroundTask | BackgroundTasks | None) -> list[BackgroundTask]:
+    """Flatten response and injected tasks, in that order, into one batch."""
+    batch: list[BackgroundTask] = []
+    for source in sources:
+        if source is None:
+            continue
+        if isinstance(source, BackgroundTasks):
+            batch.extend(source._tasks)
+        elif isinstance(source, BackgroundTask):
+            batch.append(source)
+        elif callable(source):  # another framework's task object (e.g. Starlette's): run it as is
+            batch.append(BackgroundTask(source))
+        else:
+            raise TypeError(f"background= takes a BackgroundTask or BackgroundTasks, got {type(source).__name__}")
+    return batch
+
+
+class TaskFailure(msgspec.Struct, frozen=True):
+    """What an error hook receives: the task, its final exception, and the request that added it."""
+
+    task: Any
+    exception: BaseException
+    attempts: int
+    method: str
+    path: str
+
+
+class TaskStats(msgspec.Struct, frozen=True):
+    """A snapshot of the runner's counters (``scheduled`` and the outcomes count tasks, not batches)."""
+
+    scheduled: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    retried: int
+    timed_out: int
+    dropped: int
+    duration_count: int
+    duration_total: float
+    duration_max: float
+
+    @property
+    def duration_mean(self) -> float:
+        return self.duration_total / self.duration_count if self.duration_count else 0.0
+
+
+class _Batch:
+    __slots__ = ("tasks", "method", "path", "context", "index")
+
+    def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
+        self.tasks = tasks
+        self.method = method
+        self.path = path
+        self.context = context
+        self.index = 0
+
+
+ErrorHook = Callable[[TaskFailure], Awaitable[None] | None]
+
+
+class BackgroundRunner:
+    """Owns the app's background tasks: queue, limits, threads, retries, errors, stats and shutdown."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 64,
+        queue_size: int = 10_000,
+        overflow: str = "wait",
+        threads: int = 8,
+        shutdown_timeout: float = 25.0,
+    ) -> None:
+        if overflow not in ("wait", "drop"):
+            raise ValueError("overflow must be 'wait' or 'drop'")
+        if concurrency < 1 or queue_size < 0:
+            raise ValueError("concurrency must be at least 1 and queue_size not negative")
+        self.concurrency = concurrency
+        self.queue_size = queue_size
+        self.overflow = overflow
+        self.shutdown_timeout = shutdown_timeout
+        self.pool = ThreadPool(threads, "tachyon-task")
+        self.hooks: list[ErrorHook] = []
+        self.started = False
+        self._closed = False
+        self._cancelling = False
+        self._active: set[asyncio.Task] = set()
+        self._pending: deque[_Batch] = deque()
+        self._room_waiters: deque[asyncio.Future] = deque()
+        self._idle_waiters: list[asyncio.Future] = []
+        self._inline = 0
+        self._scheduled = self._queued = self._running = 0
+        self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
+        self._duration_count = 0
+        self._duration_total = self._duration_max = 0.0
+
+    # --- public ----------------------------------------------------------------------------------------
+    def on_error(self, hook: ErrorHook) -> ErrorHook:
+        """Register ``hook(failure: TaskFailure)`` (sync or async), called for every task that finally fails."""
+        self.hooks.append(hook)
+        return hook
+
+    def stats(self) -> TaskStats:
+        return TaskStats(
+            scheduled=self._scheduled,
+            queued=self._queued,
+            running=self._running,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            retried=self._retried,
+            timed_out=self._timed_out,
+            dropped=self._dropped,
+            duration_count=self._duration_count,
+            duration_total=self._duration_total,
+            duration_max=self._duration_max,
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not self._active and not self._pending and not self._inline
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until no task is running or queued; False if ``timeout`` passed first."""
+        if self.idle:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def start(self) -> None:
+        """Detach batches from requests from now on (called at lifespan startup)."""
+        self.started = True
+        self._closed = False
+        self._cancelling = False
+
+    async def submit(self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False) -> None:
+        """Hand one request's tasks over, after its response was sent. See the module docstring."""
+        count = len(tasks)
+        self._scheduled += count
+        if self._closed:
+            self._drop(tasks, method, path, "the app is shutting down")
+            return
+        batch = _Batch(tasks, method, path, contextvars.copy_context())
+        if wait or not self.started:
+            await self.run_batch(tasks, method, path, batch)
+            return
+        if len(self._active) < self.concurrency:
+            self._launch(batch)
+            return
+        while len(self._pending) >= self.queue_size:
+            if self.overflow == "drop":
+                self._drop(tasks, method, path, "the background queue is full")
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            await waiter
+            if self._closed:
+                self._drop(tasks, method, path, "the app is shutting down")
+                return
+        self._pending.append(batch)
+        self._queued += count
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
+        self._closed = True
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._room_waiters.clear()
+        deadline = self.shutdown_timeout if timeout is None else timeout
+        if not await self.join(deadline):
+            logger.error(
+                "Shutdown deadline of %.1fs passed with %d background task(s) running and %d queued; cancelling",
+                deadline,
+                self._running,
+                self._queued,
+            )
+            while self._pending:
+                batch = self._pending.popleft()
+                self._queued -= len(batch.tasks)
+                self._drop(batch.tasks, batch.method, batch.path, "not started before the shutdown deadline")
+            self._cancelling = True
+            active = list(self._active)
+            for task in active:
+                task.cancel()
+            await asyncio.gather(*active, return_exceptions=True)
+        self.started = False
+
+    async def run_batch(
+        self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None
+    ) -> None:
+        """Run tasks in order in the current asyncio task (the inline path, and ``BackgroundTasks.run_tasks``)."""
+        batch = batch or _Batch(tasks, method, path, contextvars.copy_context())
+        self._inline += 1
+        try:
+            await self._run(batch)
+        finally:
+            self._inline -= 1
+            self._check_idle()
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _launch(self, batch: _Batch) -> None:
+        task = batch.context.run(asyncio.ensure_future, self._run(batch))
+        self._active.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._active.discard(task)
+        while self._pending and len(self._active) < self.concurrency:
+            batch = self._pending.popleft()
+            self._queued -= len(batch.tasks)
+            self._launch(batch)
+            while self._room_waiters:
+                waiter = self._room_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.idle and self._idle_waiters:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    def _drop(self, tasks: list[BackgroundTask], method: str, path: str, reason: str) -> None:
+        self._dropped += len(tasks)
+        for task in tasks:
+            logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+
+    async def _run(self, batch: _Batch) -> None:
+        try:
+            for index, task in enumerate(batch.tasks):
+                batch.index = index
+                await self._run_task(task, batch)
+        except asyncio.CancelledError:
+            if self._cancelling:
+                self._drop(batch.tasks[batch.index :], batch.method, batch.path, "cancelled at the shutdown deadline")
+            raise
+
+    async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            self._running += 1
+            started = time.perf_counter()
+            try:
+                await self._execute(task)
+            except asyncio.CancelledError:
+                if self._cancelling:
+                    raise
+                exc: BaseException = asyncio.CancelledError(f"{task.name} was cancelled")
+            except BaseException as error:  # noqa: BLE001 - a task must never take the runner down
+                exc = error
+            else:
+                self._record(started)
+                self._succeeded += 1
+                return
+            finally:
+                self._running -= 1
+            self._record(started)
+            if attempt <= task.retries:
+                self._retried += 1
+                delay = task.retry_delay * 2 ** (attempt - 1)
+                delay = random.uniform(delay / 2, delay)
+                logger.warning(
+                    "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
+                    task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._failed += 1
+            logger.error(
+                "Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=exc
+            )
+            await self._notify(TaskFailure(task, exc, attempt, batch.method, batch.path))
+            return
+
+    async def _execute(self, task: BackgroundTask) -> None:
+        if task.is_async:
+            call = task.func(*task.args, **task.kwargs)
+            if task.timeout is None:
+                await call
+                return
+            try:
+                await asyncio.wait_for(call, task.timeout)
+            except asyncio.TimeoutError:
+                self._timed_out += 1
+                raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
+            return
+        future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
+        if task.timeout is not None:
+            done, _ = await asyncio.wait({future}, timeout=task.timeout)
+            if not done:
+                self._timed_out += 1
+                logger.warning(
+                    "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
+                    task.name, task.timeout,
+                )
+        result = await future
+        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            await result
+
+    def _record(self, started: float) -> None:
+        duration = time.perf_counter() - started
+        self._duration_count += 1
+        self._duration_total += duration
+        if duration > self._duration_max:
+            self._duration_max = duration
+
+    async def _notify(self, failure: TaskFailure) -> None:
+        for hook in self.hooks:
+            try:
+                if inspect.iscoroutinefunction(hook):
+                    await hook(failure)
+                else:
+                    result = await self.pool.run(hook, failure)
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception:
+                logger.exception("Background task error hook %s failed", _name(hook))
+
+
+_standalone: BackgroundRunner | None = None
+
+
+def _standalone_runner() -> BackgroundRunner:
+    """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``)."""
+    global _standalone
+    if _standalone is None:
+        _standalone = BackgroundRunner()
+    return _standalone

@@ -1,0 +1,613 @@
+"""Signature to plan: everything about a handler that can be decided before the first request.
+
+When a route is registered, :func:`compile_endpoint` classifies every parameter of the handler (and,
+recursively, of its dependencies) once, and turns each into a small *extractor*. A request then runs the
+plan (:meth:`Plan.solve`) and nothing else; an endpoint without parameters runs an empty plan.
+
+Classification of a parameter, first rule that matches:
+
+1. annotated ``Request`` (ours or Starlette's): the request;
+2. annotated ``BackgroundTasks`` (or ``Optional[...]`` of it, or a subclass): the request's shared tasks;
+3. default ``Depends(...)``, or an ``@injectable`` class annotation: a dependency;
+4. default is a marker (``Query``, ``Path``, ``Header``, ``Cookie``, ``Body``, ``Form``, ``File``): that source;
+5. without a marker, as FastAPI does: a name of the path template is a path parameter; ``UploadFile`` (or a
+   list of them) is a file field; a scalar, ``Optional`` scalar or list of scalars is a query parameter; a
+   ``Struct``, dataclass or ``dict`` (or a list/Optional of one) is the JSON body;
+6. anything else is a ``TypeError`` at registration naming the function and the parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import decimal
+import enum
+import inspect
+import re
+import sys
+import types
+import typing
+import uuid
+from typing import Any, Callable, Union
+
+import msgspec
+
+from .background import BackgroundTasks
+from .datastructures import UploadFile
+from .dependencies import SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
+from .exceptions import RequestValidationError
+from .params import Param
+from .requests import Request
+
+if typing.TYPE_CHECKING:
+    from .applications import Tachyon
+
+__all__ = ["Plan", "Context", "compile_endpoint", "compile_dependency"]
+
+_EMPTY = inspect.Parameter.empty
+_SCALARS = (str, int, float, bool, decimal.Decimal, uuid.UUID, datetime.date, datetime.datetime, datetime.time)
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
+_FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
+_UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
+
+
+class FieldError(Exception):
+    """One invalid field; collected so that every failing field is reported at once."""
+
+    def __init__(self, loc: list[Any], msg: str, type_: str) -> None:
+        self.error = {"loc": loc, "msg": msg, "type": type_}
+
+
+class PathNotFound(Exception):
+    """A path segment that does not convert to its parameter's type: the route does not exist (404)."""
+
+
+# --- types -----------------------------------------------------------------------------------------------
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in _UNION_TYPES:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)):
+            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
+    return tp, False
+
+
+def _list_item(tp: Any) -> Any:
+    if typing.get_origin(tp) in (list, tuple, set, frozenset, typing.Sequence) or tp in (list, tuple, set):
+        args = typing.get_args(tp)
+        return args[0] if args else str
+    return None
+
+
+def _is_scalar(tp: Any) -> bool:
+    tp, _ = _unwrap_optional(tp)
+    if tp in _SCALARS or tp is Any:
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return True
+    return isinstance(tp, type) and issubclass(tp, (enum.Enum, *_SCALARS))
+
+
+def _is_model(tp: Any) -> bool:
+    tp, _ = _unwrap_optional(tp)
+    item = _list_item(tp)
+    if item is not None:
+        tp, _ = _unwrap_optional(item)
+    origin = typing.get_origin(tp) or tp
+    return (
+        (isinstance(origin, type) and issubclass(origin, (msgspec.Struct, dict)))
+        or dataclasses.is_dataclass(origin)
+        or typing.is_typeddict(origin)
+    )
+
+
+def _is_upload(tp: Any) -> bool:
+    tp, _ = _unwrap_optional(tp)
+    tp = _list_item(tp) or tp
+    return isinstance(tp, type) and issubclass(tp, UploadFile)
+
+
+def _is_request_type(tp: Any) -> bool:
+    if not isinstance(tp, type):
+        return False
+    if issubclass(tp, Request):
+        return True
+    # Starlette's Request, which code written for the existing framework annotates with.
+    return tp.__module__.startswith("starlette.") and tp.__name__ in ("Request", "HTTPConnection")
+
+
+def _is_background_type(tp: Any) -> bool:
+    tp, _ = _unwrap_optional(tp)
+    return isinstance(tp, type) and issubclass(tp, BackgroundTasks)
+
+
+def _type_name(tp: Any) -> str:
+    return _TYPE_NAMES.get(tp) or getattr(tp, "__name__", None) or str(tp)
+
+
+def string_converter(tp: Any) -> Callable[[str], Any] | None:
+    """A converter from a query/path/header/cookie/form string to ``tp`` (None: keep the string)."""
+    if tp is str or tp is Any or tp is _EMPTY:
+        return None
+    if tp is int:
+        def convert(value: str) -> Any:
+            return int(value)
+    elif tp is float:
+        convert = float  # type: ignore[assignment]
+    elif tp is bool:
+        def convert(value: str) -> Any:
+            lowered = value.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(value)
+    else:
+        def convert(value: str) -> Any:
+            return msgspec.convert(value, tp, strict=False)
+    return convert
+
+
+def _hints(func: Any) -> dict[str, Any]:
+    target = func.__init__ if isinstance(func, type) else func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(type(func), "__call__", target)
+    try:
+        return typing.get_type_hints(target)
+    except Exception as exc:  # an annotation that cannot be evaluated
+        raise TypeError(f"Cannot evaluate the annotations of {_qualname(func)}: {exc}") from exc
+
+
+def _qualname(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or type(func).__qualname__
+
+
+# --- the request-time context ---------------------------------------------------------------------------
+class Context:
+    """What one request's plan works with: the request, its errors, its dependency cache and cleanups."""
+
+    __slots__ = ("app", "scope", "receive", "path_params", "_request", "errors", "cache", "stack", "background")
+
+    def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
+        self.app = app
+        self.scope = scope
+        self.receive = receive
+        self.path_params = path_params
+        self._request: Request | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.cache: dict[Any, Any] = {}
+        self.stack: contextlib.AsyncExitStack | None = None
+        self.background: BackgroundTasks | None = None
+
+    @property
+    def request(self) -> Request:
+        if self._request is None:
+            self._request = Request(self.scope, self.receive)
+        return self._request
+
+    def tasks(self) -> BackgroundTasks:
+        if self.background is None:
+            self.background = BackgroundTasks()
+        return self.background
+
+    async def close(self, exc: BaseException | None = None) -> None:
+        """Run dependency cleanups (after the response), then close uploaded files."""
+        try:
+            if self.stack is not None:
+                stack, self.stack = self.stack, None
+                if exc is None:
+                    await stack.aclose()
+                else:
+                    await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        finally:
+            if self._request is not None:
+                await self._request.close()
+
+
+Extractor = Callable[[Context], Any]
+
+
+class Plan:
+    """The compiled parameters of one callable: ``(name, extractor, is_async)`` steps.
+
+    The body step has an empty name: it returns a dict of every body parameter at once.
+    """
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: list[tuple[str, Extractor, bool]]) -> None:
+        self.steps = steps
+
+    async def solve(self, ctx: Context) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, extract, is_async in self.steps:
+            try:
+                if not name:
+                    values.update(await extract(ctx))
+                else:
+                    values[name] = await extract(ctx) if is_async else extract(ctx)
+            except FieldError as exc:
+                ctx.errors.append(exc.error)
+        return values
+
+
+# --- extractors ------------------------------------------------------------------------------------------
+def _missing(loc: list[Any]) -> FieldError:
+    return FieldError(loc, "Field required", "missing")
+
+
+def _invalid(loc: list[Any], tp: Any) -> FieldError:
+    name = _type_name(tp)
+    return FieldError(loc, f"Input should be a valid {name}", f"{name}_parsing")
+
+
+def _value_extractor(source: str, key: str, tp: Any, default: Any, getter: Callable[[Context], Any]) -> Extractor:
+    """Read one string (or list of strings) with ``getter`` and convert it; shared by query, header, cookie."""
+    inner, _ = _unwrap_optional(tp)
+    item = _list_item(inner)
+    required = default is ...
+    loc = [source, key]
+    if item is not None:
+        item_inner, item_optional = _unwrap_optional(item)
+        convert = string_converter(item_inner)
+
+        def extract_list(ctx: Context) -> Any:
+            raw = getter(ctx)(key)
+            if not raw:
+                if required:
+                    raise _missing(loc)
+                return default
+            if convert is None:
+                return raw
+            out = []
+            for index, value in enumerate(raw):
+                if item_optional and value in ("", "null"):
+                    out.append(None)
+                    continue
+                try:
+                    out.append(convert(value))
+                except (ValueError, TypeError, msgspec.ValidationError):
+                    raise _invalid([*loc, index], item_inner) from None
+            return out
+
+        return extract_list
+
+    convert = string_converter(inner)
+
+    def extract(ctx: Context) -> Any:
+        value = getter(ctx)(key)
+        if value is None:
+            if required:
+                raise _missing(loc)
+            return default
+        if convert is None:
+            return value
+        try:
+            return convert(value)
+        except (ValueError, TypeError, msgspec.ValidationError):
+            raise _invalid(loc, inner) from None
+
+    return extract
+
+
+def _query_getter(many: bool) -> Callable[[Context], Any]:
+    if many:
+        return lambda ctx: ctx.request.query_params.getlist
+    return lambda ctx: ctx.request.query_params.get
+
+
+def _header_getter(many: bool) -> Callable[[Context], Any]:
+    if many:
+        return lambda ctx: ctx.request.headers.getlist
+    return lambda ctx: ctx.request.headers.get
+
+
+def _cookie_getter(many: bool) -> Callable[[Context], Any]:
+    if many:
+        return lambda ctx: (lambda key: [v] if (v := ctx.request.cookies.get(key)) is not None else [])
+    return lambda ctx: ctx.request.cookies.get
+
+
+def _path_extractor(key: str, tp: Any) -> Extractor:
+    convert = string_converter(_unwrap_optional(tp)[0])
+
+    def extract(ctx: Context) -> Any:
+        value = ctx.path_params[key]
+        if convert is None:
+            return value
+        try:
+            return convert(value)
+        except (ValueError, TypeError, msgspec.ValidationError):
+            raise PathNotFound(key) from None
+
+    return extract
+
+
+def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extractor:
+    inner, _ = _unwrap_optional(tp)
+    item = _list_item(inner)
+    scalar = item if item is not None else inner
+    convert = None if want_file else string_converter(_unwrap_optional(scalar)[0])
+    required = default is ...
+    loc = ["body", key]
+
+    async def extract(ctx: Context) -> Any:
+        form = await ctx.request.form()
+        values = form.getlist(key)
+        if want_file:
+            values = [v for v in values if isinstance(v, UploadFile)]
+        elif any(isinstance(v, UploadFile) for v in values):
+            raise FieldError(loc, "Expected a form field, got a file", "value_error")
+        if not values:
+            if required:
+                raise _missing(loc)
+            return default
+        if convert is not None:
+            try:
+                values = [convert(v) for v in values]
+            except (ValueError, TypeError, msgspec.ValidationError):
+                raise _invalid(loc, scalar) from None
+        return values if item is not None else values[-1]
+
+    return extract
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _body_error(exc: Exception) -> dict[str, Any]:
+    """Turn msgspec's message (``Expected `int`, got `str` - at `$.lines[0].qty```) into a located error."""
+    message = str(exc)
+    loc: list[Any] = ["body"]
+    found = _AT.search(message)
+    if found:
+        message = message[: found.start()]
+        for name, index in _PATH_PART.findall(found.group(1)):
+            loc.append(int(index) if index else name)
+    if isinstance(exc, msgspec.ValidationError):
+        missing = re.match(r"Object missing required field `(.+)`", message)
+        if missing:
+            return {"loc": [*loc, missing.group(1)], "msg": "Field required", "type_": "missing"}
+        return {"loc": loc, "msg": message, "type_": "validation_error"}
+    return {"loc": loc, "msg": f"Invalid JSON: {message}", "type_": "json_invalid"}
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _body_extractor(params: list[tuple[str, Any, Any]]) -> Extractor:
+    """One extractor for all body parameters: the whole body for one, members of an object for several."""
+    embed = len(params) > 1
+    if embed:
+        fields = [(name, tp) if default is ... else (name, tp, default) for name, tp, default in params]
+        decoder = msgspec.json.Decoder(msgspec.defstruct("Body", fields, kw_only=True))
+    else:
+        name, tp, default = params[0]
+        decoder = msgspec.json.Decoder(tp)
+    required = embed or params[0][2] is ...
+
+    async def extract(ctx: Context) -> Any:
+        request = ctx.request
+        if not _is_json(request.headers.get("content-type")):
+            raise FieldError(["body"], "Expected content type application/json", "content_type")
+        body = await request.body()
+        if not body.strip():
+            if required:
+                raise _missing(["body"])
+            return {name: default}
+        try:
+            value = decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise FieldError(**_body_error(exc)) from None
+        if embed:
+            return {field: getattr(value, field) for field, _, _ in params}
+        return {name: value}
+
+    return extract
+
+
+# --- dependencies ----------------------------------------------------------------------------------------
+class Dependency:
+    """A compiled dependency: its callable, kind, scope and the plan of its own parameters."""
+
+    __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name")
+
+    def __init__(self, call: Any, plan: Plan, scope: str | None, use_cache: bool) -> None:
+        self.call = call
+        self.plan = plan
+        target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)
+        self.is_asyncgen = inspect.isasyncgenfunction(target)
+        self.is_gen = inspect.isgeneratorfunction(target)
+        self.is_async = inspect.iscoroutinefunction(target)
+        self.scope = scope
+        self.use_cache = use_cache
+        self.name = _qualname(call)
+
+    async def resolve(self, ctx: Context) -> Any:
+        app = ctx.app
+        if app.dependency_overrides:
+            override = app.dependency_overrides.get(self.call)
+            if override is not None:
+                if not callable(override):
+                    return override
+                return await app.override_dependency(override).resolve(ctx)
+        if self.scope == SCOPE_SINGLETON:
+            try:
+                return app.singletons[self.call]
+            except KeyError:
+                pass
+        elif self.use_cache and self.scope != SCOPE_TRANSIENT:
+            try:
+                return ctx.cache[self.call]
+            except KeyError:
+                pass
+        kwargs = await self.plan.solve(ctx)
+        if ctx.errors:
+            raise RequestValidationError(ctx.errors)
+        value = await self._call(ctx, kwargs)
+        if self.scope == SCOPE_SINGLETON:
+            value = app.singletons.setdefault(self.call, value)
+        elif self.use_cache and self.scope != SCOPE_TRANSIENT:
+            ctx.cache[self.call] = value
+        return value
+
+    async def _call(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
+        if self.is_asyncgen:
+            if ctx.stack is None:
+                ctx.stack = contextlib.AsyncExitStack()
+            return await ctx.stack.enter_async_context(contextlib.asynccontextmanager(self.call)(**kwargs))
+        if self.is_gen:
+            if ctx.stack is None:
+                ctx.stack = contextlib.AsyncExitStack()
+            manager = contextlib.contextmanager(self.call)(**kwargs)
+            pool = ctx.app.endpoint_pool
+            value = await pool.run_merging_context(manager.__enter__)
+
+            async def exit_in_thread(*exc_info: Any) -> bool:
+                return bool(await pool.run(manager.__exit__, *exc_info))
+
+            ctx.stack.push_async_exit(exit_in_thread)
+            return value
+        if self.is_async:
+            return await self.call(**kwargs)
+        value = await ctx.app.endpoint_pool.run_merging_context(self.call, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+
+def compile_dependency(
+    call: Any,
+    path_names: frozenset[str],
+    stack: tuple[Any, ...] = (),
+    scope: str | None = None,
+    use_cache: bool = True,
+) -> Dependency:
+    """Compile ``call`` and, recursively, its own dependencies; a cycle is a TypeError here, not later."""
+    if call in stack:
+        chain = " -> ".join(_qualname(c) for c in (*stack, call))
+        raise TypeError(f"Circular dependency detected while resolving '{_qualname(call)}': {chain}")
+    if scope is None:
+        scope = injectable_scope(call) or SCOPE_REQUEST
+    plan = _compile_plan(call, path_names, (*stack, call))
+    return Dependency(call, plan, scope, use_cache)
+
+
+def _dependency_extractor(dep: Dependency) -> Extractor:
+    return dep.resolve
+
+
+# --- classification --------------------------------------------------------------------------------------
+def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...]) -> Plan:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Cannot read the signature of {_qualname(func)}: {exc}") from exc
+    hints = _hints(func)
+    where = _qualname(func)
+    steps: list[tuple[str, Extractor, bool]] = []
+    body_params: list[tuple[str, Any, Any]] = []
+    body_index = -1
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        name = param.name
+        tp = hints.get(name, param.annotation)
+        default = param.default
+        if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
+            if isinstance(tp, type) and tp.__module__.startswith("starlette."):
+                steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
+            else:
+                steps.append((name, lambda ctx: ctx.request, False))
+            continue
+        if _is_background_type(tp):
+            steps.append((name, lambda ctx: ctx.tasks(), False))
+            continue
+        if isinstance(default, Depends) or (
+            default is _EMPTY and injectable_scope(tp) is not None
+        ):
+            target = default.dependency if isinstance(default, Depends) else None
+            if target is None:
+                target = _unwrap_optional(tp)[0]
+                if not callable(target) or tp is _EMPTY:
+                    raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
+            use_cache = default.use_cache if isinstance(default, Depends) else True
+            dep = compile_dependency(target, path_names, stack, use_cache=use_cache)
+            steps.append((name, _dependency_extractor(dep), True))
+            continue
+        if isinstance(default, Param):
+            marker: Param | None = default
+            value_default = default.default
+            key = default.alias
+        else:
+            marker = None
+            value_default = ... if default is _EMPTY else default
+            key = None
+        source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
+        if source == "path":
+            if name not in path_names and (key or name) not in path_names:
+                raise TypeError(f"{where}: path parameter '{key or name}' is not in the route's path")
+            steps.append((name, _path_extractor(key or name, tp), False))
+        elif source == "query":
+            tp = str if tp is _EMPTY else tp
+            many = _list_item(_unwrap_optional(tp)[0]) is not None
+            steps.append((name, _value_extractor("query", key or name, tp, value_default, _query_getter(many)), False))
+        elif source == "header":
+            tp = str if tp is _EMPTY else tp
+            header = (key or name.replace("_", "-")).lower()
+            many = _list_item(_unwrap_optional(tp)[0]) is not None
+            steps.append((name, _value_extractor("header", header, tp, value_default, _header_getter(many)), False))
+        elif source == "cookie":
+            tp = str if tp is _EMPTY else tp
+            many = _list_item(_unwrap_optional(tp)[0]) is not None
+            steps.append((name, _value_extractor("cookie", key or name, tp, value_default, _cookie_getter(many)), False))
+        elif source in ("form", "file"):
+            tp = str if tp is _EMPTY else tp
+            want_file = source == "file" or _is_upload(tp)
+            steps.append((name, _form_extractor(key or name, tp, value_default, want_file), True))
+        elif source == "body":
+            if tp is _EMPTY:
+                tp = Any
+            try:
+                msgspec.json.Decoder(tp)
+            except TypeError as exc:
+                raise TypeError(f"{where}: body parameter '{name}' has a type msgspec cannot decode: {exc}") from exc
+            if body_index < 0:
+                body_index = len(steps)
+                steps.append(("", None, True))  # placeholder: one step for all body parameters
+            body_params.append((name, tp, value_default))
+    if body_params:
+        steps[body_index] = ("", _body_extractor(body_params), True)
+    return Plan(steps)
+
+
+def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str) -> str:
+    if name in path_names:
+        return "path"
+    if tp is _EMPTY:
+        return "query"
+    if _is_upload(tp):
+        return "file"
+    inner, _ = _unwrap_optional(tp)
+    item = _list_item(inner)
+    if _is_scalar(inner) or (item is not None and _is_scalar(item)):
+        return "query"
+    if _is_model(tp):
+        return "body"
+    raise TypeError(
+        f"{where}: cannot tell where parameter '{name}: {_type_name(tp)}' comes from. Annotate it with a scalar "
+        f"(query), a Struct/dataclass/dict (JSON body), UploadFile, Request or BackgroundTasks, or give it a "
+        f"marker such as Query(), Header(), Body() or Depends()"
+    )
+
+
+def compile_endpoint(func: Callable[..., Any], path: str) -> Plan:
+    """Compile an endpoint for the route ``path``; raises TypeError for any parameter it cannot serve."""
+    path_names = frozenset(re.findall(r"\{([^}]+)\}", path))
+    return _compile_plan(func, path_names, (func,))

@@ -1,0 +1,219 @@
+"""Read-only views of request data (headers, query string, form), uploaded files and ``app.state``.
+
+All of them parse lazily from the ASGI scope, so a request pays only for what its endpoint reads.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Iterator, Mapping, NamedTuple
+from urllib.parse import parse_qsl
+
+from .concurrency import run_in_threadpool
+
+__all__ = ["Address", "FormData", "Headers", "QueryParams", "State", "UploadFile", "URL"]
+
+
+class _MultiDict(Mapping[str, Any]):
+    """An immutable multi-dict: ``d[key]`` is the last value, ``d.getlist(key)`` all of them."""
+
+    __slots__ = ("_items", "_dict")
+
+    def __init__(self, items: list[tuple[str, Any]]) -> None:
+        self._items = items
+        self._dict = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict)
+
+    def __len__(self) -> int:
+        return len(self._dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict
+
+    def getlist(self, key: str) -> list[Any]:
+        return [v for k, v in self._items if k == key]
+
+    def multi_items(self) -> list[tuple[str, Any]]:
+        return list(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+
+class QueryParams(_MultiDict):
+    """The parsed query string. Blank values are kept (``?a=`` gives ``""``)."""
+
+    __slots__ = ()
+
+    def __init__(self, query_string: bytes | str | list[tuple[str, str]] = b"") -> None:
+        if isinstance(query_string, bytes):
+            query_string = query_string.decode("latin-1")
+        items = parse_qsl(query_string, keep_blank_values=True) if isinstance(query_string, str) else query_string
+        super().__init__(items)
+
+
+class FormData(_MultiDict):
+    """Fields of a submitted form: ``str`` values and :class:`UploadFile` objects."""
+
+    __slots__ = ()
+
+    async def close(self) -> None:
+        for _, value in self._items:
+            if isinstance(value, UploadFile):
+                await value.close()
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only request or response headers over the raw ASGI list."""
+
+    __slots__ = ("raw", "_dict")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]] | Mapping[str, str] | None = None) -> None:
+        if raw is None:
+            raw = []
+        elif isinstance(raw, Mapping):
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+        self.raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _map(self) -> dict[str, str]:
+        if self._dict is None:
+            self._dict = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw}
+        return self._dict
+
+    def __getitem__(self, key: str) -> str:
+        return self._map()[key.lower()]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._map().get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._map()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map())
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+    def getlist(self, key: str) -> list[str]:
+        name = key.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.raw if k.lower() == name]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._map()!r})"
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+
+class URL(str):
+    """The request URL as a string, with its parts as attributes."""
+
+    scheme: str
+    netloc: str
+    path: str
+    query: str
+
+    def __new__(cls, scope: Mapping[str, Any]) -> "URL":
+        scheme = scope.get("scheme", "http")
+        server = scope.get("server")
+        host = None
+        for key, value in scope.get("headers", ()):
+            if key == b"host":
+                host = value.decode("latin-1")
+                break
+        if host is None and server:
+            name, port = server
+            default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+            host = name if port == default else f"{name}:{port}"
+        path = scope.get("root_path", "") + scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        self = super().__new__(cls, f"{scheme}://{host or 'localhost'}{path}" + (f"?{query}" if query else ""))
+        self.scheme, self.netloc, self.path, self.query = scheme, host or "", path, query
+        return self
+
+
+class State:
+    """An attribute bag: ``app.state.db = ...``, ``request.state.user = ...``."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        super().__setattr__("_state", dict(values or {}))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._state[key] = value
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._state[key]
+        except KeyError:
+            raise AttributeError(f"'State' object has no attribute '{key}'") from None
+
+    def __delattr__(self, key: str) -> None:
+        del self._state[key]
+
+
+def safe_filename(filename: str | None) -> str | None:
+    """Strip directories, drive letters and NUL from a client-supplied file name (no path traversal)."""
+    if filename is None:
+        return None
+    name = filename.replace("\x00", "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = name.split(":")[-1].strip()
+    return None if name in ("", ".", "..") else name
+
+
+class UploadFile:
+    """An uploaded file, spooled to disk past ``spool_max_size`` bytes and closed after the request.
+
+    ``filename`` is sanitised (no directories, no ``..``): it is safe to join to a folder of yours.
+    """
+
+    spool_max_size = 1024 * 1024
+
+    def __init__(
+        self,
+        file: Any = None,
+        *,
+        filename: str | None = None,
+        size: int | None = None,
+        headers: Headers | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.file = file if file is not None else tempfile.SpooledTemporaryFile(max_size=self.spool_max_size)
+        self.filename = safe_filename(filename)
+        self.size = size
+        self.headers = headers or Headers()
+        self.content_type = content_type if content_type is not None else self.headers.get("content-type")
+
+    @property
+    def _in_memory(self) -> bool:
+        return not getattr(self.file, "_rolled", True)
+
+    async def _io(self, func: Any, *args: Any) -> Any:
+        if self._in_memory:
+            return func(*args)
+        return await run_in_threadpool(func, *args)
+
+    async def read(self, size: int = -1) -> bytes:
+        return await self._io(self.file.read, size)
+
+    async def seek(self, offset: int) -> None:
+        await self._io(self.file.seek, offset)
+
+    async def write(self, data: bytes) -> None:
+        if self.size is not None:
+            self.size += len(data)
+        await self._io(self.file.write, data)
+
+    async def close(self) -> None:
+        await self._io(self.file.close)
+
+    def __repr__(self) -> str:
+        return f"UploadFile(filename={self.filename!r}, size={self.size!r}, content_type={self.content_type!r})"

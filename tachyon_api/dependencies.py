@@ -1,0 +1,66 @@
+"""Dependency declarations: ``Depends(callable)``, ``Depends()`` and ``@injectable`` classes.
+
+These are declarations only; :mod:`tachyon_api.compiler` resolves the graph (and finds cycles) when a route is
+registered, and :class:`tachyon_api.compiler.Resolver` runs it per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar, overload
+
+__all__ = ["Depends", "injectable", "SCOPE_SINGLETON", "SCOPE_REQUEST", "SCOPE_TRANSIENT"]
+
+SCOPE_SINGLETON = "singleton"
+SCOPE_REQUEST = "request"
+SCOPE_TRANSIENT = "transient"
+_SCOPES = (SCOPE_SINGLETON, SCOPE_REQUEST, SCOPE_TRANSIENT)
+
+C = TypeVar("C", bound=type)
+
+
+class Depends:
+    """Inject the result of ``dependency`` (a function, generator, class or callable object).
+
+    ``Depends()`` without an argument injects the parameter's annotated class. ``use_cache=False`` calls the
+    dependency again each time it is needed within one request.
+    """
+
+    __slots__ = ("dependency", "use_cache")
+
+    def __init__(self, dependency: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+        self.dependency = dependency
+        self.use_cache = use_cache
+
+    def __repr__(self) -> str:
+        name = getattr(self.dependency, "__name__", repr(self.dependency))
+        return f"Depends({name if self.dependency is not None else ''})"
+
+
+@overload
+def injectable(cls: C) -> C: ...
+@overload
+def injectable(cls: None = None, *, scope: str = SCOPE_SINGLETON) -> Callable[[C], C]: ...
+
+
+def injectable(cls: Any = None, *, scope: str = SCOPE_SINGLETON) -> Any:
+    """Mark a class as injectable by annotation alone: ``def handler(db: Database)``.
+
+    ``scope`` is ``"singleton"`` (one instance per app, the default), ``"request"`` (one per request) or
+    ``"transient"`` (a new one at every injection). Constructor parameters are injected the same way as an
+    endpoint's. The mark lives on the class itself, not in a process-wide registry.
+    """
+    if scope not in _SCOPES:
+        raise ValueError(f"Invalid scope {scope!r}; use one of {', '.join(_SCOPES)}")
+
+    def mark(klass: C) -> C:
+        if not isinstance(klass, type):
+            raise TypeError("@injectable applies to classes")
+        klass.__tachyon_scope__ = scope  # type: ignore[attr-defined]
+        return klass
+
+    return mark(cls) if cls is not None else mark
+
+
+def injectable_scope(cls: Any) -> str | None:
+    """The scope an ``@injectable`` class was declared with, or None for other objects."""
+    return cls.__dict__.get("__tachyon_scope__") if isinstance(cls, type) else None

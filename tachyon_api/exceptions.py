@@ -1,0 +1,100 @@
+"""Exceptions a handler raises on purpose, and the errors the framework raises about a request.
+
+Every one of them is turned into a response in one place, :meth:`tachyon_api.applications.Tachyon.
+handle_exception`, chosen by class hierarchy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = [
+    "HTTPException",
+    "RequestError",
+    "RequestValidationError",
+    "ResponseValidationError",
+]
+
+
+class HTTPException(Exception):
+    """Stop the request with ``status_code``; the client receives ``{"detail": detail}`` and ``headers``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = dict(headers) if headers else None
+        super().__init__(status_code, detail)
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
+
+
+class RequestError(Exception):
+    """A request the framework cannot serve as sent: answered with a 4xx and the error body
+
+    ``{"success": false, "error": <summary>, "code": <code>, "errors": [...]}``.
+    """
+
+    status_code = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, error: str, errors: list[dict[str, Any]] | None = None) -> None:
+        self.error = error
+        self.errors = errors or []
+        super().__init__(error)
+
+    def body(self) -> dict[str, Any]:
+        return {"success": False, "error": self.error, "code": self.code, "errors": self.errors}
+
+
+class RequestValidationError(RequestError):
+    """One or more request fields are missing or invalid (422). ``errors`` lists every failing field."""
+
+    status_code = 422
+    code = "VALIDATION_ERROR"
+
+    def __init__(self, errors: list[dict[str, Any]], error: str | None = None) -> None:
+        super().__init__(error or _summary(errors), errors)
+
+
+class RequestTooLarge(RequestError):
+    """The body is larger than ``Tachyon(max_body_size=...)``; raised before it is buffered (413)."""
+
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body too large (max {limit} bytes)")
+
+
+class ResponseValidationError(Exception):
+    """The endpoint's return value does not fit its ``response_model`` (a server bug: 500, logged)."""
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    """One line for humans: the first error, and how many more there are."""
+    if not errors:
+        return "Validation failed"
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc") or ()]
+    if not loc:
+        where = "request"
+    elif loc[0] == "body":
+        where = "body" if len(loc) == 1 else f"body field '{'.'.join(loc[1:])}'"
+    else:
+        where = f"{loc[0]} parameter '{'.'.join(loc[1:])}'"
+    if first.get("type") == "missing":
+        summary = f"Missing required {where}"
+    else:
+        summary = f"Invalid {where}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        summary += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return summary

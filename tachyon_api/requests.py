@@ -1,0 +1,267 @@
+"""The ``Request`` object handed to endpoints that ask for it, and the body readers behind every extractor.
+
+The body is read once, as a stream with the app's ``max_body_size`` enforced chunk by chunk (413 before
+buffering), and cached: a ``Body()`` parameter and ``await request.body()`` in the same endpoint share it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, AsyncIterator
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from .datastructures import URL, Address, FormData, Headers, QueryParams, State, UploadFile
+from .exceptions import RequestError, RequestTooLarge, RequestValidationError
+
+if TYPE_CHECKING:
+    from .applications import Tachyon
+
+__all__ = ["Request"]
+
+DEFAULT_MAX_BODY_SIZE = 2 * 1024 * 1024
+MAX_FORM_PARTS = 1000
+
+
+class ClientDisconnect(Exception):
+    """The client went away before sending the whole body."""
+
+
+class Request:
+    """An HTTP request: a lazy view of the ASGI scope plus the body stream."""
+
+    __slots__ = ("scope", "_receive", "_headers", "_query", "_cookies", "_body", "_json", "_form", "_consumed")
+
+    def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._headers: Headers | None = None
+        self._query: QueryParams | None = None
+        self._cookies: dict[str, str] | None = None
+        self._body: bytes | None = None
+        self._json: Any = None
+        self._form: FormData | None = None
+        self._consumed = False
+
+    # --- the scope -------------------------------------------------------------------------------------
+    @property
+    def app(self) -> "Tachyon":
+        return self.scope["app"]
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def url(self) -> URL:
+        return URL(self.scope)
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        return self.scope.get("path_params", {})
+
+    @property
+    def query_params(self) -> QueryParams:
+        if self._query is None:
+            self._query = QueryParams(self.scope.get("query_string", b""))
+        return self._query
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self.scope["headers"])
+        return self._headers
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def client(self) -> Address | None:
+        client = self.scope.get("client")
+        return Address(*client) if client else None
+
+    @property
+    def state(self) -> State:
+        if "state" not in self.scope or not isinstance(self.scope["state"], State):
+            self.scope["state"] = State(self.scope.get("state"))
+        return self.scope["state"]
+
+    @property
+    def max_body_size(self) -> int:
+        app = self.scope.get("app")
+        return getattr(app, "max_body_size", DEFAULT_MAX_BODY_SIZE)
+
+    # --- the body --------------------------------------------------------------------------------------
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Yield the body in chunks as they arrive; 413 as soon as it passes ``max_body_size``."""
+        if self._body is not None:
+            yield self._body
+            return
+        if self._consumed:
+            raise RuntimeError("The request body was already streamed")
+        self._consumed = True
+        limit = self.max_body_size
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLarge(limit)
+        received = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise RequestTooLarge(limit)
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def body(self) -> bytes:
+        if self._body is None:
+            chunks = [chunk async for chunk in self.stream()]
+            self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._body
+
+    async def json(self) -> Any:
+        if self._json is None:
+            body = await self.body()
+            try:
+                self._json = msgspec.json.decode(body)
+            except msgspec.DecodeError as exc:
+                raise RequestValidationError(
+                    [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}], f"Invalid JSON body: {exc}"
+                ) from None
+        return self._json
+
+    async def form(self) -> FormData:
+        """Parse an urlencoded or multipart body (python-multipart), files spooled to disk past 1 MiB."""
+        if self._form is None:
+            content_type, params = parse_options_header(self.headers.get("content-type", ""))
+            if content_type == b"multipart/form-data":
+                self._form = await _parse_multipart(self.stream(), params.get(b"boundary"))
+            elif content_type in (b"application/x-www-form-urlencoded", b""):
+                text = (await self.body()).decode("latin-1")
+                self._form = FormData(parse_qsl(text, keep_blank_values=True))
+            else:
+                raise RequestValidationError(
+                    [{"loc": ["body"], "msg": "Expected a form content type", "type": "content_type"}],
+                    f"Unsupported content type for a form: {content_type.decode('latin-1')}",
+                )
+        return self._form
+
+    async def close(self) -> None:
+        """Close uploaded files. Called by the framework after the response."""
+        if self._form is not None:
+            await self._form.close()
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Parse a ``Cookie`` header leniently, as browsers send it (later duplicates win)."""
+    cookies: dict[str, str] = {}
+    for chunk in header.split(";"):
+        name, sep, value = chunk.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        cookies[name] = unquote(value)
+    return cookies
+
+
+async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None) -> FormData:
+    if not boundary:
+        raise RequestError("Invalid multipart body: missing boundary")
+    items: list[tuple[str, Any]] = []
+    state: dict[str, Any] = {"headers": [], "field": b"", "value": b"", "ended": False}
+    parts: list[tuple[str, Any]] = []  # (event, payload) in order, drained after each chunk
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"].append((state["field"].lower(), state["value"]))
+        state["field"] = state["value"] = b""
+
+    def on_headers_finished() -> None:
+        parts.append(("begin", state["headers"]))
+        state["headers"] = []
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts.append(("data", data[start:end]))
+
+    def on_part_end() -> None:
+        parts.append(("end", None))
+
+    def on_end() -> None:
+        state["ended"] = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_end": on_end,
+        },
+    )
+    current: Any = None
+    name = ""
+    buffer: list[bytes] = []
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+            for event, payload in parts:
+                if event == "begin":
+                    headers = Headers(payload)
+                    _, options = parse_options_header(headers.get("content-disposition", ""))
+                    if b"name" not in options:
+                        raise RequestError("Invalid multipart body: a part has no name")
+                    name = options[b"name"].decode("utf-8", "replace")
+                    if b"filename" in options:
+                        current = UploadFile(
+                            filename=options[b"filename"].decode("utf-8", "replace"), size=0, headers=headers
+                        )
+                    else:
+                        current, buffer = None, []
+                    if len(items) >= MAX_FORM_PARTS:
+                        raise RequestError(f"Invalid multipart body: more than {MAX_FORM_PARTS} parts")
+                elif event == "data":
+                    if current is not None:
+                        await current.write(payload)
+                    else:
+                        buffer.append(payload)
+                else:
+                    if current is not None:
+                        await current.seek(0)
+                        items.append((name, current))
+                    else:
+                        items.append((name, b"".join(buffer).decode("utf-8", "replace")))
+                    current = None
+            parts.clear()
+        parser.finalize()
+    except MultipartParseError as exc:
+        await FormData(items).close()
+        raise RequestError(f"Invalid multipart body: {exc}") from None
+    except BaseException:
+        await FormData(items).close()
+        if current is not None:
+            await current.close()
+        raise
+    if not state["ended"]:
+        await FormData(items).close()
+        raise RequestError("Invalid multipart body: the closing boundary is missing")
+    return FormData(items)

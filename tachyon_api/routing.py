@@ -1,0 +1,305 @@
+"""Routes, routers, the path tree that matches them, and the handler that serves one matched request.
+
+The life of a request after the app matched it (:func:`build_handler`): run the compiled plan (extract the
+parameters, resolve dependencies), call the endpoint (off the loop if it is sync), render the return value,
+send it, hand the background tasks to the app's runner, then run dependency cleanups.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
+
+from .background import collect
+from .compiler import Context, compile_dependency, compile_endpoint
+from .dependencies import Depends
+from .exceptions import RequestValidationError
+from .responses import Response, is_foreign_response, make_renderer
+
+if TYPE_CHECKING:
+    from .applications import Tachyon
+
+__all__ = ["Route", "Router", "PathTree"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[dict, Any, Any, Sequence[str]], Awaitable[None]]
+logger = logging.getLogger("tachyon_api.errors")
+WAIT_FOR_TASKS = "tachyon.wait_for_background"  # scope["extensions"] key our test clients set
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _segments(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+class Route:
+    """One path and method set bound to an endpoint, with the options given to the decorator."""
+
+    __slots__ = ("path", "methods", "endpoint", "name", "status_code", "response_model", "dependencies",
+                 "tags", "options", "param_names", "handler")
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        methods: Sequence[str],
+        *,
+        name: str | None = None,
+        status_code: int | None = None,
+        response_model: Any = None,
+        dependencies: Sequence[Depends] | None = None,
+        tags: Sequence[str] | None = None,
+        **options: Any,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"Route paths must start with '/': {path!r}")
+        for segment in _segments(path):
+            if ("{" in segment or "}" in segment) and not _PARAM.match(segment):
+                raise ValueError(f"Invalid path segment {segment!r} in {path!r}: use a whole segment like '{{name}}'")
+        self.path = path
+        self.methods = tuple(dict.fromkeys(m.upper() for m in methods))
+        self.endpoint = endpoint
+        self.name = name or getattr(endpoint, "__name__", None)
+        self.status_code = status_code
+        self.response_model = response_model
+        self.dependencies = list(dependencies or ())
+        self.tags = list(tags or ())
+        self.options = options
+        self.param_names = [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
+        self.handler: Handler | None = None
+
+    def copy_with(self, path: str, tags: Sequence[str] = (), dependencies: Sequence[Depends] = ()) -> "Route":
+        """This route at another path, with tags and dependencies of the routers it was included through."""
+        return Route(
+            path,
+            self.endpoint,
+            self.methods,
+            name=self.name,
+            status_code=self.status_code,
+            response_model=self.response_model,
+            dependencies=[*dependencies, *self.dependencies],
+            tags=[*tags, *self.tags],
+            **self.options,
+        )
+
+    def __repr__(self) -> str:
+        return f"Route({self.path!r}, methods={list(self.methods)}, endpoint={self.name})"
+
+
+class RouteDecorators:
+    """``get/post/put/patch/delete/head/options/route`` for anything with an ``add_api_route``."""
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
+        raise NotImplementedError
+
+    def route(self, path: str, methods: Sequence[str] = ("GET",), **kwargs: Any) -> Callable[[F], F]:
+        """Register the decorated function for several methods at once; returns it unchanged."""
+
+        def decorator(func: F) -> F:
+            self.add_api_route(path, func, methods, **kwargs)
+            return func
+
+        return decorator
+
+    api_route = route
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("GET",), **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("POST",), **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("PUT",), **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("PATCH",), **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("DELETE",), **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("HEAD",), **kwargs)
+
+    def options(self, path: str, **kwargs: Any) -> Callable[[F], F]:
+        return self.route(path, ("OPTIONS",), **kwargs)
+
+
+class Router(RouteDecorators):
+    """A group of routes with a common prefix, tags and dependencies, added to an app by ``include_router``."""
+
+    def __init__(
+        self,
+        prefix: str = "",
+        tags: Sequence[str] | str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        responses: dict | None = None,
+    ) -> None:
+        prefix = prefix or ""
+        if prefix and not prefix.startswith("/"):
+            prefix = "/" + prefix
+        self.prefix = prefix
+        self.tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.dependencies = list(dependencies or [])
+        self.responses = responses or {}
+        self.routes: list[Route] = []
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
+        route = Route(path, endpoint, methods, **kwargs)
+        self.routes.append(route)
+        return route
+
+    def include_router(self, router: "Router", prefix: str = "", **kwargs: Any) -> None:
+        for route in router.routes:
+            self.routes.append(prefixed_route(router, route, prefix, **kwargs))
+
+    def get_full_path(self, path: str) -> str:
+        if not self.prefix:
+            return path
+        if path == "/":
+            return self.prefix
+        return self.prefix.rstrip("/") + ("" if path.startswith("/") else "/") + path
+
+
+def prefixed_route(router: Router, route: Route, prefix: str = "", tags: Sequence[str] = (),
+              dependencies: Sequence[Depends] = ()) -> Route:
+    path = router.get_full_path(route.path)
+    if prefix:
+        path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
+    return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies])
+
+
+class _Node:
+    __slots__ = ("static", "param", "routes")
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.routes: dict[str, Route] = {}
+
+
+class PathTree:
+    """Routes keyed by path segment. Static segments win over parameters, with backtracking.
+
+    Lookup cost depends on the depth of the path, not on the number of routes. Paths without parameters are
+    also kept in a dict, so the common case is one dict lookup.
+    """
+
+    def __init__(self) -> None:
+        self.root = _Node()
+        self._static: dict[str, _Node] = {}
+
+    def insert(self, route: Route) -> None:
+        node = self.root
+        for segment in _segments(route.path):
+            if _PARAM.match(segment):
+                if node.param is None:
+                    node.param = _Node()
+                node = node.param
+            else:
+                node = node.static.setdefault(segment, _Node())
+        for method in route.methods:
+            node.routes[method] = route
+        if not route.param_names:
+            self._static["/" + "/".join(_segments(route.path))] = node
+
+    def lookup(self, method: str, path: str) -> tuple[Route | None, list[str], list[str]]:
+        """Return ``(route, parameter values, allowed methods)``; no route and some methods means 405."""
+        node = self._static.get(path)
+        if node is not None:
+            route = node.routes.get(method)
+            if route is not None:
+                return route, [], []
+        allowed: list[str] = []
+        for node, values in self._walk(self.root, _segments(path), 0, []):
+            route = node.routes.get(method)
+            if route is None and method == "HEAD":
+                route = node.routes.get("GET")
+            if route is not None:
+                return route, values, []
+            allowed.extend(node.routes)
+        if allowed and "GET" in allowed:
+            allowed.append("HEAD")
+        return None, [], sorted(set(allowed))
+
+    def _walk(self, node: _Node, segments: list[str], index: int, values: list[str]) -> Iterator[tuple[_Node, list[str]]]:
+        if index == len(segments):
+            if node.routes:
+                yield node, values
+            return
+        child = node.static.get(segments[index])
+        if child is not None:
+            yield from self._walk(child, segments, index + 1, values)
+        if node.param is not None:
+            yield from self._walk(node.param, segments, index + 1, [*values, segments[index]])
+
+
+def build_handler(route: Route, app: "Tachyon") -> Handler:
+    """Compile ``route`` for ``app``: everything decided here is not paid again per request."""
+    func = route.endpoint
+    plan = compile_endpoint(func, route.path)
+    path_names = frozenset(route.param_names)
+    guards = [
+        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache)
+        for dep in route.dependencies
+        if dep.dependency is not None
+    ]
+    call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
+    is_async = inspect.iscoroutinefunction(call)
+    render = make_renderer(route.status_code or 200, route.response_model)
+    status = route.status_code or 200
+    names = route.param_names
+    no_params = not plan.steps and not guards
+    pool = app.endpoint_pool
+    runner = app.background
+
+    async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
+        ctx: Context | None = None
+        try:
+            if no_params:
+                result = await func() if is_async else await pool.run_merging_context(func)
+            else:
+                scope["path_params"] = path_params = dict(zip(names, values))
+                ctx = Context(app, scope, receive, path_params)
+                for guard in guards:
+                    await guard.resolve(ctx)
+                kwargs = await plan.solve(ctx)
+                if ctx.errors:
+                    raise RequestValidationError(ctx.errors)
+                result = await func(**kwargs) if is_async else await pool.run_merging_context(func, **kwargs)
+            if isinstance(result, Response):
+                response: Any = result
+            elif is_foreign_response(result):
+                response = result
+            else:
+                headers, body = render(result)
+                response = None
+        except Exception as exc:
+            await app.send_error(scope, receive, send, exc)
+            if ctx is not None:
+                await ctx.close(exc)
+            return
+
+        try:
+            if response is None:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+                background = None
+            elif isinstance(response, Response):
+                await response.send(scope, send)
+                background = response.background
+            else:  # a Starlette response: it sends itself; its tasks join ours
+                background, response.background = response.background, None
+                await response(scope, receive, send)
+            tasks = collect(background, ctx.background if ctx is not None else None)
+            if tasks:
+                await runner.submit(
+                    tasks, scope["method"], scope["path"], wait=WAIT_FOR_TASKS in scope.get("extensions", ())
+                )
+        finally:
+            if ctx is not None:
+                await ctx.close()
+
+    return handle
