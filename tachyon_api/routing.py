@@ -296,7 +296,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             tasks = collect(background, ctx.background if ctx is not None else None)
             if tasks:
                 await runner.submit(
-                    tasks, scope["method"], scope["path"], wait=WAIT_FOR_TASKS in scope.get("extensions", ())
+                    tasks, scope["method"], scope["path"], wait=WAIT_FOR_TASKS in (scope.get("extensions") or ())
                 )
         finally:
             if ctx is not None:

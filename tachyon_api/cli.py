@@ -1,0 +1,95 @@
+"""The ``tachyon`` command: ``run`` an app under uvicorn, list its ``routes``.
+
+``python -m tachyon_api`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Sequence
+
+__all__ = ["main", "load_app"]
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:attribute`` (the current directory is importable, as with uvicorn)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name:
+        raise SystemExit(f"Expected module:app, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"Cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attribute or "app")
+    except AttributeError:
+        raise SystemExit(f"Module {module_name!r} has no attribute {attribute or 'app'!r}") from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    has = importlib.util.find_spec
+    uvicorn.run(
+        args.app,
+        host=args.host,
+        port=args.port,
+        workers=None if args.reload else args.workers,
+        reload=args.reload,
+        loop="uvloop" if has("uvloop") else "asyncio",
+        http="httptools" if has("httptools") else "h11",
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+
+
+def _routes(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    rows = [(r["method"], r["path"], r.get("name") or "") for r in app.routes]
+    width = max([len("METHOD"), *(len(m) for m, _, _ in rows)])
+    path_width = max([len("PATH"), *(len(p) for _, p, _ in rows)])
+    print(f"{'METHOD':<{width}}  {'PATH':<{path_width}}  NAME")
+    for method, path, name in rows:
+        print(f"{method:<{width}}  {path:<{path_width}}  {name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tachyon", description="Run and inspect tachyon_api applications.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve module:app with uvicorn (uvloop and httptools when installed)")
+    run.add_argument("app", nargs="?", default="app:app", help="module:attribute (default app:app)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", "-p", type=int, default=8000)
+    run.add_argument("--workers", "-w", type=int, default=1)
+    run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    run.add_argument("--log-level", default="info")
+    run.add_argument("--no-access-log", action="store_true")
+    run.add_argument(
+        "--graceful-timeout", type=float, default=None,
+        help="seconds to wait for open connections at shutdown (background tasks have their own shutdown_timeout)",
+    )
+    run.set_defaults(handler=_run)
+
+    routes = commands.add_parser("routes", help="list the routes of module:app")
+    routes.add_argument("app", nargs="?", default="app:app")
+    routes.set_defaults(handler=_routes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
