@@ -53,7 +53,8 @@ class Tachyon(RouteDecorators):
 
     ``max_body_size`` bounds every request body (JSON, forms and uploads) and is enforced while reading.
     ``thread_pool_size`` bounds the threads of sync endpoints and dependencies. The ``background_*`` options
-    and ``shutdown_timeout`` configure the task runner, ``app.background`` (see ``background.py``).
+    and ``shutdown_timeout`` configure the in-process task runner, ``app.background`` (see ``background.py``);
+    ``task_backend=RQBackend(...)`` makes every background task of the app durable instead.
     """
 
     def __init__(
@@ -68,12 +69,14 @@ class Tachyon(RouteDecorators):
         background_overflow: str = "wait",
         background_threads: int = 8,
         shutdown_timeout: float = 25.0,
+        task_backend: Any = None,
     ) -> None:
         self.state = State()
         self.max_body_size = max_body_size
         self.dependency_overrides: dict[Any, Any] = {}
         self.singletons: dict[Any, Any] = {}
         self.dependencies = list(dependencies or ())
+        self.task_backend = task_backend
         self.endpoint_pool = ThreadPool(thread_pool_size, "tachyon-endpoint")
         self.background = BackgroundRunner(
             concurrency=background_concurrency,

@@ -38,9 +38,10 @@ from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import msgspec
 
+from .backends.rq import RQBackend
 from .concurrency import ThreadPool
 
-__all__ = ["BackgroundTask", "BackgroundTasks", "BackgroundRunner", "TaskFailure", "TaskStats"]
+__all__ = ["BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskStats"]
 
 logger = logging.getLogger("tachyon_api.background")
 
@@ -87,9 +88,20 @@ class BackgroundTask:
     task's own keyword arguments.
     """
 
-    __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay")
+    __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
+                 "delay", "at", "job_id", "result_ttl", "failure_ttl")
 
     def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._setup(func, args, kwargs, None)
+
+    @classmethod
+    def create(cls, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any) -> "BackgroundTask":
+        """A task that is durable on ``backend`` (None: in-process) unless ``func`` was marked otherwise."""
+        task = cls.__new__(cls)
+        task._setup(func, args, kwargs, backend)
+        return task
+
+    def _setup(self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any) -> None:
         if inspect.iscoroutine(func) or inspect.isawaitable(func):
             raise TypeError(
                 "add_task() needs the function itself, not a coroutine object: write "
@@ -114,6 +126,19 @@ class BackgroundTask:
         self.timeout: float | None = None
         self.retries = 0
         self.retry_delay = 0.5
+        self.delay: float | Any = None
+        self.at: Any = None
+        self.job_id: str | None = None
+        self.result_ttl: int | None = None
+        self.failure_ttl: int | None = None
+        marked = getattr(func, "__tachyon_backend__", None)
+        if marked is not None:
+            backend, defaults = marked
+        self.backend = backend
+        if backend is not None:
+            backend.check(func, args, kwargs)
+            if marked is not None:
+                self.with_options(**defaults)
 
     def with_options(
         self,
@@ -122,6 +147,11 @@ class BackgroundTask:
         timeout: float | None = None,
         retries: int | None = None,
         retry_delay: float | None = None,
+        delay: float | Any = None,
+        at: Any = None,
+        job_id: str | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
     ) -> "BackgroundTask":
         """Set per-task options and return the task, so they chain onto ``add_task(...)``.
 
@@ -129,7 +159,16 @@ class BackgroundTask:
         it is reported as overrun (logged, counted in ``timed_out``) and awaited. ``retries``: how many more
         attempts a failing task gets, after ``retry_delay * 2**n`` seconds with jitter. ``name``: used in logs,
         error hooks and stats instead of the function's qualified name.
+
+        Durable tasks only (see ``backends/rq.py``): ``delay`` (seconds or timedelta) or ``at`` (a datetime)
+        to run later, ``job_id`` to de-duplicate, ``result_ttl`` and ``failure_ttl`` in seconds.
         """
+        durable_only = {"delay": delay, "at": at, "job_id": job_id, "result_ttl": result_ttl, "failure_ttl": failure_ttl}
+        given = [key for key, value in durable_only.items() if value is not None]
+        if given and self.backend is None:
+            raise ValueError(f"{', '.join(given)} need a durable task (Tachyon(task_backend=...) or @backend.task())")
+        for key in given:
+            setattr(self, key, durable_only[key])
         if name is not None:
             self.name = name
         if timeout is not None:
@@ -161,14 +200,19 @@ class BackgroundTasks:
     ``if background_tasks: background_tasks.add_task(...)`` adds the task whenever the object was injected.
     """
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("_tasks", "_backend")
 
-    def __init__(self, tasks: Sequence[BackgroundTask] | None = None) -> None:
+    def __init__(self, tasks: Sequence[BackgroundTask] | None = None, *, backend: Any = None) -> None:
         self._tasks: list[BackgroundTask] = list(tasks or ())
+        self._backend = backend
 
     def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
-        """Queue ``func(*args, **kwargs)`` to run after the response; returns the task for ``with_options``."""
-        task = BackgroundTask(func, *args, **kwargs)
+        """Queue ``func(*args, **kwargs)`` to run after the response; returns the task for ``with_options``.
+
+        With a durable backend (the app's ``task_backend``, or a function marked ``@backend.task()``) the
+        function must be importable and its arguments serialisable: checked here, ``TypeError`` otherwise.
+        """
+        task = BackgroundTask.create(func, args, kwargs, self._backend)
         self._tasks.append(task)
         return task
 
@@ -210,6 +254,23 @@ def collect(*sources: BackgroundTask | BackgroundTasks | None) -> list[Backgroun
         else:
             raise TypeError(f"background= takes a BackgroundTask or BackgroundTasks, got {type(source).__name__}")
     return batch
+
+
+async def store_durable(tasks: list[BackgroundTask], method: str, path: str) -> list[BackgroundTask]:
+    """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
+
+    Raises ``TaskBackendUnavailable`` (a 503 for the client) if a backend cannot store them.
+    """
+    durable: dict[Any, list[BackgroundTask]] = {}
+    local: list[BackgroundTask] = []
+    for task in tasks:
+        if task.backend is None:
+            local.append(task)
+        else:
+            durable.setdefault(task.backend, []).append(task)
+    for backend, group in durable.items():
+        await backend.store(group, method, path)
+    return local
 
 
 class TaskFailure(msgspec.Struct, frozen=True):

@@ -1,4 +1,4 @@
-"""The ``tachyon`` command: ``run`` an app under uvicorn, list its ``routes``.
+"""The ``tachyon`` command: ``run`` an app under uvicorn, list its ``routes``, run a durable-task ``worker``.
 
 ``python -m tachyon_api`` is the same command.
 """
@@ -62,6 +62,23 @@ def _routes(args: argparse.Namespace) -> None:
         print(f"{method:<{width}}  {path:<{path_width}}  {name}")
 
 
+def _worker(args: argparse.Namespace) -> None:
+    from rq import Queue, Worker
+
+    from .backends.rq import RQBackend
+
+    app = load_app(args.app)
+    backend = getattr(app, "task_backend", None)
+    if args.url:
+        backend = RQBackend(args.url, args.queue[0] if args.queue else "tachyon")
+    if not isinstance(backend, RQBackend):
+        raise SystemExit(f"{args.app} has no RQBackend task_backend; pass --url redis://... (and --queue)")
+    names = args.queue or [backend.queue_name]
+    queues = [Queue(name, connection=backend.redis) for name in names]
+    worker = Worker(queues, connection=backend.redis)
+    worker.work(burst=args.burst, with_scheduler=args.with_scheduler, logging_level=args.log_level.upper())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tachyon", description="Run and inspect tachyon_api applications.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser("routes", help="list the routes of module:app")
     routes.add_argument("app", nargs="?", default="app:app")
     routes.set_defaults(handler=_routes)
+
+    worker = commands.add_parser("worker", help="run an RQ worker for the durable tasks of module:app")
+    worker.add_argument("app", nargs="?", default="app:app")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--with-scheduler", action="store_true", help="also move delayed tasks and retries with a delay to the queue"
+    )
+    worker.add_argument("--queue", "-q", action="append", help="queue name (repeatable; default: the app's)")
+    worker.add_argument("--url", help="Redis URL (default: the app's RQBackend)")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(handler=_worker)
     return parser
 
 

@@ -188,7 +188,7 @@ class Context:
 
     def tasks(self) -> BackgroundTasks:
         if self.background is None:
-            self.background = BackgroundTasks()
+            self.background = BackgroundTasks(backend=self.app.task_backend)
         return self.background
 
     async def close(self, exc: BaseException | None = None) -> None:

@@ -38,7 +38,7 @@ class HTTPException(Exception):
 
 
 class RequestError(Exception):
-    """A request the framework cannot serve as sent: answered with a 4xx and the error body
+    """A request the framework cannot serve as sent: answered with a 4xx (or 503) and the error body
 
     ``{"success": false, "error": <summary>, "code": <code>, "errors": [...]}``.
     """
@@ -73,6 +73,16 @@ class RequestTooLarge(RequestError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body too large (max {limit} bytes)")
+
+
+class TaskBackendUnavailable(RequestError):
+    """A durable background task could not be stored (its backend is down): 503, so no 2xx lies."""
+
+    status_code = 503
+    code = "TASK_BACKEND_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("Background task could not be stored; try again later")
 
 
 class ResponseValidationError(Exception):

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from .background import collect
+from .background import collect, store_durable
 from .compiler import Context, compile_dependency, compile_endpoint
 from .dependencies import Depends
 from .exceptions import RequestValidationError
@@ -269,13 +269,15 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 if ctx.errors:
                     raise RequestValidationError(ctx.errors)
                 result = await func(**kwargs) if is_async else await pool.run_merging_context(func, **kwargs)
-            if isinstance(result, Response):
+            if isinstance(result, Response) or is_foreign_response(result):
                 response: Any = result
-            elif is_foreign_response(result):
-                response = result
+                background = result.background
             else:
                 headers, body = render(result)
-                response = None
+                response = background = None
+            tasks = collect(background, ctx.background if ctx is not None else None)
+            if tasks:  # durable ones are stored now, before the response: a 2xx means they are in Redis
+                tasks = await store_durable(tasks, scope["method"], scope["path"])
         except Exception as exc:
             await app.send_error(scope, receive, send, exc)
             if ctx is not None:
@@ -286,14 +288,11 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             if response is None:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-                background = None
             elif isinstance(response, Response):
                 await response.send(scope, send)
-                background = response.background
-            else:  # a Starlette response: it sends itself; its tasks join ours
-                background, response.background = response.background, None
+            else:  # a Starlette response: it sends itself; its tasks were taken over above
+                response.background = None
                 await response(scope, receive, send)
-            tasks = collect(background, ctx.background if ctx is not None else None)
             if tasks:
                 await runner.submit(
                     tasks, scope["method"], scope["path"], wait=WAIT_FOR_TASKS in (scope.get("extensions") or ())

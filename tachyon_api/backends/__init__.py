@@ -1,0 +1,1 @@
+"""Durable task backends: the same ``add_task`` call, stored outside the process."""

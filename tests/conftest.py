@@ -1,0 +1,112 @@
+"""Shared fixtures: real servers on loopback ports.
+
+``serve(app)`` runs an app under uvicorn in a thread of this process (its own event loop); ``serve_process``
+starts ``python -m tachyon_api run module:app`` as a subprocess, for tests that need signals or a clean
+process. Both bind a free port on 127.0.0.1 and wait until it accepts connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def serve(app: Any, **config: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a background thread; yield its base URL; shut it down gracefully."""
+    port = free_port()
+    options = {"host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+class ServerProcess:
+    """A ``tachyon run`` subprocess; ``output()`` returns what it printed so far (after it stopped)."""
+
+    def __init__(self, target: str, cwd: Path, env: dict[str, str] | None = None, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(cwd / f".server-{self.port}.log", "w+b")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tachyon_api", "run", target, "--port", str(self.port), *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{ROOT}", **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(self.port, 20)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.output()}") from None
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``serve_process(source_code)`` writes ``app_module.py`` and runs it with ``tachyon run``."""
+    started: list[ServerProcess] = []
+
+    def start(source: str, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        (tmp_path / "app_module.py").write_text(source)
+        server = ServerProcess("app_module:app", tmp_path, env, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
