@@ -174,7 +174,7 @@ class Tachyon(RouteDecorators):
         """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use)."""
         compiled = self._overrides.get(override)
         if compiled is None:
-            compiled = self._overrides[override] = compile_dependency(override, frozenset(), use_cache=False)
+            compiled = self._overrides[override] = compile_dependency(override, frozenset())
         return compiled
 
     # --- middleware ------------------------------------------------------------------------------------

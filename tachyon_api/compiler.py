@@ -36,7 +36,6 @@ import msgspec
 from .background import BackgroundTasks
 from .datastructures import UploadFile
 from .dependencies import SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
-from .exceptions import RequestValidationError
 from .params import Param
 from .requests import Request
 
@@ -329,6 +328,7 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
     item = _list_item(inner)
     scalar = item if item is not None else inner
     convert = None if want_file else string_converter(_unwrap_optional(scalar)[0])
+    as_bytes = want_file and _unwrap_optional(scalar)[0] is bytes  # `data: bytes = File()` gets the content
     required = default is ...
     loc = ["body", key]
 
@@ -337,6 +337,8 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
         values = form.getlist(key)
         if want_file:
             values = [v for v in values if isinstance(v, UploadFile)]
+            if as_bytes:
+                values = [await v.read() for v in values]
         elif any(isinstance(v, UploadFile) for v in values):
             raise FieldError(loc, "Expected a form field, got a file", "value_error")
         if not values:
@@ -449,7 +451,9 @@ class Dependency:
                 pass
         kwargs = await self.plan.solve(ctx)
         if ctx.errors:
-            raise RequestValidationError(ctx.errors)
+            # The request is invalid already: do not call anything, but let the remaining parameters be
+            # checked too, so the 422 lists every failing field.
+            return None
         value = await self._call(ctx, kwargs)
         if self.scope == SCOPE_SINGLETON:
             value = app.singletons.setdefault(self.call, value)

@@ -62,6 +62,10 @@ class RequestValidationError(RequestError):
     code = "VALIDATION_ERROR"
 
     def __init__(self, errors: list[dict[str, Any]], error: str | None = None) -> None:
+        unique: dict[str, dict[str, Any]] = {}
+        for item in errors:  # a field read by a dependency and by the endpoint is reported once
+            unique.setdefault(repr((item.get("loc"), item.get("type"))), item)
+        errors = list(unique.values())
         super().__init__(error or _summary(errors), errors)
 
 

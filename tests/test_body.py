@@ -1,0 +1,416 @@
+"""JSON bodies: decoding and validation by msgspec, embedding of several body parameters, malformed and
+oversized bodies (issue "Parameters, validation, uploads and DI", points 4 and 5)."""
+
+import dataclasses
+import json
+from typing import Optional
+
+import httpx
+import pytest
+
+from tachyon_api import Body, Query, Request, Struct, Tachyon
+from tachyon_api.testing import TachyonTestClient, create_client
+
+from .conftest import serve
+
+ERROR_KEYS = {"success", "error", "code", "errors"}
+
+
+def assert_error_shape(response, statuses, code=None):
+    assert response.status_code in statuses, response.text
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert body["success"] is False
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["code"], str) and body["code"]
+    if code is not None:
+        assert body["code"] == code
+    assert isinstance(body["errors"], list)
+    for error in body["errors"]:
+        assert set(error) == {"loc", "msg", "type"}
+    return body
+
+
+def assert_validation_error(response, expected_locs=None):
+    body = assert_error_shape(response, {422}, "VALIDATION_ERROR")
+    assert body["errors"]
+    if expected_locs is not None:
+        assert [e["loc"] for e in body["errors"]] == expected_locs
+    return body["errors"]
+
+
+class Item(Struct):
+    name: str
+    price: float
+    tags: list[str] = []
+
+
+class User(Struct):
+    username: str
+    email: Optional[str] = None
+
+
+class Address(Struct):
+    city: str
+    zip: str
+
+
+class Customer(Struct):
+    name: str
+    address: Address
+
+
+class Line(Struct):
+    sku: str
+    qty: int
+
+
+class Order(Struct):
+    customer: Customer
+    lines: list[Line]
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int = 0
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = Tachyon()
+
+    @app.post("/item")
+    def create_item(item: Item):
+        assert isinstance(item, Item)
+        return {"name": item.name, "price": item.price, "tags": item.tags}
+
+    @app.post("/items")
+    def create_items(items: list[Item]):
+        assert all(isinstance(i, Item) for i in items)
+        return {"names": [i.name for i in items], "count": len(items)}
+
+    @app.post("/maybe")
+    def maybe_item(item: Optional[Item] = None):
+        return {"item": None if item is None else item.name}
+
+    @app.post("/order")
+    def create_order(order: Order):
+        assert isinstance(order.customer, Customer)
+        assert isinstance(order.customer.address, Address)
+        assert all(isinstance(line, Line) for line in order.lines)
+        return {
+            "city": order.customer.address.city,
+            "total_qty": sum(line.qty for line in order.lines),
+        }
+
+    @app.post("/dict")
+    def take_dict(payload: dict):
+        return {"payload": payload, "type": type(payload).__name__}
+
+    @app.post("/typed-dict")
+    def take_typed_dict(payload: dict[str, int]):
+        return {"sum": sum(payload.values())}
+
+    @app.post("/point")
+    def take_point(point: Point):
+        assert isinstance(point, Point)
+        return {"x": point.x, "y": point.y}
+
+    @app.post("/marker")
+    def explicit_marker(data: Item = Body(..., description="an item")):
+        return {"name": data.name}
+
+    @app.post("/scalar-body")
+    def scalar_body(count: int = Body()):
+        return {"count": count}
+
+    @app.post("/embed")
+    def embedded(item: Item, user: User):
+        assert isinstance(item, Item) and isinstance(user, User)
+        return {"item": item.name, "user": user.username}
+
+    @app.post("/embed-default")
+    def embedded_default(item: Item, note: str = Body("none"), count: int = Body(1)):
+        return {"item": item.name, "note": note, "count": count}
+
+    @app.put("/items/{item_id}")
+    def update(item_id: int, item: Item, q: Optional[str] = None):
+        return {"item_id": item_id, "name": item.name, "q": q}
+
+    with TachyonTestClient(app) as test_client:
+        yield test_client
+
+
+# --- decoding --------------------------------------------------------------------------------------------
+def test_struct_body(client):
+    response = client.post("/item", json={"name": "pen", "price": 1.25, "tags": ["office"]})
+    assert response.status_code == 200
+    assert response.json() == {"name": "pen", "price": 1.25, "tags": ["office"]}
+    # struct defaults apply
+    assert client.post("/item", json={"name": "pen", "price": 2}).json() == {"name": "pen", "price": 2.0, "tags": []}
+
+
+def test_list_of_structs(client):
+    response = client.post("/items", json=[{"name": "a", "price": 1}, {"name": "b", "price": 2}])
+    assert response.status_code == 200
+    assert response.json() == {"names": ["a", "b"], "count": 2}
+    assert client.post("/items", json=[]).json() == {"names": [], "count": 0}
+
+
+def test_optional_struct_null_and_missing_give_none(client):
+    assert client.post("/maybe", json={"name": "x", "price": 1}).json() == {"item": "x"}
+    null = client.post("/maybe", content=b"null", headers={"content-type": "application/json"})
+    assert null.status_code == 200
+    assert null.json() == {"item": None}
+    missing = client.post("/maybe")
+    assert missing.status_code == 200
+    assert missing.json() == {"item": None}
+
+
+def test_nested_structs(client):
+    payload = {
+        "customer": {"name": "Ada", "address": {"city": "London", "zip": "N1"}},
+        "lines": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 3}],
+    }
+    response = client.post("/order", json=payload)
+    assert response.status_code == 200
+    assert response.json() == {"city": "London", "total_qty": 5}
+
+
+def test_dict_and_dataclass_bodies(client):
+    payload = {"a": 1, "nested": {"b": [1, 2]}}
+    assert client.post("/dict", json=payload).json() == {"payload": payload, "type": "dict"}
+    assert client.post("/typed-dict", json={"a": 1, "b": 2}).json() == {"sum": 3}
+    assert_validation_error(client.post("/typed-dict", json={"a": "one"}))
+    assert client.post("/point", json={"x": 4}).json() == {"x": 4, "y": 0}
+    errors = assert_validation_error(client.post("/point", json={"y": 1}), [["body", "x"]])
+    assert errors[0]["type"] == "missing"
+
+
+def test_explicit_body_marker(client):
+    assert client.post("/marker", json={"name": "m", "price": 0}).json() == {"name": "m"}
+    assert client.post("/scalar-body", json=5).json() == {"count": 5}
+    assert_validation_error(client.post("/scalar-body", json="five"), [["body"]])
+
+
+def test_json_content_type_variants_accepted(client):
+    payload = json.dumps({"name": "pen", "price": 1}).encode()
+    for content_type in ("application/json", "application/json; charset=utf-8", "application/merge-patch+json"):
+        response = client.post("/item", content=payload, headers={"content-type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
+        assert response.json()["name"] == "pen"
+
+
+def test_several_body_params_are_embedded_by_name(client):
+    response = client.post("/embed", json={"item": {"name": "pen", "price": 1}, "user": {"username": "ada"}})
+    assert response.status_code == 200
+    assert response.json() == {"item": "pen", "user": "ada"}
+    # the non-embedded form is not accepted
+    flat = client.post("/embed", json={"name": "pen", "price": 1, "username": "ada"})
+    errors = assert_validation_error(flat)
+    assert errors[0]["loc"][0] == "body"
+    missing_user = client.post("/embed", json={"item": {"name": "pen", "price": 1}})
+    errors = assert_validation_error(missing_user, [["body", "user"]])
+    assert errors[0]["type"] == "missing"
+    bad_nested = client.post("/embed", json={"item": {"name": "pen", "price": "x"}, "user": {"username": "ada"}})
+    assert_validation_error(bad_nested, [["body", "item", "price"]])
+
+
+def test_embedded_body_params_with_defaults(client):
+    response = client.post("/embed-default", json={"item": {"name": "pen", "price": 1}})
+    assert response.json() == {"item": "pen", "note": "none", "count": 1}
+    response = client.post("/embed-default", json={"item": {"name": "pen", "price": 1}, "note": "hi", "count": 3})
+    assert response.json() == {"item": "pen", "note": "hi", "count": 3}
+
+
+def test_body_with_path_and_query(client):
+    response = client.put("/items/9?q=search", json={"name": "pen", "price": 1})
+    assert response.status_code == 200
+    assert response.json() == {"item_id": 9, "name": "pen", "q": "search"}
+
+
+# --- validation errors -----------------------------------------------------------------------------------
+def test_wrong_field_type_located(client):
+    errors = assert_validation_error(client.post("/item", json={"name": "pen", "price": "cheap"}), [["body", "price"]])
+    assert errors[0]["type"] != "missing"
+
+
+def test_missing_field_located(client):
+    errors = assert_validation_error(client.post("/item", json={"price": 1}), [["body", "name"]])
+    assert errors[0]["type"] == "missing"
+
+
+def test_nested_list_error_located(client):
+    payload = {
+        "customer": {"name": "Ada", "address": {"city": "London", "zip": "N1"}},
+        "lines": [{"sku": "a", "qty": "two"}],
+    }
+    assert_validation_error(client.post("/order", json=payload), [["body", "lines", 0, "qty"]])
+    payload["lines"] = [{"sku": "a", "qty": 1}, {"qty": 1}]
+    errors = assert_validation_error(client.post("/order", json=payload), [["body", "lines", 1, "sku"]])
+    assert errors[0]["type"] == "missing"
+    payload["lines"] = [{"sku": "a", "qty": 1}]
+    payload["customer"]["address"] = {"city": 5, "zip": "x"}
+    assert_validation_error(client.post("/order", json=payload), [["body", "customer", "address", "city"]])
+
+
+def test_list_of_structs_error_located(client):
+    errors = assert_validation_error(client.post("/items", json=[{"name": "a", "price": 1}, {"name": "b"}]))
+    assert errors[0]["loc"] == ["body", 1, "price"]
+    assert errors[0]["type"] == "missing"
+    assert_validation_error(client.post("/items", json={"name": "a", "price": 1}), [["body"]])
+
+
+def test_missing_required_body_is_422(client):
+    errors = assert_validation_error(client.post("/item"), [["body"]])
+    assert errors[0]["type"] == "missing"
+
+
+@pytest.mark.parametrize("raw", [b"{", b"{'name': 'pen'}", b'{"name": "pen", "price": 1', b"not json", b"\xff\xfe"])
+def test_malformed_json_is_4xx_with_error_shape(client, raw):
+    response = client.post("/item", content=raw, headers={"content-type": "application/json"})
+    body = assert_error_shape(response, {400, 422})
+    assert body["errors"] and body["errors"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+def test_wrong_content_type_is_4xx_with_error_shape(client, content_type):
+    payload = json.dumps({"name": "pen", "price": 1}).encode()
+    response = client.post("/item", content=payload, headers={"content-type": content_type})
+    body = assert_error_shape(response, {400, 415, 422})
+    assert body["errors"]
+
+
+def test_body_error_summary_mentions_field(client):
+    response = client.post("/item", json={"name": "pen", "price": "cheap"})
+    assert "price" in response.json()["error"]
+
+
+# --- size limits -----------------------------------------------------------------------------------------
+def limited_app(limit):
+    app = Tachyon(max_body_size=limit)
+    calls = []
+
+    @app.post("/item")
+    def create_item(item: Item):
+        calls.append(item)
+        return {"name": item.name}
+
+    @app.post("/dict")
+    async def take_dict(payload: dict):
+        calls.append(payload)
+        return {"n": len(payload)}
+
+    @app.post("/raw")
+    async def raw(request: Request):
+        data = await request.body()
+        calls.append(data)
+        return {"n": len(data)}
+
+    return app, calls
+
+
+def big_payload(size):
+    return json.dumps({"name": "x" * size, "price": 1}).encode()
+
+
+def test_body_over_limit_is_413():
+    app, calls = limited_app(100)
+    with TachyonTestClient(app) as client:
+        small = client.post("/item", content=big_payload(10), headers={"content-type": "application/json"})
+        assert small.status_code == 200
+        response = client.post("/item", content=big_payload(200), headers={"content-type": "application/json"})
+        assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+        response = client.post("/raw", content=b"x" * 101)
+        assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+        exact = client.post("/raw", content=b"x" * 100)
+        assert exact.status_code == 200 and exact.json() == {"n": 100}
+    assert len(calls) == 2
+
+
+def test_chunked_body_without_content_length_over_limit_is_413():
+    app, calls = limited_app(100)
+    sent_headers = {}
+
+    def chunks():
+        for _ in range(10):
+            yield b'{"name": "' + b"x" * 20
+        yield b'", "price": 1}'
+
+    def record(request):
+        sent_headers.update(request.headers)
+
+    with TachyonTestClient(app, event_hooks={"request": [record]}) as client:
+        response = client.post("/item", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in sent_headers
+    assert sent_headers.get("transfer-encoding") == "chunked"
+    assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+    assert calls == []
+
+
+async def test_chunked_async_body_over_limit_is_413():
+    app, calls = limited_app(64)
+
+    async def chunks():
+        for _ in range(8):
+            yield b"[" + b"1," * 10
+
+    async with create_client(app) as client:
+        response = await client.post("/dict", content=chunks(), headers={"content-type": "application/json"})
+        assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+
+        async def small():
+            yield b'{"a": '
+            yield b"1}"
+
+        ok = await client.post("/dict", content=small(), headers={"content-type": "application/json"})
+        assert ok.status_code == 200
+        assert ok.json() == {"n": 1}
+    assert calls == [{"a": 1}]
+
+
+def test_chunked_body_over_limit_over_real_http_is_413():
+    app, calls = limited_app(1000)
+
+    def chunks():
+        for _ in range(50):
+            yield b"y" * 100
+
+    with serve(app) as url:
+        response = httpx.post(f"{url}/raw", content=chunks(), timeout=10)
+        ok = httpx.post(f"{url}/raw", content=iter([b"a" * 500, b"b" * 500]), timeout=10)
+    assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+    assert ok.status_code == 200
+    assert ok.json() == {"n": 1000}
+    assert calls == [b"a" * 500 + b"b" * 500]
+
+
+def test_default_limit_is_two_mebibytes():
+    default_app = Tachyon()
+    assert default_app.max_body_size == 2 * 1024 * 1024
+
+    @default_app.post("/raw")
+    async def raw(request: Request):
+        return {"n": len(await request.body())}
+
+    with TachyonTestClient(default_app) as client:
+        assert client.post("/raw", content=b"x" * (2 * 1024 * 1024)).json() == {"n": 2 * 1024 * 1024}
+        too_big = client.post("/raw", content=b"x" * (2 * 1024 * 1024 + 1))
+        assert_error_shape(too_big, {413}, "PAYLOAD_TOO_LARGE")
+        too_big_json = client.post("/raw", content=big_payload(2 * 1024 * 1024), headers={"content-type": "application/json"})
+        assert_error_shape(too_big_json, {413}, "PAYLOAD_TOO_LARGE")
+
+
+def test_413_with_body_and_query_params():
+    app = Tachyon(max_body_size=50)
+    called = []
+
+    @app.post("/x")
+    def handler(item: Item, page: int = Query(1)):
+        called.append(page)
+
+    with TachyonTestClient(app) as client:
+        response = client.post("/x?page=2", content=big_payload(100), headers={"content-type": "application/json"})
+    assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
+    assert called == []
