@@ -10,8 +10,8 @@ The life of a task, all of it in this module:
    :meth:`BackgroundRunner.submit` as one *batch*, together with a copy of the request's context variables.
 3. The runner starts the batch as an asyncio task it keeps referenced, unless ``concurrency`` batches are
    already running; then the batch waits in a bounded queue. When the queue is full, the ``overflow`` policy
-   applies: ``"wait"`` (default) holds the request's ASGI call until there is room, so memory stays bounded;
-   ``"drop"`` logs and counts the lost tasks.
+   applies: ``"wait"`` (default) holds the request's ASGI call until there is room (at most
+   ``shutdown_timeout``), so memory stays bounded; ``"drop"`` logs and counts the lost tasks.
 4. A batch runs its tasks one after another, in order. Async tasks run on the loop; sync tasks in the
    runner's own bounded thread pool (never the endpoints' pool, never the loop). A failure is retried if the
    task asked for it, else logged at ERROR with its traceback on the ``tachyon_api.background`` logger and
@@ -303,6 +303,22 @@ class TaskStats(msgspec.Struct, frozen=True):
         return self.duration_total / self.duration_count if self.duration_count else 0.0
 
 
+async def _captured(call: Awaitable[Any]) -> BaseException | None:
+    """Await ``call`` and return its exception instead of raising it.
+
+    ``wait_for`` may run the awaitable as a Task of its own, and a Task lets ``KeyboardInterrupt`` and
+    ``SystemExit`` escape to the event loop, which would stop the server; captured here, they are handled
+    like any other task failure.
+    """
+    try:
+        await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
 class _Batch:
     __slots__ = ("tasks", "method", "path", "context", "index")
 
@@ -413,9 +429,18 @@ class BackgroundRunner:
             if self.overflow == "drop":
                 self._drop(tasks, method, path, "the background queue is full")
                 return
+            # Wait for room, but not forever: a server drains open requests before the lifespan shutdown
+            # starts, so an unbounded wait here would make shutdown_timeout meaningless.
             waiter = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
-            await waiter
+            try:
+                await asyncio.wait_for(waiter, self.shutdown_timeout)
+            except asyncio.TimeoutError:
+                self._drop(tasks, method, path, f"no room in the background queue within {self.shutdown_timeout}s")
+                return
+            except asyncio.CancelledError:
+                self._drop(tasks, method, path, "the request was cancelled while waiting for room")
+                raise
             if self._closed:
                 self._drop(tasks, method, path, "the app is shutting down")
                 return
@@ -497,8 +522,8 @@ class BackgroundRunner:
                 batch.index = index
                 await self._run_task(task, batch)
         except asyncio.CancelledError:
-            if self._cancelling:
-                self._drop(batch.tasks[batch.index :], batch.method, batch.path, "cancelled at the shutdown deadline")
+            reason = "cancelled at the shutdown deadline" if self._cancelling else "cancelled"
+            self._drop(batch.tasks[batch.index :], batch.method, batch.path, reason)
             raise
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
@@ -509,12 +534,10 @@ class BackgroundRunner:
             started = time.perf_counter()
             try:
                 await self._execute(task)
-            except asyncio.CancelledError:
-                if self._cancelling:
-                    raise
-                exc: BaseException = asyncio.CancelledError(f"{task.name} was cancelled")
+            except asyncio.CancelledError:  # the batch itself is cancelled: _run logs what is lost
+                raise
             except BaseException as error:  # noqa: BLE001 - a task must never take the runner down
-                exc = error
+                exc: BaseException = error
             else:
                 self._record(started)
                 self._succeeded += 1
@@ -546,10 +569,12 @@ class BackgroundRunner:
                 await call
                 return
             try:
-                await asyncio.wait_for(call, task.timeout)
+                error = await asyncio.wait_for(_captured(call), task.timeout)
             except asyncio.TimeoutError:
                 self._timed_out += 1
                 raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
+            if error is not None:
+                raise error
             return
         future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
         if task.timeout is not None:
