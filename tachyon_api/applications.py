@@ -201,14 +201,17 @@ class Tachyon(RouteDecorators):
 
     def _handler_for(self, exc: BaseException) -> ExceptionHandler | None:
         handlers = self._exception_handlers
-        if isinstance(exc, HTTPException) and exc.status_code in handlers:
-            return handlers[exc.status_code]
+        starlette = sys.modules.get("starlette.exceptions")
+        foreign_http = starlette is not None and isinstance(exc, starlette.HTTPException)
+        if isinstance(exc, HTTPException) or foreign_http:
+            handler = handlers.get(exc.status_code)  # type: ignore[attr-defined]
+            if handler is not None:
+                return handler
+            if foreign_http:  # Starlette's HTTPException is served like ours
+                return handlers[HTTPException]
         for cls in type(exc).__mro__:
             if cls in handlers:
                 return handlers[cls]
-        starlette = sys.modules.get("starlette.exceptions")
-        if starlette is not None and isinstance(exc, starlette.HTTPException):
-            return _http_exception  # type: ignore[return-value]
         return None
 
     async def handle_exception(self, request: Request, exc: Exception) -> Any:

@@ -33,7 +33,7 @@ def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
 class ThreadPool:
     """A bounded, lazily grown set of daemon threads.
 
-    Threads are started only when every existing one is busy, up to ``max_workers``, and exit after
+    A thread is started when more work waits than there are idle threads, up to ``max_workers``; threads exit after
     ``idle_timeout`` seconds without work, so an idle app holds no threads.
     """
 
@@ -55,7 +55,7 @@ class ThreadPool:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((loop, future, context, func, args, kwargs))
-        if self._idle == 0 and self._threads < self.max_workers:
+        if self._threads < self.max_workers and self._queue.qsize() > self._idle:
             self._spawn()
         return future
 

@@ -167,6 +167,7 @@ def prefixed_route(router: Router, route: Route, prefix: str = "", tags: Sequenc
               dependencies: Sequence[Depends] = ()) -> Route:
     path = router.get_full_path(route.path)
     if prefix:
+        prefix = prefix if prefix.startswith("/") else "/" + prefix
         path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
     return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies])
 

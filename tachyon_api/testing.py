@@ -49,6 +49,8 @@ class _Lifespan:
             raise RuntimeError("The app's lifespan returned early")
         message = get.result()
         if message["type"] != expected:
+            with contextlib.suppress(Exception):  # the app re-raises after reporting: collect it
+                await self.task  # type: ignore[misc]
             raise RuntimeError(f"Lifespan failed: {message.get('message', message['type'])}")
 
     async def startup(self) -> None:
@@ -92,7 +94,8 @@ class _PortalTransport(httpx.BaseTransport):
 
         async def call() -> tuple[int, httpx.Headers, bytes]:
             response = await self.transport.handle_async_request(request)
-            return response.status_code, response.headers, await response.aread()
+            raw = b"".join([chunk async for chunk in response.stream])  # still encoded: httpx decodes it once
+            return response.status_code, response.headers, raw
 
         status, headers, content = self.client._portal_call(call())
         return httpx.Response(status, headers=headers, content=content, request=request)
@@ -128,7 +131,12 @@ class TachyonTestClient(httpx.Client):
     def __enter__(self) -> "TachyonTestClient":
         super().__enter__()
         self._lifespan = _Lifespan(self.app)
-        self._portal_call(self._lifespan.startup())
+        try:
+            self._portal_call(self._lifespan.startup())
+        except BaseException:
+            self._lifespan = None
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -138,6 +146,7 @@ class TachyonTestClient(httpx.Client):
                 self._portal_call(lifespan.shutdown())
         finally:
             super().__exit__(*exc_info)
+            self.close()
 
     def close(self) -> None:
         super().close()
