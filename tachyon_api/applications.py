@@ -65,9 +65,9 @@ class Tachyon(RouteDecorators):
         dependencies: Sequence[Depends] | None = None,
         thread_pool_size: int = 40,
         background_concurrency: int = 64,
-        background_queue: int = 10_000,
+        background_queue: int = 1_000,
         background_overflow: str = "wait",
-        background_threads: int = 8,
+        background_threads: int = 16,
         shutdown_timeout: float = 25.0,
         task_backend: Any = None,
     ) -> None:

@@ -9,9 +9,10 @@ The life of a task, all of it in this module:
    tasks (those of a returned ``Response(background=...)`` first, then the injected ones) to
    :meth:`BackgroundRunner.submit` as one *batch*, together with a copy of the request's context variables.
 3. The runner starts the batch as an asyncio task it keeps referenced, unless ``concurrency`` batches are
-   already running; then the batch waits in a bounded queue. When the queue is full, the ``overflow`` policy
-   applies: ``"wait"`` (default) holds the request's ASGI call until there is room (at most
-   ``shutdown_timeout``), so memory stays bounded; ``"drop"`` logs and counts the lost tasks.
+   already running; then the batch waits in a bounded queue. Room is checked before the response is sent
+   (:meth:`BackgroundRunner.admit`): when the queue is full the ``overflow`` policy applies, ``"wait"``
+   (default) delays the response until there is room (at most ``shutdown_timeout``), so overload slows the
+   clients down and memory stays bounded; ``"drop"`` logs and counts the lost tasks.
 4. A batch runs its tasks one after another, in order. Async tasks run on the loop; sync tasks in the
    runner's own bounded thread pool (never the endpoints' pool, never the loop). A failure is retried if the
    task asked for it, else logged at ERROR with its traceback on the ``tachyon_api.background`` logger and
@@ -340,9 +341,9 @@ class BackgroundRunner:
         self,
         *,
         concurrency: int = 64,
-        queue_size: int = 10_000,
+        queue_size: int = 1_000,
         overflow: str = "wait",
-        threads: int = 8,
+        threads: int = 16,
         shutdown_timeout: float = 25.0,
     ) -> None:
         if overflow not in ("wait", "drop"):
@@ -411,8 +412,36 @@ class BackgroundRunner:
         self._closed = False
         self._cancelling = False
 
+    async def admit(self, tasks: list[BackgroundTask], method: str, path: str) -> bool:
+        """Before the response is sent: wait while the runner is full, so overload slows clients down.
+
+        Returns False when the tasks were dropped (``overflow="drop"``). The wait lasts at most
+        ``shutdown_timeout``; after it the batch is admitted past the limit rather than lost. Requests admitted
+        at the same moment may exceed ``queue_size`` by the number of responses being sent.
+        """
+        while self.started and not self._closed and self._load() >= self.concurrency + self.queue_size:
+            if self.overflow == "drop":
+                self._scheduled += len(tasks)
+                self._drop(tasks, method, path, "the background queue is full")
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.shutdown_timeout)
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "No room in the background queue for request %s %s within %.1fs; queueing past the limit",
+                    method, path, self.shutdown_timeout,
+                )
+                break
+        return True
+
     async def submit(self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False) -> None:
-        """Hand one request's tasks over, after its response was sent. See the module docstring."""
+        """Hand one request's tasks over, after its response was sent (see the module docstring).
+
+        Never waits for room (``admit`` did, before the response); runs the batch in the caller when there is no
+        lifespan to own it, or when ``wait`` asks for that (the test clients do).
+        """
         count = len(tasks)
         self._scheduled += count
         if self._closed:
@@ -421,31 +450,11 @@ class BackgroundRunner:
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
             await self.run_batch(tasks, method, path, batch)
-            return
-        if len(self._active) < self.concurrency:
+        elif len(self._active) < self.concurrency:
             self._launch(batch)
-            return
-        while len(self._pending) >= self.queue_size:
-            if self.overflow == "drop":
-                self._drop(tasks, method, path, "the background queue is full")
-                return
-            # Wait for room, but not forever: a server drains open requests before the lifespan shutdown
-            # starts, so an unbounded wait here would make shutdown_timeout meaningless.
-            waiter = asyncio.get_running_loop().create_future()
-            self._room_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, self.shutdown_timeout)
-            except asyncio.TimeoutError:
-                self._drop(tasks, method, path, f"no room in the background queue within {self.shutdown_timeout}s")
-                return
-            except asyncio.CancelledError:
-                self._drop(tasks, method, path, "the request was cancelled while waiting for room")
-                raise
-            if self._closed:
-                self._drop(tasks, method, path, "the app is shutting down")
-                return
-        self._pending.append(batch)
-        self._queued += count
+        else:
+            self._pending.append(batch)
+            self._queued += count
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
@@ -491,17 +500,20 @@ class BackgroundRunner:
         self._active.add(task)
         task.add_done_callback(self._finished)
 
+    def _load(self) -> int:
+        return len(self._active) + len(self._pending)
+
     def _finished(self, task: asyncio.Task) -> None:
         self._active.discard(task)
-        while self._pending and len(self._active) < self.concurrency:
+        if self._pending:
             batch = self._pending.popleft()
             self._queued -= len(batch.tasks)
             self._launch(batch)
-            while self._room_waiters:
-                waiter = self._room_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+        while self._room_waiters:  # one batch finished: room for one more
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
         self._check_idle()
 
     def _check_idle(self) -> None:

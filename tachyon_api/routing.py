@@ -279,6 +279,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             tasks = collect(background, ctx.background if ctx is not None else None)
             if tasks:  # durable ones are stored now, before the response: a 2xx means they are in Redis
                 tasks = await store_durable(tasks, scope["method"], scope["path"])
+                if tasks and not await runner.admit(tasks, scope["method"], scope["path"]):
+                    tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
             await app.send_error(scope, receive, send, exc)
             if ctx is not None:
@@ -294,12 +296,13 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             else:  # a Starlette response: it sends itself; its tasks were taken over above
                 response.background = None
                 await response(scope, receive, send)
-            if tasks:
-                await runner.submit(
-                    tasks, scope["method"], scope["path"], wait=WAIT_FOR_TASKS in (scope.get("extensions") or ())
-                )
         finally:
-            if ctx is not None:
-                await ctx.close()
+            try:
+                if tasks:  # even if sending failed: the endpoint succeeded, its tasks are owed
+                    wait = WAIT_FOR_TASKS in (scope.get("extensions") or ())
+                    await runner.submit(tasks, scope["method"], scope["path"], wait=wait)
+            finally:
+                if ctx is not None:
+                    await ctx.close()
 
     return handle

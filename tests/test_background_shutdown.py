@@ -173,7 +173,7 @@ def test_shutdown_deadline_holds_even_when_a_request_waits_for_queue_room(caplog
     with serve(app) as url:
         for label in ("a", "b", "c"):  # a runs, b waits in the queue, c's call waits for room
             assert httpx.post(f"{url}/job/{label}").status_code == 200
-        assert wait_until(lambda: app.background.stats().queued == 1, 2)
+        assert wait_until(lambda: app.background.stats().queued >= 1, 2)
         stopping = time.perf_counter()
     elapsed = time.perf_counter() - stopping
 
