@@ -46,24 +46,57 @@ __all__ = ["BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend",
 
 logger = logging.getLogger("tachyon_api.background")
 
-_signatures: "weakref.WeakKeyDictionary[Callable[..., Any], inspect.Signature | None]" = weakref.WeakKeyDictionary()
+class _Callee:
+    """What ``add_task`` needs to know about a callable, worked out once per function or method.
+
+    ``check(args, kwargs)`` raises TypeError when the arguments do not bind. Plain positional calls, the usual
+    case, are checked by counting; anything else goes through ``Signature.bind``.
+    """
+
+    __slots__ = ("sig", "offset", "min_args", "max_args", "is_async", "name", "__weakref__")
+
+    def __init__(self, func: Any, target: Any, offset: int) -> None:
+        self.is_async = _is_async(func)
+        self.name = _name(func)
+        try:
+            self.sig: inspect.Signature | None = inspect.signature(target)
+        except (TypeError, ValueError):  # some builtins: nothing to check against
+            self.sig = None
+        self.offset = offset
+        self.min_args = self.max_args = -1
+        if self.sig is not None:
+            params = list(self.sig.parameters.values())
+            positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            if all(p.kind in positional for p in params):
+                self.max_args = len(params) - offset
+                self.min_args = sum(1 for p in params if p.default is p.empty) - offset
+
+    def check(self, func: Any, args: tuple, kwargs: dict) -> None:
+        if self.sig is None or (not kwargs and self.min_args <= len(args) <= self.max_args):
+            return
+        try:
+            if self.offset:
+                self.sig.bind(func.__self__, *args, **kwargs)
+            else:
+                self.sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"add_task({self.name}, ...): the arguments do not match its signature: {exc}") from None
 
 
-def _signature(func: Any) -> inspect.Signature | None:
-    """The signature add_task binds against, computed once per plain function (None: not introspectable)."""
-    target = func.__func__ if inspect.ismethod(func) else func
+_callees: "weakref.WeakKeyDictionary[Any, _Callee]" = weakref.WeakKeyDictionary()
+
+
+def _callee(func: Any) -> _Callee:
+    """The cached :class:`_Callee` of a plain function or method (computed each time for other callables)."""
+    method = inspect.ismethod(func)
+    target = func.__func__ if method else func
     try:
-        sig = _signatures[target]
+        return _callees[target]
     except (KeyError, TypeError):
-        try:
-            sig = inspect.signature(target)
-        except (TypeError, ValueError):
-            sig = None
-        try:
-            _signatures[target] = sig
-        except TypeError:  # not weak-referenceable: do not cache
-            pass
-    return sig
+        callee = _Callee(func, target, 1 if method else 0)
+        if inspect.isfunction(target):  # partials and callable objects may change: never cached
+            _callees[target] = callee
+        return callee
 
 
 def _is_async(func: Any) -> bool:
@@ -110,20 +143,13 @@ class BackgroundTask:
             )
         if not callable(func):
             raise TypeError(f"add_task() needs a callable (function, method or object), got {type(func).__name__}")
-        sig = _signature(func)
-        if sig is not None:
-            try:
-                if inspect.ismethod(func):
-                    sig.bind(func.__self__, *args, **kwargs)
-                else:
-                    sig.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"add_task({_name(func)}, ...): the arguments do not match its signature: {exc}") from None
+        callee = _callee(func)
+        callee.check(func, args, kwargs)
         self.func = func
         self.args = args
         self.kwargs = kwargs
-        self.is_async = _is_async(func)
-        self.name = _name(func)
+        self.is_async = callee.is_async
+        self.name = callee.name
         self.timeout: float | None = None
         self.retries = 0
         self.retry_delay = 0.5
@@ -255,6 +281,13 @@ def collect(*sources: BackgroundTask | BackgroundTasks | None) -> list[Backgroun
         else:
             raise TypeError(f"background= takes a BackgroundTask or BackgroundTasks, got {type(source).__name__}")
     return batch
+
+
+def has_durable(tasks: list[BackgroundTask]) -> bool:
+    for task in tasks:
+        if task.backend is not None:
+            return True
+    return False
 
 
 async def store_durable(tasks: list[BackgroundTask], method: str, path: str) -> list[BackgroundTask]:
@@ -419,7 +452,7 @@ class BackgroundRunner:
         ``shutdown_timeout``; after it the batch is admitted past the limit rather than lost. Requests admitted
         at the same moment may exceed ``queue_size`` by the number of responses being sent.
         """
-        while self.started and not self._closed and self._load() >= self.concurrency + self.queue_size:
+        while self.full:
             if self.overflow == "drop":
                 self._scheduled += len(tasks)
                 self._drop(tasks, method, path, "the background queue is full")
@@ -436,25 +469,34 @@ class BackgroundRunner:
                 break
         return True
 
-    async def submit(self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False) -> None:
+    @property
+    def full(self) -> bool:
+        """True when a new batch would have to wait for room (see :meth:`admit`)."""
+        return self.started and not self._closed and self._load() >= self.concurrency + self.queue_size
+
+    def submit(
+        self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False
+    ) -> Awaitable[None] | None:
         """Hand one request's tasks over, after its response was sent (see the module docstring).
 
-        Never waits for room (``admit`` did, before the response); runs the batch in the caller when there is no
-        lifespan to own it, or when ``wait`` asks for that (the test clients do).
+        Never waits for room (``admit`` did, before the response). Returns an awaitable the caller must await
+        when the batch runs in the caller: when there is no lifespan to own it, or when ``wait`` asks for that
+        (the test clients do); otherwise None.
         """
         count = len(tasks)
         self._scheduled += count
         if self._closed:
             self._drop(tasks, method, path, "the app is shutting down")
-            return
+            return None
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
-            await self.run_batch(tasks, method, path, batch)
-        elif len(self._active) < self.concurrency:
+            return self.run_batch(tasks, method, path, batch)
+        if len(self._active) < self.concurrency:
             self._launch(batch)
         else:
             self._pending.append(batch)
             self._queued += count
+        return None
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
@@ -496,7 +538,7 @@ class BackgroundRunner:
 
     # --- internals -------------------------------------------------------------------------------------
     def _launch(self, batch: _Batch) -> None:
-        task = batch.context.run(asyncio.ensure_future, self._run(batch))
+        task = batch.context.run(asyncio.get_running_loop().create_task, self._run(batch))
         self._active.add(task)
         task.add_done_callback(self._finished)
 

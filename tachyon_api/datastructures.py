@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from typing import Any, Iterator, Mapping, NamedTuple
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from .concurrency import run_in_threadpool
 
@@ -45,6 +45,23 @@ class _MultiDict(Mapping[str, Any]):
         return f"{type(self).__name__}({self._items!r})"
 
 
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """Split ``a=1&b=x%20y`` into pairs, keeping blank values; unquote only the pairs that need it.
+
+    The same result as ``urllib.parse.parse_qsl(query, keep_blank_values=True)``, several times faster for the
+    usual short, unescaped query strings.
+    """
+    items = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            key, value = unquote_plus(key), unquote_plus(value)
+        items.append((key, value))
+    return items
+
+
 class QueryParams(_MultiDict):
     """The parsed query string. Blank values are kept (``?a=`` gives ``""``)."""
 
@@ -53,8 +70,7 @@ class QueryParams(_MultiDict):
     def __init__(self, query_string: bytes | str | list[tuple[str, str]] = b"") -> None:
         if isinstance(query_string, bytes):
             query_string = query_string.decode("latin-1")
-        items = parse_qsl(query_string, keep_blank_values=True) if isinstance(query_string, str) else query_string
-        super().__init__(items)
+        super().__init__(parse_query(query_string) if isinstance(query_string, str) else query_string)
 
 
 class FormData(_MultiDict):

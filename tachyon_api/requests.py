@@ -7,13 +7,13 @@ buffering), and cached: a ``Body()`` parameter and ``await request.body()`` in t
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, AsyncIterator
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import msgspec
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .datastructures import URL, Address, FormData, Headers, QueryParams, State, UploadFile
+from .datastructures import URL, Address, FormData, Headers, QueryParams, State, UploadFile, parse_query
 from .exceptions import RequestError, RequestTooLarge, RequestValidationError
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Request:
                 self._form = await _parse_multipart(self.stream(), params.get(b"boundary"))
             elif content_type in (b"application/x-www-form-urlencoded", b""):
                 text = (await self.body()).decode("latin-1")
-                self._form = FormData(parse_qsl(text, keep_blank_values=True))
+                self._form = FormData(parse_query(text))
             else:
                 raise RequestValidationError(
                     [{"loc": ["body"], "msg": "Expected a form content type", "type": "content_type"}],

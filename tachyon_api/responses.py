@@ -337,4 +337,16 @@ def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any
         body = encode_json(value)
         return [JSON_TYPE, (b"content-length", str(len(body)).encode())], body
 
-    return render
+    def render_data(value: Any) -> tuple[list, bytes]:
+        # The common case, decided at registration: no model, a status with a body, data rather than bytes.
+        if type(value) in _BYTES:
+            return render(value)
+        body = encode_json(value)
+        return [JSON_TYPE, (b"content-length", str(len(body)).encode())], body
+
+    return render if response_model is not None or empty else render_data
+
+
+_BYTES = frozenset((bytes, bytearray))
+# Return values that are certainly not response objects: the hot path skips the isinstance checks for them.
+PLAIN_DATA = frozenset((dict, list, str, int, float, bool, type(None), tuple))

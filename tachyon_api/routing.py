@@ -12,11 +12,11 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from .background import collect, store_durable
+from .background import collect, has_durable, store_durable
 from .compiler import Context, compile_dependency, compile_endpoint
 from .dependencies import Depends
 from .exceptions import RequestValidationError
-from .responses import Response, is_foreign_response, make_renderer
+from .responses import PLAIN_DATA, Response, is_foreign_response, make_renderer
 
 if TYPE_CHECKING:
     from .applications import Tachyon
@@ -28,6 +28,7 @@ Handler = Callable[[dict, Any, Any, Sequence[str]], Awaitable[None]]
 logger = logging.getLogger("tachyon_api.errors")
 WAIT_FOR_TASKS = "tachyon.wait_for_background"  # scope["extensions"] key our test clients set
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_NONE: list[str] = []  # shared "no values / no allowed methods" result of a lookup; never mutated
 
 
 def _segments(path: str) -> list[str]:
@@ -212,9 +213,27 @@ class PathTree:
         if node is not None:
             route = node.routes.get(method)
             if route is not None:
-                return route, [], []
+                return route, _NONE, _NONE
+        segments = _segments(path)
+        # Greedy descent first (static before parameter): the answer for nearly every request.
+        node, values = self.root, []
+        for segment in segments:
+            child = node.static.get(segment)
+            if child is None:
+                child = node.param
+                if child is None:
+                    break
+                values.append(segment)
+            node = child
+        else:
+            route = node.routes.get(method)
+            if route is None and method == "HEAD":
+                route = node.routes.get("GET")
+            if route is not None:
+                return route, values, []
+        # Dead end or wrong method: walk every candidate, with backtracking, in priority order.
         allowed: list[str] = []
-        for node, values in self._walk(self.root, _segments(path), 0, []):
+        for node, values in self._walk(self.root, segments, 0, []):
             route = node.routes.get(method)
             if route is None and method == "HEAD":
                 route = node.routes.get("GET")
@@ -270,16 +289,17 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 if ctx.errors:
                     raise RequestValidationError(ctx.errors)
                 result = await func(**kwargs) if is_async else await pool.run_merging_context(func, **kwargs)
-            if isinstance(result, Response) or is_foreign_response(result):
-                response: Any = result
-                background = result.background
-            else:
+            if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
-                response = background = None
-            tasks = collect(background, ctx.background if ctx is not None else None)
-            if tasks:  # durable ones are stored now, before the response: a 2xx means they are in Redis
-                tasks = await store_durable(tasks, scope["method"], scope["path"])
-                if tasks and not await runner.admit(tasks, scope["method"], scope["path"]):
+                response = None
+                tasks = collect(None, ctx.background) if ctx is not None and ctx.background is not None else None
+            else:
+                response = result
+                tasks = collect(result.background, ctx.background if ctx is not None else None)
+            if tasks:
+                if has_durable(tasks):  # stored now, before the response: a 2xx means they are in Redis
+                    tasks = await store_durable(tasks, scope["method"], scope["path"])
+                if runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                     tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
             await app.send_error(scope, receive, send, exc)
@@ -300,7 +320,9 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             try:
                 if tasks:  # even if sending failed: the endpoint succeeded, its tasks are owed
                     wait = WAIT_FOR_TASKS in (scope.get("extensions") or ())
-                    await runner.submit(tasks, scope["method"], scope["path"], wait=wait)
+                    inline = runner.submit(tasks, scope["method"], scope["path"], wait=wait)
+                    if inline is not None:
+                        await inline
             finally:
                 if ctx is not None:
                     await ctx.close()

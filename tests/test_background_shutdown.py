@@ -192,11 +192,11 @@ async def test_runner_takes_no_new_tasks_once_shutdown_started(caplog: pytest.Lo
 
     runner = BackgroundRunner(shutdown_timeout=5)
     runner.start()
-    await runner.submit([BackgroundTask(running)], "GET", "/first")
+    runner.submit([BackgroundTask(running)], "GET", "/first")
     stopping = asyncio.ensure_future(runner.shutdown())
     await asyncio.sleep(0.01)
     late = BackgroundTask(results.append, "late").with_options(name="late-task")
-    await runner.submit([late], "GET", "/late")
+    runner.submit([late], "GET", "/late")
     await stopping
     assert results == ["running"]
     stats = runner.stats()

@@ -783,7 +783,7 @@ async def test_join_waits_for_idle_and_honours_its_timeout() -> None:
         results.append("slow")
 
     try:
-        await runner.submit([BackgroundTask(slow)], "POST", "/x")
+        runner.submit([BackgroundTask(slow)], "POST", "/x")
         assert results == [] and not runner.idle
         await asyncio.sleep(0.01)
         assert runner.stats().running == 1
@@ -809,7 +809,7 @@ async def test_runner_concurrency_queue_and_drop() -> None:
     async def hand_off(tasks: list[BackgroundTask], path: str) -> None:
         # As a request does: room is checked before the response, the batch handed over after it.
         if await runner.admit(tasks, "GET", path):
-            await runner.submit(tasks, "GET", path)
+            runner.submit(tasks, "GET", path)
 
     try:
         await hand_off([BackgroundTask(job, "a")], "/a")
