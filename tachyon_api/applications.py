@@ -9,7 +9,7 @@ import sys
 from typing import Any, AsyncContextManager, Callable, Sequence, TypeVar
 
 from .background import BackgroundRunner, ErrorHook
-from .compiler import Dependency, PathNotFound, compile_dependency
+from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
 from .datastructures import State
 from .dependencies import Depends
@@ -37,10 +37,6 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
 
 def _request_error(request: Request, exc: RequestError) -> Response:
     return JSONResponse(exc.body(), exc.status_code)
-
-
-def _path_not_found(request: Request, exc: PathNotFound) -> Response:
-    return JSONResponse({"detail": "Not Found"}, 404)
 
 
 def _response_invalid(request: Request, exc: ResponseValidationError) -> Response:
@@ -97,7 +93,6 @@ class Tachyon(RouteDecorators):
         self._exception_handlers: dict[Any, ExceptionHandler] = {
             HTTPException: _http_exception,
             RequestError: _request_error,
-            PathNotFound: _path_not_found,
             ResponseValidationError: _response_invalid,
         }
 

@@ -32,6 +32,7 @@ import functools
 import inspect
 import logging
 import random
+import threading
 import time
 import weakref
 from collections import deque
@@ -337,6 +338,10 @@ class TaskStats(msgspec.Struct, frozen=True):
         return self.duration_total / self.duration_count if self.duration_count else 0.0
 
 
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
 async def _captured(call: Awaitable[Any]) -> BaseException | None:
     """Await ``call`` and return its exception instead of raising it.
 
@@ -354,14 +359,21 @@ async def _captured(call: Awaitable[Any]) -> BaseException | None:
 
 
 class _Batch:
-    __slots__ = ("tasks", "method", "path", "context", "index")
+    """One request's tasks on their way through the runner."""
+
+    __slots__ = ("tasks", "method", "path", "context", "index", "running", "threaded", "abandoned", "loop")
 
     def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
         self.tasks = tasks
         self.method = method
         self.path = path
         self.context = context
-        self.index = 0
+        self.index = 0  # the task running, or the next one to run
+        self.running = False
+        # Only sync tasks without timeout or retries: the whole batch runs in one worker thread, in one hop.
+        self.threaded = all(not t.is_async and t.timeout is None and not t.retries for t in tasks)
+        self.abandoned = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 ErrorHook = Callable[[TaskFailure], Awaitable[None] | None]
@@ -397,6 +409,10 @@ class BackgroundRunner:
         self._room_waiters: deque[asyncio.Future] = deque()
         self._idle_waiters: list[asyncio.Future] = []
         self._inline = 0
+        self._threaded: set[_Batch] = set()  # threaded batches posted to the pool and not yet reported done
+        self._done: deque[_Batch] = deque()  # threaded batches done, appended by worker threads
+        self._drain_scheduled = False
+        self._lock = threading.Lock()  # counters are updated from worker threads too
         self._scheduled = self._queued = self._running = 0
         self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
         self._duration_count = 0
@@ -425,7 +441,7 @@ class BackgroundRunner:
 
     @property
     def idle(self) -> bool:
-        return not self._active and not self._pending and not self._inline
+        return not self._active and not self._threaded and not self._pending and not self._inline
 
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until no task is running or queued; False if ``timeout`` passed first."""
@@ -518,11 +534,25 @@ class BackgroundRunner:
                 self._queued -= len(batch.tasks)
                 self._drop(batch.tasks, batch.method, batch.path, "not started before the shutdown deadline")
             self._cancelling = True
+            self._abandon_threaded()
             active = list(self._active)
             for task in active:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
         self.started = False
+
+    def _abandon_threaded(self) -> None:
+        """At the deadline: threads cannot be stopped, so give up on their batches and log what is lost."""
+        for batch in list(self._threaded):
+            with self._lock:
+                batch.abandoned = True
+                running = batch.tasks[batch.index] if batch.running else None
+                lost = batch.tasks[batch.index + 1 :] if batch.running else batch.tasks[batch.index :]
+            if running is not None:
+                reason = "still running in a thread at the shutdown deadline (a thread cannot be stopped)"
+                self._drop([running], batch.method, batch.path, reason)
+            self._drop(lost, batch.method, batch.path, "not started before the shutdown deadline")
+            self._threaded.discard(batch)
 
     async def run_batch(
         self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None
@@ -538,15 +568,31 @@ class BackgroundRunner:
 
     # --- internals -------------------------------------------------------------------------------------
     def _launch(self, batch: _Batch) -> None:
+        if batch.threaded:
+            batch.loop = asyncio.get_running_loop()
+            self._threaded.add(batch)
+            self.pool.post(batch.context, self._run_in_thread, batch)
+            return
         task = batch.context.run(asyncio.get_running_loop().create_task, self._run(batch))
         self._active.add(task)
         task.add_done_callback(self._finished)
 
     def _load(self) -> int:
-        return len(self._active) + len(self._pending)
+        return len(self._active) + len(self._threaded) + len(self._pending)
 
     def _finished(self, task: asyncio.Task) -> None:
         self._active.discard(task)
+        self._after_batch()
+
+    def _drain(self) -> None:
+        """On the loop: account for the threaded batches the workers finished since the last drain."""
+        with self._lock:
+            self._drain_scheduled = False
+        while self._done:
+            self._threaded.discard(self._done.popleft())
+            self._after_batch()
+
+    def _after_batch(self) -> None:
         if self._pending:
             batch = self._pending.popleft()
             self._queued -= len(batch.tasks)
@@ -566,7 +612,8 @@ class BackgroundRunner:
             self._idle_waiters.clear()
 
     def _drop(self, tasks: list[BackgroundTask], method: str, path: str, reason: str) -> None:
-        self._dropped += len(tasks)
+        with self._lock:
+            self._dropped += len(tasks)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
 
@@ -580,27 +627,88 @@ class BackgroundRunner:
             self._drop(batch.tasks[batch.index :], batch.method, batch.path, reason)
             raise
 
+    def _run_in_thread(self, batch: _Batch) -> None:
+        """In a worker thread, in the batch's context: run a batch of plain sync tasks, in order."""
+        lock = self._lock
+        try:
+            for index, task in enumerate(batch.tasks):
+                with lock:
+                    if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
+                        return
+                    batch.index, batch.running = index, True
+                    self._running += 1
+                started = time.perf_counter()
+                try:
+                    result = task.func(*task.args, **task.kwargs)
+                    if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+                        asyncio.run_coroutine_threadsafe(_awaited(result), batch.loop).result()  # type: ignore[arg-type]
+                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                    failure = self._failed_task(task, exc, 1, batch, started)
+                    if self.hooks:
+                        asyncio.run_coroutine_threadsafe(self._notify(failure), batch.loop)  # type: ignore[arg-type]
+                else:
+                    self._succeeded_task(started)
+                with lock:
+                    batch.running = False
+        finally:
+            self._done.append(batch)
+            with lock:
+                schedule, self._drain_scheduled = not self._drain_scheduled, True
+            if schedule:
+                try:
+                    batch.loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
+                except RuntimeError:  # the loop is gone
+                    pass
+
+    def _succeeded_task(self, started: float) -> None:
+        duration = time.perf_counter() - started
+        with self._lock:
+            self._running -= 1
+            self._succeeded += 1
+            self._count_duration(duration)
+
+    def _failed_task(
+        self, task: BackgroundTask, exc: BaseException, attempt: int, batch: _Batch, started: float, final: bool = True
+    ) -> TaskFailure:
+        duration = time.perf_counter() - started
+        with self._lock:
+            self._running -= 1
+            self._count_duration(duration)
+            if final:
+                self._failed += 1
+            else:
+                self._retried += 1
+        if final:
+            logger.error(
+                "Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=exc
+            )
+        return TaskFailure(task, exc, attempt, batch.method, batch.path)
+
+    def _count_duration(self, duration: float) -> None:
+        self._duration_count += 1
+        self._duration_total += duration
+        if duration > self._duration_max:
+            self._duration_max = duration
+
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
         attempt = 0
         while True:
             attempt += 1
-            self._running += 1
+            with self._lock:
+                self._running += 1
             started = time.perf_counter()
             try:
                 await self._execute(task)
             except asyncio.CancelledError:  # the batch itself is cancelled: _run logs what is lost
+                with self._lock:
+                    self._running -= 1
                 raise
-            except BaseException as error:  # noqa: BLE001 - a task must never take the runner down
-                exc: BaseException = error
-            else:
-                self._record(started)
-                self._succeeded += 1
-                return
-            finally:
-                self._running -= 1
-            self._record(started)
-            if attempt <= task.retries:
-                self._retried += 1
+            except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                final = attempt > task.retries
+                failure = self._failed_task(task, exc, attempt, batch, started, final)
+                if final:
+                    await self._notify(failure)
+                    return
                 delay = task.retry_delay * 2 ** (attempt - 1)
                 delay = random.uniform(delay / 2, delay)
                 logger.warning(
@@ -608,13 +716,9 @@ class BackgroundRunner:
                     task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
                 )
                 await asyncio.sleep(delay)
-                continue
-            self._failed += 1
-            logger.error(
-                "Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=exc
-            )
-            await self._notify(TaskFailure(task, exc, attempt, batch.method, batch.path))
-            return
+            else:
+                self._succeeded_task(started)
+                return
 
     async def _execute(self, task: BackgroundTask) -> None:
         if task.is_async:
@@ -625,7 +729,8 @@ class BackgroundRunner:
             try:
                 error = await asyncio.wait_for(_captured(call), task.timeout)
             except asyncio.TimeoutError:
-                self._timed_out += 1
+                with self._lock:
+                    self._timed_out += 1
                 raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
             if error is not None:
                 raise error
@@ -634,7 +739,8 @@ class BackgroundRunner:
         if task.timeout is not None:
             done, _ = await asyncio.wait({future}, timeout=task.timeout)
             if not done:
-                self._timed_out += 1
+                with self._lock:
+                    self._timed_out += 1
                 logger.warning(
                     "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
                     task.name, task.timeout,
@@ -642,13 +748,6 @@ class BackgroundRunner:
         result = await future
         if inspect.isawaitable(result):  # a sync callable that returned a coroutine
             await result
-
-    def _record(self, started: float) -> None:
-        duration = time.perf_counter() - started
-        self._duration_count += 1
-        self._duration_total += duration
-        if duration > self._duration_max:
-            self._duration_max = duration
 
     async def _notify(self, failure: TaskFailure) -> None:
         for hook in self.hooks:

@@ -24,6 +24,7 @@ import datetime
 import decimal
 import enum
 import inspect
+import logging
 import re
 import sys
 import types
@@ -36,6 +37,7 @@ import msgspec
 from .background import BackgroundTasks
 from .datastructures import UploadFile
 from .dependencies import SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
+from .exceptions import HTTPException
 from .params import Param
 from .requests import Request
 
@@ -43,6 +45,8 @@ if typing.TYPE_CHECKING:
     from .applications import Tachyon
 
 __all__ = ["Plan", "Context", "compile_endpoint", "compile_dependency"]
+
+logger = logging.getLogger("tachyon_api.errors")
 
 _EMPTY = inspect.Parameter.empty
 _SCALARS = (str, int, float, bool, decimal.Decimal, uuid.UUID, datetime.date, datetime.datetime, datetime.time)
@@ -59,8 +63,15 @@ class FieldError(Exception):
         self.error = {"loc": loc, "msg": msg, "type": type_}
 
 
-class PathNotFound(Exception):
-    """A path segment that does not convert to its parameter's type: the route does not exist (404)."""
+class PathNotFound(HTTPException):
+    """A path segment that does not convert to its parameter's type: the route does not exist (404).
+
+    An ``HTTPException``, so 404 handlers (``@app.exception_handler(404)``) apply as to unknown paths.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(404, "Not Found")
+        self.parameter = name
 
 
 # --- types -----------------------------------------------------------------------------------------------
@@ -191,7 +202,10 @@ class Context:
         return self.background
 
     async def close(self, exc: BaseException | None = None) -> None:
-        """Run dependency cleanups (after the response), then close uploaded files."""
+        """Run dependency cleanups (after the response), then close uploaded files.
+
+        The response is gone by now, so a failing cleanup can only be logged (with its traceback).
+        """
         try:
             if self.stack is not None:
                 stack, self.stack = self.stack, None
@@ -199,6 +213,11 @@ class Context:
                     await stack.aclose()
                 else:
                     await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        except Exception as error:
+            if error is not exc:
+                logger.error(
+                    "Dependency cleanup failed after %s %s", self.scope["method"], self.scope["path"], exc_info=error
+                )
         finally:
             if self._request is not None:
                 await self._request.close()
@@ -237,8 +256,14 @@ def _missing(loc: list[Any]) -> FieldError:
 
 
 def _invalid(loc: list[Any], tp: Any) -> FieldError:
-    name = _type_name(tp)
-    return FieldError(loc, f"Input should be a valid {name}", f"{name}_parsing")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        choices = [member.value for member in tp]
+    elif typing.get_origin(tp) is typing.Literal:
+        choices = list(typing.get_args(tp))
+    else:
+        name = _type_name(tp)
+        return FieldError(loc, f"Input should be a valid {name}", f"{name.lower()}_parsing")
+    return FieldError(loc, f"Input should be one of {', '.join(repr(c) for c in choices)}", "enum")
 
 
 def _value_extractor(source: str, key: str, tp: Any, default: Any, getter: Callable[[Context], Any]) -> Extractor:

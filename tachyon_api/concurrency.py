@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import queue
 import threading
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 _MISSING = object()
+logger = logging.getLogger("tachyon_api.errors")
 
 __all__ = ["ThreadPool", "run_in_threadpool"]
 
@@ -58,6 +60,16 @@ class ThreadPool:
         if self._threads < self.max_workers and self._queue.qsize() > self._idle:
             self._spawn()
         return future
+
+    def post(self, context: contextvars.Context, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``context.run(func, *args)`` in a worker and hand nothing back: ``func`` reports on its own.
+
+        Cheaper than :meth:`submit` (no future, no return trip to the loop); the background runner uses it
+        for batches of sync tasks.
+        """
+        self._queue.put((None, None, context, func, args, {}))
+        if self._threads < self.max_workers and self._queue.qsize() > self._idle:
+            self._spawn()
 
     async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` in a worker thread and return its result (or raise its exception)."""
@@ -110,10 +122,14 @@ class ThreadPool:
                 ok, value = False, exc
             else:
                 ok, value = True, result
-            try:
-                loop.call_soon_threadsafe(_resolve, future, ok, value)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            if loop is None:  # posted work: nobody waits for it
+                if not ok:
+                    logger.error("Posted work %r failed", func, exc_info=value)
+            else:
+                try:
+                    loop.call_soon_threadsafe(_resolve, future, ok, value)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    pass
             del item, future, value, func, args, kwargs, context
 
 

@@ -898,3 +898,29 @@ def test_slow_sync_dependency_does_not_block_the_loop():
     slow_response, released = asyncio.run(run())
     assert released.json() == {"released": True}
     assert slow_response.json() == {"value": "done"}
+
+
+def test_failing_generator_cleanup_is_logged_and_does_not_escape(caplog):
+    import logging
+
+    from tachyon_api import Depends, Tachyon
+    from tachyon_api.testing import TachyonTestClient
+
+    app = Tachyon()
+
+    def resource():
+        yield "r"
+        raise RuntimeError("cleanup broke")
+
+    @app.get("/")
+    def endpoint(value: str = Depends(resource)):
+        return {"value": value}
+
+    caplog.set_level(logging.ERROR, logger="tachyon_api.errors")
+    with TachyonTestClient(app) as client:
+        assert client.get("/").json() == {"value": "r"}
+        assert client.get("/").status_code == 200
+    records = [r for r in caplog.records if r.name == "tachyon_api.errors"]
+    assert len(records) == 2
+    assert "Dependency cleanup failed after GET /" in records[0].getMessage()
+    assert isinstance(records[0].exc_info[1], RuntimeError)

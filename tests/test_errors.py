@@ -632,3 +632,24 @@ def test_in_place_header_mutation_with_custom_handlers_over_real_server(caplog):
                 response = client.request(method, path)
                 assert response.status_code == status
                 assert response.headers.get_list("x-request-id") == ["abc"], (method, path)
+
+
+def test_status_404_handler_also_sees_path_values_that_do_not_convert():
+    from tachyon_api import Tachyon
+    from tachyon_api.responses import JSONResponse
+    from tachyon_api.testing import TachyonTestClient
+
+    app = Tachyon()
+
+    @app.exception_handler(404)
+    def not_found(request, exc):
+        return JSONResponse({"custom": True, "path": request.url.path}, status_code=404)
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    with TachyonTestClient(app) as client:
+        assert client.get("/nowhere").json() == {"custom": True, "path": "/nowhere"}
+        assert client.get("/items/abc").json() == {"custom": True, "path": "/items/abc"}
+        assert client.get("/items/7").json() == 7

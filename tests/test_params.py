@@ -682,3 +682,29 @@ def test_query_and_body_errors_reported_together():
     assert ["query", "limit"] in locs
     assert ["body", "price"] in locs
     assert len(errors) == 2
+
+
+def test_enum_and_literal_errors_list_the_choices():
+    import enum
+    from typing import Literal
+
+    from tachyon_api import Tachyon
+    from tachyon_api.testing import TachyonTestClient
+
+    class Color(enum.Enum):
+        red = "red"
+        green = "green"
+
+    app = Tachyon()
+
+    @app.get("/paint")
+    def paint(color: Color, finish: Literal["matte", "gloss"] = "matte"):
+        return {"color": color.value, "finish": finish}
+
+    with TachyonTestClient(app) as client:
+        assert client.get("/paint?color=red&finish=gloss").json() == {"color": "red", "finish": "gloss"}
+        errors = client.get("/paint?color=blue&finish=shiny").json()["errors"]
+    assert errors == [
+        {"loc": ["query", "color"], "msg": "Input should be one of 'red', 'green'", "type": "enum"},
+        {"loc": ["query", "finish"], "msg": "Input should be one of 'matte', 'gloss'", "type": "enum"},
+    ]

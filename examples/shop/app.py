@@ -1,0 +1,378 @@
+"""The example shop's web app: ``tachyon run examples.shop.app:app`` from the repository root.
+
+Endpoints write to SQLite and return at once; the slow parts (SMTP, the CSV import, the webhook, the view
+counter) are background tasks from ``tasks.py``. With ``SHOP_TASK_BACKEND=rq`` the same tasks are stored in
+Redis and run by ``tachyon worker examples.shop.app:app`` instead; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import logging
+import shutil
+import sqlite3
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, AsyncIterator, Iterator
+
+from msgspec import Meta
+
+from tachyon_api import Depends, Header, HTTPException, Request, Struct, Tachyon, UploadFile
+from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.exceptions import RequestValidationError
+from tachyon_api.responses import JSONResponse
+
+from . import tasks
+from .db import connect, now
+from .mailserver import start_mailbox_server
+from .settings import get_settings
+from .webhooks import verify
+
+logger = logging.getLogger("shop")
+settings = get_settings()
+
+
+# --- the app -----------------------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
+    """Create the folders and the database, and start the mailbox SMTP server unless a real one is set.
+
+    Background tasks are drained before this block exits, so emails sent during the drain still reach the
+    mailbox server.
+    """
+    for folder in (settings.data_dir, settings.upload_dir, settings.mailbox_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    connect().close()  # creates the tables
+    server = None
+    if settings.local_smtp:
+        try:
+            server = await start_mailbox_server(settings.mailbox_dir, "127.0.0.1", settings.smtp_port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # Several web processes (tachyon run --workers N): the first one serves the mailbox.
+            logger.warning("SMTP port %d is in use; assuming another shop process serves the mailbox there",
+                           settings.smtp_port)
+    yield {"mail_server": server}
+    if server is not None:
+        server.close()
+        await server.wait_closed()
+
+
+backend = RQBackend(settings.redis_url, queue=settings.queue) if settings.task_backend == "rq" else None
+
+app = Tachyon(
+    lifespan=lifespan,
+    task_backend=backend,  # None: in-process tasks; an RQBackend: every task is stored in Redis
+    max_body_size=settings.max_upload_bytes,  # CSV uploads can be large
+    shutdown_timeout=settings.shutdown_timeout,
+)
+
+
+@app.exception_handler(sqlite3.OperationalError)
+def database_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+    """A locked database is a temporary condition: 503 and a hint to retry. Anything else is a plain 500.
+
+    A handler replaces the framework's logging of the error, so it logs what it handles itself.
+    """
+    if "locked" in str(exc) or "busy" in str(exc):
+        logger.warning("Database busy in %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "The database is busy, try again"}, status_code=503, headers={"Retry-After": "1"})
+    logger.error("Database error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}, 500)
+
+
+def get_db() -> Iterator[sqlite3.Connection]:
+    """One connection per request, closed after the response. Tasks open their own: they get ids, not this."""
+    conn = connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def validation_error(field: str, message: str) -> RequestValidationError:
+    """A 422 with the framework's error body, for a rule the type annotations cannot express."""
+    return RequestValidationError([{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+def to_cents(amount: Decimal, field: str) -> int:
+    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+        raise validation_error(field, "Expected a non-negative amount with at most 2 decimals")
+    return int(amount * 100)
+
+
+Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+Name = Annotated[str, Meta(min_length=1, max_length=100)]
+Sku = Annotated[str, Meta(pattern=tasks.SKU.pattern)]
+Url = Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)]
+
+
+@app.get("/")
+def index() -> dict[str, Any]:
+    return {"name": "Tachyon example shop", "routes": [f"{r['method']} {r['path']}" for r in app.routes]}
+
+
+# --- 1. signup: a welcome email ------------------------------------------------------------------------------
+class SignupIn(Struct):
+    email: Email
+    name: Name
+
+
+@app.post("/signup", status_code=201)
+def signup(user: SignupIn, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+    email = user.email.lower()
+    try:
+        with db:  # commit before returning: the task may run (or be picked up by a worker) right away
+            user_id = db.execute(
+                "INSERT INTO users (email, name, created_at) VALUES (?, ?, ?)", (email, user.name, now())
+            ).lastrowid
+    except sqlite3.IntegrityError:
+        raise HTTPException(409, "A user with this email already exists") from None
+    background_tasks.add_task(tasks.send_welcome_email, user_id).with_options(
+        name="welcome-email", retries=3, retry_delay=1, timeout=30
+    )
+    return {"id": user_id, "email": email, "name": user.name}
+
+
+# --- 2. password reset: an email with a token ----------------------------------------------------------------
+@app.post("/reset-password")
+def reset_password(email: str, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+    """The same answer whether or not the account exists, so the endpoint does not reveal who has one."""
+    user = db.execute("SELECT id FROM users WHERE email = ?", (email.strip().lower(),)).fetchone()
+    if user is not None:
+        background_tasks.add_task(tasks.send_password_reset, user["id"]).with_options(
+            name="password-reset-email", retries=3, retry_delay=1, timeout=30
+        )
+    return {"message": "Check your email"}
+
+
+class TokenIn(Struct):
+    token: str
+
+
+@app.post("/reset-password/verify")
+def verify_reset_token(body: TokenIn, db: sqlite3.Connection = Depends(get_db)):
+    """Check a token from a reset email (looked up by its hash; the token itself is stored nowhere)."""
+    row = db.execute(
+        "SELECT users.email, password_resets.expires_at FROM password_resets "
+        "JOIN users ON users.id = password_resets.user_id WHERE token_hash = ?",
+        (tasks.hash_token(body.token),),
+    ).fetchone()
+    if row is None or dt.datetime.fromisoformat(row["expires_at"]) <= dt.datetime.now(dt.timezone.utc):
+        raise HTTPException(400, "Invalid or expired token")
+    return {"valid": True, "email": row["email"], "expires_at": row["expires_at"]}
+
+
+# --- 3. CSV import: answered at once, imported in the background ---------------------------------------------
+@app.post("/import", status_code=202)
+def import_products(file: UploadFile, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+    """Save the upload to a file of our own (the upload is deleted after the response), then import it later."""
+    import_id = uuid.uuid4().hex
+    path = settings.upload_dir / f"{import_id}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("wb") as out:  # a sync endpoint runs in a thread: blocking file I/O is fine here
+            shutil.copyfileobj(file.file, out, 1024 * 1024)
+        with db:
+            db.execute(
+                "INSERT INTO imports (id, filename, status, created_at) VALUES (?, ?, 'queued', ?)",
+                (import_id, file.filename, now()),
+            )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    background_tasks.add_task(tasks.import_products_csv, import_id, str(path)).with_options(
+        name="csv-import", timeout=600
+    )
+    return {"status": "import_started", "import_id": import_id}
+
+
+@app.get("/imports/{import_id}")
+def import_status(import_id: str, max_errors: int = 100, db: sqlite3.Connection = Depends(get_db)):
+    """Progress and outcome: ``status`` is queued, running, completed or failed."""
+    row = db.execute("SELECT * FROM imports WHERE id = ?", (import_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404, "Import not found")
+    errors = db.execute(
+        "SELECT line, message FROM import_errors WHERE import_id = ? ORDER BY line LIMIT ?",
+        (import_id, max(0, max_errors)),
+    ).fetchall()
+    return {**dict(row), "errors": [dict(error) for error in errors]}
+
+
+# --- products and 4. view counting ---------------------------------------------------------------------------
+class ProductIn(Struct):
+    id: Sku
+    name: Name
+    price: Decimal
+    stock: Annotated[int, Meta(ge=0)] = 0
+
+
+def product_out(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "price": tasks.format_cents(row["price_cents"]),
+            "stock": row["stock"]}
+
+
+@app.post("/products", status_code=201)
+def create_product(product: ProductIn, db: sqlite3.Connection = Depends(get_db)):
+    cents = to_cents(product.price, "price")
+    with db:
+        db.execute(
+            "INSERT INTO products (id, name, price_cents, stock, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents, "
+            "stock = excluded.stock, updated_at = excluded.updated_at",
+            (product.id, product.name, cents, product.stock, now()),
+        )
+        row = db.execute("SELECT * FROM products WHERE id = ?", (product.id,)).fetchone()
+    return product_out(row)
+
+
+@app.get("/products/{product_id}")
+def get_product(product_id: str, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+    row = db.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404, "Product not found")  # raised before add_task: no view is counted
+    background_tasks.add_task(tasks.track_view, product_id).with_options(name="track-view")
+    return product_out(row)
+
+
+@app.get("/stats")
+def stats(db: sqlite3.Connection = Depends(get_db)):
+    views = db.execute("SELECT product_id, views FROM product_views ORDER BY views DESC, product_id").fetchall()
+    totals = {
+        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed table names
+        for table in ("users", "products", "orders", "imports")
+    }
+    result: dict[str, Any] = {
+        "product_views": {row["product_id"]: row["views"] for row in views},
+        "totals": totals,
+        "task_backend": settings.task_backend,
+        "background": app.background.stats(),  # the in-process runner's counters
+    }
+    if backend is not None:
+        try:
+            result["durable"] = backend.stats()  # blocking Redis calls: fine in a def endpoint
+        except Exception as exc:  # Redis down: the rest of the page is still useful
+            result["durable"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return result
+
+
+# --- 5. orders and their webhook -----------------------------------------------------------------------------
+class OrderIn(Struct):
+    customer_email: Email
+    total: Decimal
+    webhook_url: Url
+
+
+def order_out(row: sqlite3.Row) -> dict[str, Any]:
+    order = dict(row)
+    order["total"] = tasks.format_cents(order.pop("total_cents"))
+    return order
+
+
+@app.post("/orders", status_code=201)
+def create_order(order: OrderIn, db: sqlite3.Connection = Depends(get_db)):
+    cents = to_cents(order.total, "total")
+    with db:
+        order_id = db.execute(
+            "INSERT INTO orders (customer_email, total_cents, webhook_url, status, created_at) "
+            "VALUES (?, ?, ?, 'pending', ?)",
+            (order.customer_email, cents, order.webhook_url, now()),
+        ).lastrowid
+        row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    return order_out(row)
+
+
+@app.get("/orders/{order_id}")
+def get_order(order_id: int, db: sqlite3.Connection = Depends(get_db)):
+    row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404, "Order not found")
+    return order_out(row)
+
+
+@app.post("/orders/{order_id}/complete")
+def complete_order(order_id: int, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+    """Mark the order completed and notify its ``webhook_url``; completing it again sends nothing new."""
+    with db:
+        changed = db.execute(
+            "UPDATE orders SET status = 'completed', completed_at = ? WHERE id = ? AND status != 'completed'",
+            (now(), order_id),
+        ).rowcount
+        row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404, "Order not found")
+    if changed:
+        background_tasks.add_task(tasks.send_order_webhook, order_id).with_options(
+            name="order-webhook",
+            retries=settings.webhook_retries,
+            retry_delay=settings.webhook_retry_delay,
+            timeout=30,
+        )
+    return {"order": order_out(row)}
+
+
+# --- the webhook receiver (what a partner would run) ---------------------------------------------------------
+async def raw_body(request: Request) -> bytes:
+    """The exact bytes received: the signature covers them, not a re-encoding of the parsed JSON."""
+    return await request.body()
+
+
+@app.post("/webhooks/receiver")
+def receive_webhook(
+    fail_times: int = 0,
+    body: bytes = Depends(raw_body),
+    x_shop_signature: str | None = Header(None),
+    db: sqlite3.Connection = Depends(get_db),
+):
+    """Verify the signature (401 if wrong), then record the delivery once per delivery id.
+
+    ``?fail_times=N`` makes the receiver answer 503 to the first N attempts of each delivery: a flaky
+    partner, to watch the sender's retries.
+    """
+    if not verify(body, x_shop_signature, settings.webhook_secret):
+        raise HTTPException(401, "Invalid signature")
+    try:
+        event = json.loads(body)
+        delivery_id = str(event["delivery_id"])
+        order = event.get("order") or {}
+        order_id = order.get("id") if isinstance(order, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise HTTPException(400, "Expected a JSON object with a delivery_id") from None
+    with db:
+        db.execute(
+            "INSERT INTO receiver_attempts (delivery_id, attempts) VALUES (?, 1) "
+            "ON CONFLICT (delivery_id) DO UPDATE SET attempts = attempts + 1",
+            (delivery_id,),
+        )
+        attempt = db.execute(
+            "SELECT attempts FROM receiver_attempts WHERE delivery_id = ?", (delivery_id,)
+        ).fetchone()[0]
+    if attempt <= fail_times:
+        raise HTTPException(503, f"Simulated failure (attempt {attempt}, failing the first {fail_times})")
+    with db:
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO received_webhooks (delivery_id, event, order_id, payload, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (delivery_id, str(event.get("event")), order_id, body.decode(), now()),
+        ).rowcount
+    return {"status": "received" if inserted else "duplicate", "delivery_id": delivery_id, "attempt": attempt}
+
+
+@app.get("/webhooks/received")
+def received_webhooks(db: sqlite3.Connection = Depends(get_db)):
+    """Every delivery the receiver accepted; only correctly signed ones are ever recorded."""
+    rows = db.execute(
+        "SELECT received_webhooks.*, receiver_attempts.attempts FROM received_webhooks "
+        "LEFT JOIN receiver_attempts USING (delivery_id) ORDER BY received_webhooks.id"
+    ).fetchall()
+    return [
+        {"delivery_id": row["delivery_id"], "event": row["event"], "order_id": row["order_id"],
+         "signature_verified": True, "attempts": row["attempts"], "received_at": row["received_at"],
+         "payload": json.loads(row["payload"])}
+        for row in rows
+    ]

@@ -1,0 +1,442 @@
+"""The example shop (examples/shop), end to end.
+
+The app runs as ``python -m tachyon_api run examples.shop.app:app`` in a subprocess, configured only through
+its ``SHOP_*`` environment variables, and every check goes through real parts: HTTP to uvicorn, the app's
+own SMTP server (aiosmtpd) writing .eml files, the SQLite file, the webhook receiver, and, for the durable
+mode, a real redis-server and a ``tachyon worker --burst`` process.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from .conftest import ROOT, ServerProcess, free_port, wait_for_port
+
+APP = "examples.shop.app:app"
+SECRET = "test-webhook-secret"
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
+        time.sleep(0.05)
+
+
+class Shop:
+    """One running shop process with its data folder, and helpers to look at its mailbox and database."""
+
+    def __init__(self, base: Path, **env: str) -> None:
+        self.data = base / "data"
+        self.mailbox = self.data / "mailbox"
+        self.db_path = self.data / "shop.sqlite3"
+        self.env = {
+            "SHOP_DATA_DIR": str(self.data),
+            "SHOP_SMTP_HOST": "",
+            "SHOP_SMTP_PORT": str(free_port()),
+            "SHOP_WEBHOOK_SECRET": SECRET,
+            "SHOP_WEBHOOK_RETRIES": "3",
+            "SHOP_WEBHOOK_RETRY_DELAY": "0.05",
+            "SHOP_TASK_BACKEND": "inprocess",
+            **env,
+        }
+        self.expected_task_failures = 0  # a test that makes a task fail for good on purpose counts it here
+        self.server = ServerProcess(APP, base, self.env)
+        self.url = self.server.url
+        self.http = httpx.Client(base_url=self.url, timeout=20)
+
+    def stop(self) -> str:
+        """SIGTERM, as a process manager would: the server drains its tasks, runs the lifespan exit and stops
+        (recent uvicorn versions then re-raise the signal, so the exit status is -15)."""
+        self.http.close()
+        self.server.terminate()
+        code = self.server.wait(30)
+        output = self.server.output()
+        assert code in (0, -15) and "Application shutdown complete." in output, output
+        assert "Unhandled error" not in output and " lost (request" not in output, output
+        failures = re.findall(r"Background task \S+ failed \(request", output)
+        assert len(failures) == self.expected_task_failures, output
+        return output
+
+    # --- mailbox ---
+    def mails(self) -> list[EmailMessage]:
+        if not self.mailbox.exists():
+            return []
+        return [
+            email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+            for path in sorted(self.mailbox.glob("*.eml"))
+        ]
+
+    def wait_for_mail(self, to: str, subject: str) -> EmailMessage:
+        def find() -> EmailMessage | None:
+            for message in self.mails():
+                if message["To"] == to and message["Subject"] == subject:
+                    return message
+            return None
+
+        return eventually(find, what=f"an email to {to} with subject {subject!r}")
+
+    # --- database ---
+    def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    running = Shop(tmp_path_factory.mktemp("shop"))
+    try:
+        yield running
+        running.stop()
+    finally:
+        running.server.stop()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+# --- signup ------------------------------------------------------------------------------------------------
+def test_signup_stores_the_user_and_emails_a_welcome(shop: Shop) -> None:
+    response = shop.http.post("/signup", json={"email": "Ada@Example.com", "name": "Ada"})
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert user == {"id": user["id"], "email": "ada@example.com", "name": "Ada"}
+
+    message = shop.wait_for_mail("ada@example.com", "Welcome to the shop, Ada!")
+    assert message["From"] == "Tachyon Shop <shop@example.com>"
+    assert "Your account for ada@example.com is ready" in message.get_content()
+
+    rows = eventually(lambda: shop.query("SELECT * FROM users WHERE welcome_sent_at IS NOT NULL AND id = ?", user["id"]))
+    assert rows[0]["email"] == "ada@example.com" and rows[0]["name"] == "Ada"
+
+    again = shop.http.post("/signup", json={"email": "ada@example.com", "name": "Ada"})
+    assert again.status_code == 409
+    assert again.json() == {"detail": "A user with this email already exists"}
+
+    invalid = shop.http.post("/signup", json={"email": "not-an-address", "name": "X"})
+    assert invalid.status_code == 422
+    body = invalid.json()
+    assert body["code"] == "VALIDATION_ERROR" and body["success"] is False
+    assert [error["loc"] for error in body["errors"]] == [["body", "email"]]
+
+
+# --- password reset ----------------------------------------------------------------------------------------
+def test_reset_password_emails_a_token_that_is_stored_hashed(shop: Shop) -> None:
+    assert shop.http.post("/signup", json={"email": "grace@example.com", "name": "Grace"}).status_code == 201
+    shop.wait_for_mail("grace@example.com", "Welcome to the shop, Grace!")
+
+    response = shop.http.post("/reset-password", params={"email": "grace@example.com"})
+    assert response.status_code == 200
+    assert response.json() == {"message": "Check your email"}
+
+    message = shop.wait_for_mail("grace@example.com", "Reset your password")
+    found = re.search(r"Your reset token: (\S+)", message.get_content())
+    assert found, message.get_content()
+    token = found.group(1)
+
+    stored = shop.query(
+        "SELECT password_resets.* FROM password_resets JOIN users ON users.id = user_id WHERE email = ?",
+        "grace@example.com",
+    )
+    assert len(stored) == 1
+    assert stored[0]["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in [str(value) for value in tuple(stored[0])]
+
+    verified = shop.http.post("/reset-password/verify", json={"token": token})
+    assert verified.status_code == 200
+    assert verified.json()["valid"] is True and verified.json()["email"] == "grace@example.com"
+    wrong = shop.http.post("/reset-password/verify", json={"token": token + "x"})
+    assert (wrong.status_code, wrong.json()) == (400, {"detail": "Invalid or expired token"})
+
+    # Unknown addresses get the same answer (nothing to learn from it); the parameter itself is required.
+    assert shop.http.post("/reset-password", params={"email": "nobody@example.com"}).json() == {
+        "message": "Check your email"
+    }
+    missing = shop.http.post("/reset-password")
+    assert missing.status_code == 422
+    assert missing.json()["errors"] == [{"loc": ["query", "email"], "msg": "Field required", "type": "missing"}]
+
+
+# --- CSV import --------------------------------------------------------------------------------------------
+def products_csv(rows: int, broken: dict[int, str]) -> bytes:
+    """``rows`` data rows after the header; ``broken`` maps a row index to the raw line to put instead."""
+    lines = ["sku,name,price,stock"]
+    for index in range(rows):
+        lines.append(broken.get(index, f"IMP-{index:05d},Product {index},{index % 100}.{index % 10}9,{index % 7}"))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_csv_import_runs_in_the_background_and_reports_broken_lines(shop: Shop) -> None:
+    data = products_csv(3000, {1000: "IMP-01000,Broken,12,50,1", 2500: "IMP-02500,Negative,3.00,-3"})
+    response = shop.http.post("/import", files={"file": ("products.csv", data, "text/csv")})
+    assert response.status_code == 202, response.text
+    started = response.json()
+    assert started["status"] == "import_started"
+    import_id = started["import_id"]
+
+    def finished() -> dict[str, Any] | None:
+        progress = shop.http.get(f"/imports/{import_id}").json()
+        assert progress["status"] in ("queued", "running", "completed"), progress
+        return progress if progress["status"] == "completed" else None
+
+    result = eventually(finished, what="the import to complete")
+    assert (result["total_rows"], result["processed_rows"], result["imported_rows"]) == (3000, 3000, 2998)
+    assert result["error_count"] == 2
+    assert result["filename"] == "products.csv"
+    # Header = line 1, so data row i is on line i + 2.
+    assert result["errors"] == [
+        {"line": 1002, "message": "expected 4 fields, got 5"},
+        {"line": 2502, "message": "invalid stock -3: cannot be negative"},
+    ]
+
+    assert shop.query("SELECT count(*) FROM products WHERE id LIKE 'IMP-%'")[0][0] == 2998
+    assert not shop.query("SELECT * FROM products WHERE id IN ('IMP-01000', 'IMP-02500')")
+    assert shop.http.get("/products/IMP-00123").json() == {
+        "id": "IMP-00123", "name": "Product 123", "price": "23.39", "stock": 4
+    }
+    assert list((shop.data / "uploads").iterdir()) == []  # the saved upload is removed when done
+
+    bad = shop.http.post("/import", files={"file": ("bad.csv", b"sku,title\nA,B\n", "text/csv")})
+    failed = eventually(
+        lambda: (p := shop.http.get(f"/imports/{bad.json()['import_id']}").json())["status"] == "failed" and p
+    )
+    assert failed["failure"] == "missing column(s): name, price, stock (expected sku,name,price,stock)"
+    assert shop.http.get("/imports/does-not-exist").status_code == 404
+
+
+# --- webhooks ----------------------------------------------------------------------------------------------
+def create_order(shop: Shop, webhook_url: str) -> int:
+    response = shop.http.post(
+        "/orders", json={"customer_email": "buyer@example.com", "total": 42.5, "webhook_url": webhook_url}
+    )
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert (order["status"], order["total"]) == ("pending", "42.50")
+    return order["id"]
+
+
+def delivery(shop: Shop, order_id: int) -> dict[str, Any] | None:
+    for item in shop.http.get("/webhooks/received").json():
+        if item["delivery_id"] == f"order-{order_id}-completed":
+            return item
+    return None
+
+
+def test_completing_an_order_sends_a_signed_webhook_the_receiver_verifies(shop: Shop) -> None:
+    order_id = create_order(shop, f"{shop.url}/webhooks/receiver")
+    completed = shop.http.post(f"/orders/{order_id}/complete")
+    assert completed.status_code == 200
+    assert completed.json()["order"]["status"] == "completed"
+
+    received = eventually(lambda: delivery(shop, order_id), what="the webhook delivery")
+    assert received["signature_verified"] is True and received["attempts"] == 1
+    assert received["event"] == "order.completed" and received["order_id"] == order_id
+    assert received["payload"]["order"] == {
+        "id": order_id,
+        "status": "completed",
+        "customer_email": "buyer@example.com",
+        "total": "42.50",
+        "completed_at": completed.json()["order"]["completed_at"],
+    }
+    order = eventually(lambda: (o := shop.http.get(f"/orders/{order_id}").json())["webhook_delivered_at"] and o)
+    assert order["webhook_attempts"] == 1 and order["webhook_last_error"] is None
+
+    # Completing it again changes nothing and sends nothing.
+    assert shop.http.post(f"/orders/{order_id}/complete").json()["order"]["completed_at"] == order["completed_at"]
+    assert shop.http.post("/orders/999999/complete").status_code == 404
+
+
+def test_receiver_rejects_wrong_signatures_with_401(shop: Shop) -> None:
+    body = json.dumps({"event": "order.completed", "delivery_id": "forged-1", "order": {"id": 1}}).encode()
+    for signature in (None, "sha256=" + "0" * 64, sign(body, "another-secret"), sign(body + b" "), "md5=abc"):
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["X-Shop-Signature"] = signature
+        response = shop.http.post("/webhooks/receiver", content=body, headers=headers)
+        assert (response.status_code, response.json()) == (401, {"detail": "Invalid signature"}), signature
+
+    genuine = json.dumps({"event": "order.completed", "delivery_id": "manual-1", "order": {"id": 7}}).encode()
+    headers = {"Content-Type": "application/json", "X-Shop-Signature": sign(genuine)}
+    first = shop.http.post("/webhooks/receiver", content=genuine, headers=headers)
+    assert first.json() == {"status": "received", "delivery_id": "manual-1", "attempt": 1}
+    second = shop.http.post("/webhooks/receiver", content=genuine, headers=headers)
+    assert second.json() == {"status": "duplicate", "delivery_id": "manual-1", "attempt": 2}
+
+    ids = [item["delivery_id"] for item in shop.http.get("/webhooks/received").json()]
+    assert "manual-1" in ids and "forged-1" not in ids
+
+
+def test_webhook_to_a_flaky_receiver_is_retried_until_delivered(shop: Shop) -> None:
+    order_id = create_order(shop, f"{shop.url}/webhooks/receiver?fail_times=2")
+    assert shop.http.post(f"/orders/{order_id}/complete").status_code == 200
+
+    received = eventually(lambda: delivery(shop, order_id), what="the retried webhook delivery")
+    assert received["attempts"] == 3  # two 503s, then accepted
+    order = eventually(lambda: (o := shop.http.get(f"/orders/{order_id}").json())["webhook_delivered_at"] and o)
+    assert order["webhook_attempts"] == 3 and order["webhook_last_error"] is None
+
+
+def test_webhook_that_never_gets_through_is_recorded_as_failed(shop: Shop) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    order_id = create_order(shop, nowhere)
+    assert shop.http.post(f"/orders/{order_id}/complete").status_code == 200
+
+    def exhausted() -> dict[str, Any] | None:
+        order = shop.http.get(f"/orders/{order_id}").json()
+        return order if order["webhook_attempts"] == 4 and order["webhook_last_error"] else None
+
+    shop.expected_task_failures += 1  # the final failure is logged at ERROR with its traceback
+    order = eventually(exhausted, what="1 attempt and 3 retries")  # SHOP_WEBHOOK_RETRIES=3
+    assert order["webhook_delivered_at"] is None
+    assert order["webhook_last_error"].startswith("ConnectError")
+    eventually(lambda: f"Background task order-webhook failed (request POST /orders/{order_id}/complete)"
+               in shop.server.output(), what="the final failure in the log")
+
+
+# --- views and stats ---------------------------------------------------------------------------------------
+def test_product_views_are_counted_in_the_background(shop: Shop) -> None:
+    created = shop.http.post("/products", json={"id": "VIEW-1", "name": "Lamp", "price": 9.99, "stock": 3})
+    assert created.status_code == 201
+    assert created.json() == {"id": "VIEW-1", "name": "Lamp", "price": "9.99", "stock": 3}
+    for _ in range(3):
+        assert shop.http.get("/products/VIEW-1").json()["name"] == "Lamp"
+    assert shop.http.get("/products/VIEW-404").status_code == 404  # raised before add_task: not counted
+
+    stats = eventually(
+        lambda: (s := shop.http.get("/stats").json())["product_views"].get("VIEW-1") == 3 and s,
+        what="3 views of VIEW-1",
+    )
+    assert "VIEW-404" not in stats["product_views"]
+    assert stats["task_backend"] == "inprocess"
+    background = stats["background"]
+    assert background["succeeded"] >= 3 and background["scheduled"] >= 3
+    assert set(background) >= {"scheduled", "queued", "running", "succeeded", "failed", "retried", "dropped"}
+
+    invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1.234})
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"] == [
+        {"loc": ["body", "price"], "msg": "Expected a non-negative amount with at most 2 decimals", "type": "value_error"}
+    ]
+
+
+# --- a real SMTP host instead of the built-in one ------------------------------------------------------------
+class Collect:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 OK"
+
+
+def test_shop_smtp_host_sends_through_that_server(tmp_path: Path) -> None:
+    collect = Collect()
+    port = free_port()
+    smtp = Controller(collect, hostname="127.0.0.1", port=port, server_hostname="relay.test")
+    smtp.start()
+    running = Shop(tmp_path, SHOP_SMTP_HOST="127.0.0.1", SHOP_SMTP_PORT=str(port))
+    try:
+        assert running.http.post("/signup", json={"email": "lin@example.com", "name": "Lin"}).status_code == 201
+        rcpts, content = eventually(lambda: collect.messages and collect.messages[0], what="the relayed email")
+        assert rcpts == ["lin@example.com"]
+        assert b"Subject: Welcome to the shop, Lin!" in content
+        assert running.mails() == []  # no built-in mailbox server in this mode
+        running.stop()
+    finally:
+        running.server.stop()
+        smtp.stop()
+
+
+# --- durable mode: Redis + an RQ worker ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away redis-server on a free loopback port (as in test_durable.py)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (apt-get install redis-server; .ci/run installs it)"
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: str) -> None:
+    running = Shop(
+        tmp_path,
+        SHOP_TASK_BACKEND="rq",
+        SHOP_REDIS_URL=redis_url,
+        SHOP_QUEUE=f"shop-{uuid.uuid4().hex[:8]}",
+        SHOP_WEBHOOK_RETRY_DELAY="0",  # RQ retries with a delay need a worker --with-scheduler
+    )
+    try:
+        assert running.http.post("/signup", json={"email": "carol@example.com", "name": "Carol"}).status_code == 201
+        order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
+        assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
+
+        stats = running.http.get("/stats").json()
+        assert stats["task_backend"] == "rq"
+        assert stats["durable"]["queued"] == 2  # stored in Redis before the responses were sent
+        assert stats["background"]["scheduled"] == 0  # nothing runs in the web process
+        assert running.mails() == []
+
+        with open(tmp_path / "worker.log", "w+b") as log:
+            worker = subprocess.run(
+                [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+            )
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        assert worker.returncode == 0, output
+
+        message = running.wait_for_mail("carol@example.com", "Welcome to the shop, Carol!")
+        assert "carol@example.com" in message.get_content()
+        received = delivery(running, order_id)
+        assert received is not None and received["attempts"] == 2, output  # one 503, one RQ retry
+        stats = running.http.get("/stats").json()
+        assert stats["durable"]["queued"] == 0 and stats["durable"]["failed"] == 0
+        assert stats["durable"]["finished"] == 2
+        running.stop()
+    finally:
+        running.server.stop()
