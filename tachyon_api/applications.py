@@ -15,7 +15,7 @@ from .datastructures import State
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, ResponseValidationError
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
-from .responses import JSONResponse, Response, is_foreign_response
+from .responses import JSONResponse, Response, is_foreign_response, send_any
 from .routing import PathTree, Route, RouteDecorators, Router, build_handler, prefixed_route
 
 __all__ = ["Tachyon"]
@@ -71,6 +71,7 @@ class Tachyon(RouteDecorators):
         self.max_body_size = max_body_size
         self.dependency_overrides: dict[Any, Any] = {}
         self.singletons: dict[Any, Any] = {}
+        self.singletons_pending: dict[Any, Any] = {}  # futures of singletons being built
         self.dependencies = list(dependencies or ())
         self.task_backend = task_backend
         self.endpoint_pool = ThreadPool(thread_pool_size, "tachyon-endpoint")
@@ -202,9 +203,9 @@ class Tachyon(RouteDecorators):
             handler = handlers.get(exc.status_code)  # type: ignore[attr-defined]
             if handler is not None:
                 return handler
-            if foreign_http:  # Starlette's HTTPException is served like ours
-                return handlers[HTTPException]
         for cls in type(exc).__mro__:
+            if foreign_http and cls in (Exception, BaseException):
+                return handlers[HTTPException]  # Starlette's HTTPException is served like ours
             if cls in handlers:
                 return handlers[cls]
         return None
@@ -232,11 +233,10 @@ class Tachyon(RouteDecorators):
         if isinstance(exc, ClientDisconnect):
             return
         response = await self.handle_exception(Request(scope, receive), exc)
-        if isinstance(response, Response):
-            await response.send(scope, send)
-        else:
-            response.background = None
-            await response(scope, receive, send)
+        try:
+            await send_any(response, scope, receive, send)
+        except Exception as error:
+            logger.error("Sending the error response of %s %s failed", scope["method"], scope["path"], exc_info=error)
 
     # --- background tasks ------------------------------------------------------------------------------
     def on_task_error(self, hook: ErrorHook) -> ErrorHook:

@@ -84,19 +84,22 @@ class _Callee:
             raise TypeError(f"add_task({self.name}, ...): the arguments do not match its signature: {exc}") from None
 
 
+# Keyed by the function; bound methods have their own table, as their signature skips ``self``.
 _callees: "weakref.WeakKeyDictionary[Any, _Callee]" = weakref.WeakKeyDictionary()
+_method_callees: "weakref.WeakKeyDictionary[Any, _Callee]" = weakref.WeakKeyDictionary()
 
 
 def _callee(func: Any) -> _Callee:
     """The cached :class:`_Callee` of a plain function or method (computed each time for other callables)."""
     method = inspect.ismethod(func)
     target = func.__func__ if method else func
+    table = _method_callees if method else _callees
     try:
-        return _callees[target]
+        return table[target]
     except (KeyError, TypeError):
         callee = _Callee(func, target, 1 if method else 0)
         if inspect.isfunction(target):  # partials and callable objects may change: never cached
-            _callees[target] = callee
+            table[target] = callee
         return callee
 
 
@@ -214,7 +217,7 @@ class BackgroundTask:
         return self
 
     async def __call__(self) -> None:
-        """Run the task once, now, in the caller's context (Starlette compatibility)."""
+        """Run the task now, in the caller's context, with its options (Starlette compatibility)."""
         await _standalone_runner().run_batch([self], "", "")
 
     def __repr__(self) -> str:
@@ -311,7 +314,7 @@ async def store_durable(tasks: list[BackgroundTask], method: str, path: str) -> 
 class TaskFailure(msgspec.Struct, frozen=True):
     """What an error hook receives: the task, its final exception, and the request that added it."""
 
-    task: Any
+    task: "BackgroundTask"
     exception: BaseException
     attempts: int
     method: str
@@ -336,6 +339,23 @@ class TaskStats(msgspec.Struct, frozen=True):
     @property
     def duration_mean(self) -> float:
         return self.duration_total / self.duration_count if self.duration_count else 0.0
+
+
+def _on_loop(loop: Any, coro: Any) -> Any:
+    """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the loop is closed
+        coro.close()
+        return None
+    return future.result()
+
+
+def _being_cancelled() -> bool:
+    """Whether the current asyncio task was asked to cancel (not just hit by a CancelledError from inside)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return bool(cancelling()) if cancelling is not None else False
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
@@ -468,15 +488,17 @@ class BackgroundRunner:
         ``shutdown_timeout``; after it the batch is admitted past the limit rather than lost. Requests admitted
         at the same moment may exceed ``queue_size`` by the number of responses being sent.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
         while self.full:
             if self.overflow == "drop":
                 self._scheduled += len(tasks)
                 self._drop(tasks, method, path, "the background queue is full")
                 return False
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._room_waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, self.shutdown_timeout)
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
             except asyncio.TimeoutError:
                 logger.warning(
                     "No room in the background queue for request %s %s within %.1fs; queueing past the limit",
@@ -507,7 +529,7 @@ class BackgroundRunner:
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
             return self.run_batch(tasks, method, path, batch)
-        if len(self._active) < self.concurrency:
+        if len(self._active) + len(self._threaded) < self.concurrency:
             self._launch(batch)
         else:
             self._pending.append(batch)
@@ -539,7 +561,11 @@ class BackgroundRunner:
             for task in active:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
+        # Back to the state before start(): batches run in their request again (a later bare ASGI call, or a
+        # test client without a lifespan, must not lose its tasks).
         self.started = False
+        self._closed = False
+        self._cancelling = False
 
     def _abandon_threaded(self) -> None:
         """At the deadline: threads cannot be stopped, so give up on their batches and log what is lost."""
@@ -641,12 +667,16 @@ class BackgroundRunner:
                 try:
                     result = task.func(*task.args, **task.kwargs)
                     if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-                        asyncio.run_coroutine_threadsafe(_awaited(result), batch.loop).result()  # type: ignore[arg-type]
+                        _on_loop(batch.loop, _awaited(result))
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                    if batch.abandoned:  # shutdown counted and logged it already
+                        return
                     failure = self._failed_task(task, exc, 1, batch, started)
-                    if self.hooks:
-                        asyncio.run_coroutine_threadsafe(self._notify(failure), batch.loop)  # type: ignore[arg-type]
+                    if self.hooks:  # part of the batch: join() and shutdown wait for the hooks too
+                        _on_loop(batch.loop, self._notify(failure))
                 else:
+                    if batch.abandoned:
+                        return
                     self._succeeded_task(started)
                 with lock:
                     batch.running = False
@@ -699,10 +729,14 @@ class BackgroundRunner:
             started = time.perf_counter()
             try:
                 await self._execute(task)
-            except asyncio.CancelledError:  # the batch itself is cancelled: _run logs what is lost
-                with self._lock:
-                    self._running -= 1
-                raise
+            except asyncio.CancelledError as exc:
+                if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
+                    with self._lock:
+                        self._running -= 1
+                    raise
+                failure = self._failed_task(task, exc, attempt, batch, started)  # raised by the task itself
+                await self._notify(failure)
+                return
             except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                 final = attempt > task.retries
                 failure = self._failed_task(task, exc, attempt, batch, started, final)

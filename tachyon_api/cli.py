@@ -15,13 +15,18 @@ from typing import Any, Sequence
 __all__ = ["main", "load_app"]
 
 
+def _cwd_importable() -> None:
+    """Make the current directory importable, as uvicorn does for ``module:app``."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def load_app(target: str) -> Any:
     """Import ``module:attribute`` (the current directory is importable, as with uvicorn)."""
     module_name, _, attribute = target.partition(":")
     if not module_name:
         raise SystemExit(f"Expected module:app, got {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _cwd_importable()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -35,8 +40,7 @@ def load_app(target: str) -> Any:
 def _run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _cwd_importable()
     has = importlib.util.find_spec
     uvicorn.run(
         args.app,

@@ -18,6 +18,7 @@ Classification of a parameter, first rule that matches:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -123,8 +124,8 @@ def _is_request_type(tp: Any) -> bool:
         return False
     if issubclass(tp, Request):
         return True
-    # Starlette's Request, which code written for the existing framework annotates with.
-    return tp.__module__.startswith("starlette.") and tp.__name__ in ("Request", "HTTPConnection")
+    # Starlette's Request (or a subclass), which code written for the existing framework annotates with.
+    return any(c.__module__.startswith("starlette.") and c.__name__ in ("Request", "HTTPConnection") for c in tp.__mro__)
 
 
 def _is_background_type(tp: Any) -> bool:
@@ -468,7 +469,7 @@ class Dependency:
             try:
                 return app.singletons[self.call]
             except KeyError:
-                pass
+                return await self._create_singleton(ctx)
         elif self.use_cache and self.scope != SCOPE_TRANSIENT:
             try:
                 return ctx.cache[self.call]
@@ -480,10 +481,33 @@ class Dependency:
             # checked too, so the 422 lists every failing field.
             return None
         value = await self._call(ctx, kwargs)
-        if self.scope == SCOPE_SINGLETON:
-            value = app.singletons.setdefault(self.call, value)
-        elif self.use_cache and self.scope != SCOPE_TRANSIENT:
+        if self.use_cache and self.scope != SCOPE_TRANSIENT:
             ctx.cache[self.call] = value
+        return value
+
+    async def _create_singleton(self, ctx: Context) -> Any:
+        """Build the app's one instance; concurrent first requests wait for the same construction."""
+        app = ctx.app
+        pending = app.singletons_pending.get(self.call)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = app.singletons_pending[self.call] = asyncio.get_running_loop().create_future()
+        try:
+            kwargs = await self.plan.solve(ctx)
+            if ctx.errors:  # this request is invalid; the ones waiting cannot tell, so they fail too
+                raise RuntimeError(f"{self.name} could not be built: its parameters were invalid")
+            value = await self._call(ctx, kwargs)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError(f"building {self.name} was interrupted")
+            pending.set_exception(error)
+            pending.exception()  # retrieved: the waiters get it, nobody else needs to
+            if ctx.errors and isinstance(exc, RuntimeError):
+                return None
+            raise
+        finally:
+            del app.singletons_pending[self.call]
+        app.singletons[self.call] = value
+        pending.set_result(value)
         return value
 
     async def _call(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
@@ -528,10 +552,6 @@ def compile_dependency(
     return Dependency(call, plan, scope, use_cache)
 
 
-def _dependency_extractor(dep: Dependency) -> Extractor:
-    return dep.resolve
-
-
 # --- classification --------------------------------------------------------------------------------------
 def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...]) -> Plan:
     try:
@@ -550,7 +570,7 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
         tp = hints.get(name, param.annotation)
         default = param.default
         if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
-            if isinstance(tp, type) and tp.__module__.startswith("starlette."):
+            if isinstance(tp, type) and not issubclass(tp, Request):
                 steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
             else:
                 steps.append((name, lambda ctx: ctx.request, False))
@@ -568,7 +588,7 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache = default.use_cache if isinstance(default, Depends) else True
             dep = compile_dependency(target, path_names, stack, use_cache=use_cache)
-            steps.append((name, _dependency_extractor(dep), True))
+            steps.append((name, dep.resolve, True))
             continue
         if isinstance(default, Param):
             marker: Param | None = default
@@ -580,7 +600,7 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
             key = None
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
         if source == "path":
-            if name not in path_names and (key or name) not in path_names:
+            if (key or name) not in path_names:
                 raise TypeError(f"{where}: path parameter '{key or name}' is not in the route's path")
             steps.append((name, _path_extractor(key or name, tp), False))
         elif source == "query":
@@ -636,7 +656,7 @@ def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str)
     )
 
 
-def compile_endpoint(func: Callable[..., Any], path: str) -> Plan:
-    """Compile an endpoint for the route ``path``; raises TypeError for any parameter it cannot serve."""
-    path_names = frozenset(re.findall(r"\{([^}]+)\}", path))
+def compile_endpoint(func: Callable[..., Any], path_names: frozenset[str]) -> Plan:
+    """Compile an endpoint whose route has the parameters ``path_names``; TypeError for a parameter it
+    cannot serve."""
     return _compile_plan(func, path_names, (func,))

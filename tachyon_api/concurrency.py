@@ -48,7 +48,9 @@ class ThreadPool:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        # One permit per idle thread: a caller that takes one knows a thread will pick its work up; a caller
+        # that finds none starts a thread (as concurrent.futures does), so work never waits behind busy ones.
+        self._idle = threading.Semaphore(0)
 
     def submit(
         self, context: contextvars.Context, func: Callable[..., Any], args: tuple, kwargs: dict
@@ -56,9 +58,7 @@ class ThreadPool:
         """Schedule ``context.run(func, *args, **kwargs)`` in a worker; return a future of the running loop."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((loop, future, context, func, args, kwargs))
-        if self._threads < self.max_workers and self._queue.qsize() > self._idle:
-            self._spawn()
+        self._put((loop, future, context, func, args, kwargs))
         return future
 
     def post(self, context: contextvars.Context, func: Callable[..., Any], *args: Any) -> None:
@@ -67,9 +67,19 @@ class ThreadPool:
         Cheaper than :meth:`submit` (no future, no return trip to the loop); the background runner uses it
         for batches of sync tasks.
         """
-        self._queue.put((None, None, context, func, args, {}))
-        if self._threads < self.max_workers and self._queue.qsize() > self._idle:
-            self._spawn()
+        self._put((None, None, context, func, args, {}))
+
+    def _put(self, item: tuple) -> None:
+        reserved = self._idle.acquire(blocking=False)
+        self._queue.put((reserved, item))
+        if reserved:
+            return
+        with self._lock:
+            if self._threads >= self.max_workers:
+                return  # every thread is busy: the item waits for the first one to finish
+            self._threads += 1
+            number = self._threads
+        threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()
 
     async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` in a worker thread and return its result (or raise its exception)."""
@@ -89,32 +99,30 @@ class ThreadPool:
                 if var.get(_MISSING) is not value:
                     var.set(value)
 
-    def _spawn(self) -> None:
-        with self._lock:
-            if self._threads >= self.max_workers:
-                return
-            self._threads += 1
-            number = self._threads
-        threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()
-
     def _work(self) -> None:
         get = self._queue.get
-        lock = self._lock
+        idle = self._idle
+        announce = True
         while True:
-            with lock:
-                self._idle += 1
+            if announce:
+                idle.release()
+            announce = True
             try:
-                item = get(timeout=self._idle_timeout)
+                reserved, item = get(timeout=self._idle_timeout)
             except queue.Empty:
-                with lock:
-                    self._idle -= 1
-                    # Leave only if no work arrived between the timeout and taking the lock.
+                if not idle.acquire(blocking=False):
+                    announce = False  # a caller took this thread's permit: its item is on the way
+                    continue
+                with self._lock:
+                    self._threads -= 1
                     if self._queue.empty():
-                        self._threads -= 1
                         return
+                    self._threads += 1  # work arrived while leaving, and its caller may not have started a thread
                 continue
-            with lock:
-                self._idle -= 1
+            if not reserved:
+                # Nobody took a permit for this item, so this thread's own permit is still out: take it back,
+                # or a later caller would count on a thread that is busy.
+                idle.acquire(blocking=False)
             loop, future, context, func, args, kwargs = item
             try:
                 result = context.run(func, *args, **kwargs)
@@ -130,7 +138,7 @@ class ThreadPool:
                     loop.call_soon_threadsafe(_resolve, future, ok, value)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
-            del item, future, value, func, args, kwargs, context
+            del item, future, value, func, args, kwargs, context, reserved
 
 
 _default_pool: ThreadPool | None = None

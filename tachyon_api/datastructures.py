@@ -103,13 +103,25 @@ class Headers(Mapping[str, str]):
         return self._dict
 
     def __getitem__(self, key: str) -> str:
-        return self._map()[key.lower()]
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self._map().get(key.lower(), default)
+        if self._dict is not None:
+            return self._dict.get(key.lower(), default)
+        # One lookup (the usual case) scans the raw list instead of decoding every header into a dict. ASGI
+        # servers send lower-case names; the last value wins, as in the dict.
+        name = key.lower().encode("latin-1")
+        found = default
+        for raw_name, raw_value in self.raw:
+            if raw_name == name or raw_name.lower() == name:
+                found = raw_value.decode("latin-1")
+        return found
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._map()
+        return isinstance(key, str) and self.get(key, _ABSENT) is not _ABSENT
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._map())
@@ -123,6 +135,9 @@ class Headers(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"Headers({self._map()!r})"
+
+
+_ABSENT = object()
 
 
 class Address(NamedTuple):
@@ -161,7 +176,7 @@ class State:
     """An attribute bag: ``app.state.db = ...``, ``request.state.user = ...``."""
 
     def __init__(self, values: dict[str, Any] | None = None) -> None:
-        super().__setattr__("_state", dict(values or {}))
+        super().__setattr__("_state", {} if values is None else values)  # by reference: scope["state"] stays one dict
 
     def __setattr__(self, key: str, value: Any) -> None:
         self._state[key] = value
@@ -181,7 +196,9 @@ def safe_filename(filename: str | None) -> str | None:
     if filename is None:
         return None
     name = filename.replace("\x00", "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = name.split(":")[-1].strip()
+    if len(name) > 1 and name[1] == ":" and name[0].isalpha():  # a Windows drive letter: C:name
+        name = name[2:]
+    name = name.strip()
     return None if name in ("", ".", "..") else name
 
 

@@ -1,7 +1,7 @@
 """Dependency declarations: ``Depends(callable)``, ``Depends()`` and ``@injectable`` classes.
 
 These are declarations only; :mod:`tachyon_api.compiler` resolves the graph (and finds cycles) when a route is
-registered, and :class:`tachyon_api.compiler.Resolver` runs it per request.
+registered, and :class:`tachyon_api.compiler.Dependency` resolves it per request.
 """
 
 from __future__ import annotations

@@ -22,10 +22,6 @@ class Param:
         self.alias = alias
         self.description = description
 
-    @property
-    def required(self) -> bool:
-        return self.default is ...
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.default!r})"
 

@@ -23,6 +23,7 @@ __all__ = ["Request"]
 
 DEFAULT_MAX_BODY_SIZE = 2 * 1024 * 1024
 MAX_FORM_PARTS = 1000
+MAX_FIELD_SIZE = 1024 * 1024  # a non-file multipart field; files spool to disk and are bounded by max_body_size
 
 
 class ClientDisconnect(Exception):
@@ -32,7 +33,7 @@ class ClientDisconnect(Exception):
 class Request:
     """An HTTP request: a lazy view of the ASGI scope plus the body stream."""
 
-    __slots__ = ("scope", "_receive", "_headers", "_query", "_cookies", "_body", "_json", "_form", "_consumed")
+    __slots__ = ("scope", "_receive", "_headers", "_query", "_cookies", "_body", "_json", "_form", "_consumed", "_first")
 
     def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
         self.scope = scope
@@ -44,6 +45,7 @@ class Request:
         self._json: Any = None
         self._form: FormData | None = None
         self._consumed = False
+        self._first: dict | None = None
 
     # --- the scope -------------------------------------------------------------------------------------
     @property
@@ -87,9 +89,8 @@ class Request:
 
     @property
     def state(self) -> State:
-        if "state" not in self.scope or not isinstance(self.scope["state"], State):
-            self.scope["state"] = State(self.scope.get("state"))
-        return self.scope["state"]
+        """Per-request attributes, kept in ``scope["state"]`` (shared with middleware and Starlette objects)."""
+        return State(self.scope.setdefault("state", {}))
 
     @property
     def max_body_size(self) -> int:
@@ -111,7 +112,10 @@ class Request:
             raise RequestTooLarge(limit)
         received = 0
         while True:
-            message = await self._receive()
+            if self._first is not None:  # taken by body() to look for the one-message case
+                message, self._first = self._first, None
+            else:
+                message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
             chunk = message.get("body", b"")
@@ -124,9 +128,21 @@ class Request:
                 return
 
     async def body(self) -> bytes:
+        """The whole body (read once, cached); 413 past ``max_body_size``."""
         if self._body is None:
-            chunks = [chunk async for chunk in self.stream()]
-            self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self._consumed:
+                raise RuntimeError("The request body was already streamed")
+            # The usual case, a body in one message, without the generator of stream().
+            message = await self._receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > self.max_body_size:
+                    self._consumed = True
+                    raise RequestTooLarge(self.max_body_size)
+                self._body = body
+            else:
+                self._first = message
+                self._body = b"".join([chunk async for chunk in self.stream()])
         return self._body
 
     async def json(self) -> Any:
@@ -148,6 +164,8 @@ class Request:
                 self._form = await _parse_multipart(self.stream(), params.get(b"boundary"))
             elif content_type in (b"application/x-www-form-urlencoded", b""):
                 text = (await self.body()).decode("latin-1")
+                if text.count("&") >= MAX_FORM_PARTS:
+                    raise RequestError(f"Invalid form body: more than {MAX_FORM_PARTS} fields")
                 self._form = FormData(parse_query(text))
             else:
                 raise RequestValidationError(
@@ -221,6 +239,7 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
     current: Any = None
     name = ""
     buffer: list[bytes] = []
+    field_size = 0
     try:
         async for chunk in stream:
             parser.write(chunk)
@@ -236,7 +255,7 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
                             filename=options[b"filename"].decode("utf-8", "replace"), size=0, headers=headers
                         )
                     else:
-                        current, buffer = None, []
+                        current, buffer, field_size = None, [], 0
                     if len(items) >= MAX_FORM_PARTS:
                         raise RequestError(f"Invalid multipart body: more than {MAX_FORM_PARTS} parts")
                 elif event == "data":
@@ -244,6 +263,9 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
                         await current.write(payload)
                     else:
                         buffer.append(payload)
+                        field_size += len(payload)
+                        if field_size > MAX_FIELD_SIZE:
+                            raise RequestError(f"Invalid multipart body: field {name!r} is over {MAX_FIELD_SIZE} bytes")
                 else:
                     if current is not None:
                         await current.seek(0)
@@ -253,15 +275,13 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
                     current = None
             parts.clear()
         parser.finalize()
-    except MultipartParseError as exc:
-        await FormData(items).close()
-        raise RequestError(f"Invalid multipart body: {exc}") from None
-    except BaseException:
+        if not state["ended"]:
+            raise RequestError("Invalid multipart body: the closing boundary is missing")
+    except BaseException as exc:
         await FormData(items).close()
         if current is not None:
             await current.close()
+        if isinstance(exc, MultipartParseError):
+            raise RequestError(f"Invalid multipart body: {exc}") from None
         raise
-    if not state["ended"]:
-        await FormData(items).close()
-        raise RequestError("Invalid multipart body: the closing boundary is missing")
     return FormData(items)

@@ -7,12 +7,13 @@ middleware that edits ``message["headers"]`` never affects another request. Back
 
 from __future__ import annotations
 
+import asyncio
 import http.cookies
 import mimetypes
 import os
 import stat
 from email.utils import formatdate
-from typing import Any, AsyncIterable, Callable, Iterable, Mapping
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from urllib.parse import quote
 
 import msgspec
@@ -168,7 +169,7 @@ class Response:
     def delete_cookie(self, key: str, path: str = "/", domain: str | None = None) -> None:
         self.set_cookie(key, max_age=0, expires=0, path=path, domain=domain)
 
-    async def send(self, scope: dict, send: Send) -> None:
+    async def send(self, scope: dict, receive: Any, send: Send) -> None:
         """Send start and body; the body is left out for HEAD requests."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
         body = b"" if scope.get("method") == "HEAD" else self.body
@@ -176,7 +177,7 @@ class Response:
 
     async def __call__(self, scope: dict, receive: Any, send: Send) -> None:
         """Plain ASGI use, outside a Tachyon app: send, then run ``background`` inline."""
-        await self.send(scope, send)
+        await self.send(scope, receive, send)
         if self.background is not None:
             await self.background()
 
@@ -230,7 +231,7 @@ class StreamingResponse(Response):
         self.background = background
         self.raw_headers = self._build_headers(headers)
 
-    async def _chunks(self) -> AsyncIterable[Any]:
+    async def _chunks(self) -> AsyncIterator[Any]:
         if hasattr(self.content, "__aiter__"):
             async for chunk in self.content:  # type: ignore[union-attr]
                 yield chunk
@@ -240,14 +241,48 @@ class StreamingResponse(Response):
         while (chunk := await run_in_threadpool(next, iterator, done)) is not done:
             yield chunk
 
-    async def send(self, scope: dict, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
-        if scope.get("method") != "HEAD":
-            async for chunk in self._chunks():
-                if isinstance(chunk, str):
-                    chunk = chunk.encode(self.charset)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    async def _stream(self, send: Send) -> None:
+        async for chunk in self._chunks():
+            if isinstance(chunk, str):
+                chunk = chunk.encode(self.charset)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+        """Stream until the iterable ends or the client disconnects (an endless event stream stops then)."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
+        try:
+            if scope.get("method") == "HEAD":
+                await send({"type": "http.response.body", "body": b""})
+                return
+            stream = asyncio.ensure_future(self._stream(send))
+            watcher = asyncio.ensure_future(_disconnected(receive))
+            try:
+                await asyncio.wait({stream, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (stream, watcher):
+                    task.cancel()
+                await asyncio.gather(stream, watcher, return_exceptions=True)
+            if not stream.cancelled() and stream.exception() is not None:
+                raise stream.exception()  # type: ignore[misc]
+        finally:
+            await _close_iterator(self.content)
+
+
+async def _disconnected(receive: Any) -> None:
+    """Return when the client goes away (the request body has been read by then, or is not wanted)."""
+    if receive is None:
+        await asyncio.Future()  # no way to know: wait forever (until cancelled)
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _close_iterator(content: Any) -> None:
+    close = getattr(content, "aclose", None)
+    if close is not None:
+        await close()
+    elif callable(getattr(content, "close", None)):
+        content.close()
 
 
 class FileResponse(Response):
@@ -274,7 +309,7 @@ class FileResponse(Response):
             disposition = f"attachment; filename*=utf-8''{quote(filename)}"
             self.raw_headers.append((b"content-disposition", disposition.encode("latin-1")))
 
-    async def send(self, scope: dict, send: Send) -> None:
+    async def send(self, scope: dict, receive: Any, send: Send) -> None:
         try:
             info = await run_in_threadpool(os.stat, self.path)
         except FileNotFoundError:
@@ -300,8 +335,22 @@ class FileResponse(Response):
 
 
 def is_foreign_response(value: Any) -> bool:
-    """A response object of another ASGI framework (Starlette's, as the existing tachyon-api re-exported)."""
-    return type(value).__module__.startswith("starlette.") and hasattr(value, "background") and callable(value)
+    """A response object of another ASGI framework (Starlette's, as the existing tachyon-api re-exported),
+    or of a user subclass of one."""
+    return (
+        callable(value)
+        and hasattr(value, "background")
+        and any(cls.__module__.startswith("starlette.") for cls in type(value).__mro__)
+    )
+
+
+async def send_any(response: Any, scope: dict, receive: Any, send: Send) -> None:
+    """Send one of our responses, or a Starlette one (whose own tasks the caller has taken over)."""
+    if isinstance(response, Response):
+        await response.send(scope, receive, send)
+    else:
+        response.background = None
+        await response(scope, receive, send)
 
 
 _OCTET = (b"content-type", b"application/octet-stream")

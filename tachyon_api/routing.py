@@ -16,7 +16,7 @@ from .background import collect, has_durable, store_durable
 from .compiler import Context, compile_dependency, compile_endpoint
 from .dependencies import Depends
 from .exceptions import RequestValidationError
-from .responses import PLAIN_DATA, Response, is_foreign_response, make_renderer
+from .responses import PLAIN_DATA, Response, is_foreign_response, make_renderer, send_any
 
 if TYPE_CHECKING:
     from .applications import Tachyon
@@ -203,6 +203,12 @@ class PathTree:
             else:
                 node = node.static.setdefault(segment, _Node())
         for method in route.methods:
+            if method in node.routes:
+                logger.warning(
+                    "%s %s is already served by %s; %s is not reachable there",
+                    method, route.path, node.routes[method].name, route.name,
+                )
+                continue
             node.routes[method] = route
         if not route.param_names:
             self._static["/" + "/".join(_segments(route.path))] = node
@@ -256,11 +262,36 @@ class PathTree:
             yield from self._walk(node.param, segments, index + 1, [*values, segments[index]])
 
 
+class ResponseFailed(Exception):
+    """Sending a response object failed; the failure has been answered (500) or logged."""
+
+
+async def send_response(app: "Tachyon", response: Any, scope: dict, receive: Any, send: Any) -> None:
+    """Send a response object (ours or Starlette's). A failure before the first byte becomes an error
+    response through the app's exception handlers; a failure after it can only be logged."""
+    started = False
+
+    async def tracking_send(message: dict) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await send_any(response, scope, receive, tracking_send)
+    except Exception as exc:
+        if not started:
+            await app.send_error(scope, receive, send, exc)
+        else:
+            logger.error("Sending the response of %s %s failed", scope["method"], scope["path"], exc_info=exc)
+        raise ResponseFailed() from exc
+
+
 def build_handler(route: Route, app: "Tachyon") -> Handler:
     """Compile ``route`` for ``app``: everything decided here is not paid again per request."""
     func = route.endpoint
-    plan = compile_endpoint(func, route.path)
     path_names = frozenset(route.param_names)
+    plan = compile_endpoint(func, path_names)
     guards = [
         compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache)
         for dep in route.dependencies
@@ -268,8 +299,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     ]
     call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
     is_async = inspect.iscoroutinefunction(call)
-    render = make_renderer(route.status_code or 200, route.response_model)
     status = route.status_code or 200
+    render = make_renderer(status, route.response_model)
     names = route.param_names
     no_params = not plan.steps and not guards
     pool = app.endpoint_pool
@@ -302,29 +333,32 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 if runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                     tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
-            await app.send_error(scope, receive, send, exc)
-            if ctx is not None:
-                await ctx.close(exc)
+            try:
+                await app.send_error(scope, receive, send, exc)
+            finally:
+                if ctx is not None:
+                    await ctx.close(exc)
             return
 
         try:
             if response is None:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-            elif isinstance(response, Response):
-                await response.send(scope, send)
-            else:  # a Starlette response: it sends itself; its tasks were taken over above
-                response.background = None
-                await response(scope, receive, send)
+            else:
+                await send_response(app, response, scope, receive, send)
+        except ResponseFailed:  # logged or answered already; the request failed, so its tasks do not run
+            tasks = None
         finally:
             try:
-                if tasks:  # even if sending failed: the endpoint succeeded, its tasks are owed
+                # Cleanups and uploaded files close before the tasks are handed over, with or without a
+                # lifespan, so a task sees the same thing in tests as in production.
+                if ctx is not None:
+                    await ctx.close()
+            finally:
+                if tasks:
                     wait = WAIT_FOR_TASKS in (scope.get("extensions") or ())
                     inline = runner.submit(tasks, scope["method"], scope["path"], wait=wait)
                     if inline is not None:
                         await inline
-            finally:
-                if ctx is not None:
-                    await ctx.close()
 
     return handle

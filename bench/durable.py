@@ -1,0 +1,149 @@
+"""Durable (Redis + RQ) vs in-process background tasks: requests per second and enqueue cost.
+
+    python bench/durable.py [--duration 8]
+
+Starts a private redis-server on a free loopback port, serves bench/apps/durable_app.py under uvicorn
+(1 worker, uvloop, httptools, pinned to CPU 0) with the repository's .venv, and drives POST /inprocess and
+POST /durable alternately with wrk pinned to CPU 1. Then measures the cost of enqueueing one task with
+RQBackend.enqueue, in process, over the same Redis. Prints a markdown table and writes
+bench/results/durable-latest.md. Needs redis-server and wrk (apt-get install redis-server wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def wrk(url: str, duration: int) -> tuple[float, str]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s",
+         str(HERE / "lua" / "post_empty.lua"), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"{url}: {non2xx.group(1)} non-2xx responses")
+    return rps, p99
+
+
+ENQUEUE_COST = """
+import os, time
+from tachyon_api.background import BackgroundTask, RQBackend
+import durable_app
+backend = RQBackend(os.environ["BENCH_REDIS_URL"], queue="bench-enqueue")
+task = BackgroundTask(durable_app.durable, 1)
+for _ in range(200):
+    backend.enqueue(task)
+n = 5000
+start = time.perf_counter()
+for _ in range(n):
+    backend.enqueue(task)
+print((time.perf_counter() - start) / n * 1e6)
+backend.queue.empty()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    for tool in ("redis-server", "wrk", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is required (apt-get install redis-server wrk util-linux)")
+    redis_port, web_port = free_port(), free_port()
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    redis = subprocess.Popen(
+        ["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PYTHONPATH": str(HERE / "apps")}
+    web = None
+    try:
+        wait_port(redis_port)
+        web = subprocess.Popen(
+            ["taskset", "-c", "0", str(PYTHON), "-m", "uvicorn", "durable_app:app", "--port", str(web_port),
+             "--loop", "uvloop", "--http", "httptools", "--log-level", "error", "--no-access-log"],
+            cwd=HERE / "apps", env=env,
+        )
+        wait_port(web_port)
+        results: dict[str, list[tuple[float, str]]] = {"inprocess": [], "durable": []}
+        for _ in range(args.rounds):
+            for name in results:
+                url = f"http://127.0.0.1:{web_port}/{name}"
+                wrk(url, 2)  # warm-up
+                results[name].append(wrk(url, args.duration))
+                subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"], capture_output=True)
+        cost = float(subprocess.run(
+            [str(PYTHON), "-c", ENQUEUE_COST], cwd=HERE / "apps", env=env, capture_output=True, text=True, check=True
+        ).stdout)
+    finally:
+        if web is not None:
+            web.terminate()
+            web.wait(30)
+        redis.terminate()
+        redis.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2]
+
+    inproc = median([r for r, _ in results["inprocess"]])
+    durable = median([r for r, _ in results["durable"]])
+    lines = [
+        "# Durable vs in-process background tasks",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/durable.py --duration {args.duration}"
+        f" --rounds {args.rounds}`",
+        f"- machine: nproc={os.cpu_count()}; server on CPU 0, wrk and redis-server on CPU 1; wrk -t1 -c64",
+        "",
+        "| endpoint | req/s (median) | p99 (last round) | vs in-process |",
+        "|---|---:|---:|---:|",
+        f"| `POST /inprocess` (one in-process sync task) | {inproc:,.0f} | {results['inprocess'][-1][1]} | 1.00x |",
+        f"| `POST /durable` (one task stored in Redis before the response) | {durable:,.0f} | "
+        f"{results['durable'][-1][1]} | {durable / inproc:.2f}x |",
+        "",
+        f"Enqueue cost of one durable task (`RQBackend.enqueue`, in process, loopback Redis): {cost:.0f} us.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "durable-latest.md").write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
