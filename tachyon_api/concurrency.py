@@ -48,9 +48,10 @@ class ThreadPool:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        # Idle threads not yet promised to a caller. A caller that takes one knows a thread will pick its work
-        # up; a caller that finds none starts a thread, so work never waits behind busy ones. (A counter under
-        # a C lock: threading.Semaphore is pure Python and costs several times more per call.)
+        # Threads that finished their work and wait for more, not yet promised to a caller. A caller that takes
+        # one knows a thread will pick its work up; a caller that finds none starts a thread, so work never waits
+        # behind busy ones (concurrent.futures' scheme, with a counter under a C lock: threading.Semaphore is
+        # pure Python and costs several times more per call).
         self._idle = 0
 
     def submit(
@@ -71,14 +72,11 @@ class ThreadPool:
         self._put((None, None, context, func, args, {}))
 
     def _put(self, item: tuple) -> None:
+        self._queue.put(item)
         with self._lock:
-            reserved = self._idle > 0
-            if reserved:
+            if self._idle:  # a thread that finished its work waits for more: it takes this item
                 self._idle -= 1
-        self._queue.put((reserved, item))
-        if reserved:
-            return
-        with self._lock:
+                return
             if self._threads >= self.max_workers:
                 return  # every thread is busy: the item waits for the first one to finish
             self._threads += 1
@@ -106,31 +104,19 @@ class ThreadPool:
     def _work(self) -> None:
         get = self._queue.get
         lock = self._lock
-        announce = True
         while True:
-            if announce:
-                with lock:
-                    self._idle += 1
-            announce = True
             try:
-                reserved, item = get(timeout=self._idle_timeout)
+                item = get(timeout=self._idle_timeout)
             except queue.Empty:
                 with lock:
-                    if self._idle == 0:
-                        announce = False  # a caller took this thread's place: its item is on the way
-                        continue
+                    if not self._idle:
+                        continue  # a caller counted on an idle thread: its item is on the way
                     self._idle -= 1
                     self._threads -= 1
                     if self._queue.empty():
                         return
                     self._threads += 1  # work arrived while leaving, and its caller may not have started a thread
                 continue
-            if not reserved:
-                # Nobody was promised this thread for the item, so its idle mark is still out: take it back, or
-                # a later caller would count on a thread that is busy.
-                with lock:
-                    if self._idle:
-                        self._idle -= 1
             loop, future, context, func, args, kwargs = item
             try:
                 result = context.run(func, *args, **kwargs)
@@ -146,7 +132,9 @@ class ThreadPool:
                     loop.call_soon_threadsafe(_resolve, future, ok, value)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
-            del item, future, value, func, args, kwargs, context, reserved
+            del item, future, value, func, args, kwargs, context
+            with lock:  # idle again; counted only now, as concurrent.futures does, so the count never runs ahead
+                self._idle += 1
 
 
 _default_pool: ThreadPool | None = None

@@ -183,11 +183,12 @@ class RQBackend:
             options["unique"] = True
         options = {key: value for key, value in options.items() if value is not None}
         queue = self.queue
-        if task.at is not None:
-            return queue.enqueue_at(task.at, task.func, args=task.args, kwargs=task.kwargs, **options)
+        when = task.at
         if task.delay is not None:
             delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
-            return queue.enqueue_in(delay, task.func, args=task.args, kwargs=task.kwargs, **options)
+            when = dt.datetime.now(dt.timezone.utc) + delay
+        if when is not None:
+            return queue.enqueue_at(_next_second(when), task.func, args=task.args, kwargs=task.kwargs, **options)
         return queue.enqueue(task.func, args=task.args, kwargs=task.kwargs, **options)
 
     # --- watching --------------------------------------------------------------------------------------
@@ -217,6 +218,15 @@ class RQBackend:
 
     def __repr__(self) -> str:
         return f"RQBackend({self.redis_url!r}, queue={self.queue_name!r})"
+
+
+def _next_second(when: dt.datetime) -> dt.datetime:
+    """RQ's scheduler keeps whole seconds and truncates: round up, so a task never runs before its time."""
+    if when.tzinfo is None:
+        when = when.astimezone(dt.timezone.utc)  # a naive datetime is local time, as datetime.now() gives
+    if when.microsecond:
+        when = when.replace(microsecond=0) + dt.timedelta(seconds=1)
+    return when
 
 
 def _seconds(value: float | None) -> int | None:
