@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,6 +95,45 @@ class ServerProcess:
         self._log.flush()
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
+
+
+_clients: list[Any] = []
+
+
+def client_for(app: Any, **kwargs: Any) -> Any:
+    """A ``TachyonTestClient`` closed after the test (closing stops its event-loop thread)."""
+    from tachyon_api.testing import TachyonTestClient
+
+    client = TachyonTestClient(app, **kwargs)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away redis-server on a free loopback port, for the durable-task tests."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (apt-get install redis-server; .ci/run installs it)"
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

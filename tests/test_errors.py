@@ -9,26 +9,8 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from tachyon_api import Depends, HTTPException, Request, Tachyon
 from tachyon_api.responses import JSONResponse, PlainTextResponse
-from tachyon_api.testing import TachyonTestClient
 
-from .conftest import serve
-
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for, serve
 
 
 INTERNAL = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}

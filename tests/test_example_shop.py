@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from .conftest import ROOT, ServerProcess, free_port, wait_for_port
+from .conftest import ROOT, ServerProcess, free_port
 
 APP = "examples.shop.app:app"
 SECRET = "test-webhook-secret"
@@ -378,26 +377,6 @@ def test_shop_smtp_host_sends_through_that_server(tmp_path: Path) -> None:
 
 
 # --- durable mode: Redis + an RQ worker ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throw-away redis-server on a free loopback port (as in test_durable.py)."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (apt-get install redis-server; .ci/run installs it)"
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: str) -> None:
     running = Shop(
         tmp_path,

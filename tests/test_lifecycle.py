@@ -8,26 +8,9 @@ import httpx
 import pytest
 
 from tachyon_api import Request, Tachyon
-from tachyon_api.testing import AsyncTachyonTestClient, TachyonTestClient
+from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import serve
-
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for, serve
 
 
 def test_on_event_sync_and_async_handlers_run_in_order():

@@ -3,33 +3,15 @@
 import gzip
 
 import httpx
-import pytest
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import PlainTextResponse as StarlettePlainText
 
 from tachyon_api import HTTPException, Tachyon
-from tachyon_api.testing import AsyncTachyonTestClient, TachyonTestClient
+from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import serve
-
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for, serve
 
 
 class Recorder:

@@ -22,26 +22,8 @@ from tachyon_api.responses import (
     Response,
     StreamingResponse,
 )
-from tachyon_api.testing import TachyonTestClient
 
-from .conftest import serve
-
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for, serve
 
 
 INTERNAL = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}

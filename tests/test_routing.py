@@ -9,24 +9,8 @@ import pytest
 
 from tachyon_api import Depends, Header, HTTPException, Request, Router, Tachyon
 from tachyon_api.responses import PlainTextResponse
-from tachyon_api.testing import TachyonTestClient
 
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for
 
 
 VERBS = ["get", "post", "put", "patch", "delete", "options"]

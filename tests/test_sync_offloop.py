@@ -9,30 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from tachyon_api import Depends, Tachyon
 from tachyon_api.responses import JSONResponse
-from tachyon_api.testing import AsyncTachyonTestClient, TachyonTestClient
+from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import serve
-
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for, serve
 
 
 SLEEP = 0.3

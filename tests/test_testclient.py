@@ -12,22 +12,7 @@ from tachyon_api.background import BackgroundTasks
 from tachyon_api.responses import JSONResponse, RedirectResponse, Response
 from tachyon_api.testing import AsyncTachyonTestClient, TachyonTestClient, create_client
 
-
-_clients: list[TachyonTestClient] = []
-
-
-def client_for(app, **kwargs) -> TachyonTestClient:
-    """A test client closed after the test (closing stops its event-loop thread)."""
-    client = TachyonTestClient(app, **kwargs)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
+from .conftest import client_for
 
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
