@@ -156,16 +156,29 @@ class RQBackend:
             raise TaskBackendUnavailable() from exc
 
     def _enqueue_all(self, tasks: Sequence["BackgroundTask"]) -> None:
+        """One request's tasks, in one Redis transaction: all stored, or none (then the client gets a 503 and
+        may retry without duplicates). Tasks with a ``job_id`` go first, one by one, as RQ checks their
+        uniqueness against Redis."""
         from rq.exceptions import DuplicateJobError
 
+        plain = [task for task in tasks if task.job_id is None]
         for task in tasks:
-            try:
-                self.enqueue(task)
-            except DuplicateJobError:
-                logger.info("Durable task %s with job id %s is already queued", task.name, task.job_id)
+            if task.job_id is not None:
+                try:
+                    self.enqueue(task)
+                except DuplicateJobError:
+                    logger.info("Durable task %s with job id %s is already queued", task.name, task.job_id)
+        if len(plain) == 1:
+            self.enqueue(plain[0])
+        elif plain:
+            with self.redis.pipeline() as pipe:
+                for task in plain:
+                    self.enqueue(task, pipeline=pipe)
+                pipe.execute()
 
-    def enqueue(self, task: "BackgroundTask") -> Any:
-        """Enqueue one task now (blocking); returns the RQ job."""
+    def enqueue(self, task: "BackgroundTask", pipeline: Any = None) -> Any:
+        """Enqueue one task now (blocking); returns the RQ job. With ``pipeline``, the commands are only
+        queued on it (the caller executes it)."""
         from rq import Retry
 
         options: dict[str, Any] = {
@@ -181,6 +194,8 @@ class RQBackend:
         if task.job_id is not None:
             options["job_id"] = task.job_id
             options["unique"] = True
+        if pipeline is not None:
+            options["pipeline"] = pipeline
         options = {key: value for key, value in options.items() if value is not None}
         queue = self.queue
         when = task.at
