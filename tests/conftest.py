@@ -40,6 +40,38 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return bool(predicate())
+
+
+ERROR_KEYS = {"success", "error", "code", "errors"}
+
+
+def assert_validation_error(response: Any, expected_locs: list | None = None) -> list:
+    """The 422 body shape; returns the errors list. ``expected_locs``: the exact list of locs, in order."""
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert body["success"] is False
+    assert body["code"] == "VALIDATION_ERROR"
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["errors"], list) and body["errors"]
+    for error in body["errors"]:
+        assert set(error) == {"loc", "msg", "type"}
+        assert isinstance(error["loc"], list)
+        assert isinstance(error["msg"], str) and error["msg"]
+        assert isinstance(error["type"], str) and error["type"]
+    if expected_locs is not None:
+        assert [e["loc"] for e in body["errors"]] == expected_locs
+    return body["errors"]
+
+
 @contextlib.contextmanager
 def serve(app: Any, **config: Any) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yield its base URL; shut it down gracefully."""

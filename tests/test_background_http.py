@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -22,18 +22,9 @@ import pytest
 from tachyon_api import BackgroundTask, BackgroundTasks, Depends, HTTPException, Tachyon
 from tachyon_api.responses import StreamingResponse
 
-from .conftest import serve
+from .conftest import serve, wait_until
 
 BG_LOGGER = "tachyon_api.background"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 def timed(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:

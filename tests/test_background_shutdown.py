@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -19,18 +19,9 @@ from tachyon_api import BackgroundTask, BackgroundTasks, Tachyon
 from tachyon_api.background import BackgroundRunner
 from tachyon_api.testing import TachyonTestClient
 
-from .conftest import serve
+from .conftest import serve, wait_until
 
 BG_LOGGER = "tachyon_api.background"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 def lost_messages(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -22,19 +22,7 @@ from tachyon_api import (
 )
 from tachyon_api.testing import TachyonTestClient, create_client
 
-ERROR_KEYS = {"success", "error", "code", "errors"}
-
-
-def assert_validation_error(response, expected_locs=None):
-    assert response.status_code == 422, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["success"] is False
-    assert body["code"] == "VALIDATION_ERROR"
-    assert isinstance(body["error"], str) and body["error"]
-    if expected_locs is not None:
-        assert [e["loc"] for e in body["errors"]] == expected_locs
-    return body["errors"]
+from .conftest import assert_validation_error
 
 
 # --- kinds of dependencies -------------------------------------------------------------------------------

@@ -27,26 +27,7 @@ from tachyon_api import (
 )
 from tachyon_api.testing import TachyonTestClient
 
-ERROR_KEYS = {"success", "error", "code", "errors"}
-
-
-def assert_validation_error(response, expected_locs=None):
-    """The 422 body shape; returns the errors list. ``expected_locs``: the exact list of locs, in order."""
-    assert response.status_code == 422, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["success"] is False
-    assert body["code"] == "VALIDATION_ERROR"
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["errors"], list) and body["errors"]
-    for error in body["errors"]:
-        assert set(error) == {"loc", "msg", "type"}
-        assert isinstance(error["loc"], list)
-        assert isinstance(error["msg"], str) and error["msg"]
-        assert isinstance(error["type"], str) and error["type"]
-    if expected_locs is not None:
-        assert [e["loc"] for e in body["errors"]] == expected_locs
-    return body["errors"]
+from .conftest import assert_validation_error
 
 
 # --- 1. markers ------------------------------------------------------------------------------------------

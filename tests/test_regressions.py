@@ -9,7 +9,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -35,20 +35,11 @@ from tachyon_api.responses import FileResponse, JSONResponse, StreamingResponse
 from tachyon_api.routing import WAIT_FOR_TASKS
 from tachyon_api.testing import TachyonTestClient, create_client
 
-from .conftest import serve
+from .conftest import serve, wait_until
 
 BG_LOGGER = "tachyon_api.background"
 ERR_LOGGER = "tachyon_api.errors"
 INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 # --- 1. cleanups and upload closing before the background tasks, in every mode ------------------------------

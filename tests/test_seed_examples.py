@@ -17,18 +17,9 @@ import httpx
 import msgspec
 import pytest
 
-from .conftest import serve
+from .conftest import serve, wait_until
 
 BG_LOGGER = "tachyon_api.background"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 class CallTimer:
