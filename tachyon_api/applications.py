@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import logging
 import sys
-from typing import Any, AsyncContextManager, Callable, Sequence, TypeVar
+from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from .background import BackgroundRunner, ErrorHook
 from .compiler import Dependency, compile_dependency
@@ -29,6 +29,10 @@ Lifespan = Callable[["Tachyon"], AsyncContextManager[Any]]
 
 _INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
 _RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"}
+
+
+async def _nothing() -> None:
+    """What the app does with a scope type it does not know."""
 
 
 def _http_exception(request: Request, exc: HTTPException) -> Response:
@@ -110,21 +114,23 @@ class Tachyon(RouteDecorators):
             app = cls(app, **options)
         return app
 
-    async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
+    def _dispatch(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
+        """The innermost ASGI app. A plain function returning the handler's coroutine: one frame less per
+        request than awaiting it here."""
         kind = scope["type"]
         if kind == "http":
             route, values, allowed = self._tree.lookup(scope["method"], scope["path"])
             if route is not None:
-                await route.handler(scope, receive, send, values)  # type: ignore[misc]
-            elif allowed:
+                return route.handler(scope, receive, send, values)  # type: ignore[misc]
+            if allowed:
                 exc = HTTPException(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
-                await self.send_error(scope, receive, send, exc)
-            else:
-                await self.send_error(scope, receive, send, HTTPException(404, "Not Found"))
-        elif kind == "lifespan":
-            await self._run_lifespan(receive, send)
-        elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1000, "reason": "WebSockets are not served here"})
+                return self.send_error(scope, receive, send, exc)
+            return self.send_error(scope, receive, send, HTTPException(404, "Not Found"))
+        if kind == "lifespan":
+            return self._run_lifespan(receive, send)
+        if kind == "websocket":
+            return send({"type": "websocket.close", "code": 1000, "reason": "WebSockets are not served here"})
+        return _nothing()
 
     # --- routes ----------------------------------------------------------------------------------------
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:

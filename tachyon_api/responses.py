@@ -391,7 +391,7 @@ def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any
         if type(value) in _BYTES:
             return render(value)
         body = encode_json(value)
-        return [JSON_TYPE, (b"content-length", str(len(body)).encode())], body
+        return [JSON_TYPE, (b"content-length", b"%d" % len(body))], body
 
     return render if response_model is not None or empty else render_data
 
