@@ -267,10 +267,11 @@ def _invalid(loc: list[Any], tp: Any) -> FieldError:
     return FieldError(loc, f"Input should be one of {', '.join(repr(c) for c in choices)}", "enum")
 
 
-def _value_extractor(source: str, key: str, tp: Any, default: Any, getter: Callable[[Context], Any]) -> Extractor:
-    """Read one string (or list of strings) with ``getter`` and convert it; shared by query, header, cookie."""
+def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
+    """Read one string (or the list of a repeated key) from query, header or cookie, and convert it."""
     inner, _ = _unwrap_optional(tp)
     item = _list_item(inner)
+    getter = _GETTERS[source][item is not None]
     required = default is ...
     loc = [source, key]
     if item is not None:
@@ -316,22 +317,15 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any, getter: Calla
     return extract
 
 
-def _query_getter(many: bool) -> Callable[[Context], Any]:
-    if many:
-        return lambda ctx: ctx.request.query_params.getlist
-    return lambda ctx: ctx.request.query_params.get
-
-
-def _header_getter(many: bool) -> Callable[[Context], Any]:
-    if many:
-        return lambda ctx: ctx.request.headers.getlist
-    return lambda ctx: ctx.request.headers.get
-
-
-def _cookie_getter(many: bool) -> Callable[[Context], Any]:
-    if many:
-        return lambda ctx: (lambda key: [v] if (v := ctx.request.cookies.get(key)) is not None else [])
-    return lambda ctx: ctx.request.cookies.get
+# How each source reads one value, and all the values of a repeated key, from the request.
+_GETTERS: dict[str, tuple[Callable[[Context], Any], Callable[[Context], Any]]] = {
+    "query": (lambda ctx: ctx.request.query_params.get, lambda ctx: ctx.request.query_params.getlist),
+    "header": (lambda ctx: ctx.request.headers.get, lambda ctx: ctx.request.headers.getlist),
+    "cookie": (
+        lambda ctx: ctx.request.cookies.get,
+        lambda ctx: (lambda key: [v] if (v := ctx.request.cookies.get(key)) is not None else []),
+    ),
+}
 
 
 def _path_extractor(key: str, tp: Any) -> Extractor:
@@ -603,19 +597,10 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
             if (key or name) not in path_names:
                 raise TypeError(f"{where}: path parameter '{key or name}' is not in the route's path")
             steps.append((name, _path_extractor(key or name, tp), False))
-        elif source == "query":
+        elif source in _GETTERS:
             tp = str if tp is _EMPTY else tp
-            many = _list_item(_unwrap_optional(tp)[0]) is not None
-            steps.append((name, _value_extractor("query", key or name, tp, value_default, _query_getter(many)), False))
-        elif source == "header":
-            tp = str if tp is _EMPTY else tp
-            header = (key or name.replace("_", "-")).lower()
-            many = _list_item(_unwrap_optional(tp)[0]) is not None
-            steps.append((name, _value_extractor("header", header, tp, value_default, _header_getter(many)), False))
-        elif source == "cookie":
-            tp = str if tp is _EMPTY else tp
-            many = _list_item(_unwrap_optional(tp)[0]) is not None
-            steps.append((name, _value_extractor("cookie", key or name, tp, value_default, _cookie_getter(many)), False))
+            lookup = (key or name.replace("_", "-")).lower() if source == "header" else key or name
+            steps.append((name, _value_extractor(source, lookup, tp, value_default), False))
         elif source in ("form", "file"):
             tp = str if tp is _EMPTY else tp
             want_file = source == "file" or _is_upload(tp)
