@@ -53,23 +53,68 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
 ERROR_KEYS = {"success", "error", "code", "errors"}
 
 
-def assert_validation_error(response: Any, expected_locs: list | None = None) -> list:
-    """The 422 body shape; returns the errors list. ``expected_locs``: the exact list of locs, in order."""
-    assert response.status_code == 422, response.text
+def assert_error_shape(response: Any, statuses: set[int], code: str | None = None) -> dict:
+    """The framework's error body (4xx/503): ``success``, ``error``, ``code``, ``errors``; returns it."""
+    assert response.status_code in statuses, response.text
     body = response.json()
     assert set(body) == ERROR_KEYS
     assert body["success"] is False
-    assert body["code"] == "VALIDATION_ERROR"
     assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["errors"], list) and body["errors"]
+    assert isinstance(body["code"], str) and body["code"]
+    if code is not None:
+        assert body["code"] == code
+    assert isinstance(body["errors"], list)
     for error in body["errors"]:
         assert set(error) == {"loc", "msg", "type"}
         assert isinstance(error["loc"], list)
         assert isinstance(error["msg"], str) and error["msg"]
         assert isinstance(error["type"], str) and error["type"]
+    return body
+
+
+def assert_validation_error(response: Any, expected_locs: list | None = None) -> list:
+    """The 422 body; returns the errors list. ``expected_locs``: the exact list of locs, in order."""
+    body = assert_error_shape(response, {422}, "VALIDATION_ERROR")
+    assert body["errors"]
     if expected_locs is not None:
         assert [e["loc"] for e in body["errors"]] == expected_locs
     return body["errors"]
+
+
+def timed(method: str, url: str, **kwargs: Any) -> tuple[Any, float]:
+    """One request on a fresh connection; returns the response and the seconds it took."""
+    import httpx
+
+    start = time.perf_counter()
+    response = httpx.request(method, url, timeout=10, **kwargs)
+    return response, time.perf_counter() - start
+
+
+class CallTimer:
+    """ASGI middleware recording, per HTTP call, when it started, when its last body byte was sent and when
+    the call returned (``calls``: a list of dicts with path, query, start, sent, end)."""
+
+    def __init__(self, app: Any, calls: list[dict[str, Any]]) -> None:
+        self.app = app
+        self.calls = calls
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record: dict[str, Any] = {"path": scope["path"], "query": scope.get("query_string", b""), "sent": None}
+        record["start"] = time.perf_counter()
+
+        async def timed_send(message: dict) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record["sent"] = time.perf_counter()
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            record["end"] = time.perf_counter()
+            self.calls.append(record)
 
 
 @contextlib.contextmanager

@@ -22,43 +22,9 @@ import pytest
 from tachyon_api import BackgroundTask, BackgroundTasks, Depends, HTTPException, Tachyon
 from tachyon_api.responses import StreamingResponse
 
-from .conftest import serve, wait_until
+from .conftest import CallTimer, serve, timed, wait_until
 
 BG_LOGGER = "tachyon_api.background"
-
-
-def timed(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:
-    """One request on a fresh connection; returns the response and the seconds it took."""
-    start = time.perf_counter()
-    response = httpx.request(method, url, timeout=10, **kwargs)
-    return response, time.perf_counter() - start
-
-
-class CallTimer:
-    """A pure ASGI middleware recording, per HTTP call, when it started, when its last body byte was sent, and
-    when the app's ASGI call returned."""
-
-    def __init__(self, app: Any, calls: list[dict[str, Any]]) -> None:
-        self.app = app
-        self.calls = calls
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        record: dict[str, Any] = {"path": scope["path"], "query": scope.get("query_string", b""), "sent": None}
-        record["start"] = time.perf_counter()
-
-        async def timed_send(message: dict) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                record["sent"] = time.perf_counter()
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            record["end"] = time.perf_counter()
-            self.calls.append(record)
 
 
 # --- 1 and 6: the response goes first, the ASGI call returns at once ------------------------------------------

@@ -11,32 +11,7 @@ import pytest
 from tachyon_api import Body, Query, Request, Struct, Tachyon
 from tachyon_api.testing import TachyonTestClient, create_client
 
-from .conftest import serve
-
-ERROR_KEYS = {"success", "error", "code", "errors"}
-
-
-def assert_error_shape(response, statuses, code=None):
-    assert response.status_code in statuses, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["code"], str) and body["code"]
-    if code is not None:
-        assert body["code"] == code
-    assert isinstance(body["errors"], list)
-    for error in body["errors"]:
-        assert set(error) == {"loc", "msg", "type"}
-    return body
-
-
-def assert_validation_error(response, expected_locs=None):
-    body = assert_error_shape(response, {422}, "VALIDATION_ERROR")
-    assert body["errors"]
-    if expected_locs is not None:
-        assert [e["loc"] for e in body["errors"]] == expected_locs
-    return body["errors"]
+from .conftest import assert_error_shape, assert_validation_error, serve
 
 
 class Item(Struct):

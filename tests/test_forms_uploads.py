@@ -10,21 +10,9 @@ import pytest
 from tachyon_api import BackgroundTasks, Depends, File, Form, Query, Tachyon, UploadFile
 from tachyon_api.testing import TachyonTestClient, create_client
 
-ERROR_KEYS = {"success", "error", "code", "errors"}
+from .conftest import assert_error_shape
+
 BOUNDARY = "----tachyonTestBoundary7MA4YWxk"
-
-
-def assert_error_shape(response, statuses, code=None):
-    assert response.status_code in statuses, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["code"], str) and body["code"]
-    if code is not None:
-        assert body["code"] == code
-    assert isinstance(body["errors"], list)
-    return body
 
 
 def multipart(parts, boundary=BOUNDARY, close=True):

@@ -10,7 +10,7 @@ import starlette.requests
 from tachyon_api import Body, Depends, File, Form, Request, Struct, Tachyon, UploadFile
 from tachyon_api.testing import TachyonTestClient, create_client
 
-ERROR_KEYS = {"success", "error", "code", "errors"}
+from .conftest import ERROR_KEYS
 
 
 class Item(Struct):

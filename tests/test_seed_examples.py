@@ -17,34 +17,9 @@ import httpx
 import msgspec
 import pytest
 
-from .conftest import serve, wait_until
+from .conftest import CallTimer, serve, timed, wait_until
 
 BG_LOGGER = "tachyon_api.background"
-
-
-class CallTimer:
-    """Pure ASGI middleware (test instrumentation only): when each call's last body byte was sent."""
-
-    def __init__(self, app: Any, calls: list[dict[str, Any]]) -> None:
-        self.app = app
-        self.calls = calls
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        record: dict[str, Any] = {"path": scope["path"], "sent": None, "start": time.perf_counter()}
-
-        async def timed_send(message: dict) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                record["sent"] = time.perf_counter()
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            record["end"] = time.perf_counter()
-            self.calls.append(record)
 
 
 class PrintRecorder:
@@ -77,12 +52,6 @@ def stdout(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) 
 def sent_time(calls: list[dict[str, Any]], path: str) -> float:
     assert wait_until(lambda: any(c["path"] == path for c in calls), 2)
     return [c for c in calls if c["path"] == path][-1]["sent"]
-
-
-def timed(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:
-    start = time.perf_counter()
-    response = httpx.request(method, url, timeout=10, **kwargs)
-    return response, time.perf_counter() - start
 
 
 # --- 🎯 Uso Básico ----------------------------------------------------------------------------------------
