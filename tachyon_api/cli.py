@@ -1,6 +1,9 @@
-"""The ``tachyon`` command: ``run`` an app under uvicorn, list its ``routes``, run a durable-task ``worker``.
+"""The ``tachyon`` command: ``run`` an app under uvicorn, list its ``routes``, run a durable-task ``worker``,
+scaffold a project (``new``) or code (``generate``), wrap ruff (``lint``), print the ``version`` and the shell
+``completion`` script.
 
-``python -m tachyon_api`` is the same command.
+``python -m tachyon_api`` is the same command. It is built on argparse (no dependency on the serving path)
+with argcomplete for shell completion.
 """
 
 from __future__ import annotations
@@ -9,8 +12,13 @@ import argparse
 import importlib
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+from .scaffold import ScaffoldError
 
 __all__ = ["main", "load_app"]
 
@@ -83,6 +91,85 @@ def _worker(args: argparse.Namespace) -> None:
     worker.work(burst=args.burst, with_scheduler=args.with_scheduler, logging_level=args.log_level.upper())
 
 
+def _new(args: argparse.Namespace) -> None:
+    from .scaffold import create_project
+
+    root = create_project(args.name, Path(args.path))
+    print(f"Created {root}")
+    print(f"  cd {root}")
+    print("  python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    print("  tachyon run app:app --reload      # then open http://127.0.0.1:8000/health")
+    print("  python -m pytest                  # its tests")
+    print("  tachyon generate service NAME --crud   # a feature module in modules/NAME")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .scaffold import generate, names_for
+
+    base = Path(args.path) if args.path else None
+    written = generate(args.kind, args.name, base, tests=not args.no_tests, crud=args.crud)
+    for path in written:
+        print(f"created {path}")
+    names = names_for(args.name)
+    if args.kind == "middleware":
+        package = ".".join(written[0].with_suffix("").parts)
+        print(f"Register it in app.py:\n    from {package} import {names.Class}Middleware\n"
+              f"    app.add_middleware({names.Class}Middleware)")
+    elif args.kind in ("service", "controller"):
+        package = ".".join(written[0].parent.parts)
+        source = package if args.kind == "service" else f"{package}.{names.module}_controller"
+        print(f"Include it in app.py:\n    from {source} import router as {names.module}_router\n"
+              f"    app.include_router({names.module}_router)")
+
+
+def _version(args: argparse.Namespace) -> None:
+    from importlib import metadata
+
+    from . import __version__
+
+    try:
+        version = metadata.version("tachyon-api-next")
+    except metadata.PackageNotFoundError:
+        version = __version__
+    print(f"Tachyon API v{version}")
+
+
+def _ruff_command() -> list[str]:
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    found = shutil.which("ruff")
+    if found:
+        return [found]
+    raise SystemExit("tachyon lint needs ruff, which is not installed: pip install 'tachyon-api-next[lint]' (or ruff)")
+
+
+def _lint(args: argparse.Namespace) -> None:
+    ruff = _ruff_command()
+    paths = args.paths or ["."]
+    if args.action == "check":
+        steps = [["check", *(["--fix"] if args.fix else []), *(["--watch"] if args.watch else []), *paths]]
+    elif args.action == "fix":
+        steps = [["check", "--fix", *(["--unsafe-fixes"] if args.unsafe else []), *paths]]
+    elif args.action == "format":
+        steps = [["format", *(["--check"] if args.check else []), *(["--diff"] if args.diff else []), *paths]]
+    else:  # all: what CI would ask, fixing what is safe to fix unless --no-fix
+        steps = [
+            ["check", *([] if args.no_fix else ["--fix"]), *paths],
+            ["format", *(["--check"] if args.no_fix else []), *paths],
+        ]
+    status = 0
+    for step in steps:
+        status = subprocess.call([*ruff, *step]) or status
+    if status:
+        raise SystemExit(status)
+
+
+def _completion(args: argparse.Namespace) -> None:
+    import argcomplete
+
+    print(argcomplete.shellcode(["tachyon"], shell=args.shell))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tachyon", description="Run and inspect tachyon_api applications.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,12 +202,69 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--url", help="Redis URL (default: the app's RQBackend)")
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(handler=_worker)
+
+    new = commands.add_parser("new", help="create a project skeleton (app, settings, modules, tests)")
+    new.add_argument("name", help="project name; hyphens become underscores")
+    new.add_argument("--path", "-p", default=".", help="folder to create the project in (default: .)")
+    new.set_defaults(handler=_new)
+
+    from .scaffold import GENERATORS
+
+    generate = commands.add_parser("generate", aliases=["g"], help="generate a module, service or middleware")
+    kinds = generate.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(GENERATORS) + "}")
+    help_texts = {
+        "service": "a feature module: controller, service, repository, DTOs and tests",
+        "controller": "a router with its endpoints",
+        "repository": "a data-access class",
+        "dto": "request and response Structs",
+        "middleware": "a pure ASGI middleware",
+    }
+    for kind in GENERATORS:
+        sub = kinds.add_parser(kind, aliases=["repo"] if kind == "repository" else [], help=help_texts[kind])
+        sub.add_argument("name")
+        sub.add_argument("--path", "-p", help="base folder (default: ./modules, ./middlewares for middleware)")
+        sub.add_argument("--no-tests", action="store_true", help="do not write the test file")
+        sub.add_argument("--crud", action="store_true", help="service only: also update and delete endpoints")
+        sub.set_defaults(handler=_generate, kind=kind)
+
+    version = commands.add_parser("version", help="print the installed version")
+    version.set_defaults(handler=_version)
+
+    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (pip install 'tachyon-api-next[lint]')")
+    actions = lint.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="report problems")
+    check.add_argument("--fix", action="store_true", help="apply the safe fixes")
+    check.add_argument("--watch", action="store_true", help="check again whenever a file changes")
+    fix = actions.add_parser("fix", help="apply the fixes")
+    fix.add_argument("--unsafe", action="store_true", help="also apply ruff's unsafe fixes")
+    fmt = actions.add_parser("format", help="format the code")
+    fmt.add_argument("--check", action="store_true", help="report files that would change, change nothing")
+    fmt.add_argument("--diff", action="store_true", help="show the changes instead of writing them")
+    every = actions.add_parser("all", help="check with fixes, then format")
+    every.add_argument("--no-fix", action="store_true", help="change nothing: check, and format --check")
+    for action in (check, fix, fmt, every):
+        action.add_argument("paths", nargs="*", help="files or folders (default: .)")
+    lint.set_defaults(handler=_lint)
+
+    completion = commands.add_parser("completion", help="print the shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+    completion.set_defaults(handler=_completion)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.handler(args)
+    parser = build_parser()
+    try:
+        import argcomplete
+    except ImportError:  # completion is a convenience: the command works without it
+        pass
+    else:
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except ScaffoldError as exc:
+        raise SystemExit(f"tachyon {args.command}: {exc}") from None
 
 
 if __name__ == "__main__":
