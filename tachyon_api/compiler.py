@@ -18,6 +18,7 @@ Classification of a parameter, first rule that matches:
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import dataclasses
@@ -31,7 +32,7 @@ import sys
 import types
 import typing
 import uuid
-from typing import Any, Callable, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 
@@ -45,7 +46,7 @@ from .requests import Request
 if typing.TYPE_CHECKING:
     from .applications import Tachyon
 
-__all__ = ["Plan", "Context", "compile_endpoint", "compile_dependency"]
+__all__ = ["Plan", "Parameter", "Context", "compile_endpoint", "compile_dependency", "describe_validation_error"]
 
 logger = logging.getLogger("tachyon_api.errors")
 
@@ -75,7 +76,68 @@ class PathNotFound(HTTPException):
         self.parameter = name
 
 
+class ConstraintError(ValueError):
+    """A value that converted but breaks a declared constraint (``ge``, ``max_length``, ``pattern``...): a 422
+    with its own ``type``, where a value that does not convert at all is a ``*_parsing`` error (or a 404)."""
+
+    def __init__(self, msg: str, type_: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.type = type_
+
+
+# msgspec's wording of a broken constraint, and ours (pydantic's types, so FastAPI clients keep matching).
+_BOUND_RE = re.compile(r"Expected `\w+` (>=|>|<=|<) (.+)$")
+_LENGTH_RE = re.compile(r"Expected `(\w+)` of length (>=|<=) (\d+)$")
+_PATTERN_RE = re.compile(r"Expected `str` matching regex (.+)$")
+_MULTIPLE_RE = re.compile(r"Expected `\w+` that's a multiple of (.+)$")
+_BOUNDS = {
+    ">=": ("greater_than_equal", "greater than or equal to"),
+    ">": ("greater_than", "greater than"),
+    "<=": ("less_than_equal", "less than or equal to"),
+    "<": ("less_than", "less than"),
+}
+_SIZED = {"str": ("string_", "String", "character"), "bytes": ("bytes_", "Data", "byte"), "object": ("", "Object", "item")}
+
+
+def describe_validation_error(message: str) -> tuple[str, str]:
+    """``(msg, type)`` for one msgspec validation message (without its `` - at `$...` `` suffix).
+
+    Constraint failures get a sentence for people and a pydantic-style type (``greater_than_equal``,
+    ``string_too_long``, ``string_pattern_mismatch``...); the pattern is shown as written, not escaped again.
+    Anything else keeps msgspec's message, with the type ``validation_error``.
+    """
+    if found := _BOUND_RE.match(message):
+        type_, words = _BOUNDS[found.group(1)]
+        return f"Input should be {words} {found.group(2)}", type_
+    if found := _LENGTH_RE.match(message):
+        prefix, noun, unit = _SIZED.get(found.group(1), ("", "List", "item"))
+        count = int(found.group(3))
+        least = found.group(2) == ">="
+        plural = "" if count == 1 else "s"
+        return (
+            f"{noun} should have {'at least' if least else 'at most'} {count} {unit}{plural}",
+            f"{prefix}too_{'short' if least else 'long'}",
+        )
+    if found := _PATTERN_RE.match(message):
+        try:
+            pattern = ast.literal_eval(found.group(1))  # msgspec shows the pattern's repr
+        except (ValueError, SyntaxError):
+            pattern = found.group(1)
+        return f"String should match pattern '{pattern}'", "string_pattern_mismatch"
+    if found := _MULTIPLE_RE.match(message):
+        return f"Input should be a multiple of {found.group(1)}", "multiple_of"
+    return message, "validation_error"
+
+
 # --- types -----------------------------------------------------------------------------------------------
+def _strip(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[T, x, y]`` -> ``(T, (x, y))``; any other type -> ``(tp, ())``."""
+    if typing.get_origin(tp) is Annotated:
+        return tp.__origin__, tp.__metadata__
+    return tp, ()
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in _UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -85,6 +147,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _list_item(tp: Any) -> Any:
+    tp = _strip(tp)[0]
     if typing.get_origin(tp) in (list, tuple, set, frozenset, typing.Sequence) or tp in (list, tuple, set):
         args = typing.get_args(tp)
         return args[0] if args else str
@@ -92,7 +155,7 @@ def _list_item(tp: Any) -> Any:
 
 
 def _is_scalar(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
+    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
     if tp in _SCALARS or tp is Any:
         return True
     if typing.get_origin(tp) is typing.Literal:
@@ -101,10 +164,11 @@ def _is_scalar(tp: Any) -> bool:
 
 
 def _is_model(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
+    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
     item = _list_item(tp)
     if item is not None:
         tp, _ = _unwrap_optional(item)
+    tp = _strip(tp)[0]
     origin = typing.get_origin(tp) or tp
     return (
         (isinstance(origin, type) and issubclass(origin, (msgspec.Struct, dict)))
@@ -115,7 +179,7 @@ def _is_model(tp: Any) -> bool:
 
 def _is_upload(tp: Any) -> bool:
     tp, _ = _unwrap_optional(tp)
-    tp = _list_item(tp) or tp
+    tp = _strip(_list_item(tp) or tp)[0]
     return isinstance(tp, type) and issubclass(tp, UploadFile)
 
 
@@ -135,6 +199,70 @@ def _is_background_type(tp: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     return _TYPE_NAMES.get(tp) or getattr(tp, "__name__", None) or str(tp)
+
+
+# --- constraints -----------------------------------------------------------------------------------------
+_CHECKS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "tz")
+_MARKER_META = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "title", "description",
+                "examples")
+
+
+def _marker_meta(marker: Param) -> msgspec.Meta | None:
+    """The marker's FastAPI keywords (``Query(max_length=3)``) as the ``Meta`` msgspec enforces and documents."""
+    kwargs = {key: value for key in _MARKER_META if (value := getattr(marker, key)) is not None}
+    if marker.deprecated:
+        kwargs["extra_json_schema"] = {"deprecated": True}
+    return msgspec.Meta(**kwargs) if kwargs else None
+
+
+def effective_type(tp: Any, marker: Param | None) -> Any:
+    """The parameter's type with all its constraints folded in: ``Annotated[T, Meta(...), ...]``, inside
+    ``Optional`` when the value may be None (a bound applies to the value, not to the None).
+
+    Meta from the annotation (``Annotated[int, Meta(ge=1)]``, also inside ``Optional``) and from the marker's
+    keywords are merged, so validation and whatever describes the API (OpenAPI) read one type.
+    """
+    tp, extras = _strip(tp)
+    inner, optional = _unwrap_optional(tp)
+    inner, inner_extras = _strip(inner)
+    metas = [m for m in (*extras, *inner_extras) if isinstance(m, msgspec.Meta)]
+    meta = _marker_meta(marker) if marker is not None else None
+    if meta is not None:
+        metas.append(meta)
+    if metas:
+        inner = Annotated[(inner, *metas)]  # type: ignore[valid-type]
+    return Optional[inner] if optional else inner
+
+
+def _constraint_check(tp: Any) -> Callable[[Any], Any] | None:
+    """For ``Annotated[T, Meta(...)]``: a function that validates a converted value against the constraints
+    and raises :class:`ConstraintError`. None when ``tp`` declares no constraint: nothing runs per request."""
+    base, extras = _strip(tp)
+    metas = [m for m in extras if isinstance(m, msgspec.Meta) and any(getattr(m, c) is not None for c in _CHECKS)]
+    if not metas:
+        return None
+    # A list's own constraints are about its length; its items are checked one by one as they convert.
+    target = Annotated[(list if _list_item(base) is not None else base, *metas)]  # type: ignore[valid-type]
+    msgspec.json.Decoder(target)  # an impossible constraint (max_length on an int) fails at registration
+
+    def check(value: Any) -> Any:
+        try:
+            return msgspec.convert(value, target)
+        except msgspec.ValidationError as exc:
+            raise ConstraintError(*describe_validation_error(str(exc))) from None
+
+    return check
+
+
+def _converter(tp: Any) -> Callable[[str], Any] | None:
+    """:func:`string_converter` for a type that may carry constraints: convert, then check."""
+    convert = string_converter(_strip(tp)[0])
+    check = _constraint_check(tp)
+    if check is None:
+        return convert
+    if convert is None:
+        return check
+    return lambda value: check(convert(value))
 
 
 def string_converter(tp: Any) -> Callable[[str], Any] | None:
@@ -165,7 +293,7 @@ def _hints(func: Any) -> dict[str, Any]:
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = getattr(type(func), "__call__", target)
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)  # keep Annotated[T, Meta(...)]
     except Exception as exc:  # an annotation that cannot be evaluated
         raise TypeError(f"Cannot evaluate the annotations of {_qualname(func)}: {exc}") from exc
 
@@ -227,16 +355,49 @@ class Context:
 Extractor = Callable[[Context], Any]
 
 
+class Parameter:
+    """What registration decided about one request parameter, for code that describes the API (OpenAPI).
+
+    ``type`` is the effective type (see :func:`effective_type`): the one validation uses, constraints
+    included, so ``msgspec.json.schema(parameter.type)`` shows them. ``key`` is the name in the request
+    (alias, header spelling); ``marker`` is the ``Query()``/``Path()``/... it was declared with, if any.
+    """
+
+    __slots__ = ("name", "source", "key", "type", "default", "required", "marker")
+
+    def __init__(
+        self, name: str, source: str, key: str, type_: Any, default: Any, required: bool, marker: Param | None
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.key = key
+        self.type = type_
+        self.default = default
+        self.required = required
+        self.marker = marker
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, source={self.source!r}, key={self.key!r}, type={self.type!r})"
+
+
 class Plan:
     """The compiled parameters of one callable: ``(name, extractor, is_async)`` steps.
 
-    The body step has an empty name: it returns a dict of every body parameter at once.
+    The body step has an empty name: it returns a dict of every body parameter at once. ``params`` records
+    the request parameters of this callable, ``dependencies`` the dependencies it calls (each with its plan).
     """
 
-    __slots__ = ("steps",)
+    __slots__ = ("steps", "params", "dependencies")
 
-    def __init__(self, steps: list[tuple[str, Extractor, bool]]) -> None:
+    def __init__(
+        self,
+        steps: list[tuple[str, Extractor, bool]],
+        params: list[Parameter] | None = None,
+        dependencies: list["Dependency"] | None = None,
+    ) -> None:
         self.steps = steps
+        self.params = params or []
+        self.dependencies = dependencies or []
 
     async def solve(self, ctx: Context) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -256,7 +417,10 @@ def _missing(loc: list[Any]) -> FieldError:
     return FieldError(loc, "Field required", "missing")
 
 
-def _invalid(loc: list[Any], tp: Any) -> FieldError:
+def _invalid(loc: list[Any], tp: Any, exc: Exception | None = None) -> FieldError:
+    if isinstance(exc, ConstraintError):
+        return FieldError(loc, exc.msg, exc.type)
+    tp = _strip(tp)[0]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         choices = [member.value for member in tp]
     elif typing.get_origin(tp) is typing.Literal:
@@ -276,7 +440,8 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     loc = [source, key]
     if item is not None:
         item_inner, item_optional = _unwrap_optional(item)
-        convert = string_converter(item_inner)
+        convert = _converter(item_inner)
+        check_list = _constraint_check(inner)
 
         def extract_list(ctx: Context) -> Any:
             raw = getter(ctx)(key)
@@ -293,13 +458,18 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
                     continue
                 try:
                     out.append(convert(value))
-                except (ValueError, TypeError, msgspec.ValidationError):
-                    raise _invalid([*loc, index], item_inner) from None
+                except (ValueError, TypeError, msgspec.ValidationError) as exc:
+                    raise _invalid([*loc, index], item_inner, exc) from None
+            if check_list is not None:
+                try:
+                    check_list(out)
+                except ConstraintError as exc:
+                    raise _invalid(loc, inner, exc) from None
             return out
 
         return extract_list
 
-    convert = string_converter(inner)
+    convert = _converter(inner)
 
     def extract(ctx: Context) -> Any:
         value = getter(ctx)(key)
@@ -311,8 +481,8 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
             return value
         try:
             return convert(value)
-        except (ValueError, TypeError, msgspec.ValidationError):
-            raise _invalid(loc, inner) from None
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
+            raise _invalid(loc, inner, exc) from None
 
     return extract
 
@@ -329,7 +499,7 @@ _GETTERS: dict[str, tuple[Callable[[Context], Any], Callable[[Context], Any]]] =
 
 
 def _path_extractor(key: str, tp: Any) -> Extractor:
-    convert = string_converter(_unwrap_optional(tp)[0])
+    convert = _converter(_unwrap_optional(tp)[0])
 
     def extract(ctx: Context) -> Any:
         value = ctx.path_params[key]
@@ -337,6 +507,8 @@ def _path_extractor(key: str, tp: Any) -> Extractor:
             return value
         try:
             return convert(value)
+        except ConstraintError as exc:  # the route exists; the value is out of range (422)
+            raise FieldError(["path", key], exc.msg, exc.type) from None
         except (ValueError, TypeError, msgspec.ValidationError):
             raise PathNotFound(key) from None
 
@@ -347,8 +519,9 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
     inner, _ = _unwrap_optional(tp)
     item = _list_item(inner)
     scalar = item if item is not None else inner
-    convert = None if want_file else string_converter(_unwrap_optional(scalar)[0])
-    as_bytes = want_file and _unwrap_optional(scalar)[0] is bytes  # `data: bytes = File()` gets the content
+    convert = None if want_file else _converter(_unwrap_optional(scalar)[0])
+    check_list = None if want_file or item is None else _constraint_check(inner)
+    as_bytes = want_file and _strip(_unwrap_optional(scalar)[0])[0] is bytes  # `data: bytes = File()` gets the content
     required = default is ...
     loc = ["body", key]
 
@@ -368,9 +541,16 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
         if convert is not None:
             try:
                 values = [convert(v) for v in values]
-            except (ValueError, TypeError, msgspec.ValidationError):
-                raise _invalid(loc, scalar) from None
-        return values if item is not None else values[-1]
+            except (ValueError, TypeError, msgspec.ValidationError) as exc:
+                raise _invalid(loc, scalar, exc) from None
+        if item is None:
+            return values[-1]
+        if check_list is not None:
+            try:
+                check_list(values)
+            except ConstraintError as exc:
+                raise _invalid(loc, inner, exc) from None
+        return values
 
     return extract
 
@@ -392,7 +572,8 @@ def _body_error(exc: Exception) -> dict[str, Any]:
         missing = re.match(r"Object missing required field `(.+)`", message)
         if missing:
             return {"loc": [*loc, missing.group(1)], "msg": "Field required", "type_": "missing"}
-        return {"loc": loc, "msg": message, "type_": "validation_error"}
+        msg, type_ = describe_validation_error(message)
+        return {"loc": loc, "msg": msg, "type_": type_}
     return {"loc": loc, "msg": f"Invalid JSON: {message}", "type_": "json_invalid"}
 
 
@@ -403,15 +584,19 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def _body_extractor(params: list[tuple[str, Any, Any]]) -> Extractor:
-    """One extractor for all body parameters: the whole body for one, members of an object for several."""
+def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> Extractor:
+    """One extractor for all body parameters: the whole body for one, members of an object for several.
+
+    ``strict=False`` is msgspec's lax decoding (``"9.5"`` for a float, ``1`` for a bool), for apps that
+    move over from pydantic's coercion.
+    """
     embed = len(params) > 1
     if embed:
         fields = [(name, tp) if default is ... else (name, tp, default) for name, tp, default in params]
-        decoder = msgspec.json.Decoder(msgspec.defstruct("Body", fields, kw_only=True))
+        decoder = msgspec.json.Decoder(msgspec.defstruct("Body", fields, kw_only=True), strict=strict)
     else:
         name, tp, default = params[0]
-        decoder = msgspec.json.Decoder(tp)
+        decoder = msgspec.json.Decoder(tp, strict=strict)
     required = embed or params[0][2] is ...
 
     async def extract(ctx: Context) -> Any:
@@ -535,6 +720,7 @@ def compile_dependency(
     stack: tuple[Any, ...] = (),
     scope: str | None = None,
     use_cache: bool = True,
+    strict: bool = True,
 ) -> Dependency:
     """Compile ``call`` and, recursively, its own dependencies; a cycle is a TypeError here, not later."""
     if call in stack:
@@ -542,12 +728,12 @@ def compile_dependency(
         raise TypeError(f"Circular dependency detected while resolving '{_qualname(call)}': {chain}")
     if scope is None:
         scope = injectable_scope(call) or SCOPE_REQUEST
-    plan = _compile_plan(call, path_names, (*stack, call))
+    plan = _compile_plan(call, path_names, (*stack, call), strict)
     return Dependency(call, plan, scope, use_cache)
 
 
 # --- classification --------------------------------------------------------------------------------------
-def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...]) -> Plan:
+def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...], strict: bool = True) -> Plan:
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
@@ -555,14 +741,24 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
     hints = _hints(func)
     where = _qualname(func)
     steps: list[tuple[str, Extractor, bool]] = []
+    params: list[Parameter] = []
+    dependencies: list[Dependency] = []
     body_params: list[tuple[str, Any, Any]] = []
     body_index = -1
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         name = param.name
-        tp = hints.get(name, param.annotation)
+        annotation = hints.get(name, param.annotation)
+        tp, extras = _strip(annotation)  # classify on T; Meta in Annotated[T, ...] is kept in `annotation`
         default = param.default
+        # FastAPI's spelling: `q: Annotated[str, Query(max_length=3)] = "x"`, `db: Annotated[DB, Depends(get_db)]`.
+        annotated_marker = next((e for e in extras if isinstance(e, (Param, Depends))), None)
+        if annotated_marker is not None and not isinstance(default, (Param, Depends)):
+            if isinstance(annotated_marker, Depends):
+                default = annotated_marker
+        else:
+            annotated_marker = None
         if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
             if isinstance(tp, type) and not issubclass(tp, Request):
                 steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
@@ -581,33 +777,43 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
                 if not callable(target) or tp is _EMPTY:
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache = default.use_cache if isinstance(default, Depends) else True
-            dep = compile_dependency(target, path_names, stack, use_cache=use_cache)
+            dep = compile_dependency(target, path_names, stack, use_cache=use_cache, strict=strict)
+            dependencies.append(dep)
             steps.append((name, dep.resolve, True))
             continue
         if isinstance(default, Param):
             marker: Param | None = default
             value_default = default.default
-            key = default.alias
+        elif annotated_marker is not None:
+            marker = annotated_marker
+            value_default = annotated_marker.default if default is _EMPTY else default
         else:
             marker = None
             value_default = ... if default is _EMPTY else default
-            key = None
+        key = marker.alias if marker is not None else None
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
+        if tp is _EMPTY:
+            annotation = Any if source == "body" else str
+        tp = effective_type(annotation, marker)
+        if _strip(_unwrap_optional(tp)[0])[1]:
+            try:
+                msgspec.json.Decoder(tp)  # msgspec checks the constraints fit the type (no max_length on int)
+            except TypeError as exc:
+                raise TypeError(f"{where}: the constraints of parameter '{name}' do not fit its type: {exc}") from exc
         if source == "path":
-            if (key or name) not in path_names:
-                raise TypeError(f"{where}: path parameter '{key or name}' is not in the route's path")
-            steps.append((name, _path_extractor(key or name, tp), False))
+            key = key or name
+            if key not in path_names:
+                raise TypeError(f"{where}: path parameter '{key}' is not in the route's path")
+            steps.append((name, _path_extractor(key, tp), False))
         elif source in _GETTERS:
-            tp = str if tp is _EMPTY else tp
-            lookup = (key or name.replace("_", "-")).lower() if source == "header" else key or name
-            steps.append((name, _value_extractor(source, lookup, tp, value_default), False))
+            key = (key or name.replace("_", "-")).lower() if source == "header" else key or name
+            steps.append((name, _value_extractor(source, key, tp, value_default), False))
         elif source in ("form", "file"):
-            tp = str if tp is _EMPTY else tp
+            key = key or name
             want_file = source == "file" or _is_upload(tp)
-            steps.append((name, _form_extractor(key or name, tp, value_default, want_file), True))
+            steps.append((name, _form_extractor(key, tp, value_default, want_file), True))
         elif source == "body":
-            if tp is _EMPTY:
-                tp = Any
+            key = name
             try:
                 msgspec.json.Decoder(tp)
             except TypeError as exc:
@@ -616,9 +822,10 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...])
                 body_index = len(steps)
                 steps.append(("", None, True))  # placeholder: one step for all body parameters
             body_params.append((name, tp, value_default))
+        params.append(Parameter(name, source, key, tp, value_default, value_default is ... or source == "path", marker))
     if body_params:
-        steps[body_index] = ("", _body_extractor(body_params), True)
-    return Plan(steps)
+        steps[body_index] = ("", _body_extractor(body_params, strict), True)
+    return Plan(steps, params, dependencies)
 
 
 def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str) -> str:
@@ -641,7 +848,7 @@ def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str)
     )
 
 
-def compile_endpoint(func: Callable[..., Any], path_names: frozenset[str]) -> Plan:
+def compile_endpoint(func: Callable[..., Any], path_names: frozenset[str], strict: bool = True) -> Plan:
     """Compile an endpoint whose route has the parameters ``path_names``; TypeError for a parameter it
-    cannot serve."""
-    return _compile_plan(func, path_names, (func,))
+    cannot serve. ``strict=False`` decodes JSON bodies laxly (see :func:`_body_extractor`)."""
+    return _compile_plan(func, path_names, (func,), strict)
