@@ -794,12 +794,12 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
         if tp is _EMPTY:
             annotation = Any if source == "body" else str
-        tp = effective_type(annotation, marker)
-        if _strip(_unwrap_optional(tp)[0])[1]:
-            try:
+        try:
+            tp = effective_type(annotation, marker)
+            if _strip(_unwrap_optional(tp)[0])[1]:
                 msgspec.json.Decoder(tp)  # msgspec checks the constraints fit the type (no max_length on int)
-            except TypeError as exc:
-                raise TypeError(f"{where}: the constraints of parameter '{name}' do not fit its type: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{where}: the constraints of parameter '{name}' do not fit its type: {exc}") from exc
         if source == "path":
             key = key or name
             if key not in path_names:
