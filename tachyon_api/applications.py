@@ -55,6 +55,8 @@ class Tachyon(RouteDecorators):
     ``thread_pool_size`` bounds the threads of sync endpoints and dependencies. The ``background_*`` options
     and ``shutdown_timeout`` configure the in-process task runner, ``app.background`` (see ``background.py``);
     ``task_backend=RQBackend(...)`` makes every background task of the app durable instead.
+    ``strict=False`` decodes JSON bodies laxly (msgspec's ``strict=False``: ``"9.5"`` for a float), for apps
+    moving over from FastAPI; a route can choose for itself with ``@app.post(..., strict=False)``.
     """
 
     def __init__(
@@ -70,8 +72,11 @@ class Tachyon(RouteDecorators):
         background_threads: int = 16,
         shutdown_timeout: float = 25.0,
         task_backend: Any = None,
+        strict: bool = True,
     ) -> None:
         self.state = State()
+        # False: JSON bodies decode laxly ("9.5" for a float), as pydantic coerces; a route may override it.
+        self.strict = strict
         self.max_body_size = max_body_size
         self.dependency_overrides: dict[Any, Any] = {}
         self.singletons: dict[Any, Any] = {}
@@ -176,7 +181,7 @@ class Tachyon(RouteDecorators):
         """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use)."""
         compiled = self._overrides.get(override)
         if compiled is None:
-            compiled = self._overrides[override] = compile_dependency(override, frozenset())
+            compiled = self._overrides[override] = compile_dependency(override, frozenset(), strict=self.strict)
         return compiled
 
     # --- middleware ------------------------------------------------------------------------------------

@@ -291,9 +291,10 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     """Compile ``route`` for ``app``: everything decided here is not paid again per request."""
     func = route.endpoint
     path_names = frozenset(route.param_names)
-    plan = compile_endpoint(func, path_names)
+    strict = route.options.get("strict", app.strict)  # per route: @app.post(..., strict=False)
+    plan = compile_endpoint(func, path_names, strict)
     guards = [
-        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache)
+        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache, strict=strict)
         for dep in route.dependencies
         if dep.dependency is not None
     ]

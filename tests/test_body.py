@@ -11,7 +11,7 @@ import pytest
 from tachyon_api import Body, Query, Request, Struct, Tachyon
 from tachyon_api.testing import TachyonTestClient, create_client
 
-from .conftest import assert_error_shape, assert_validation_error, serve
+from .conftest import assert_error_shape, assert_validation_error, client_for, serve
 
 
 class Item(Struct):
@@ -389,3 +389,31 @@ def test_413_with_body_and_query_params():
         response = client.post("/x?page=2", content=big_payload(100), headers={"content-type": "application/json"})
     assert_error_shape(response, {413}, "PAYLOAD_TOO_LARGE")
     assert called == []
+
+
+class Price(Struct):
+    name: str
+    price: float
+    active: bool = True
+
+
+def test_lax_mode_coerces_body_values_app_wide_and_per_route() -> None:
+    """``Tachyon(strict=False)`` and ``strict=False`` on a route decode bodies laxly, as pydantic coerces."""
+    strict_app, lax_app = Tachyon(), Tachyon(strict=False)
+
+    def create(item: Price):
+        return item
+
+    for app in (strict_app, lax_app):
+        app.post("/items")(create)
+    strict_app.post("/lax-items", strict=False)(create)
+    lax_app.post("/strict-items", strict=True)(create)
+    payload = {"name": "Lamp", "price": "9.5", "active": "false"}
+
+    strict_client, lax_client = client_for(strict_app), client_for(lax_app)
+    assert_validation_error(strict_client.post("/items", json=payload), [["body", "price"]])
+    assert strict_client.post("/lax-items", json=payload).json() == {"name": "Lamp", "price": 9.5, "active": False}
+    assert lax_client.post("/items", json=payload).json() == {"name": "Lamp", "price": 9.5, "active": False}
+    assert_validation_error(lax_client.post("/strict-items", json=payload), [["body", "price"]])
+    # Lax is not anything-goes: a value that cannot be a float is still a 422.
+    assert_validation_error(lax_client.post("/items", json={"name": "Lamp", "price": "cheap"}), [["body", "price"]])

@@ -29,6 +29,7 @@ PAGES = [
     "validation-and-errors.md",
     "dependency-injection.md",
     "testing.md",
+    "migration.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 
