@@ -335,6 +335,7 @@ class TaskStats(msgspec.Struct, frozen=True):
     duration_count: int
     duration_total: float
     duration_max: float
+    waiting: int = 0  # tasks between two attempts (retry backoff): neither running nor queued, not done either
 
     @property
     def duration_mean(self) -> float:
@@ -424,7 +425,7 @@ class BackgroundRunner:
         self.started = False
         self._closed = False
         self._cancelling = False
-        self._active: set[asyncio.Task] = set()
+        self._active: dict[asyncio.Task, _Batch] = {}
         self._pending: deque[_Batch] = deque()
         self._room_waiters: deque[asyncio.Future] = deque()
         self._idle_waiters: list[asyncio.Future] = []
@@ -433,7 +434,9 @@ class BackgroundRunner:
         self._done: deque[_Batch] = deque()  # threaded batches done, appended by worker threads
         self._drain_scheduled = False
         self._lock = threading.Lock()  # counters are updated from worker threads too
-        self._scheduled = self._queued = self._running = 0
+        self._scheduled = self._queued = self._running = self._waiting = 0
+        self._deadline: float | None = None  # loop time at which shutdown cancels what is left
+        self._closing: asyncio.Future | None = None  # resolved when shutdown starts: wakes retry backoffs
         self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
         self._duration_count = 0
         self._duration_total = self._duration_max = 0.0
@@ -457,7 +460,13 @@ class BackgroundRunner:
             duration_count=self._duration_count,
             duration_total=self._duration_total,
             duration_max=self._duration_max,
+            waiting=self._waiting,
         )
+
+    def unfinished(self) -> list[str]:
+        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
+        batches = [*self._active.values(), *self._threaded, *self._pending]
+        return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
 
     @property
     def idle(self) -> bool:
@@ -544,11 +553,17 @@ class BackgroundRunner:
                 waiter.set_result(None)
         self._room_waiters.clear()
         deadline = self.shutdown_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + deadline
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)  # backoffs now end by the deadline (see _backoff)
         if not await self.join(deadline):
             logger.error(
-                "Shutdown deadline of %.1fs passed with %d background task(s) running and %d queued; cancelling",
+                "Shutdown deadline of %.1fs passed with %d background task(s) running, %d waiting to retry and "
+                "%d queued; cancelling",
                 deadline,
                 self._running,
+                self._waiting,
                 self._queued,
             )
             while self._pending:
@@ -566,6 +581,7 @@ class BackgroundRunner:
         self.started = False
         self._closed = False
         self._cancelling = False
+        self._deadline = self._closing = None
 
     def _abandon_threaded(self) -> None:
         """At the deadline: threads cannot be stopped, so give up on their batches and log what is lost."""
@@ -600,14 +616,14 @@ class BackgroundRunner:
             self.pool.post(batch.context, self._run_in_thread, batch)
             return
         task = batch.context.run(asyncio.get_running_loop().create_task, self._run(batch))
-        self._active.add(task)
+        self._active[task] = batch
         task.add_done_callback(self._finished)
 
     def _load(self) -> int:
         return len(self._active) + len(self._threaded) + len(self._pending)
 
     def _finished(self, task: asyncio.Task) -> None:
-        self._active.discard(task)
+        self._active.pop(task, None)
         self._after_batch()
 
     def _drain(self) -> None:
@@ -749,10 +765,29 @@ class BackgroundRunner:
                     "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
                     task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
                 )
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
             else:
                 self._succeeded_task(started)
                 return
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` before a retry, counted as waiting. During shutdown a wait never outlasts the drain
+        deadline: a retry that would start after it starts now instead, while it can still finish."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        with self._lock:
+            self._waiting += 1
+        try:
+            if self._deadline is None:  # not shutting down (yet): sleep, unless shutdown starts meanwhile
+                if self._closing is None or self._closing.done() or self._closing.get_loop() is not loop:
+                    self._closing = loop.create_future()
+                await asyncio.wait({self._closing}, timeout=delay)
+            if self._deadline is not None and end > self._deadline:
+                return
+            await asyncio.sleep(end - loop.time())
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     async def _execute(self, task: BackgroundTask) -> None:
         if task.is_async:

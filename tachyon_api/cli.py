@@ -9,10 +9,13 @@ with argcomplete for shell completion.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,23 +48,79 @@ def load_app(target: str) -> Any:
         raise SystemExit(f"Module {module_name!r} has no attribute {attribute or 'app'!r}") from None
 
 
+LOG_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config with time and logger name on every line, and the framework's loggers
+    (``tachyon_api.*``) on the same handler and format at ``level``, so a failing task is a dated, named line
+    among uvicorn's. ``--log-config FILE`` replaces all of it (JSON logs: see docs/deployment.md)."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["default"]["fmt"] = LOG_FORMAT
+    config["formatters"]["access"]["fmt"] = (
+        '%(asctime)s %(levelprefix)s %(name)s: %(client_addr)s - "%(request_line)s" %(status_code)s'
+    )
+    config["loggers"]["tachyon_api"] = {"handlers": ["default"], "level": LOG_LEVELS[level], "propagate": False}
+    return config
+
+
 def _run(args: argparse.Namespace) -> None:
     import uvicorn
 
     _cwd_importable()
     has = importlib.util.find_spec
-    uvicorn.run(
-        args.app,
+    options: dict[str, Any] = dict(
         host=args.host,
         port=args.port,
         workers=None if args.reload else args.workers,
         reload=args.reload,
         loop="uvloop" if has("uvloop") else "asyncio",
         http="httptools" if has("httptools") else "h11",
+        log_config=args.log_config or log_config(args.log_level),
         log_level=args.log_level,
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=args.graceful_timeout,
     )
+    if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
+        uvicorn.run(args.app, **options)
+        return
+    server = _server(uvicorn.Config(args.app, **options))
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # what uvicorn.run exits with when startup fails
+
+
+def _server(config: Any) -> Any:
+    """uvicorn's server, except that a second Ctrl+C exits at once, non-zero, with one clear line."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                _force_exit(self)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def _force_exit(server: Any) -> None:
+    """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
+    let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
+    from .applications import Tachyon
+
+    app = getattr(server.config, "loaded_app", None)
+    while app is not None and not isinstance(app, Tachyon):  # inside uvicorn's middleware wrappers
+        app = getattr(app, "app", None)
+    lost = app.background.unfinished() if app is not None else []
+    logging.getLogger("tachyon_api.lifespan").error(
+        "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",
+        len(server.server_state.tasks), len(lost), (": " + ", ".join(lost)) if lost else "",
+    )
+    logging.shutdown()  # flush the handlers: os._exit does not
+    sys.stdout.flush()
+    os._exit(128 + signal.SIGINT)
 
 
 def _routes(args: argparse.Namespace) -> None:
@@ -180,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", "-p", type=int, default=8000)
     run.add_argument("--workers", "-w", type=int, default=1)
     run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
-    run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="for uvicorn's loggers and the framework's (tachyon_api.*)",
+    )
+    run.add_argument("--log-config", help="a logging config file (.json, .yaml or .ini) replacing the default")
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument(
         "--graceful-timeout", type=float, default=None,

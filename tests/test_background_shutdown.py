@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import textwrap
 import threading
 import time
@@ -284,3 +285,93 @@ def test_sigterm_past_the_deadline_logs_lost_tasks(serve_process: Any, tmp_path:
     assert any("async-part-yearly" in line for line in lost_lines), output
     assert any("sync-part-yearly" in line for line in lost_lines), output
     assert "Application shutdown complete" in output
+
+
+# --- retry backoff at shutdown, and a second Ctrl+C -----------------------------------------------------------
+
+
+def test_a_task_waiting_to_retry_is_counted_and_retried_before_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """A backoff that would end after the drain deadline ends when shutdown starts: the retry runs while it
+    can still finish, instead of the task being reported lost with "0 running and 0 queued"."""
+    caplog.set_level(logging.WARNING, logger=BG_LOGGER)
+    attempts: list[float] = []
+
+    def flaky() -> None:
+        attempts.append(time.perf_counter())
+        if len(attempts) == 1:
+            raise ConnectionError("partner down")
+
+    app = Tachyon(shutdown_timeout=2)
+
+    @app.post("/notify")
+    def notify(background_tasks: BackgroundTasks):
+        background_tasks.add_task(flaky).with_options(retries=2, retry_delay=20, name="notify-partner")
+        return {}
+
+    with serve(app) as url:
+        httpx.post(f"{url}/notify")
+        assert wait_until(lambda: app.background.stats().waiting == 1, 3)
+        stats = app.background.stats()
+        assert (stats.running, stats.queued, stats.retried) == (0, 0, 1)
+        stopping = time.perf_counter()
+    elapsed = time.perf_counter() - stopping
+
+    assert len(attempts) == 2 and attempts[1] >= stopping, "the retry ran at shutdown"
+    assert elapsed < 1.5, f"shutdown waited {elapsed:.1f}s for a backoff of 10-20 s"
+    stats = app.background.stats()
+    assert (stats.succeeded, stats.dropped, stats.waiting) == (1, 0, 0)
+    assert lost_messages(caplog) == []
+
+
+SECOND_SIGINT_APP = textwrap.dedent(
+    """
+    import asyncio
+    from pathlib import Path
+
+    from tachyon_api import BackgroundTasks, Tachyon
+
+    app = Tachyon(shutdown_timeout=30)
+
+
+    async def long_export() -> None:
+        Path("export.started").write_text("started")
+        await asyncio.sleep(60)
+
+
+    @app.post("/export")
+    async def export(background_tasks: BackgroundTasks):
+        background_tasks.add_task(long_export).with_options(name="nightly-export")
+        return {}
+
+
+    @app.post("/slow")
+    async def slow():
+        Path("slow.started").write_text("started")
+        await asyncio.sleep(60)
+        return {}
+    """
+)
+
+
+def test_a_second_ctrl_c_exits_non_zero_with_one_line_naming_what_is_lost(serve_process: Any, tmp_path: Path) -> None:
+    server = serve_process(SECOND_SIGINT_APP)
+    assert httpx.post(f"{server.url}/export", timeout=5).status_code == 200
+    assert wait_until(lambda: (tmp_path / "export.started").exists(), 3)
+    slow = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, httpx.post, f"{server.url}/slow", timeout=20))
+    slow.start()
+    assert wait_until(lambda: (tmp_path / "slow.started").exists(), 3)
+
+    server.proc.send_signal(signal.SIGINT)
+    assert wait_until(lambda: "Waiting for connections to close" in server.output(), 5), server.output()
+    server.proc.send_signal(signal.SIGINT)
+    status = server.wait(10)
+    slow.join(20)
+    output = server.output()
+
+    assert status == 130, output  # 128 + SIGINT, as a shell reports an interrupted program
+    forced = [line for line in output.splitlines() if "Forced exit" in line]
+    assert len(forced) == 1, output
+    assert "1 request(s) in progress cancelled" in forced[0]
+    assert "1 background task(s) lost: nightly-export (POST /export)" in forced[0]
+    assert "Traceback" not in output and "appears unsupported" not in output
+    assert output.strip().splitlines()[-1] == forced[0], "the forced-exit line is the last word"

@@ -1,6 +1,8 @@
 """The ``tachyon`` command: ``routes``, ``run`` (as ``python -m tachyon_api``) and ``--help``."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import httpx
 import pytest
 
 from tachyon_api.cli import build_parser, load_app, main
+
+from .conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,3 +213,85 @@ def test_run_no_access_log(serve_process):
     output = server.output()
     assert "Application startup complete" in output
     assert "GET /hello/port" not in output  # --no-access-log
+
+
+FAILING_TASK_APP = textwrap.dedent(
+    """
+    from tachyon_api import BackgroundTasks, Tachyon
+
+    app = Tachyon()
+
+
+    def send_receipt() -> None:
+        raise RuntimeError("smtp down")
+
+
+    @app.post("/orders")
+    def order(background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_receipt).with_options(retries=1, retry_delay=0.01)
+        return {}
+    """
+)
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+
+
+@pytest.mark.parametrize("level", ["info", "error"])
+def test_run_logs_the_framework_with_time_level_and_logger_at_the_chosen_level(serve_process, level) -> None:
+    server = serve_process(FAILING_TASK_APP, "--log-level", level)
+    assert httpx.post(f"{server.url}/orders", timeout=5).status_code == 200
+    assert wait_until(lambda: "Background task send_receipt failed (request" in server.output(), 5), server.output()
+    server.terminate()
+    server.wait(15)
+    lines = server.output().splitlines()
+
+    failed = [line for line in lines if "send_receipt failed (request" in line]
+    assert len(failed) == 1 and re.fullmatch(
+        rf"{STAMP} ERROR: +tachyon_api\.background: Background task send_receipt failed \(request POST /orders\)",
+        failed[0],
+    ), failed
+    assert lines[lines.index(failed[0]) + 1] == "Traceback (most recent call last):"
+    retry = [line for line in lines if "retrying in" in line]
+    started = [line for line in lines if "Application startup complete" in line]
+    if level == "info":
+        assert len(retry) == 1 and re.match(rf"{STAMP} WARNING: +tachyon_api\.background: Background task", retry[0])
+        assert len(started) == 1 and re.match(rf"{STAMP} INFO: +uvicorn\.error: ", started[0])  # one format for all
+    else:
+        assert retry == [] and started == []
+
+
+def test_run_takes_a_log_config_file(serve_process, tmp_path) -> None:
+    """The documented way to JSON logs: a dictConfig file with a formatter from the app's package."""
+    (tmp_path / "jsonlog.py").write_text(textwrap.dedent(
+        """
+        import json
+        import logging
+
+
+        class JSONFormatter(logging.Formatter):
+            def format(self, record):
+                entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                         "message": record.getMessage()}
+                if record.exc_info:
+                    entry["traceback"] = self.formatException(record.exc_info)
+                return json.dumps(entry)
+        """
+    ))
+    (tmp_path / "logging.json").write_text(json.dumps({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "jsonlog.JSONFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "tachyon_api": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+    }))
+    server = serve_process(FAILING_TASK_APP, "--log-config", "logging.json")
+    httpx.post(f"{server.url}/orders", timeout=5)
+    assert wait_until(lambda: "send_receipt failed (request" in server.output(), 5), server.output()
+    server.terminate()
+    server.wait(15)
+    entries = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    failed = [e for e in entries if e["message"] == "Background task send_receipt failed (request POST /orders)"]
+    assert len(failed) == 1 and failed[0]["level"] == "ERROR" and failed[0]["logger"] == "tachyon_api.background"
+    assert "RuntimeError: smtp down" in failed[0]["traceback"]
