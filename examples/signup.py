@@ -1,4 +1,4 @@
-"""The seed's first example, unchanged: run it with `tachyon run examples.signup:app`."""
+"""The seed's first example (its comments translated): run it with `tachyon run examples.signup:app`."""
 
 from tachyon_api import Tachyon
 from tachyon_api.background import BackgroundTasks
@@ -7,18 +7,18 @@ app = Tachyon()
 
 
 def send_email(to: str, subject: str):
-    """Tarea que se ejecuta en background."""
+    """A task that runs in the background."""
     print(f"Sending email to {to}: {subject}")
-    # Lógica de envío...
+    # Sending logic...
 
 
 @app.post("/signup")
 def signup(background_tasks: BackgroundTasks):
-    # Crear usuario...
+    # Create the user...
     user_email = "new@user.com"
 
-    # Programar email para después
+    # Schedule the email for later
     background_tasks.add_task(send_email, user_email, "Welcome!")
 
-    # Respuesta inmediata (email se envía después)
+    # Immediate response (the email is sent afterwards)
     return {"message": "User created"}

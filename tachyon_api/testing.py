@@ -111,7 +111,7 @@ class TachyonTestClient(httpx.Client):
     def __init__(
         self,
         app: ASGIApp,
-        base_url: str = "http://test",
+        base_url: str = "http://testserver",  # Starlette's and the async clients' default too
         raise_server_exceptions: bool = True,
         **kwargs: Any,
     ) -> None:

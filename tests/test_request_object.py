@@ -52,9 +52,9 @@ def test_request_scope_properties():
     assert response.status_code == 200, response.text
     assert response.json() == {
         "method": "GET",
-        "url": "http://test/users/5/files/report.pdf?q=hello&tag=a&tag=b",
+        "url": "http://testserver/users/5/files/report.pdf?q=hello&tag=a&tag=b",
         "scheme": "http",
-        "netloc": "test",
+        "netloc": "testserver",
         "path": "/users/5/files/report.pdf",
         "query": "q=hello&tag=a&tag=b",
         "path_params": {"user_id": "5", "name": "report.pdf"},
