@@ -71,18 +71,18 @@ def _run(args: argparse.Namespace) -> None:
 
     _cwd_importable()
     has = importlib.util.find_spec
-    options: dict[str, Any] = dict(
-        host=args.host,
-        port=args.port,
-        workers=None if args.reload else args.workers,
-        reload=args.reload,
-        loop="uvloop" if has("uvloop") else "asyncio",
-        http="httptools" if has("httptools") else "h11",
-        log_config=args.log_config or log_config(args.log_level),
-        log_level=args.log_level,
-        access_log=not args.no_access_log,
-        timeout_graceful_shutdown=args.graceful_timeout,
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "workers": None if args.reload else args.workers,
+        "reload": args.reload,
+        "loop": "uvloop" if has("uvloop") else "asyncio",
+        "http": "httptools" if has("httptools") else "h11",
+        "log_config": args.log_config or log_config(args.log_level),
+        "log_level": args.log_level,
+        "access_log": not args.no_access_log,
+        "timeout_graceful_shutdown": args.graceful_timeout,
+    }
     if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
         uvicorn.run(args.app, **options)
         return
