@@ -27,13 +27,18 @@ task, so the request's own ASGI call runs its batch after sending the response: 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import contextvars
 import functools
+import importlib.util
 import inspect
+import itertools
 import logging
 import random
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterator, Sequence
@@ -43,7 +48,9 @@ import msgspec
 from .backends.rq import RQBackend
 from .concurrency import ThreadPool
 
-__all__ = ["BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskStats"]
+__all__ = [
+    "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskStats", "TaskMetrics",
+]
 
 logger = logging.getLogger("tachyon_api.background")
 
@@ -342,6 +349,151 @@ class TaskStats(msgspec.Struct, frozen=True):
         return self.duration_total / self.duration_count if self.duration_count else 0.0
 
 
+# Duration histogram bounds in seconds: 50 us to about 14 minutes, four buckets per doubling, so a percentile
+# read from the histogram is within 10% of the true value. Fixed bounds keep memory per task name constant
+# whatever the traffic.
+DURATION_BOUNDS: tuple[float, ...] = tuple(0.00005 * 2 ** (i / 4) for i in range(97))
+OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped")
+_OTHER_NAMES = "(other)"
+
+
+class _NameMetrics:
+    """Counters and duration histogram of one task name."""
+
+    __slots__ = ("succeeded", "failed", "retried", "timed_out", "dropped", "buckets", "total")
+
+    def __init__(self) -> None:
+        self.succeeded = self.failed = self.retried = self.timed_out = self.dropped = 0
+        self.buckets = [0] * (len(DURATION_BOUNDS) + 1)  # the last one counts durations above every bound
+        self.total = 0.0
+
+    def percentile(self, fraction: float) -> float | None:
+        count = sum(self.buckets)
+        if not count:
+            return None
+        rank = fraction * count
+        seen = 0
+        for index, bucket in enumerate(self.buckets):
+            seen += bucket
+            if seen >= rank:
+                if index == len(DURATION_BOUNDS):
+                    return DURATION_BOUNDS[-1]
+                low = DURATION_BOUNDS[index - 1] if index else 0.0
+                return (low + DURATION_BOUNDS[index]) / 2  # the middle of the bucket
+        return DURATION_BOUNDS[-1]
+
+
+class TaskMetrics:
+    """Per task name: outcome counts and durations; the tasks running now; the last failures.
+
+    Part of the runner, updated where a task starts and ends (under the runner's lock, from the loop or a
+    worker thread), so it costs a dictionary lookup and a bisect per task. Memory is bounded: at most
+    ``max_names`` names are tracked (later ones are counted under ``"(other)"``; task names come from code or
+    ``with_options(name=...)``, so a name built from request data would otherwise grow without limit) and the
+    last ``max_failures`` failures are kept.
+    """
+
+    def __init__(self, max_names: int = 500, max_failures: int = 50) -> None:
+        self.max_names = max_names
+        self.by_name: dict[str, _NameMetrics] = {}
+        self.running: dict[int, tuple[str, str, str, float, int]] = {}  # token: name, method, path, since, attempt
+        self.failures: deque[dict[str, Any]] = deque(maxlen=max_failures)
+        self._tokens = itertools.count()
+
+    def _of(self, name: str) -> _NameMetrics:
+        metrics = self.by_name.get(name)
+        if metrics is None:
+            if len(self.by_name) >= self.max_names:
+                name = _OTHER_NAMES
+                metrics = self.by_name.get(name)
+            if metrics is None:
+                metrics = self.by_name[name] = _NameMetrics()
+        return metrics
+
+    def started(self, name: str, method: str, path: str, attempt: int) -> int:
+        token = next(self._tokens)
+        self.running[token] = (name, method, path, time.time(), attempt)
+        return token
+
+    def ended(self, token: int, name: str, outcome: str, duration: float) -> None:
+        self.running.pop(token, None)
+        metrics = self._of(name)
+        setattr(metrics, outcome, getattr(metrics, outcome) + 1)
+        metrics.buckets[bisect.bisect_left(DURATION_BOUNDS, duration)] += 1
+        metrics.total += duration
+
+    def count(self, name: str, outcome: str, n: int = 1) -> None:
+        """An outcome without a duration of its own (``timed_out``, ``dropped``)."""
+        metrics = self._of(name)
+        setattr(metrics, outcome, getattr(metrics, outcome) + n)
+
+    def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
+        self.failures.append({
+            "name": name,
+            "method": method,
+            "path": path,
+            "attempts": attempts,
+            "time": time.time(),
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        })
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready: per-name rows, running tasks (oldest first, with their age) and failures (newest first)."""
+        now = time.time()
+        names = []
+        for name, m in sorted(self.by_name.items()):
+            row: dict[str, Any] = {"name": name}
+            row.update((outcome, getattr(m, outcome)) for outcome in OUTCOMES)
+            row["count"] = sum(m.buckets)
+            row["duration_total"] = m.total
+            row.update((f"p{q}", m.percentile(q / 100)) for q in (50, 95, 99))
+            names.append(row)
+        running = [
+            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
+            for name, method, path, since, attempt in sorted(self.running.values(), key=lambda r: r[3])
+        ]
+        return {"names": names, "running": running, "failures": list(reversed(self.failures))}
+
+
+def _tracer() -> Any:
+    """OpenTelemetry's tracer when ``opentelemetry-api`` is installed, else None (and nothing is imported)."""
+    if importlib.util.find_spec("opentelemetry") is None:
+        return None
+    from opentelemetry import trace
+
+    return trace.get_tracer("tachyon_api.background")
+
+
+_TRACER = _tracer()
+
+
+def _task_span(task: BackgroundTask, batch: "_Batch", attempt: int) -> Any:
+    """A span for one attempt of a task, linked to the span of the request that added it.
+
+    Linked, not a child: the request's span has ended when the task runs, and a trace view would otherwise
+    stretch the request over its tasks. Called in the batch's context, where the request's span is current.
+    """
+    if _TRACER is None:
+        return contextlib.nullcontext()
+    from opentelemetry import context, trace
+
+    request_span = trace.get_current_span().get_span_context()
+    links = [trace.Link(request_span)] if request_span.is_valid else []
+    return _TRACER.start_as_current_span(
+        f"task {task.name}",
+        context=context.Context(),  # a new trace: see the docstring
+        kind=trace.SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "tachyon.task.name": task.name,
+            "tachyon.task.attempt": attempt,
+            "http.request.method": batch.method,
+            "url.path": batch.path,
+        },
+    )
+
+
 def _on_loop(loop: Any, coro: Any) -> Any:
     """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
     try:
@@ -440,6 +592,7 @@ class BackgroundRunner:
         self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
         self._duration_count = 0
         self._duration_total = self._duration_max = 0.0
+        self.metrics = TaskMetrics()
 
     # --- public ----------------------------------------------------------------------------------------
     def on_error(self, hook: ErrorHook) -> ErrorHook:
@@ -467,6 +620,16 @@ class BackgroundRunner:
         """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
         batches = [*self._active.values(), *self._threaded, *self._pending]
         return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the dashboard shows, JSON-ready: the totals of :meth:`stats`, plus per-name counts and
+        duration percentiles, the tasks running now with their age, and the last failures with tracebacks."""
+        with self._lock:
+            detail = self.metrics.snapshot()
+        stats = self.stats()
+        totals = msgspec.structs.asdict(stats)
+        totals["duration_mean"] = stats.duration_mean
+        return {"totals": totals, **detail}
 
     @property
     def idle(self) -> bool:
@@ -656,6 +819,8 @@ class BackgroundRunner:
     def _drop(self, tasks: list[BackgroundTask], method: str, path: str, reason: str) -> None:
         with self._lock:
             self._dropped += len(tasks)
+            for task in tasks:
+                self.metrics.count(task.name, "dropped")
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
 
@@ -679,21 +844,25 @@ class BackgroundRunner:
                         return
                     batch.index, batch.running = index, True
                     self._running += 1
+                    token = self.metrics.started(task.name, batch.method, batch.path, 1)
                 started = time.perf_counter()
                 try:
-                    result = task.func(*task.args, **task.kwargs)
-                    if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-                        _on_loop(batch.loop, _awaited(result))
+                    with _task_span(task, batch, 1):
+                        result = task.func(*task.args, **task.kwargs)
+                        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+                            _on_loop(batch.loop, _awaited(result))
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     if batch.abandoned:  # shutdown counted and logged it already
+                        self.metrics.running.pop(token, None)
                         return
-                    failure = self._failed_task(task, exc, 1, batch, started)
+                    failure = self._failed_task(task, exc, 1, batch, started, token)
                     if self.hooks:  # part of the batch: join() and shutdown wait for the hooks too
                         _on_loop(batch.loop, self._notify(failure))
                 else:
                     if batch.abandoned:
+                        self.metrics.running.pop(token, None)
                         return
-                    self._succeeded_task(started)
+                    self._succeeded_task(task, started, token)
                 with lock:
                     batch.running = False
         finally:
@@ -706,15 +875,23 @@ class BackgroundRunner:
                 except RuntimeError:  # the loop is gone
                     pass
 
-    def _succeeded_task(self, started: float) -> None:
+    def _succeeded_task(self, task: BackgroundTask, started: float, token: int) -> None:
         duration = time.perf_counter() - started
         with self._lock:
             self._running -= 1
             self._succeeded += 1
             self._count_duration(duration)
+            self.metrics.ended(token, task.name, "succeeded", duration)
 
     def _failed_task(
-        self, task: BackgroundTask, exc: BaseException, attempt: int, batch: _Batch, started: float, final: bool = True
+        self,
+        task: BackgroundTask,
+        exc: BaseException,
+        attempt: int,
+        batch: _Batch,
+        started: float,
+        token: int,
+        final: bool = True,
     ) -> TaskFailure:
         duration = time.perf_counter() - started
         with self._lock:
@@ -724,6 +901,9 @@ class BackgroundRunner:
                 self._failed += 1
             else:
                 self._retried += 1
+            self.metrics.ended(token, task.name, "failed" if final else "retried", duration)
+            if final:
+                self.metrics.failure(task.name, batch.method, batch.path, attempt, exc)
         if final:
             logger.error(
                 "Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=exc
@@ -742,20 +922,23 @@ class BackgroundRunner:
             attempt += 1
             with self._lock:
                 self._running += 1
+                token = self.metrics.started(task.name, batch.method, batch.path, attempt)
             started = time.perf_counter()
             try:
-                await self._execute(task)
+                with _task_span(task, batch, attempt):
+                    await self._execute(task)
             except asyncio.CancelledError as exc:
                 if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
                     with self._lock:
                         self._running -= 1
+                        self.metrics.running.pop(token, None)
                     raise
-                failure = self._failed_task(task, exc, attempt, batch, started)  # raised by the task itself
+                failure = self._failed_task(task, exc, attempt, batch, started, token)  # raised by the task itself
                 await self._notify(failure)
                 return
             except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                 final = attempt > task.retries
-                failure = self._failed_task(task, exc, attempt, batch, started, final)
+                failure = self._failed_task(task, exc, attempt, batch, started, token, final)
                 if final:
                     await self._notify(failure)
                     return
@@ -767,7 +950,7 @@ class BackgroundRunner:
                 )
                 await self._backoff(delay)
             else:
-                self._succeeded_task(started)
+                self._succeeded_task(task, started, token)
                 return
 
     async def _backoff(self, delay: float) -> None:
@@ -800,6 +983,7 @@ class BackgroundRunner:
             except asyncio.TimeoutError:
                 with self._lock:
                     self._timed_out += 1
+                    self.metrics.count(task.name, "timed_out")
                 raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
             if error is not None:
                 raise error
@@ -810,6 +994,7 @@ class BackgroundRunner:
             if not done:
                 with self._lock:
                     self._timed_out += 1
+                    self.metrics.count(task.name, "timed_out")
                 logger.warning(
                     "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
                     task.name, task.timeout,

@@ -227,3 +227,12 @@ def serve_process(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """Keep each phase's report on the test item (``item.rep_call``), so a fixture's teardown can tell
+    whether the test failed (the browser fixtures keep a screenshot then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -30,6 +30,7 @@ PAGES = [
     "dependency-injection.md",
     "testing.md",
     "migration.md",
+    "observability.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 

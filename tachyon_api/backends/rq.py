@@ -231,6 +231,16 @@ class RQBackend:
             if job is not None
         ]
 
+    def requeue(self, job_id: str) -> bool:
+        """Put a failed job back on its queue (blocking); False if no failed job has that id."""
+        from rq.exceptions import InvalidJobOperationError, NoSuchJobError
+
+        try:
+            self.queue.failed_job_registry.requeue(job_id)
+        except (InvalidJobOperationError, NoSuchJobError):
+            return False
+        return True
+
     def __repr__(self) -> str:
         return f"RQBackend({self.redis_url!r}, queue={self.queue_name!r})"
 

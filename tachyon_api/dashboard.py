@@ -1,0 +1,206 @@
+"""A live task dashboard: in-process tasks and, with an ``RQBackend``, the durable queue, on one page.
+
+``task_dashboard(...)`` returns a :class:`~tachyon_api.routing.Router` the app includes wherever it likes. It
+is off until included, and it refuses to be built without a guard (a dependency that rejects strangers)
+unless ``public=True`` says so explicitly: task names, request paths and tracebacks are internal details.
+
+Routes, relative to the router's prefix:
+
+- ``GET /`` (the prefix itself): the page. Server-rendered HTML with its CSS and JavaScript inline (no build step, no CDN, so it
+  works on an air-gapped host); it updates itself from the event stream without a reload.
+- ``GET /data``: the same data as JSON, for scripts.
+- ``GET /events``: Server-Sent Events, one ``data:`` line of that JSON whenever it changes (checked every
+  ``refresh`` seconds) and a comment line every 15 s to keep proxies from closing an idle stream.
+- ``POST /requeue/{job_id}``: put a failed RQ job back on its queue. Only accepted with the header
+  ``X-Tachyon-Dashboard: requeue`` and, when the browser sends an ``Origin``, a same-origin one: a cross-site
+  form cannot set that header, and a cross-site script that tries needs a CORS preflight this route never
+  grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import Any, AsyncIterator, Sequence
+
+import msgspec
+
+from .concurrency import run_in_threadpool
+from .dependencies import Depends
+from .exceptions import HTTPException
+from .requests import Request
+from .responses import HTMLResponse, StreamingResponse
+from .routing import Router
+
+__all__ = ["task_dashboard", "dashboard_data"]
+
+_KEEPALIVE_SECONDS = 15.0
+
+
+async def dashboard_data(app: Any) -> dict[str, Any]:
+    """The dashboard's data for ``app``: the runner's snapshot, plus the durable queue when there is one."""
+    data = app.background.snapshot()
+    backend = getattr(app, "task_backend", None)
+    if backend is not None and hasattr(backend, "failed_jobs"):
+        try:
+            counts, failed = await run_in_threadpool(lambda: (backend.stats(), backend.failed_jobs(50)))
+        except Exception as exc:  # Redis down: the in-process view still works, and says why the rest is missing
+            data["durable"] = {"queue": backend.queue_name, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            data["durable"] = {"queue": backend.queue_name, "counts": counts, "failed": failed}
+    return data
+
+
+def task_dashboard(
+    *,
+    prefix: str = "/tasks",
+    dependencies: Sequence[Depends] | None = None,
+    public: bool = False,
+    refresh: float = 1.0,
+    title: str = "Tasks",
+) -> Router:
+    """The dashboard's routes under ``prefix``, guarded by ``dependencies`` (for example an admin check).
+
+    Raises ``ValueError`` without ``dependencies`` unless ``public=True``: exposing it to everyone must be a
+    decision, never an accident.
+    """
+    if not dependencies and not public:
+        raise ValueError(
+            "task_dashboard() needs dependencies=[Depends(your_admin_check)] to guard it; "
+            "pass public=True to expose it without a guard on purpose"
+        )
+    router = Router(prefix=prefix, dependencies=dependencies)
+    page = _PAGE.replace("{{title}}", html.escape(title)).encode()
+
+    @router.get("/", include_in_schema=False)
+    async def dashboard_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @router.get("/data", include_in_schema=False)
+    async def dashboard_json(request: Request) -> dict[str, Any]:
+        return await dashboard_data(request.app)
+
+    @router.get("/events", include_in_schema=False)
+    async def dashboard_events(request: Request) -> StreamingResponse:
+        return StreamingResponse(
+            _events(request, refresh),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    @router.post("/requeue/{job_id}", include_in_schema=False)
+    async def dashboard_requeue(job_id: str, request: Request) -> dict[str, Any]:
+        if request.headers.get("x-tachyon-dashboard") != "requeue":
+            raise HTTPException(403, "Missing the X-Tachyon-Dashboard: requeue header")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            raise HTTPException(403, "Cross-origin requests are refused")
+        backend = getattr(request.app, "task_backend", None)
+        if backend is None or not hasattr(backend, "requeue"):
+            raise HTTPException(404, "This app has no durable task backend")
+        if not await run_in_threadpool(backend.requeue, job_id):
+            raise HTTPException(404, f"No failed job {job_id!r}")
+        return {"requeued": job_id}
+
+    return router
+
+
+async def _events(request: Request, refresh: float) -> AsyncIterator[bytes]:
+    """Send the data when it changed; endless: StreamingResponse stops it when the client disconnects."""
+    last = b""
+    quiet = 0.0
+    while True:
+        data = await dashboard_data(request.app)
+        for row in data["running"]:  # ages change every second; round them so an idle page stays quiet
+            row["age"] = round(row["age"])
+        body = msgspec.json.encode(data)
+        if body != last:
+            last, quiet = body, 0.0
+            yield b"data: " + body + b"\n\n"
+        elif quiet >= _KEEPALIVE_SECONDS:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(refresh)
+        quiet += refresh
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{title}}</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1f24;background:#fafafa}
+h1{font-size:1.3rem;margin:0 0 .2rem}h2{font-size:1.05rem;margin:1.4rem 0 .4rem}
+table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:.3rem .6rem;border-bottom:1px solid #e3e3e3;
+text-align:left;vertical-align:top}th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.totals{display:flex;flex-wrap:wrap;gap:.6rem}.totals div{background:#fff;border:1px solid #e3e3e3;padding:.4rem .7rem}
+.totals b{display:block;font-size:1.2rem}.bad{color:#b00020}.muted{color:#777}
+pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padding:.4rem;max-height:18rem;overflow:auto}
+#status{font-size:12px}button{cursor:pointer}
+</style></head>
+<body>
+<h1>{{title}}</h1><div id="status" class="muted">connecting...</div>
+<h2>Totals</h2><div class="totals" id="totals"></div>
+<h2>By task name</h2><table><thead><tr><th>name</th><th>succeeded</th><th>failed</th><th>retried</th>
+<th>timed out</th><th>dropped</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody id="names"></tbody></table>
+<h2>Running now</h2><table><thead><tr><th>name</th><th>request</th><th>attempt</th><th>age</th></tr></thead>
+<tbody id="running"></tbody></table>
+<h2>Recent failures</h2><div id="failures"></div>
+<div id="durable"></div>
+<script>
+"use strict";
+const base = location.pathname.replace(/\\/$/, "");
+const $ = (id) => document.getElementById(id);
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls; return e; }
+function ms(s) { return s === null || s === undefined ? "-" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
+function row(cells) { const tr = el("tr"); for (const [v, cls] of cells) tr.append(el("td", String(v), cls)); return tr; }
+function note(text, span) { const tr = el("tr"); const td = el("td", text, "muted"); td.colSpan = span; tr.append(td); return tr; }
+function failureBlock(f) {
+  const d = el("details"); const s = el("summary");
+  s.append(el("b", f.name + " "), el("span", f.error, "bad"),
+           el("span", "  " + f.method + " " + f.path + ", attempts " + f.attempts + ", " +
+              new Date(f.time * 1000).toLocaleTimeString(), "muted"));
+  d.append(s, el("pre", f.traceback)); return d;
+}
+function render(data) {
+  const t = $("totals"); t.replaceChildren();
+  for (const k of ["scheduled", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"]) {
+    const box = el("div", k.replace("_", " ")); box.prepend(el("b", String(data.totals[k]))); t.append(box); }
+  $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"], [r.failed, r.failed ? "n bad" : "n"],
+    [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"], [ms(r.p99), "n"]])));
+  $("running").replaceChildren(...data.running.map((r) => row([[r.name], [r.method + " " + r.path], [r.attempt, "n"],
+    [r.age.toFixed(0) + " s", "n"]])));
+  if (!data.running.length) $("running").append(note("nothing running", 4));
+  if (!data.names.length) $("names").append(note("no task has run yet", 9));
+  $("failures").replaceChildren(...data.failures.map(failureBlock));
+  if (!data.failures.length) $("failures").append(el("p", "no failures", "muted"));
+  const dv = $("durable"); dv.replaceChildren();
+  if (data.durable) {
+    dv.append(el("h2", "Durable queue " + data.durable.queue));
+    if (data.durable.error) { dv.append(el("p", data.durable.error, "bad")); return; }
+    const c = el("div"); c.className = "totals";
+    for (const [k, v] of Object.entries(data.durable.counts)) { const box = el("div", k); box.prepend(el("b", String(v))); c.append(box); }
+    dv.append(c, el("h2", "Failed jobs"));
+    if (!data.durable.failed.length) dv.append(el("p", "no failed jobs", "muted"));
+    for (const job of data.durable.failed) {
+      const d = el("details"); const s = el("summary"); const b = el("button", "Requeue");
+      b.dataset.job = job.id;
+      b.onclick = async (ev) => { ev.preventDefault(); b.disabled = true;
+        const r = await fetch(base + "/requeue/" + encodeURIComponent(job.id),
+                              {method: "POST", headers: {"X-Tachyon-Dashboard": "requeue"}});
+        b.textContent = r.ok ? "requeued" : "failed: " + r.status; };
+      s.append(el("b", job.name + " "), el("span", job.id + " ", "muted"), b);
+      d.append(s, el("pre", job.exc_info || "")); dv.append(d);
+    }
+  }
+}
+function connect() {
+  const source = new EventSource(base + "/events");
+  source.onopen = () => { $("status").textContent = "live"; };
+  source.onmessage = (ev) => { render(JSON.parse(ev.data));
+    $("status").textContent = "live, updated " + new Date().toLocaleTimeString(); };
+  source.onerror = () => { $("status").textContent = "disconnected, retrying..."; };
+}
+connect();
+</script></body></html>
+"""

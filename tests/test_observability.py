@@ -1,0 +1,386 @@
+"""Task statistics, the live dashboard (in a real browser), Prometheus metrics and trace links.
+
+The browser tests drive Debian's chromium (headless) with Playwright under ``tachyon run``; a screenshot of
+each page is kept under ``tests/artifacts/`` when a browser test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon
+from tachyon_api.background import DURATION_BOUNDS, TaskMetrics
+from tachyon_api.dashboard import task_dashboard
+from tachyon_api.metrics import instrument
+from tachyon_api.requests import Request
+
+from .conftest import ROOT, client_for, free_port, serve, wait_for_port, wait_until
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+# --- statistics --------------------------------------------------------------------------------------------
+def test_histogram_percentiles_are_within_the_bucket_resolution() -> None:
+    metrics = TaskMetrics()
+    for ms in range(1, 101):  # 1 ms .. 100 ms, uniform
+        token = metrics.started("t", "GET", "/", 1)
+        metrics.ended(token, "t", "succeeded", ms / 1000)
+    row = metrics.snapshot()["names"][0]
+    assert row["count"] == 100 and row["succeeded"] == 100
+    for q, exact in ((50, 0.050), (95, 0.095), (99, 0.099)):
+        assert abs(row[f"p{q}"] - exact) / exact < 0.1, (q, row[f"p{q}"])
+    assert metrics.snapshot()["running"] == []
+
+
+def test_task_names_and_failures_are_bounded() -> None:
+    metrics = TaskMetrics(max_names=3, max_failures=2)
+    for i in range(10):
+        metrics.ended(metrics.started(f"name{i}", "GET", "/", 1), f"name{i}", "failed", 0.001)
+        metrics.failure(f"name{i}", "GET", "/", 1, ValueError(i))
+    snapshot = metrics.snapshot()
+    assert [r["name"] for r in snapshot["names"]] == ["(other)", "name0", "name1", "name2"]
+    assert next(r for r in snapshot["names"] if r["name"] == "(other)")["failed"] == 7
+    assert [f["error"] for f in snapshot["failures"]] == ["ValueError: 9", "ValueError: 8"]  # newest first
+
+
+def test_snapshot_over_http_counts_outcomes_running_tasks_and_failures() -> None:
+    release = threading.Event()
+    app = Tachyon()
+
+    def quick() -> None:
+        pass
+
+    def broken(order_id: int) -> None:
+        raise RuntimeError(f"order {order_id} has no address")
+
+    def stuck() -> None:
+        release.wait(10)
+
+    async def flaky_timeout() -> None:
+        import asyncio
+
+        await asyncio.sleep(1)
+
+    @app.post("/orders/{order_id}")
+    def order(order_id: int, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(quick)
+        background_tasks.add_task(broken, order_id).with_options(retries=1, retry_delay=0)
+        return {}
+
+    @app.post("/stuck")
+    def start_stuck(background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(stuck)
+        return {}
+
+    @app.post("/slow")
+    def slow(background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(flaky_timeout).with_options(timeout=0.05)
+        return {}
+
+    app.include_router(task_dashboard(public=True, prefix="/admin/tasks"))
+    with serve(app) as url, httpx.Client(base_url=url) as http:
+        for order_id in (1, 2):
+            assert http.post(f"/orders/{order_id}").status_code == 200
+        assert http.post("/slow").status_code == 200
+        assert http.post("/stuck").status_code == 200
+        assert wait_until(lambda: http.get("/admin/tasks/data").json()["totals"]["failed"] == 3, 5)
+        assert wait_until(lambda: http.get("/admin/tasks/data").json()["running"], 5)
+        time.sleep(1.1)
+        data = http.get("/admin/tasks/data").json()
+        release.set()
+    rows = {r["name"].rsplit(".", 1)[-1]: r for r in data["names"]}  # qualified names of local functions
+    assert rows["quick"]["succeeded"] == 2 and rows["quick"]["p50"] is not None
+    assert (rows["broken"]["failed"], rows["broken"]["retried"], rows["broken"]["count"]) == (2, 2, 4)
+    assert rows["flaky_timeout"]["timed_out"] == 1 and rows["flaky_timeout"]["failed"] == 1
+    [running] = data["running"]
+    assert running["name"].endswith("stuck") and running["path"] == "/stuck" and running["age"] >= 1.0
+    failure = next(f for f in data["failures"] if f["name"].endswith("broken"))
+    assert failure["method"] == "POST" and failure["path"] in ("/orders/1", "/orders/2")
+    assert failure["attempts"] == 2 and "RuntimeError: order" in failure["error"]
+    assert "Traceback (most recent call last)" in failure["traceback"] and "in broken" in failure["traceback"]
+    assert data["totals"]["failed"] == 3 and data["totals"]["retried"] == 2
+
+
+# --- the dashboard's guard and its requeue protection --------------------------------------------------------
+def test_a_dashboard_without_a_guard_must_be_declared_public() -> None:
+    with pytest.raises(ValueError, match="public=True"):
+        task_dashboard()
+    assert task_dashboard(public=True).prefix == "/tasks"
+
+
+def admin_only(request: Request) -> None:
+    if request.headers.get("x-admin-token") != "s3cret":
+        raise HTTPException(401, "Not an admin")
+
+
+def test_the_guard_covers_every_dashboard_route() -> None:
+    app = Tachyon()
+    app.include_router(task_dashboard(dependencies=[Depends(admin_only)]))
+    client = client_for(app)
+    for method, path in (("GET", "/tasks"), ("GET", "/tasks/data"), ("GET", "/tasks/events"), ("POST", "/tasks/requeue/x")):
+        assert client.request(method, path).status_code == 401, path
+    assert client.get("/tasks/data", headers={"x-admin-token": "s3cret"}).status_code == 200
+
+
+def test_requeue_refuses_cross_site_requests() -> None:
+    app = Tachyon()
+    app.include_router(task_dashboard(public=True))
+    client = client_for(app)
+    assert client.post("/tasks/requeue/job1").status_code == 403  # a plain form post: no custom header
+    cross = client.post(
+        "/tasks/requeue/job1", headers={"x-tachyon-dashboard": "requeue", "origin": "https://evil.example"}
+    )
+    assert cross.status_code == 403
+    same = client.post("/tasks/requeue/job1", headers={"x-tachyon-dashboard": "requeue"})
+    assert same.status_code == 404 and "no durable task backend" in same.json()["detail"]
+
+
+# --- Prometheus ------------------------------------------------------------------------------------------------
+def test_prometheus_metrics_match_requests_and_tasks() -> None:
+    app = Tachyon()
+
+    def fine() -> None:
+        pass
+
+    def bad() -> None:
+        raise ValueError("bad")
+
+    @app.post("/items/{item_id}")
+    def create(item_id: int, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(fine)
+        if item_id % 2:
+            background_tasks.add_task(bad)
+        return {"id": item_id}
+
+    metrics = instrument(app)
+    with serve(app) as url, httpx.Client(base_url=url) as http:
+        for item_id in range(5):
+            assert http.post(f"/items/{item_id}").status_code == 200
+        assert http.post("/items/not-a-number").status_code == 404
+        for probe in ("/a", "/b", "/c"):  # random URLs share one label value
+            assert http.get(probe).status_code == 404
+        assert wait_until(lambda: app.background.stats().succeeded + app.background.stats().failed == 7, 5)
+        text = http.get("/metrics").text
+    assert metrics.registry is not None
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    req = "tachyon_http_requests_total"
+    assert samples[(req, (("method", "POST"), ("route", "/items/{item_id}"), ("status", "200")))] == 5
+    assert samples[(req, (("method", "POST"), ("route", "/items/{item_id}"), ("status", "404")))] == 1
+    assert samples[(req, (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 3
+    assert samples[("tachyon_http_request_duration_seconds_count", (("method", "POST"), ("route", "/items/{item_id}")))] == 6
+    fine_name, bad_name = fine.__qualname__, bad.__qualname__
+    assert samples[("tachyon_tasks_total", (("name", fine_name), ("outcome", "succeeded")))] == 5
+    assert samples[("tachyon_tasks_total", (("name", bad_name), ("outcome", "failed")))] == 2
+    assert samples[("tachyon_task_duration_seconds_count", (("name", fine_name),))] == 5
+    assert samples[("tachyon_task_duration_seconds_bucket", (("le", "+Inf"), ("name", bad_name)))] == 2
+    assert samples[("tachyon_tasks_running", ())] == 0
+    buckets = [v for (name, labels), v in samples.items() if name == "tachyon_task_duration_seconds_bucket"
+               and ("name", fine_name) in labels]
+    assert buckets == sorted(buckets) and len(buckets) == len(range(0, len(DURATION_BOUNDS), 4)) + 1
+
+
+# --- trace links -----------------------------------------------------------------------------------------------
+def test_each_task_runs_in_a_span_linked_to_the_request_span() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # once per process; the background module's tracer follows it
+    tracer = trace.get_tracer("test")
+
+    class RequestSpans:
+        """What OpenTelemetry's ASGI instrumentation does: a span around each request."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            with tracer.start_as_current_span(f"{scope['method']} {scope['path']}"):
+                await self.app(scope, receive, send)
+
+    app = Tachyon()
+    app.add_middleware(RequestSpans)
+
+    def sync_task() -> None:
+        pass
+
+    async def failing_task() -> None:
+        raise ValueError("broken")
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(sync_task)
+        background_tasks.add_task(failing_task)
+        return {}
+
+    with serve(app) as url:
+        assert httpx.post(f"{url}/work").status_code == 200
+        assert wait_until(lambda: len(exporter.get_finished_spans()) == 3, 5)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    request_span = spans["POST /work"]
+    for func in (sync_task, failing_task):
+        span = spans[f"task {func.__qualname__}"]
+        assert span.context.trace_id != request_span.context.trace_id  # a trace of its own ...
+        assert [link.context.span_id for link in span.links] == [request_span.context.span_id]  # ... linked
+        assert span.attributes["tachyon.task.name"] == func.__qualname__
+        assert span.attributes["url.path"] == "/work"
+    assert spans[f"task {failing_task.__qualname__}"].status.status_code == trace.StatusCode.ERROR
+
+
+# --- the page in a real browser -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium: installed here when missing and we may (root with apt-get), else a clear failure."""
+    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True)
+    assert os.path.exists(CHROMIUM), "these tests need Debian's chromium: apt-get install chromium"
+    return CHROMIUM
+
+
+@pytest.fixture
+def page(chromium: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page()
+        yield page
+        failed = getattr(request.node, "rep_call", None)
+        if failed is None or failed.failed:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        browser.close()
+
+
+DASHBOARD_APP = '''
+import os
+from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon
+from tachyon_api.dashboard import task_dashboard
+from tachyon_api.requests import Request
+
+app = Tachyon()
+
+def send_invoice(order_id: int):
+    raise ConnectionError(f"mail server refused the invoice of order {order_id}")
+
+@app.post("/orders/{order_id}")
+def complete(order_id: int, background_tasks: BackgroundTasks):
+    background_tasks.add_task(send_invoice, order_id)
+    return {"order": order_id}
+
+def admin(request: Request):
+    if request.cookies.get("admin") != "yes":
+        raise HTTPException(403, "admins only")
+
+app.include_router(task_dashboard(prefix="/admin/tasks", dependencies=[Depends(admin)]))
+'''
+
+
+def test_a_failure_appears_on_the_open_page_without_a_reload(page: Any, serve_process: Any) -> None:
+    server = serve_process(DASHBOARD_APP)
+    page.context.add_cookies([{"name": "admin", "value": "yes", "url": server.url}])
+    page.goto(f"{server.url}/admin/tasks")
+    page.wait_for_selector("text=live")
+    assert page.locator("#failures").inner_text().strip() == "no failures"
+    loads = []
+    page.on("load", lambda _: loads.append(1))
+    assert httpx.post(f"{server.url}/orders/42").status_code == 200
+    started = time.monotonic()
+    page.wait_for_selector("text=mail server refused the invoice of order 42", timeout=2000)
+    assert time.monotonic() - started < 2.0
+    assert loads == []  # updated in place
+    page.click("#failures summary")
+    assert "Traceback (most recent call last)" in page.locator("#failures pre").inner_text()
+    assert "in send_invoice" in page.locator("#failures pre").inner_text()
+    cells = page.locator("#names tr").first.locator("td").all_inner_texts()
+    assert cells[:3] == ["send_invoice", "0", "1"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+
+
+DURABLE_APP = '''
+import os
+from tachyon_api import BackgroundTasks, Tachyon
+from tachyon_api.background import RQBackend
+from tachyon_api.dashboard import task_dashboard
+
+backend = RQBackend(os.environ["REDIS_URL"], queue=os.environ["QUEUE"])
+app = Tachyon(task_backend=backend)
+FLAG = os.environ["FLAG"]
+OUT = os.environ["OUT"]
+
+def import_file(name: str):
+    if not os.path.exists(FLAG):
+        raise FileNotFoundError(f"{name} is not uploaded yet")
+    with open(OUT, "a") as f:
+        f.write(name + "\\n")
+
+@app.post("/imports/{name}")
+def start_import(name: str, background_tasks: BackgroundTasks):
+    background_tasks.add_task(import_file, name)
+    return {"queued": name}
+
+app.include_router(task_dashboard(prefix="/admin/tasks", public=True))
+'''
+
+
+def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "durable_app.py").write_text(DURABLE_APP)
+    env = {
+        **os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "REDIS_URL": redis_url,
+        "QUEUE": "dashboard-test", "FLAG": str(tmp_path / "uploaded"), "OUT": str(tmp_path / "out.txt"),
+    }
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tachyon_api", "run", "durable_app:app", "--port", str(port)],
+                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, "-m", "tachyon_api", "worker", "durable_app:app"],
+                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        wait_for_port(port, 20)
+        url = f"http://127.0.0.1:{port}"
+        page.goto(f"{url}/admin/tasks")
+        page.wait_for_selector("text=Durable queue dashboard-test")
+        assert httpx.post(f"{url}/imports/prices.csv").status_code == 200
+        page.wait_for_selector("text=prices.csv is not uploaded yet", state="attached", timeout=15000)
+        assert "FileNotFoundError" in page.locator("#durable pre").first.text_content()
+        page.click("#durable summary")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-durable-failed.png"), full_page=True)
+        (tmp_path / "uploaded").touch()
+        page.click("#durable button:has-text('Requeue')")
+        page.wait_for_selector("#durable button:has-text('requeued')")
+        assert wait_until(lambda: (tmp_path / "out.txt").exists(), 15)
+        assert (tmp_path / "out.txt").read_text() == "prices.csv\n"
+        page.wait_for_selector("text=no failed jobs", timeout=5000)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
