@@ -114,8 +114,13 @@ CONTENDERS = {
     "ours": ("ours", "tachyon_app"),
     "upstream": ("upstream", "tachyon_app"),
     "fastapi": ("fastapi", "fastapi_app"),
+    # The cost of observability (docs/observability.md): ours without the runner's statistics, and ours with
+    # statistics, Prometheus metrics and the dashboard mounted. Not in the default set: ask for them.
+    "ours-bare": ("ours", "tachyon_bare"),
+    "ours-observed": ("ours", "tachyon_observed"),
 }
 CONTENDER_ORDER = ["raw", "ours", "upstream", "fastapi"]
+EXTRA_CONTENDERS = ["ours-bare", "ours-observed"]
 
 VERSION_SNIPPET = r"""
 import json, sys, importlib.metadata as md
@@ -281,8 +286,10 @@ def setup_contenders(names, uv_pin):
     for name in names:
         venv, module = CONTENDERS[name]
         try:
-            if name == "ours":
-                py, env, how = setup_ours(uv_pin)
+            if venv == "ours":
+                if venv not in cache:
+                    cache[venv] = setup_ours(uv_pin)
+                py, env, how = cache[venv]
             elif venv == "upstream":
                 if venv not in cache:
                     cache[venv] = ensure_venv("upstream", [UPSTREAM_SPEC] + SERVER_PKGS,
@@ -817,6 +824,14 @@ def report(args, info, specs, scenarios, contenders, results, failures, notes):
             ts = medians.get(("task-sync", c), (None,))[0]
             ta = medians.get(("task-async", c), (None,))[0]
             derived.append("| %s | %s | %s |" % (c, fmt_ratio(ts, nt), fmt_ratio(ta, nt)))
+    if {"ours-bare", "ours-observed"} <= set(contenders):
+        derived += ["", "### Observability overhead (ours-observed req/s / ours-bare req/s; target >= 0.95)", "",
+                    "| scenario | ours-bare | ours-observed | ratio |", "|---|---:|---:|---:|"]
+        for sc in scenarios:
+            bare = medians.get((sc.name, "ours-bare"), (None,))[0]
+            observed = medians.get((sc.name, "ours-observed"), (None,))[0]
+            derived.append("| %s | %s | %s | %s |" % (sc.name, fmt_rps(bare), fmt_rps(observed),
+                                                     fmt_ratio(observed, bare)))
     if {"hello", "hello-async"} <= names:
         derived += ["", "### hello vs hello-async (ratio to raw)", "",
                     "| contender | hello / raw | hello-async / raw |", "|---|---:|---:|"]
@@ -1069,7 +1084,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="1 round x 3 s on %s" % ",".join(QUICK_SCENARIOS))
-    p.add_argument("--contenders", help="comma list from %s (default: all)" % ",".join(CONTENDER_ORDER))
+    p.add_argument("--contenders", help="comma list from %s (default: %s)" % (
+        ",".join(CONTENDER_ORDER + EXTRA_CONTENDERS), ",".join(CONTENDER_ORDER)))
     p.add_argument("--scenarios", help="comma list (default: all 13; --quick: its 5)")
     p.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per measurement (default 8, --quick 3)")
@@ -1100,7 +1116,7 @@ def parse_args(argv):
         args.contenders = split(args.contenders)
         bad = [c for c in args.contenders if c not in CONTENDERS]
         if bad:
-            p.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(CONTENDER_ORDER)))
+            p.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(CONTENDERS)))
     else:
         args.contenders = ["ours"] if args.memory else list(CONTENDER_ORDER)
     if args.scenarios:
@@ -1128,7 +1144,7 @@ def main(argv=None):
     if args.list:
         for sc in SCENARIOS:
             log("%-12s %-4s %-42s %s" % (sc.name, sc.method, sc.path, sc.title))
-        log("contenders: " + ", ".join(CONTENDER_ORDER))
+        log("contenders: " + ", ".join(CONTENDERS))
         return 0
     # Make SIGTERM behave like Ctrl-C so that the servers get stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

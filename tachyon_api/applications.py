@@ -73,6 +73,7 @@ class Tachyon(RouteDecorators):
         shutdown_timeout: float = 25.0,
         task_backend: Any = None,
         strict: bool = True,
+        task_statistics: bool = True,
     ) -> None:
         self.state = State()
         # False: JSON bodies decode laxly ("9.5" for a float), as pydantic coerces; a route may override it.
@@ -90,6 +91,7 @@ class Tachyon(RouteDecorators):
             overflow=background_overflow,
             threads=background_threads,
             shutdown_timeout=shutdown_timeout,
+            statistics=task_statistics,
         )
         self._lifespan = lifespan
         self._lifespan_context: AsyncContextManager[Any] | None = None

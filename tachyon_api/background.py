@@ -456,6 +456,22 @@ class TaskMetrics:
         return {"names": names, "running": running, "failures": list(reversed(self.failures))}
 
 
+class _NoMetrics(TaskMetrics):
+    """The runner's statistics switched off: every update is a no-op, the snapshot stays empty."""
+
+    def started(self, name: str, method: str, path: str, attempt: int) -> int:
+        return 0
+
+    def ended(self, token: int, name: str, outcome: str, duration: float) -> None:
+        pass
+
+    def count(self, name: str, outcome: str, n: int = 1) -> None:
+        pass
+
+    def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
+        pass
+
+
 def _tracer() -> Any:
     """OpenTelemetry's tracer when ``opentelemetry-api`` is installed, else None (and nothing is imported)."""
     if importlib.util.find_spec("opentelemetry") is None:
@@ -563,6 +579,7 @@ class BackgroundRunner:
         overflow: str = "wait",
         threads: int = 16,
         shutdown_timeout: float = 25.0,
+        statistics: bool = True,
     ) -> None:
         if overflow not in ("wait", "drop"):
             raise ValueError("overflow must be 'wait' or 'drop'")
@@ -592,7 +609,8 @@ class BackgroundRunner:
         self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
         self._duration_count = 0
         self._duration_total = self._duration_max = 0.0
-        self.metrics = TaskMetrics()
+        # Per-name statistics; off (``statistics=False``) only to measure what they cost: see bench/README.md.
+        self.metrics = TaskMetrics() if statistics else _NoMetrics()
 
     # --- public ----------------------------------------------------------------------------------------
     def on_error(self, hook: ErrorHook) -> ErrorHook:

@@ -55,6 +55,24 @@ def test_task_names_and_failures_are_bounded() -> None:
     assert [f["error"] for f in snapshot["failures"]] == ["ValueError: 9", "ValueError: 8"]  # newest first
 
 
+def test_statistics_can_be_switched_off_and_totals_stay() -> None:
+    app = Tachyon(task_statistics=False)
+
+    def job() -> None:
+        pass
+
+    @app.post("/job")
+    def add(background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(job)
+        return {}
+
+    client = client_for(app)
+    assert client.post("/job").status_code == 200
+    snapshot = app.background.snapshot()
+    assert (snapshot["names"], snapshot["running"], snapshot["failures"]) == ([], [], [])
+    assert snapshot["totals"]["succeeded"] == 1
+
+
 def test_snapshot_over_http_counts_outcomes_running_tasks_and_failures() -> None:
     release = threading.Event()
     app = Tachyon()
