@@ -179,11 +179,15 @@ class Tachyon(RouteDecorators):
         ]
 
     # --- dependencies ----------------------------------------------------------------------------------
-    def override_dependency(self, override: Callable[..., Any]) -> Dependency:
-        """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use)."""
-        compiled = self._overrides.get(override)
+    def override_dependency(self, override: Callable[..., Any], exit_scope: str | None = None) -> Dependency:
+        """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use), with the
+        ``Depends(scope=...)`` of the dependency it replaces."""
+        key = (override, exit_scope)
+        compiled = self._overrides.get(key)
         if compiled is None:
-            compiled = self._overrides[override] = compile_dependency(override, frozenset(), strict=self.strict)
+            compiled = self._overrides[key] = compile_dependency(
+                override, frozenset(), strict=self.strict, exit_scope=exit_scope
+            )
         return compiled
 
     # --- middleware ------------------------------------------------------------------------------------

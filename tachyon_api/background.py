@@ -49,7 +49,8 @@ from .backends.rq import RQBackend
 from .concurrency import ThreadPool
 
 __all__ = [
-    "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskStats", "TaskMetrics",
+    "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
+    "TaskMetrics",
 ]
 
 logger = logging.getLogger("tachyon_api.background")
@@ -126,6 +127,9 @@ def _name(func: Any) -> str:
     return name or repr(func)
 
 
+_DURABLE_ONLY = ("delay", "at", "job_id", "result_ttl", "failure_ttl")
+
+
 class BackgroundTask:
     """One call to make after the response: ``func(*args, **kwargs)``, with its options.
 
@@ -140,13 +144,16 @@ class BackgroundTask:
         self._setup(func, args, kwargs, None)
 
     @classmethod
-    def create(cls, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any) -> "BackgroundTask":
-        """A task that is durable on ``backend`` (None: in-process) unless ``func`` was marked otherwise."""
+    def create(
+        cls, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any, durable: bool | None = None
+    ) -> "BackgroundTask":
+        """A task that is durable on ``backend`` (None: in-process) unless ``func`` was marked otherwise;
+        ``durable=False`` keeps it in-process whatever the backend or mark (and skips the durable checks)."""
         task = cls.__new__(cls)
-        task._setup(func, args, kwargs, backend)
+        task._setup(func, args, kwargs, None if durable is False else backend, durable is False)
         return task
 
-    def _setup(self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any) -> None:
+    def _setup(self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any, local: bool = False) -> None:
         if inspect.iscoroutine(func) or inspect.isawaitable(func):
             raise TypeError(
                 "add_task() needs the function itself, not a coroutine object: write "
@@ -169,7 +176,7 @@ class BackgroundTask:
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
-        marked = getattr(func, "__tachyon_backend__", None)
+        marked = None if local else getattr(func, "__tachyon_backend__", None)
         if marked is not None:
             backend, defaults = marked
         self.backend = backend
@@ -190,8 +197,14 @@ class BackgroundTask:
         job_id: str | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
+        durable: bool | None = None,
     ) -> "BackgroundTask":
         """Set per-task options and return the task, so they chain onto ``add_task(...)``.
+
+        ``durable=False`` runs this task in-process after the response even in an app whose tasks are durable
+        (or for a function marked ``@backend.task()``): for cheap work whose loss is acceptable, which must not
+        turn a request into a 503 while the task backend is down. ``durable=True`` insists on a durable task
+        (``ValueError`` if there is no backend).
 
         ``timeout`` (seconds): an async task is cancelled when it passes it; a sync task cannot be stopped, so
         it is reported as overrun (logged, counted in ``timed_out``) and awaited. ``retries``: how many more
@@ -201,12 +214,21 @@ class BackgroundTask:
         Durable tasks only (see ``backends/rq.py``): ``delay`` (seconds or timedelta) or ``at`` (a datetime)
         to run later, ``job_id`` to de-duplicate, ``result_ttl`` and ``failure_ttl`` in seconds.
         """
+        if durable is not None:
+            if durable and self.backend is None:
+                raise ValueError("durable=True needs a durable backend (Tachyon(task_backend=...) or @backend.task())")
+            if not durable and self.backend is not None:
+                if any(getattr(self, key) is not None for key in _DURABLE_ONLY):
+                    raise ValueError(f"durable=False: this task already has durable-only options ({', '.join(_DURABLE_ONLY)})")
+                self.backend = None
         durable_only = {"delay": delay, "at": at, "job_id": job_id, "result_ttl": result_ttl, "failure_ttl": failure_ttl}
-        given = [key for key, value in durable_only.items() if value is not None]
-        if given and self.backend is None:
-            raise ValueError(f"{', '.join(given)} need a durable task (Tachyon(task_backend=...) or @backend.task())")
-        for key in given:
-            setattr(self, key, durable_only[key])
+        given = {key: value for key, value in durable_only.items() if value is not None}
+        if given:
+            if self.backend is None:
+                raise ValueError(f"{', '.join(given)} need a durable task (Tachyon(task_backend=...) or @backend.task())")
+            self.backend.check_options(given)
+        for key, value in given.items():
+            setattr(self, key, value)
         if name is not None:
             self.name = name
         if timeout is not None:
@@ -214,6 +236,8 @@ class BackgroundTask:
                 raise ValueError("timeout must be positive")
             self.timeout = timeout
         if retries is not None:
+            if not isinstance(retries, int) or isinstance(retries, bool):
+                raise TypeError(f"retries must be an int, got {retries!r}")
             if retries < 0:
                 raise ValueError("retries cannot be negative")
             self.retries = retries
@@ -254,6 +278,18 @@ class BackgroundTasks:
         self._tasks.append(task)
         return task
 
+    def with_options(self, *, durable: bool | None = None, **options: Any) -> "TaskOptions":
+        """Options for the next ``add_task``: ``background_tasks.with_options(durable=False).add_task(...)``.
+
+        The options are those of :meth:`BackgroundTask.with_options`. Given here, ``durable=False`` applies
+        before ``add_task`` checks the call, so even a lambda or a closure can run in-process in an app whose
+        tasks are durable.
+        """
+        unknown = set(options) - _TASK_OPTIONS
+        if unknown:
+            raise TypeError(f"with_options() got unexpected option(s): {', '.join(sorted(unknown))}")
+        return TaskOptions(self, durable, options)
+
     @property
     def tasks(self) -> tuple[BackgroundTask, ...]:
         return tuple(self._tasks)
@@ -275,6 +311,27 @@ class BackgroundTasks:
 
     def __repr__(self) -> str:
         return f"<BackgroundTasks {[t.name for t in self._tasks]}>"
+
+
+class TaskOptions:
+    """What ``BackgroundTasks.with_options(...)`` returns: ``add_task`` with those options preset."""
+
+    __slots__ = ("_tasks", "_durable", "_options")
+
+    def __init__(self, tasks: BackgroundTasks, durable: bool | None, options: dict[str, Any]) -> None:
+        self._tasks = tasks
+        self._durable = durable
+        self._options = options
+
+    def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
+        """Add ``func(*args, **kwargs)`` to the request's tasks with these options; returns the task."""
+        task = BackgroundTask.create(func, args, kwargs, self._tasks._backend, self._durable)
+        task.with_options(durable=self._durable, **self._options)
+        self._tasks._tasks.append(task)
+        return task
+
+
+_TASK_OPTIONS = frozenset(inspect.signature(BackgroundTask.with_options).parameters) - {"self", "durable"}
 
 
 def collect(*sources: BackgroundTask | BackgroundTasks | None) -> list[BackgroundTask]:

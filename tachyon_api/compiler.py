@@ -38,7 +38,7 @@ import msgspec
 
 from .background import BackgroundTasks
 from .datastructures import UploadFile
-from .dependencies import SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
+from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
 from .params import Param
 from .requests import Request
@@ -304,9 +304,14 @@ def _qualname(func: Any) -> str:
 
 # --- the request-time context ---------------------------------------------------------------------------
 class Context:
-    """What one request's plan works with: the request, its errors, its dependency cache and cleanups."""
+    """What one request's plan works with: the request, its errors, its dependency cache and cleanups.
 
-    __slots__ = ("app", "scope", "receive", "path_params", "_request", "errors", "cache", "stack", "background")
+    ``stack`` holds the exit code that runs after the response; ``early`` that of the dependencies declared
+    ``Depends(..., scope="function")``, which runs before it (see :meth:`exit_function_scope`).
+    """
+
+    __slots__ = ("app", "scope", "receive", "path_params", "_request", "errors", "cache", "stack", "early",
+                 "background")
 
     def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
         self.app = app
@@ -317,6 +322,7 @@ class Context:
         self.errors: list[dict[str, Any]] = []
         self.cache: dict[Any, Any] = {}
         self.stack: contextlib.AsyncExitStack | None = None
+        self.early: contextlib.AsyncExitStack | None = None
         self.background: BackgroundTasks | None = None
 
     @property
@@ -329,6 +335,31 @@ class Context:
         if self.background is None:
             self.background = BackgroundTasks(backend=self.app.task_backend)
         return self.background
+
+    def exit_stack(self, early: bool) -> contextlib.AsyncExitStack:
+        """The stack a ``yield`` dependency's exit code goes on: before the response (early) or after it."""
+        if early:
+            if self.early is None:
+                self.early = contextlib.AsyncExitStack()
+            return self.early
+        if self.stack is None:
+            self.stack = contextlib.AsyncExitStack()
+        return self.stack
+
+    async def exit_function_scope(self, exc: BaseException | None) -> None:
+        """Run the exit code of the ``scope="function"`` dependencies, before the response is chosen for good.
+
+        ``exc`` (the endpoint's error, or the durable store's) is raised at their ``yield``, so they roll back.
+        Whatever their exit code raises (a failed commit, an ``HTTPException`` it translates to) propagates:
+        the response has not been sent, so the client gets it.
+        """
+        stack, self.early = self.early, None
+        if stack is None:
+            return
+        if exc is None:
+            await stack.aclose()
+        else:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.
@@ -621,11 +652,17 @@ def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> 
 
 # --- dependencies ----------------------------------------------------------------------------------------
 class Dependency:
-    """A compiled dependency: its callable, kind, scope and the plan of its own parameters."""
+    """A compiled dependency: its callable, kind, scope and the plan of its own parameters.
 
-    __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name")
+    ``scope`` is the @injectable scope (how many instances); ``exit_scope`` the ``Depends(scope=...)`` (when
+    its exit code runs). ``early`` is true for a ``yield`` dependency whose exit code runs before the response,
+    ``uses_early`` when it or anything it depends on has such exit code.
+    """
 
-    def __init__(self, call: Any, plan: Plan, scope: str | None, use_cache: bool) -> None:
+    __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name", "exit_scope",
+                 "early", "uses_early", "cache_key")
+
+    def __init__(self, call: Any, plan: Plan, scope: str | None, use_cache: bool, exit_scope: str | None = None) -> None:
         self.call = call
         self.plan = plan
         target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)
@@ -635,6 +672,18 @@ class Dependency:
         self.scope = scope
         self.use_cache = use_cache
         self.name = _qualname(call)
+        self.exit_scope = exit_scope
+        has_exit = self.is_gen or self.is_asyncgen
+        self.early = has_exit and exit_scope == SCOPE_FUNCTION
+        # The same generator asked for with both scopes gives two values (two sessions), as in FastAPI.
+        self.cache_key: Any = (call, SCOPE_FUNCTION) if self.early else call
+        inner = next((dep for dep in plan.dependencies if dep.uses_early), None)
+        if has_exit and not self.early and inner is not None:
+            raise TypeError(
+                f"{self.name} has exit code that runs after the response (scope 'request'), so it cannot depend "
+                f"on {inner.name}, whose exit code runs before the response (scope 'function')"
+            )
+        self.uses_early = self.early or inner is not None
 
     async def resolve(self, ctx: Context) -> Any:
         app = ctx.app
@@ -643,7 +692,7 @@ class Dependency:
             if override is not None:
                 if not callable(override):
                     return override
-                return await app.override_dependency(override).resolve(ctx)
+                return await app.override_dependency(override, self.exit_scope).resolve(ctx)
         if self.scope == SCOPE_SINGLETON:
             try:
                 return app.singletons[self.call]
@@ -651,7 +700,7 @@ class Dependency:
                 return await self._create_singleton(ctx)
         elif self.use_cache and self.scope != SCOPE_TRANSIENT:
             try:
-                return ctx.cache[self.call]
+                return ctx.cache[self.cache_key]
             except KeyError:
                 pass
         kwargs = await self.plan.solve(ctx)
@@ -661,7 +710,7 @@ class Dependency:
             return None
         value = await self._call(ctx, kwargs)
         if self.use_cache and self.scope != SCOPE_TRANSIENT:
-            ctx.cache[self.call] = value
+            ctx.cache[self.cache_key] = value
         return value
 
     async def _create_singleton(self, ctx: Context) -> Any:
@@ -691,12 +740,10 @@ class Dependency:
 
     async def _call(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
         if self.is_asyncgen:
-            if ctx.stack is None:
-                ctx.stack = contextlib.AsyncExitStack()
-            return await ctx.stack.enter_async_context(contextlib.asynccontextmanager(self.call)(**kwargs))
+            stack = ctx.exit_stack(self.early)
+            return await stack.enter_async_context(contextlib.asynccontextmanager(self.call)(**kwargs))
         if self.is_gen:
-            if ctx.stack is None:
-                ctx.stack = contextlib.AsyncExitStack()
+            stack = ctx.exit_stack(self.early)
             manager = contextlib.contextmanager(self.call)(**kwargs)
             pool = ctx.app.endpoint_pool
             value = await pool.run_merging_context(manager.__enter__)
@@ -704,7 +751,7 @@ class Dependency:
             async def exit_in_thread(*exc_info: Any) -> bool:
                 return bool(await pool.run(manager.__exit__, *exc_info))
 
-            ctx.stack.push_async_exit(exit_in_thread)
+            stack.push_async_exit(exit_in_thread)
             return value
         if self.is_async:
             return await self.call(**kwargs)
@@ -721,15 +768,17 @@ def compile_dependency(
     scope: str | None = None,
     use_cache: bool = True,
     strict: bool = True,
+    exit_scope: str | None = None,
 ) -> Dependency:
-    """Compile ``call`` and, recursively, its own dependencies; a cycle is a TypeError here, not later."""
+    """Compile ``call`` and, recursively, its own dependencies; a cycle, or exit code after the response that
+    needs a value closed before it, is a TypeError here, not later."""
     if call in stack:
         chain = " -> ".join(_qualname(c) for c in (*stack, call))
         raise TypeError(f"Circular dependency detected while resolving '{_qualname(call)}': {chain}")
     if scope is None:
         scope = injectable_scope(call) or SCOPE_REQUEST
     plan = _compile_plan(call, path_names, (*stack, call), strict)
-    return Dependency(call, plan, scope, use_cache)
+    return Dependency(call, plan, scope, use_cache, exit_scope)
 
 
 # --- classification --------------------------------------------------------------------------------------
@@ -776,8 +825,10 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
                 target = _unwrap_optional(tp)[0]
                 if not callable(target) or tp is _EMPTY:
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
-            use_cache = default.use_cache if isinstance(default, Depends) else True
-            dep = compile_dependency(target, path_names, stack, use_cache=use_cache, strict=strict)
+            use_cache, exit_scope = (default.use_cache, default.scope) if isinstance(default, Depends) else (True, None)
+            dep = compile_dependency(
+                target, path_names, stack, use_cache=use_cache, strict=strict, exit_scope=exit_scope
+            )
             dependencies.append(dep)
             steps.append((name, dep.resolve, True))
             continue

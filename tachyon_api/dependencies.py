@@ -6,14 +6,19 @@ registered, and :class:`tachyon_api.compiler.Dependency` resolves it per request
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar, overload
+from typing import Any, Callable, Literal, TypeVar, overload
 
-__all__ = ["Depends", "injectable", "SCOPE_SINGLETON", "SCOPE_REQUEST", "SCOPE_TRANSIENT"]
+__all__ = ["Depends", "injectable", "SCOPE_SINGLETON", "SCOPE_REQUEST", "SCOPE_TRANSIENT", "SCOPE_FUNCTION"]
 
 SCOPE_SINGLETON = "singleton"
 SCOPE_REQUEST = "request"
 SCOPE_TRANSIENT = "transient"
 _SCOPES = (SCOPE_SINGLETON, SCOPE_REQUEST, SCOPE_TRANSIENT)
+# When the exit code of a ``yield`` dependency runs (``Depends(..., scope=...)``, FastAPI's words): "request"
+# after the response (the default), "function" when the endpoint has returned and its durable tasks are stored,
+# before the response. @injectable's scope (how many instances) is a separate setting of a class.
+SCOPE_FUNCTION = "function"
+_EXIT_SCOPES = (SCOPE_FUNCTION, SCOPE_REQUEST)
 
 C = TypeVar("C", bound=type)
 
@@ -23,13 +28,29 @@ class Depends:
 
     ``Depends()`` without an argument injects the parameter's annotated class. ``use_cache=False`` calls the
     dependency again each time it is needed within one request.
+
+    ``scope`` says when the exit code of a ``yield`` dependency runs, as in FastAPI: ``"request"`` (default)
+    after the response has been sent; ``"function"`` right after the endpoint returned and its durable tasks
+    were stored, before the response, so a transaction commits only when its tasks are safe (and rolls back,
+    with the store's failure raised at its ``yield``, when they are not). It changes nothing for dependencies
+    without exit code.
     """
 
-    __slots__ = ("dependency", "use_cache")
+    __slots__ = ("dependency", "use_cache", "scope")
 
-    def __init__(self, dependency: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+    def __init__(
+        self,
+        dependency: Callable[..., Any] | None = None,
+        *,
+        use_cache: bool = True,
+        scope: Literal["function", "request"] | None = None,
+    ) -> None:
+        if scope is not None and scope not in _EXIT_SCOPES:
+            hint = " (singleton and transient are scopes of @injectable classes)" if scope in _SCOPES else ""
+            raise ValueError(f"Invalid Depends scope {scope!r}; use 'function' or 'request'{hint}")
         self.dependency = dependency
         self.use_cache = use_cache
+        self.scope = scope
 
     def __repr__(self) -> str:
         name = getattr(self.dependency, "__name__", repr(self.dependency))

@@ -2,7 +2,10 @@
 
 The life of a request after the app matched it (:func:`build_handler`): run the compiled plan (extract the
 parameters, resolve dependencies), call the endpoint (off the loop if it is sync), render the return value,
-send it, hand the background tasks to the app's runner, then run dependency cleanups.
+store its durable tasks, run the exit code of ``Depends(..., scope="function")`` dependencies (commit, or
+roll back with the failure raised at their ``yield``), send the response, run the other dependency cleanups,
+then hand the in-process tasks to the app's runner. A failure up to the exits of the function scope still
+chooses the response; after that it can only be logged.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from .background import collect, has_durable, store_durable
+from .background import BackgroundTask, collect, has_durable, store_durable
 from .compiler import Context, compile_dependency, compile_endpoint
 from .dependencies import Depends
 from .exceptions import RequestValidationError
@@ -26,6 +29,7 @@ __all__ = ["Route", "Router", "PathTree"]
 F = TypeVar("F", bound=Callable[..., Any])
 Handler = Callable[[dict, Any, Any, Sequence[str]], Awaitable[None]]
 logger = logging.getLogger("tachyon_api.errors")
+task_logger = logging.getLogger("tachyon_api.background")
 WAIT_FOR_TASKS = "tachyon.wait_for_background"  # scope["extensions"] key our test clients set
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _NONE: list[str] = []  # shared "no values / no allowed methods" result of a lookup; never mutated
@@ -294,7 +298,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     strict = route.options.get("strict", app.strict)  # per route: @app.post(..., strict=False)
     plan = compile_endpoint(func, path_names, strict)
     guards = [
-        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache, strict=strict)
+        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache, strict=strict, exit_scope=dep.scope)
         for dep in route.dependencies
         if dep.dependency is not None
     ]
@@ -328,12 +332,19 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             else:
                 response = result
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
-            if tasks:
-                if has_durable(tasks):  # stored now, before the response: a 2xx means they are in Redis
-                    tasks = await store_durable(tasks, scope["method"], scope["path"])
-                if runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
-                    tasks = []  # dropped by the overflow policy (logged)
+            stored = tasks if tasks and has_durable(tasks) else None
+            if stored:  # stored now, before the response: a 2xx means they are in Redis
+                tasks = await store_durable(stored, scope["method"], scope["path"])
+            if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
+                await _exit_function_scope(ctx, stored)
+            if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
+                tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
+            if ctx is not None and ctx.early is not None:  # roll back, with the failure raised at the yield
+                try:
+                    await ctx.exit_function_scope(exc)
+                except Exception as error:  # what the exit code raised (e.g. an HTTPException) is the answer
+                    exc = error
             try:
                 await app.send_error(scope, receive, send, exc)
             finally:
@@ -363,3 +374,20 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                         await inline
 
     return handle
+
+
+async def _exit_function_scope(ctx: Context, stored: list[BackgroundTask] | None) -> None:
+    """The exits of the function scope after success. If one fails (a commit), the client gets the error, and
+    the durable tasks stored just before run against data that was never committed: say so in the log."""
+    try:
+        await ctx.exit_function_scope(None)
+    except Exception:
+        if stored:
+            task_logger.warning(
+                "Durable task(s) %s of request %s %s were stored, then a scope='function' dependency failed on "
+                "exit: they will not find what this request wrote (tasks load data by id and do nothing when "
+                "it is absent)",
+                ", ".join(task.name for task in stored if task.backend is not None),
+                ctx.scope["method"], ctx.scope["path"],
+            )
+        raise

@@ -13,6 +13,7 @@ import datetime as dt
 import importlib
 import inspect
 import logging
+import re
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
@@ -28,6 +29,8 @@ __all__ = ["RQBackend"]
 
 logger = logging.getLogger("tachyon_api.background")
 F = TypeVar("F", bound=Callable[..., Any])
+# The job ids RQ accepts (rq.job.validate_job_id); anything else would fail at every enqueue, as a 503.
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class RQBackend:
@@ -120,6 +123,31 @@ class RQBackend:
             raise TypeError(
                 f"add_task({func.__qualname__}, ...): the arguments cannot be serialised for the durable queue: {exc}"
             ) from None
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Refuse, at ``with_options``, a value RQ would refuse at every enqueue (a 503 no retry could fix).
+
+        ``options`` holds the durable-only options that were given: ``delay``, ``at``, ``job_id``,
+        ``result_ttl``, ``failure_ttl``.
+        """
+        job_id = options.get("job_id")
+        if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
+            raise TypeError(
+                f"with_options(job_id={job_id!r}): a job id is a non-empty string of letters (A-Z, a-z), digits "
+                f"(0-9), underscores (_) and dashes (-) only"
+            )
+        for key in ("result_ttl", "failure_ttl"):
+            value = options.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"with_options({key}={value!r}): whole seconds (an int; -1 keeps the job forever)")
+        delay = options.get("delay")
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta)):
+                raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
+        at = options.get("at")
+        if at is not None and not isinstance(at, dt.datetime):
+            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
 
     @staticmethod
     def _check_reference(func: Any) -> None:
