@@ -13,10 +13,16 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def blocks(name: str) -> list[tuple[str, str]]:
+def blocks(name: str, section: str | None = None) -> list[tuple[str, str]]:
+    """The Python blocks of a page, or of one of its ``## `` sections (with its sub-sections)."""
     text = (DOCS / name).read_text()
+    start, end = 0, len(text)
+    if section is not None:
+        start = text.index(f"\n## {section}\n")
+        following = text.find("\n## ", start + 1)
+        end = following if following >= 0 else end
     found = []
-    for match in BLOCK.finditer(text):
+    for match in BLOCK.finditer(text, start, end):
         line = text.count("\n", 0, match.start()) + 1
         found.append((f"{name}:{line}", match.group(1)))
     return found
@@ -33,10 +39,22 @@ PAGES = [
     "observability.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
+# Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.
+REDIS_BLOCKS = blocks("durable-tasks.md", "Consistency with your database")
 
 
 def test_the_background_tasks_page_has_examples() -> None:
     assert len(blocks("background-tasks.md")) >= 10
+
+
+def test_the_consistency_section_has_its_example() -> None:
+    assert len(REDIS_BLOCKS) == 1
+
+
+@pytest.mark.parametrize(("where", "code"), REDIS_BLOCKS, ids=[w for w, _ in REDIS_BLOCKS])
+def test_redis_block_runs(where: str, code: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    test_block_runs(where, code)
 
 
 @pytest.mark.parametrize(("where", "code"), DOC_BLOCKS, ids=[w for w, _ in DOC_BLOCKS])

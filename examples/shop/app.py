@@ -3,6 +3,11 @@
 Endpoints write to SQLite and return at once; the slow parts (SMTP, the CSV import, the webhook, the view
 counter) are background tasks from ``tasks.py``. With ``SHOP_TASK_BACKEND=rq`` the same tasks are stored in
 Redis and run by ``tachyon worker examples.shop.app:app`` instead; nothing else changes.
+
+Signup, password reset and order completion write through :func:`transaction`, declared
+``Depends(transaction, scope="function")``: their rows are committed only once their tasks are stored, so a
+503 while Redis is down leaves nothing behind and the retry starts from scratch. The view counter stays
+in-process (``with_options(durable=False)``): losing a view is fine, answering a product page with a 503 is not.
 """
 
 from __future__ import annotations
@@ -94,6 +99,27 @@ def get_db() -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def transaction() -> Iterator[sqlite3.Connection]:
+    """A connection whose writes commit only if the request succeeds, tasks included.
+
+    Used as ``Depends(transaction, scope="function")``: the code after ``yield`` runs when the endpoint has
+    returned and its durable tasks are stored, before the response. If the endpoint raised, or the tasks could
+    not be stored (``TaskBackendUnavailable``, a 503), that exception is raised at the ``yield`` and nothing
+    the endpoint wrote is kept. The write lock is held until then: one Redis round trip longer than a commit
+    inside the endpoint.
+    """
+    conn = connect()
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    else:
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def validation_error(field: str, message: str) -> RequestValidationError:
     """A 422 with the framework's error body, for a rule the type annotations cannot express."""
     return RequestValidationError([{"loc": ["body", field], "msg": message, "type": "value_error"}])
@@ -123,13 +149,15 @@ class SignupIn(Struct):
 
 
 @app.post("/signup", status_code=201)
-def signup(user: SignupIn, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
+def signup(
+    user: SignupIn, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
+):
+    """The user row is committed after the welcome email is stored: no user without the email task."""
     email = user.email.lower()
     try:
-        with db:  # commit before returning: the task may run (or be picked up by a worker) right away
-            user_id = db.execute(
-                "INSERT INTO users (email, name, created_at) VALUES (?, ?, ?)", (email, user.name, now())
-            ).lastrowid
+        user_id = db.execute(
+            "INSERT INTO users (email, name, created_at) VALUES (?, ?, ?)", (email, user.name, now())
+        ).lastrowid
     except sqlite3.IntegrityError:
         raise HTTPException(409, "A user with this email already exists") from None
     background_tasks.add_task(tasks.send_welcome_email, user_id).with_options(
@@ -140,11 +168,20 @@ def signup(user: SignupIn, background_tasks: BackgroundTasks, db: sqlite3.Connec
 
 # --- 2. password reset: an email with a token ----------------------------------------------------------------
 @app.post("/reset-password")
-def reset_password(email: str, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
-    """The same answer whether or not the account exists, so the endpoint does not reveal who has one."""
+def reset_password(
+    email: str, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
+):
+    """Record the reset request and email its token (made by the task, so it never goes through the queue).
+
+    The same answer whether or not the account exists, so the endpoint does not reveal who has one. The
+    request row is committed only once its email task is stored.
+    """
     user = db.execute("SELECT id FROM users WHERE email = ?", (email.strip().lower(),)).fetchone()
     if user is not None:
-        background_tasks.add_task(tasks.send_password_reset, user["id"]).with_options(
+        reset_id = db.execute(
+            "INSERT INTO password_resets (user_id, created_at) VALUES (?, ?)", (user["id"], now())
+        ).lastrowid
+        background_tasks.add_task(tasks.send_password_reset, reset_id).with_options(
             name="password-reset-email", retries=3, retry_delay=1, timeout=30
         )
     return {"message": "Check your email"}
@@ -236,7 +273,8 @@ def get_product(product_id: str, background_tasks: BackgroundTasks, db: sqlite3.
     row = db.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
     if row is None:
         raise HTTPException(404, "Product not found")  # raised before add_task: no view is counted
-    background_tasks.add_task(tasks.track_view, product_id).with_options(name="track-view")
+    # In-process even when tasks are durable: a lost view is acceptable, a 503 for a product page is not.
+    background_tasks.add_task(tasks.track_view, product_id).with_options(name="track-view", durable=False)
     return product_out(row)
 
 
@@ -296,14 +334,19 @@ def get_order(order_id: int, db: sqlite3.Connection = Depends(get_db)):
 
 
 @app.post("/orders/{order_id}/complete")
-def complete_order(order_id: int, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
-    """Mark the order completed and notify its ``webhook_url``; completing it again sends nothing new."""
-    with db:
-        changed = db.execute(
-            "UPDATE orders SET status = 'completed', completed_at = ? WHERE id = ? AND status != 'completed'",
-            (now(), order_id),
-        ).rowcount
-        row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+def complete_order(
+    order_id: int, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
+):
+    """Mark the order completed and notify its ``webhook_url``; completing it again sends nothing new.
+
+    The new status is committed only once the webhook task is stored: if it cannot be, the order stays
+    pending and the client's retry completes it (and sends the webhook) then.
+    """
+    changed = db.execute(
+        "UPDATE orders SET status = 'completed', completed_at = ? WHERE id = ? AND status != 'completed'",
+        (now(), order_id),
+    ).rowcount
+    row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
     if row is None:
         raise HTTPException(404, "Order not found")
     if changed:

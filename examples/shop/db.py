@@ -28,9 +28,10 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS password_resets (
     id          INTEGER PRIMARY KEY,
     user_id     INTEGER NOT NULL REFERENCES users(id),
-    token_hash  TEXT NOT NULL UNIQUE,
+    token_hash  TEXT UNIQUE,            -- set by the email task, with expires_at and sent_at
     created_at  TEXT NOT NULL,
-    expires_at  TEXT NOT NULL
+    expires_at  TEXT,
+    sent_at     TEXT
 );
 CREATE TABLE IF NOT EXISTS products (
     id          TEXT PRIMARY KEY,

@@ -8,6 +8,11 @@ pickled arguments, and an id still means the same row when the worker picks the 
 Delivery of durable tasks is at least once, so each task is safe to run twice: the welcome email checks a
 "sent" marker, the import upserts by SKU, the webhook carries a stable delivery id that the receiver
 de-duplicates on.
+
+A durable task is stored before the request's transaction commits (``Depends(transaction,
+scope="function")`` in ``app.py``), so in the rare case where that commit fails the task runs anyway and finds
+nothing: every task loads the current row by id and, when it is absent (or not in the state the request meant
+to commit), logs it and returns normally, so it is neither retried nor reported as failed.
 """
 
 from __future__ import annotations
@@ -64,24 +69,31 @@ def send_welcome_email(user_id: int) -> None:
     logger.info("Welcome email sent to %s", user["email"])
 
 
-def send_password_reset(user_id: int) -> None:
-    """Create a reset token, store its hash, and email the token itself.
+def send_password_reset(reset_id: int) -> None:
+    """Make the token of a reset request, store its hash, and email the token itself.
 
     The token is made here, in the task, rather than in the endpoint: it then never travels through the
-    task queue (Redis, in durable mode), only through the email.
+    task queue (Redis, in durable mode), only through the email. A re-run after a failed send makes a new
+    token (the old one stops working); once the email is sent, a re-run does nothing.
     """
     settings = get_settings()
     with transaction() as conn:
-        user = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        user = conn.execute(
+            "SELECT users.*, password_resets.sent_at FROM password_resets JOIN users ON users.id = user_id "
+            "WHERE password_resets.id = ?",
+            (reset_id,),
+        ).fetchone()
     if user is None:
+        logger.warning("Password reset: request %s does not exist", reset_id)
+        return
+    if user["sent_at"] is not None:
         return
     token = secrets.token_urlsafe(32)
-    created = dt.datetime.now(dt.timezone.utc)
-    expires = created + dt.timedelta(seconds=settings.reset_token_ttl)
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=settings.reset_token_ttl)
     with transaction() as conn:
         conn.execute(
-            "INSERT INTO password_resets (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-            (user_id, hash_token(token), created.isoformat(), expires.isoformat()),
+            "UPDATE password_resets SET token_hash = ?, expires_at = ? WHERE id = ?",
+            (hash_token(token), expires.isoformat(), reset_id),
         )
     minutes = settings.reset_token_ttl // 60
     message = mail.compose(
@@ -94,6 +106,8 @@ def send_password_reset(user_id: int) -> None:
         "-- The shop\n",
     )
     mail.send(message)
+    with transaction() as conn:
+        conn.execute("UPDATE password_resets SET sent_at = ? WHERE id = ?", (now(), reset_id))
     logger.info("Password reset email sent to %s", user["email"])
 
 
@@ -255,8 +269,8 @@ def send_order_webhook(order_id: int) -> None:
     """
     with transaction() as conn:
         row = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
-        if row is None:
-            logger.warning("Webhook: order %s does not exist", order_id)
+        if row is None or row["status"] != "completed":
+            logger.warning("Webhook: order %s does not exist or is not completed", order_id)
             return
         if row["webhook_delivered_at"] is not None:
             return  # already delivered (a re-run of a durable job)
