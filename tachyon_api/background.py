@@ -176,14 +176,14 @@ class BackgroundTask:
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
-        marked = None if local else getattr(func, "__tachyon_backend__", None)
-        if marked is not None:
-            backend, defaults = marked
+        marked = getattr(func, "__tachyon_backend__", None)
+        if marked is not None and not local:
+            backend = marked[0]
         self.backend = backend
         if backend is not None:
             backend.check(func, args, kwargs)
-            if marked is not None:
-                self.with_options(**defaults)
+        if marked is not None:  # the mark's defaults; in-process, those that only mean something in RQ drop
+            self.with_options(**{k: v for k, v in marked[1].items() if backend is not None or k not in _DURABLE_ONLY})
 
     def with_options(
         self,
@@ -203,8 +203,8 @@ class BackgroundTask:
 
         ``durable=False`` runs this task in-process after the response even in an app whose tasks are durable
         (or for a function marked ``@backend.task()``): for cheap work whose loss is acceptable, which must not
-        turn a request into a 503 while the task backend is down. ``durable=True`` insists on a durable task
-        (``ValueError`` if there is no backend).
+        turn a request into a 503 while the task backend is down. The durable-only options set so far are
+        dropped. ``durable=True`` insists on a durable task (``ValueError`` if there is no backend).
 
         ``timeout`` (seconds): an async task is cancelled when it passes it; a sync task cannot be stopped, so
         it is reported as overrun (logged, counted in ``timed_out``) and awaited. ``retries``: how many more
@@ -218,9 +218,9 @@ class BackgroundTask:
             if durable and self.backend is None:
                 raise ValueError("durable=True needs a durable backend (Tachyon(task_backend=...) or @backend.task())")
             if not durable and self.backend is not None:
-                if any(getattr(self, key) is not None for key in _DURABLE_ONLY):
-                    raise ValueError(f"durable=False: this task already has durable-only options ({', '.join(_DURABLE_ONLY)})")
                 self.backend = None
+                for key in _DURABLE_ONLY:  # they mean nothing in-process (given with durable=False: an error below)
+                    setattr(self, key, None)
         durable_only = {"delay": delay, "at": at, "job_id": job_id, "result_ttl": result_ttl, "failure_ttl": failure_ttl}
         given = {key: value for key, value in durable_only.items() if value is not None}
         if given:

@@ -191,7 +191,7 @@ def record_task(events: list, name: str) -> None:
 elsewhere = RQBackend(f"redis://127.0.0.1:{free_port()}/0")
 
 
-@elsewhere.task(retries=2)
+@elsewhere.task(retries=2, result_ttl=60)
 def marked_task(name: str) -> None:
     """Durable on ``elsewhere`` wherever it is added, unless a call says ``durable=False``."""
 
@@ -379,16 +379,23 @@ def test_durable_false_keeps_a_task_in_process(redis_url: str) -> None:
     backend = RQBackend(redis_url)
     tasks = BackgroundTasks(backend=backend)
     assert tasks.add_task(print, "x").with_options(durable=False).backend is None
-    assert BackgroundTasks().add_task(marked_task, "x").backend is elsewhere
-    in_process = tasks.with_options(durable=False, retries=1).add_task(marked_task, "x")
-    assert in_process.backend is None and in_process.retries == 1
+    durable = BackgroundTasks().add_task(marked_task, "x")
+    assert (durable.backend, durable.retries, durable.result_ttl) == (elsewhere, 2, 60)
+    for in_process in (
+        tasks.with_options(durable=False).add_task(marked_task, "x"),
+        tasks.add_task(marked_task, "x").with_options(durable=False),
+    ):  # the same either way: the mark's retries kept, its RQ-only result_ttl dropped
+        assert (in_process.backend, in_process.retries, in_process.result_ttl) == (None, 2, None)
+    assert tasks.with_options(durable=False, retries=1).add_task(marked_task, "x").retries == 1
     closure = tasks.with_options(durable=False).add_task(lambda: None)  # not checked for a worker
     assert closure.backend is None
-    with pytest.raises(ValueError, match="durable=False: this task already has durable-only options"):
-        tasks.add_task(print, "x").with_options(job_id="a").with_options(durable=False)
+    dropped = tasks.add_task(print, "x").with_options(job_id="a", result_ttl=5).with_options(durable=False)
+    assert (dropped.backend, dropped.job_id, dropped.result_ttl) == (None, None, None)
+    with pytest.raises(ValueError, match="job_id need a durable task"):
+        tasks.add_task(print, "x").with_options(job_id="a", durable=False)
     with pytest.raises(ValueError, match="durable=True needs a durable backend"):
         BackgroundTasks().add_task(print).with_options(durable=True)
-    assert len(tasks) == 4
+    assert len(tasks) == 7
 
 
 def test_in_process_tasks_run_while_redis_is_down() -> None:
