@@ -221,8 +221,8 @@ class BackgroundTask:
                 self.backend = None
                 for key in _DURABLE_ONLY:  # they mean nothing in-process (given with durable=False: an error below)
                     setattr(self, key, None)
-        durable_only = {"delay": delay, "at": at, "job_id": job_id, "result_ttl": result_ttl, "failure_ttl": failure_ttl}
-        given = {key: value for key, value in durable_only.items() if value is not None}
+        durable_only = zip(_DURABLE_ONLY, (delay, at, job_id, result_ttl, failure_ttl))
+        given = {key: value for key, value in durable_only if value is not None}
         if given:
             if self.backend is None:
                 raise ValueError(f"{', '.join(given)} need a durable task (Tachyon(task_backend=...) or @backend.task())")

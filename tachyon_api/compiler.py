@@ -662,7 +662,9 @@ class Dependency:
     __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name", "exit_scope",
                  "early", "uses_early", "cache_key")
 
-    def __init__(self, call: Any, plan: Plan, scope: str | None, use_cache: bool, exit_scope: str | None = None) -> None:
+    def __init__(
+        self, call: Any, plan: Plan, scope: str | None, use_cache: bool, exit_scope: str | None = None
+    ) -> None:
         self.call = call
         self.plan = plan
         target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)

@@ -332,11 +332,11 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             else:
                 response = result
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
-            stored = tasks if tasks and has_durable(tasks) else None
-            if stored:  # stored now, before the response: a 2xx means they are in Redis
-                tasks = await store_durable(stored, scope["method"], scope["path"])
+            durable = tasks if tasks and has_durable(tasks) else None
+            if durable:  # stored now, before the response: a 2xx means they are in Redis
+                tasks = await store_durable(durable, scope["method"], scope["path"])
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
-                await _exit_function_scope(ctx, stored)
+                await _exit_function_scope(ctx, durable)
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                 tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:

@@ -304,7 +304,7 @@ def test_exit_code_of_the_function_scope_chooses_the_response() -> None:
 
 
 def test_scope_is_checked_at_registration() -> None:
-    with pytest.raises(ValueError, match="use 'function' or 'request' .singleton and transient are scopes of @injectable"):
+    with pytest.raises(ValueError, match="use 'function' or 'request' .singleton and transient are scopes of"):
         Depends(print, scope="singleton")  # type: ignore[arg-type]
 
     def session():
@@ -362,7 +362,7 @@ def test_options_rq_would_refuse_are_a_type_error_at_with_options(redis_url: str
     tasks = BackgroundTasks(backend=RQBackend(redis_url))
     task = tasks.add_task(print, "x")
     for bad in ("order 1", "order:1", "", "ordre-é", 12):
-        with pytest.raises(TypeError, match=r"letters \(A-Z, a-z\), digits \(0-9\), underscores \(_\) and dashes \(-\)"):
+        with pytest.raises(TypeError, match=r"letters \(A-Z, a-z\), digits \(0-9\), underscores \(_\) and dashes"):
             task.with_options(job_id=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="whole seconds"):
         task.with_options(result_ttl=1.5)  # type: ignore[arg-type]
