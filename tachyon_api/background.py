@@ -225,7 +225,8 @@ class BackgroundTask:
         given = {key: value for key, value in durable_only if value is not None}
         if given:
             if self.backend is None:
-                raise ValueError(f"{', '.join(given)} need a durable task (Tachyon(task_backend=...) or @backend.task())")
+                need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
+                raise ValueError(f"{', '.join(given)} {need}")
             self.backend.check_options(given)
         for key, value in given.items():
             setattr(self, key, value)

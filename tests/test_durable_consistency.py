@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from rq import Retry
 
 from tachyon_api import Depends, HTTPException, Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
@@ -91,6 +92,19 @@ def test_shop_writes_nothing_while_redis_is_down_and_the_retry_sends_once(
         assert received is not None and received["attempts"] == 1
         assert len(running.query("SELECT * FROM received_webhooks WHERE order_id = ?", order_id)) == 1
         assert http.get("/stats").json()["durable"]["failed"] == 0
+
+        # What a commit failing after the store leaves behind: tasks whose rows were never committed (for the
+        # order: whose completion was not). Each one logs it and finishes: no retry, no failed job.
+        pending = create_order(running, f"{running.url}/webhooks/receiver")
+        queue = RQBackend(redis_server.url, queue="shop").queue
+        for task, arg in (("send_welcome_email", 9999), ("send_password_reset", 9999), ("send_order_webhook", pending)):
+            queue.enqueue(f"examples.shop.tasks.{task}", arg, retry=Retry(max=3))
+        output = run_worker(tmp_path, {"PYTHONPATH": str(ROOT), **running.env}, SHOP_APP)
+        assert "Welcome email: user 9999 does not exist" in output
+        assert "Password reset: request 9999 does not exist" in output
+        assert f"Webhook: order {pending} does not exist or is not completed" in output
+        durable = http.get("/stats").json()["durable"]
+        assert (durable["failed"], durable["queued"], durable["scheduled"], durable["finished"]) == (0, 0, 0, 6)
         output = running.stop()
         assert output.count("Could not store durable task(s)") == 3
     finally:
