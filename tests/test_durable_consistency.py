@@ -286,16 +286,19 @@ def test_a_failed_store_is_raised_at_the_yield_and_nothing_runs(caplog: pytest.L
 
 
 def test_exit_code_of_the_function_scope_chooses_the_response() -> None:
-    """A commit error translated at the yield (here a 409) is what the client gets; later exits see it too."""
+    """A commit error translated at the yield (here a 409) is what the client gets; later exits see it too.
+    An async generator, a route guard and a 422 go through the same function-scope exits."""
     seen: list[str] = []
 
-    def tx():
+    async def tx(fail: bool = False):
         try:
             yield
-        except HTTPException:
+        except Exception as exc:
+            seen.append(f"rollback {type(exc).__name__}")
             raise
-        else:
+        if fail:
             raise HTTPException(409, "Already exists")  # e.g. a unique constraint checked at commit
+        seen.append("commit")
 
     def request_scoped():
         try:
@@ -311,10 +314,19 @@ def test_exit_code_of_the_function_scope_chooses_the_response() -> None:
         background_tasks.add_task(seen.append, "task")
         return {"ok": True}
 
+    @app.post("/guarded", dependencies=[Depends(tx, scope="function")])
+    def guarded(count: int):
+        seen.append("endpoint")
+        return {"count": count}
+
     client = client_for(app)
-    response = client.post("/thing")
+    response = client.post("/thing?fail=true")
     assert (response.status_code, response.json()) == (409, {"detail": "Already exists"})
     assert seen == ["request exit 409"]  # the in-process task of a failed request does not run
+    seen.clear()
+    assert client.post("/guarded?count=2").json() == {"count": 2}
+    assert client.post("/guarded?count=two").status_code == 422
+    assert seen == ["endpoint", "commit", "rollback RequestValidationError"]
 
 
 def test_scope_is_checked_at_registration() -> None:
