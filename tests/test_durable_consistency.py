@@ -50,6 +50,7 @@ def test_shop_writes_nothing_while_redis_is_down_and_the_retry_sends_once(
         SHOP_TASK_BACKEND="rq",
         SHOP_REDIS_URL=redis_server.url,
         SHOP_WEBHOOK_RETRY_DELAY="0",  # RQ retries with a delay need a worker --with-scheduler
+        SHOP_COMMIT_GRACE="0.5",  # how long a task looks for a row that was never committed
     )
     try:
         http = running.http

@@ -38,6 +38,7 @@ class Settings:
     redis_url: str
     queue: str
     shutdown_timeout: float
+    commit_grace: float  # seconds a task waits for the row of its request's commit before giving up
 
     @property
     def local_smtp(self) -> bool:
@@ -73,6 +74,7 @@ class Settings:
             redis_url=_env("SHOP_REDIS_URL", "redis://127.0.0.1:6379/0"),
             queue=_env("SHOP_QUEUE", "shop"),
             shutdown_timeout=float(_env("SHOP_SHUTDOWN_TIMEOUT", "25")),
+            commit_grace=float(_env("SHOP_COMMIT_GRACE", "5")),
         )
 
 

@@ -10,9 +10,11 @@ Delivery of durable tasks is at least once, so each task is safe to run twice: t
 de-duplicates on.
 
 A durable task is stored before the request's transaction commits (``Depends(transaction,
-scope="function")`` in ``app.py``), so in the rare case where that commit fails the task runs anyway and finds
-nothing: every task loads the current row by id and, when it is absent (or not in the state the request meant
-to commit), logs it and returns normally, so it is neither retried nor reported as failed.
+scope="function")`` in ``app.py``). So a worker may pick it up a few milliseconds before that commit is
+visible, and in the rare case where the commit fails the task runs anyway and finds nothing. Every task loads
+its row by id through :func:`committed_row`, which waits up to ``SHOP_COMMIT_GRACE`` seconds for the row (in
+the state the request committed); when it is still absent, the task logs it and returns normally, so it is
+neither retried nor reported as failed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
+import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -46,11 +51,28 @@ def format_cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+def committed_row(
+    sql: str, params: tuple, ready: Callable[[sqlite3.Row], bool] = lambda row: True
+) -> sqlite3.Row | None:
+    """The row a task was given the id of, once the request that stored the task has committed it.
+
+    The task was stored just *before* that commit, so a fast worker may look first: re-check until the row is
+    there and ``ready`` (in the state the request committed), for up to ``commit_grace`` seconds. None (or
+    the row as it is) after that: the commit failed, and the task has nothing to do.
+    """
+    deadline = time.monotonic() + get_settings().commit_grace
+    while True:
+        with transaction() as conn:
+            row = conn.execute(sql, params).fetchone()
+        if (row is not None and ready(row)) or time.monotonic() >= deadline:
+            return row
+        time.sleep(0.05)
+
+
 # --- emails ------------------------------------------------------------------------------------------------
 def send_welcome_email(user_id: int) -> None:
     """Email the welcome message to a new user, once (the ``welcome_sent_at`` marker makes a re-run a no-op)."""
-    with transaction() as conn:
-        user = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+    user = committed_row("SELECT * FROM users WHERE id = ?", (user_id,))
     if user is None:
         logger.warning("Welcome email: user %s does not exist", user_id)
         return
@@ -77,12 +99,11 @@ def send_password_reset(reset_id: int) -> None:
     token (the old one stops working); once the email is sent, a re-run does nothing.
     """
     settings = get_settings()
-    with transaction() as conn:
-        user = conn.execute(
-            "SELECT users.*, password_resets.sent_at FROM password_resets JOIN users ON users.id = user_id "
-            "WHERE password_resets.id = ?",
-            (reset_id,),
-        ).fetchone()
+    user = committed_row(
+        "SELECT users.*, password_resets.sent_at FROM password_resets JOIN users ON users.id = user_id "
+        "WHERE password_resets.id = ?",
+        (reset_id,),
+    )
     if user is None:
         logger.warning("Password reset: request %s does not exist", reset_id)
         return
@@ -267,13 +288,13 @@ def send_order_webhook(order_id: int) -> None:
     the order (``webhook_attempts``, ``webhook_last_error``). The delivery id is the same on every attempt,
     so the receiver can ignore a duplicate.
     """
+    row = committed_row("SELECT * FROM orders WHERE id = ?", (order_id,), lambda row: row["status"] == "completed")
+    if row is None or row["status"] != "completed":
+        logger.warning("Webhook: order %s does not exist or is not completed", order_id)
+        return
+    if row["webhook_delivered_at"] is not None:
+        return  # already delivered (a re-run of a durable job)
     with transaction() as conn:
-        row = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
-        if row is None or row["status"] != "completed":
-            logger.warning("Webhook: order %s does not exist or is not completed", order_id)
-            return
-        if row["webhook_delivered_at"] is not None:
-            return  # already delivered (a re-run of a durable job)
         conn.execute("UPDATE orders SET webhook_attempts = webhook_attempts + 1 WHERE id = ?", (order_id,))
     order = dict(row)
     delivery_id = f"order-{order_id}-completed"
