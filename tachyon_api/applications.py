@@ -309,6 +309,12 @@ class Tachyon(RouteDecorators):
             await self.background.shutdown()
         except Exception as exc:
             errors.append(exc)
+        close = getattr(self.task_backend, "aclose", None)
+        if close is not None:  # every request has been answered: its Redis connection can go
+            try:
+                await close()
+            except Exception as exc:
+                errors.append(exc)
         if self._lifespan_context is not None:
             context, self._lifespan_context = self._lifespan_context, None
             try:

@@ -359,10 +359,12 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
     return False
 
 
-async def store_durable(tasks: list[BackgroundTask], method: str, path: str) -> list[BackgroundTask]:
+async def store_durable(tasks: list[BackgroundTask], scope: dict) -> list[BackgroundTask]:
     """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
 
-    Raises ``TaskBackendUnavailable`` (a 503 for the client) if a backend cannot store them.
+    The request's ``Idempotency-Key`` header, if any, is passed on: a retried request stores its tasks once.
+    Raises ``TaskBackendUnavailable`` (503: nothing stored) or ``TaskOutcomeUnknown`` (503: maybe stored) if a
+    backend cannot store them.
     """
     durable: dict[Any, list[BackgroundTask]] = {}
     local: list[BackgroundTask] = []
@@ -371,8 +373,13 @@ async def store_durable(tasks: list[BackgroundTask], method: str, path: str) -> 
             local.append(task)
         else:
             durable.setdefault(task.backend, []).append(task)
+    key = None
+    for name, value in scope.get("headers") or ():
+        if name == b"idempotency-key":
+            key = value.decode("latin-1")
+            break
     for backend, group in durable.items():
-        await backend.store(group, method, path)
+        await backend.store(group, scope["method"], scope["path"], key)
     return local
 
 

@@ -80,13 +80,33 @@ class RequestTooLarge(RequestError):
 
 
 class TaskBackendUnavailable(RequestError):
-    """A durable background task could not be stored (its backend is down): 503, so no 2xx lies."""
+    """A durable background task could not be stored (its backend is down): 503, so no 2xx lies.
+
+    Nothing of the request was stored, so the client may simply retry.
+    """
 
     status_code = 503
     code = "TASK_BACKEND_UNAVAILABLE"
 
     def __init__(self) -> None:
         super().__init__("Background task could not be stored; try again later")
+
+
+class TaskOutcomeUnknown(RequestError):
+    """The durable tasks were sent to the backend but its answer was lost: they may or may not be stored.
+
+    Still a 503 (the request did not complete), with its own code, because a plain retry could store the tasks
+    twice: retry with the same ``Idempotency-Key`` header, which stores them once.
+    """
+
+    status_code = 503
+    code = "TASK_OUTCOME_UNKNOWN"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Background task may or may not have been stored (the task backend did not answer); "
+            "retry with the same Idempotency-Key header"
+        )
 
 
 class ResponseValidationError(Exception):

@@ -5,25 +5,35 @@
 response is sent, after the endpoint returned, so a 2xx means the task is stored; if Redis cannot be reached
 the client gets a 503 and the failure is logged. Workers run with ``tachyon worker module:app`` (or plain
 ``rq worker``). Delivery is at least once: make durable tasks idempotent.
+
+Requests store their jobs through a group commit (``commit.py``): the requests ready at the same moment share
+one round trip, one run of ``_SCRIPT``. The script writes exactly the keys RQ's own ``enqueue`` writes (the job
+hash, the queue list or the scheduled registry, the set of queues); the job hash is RQ's ``Job.to_dict()``,
+built by RQ once per task function and options (``_JobTemplate``), so only the id, the pickled call and the
+timestamps are made per job.
 """
 
 from __future__ import annotations
 
+import asyncio
+import calendar
 import datetime as dt
+import hashlib
 import importlib
 import inspect
 import logging
 import re
+import uuid
 import weakref
+import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
-
-from ..concurrency import ThreadPool
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
     from ..background import BackgroundTask
+    from .commit import GroupCommit
 
 __all__ = ["RQBackend"]
 
@@ -32,13 +42,45 @@ F = TypeVar("F", bound=Callable[..., Any])
 # The job ids RQ accepts (rq.job.validate_job_id); anything else would fail at every enqueue, as a 503.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
+# One run stores the jobs of every request of a group commit. ARGV: the key of RQ's set of queues, this queue's
+# key, the number of requests, then per request: its idempotency marker key ("" for none), the marker's
+# time-to-live, its number of jobs, and per job: job key, job id, unique ("1": skip if the job key exists, as
+# RQ's ``unique=True``), target (queue list, or scheduled registry when a time is given), time ("" for now),
+# the number of hash arguments, then the hash's fields and values. Returns per request -1 (stored before under
+# its idempotency key: nothing written) or a list of 1 (stored) / 0 (a job with that id exists) per job.
+_SCRIPT = """
+redis.call('SADD', ARGV[1], ARGV[2])
+local a, out = 4, {}
+for r = 1, tonumber(ARGV[3]) do
+  local marker, ttl, jobs = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local again = marker ~= '' and not redis.call('SET', marker, '1', 'NX', 'EX', ttl)
+  local flags = {}
+  for j = 1, jobs do
+    local key, id, unique, target, at, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+    if again or (unique == '1' and redis.call('EXISTS', key) == 1) then
+      flags[j] = 0
+    else
+      redis.call('HSET', key, unpack(ARGV, a + 6, a + 5 + n))
+      if at == '' then redis.call('RPUSH', target, id) else redis.call('ZADD', target, at, id) end
+      flags[j] = 1
+    end
+    a = a + 6 + n
+  end
+  if again then out[r] = -1 else out[r] = flags end
+end
+return out
+"""
+
 
 class RQBackend:
     """Store background tasks in the RQ queue ``queue`` of the Redis at ``redis_url``.
 
     ``default_timeout`` (seconds) bounds each job in the worker (RQ's ``job_timeout``; RQ's default is 180 s);
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out
-    after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, off the event loop.
+    after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
+    event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method and
+    path) for ``idempotency_ttl`` seconds.
     """
 
     def __init__(
@@ -50,7 +92,7 @@ class RQBackend:
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
-        threads: int = 8,
+        idempotency_ttl: int = 86_400,
     ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
@@ -58,7 +100,9 @@ class RQBackend:
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.socket_timeout = socket_timeout
-        self._pool = ThreadPool(threads, "tachyon-rq")
+        self.idempotency_ttl = idempotency_ttl
+        self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
+        self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
         self._verified: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
@@ -169,48 +213,128 @@ class RQBackend:
             raise TypeError(f"add_task({name}): {module}.{name} does not import back to this function")
 
     # --- storing ---------------------------------------------------------------------------------------
-    async def store(self, tasks: Sequence["BackgroundTask"], method: str, path: str) -> None:
-        """Enqueue the tasks (in a worker thread); raises ``TaskBackendUnavailable`` if Redis fails."""
-        from ..exceptions import TaskBackendUnavailable
+    async def store(
+        self, tasks: Sequence["BackgroundTask"], method: str, path: str, idempotency_key: str | None = None
+    ) -> None:
+        """Store one request's tasks in Redis, all or none, before its response is sent.
 
+        The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
+        request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
+        a request already stored under the same key, method and path stores nothing again.
+
+        Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry) and ``TaskOutcomeUnknown``
+        when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only).
+        """
+        from ..exceptions import TaskBackendUnavailable, TaskOutcomeUnknown
+        from .commit import NotStored, OutcomeUnknown
+
+        chunks, count = self._entry(tasks, method, path, idempotency_key)
         try:
-            await self._pool.run(self._enqueue_all, tasks)
-        except Exception as exc:
+            reply = await self._group_commit().commit(chunks, count)
+        except (NotStored, OutcomeUnknown) as exc:
             names = ", ".join(task.name for task in tasks)
+            unknown = isinstance(exc, OutcomeUnknown)
             logger.error(
-                "Could not store durable task(s) %s of request %s %s in %s", names, method, path, self.redis_url,
+                "%s durable task(s) %s of request %s %s in %s: %s",
+                "Outcome unknown for" if unknown else "Could not store", names, method, path, self.redis_url, exc,
                 exc_info=exc,
             )
-            raise TaskBackendUnavailable() from exc
+            raise (TaskOutcomeUnknown() if unknown else TaskBackendUnavailable()) from exc
+        if reply == -1:
+            logger.info(
+                "Request %s %s with idempotency key %r was stored before: its durable task(s) are not stored again",
+                method, path, idempotency_key,
+            )
+            return
+        for task, stored in zip(tasks, reply):
+            if not stored:
+                logger.info("Durable task %s with job id %s is already queued", task.name, task.job_id)
 
-    def _enqueue_all(self, tasks: Sequence["BackgroundTask"]) -> None:
-        """One request's tasks, in one Redis transaction: all stored, or none (then the client gets a 503 and
-        may retry without duplicates). Tasks with a ``job_id`` go first, one by one, as RQ checks their
-        uniqueness against Redis."""
-        from rq.exceptions import DuplicateJobError
+    def _group_commit(self) -> "GroupCommit":
+        """The group commit of the running event loop (asyncio connections belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        commit = self._commits.get(loop)
+        if commit is None:
+            from redis.asyncio import ConnectionPool
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
-        plain = [task for task in tasks if task.job_id is None]
+            from .commit import GroupCommit, bulk
+
+            # No retries inside redis-py: a retried write could be stored twice; the next commit reconnects.
+            pool = ConnectionPool.from_url(
+                self.redis_url, socket_connect_timeout=self.socket_timeout, socket_timeout=self.socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            prologue = [bulk(self.queue.redis_queues_keys.encode()), bulk(self.queue.key.encode())]
+            commit = self._commits[loop] = GroupCommit(pool.make_connection, _SCRIPT, prologue)
+        return commit
+
+    async def aclose(self) -> None:
+        """Close this event loop's Redis connection (the app calls it at shutdown for its ``task_backend``)."""
+        commit = self._commits.pop(asyncio.get_running_loop(), None)
+        if commit is not None:
+            await commit.aclose()
+
+    def _entry(
+        self, tasks: Sequence["BackgroundTask"], method: str, path: str, idempotency_key: str | None
+    ) -> tuple[list[bytes], int]:
+        """One request's arguments to ``_SCRIPT``: its idempotency marker, then each job (see the script)."""
+        from rq.utils import now, utcformat
+
+        from .commit import bulk
+
+        if idempotency_key is None:
+            chunks = [b"$0\r\n\r\n$1\r\n0\r\n"]
+        else:
+            digest = hashlib.sha256(f"{self.queue_name}\0{method}\0{path}\0{idempotency_key}".encode()).hexdigest()
+            chunks = [bulk(f"tachyon:idempotency:{digest}".encode()), bulk(b"%d" % self.idempotency_ttl)]
+        chunks.append(bulk(b"%d" % len(tasks)))
+        count = 3
+        stamp = bulk(utcformat(now()).encode())
         for task in tasks:
-            if task.job_id is not None:
-                try:
-                    self.enqueue(task)
-                except DuplicateJobError:
-                    logger.info("Durable task %s with job id %s is already queued", task.name, task.job_id)
-        if len(plain) == 1:
-            self.enqueue(plain[0])
-        elif plain:
-            with self.redis.pipeline() as pipe:
-                for task in plain:
-                    self.enqueue(task, pipeline=pipe)
-                pipe.execute()
+            when = _when(task)
+            template = self._template(task, when is not None)
+            job_id = task.job_id if task.job_id is not None else str(uuid.uuid4())
+            data = zlib.compress(template.dumps((template.func_name, None, task.args, task.kwargs)))
+            chunks += (
+                bulk(template.key_prefix + job_id.encode()),
+                bulk(job_id.encode()),
+                b"$1\r\n1\r\n" if task.job_id is not None else b"$1\r\n0\r\n",
+                template.target,
+                bulk(b"" if when is None else b"%d" % calendar.timegm(_next_second(when).utctimetuple())),
+                template.field_count,
+                b"$4\r\ndata\r\n", bulk(data),
+                b"$10\r\ncreated_at\r\n", stamp,
+            )
+            if when is None:
+                chunks += (b"$11\r\nenqueued_at\r\n", stamp)
+            chunks.append(template.fields)
+            count += template.arg_count
+        return chunks, count
 
-    def enqueue(self, task: "BackgroundTask", pipeline: Any = None) -> Any:
-        """Enqueue one task now (blocking); returns the RQ job. With ``pipeline``, the commands are only
-        queued on it (the caller executes it)."""
+    def _template(self, task: "BackgroundTask", scheduled: bool) -> "_JobTemplate":
+        """What RQ would write for a job of this function and options, built by RQ once and then reused."""
+        options = self._options(task)
+        key = (task.func, scheduled, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        template = self._templates.get(key)
+        if template is None:
+            from rq.job import JobStatus
+
+            if len(self._templates) >= 1024:  # options made per request (a name with an id): no unbounded cache
+                self._templates.clear()
+            status = JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
+            job = self.queue.create_job(task.func, args=(), kwargs={}, status=status, **options)
+            target = self.queue.scheduled_job_registry.key if scheduled else self.queue.key
+            template = self._templates[key] = _JobTemplate(job, target, scheduled)
+        return template
+
+    def _options(self, task: "BackgroundTask") -> dict[str, Any]:
+        """RQ's job options for ``task`` (timeouts, time-to-live, retries, description)."""
         from rq import Retry
 
         options: dict[str, Any] = {
-            "job_timeout": _seconds(task.timeout) or self.default_timeout,
+            "timeout": _seconds(task.timeout) or self.default_timeout,
             "result_ttl": task.result_ttl if task.result_ttl is not None else self.result_ttl,
             "failure_ttl": task.failure_ttl if task.failure_ttl is not None else self.failure_ttl,
             "description": task.name,
@@ -219,20 +343,23 @@ class RQBackend:
             options["retry"] = Retry(
                 max=task.retries, interval=[int(task.retry_delay * 2**n) for n in range(task.retries)]
             )
+        return {key: value for key, value in options.items() if value is not None}
+
+    def enqueue(self, task: "BackgroundTask", pipeline: Any = None) -> Any:
+        """Enqueue one task now with RQ's own API (blocking); returns the RQ job. With ``pipeline``, the
+        commands are only queued on it (the caller executes it). Requests do not use this: see :meth:`store`."""
+        options = self._options(task)
+        options["job_timeout"] = options.pop("timeout", None)
         if task.job_id is not None:
             options["job_id"] = task.job_id
             options["unique"] = True
         if pipeline is not None:
             options["pipeline"] = pipeline
         options = {key: value for key, value in options.items() if value is not None}
-        queue = self.queue
-        when = task.at
-        if task.delay is not None:
-            delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
-            when = dt.datetime.now(dt.timezone.utc) + delay
+        when = _when(task)
         if when is not None:
-            return queue.enqueue_at(_next_second(when), task.func, args=task.args, kwargs=task.kwargs, **options)
-        return queue.enqueue(task.func, args=task.args, kwargs=task.kwargs, **options)
+            return self.queue.enqueue_at(_next_second(when), task.func, args=task.args, kwargs=task.kwargs, **options)
+        return self.queue.enqueue(task.func, args=task.args, kwargs=task.kwargs, **options)
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -271,6 +398,43 @@ class RQBackend:
 
     def __repr__(self) -> str:
         return f"RQBackend({self.redis_url!r}, queue={self.queue_name!r})"
+
+
+class _JobTemplate:
+    """The constant part of a job's hash, as RQ writes it, encoded once: per job only the id, the pickled call
+    and the timestamps change. Taken from ``Job.to_dict()`` of the installed RQ, so the fields follow RQ."""
+
+    __slots__ = ("fields", "field_count", "arg_count", "func_name", "dumps", "key_prefix", "target")
+
+    def __init__(self, job: Any, target: str, scheduled: bool) -> None:
+        from .commit import bulk
+
+        fields = job.to_dict()
+        for varying in ("data", "created_at", "enqueued_at"):
+            fields.pop(varying, None)
+        pairs = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
+        self.fields = b"".join(bulk(_encode(k)) + bulk(_encode(v)) for k, v in fields.items())
+        self.field_count = bulk(b"%d" % (2 * pairs))
+        self.arg_count = 6 + 2 * pairs
+        self.func_name = job.func_name
+        self.dumps = job.serializer.dumps
+        self.key_prefix = job.key[: -len(job.id)].encode()
+        self.target = bulk(target.encode())
+
+
+def _encode(value: Any) -> bytes:
+    """A hash field or value as redis-py would send it (str enums such as RQ's ``JobStatus`` by value)."""
+    if isinstance(value, bytes):
+        return value
+    return str.encode(value) if isinstance(value, str) else str(value).encode()
+
+
+def _when(task: "BackgroundTask") -> dt.datetime | None:
+    """When a delayed task is due (None: run as soon as a worker is free)."""
+    if task.delay is not None:
+        delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
+        return dt.datetime.now(dt.timezone.utc) + delay
+    return task.at
 
 
 def _next_second(when: dt.datetime) -> dt.datetime:
