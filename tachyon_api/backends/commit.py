@@ -118,9 +118,11 @@ class GroupCommit:
                 try:
                     replies = await self._flush(batch)
                 except (NotStored, OutcomeUnknown) as exc:
-                    for entry in batch:
+                    for entry in batch:  # one exception object each: every request logs its own traceback
                         if not entry.future.done():
-                            entry.future.set_exception(exc)
+                            error = type(exc)(*exc.args)
+                            error.__cause__ = exc.__cause__
+                            entry.future.set_exception(error)
                     continue
                 except BaseException as exc:  # a bug or a cancellation: no request may hang on it
                     for entry in batch + self._waiting:

@@ -1,0 +1,337 @@
+"""Group commit of durable tasks: batching, RQ's job layout, Redis faults and idempotent retries.
+
+Real parts only: the app runs under ``tachyon run``, Redis is a real server process (stopped and restarted
+under load in the fault test), and a small asyncio TCP proxy between the app and Redis delays or cuts Redis's
+replies. Jobs are counted in Redis itself; ``tests/test_durable.py`` runs RQ workers on jobs stored this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from tachyon_api.background import BackgroundTasks, RQBackend
+
+from .conftest import assert_error_shape, free_port, start_redis
+
+APP = '''
+import os
+from tachyon_api import Tachyon
+from tachyon_api.background import BackgroundTasks, RQBackend
+
+backend = RQBackend(os.environ["REDIS_URL"], queue=os.environ["QUEUE"], socket_timeout=float(os.environ["TIMEOUT"]))
+app = Tachyon(task_backend=backend)
+
+
+def record(tag, part=0):
+    """Never run here: the tests read the jobs in Redis."""
+
+
+@app.post("/record/{tag}")
+def post_record(tag: str, background_tasks: BackgroundTasks):
+    background_tasks.add_task(record, tag)
+    return {"stored": tag}
+
+
+@app.post("/three/{tag}")
+async def post_three(tag: str, background_tasks: BackgroundTasks):
+    for part in range(3):
+        background_tasks.add_task(record, tag, part)
+    return {"stored": tag}
+'''
+
+
+def jobs_by_tag(redis_url: str, queue: str) -> Counter:
+    """How many jobs of each tag are queued in Redis."""
+    connection = Redis.from_url(redis_url)
+    ids = Queue(queue, connection=connection).get_job_ids()
+    return Counter(job.args[0] for job in Job.fetch_many(ids, connection=connection) if job is not None)
+
+
+def commits(redis_url: str) -> int:
+    """Script runs Redis has served since the last CONFIG RESETSTAT (one per group commit)."""
+    stats = Redis.from_url(redis_url).info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def start_app(serve_process: Any, redis_url: str, queue: str, timeout: float = 5.0) -> Any:
+    return serve_process(APP, env={"REDIS_URL": redis_url, "QUEUE": queue, "TIMEOUT": str(timeout)})
+
+
+async def post_all(url: str, paths: list[str]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(paths))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        return await asyncio.gather(*(client.post(path) for path in paths))
+
+
+def test_requests_ready_together_share_one_round_trip(serve_process: Any, redis_url: str) -> None:
+    server = start_app(serve_process, redis_url, "commit-batch")
+    Redis.from_url(redis_url).config_resetstat()
+    responses = asyncio.run(post_all(server.url, [f"/record/b{i}" for i in range(64)]))
+    assert [r.status_code for r in responses] == [200] * 64
+    assert jobs_by_tag(redis_url, "commit-batch") == Counter({f"b{i}": 1 for i in range(64)})
+    batched = commits(redis_url)
+    assert batched < 48, f"64 concurrent requests took {batched} round trips: they were not grouped"
+
+    # A lone request is not held back to wait for company: one round trip each, answered at once.
+    Redis.from_url(redis_url).config_resetstat()
+    for i in range(5):
+        started = time.perf_counter()
+        assert httpx.post(f"{server.url}/three/lone{i}").status_code == 200
+        assert time.perf_counter() - started < 0.5
+    assert commits(redis_url) == 5
+    assert jobs_by_tag(redis_url, "commit-batch")["lone4"] == 3
+
+
+def stored_task(func: Any, backend: RQBackend, **options: Any) -> Any:
+    return BackgroundTasks(backend=backend).add_task(func, 7, part=1).with_options(**options)
+
+
+def layout_func(tag: Any, part: int = 0) -> None:
+    """A module-level task function (RQ stores it by reference)."""
+
+
+@pytest.mark.parametrize("options", [{}, {"retries": 2, "retry_delay": 1, "timeout": 30, "name": "n"}, {"delay": 60}])
+def test_store_writes_what_rqs_own_enqueue_writes(redis_url: str, options: dict) -> None:
+    """The group commit writes RQ's job layout itself: compare it, field by field, with RQ's ``enqueue``."""
+    queue = f"layout-{len(options)}-{'delay' in options}"
+    backend = RQBackend(redis_url, queue=queue, result_ttl=100)
+    connection = Redis.from_url(redis_url)
+    reference = backend.enqueue(stored_task(layout_func, backend, **options))
+
+    async def store() -> None:
+        await backend.store([stored_task(layout_func, backend, **options)], "POST", "/layout")
+        await backend.aclose()
+
+    asyncio.run(store())
+    scheduled = "delay" in options
+    if scheduled:
+        ids = [i.decode() for i in connection.zrange(backend.queue.scheduled_job_registry.key, 0, -1)]
+    else:
+        ids = backend.queue.get_job_ids()
+    assert len(ids) == 2 and reference.id in ids
+    ours_id = next(i for i in ids if i != reference.id)
+    ours = connection.hgetall(Job.key_for(ours_id))
+    theirs = connection.hgetall(Job.key_for(reference.id))
+    assert set(ours) == set(theirs)
+    for field in theirs:
+        if field == b"data":
+            assert zlib.decompress(ours[field]) == zlib.decompress(theirs[field])
+        elif field not in (b"created_at", b"enqueued_at"):
+            assert ours[field] == theirs[field], field
+    assert connection.sismember(Queue.redis_queues_keys, backend.queue.key)
+    job = Job.fetch(ours_id, connection=connection)
+    assert (job.func_name, job.args, job.kwargs) == (f"{__name__}.layout_func", (7,), {"part": 1})
+    assert job.get_status() == ("scheduled" if scheduled else "queued")
+    connection.delete(Job.key_for(ours_id), Job.key_for(reference.id), backend.queue.key,
+                      backend.queue.scheduled_job_registry.key)
+
+
+def test_redis_killed_and_restarted_under_load_loses_and_duplicates_nothing(
+    serve_process: Any, tmp_path: Path
+) -> None:
+    """SIGKILL a persistent redis-server under load, restart it: every 2xx is a job, no 503 "not stored" is,
+    the app reconnects by itself, and retrying the failed requests with their Idempotency-Key stores each
+    request exactly once."""
+    port = free_port()
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    persistent = ("--appendonly", "yes", "--appendfsync", "always")
+    redis = start_redis(port, data, *persistent)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    server = start_app(serve_process, redis_url, "faults", timeout=1.0)
+    answers: dict[str, tuple[int, str | None]] = {}
+    phase = {"restarted": False, "stop": False}
+
+    async def client(name: str, http: httpx.AsyncClient) -> None:
+        i = 0
+        while not phase["stop"]:
+            tag = f"{name}-{i}"
+            i += 1
+            response = await http.post(f"/record/{tag}", headers={"Idempotency-Key": tag})
+            code = None if response.status_code == 200 else assert_error_shape(response, {503})["code"]
+            answers[tag] = (response.status_code, code)
+            if code is not None:
+                await asyncio.sleep(0.01)
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            clients = [asyncio.create_task(client(f"c{n}", http)) for n in range(12)]
+            await asyncio.sleep(1.0)
+            redis.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(redis.wait, 10)
+            await asyncio.sleep(0.5)
+            restarted.append(await asyncio.to_thread(start_redis, port, data, *persistent))
+            phase["restarted"] = True
+            await asyncio.sleep(1.5)
+            phase["stop"] = True
+            await asyncio.gather(*clients)
+
+    restarted: list[Any] = []
+    try:
+        asyncio.run(load())
+        statuses = Counter(code or "stored" for _, code in answers.values())
+        assert statuses["stored"] > 0 and statuses["TASK_BACKEND_UNAVAILABLE"] > 0, statuses
+        jobs = jobs_by_tag(redis_url, "faults")
+        assert max(jobs.values()) == 1, "a request stored twice"
+        for tag, (status, code) in answers.items():
+            if status == 200:
+                assert jobs[tag] == 1, f"{tag} answered 2xx but is not in Redis"
+            elif code == "TASK_BACKEND_UNAVAILABLE":
+                assert jobs[tag] == 0, f"{tag} answered 'not stored' but is in Redis"
+            else:
+                assert code == "TASK_OUTCOME_UNKNOWN"
+        # Reconnected by itself: the last answers of every client came after the restart, and were 2xx.
+        last = {}
+        for tag, answer in answers.items():
+            name, number = tag.split("-")
+            if int(number) >= last.get(name, (-1, None))[0]:
+                last[name] = (int(number), answer)
+        assert all(answer == (200, None) for _, answer in last.values()), last
+
+        # Retry every request that did not get a 2xx, with the same key: each lands exactly once.
+        failed = [tag for tag, (status, _) in answers.items() if status != 200]
+        for tag in failed:
+            response = httpx.post(f"{server.url}/record/{tag}", headers={"Idempotency-Key": tag}, timeout=30)
+            assert response.status_code == 200
+        jobs = jobs_by_tag(redis_url, "faults")
+        assert jobs == Counter({tag: 1 for tag in answers})
+    finally:
+        for proc in [redis, *restarted]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+class ReplyProxy:
+    """A TCP proxy from the app to redis-server, on its own event loop in a thread.
+
+    ``delay`` holds every reply from Redis back that many seconds; ``refuse()`` cuts every connection and
+    closes new ones at once, so nothing reaches Redis; ``forward()`` goes back to passing everything.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.delay = 0.0
+        self.refusing = False
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        started.wait(5)
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        started.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter, replies: bool) -> None:
+            try:
+                while data := await source.read(65536):
+                    if replies and self.delay:
+                        await asyncio.sleep(self.delay)
+                    target.write(data)
+                    await target.drain()
+            except OSError:
+                pass
+            finally:
+                target.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        self.writers -= {writer, up_writer}
+
+    def refuse(self) -> None:
+        def cut() -> None:
+            self.refusing = True
+            for writer in self.writers:
+                writer.close()
+
+        self.loop.call_soon_threadsafe(cut)
+        time.sleep(0.1)
+
+    def forward(self) -> None:
+        self.refusing = False
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for writer in self.writers:
+                writer.close()
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[ReplyProxy]:
+    proxy = ReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    yield proxy
+    proxy.close()
+
+
+def test_lost_reply_is_outcome_unknown_and_a_retry_with_the_same_key_lands_once(
+    serve_process: Any, redis_url: str, proxy: ReplyProxy
+) -> None:
+    server = start_app(serve_process, f"redis://127.0.0.1:{proxy.port}/0", "unknown", timeout=0.5)
+
+    def post(tag: str, key: str | None = None) -> httpx.Response:
+        headers = {"Idempotency-Key": key} if key else {}
+        return httpx.post(f"{server.url}/three/{tag}", headers=headers, timeout=30)
+
+    proxy.delay = 0.2  # slow but within the timeout: stored, 2xx
+    assert post("slow").status_code == 200
+
+    proxy.delay = 1.5  # Redis applies the write, its reply comes after the timeout: the defect of issue 16
+    response = post("late", key="order-42")
+    body = assert_error_shape(response, {503}, "TASK_OUTCOME_UNKNOWN")
+    assert "Idempotency-Key" in body["error"]
+    assert jobs_by_tag(redis_url, "unknown")["late"] == 3  # stored after all: the answer did not say "not stored"
+
+    proxy.delay = 0
+    assert post("late", key="order-42").status_code == 200  # the retry with the same key stores nothing again
+    assert post("late", key="order-42").status_code == 200
+    time.sleep(0.1)
+    assert jobs_by_tag(redis_url, "unknown")["late"] == 3
+    assert post("other", key="order-42").status_code == 200  # the key is scoped to the method and path
+    assert jobs_by_tag(redis_url, "unknown")["other"] == 3
+
+    proxy.refuse()  # nothing reaches Redis: "not stored", safe to retry
+    assert_error_shape(post("refused", key="order-43"), {503}, "TASK_BACKEND_UNAVAILABLE")
+    assert jobs_by_tag(redis_url, "unknown")["refused"] == 0
+    proxy.forward()  # Redis reachable again: the backend reconnects by itself
+    assert post("refused", key="order-43").status_code == 200
+    assert jobs_by_tag(redis_url, "unknown") == Counter({"slow": 3, "late": 3, "other": 3, "refused": 3})
+    server.terminate()
+    server.wait(20)
+    log = server.output()
+    assert "Outcome unknown for durable task(s) record, record, record of request POST /three/late" in log
+    assert "Could not store durable task(s) record, record, record of request POST /three/refused" in log
+    assert "Traceback" in log
