@@ -22,18 +22,19 @@ import hashlib
 import importlib
 import inspect
 import logging
+import os
 import re
-import uuid
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
     from ..background import BackgroundTask
-    from .commit import GroupCommit
 
 __all__ = ["RQBackend"]
 
@@ -226,7 +227,6 @@ class RQBackend:
         when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only).
         """
         from ..exceptions import TaskBackendUnavailable, TaskOutcomeUnknown
-        from .commit import NotStored, OutcomeUnknown
 
         chunks, count = self._entry(tasks, method, path, idempotency_key)
         try:
@@ -259,8 +259,6 @@ class RQBackend:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            from .commit import GroupCommit, bulk
-
             # No retries inside redis-py: a retried write could be stored twice; the next commit reconnects.
             pool = ConnectionPool.from_url(
                 self.redis_url, socket_connect_timeout=self.socket_timeout, socket_timeout=self.socket_timeout,
@@ -280,10 +278,6 @@ class RQBackend:
         self, tasks: Sequence["BackgroundTask"], method: str, path: str, idempotency_key: str | None
     ) -> tuple[list[bytes], int]:
         """One request's arguments to ``_SCRIPT``: its idempotency marker, then each job (see the script)."""
-        from rq.utils import now, utcformat
-
-        from .commit import bulk
-
         if idempotency_key is None:
             chunks = [b"$0\r\n\r\n$1\r\n0\r\n"]
         else:
@@ -291,12 +285,12 @@ class RQBackend:
             chunks = [bulk(f"tachyon:idempotency:{digest}".encode()), bulk(b"%d" % self.idempotency_ttl)]
         chunks.append(bulk(b"%d" % len(tasks)))
         count = 3
-        stamp = bulk(utcformat(now()).encode())
+        stamp = bulk(dt.datetime.now(dt.timezone.utc).strftime(_RQ_TIME_FORMAT).encode())
         for task in tasks:
             when = _when(task)
             template = self._template(task, when is not None)
-            job_id = task.job_id if task.job_id is not None else str(uuid.uuid4())
-            data = zlib.compress(template.dumps((template.func_name, None, task.args, task.kwargs)))
+            job_id = task.job_id if task.job_id is not None else os.urandom(16).hex()
+            data = _compress(template.dumps((template.func_name, None, task.args, task.kwargs)))
             chunks += (
                 bulk(template.key_prefix + job_id.encode()),
                 bulk(job_id.encode()),
@@ -315,12 +309,13 @@ class RQBackend:
 
     def _template(self, task: "BackgroundTask", scheduled: bool) -> "_JobTemplate":
         """What RQ would write for a job of this function and options, built by RQ once and then reused."""
-        options = self._options(task)
-        key = (task.func, scheduled, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        key = (task.func, task.name, task.timeout, task.result_ttl, task.failure_ttl, task.retries,
+               task.retry_delay, scheduled)
         template = self._templates.get(key)
         if template is None:
             from rq.job import JobStatus
 
+            options = self._options(task)
             if len(self._templates) >= 1024:  # options made per request (a name with an id): no unbounded cache
                 self._templates.clear()
             status = JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
@@ -407,8 +402,6 @@ class _JobTemplate:
     __slots__ = ("fields", "field_count", "arg_count", "func_name", "dumps", "key_prefix", "target")
 
     def __init__(self, job: Any, target: str, scheduled: bool) -> None:
-        from .commit import bulk
-
         fields = job.to_dict()
         for varying in ("data", "created_at", "enqueued_at"):
             fields.pop(varying, None)
@@ -420,6 +413,17 @@ class _JobTemplate:
         self.dumps = job.serializer.dumps
         self.key_prefix = job.key[: -len(job.id)].encode()
         self.target = bulk(target.encode())
+
+
+# RQ's ``utcformat``: how its job hashes write times (``created_at``, ``enqueued_at``).
+_RQ_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _compress(data: bytes) -> bytes:
+    """``zlib`` as RQ stores a job's call (workers read it with ``zlib.decompress``). The smallest window and
+    memory level: a pickled call is small, and ``zlib.compress``'s defaults allocate some 256 KB per call."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 9, 1)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _encode(value: Any) -> bytes:
