@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import contextvars
 import functools
-import importlib.util
 import inspect
 import itertools
 import logging
@@ -47,6 +45,7 @@ import msgspec
 
 from .backends.rq import RQBackend
 from .concurrency import ThreadPool
+from .tracing import task_span
 
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
@@ -537,44 +536,6 @@ class _NoMetrics(TaskMetrics):
         pass
 
 
-def _tracer() -> Any:
-    """OpenTelemetry's tracer when ``opentelemetry-api`` is installed, else None (and nothing is imported)."""
-    if importlib.util.find_spec("opentelemetry") is None:
-        return None
-    from opentelemetry import trace
-
-    return trace.get_tracer("tachyon_api.background")
-
-
-_TRACER = _tracer()
-
-
-def _task_span(task: BackgroundTask, batch: "_Batch", attempt: int) -> Any:
-    """A span for one attempt of a task, linked to the span of the request that added it.
-
-    Linked, not a child: the request's span has ended when the task runs, and a trace view would otherwise
-    stretch the request over its tasks. Called in the batch's context, where the request's span is current.
-    """
-    if _TRACER is None:
-        return contextlib.nullcontext()
-    from opentelemetry import context, trace
-
-    request_span = trace.get_current_span().get_span_context()
-    links = [trace.Link(request_span)] if request_span.is_valid else []
-    return _TRACER.start_as_current_span(
-        f"task {task.name}",
-        context=context.Context(),  # a new trace: see the docstring
-        kind=trace.SpanKind.CONSUMER,
-        links=links,
-        attributes={
-            "tachyon.task.name": task.name,
-            "tachyon.task.attempt": attempt,
-            "http.request.method": batch.method,
-            "url.path": batch.path,
-        },
-    )
-
-
 def _on_loop(loop: Any, coro: Any) -> Any:
     """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
     try:
@@ -930,7 +891,7 @@ class BackgroundRunner:
                     token = self.metrics.started(task.name, batch.method, batch.path, 1)
                 started = time.perf_counter()
                 try:
-                    with _task_span(task, batch, 1):
+                    with task_span(task.name, 1, batch.method, batch.path):
                         result = task.func(*task.args, **task.kwargs)
                         if inspect.isawaitable(result):  # a sync callable that returned a coroutine
                             _on_loop(batch.loop, _awaited(result))
@@ -1008,7 +969,7 @@ class BackgroundRunner:
                 token = self.metrics.started(task.name, batch.method, batch.path, attempt)
             started = time.perf_counter()
             try:
-                with _task_span(task, batch, attempt):
+                with task_span(task.name, attempt, batch.method, batch.path):
                     await self._execute(task)
             except asyncio.CancelledError as exc:
                 if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost

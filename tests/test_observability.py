@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon
-from tachyon_api.background import DURATION_BOUNDS, TaskMetrics
+from tachyon_api.background import DURATION_BOUNDS, RQBackend, TaskMetrics
 from tachyon_api.dashboard import task_dashboard
 from tachyon_api.metrics import instrument
 from tachyon_api.requests import Request
@@ -213,7 +213,9 @@ def test_prometheus_metrics_match_requests_and_tasks() -> None:
 
 
 # --- trace links -----------------------------------------------------------------------------------------------
-def test_each_task_runs_in_a_span_linked_to_the_request_span() -> None:
+@pytest.fixture(scope="module")
+def spans() -> Iterator[Any]:
+    """An in-memory span exporter behind the process's tracer provider (which can be set once per process)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -222,12 +224,17 @@ def test_each_task_runs_in_a_span_linked_to_the_request_span() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)  # once per process; the background module's tracer follows it
+    trace.set_tracer_provider(provider)  # the framework's tracer follows it
+    yield exporter
+
+
+def traced_app(**options: Any) -> Tachyon:
+    """An app with what OpenTelemetry's ASGI instrumentation does: a span around each request."""
+    from opentelemetry import trace
+
     tracer = trace.get_tracer("test")
 
     class RequestSpans:
-        """What OpenTelemetry's ASGI instrumentation does: a span around each request."""
-
         def __init__(self, app: Any) -> None:
             self.app = app
 
@@ -238,8 +245,16 @@ def test_each_task_runs_in_a_span_linked_to_the_request_span() -> None:
             with tracer.start_as_current_span(f"{scope['method']} {scope['path']}"):
                 await self.app(scope, receive, send)
 
-    app = Tachyon()
+    app = Tachyon(**options)
     app.add_middleware(RequestSpans)
+    return app
+
+
+def test_each_task_runs_in_a_span_linked_to_the_request_span(spans: Any) -> None:
+    from opentelemetry import trace
+
+    spans.clear()
+    app = traced_app()
 
     def sync_task() -> None:
         pass
@@ -255,16 +270,57 @@ def test_each_task_runs_in_a_span_linked_to_the_request_span() -> None:
 
     with serve(app) as url:
         assert httpx.post(f"{url}/work").status_code == 200
-        assert wait_until(lambda: len(exporter.get_finished_spans()) == 3, 5)
-    spans = {s.name: s for s in exporter.get_finished_spans()}
-    request_span = spans["POST /work"]
+        assert wait_until(lambda: len(spans.get_finished_spans()) == 3, 5)
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    request_span = by_name["POST /work"]
     for func in (sync_task, failing_task):
-        span = spans[f"task {func.__qualname__}"]
+        span = by_name[f"task {func.__qualname__}"]
         assert span.context.trace_id != request_span.context.trace_id  # a trace of its own ...
         assert [link.context.span_id for link in span.links] == [request_span.context.span_id]  # ... linked
         assert span.attributes["tachyon.task.name"] == func.__qualname__
         assert span.attributes["url.path"] == "/work"
-    assert spans[f"task {failing_task.__qualname__}"].status.status_code == trace.StatusCode.ERROR
+    assert by_name[f"task {failing_task.__qualname__}"].status.status_code == trace.StatusCode.ERROR
+
+
+def test_a_durable_job_continues_the_request_trace_in_the_worker(spans: Any, redis_url: str) -> None:
+    """The traceparent travels in the job's meta; RQ's own worker (in this process, to see its spans)
+    runs the job with the job class `tachyon worker` uses, in a span whose parent is the request's span."""
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from tachyon_api.backends.rq import traced_job_class
+
+    spans.clear()
+    backend = RQBackend(redis_url, queue="traced")
+    app = traced_app(task_backend=backend)
+
+    @app.post("/reports/{name}")
+    def report(name: str, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(durable_report, name)
+        return {}
+
+    with serve(app) as url:
+        assert httpx.post(f"{url}/reports/q3").status_code == 200
+    [request_span] = spans.get_finished_spans()
+    connection = Redis.from_url(redis_url)
+    [job] = Queue("traced", connection=connection).get_jobs()
+    assert job.meta["traceparent"].split("-")[1] == format(request_span.context.trace_id, "032x")
+    worker = SimpleWorker([Queue("traced", connection=connection)], connection=connection,
+                          job_class=traced_job_class())
+    assert worker.work(burst=True)
+    job_span = next(s for s in spans.get_finished_spans() if s.name.startswith("task "))
+    assert job_span.name == "task durable_report"  # the task name, as the in-process spans have
+    assert job_span.context.trace_id == request_span.context.trace_id
+    assert job_span.parent.span_id == request_span.context.span_id
+    assert job_span.attributes["messaging.message.id"] == job.id
+    assert REPORTS == ["q3"]
+
+
+REPORTS: list[str] = []
+
+
+def durable_report(name: str) -> None:
+    REPORTS.append(name)
 
 
 # --- the page in a real browser -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
+from ..tracing import job_span, traceparent
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 
 if TYPE_CHECKING:
@@ -286,6 +287,7 @@ class RQBackend:
         chunks.append(bulk(b"%d" % len(tasks)))
         count = 3
         stamp = bulk(dt.datetime.now(dt.timezone.utc).strftime(_RQ_TIME_FORMAT).encode())
+        parent = traceparent()
         for task in tasks:
             when = _when(task)
             template = self._template(task, when is not None)
@@ -297,7 +299,7 @@ class RQBackend:
                 b"$1\r\n1\r\n" if task.job_id is not None else b"$1\r\n0\r\n",
                 template.target,
                 bulk(b"" if when is None else b"%d" % calendar.timegm(_next_second(when).utctimetuple())),
-                template.field_count,
+                template.field_count if parent is None else template.traced_field_count,
                 b"$4\r\ndata\r\n", bulk(data),
                 b"$10\r\ncreated_at\r\n", stamp,
             )
@@ -305,6 +307,9 @@ class RQBackend:
                 chunks += (b"$11\r\nenqueued_at\r\n", stamp)
             chunks.append(template.fields)
             count += template.arg_count
+            if parent is not None:  # the worker continues the request's trace (see tracing.py)
+                chunks += (b"$4\r\nmeta\r\n", bulk(template.dumps({"traceparent": parent})))
+                count += 2
         return chunks, count
 
     def _template(self, task: "BackgroundTask", scheduled: bool) -> "_JobTemplate":
@@ -399,7 +404,9 @@ class _JobTemplate:
     """The constant part of a job's hash, as RQ writes it, encoded once: per job only the id, the pickled call
     and the timestamps change. Taken from ``Job.to_dict()`` of the installed RQ, so the fields follow RQ."""
 
-    __slots__ = ("fields", "field_count", "arg_count", "func_name", "dumps", "key_prefix", "target")
+    __slots__ = (
+        "fields", "field_count", "traced_field_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
+    )
 
     def __init__(self, job: Any, target: str, scheduled: bool) -> None:
         fields = job.to_dict()
@@ -408,6 +415,7 @@ class _JobTemplate:
         pairs = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
         self.fields = b"".join(bulk(_encode(k)) + bulk(_encode(v)) for k, v in fields.items())
         self.field_count = bulk(b"%d" % (2 * pairs))
+        self.traced_field_count = bulk(b"%d" % (2 * pairs + 2))  # + meta: {"traceparent": ...}
         self.arg_count = 6 + 2 * pairs
         self.func_name = job.func_name
         self.dumps = job.serializer.dumps
@@ -452,3 +460,30 @@ def _next_second(when: dt.datetime) -> dt.datetime:
 
 def _seconds(value: float | None) -> int | None:
     return None if value is None else max(1, int(round(value)))
+
+
+_traced_job: Any = None
+
+
+def traced_job_class() -> Any:
+    """RQ's ``Job``, whose ``perform`` runs in a span continuing the trace of the request that stored it
+    (``meta["traceparent"]``, see ``tracing.py``); without OpenTelemetry installed it is RQ's ``Job`` exactly."""
+    global _traced_job
+    if _traced_job is None:
+        from rq.job import Job
+
+        class TracedJob(Job):
+            def perform(self) -> Any:
+                with job_span(self.description or self.func_name, self.meta.get("traceparent"), self.id):
+                    return super().perform()
+
+        _traced_job = TracedJob
+    return _traced_job
+
+
+def __getattr__(name: str) -> Any:
+    """``tachyon_api.backends.rq.TracedJob``, for ``rq worker --job-class``; built on first use, so importing
+    this module does not import RQ."""
+    if name == "TracedJob":
+        return traced_job_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,82 @@
+"""Traces across the response: each background task runs in a span of its own, tied to the request's span.
+
+Active only when ``opentelemetry-api`` is installed (the ``tracing`` extra); otherwise nothing is imported
+and every helper here costs one check of a constant. Spans go wherever the app's OpenTelemetry SDK sends them.
+
+- In-process tasks run in a span **linked** to the request's span (the span current when the request's tasks
+  were handed over, e.g. the one OpenTelemetry's ASGI middleware opens): the request has ended when its tasks
+  run, and a child span would stretch it in a trace view.
+- Durable tasks carry the request's W3C ``traceparent`` in their RQ job's ``meta``; the worker's job span
+  **continues** that trace (its parent is the request's span), since the job is the request's work done
+  elsewhere. ``tachyon worker`` uses :func:`traced_job_class`; a plain ``rq worker`` gets the same with
+  ``--job-class tachyon_api.backends.rq.TracedJob``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from typing import Any
+
+__all__ = ["ENABLED", "task_span", "job_span", "traceparent"]
+
+ENABLED = importlib.util.find_spec("opentelemetry") is not None
+_tracer: Any = None
+
+
+def _get_tracer() -> Any:
+    global _tracer
+    if _tracer is None:
+        from opentelemetry import trace
+
+        _tracer = trace.get_tracer("tachyon_api.background")  # follows the provider the app sets, even later
+    return _tracer
+
+
+def task_span(name: str, attempt: int, method: str, path: str) -> Any:
+    """A span for one attempt of an in-process task, linked to the request's span (call it in the batch's
+    context, where the request's span is current)."""
+    if not ENABLED:
+        return contextlib.nullcontext()
+    from opentelemetry import context, trace
+
+    request_span = trace.get_current_span().get_span_context()
+    return _get_tracer().start_as_current_span(
+        f"task {name}",
+        context=context.Context(),  # a trace of its own, linked below: see the module docstring
+        kind=trace.SpanKind.CONSUMER,
+        links=[trace.Link(request_span)] if request_span.is_valid else [],
+        attributes={
+            "tachyon.task.name": name,
+            "tachyon.task.attempt": attempt,
+            "http.request.method": method,
+            "url.path": path,
+        },
+    )
+
+
+def traceparent() -> str | None:
+    """The current span as a W3C ``traceparent`` header value, or None (no span, or tracing not installed)."""
+    if not ENABLED:
+        return None
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent")
+
+
+def job_span(name: str, parent: str | None, job_id: str) -> Any:
+    """In a worker: the span of a durable job, a child of the request's span when ``parent`` is its
+    ``traceparent``."""
+    if not ENABLED:
+        return contextlib.nullcontext()
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    return _get_tracer().start_as_current_span(
+        f"task {name}",
+        context=extract({"traceparent": parent}) if parent else None,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={"tachyon.task.name": name, "messaging.message.id": job_id, "messaging.system": "rq"},
+    )
