@@ -55,6 +55,7 @@ _SCALARS = (str, int, float, bool, decimal.Decimal, uuid.UUID, datetime.date, da
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
+MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
 _UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
 
 
@@ -470,9 +471,11 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     required = default is ...
     loc = [source, key]
     if item is not None:
-        item_inner, item_optional = _unwrap_optional(item)
-        convert = _converter(item_inner)
-        check_list = _constraint_check(inner)
+        convert_list = _list_converter(inner, loc)
+        # Query lists also come as CSV (``?ids=1,2,3``), as in the existing framework. String items keep their
+        # commas when the key is repeated (``?q=a,b&q=c`` is ``["a,b", "c"]``); other items are always split.
+        csv = source == "query"
+        split_repeated = _strip(_unwrap_optional(item)[0])[0] not in (str, Any, _EMPTY)
 
         def extract_list(ctx: Context) -> Any:
             raw = getter(ctx)(key)
@@ -480,23 +483,11 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
                 if required:
                     raise _missing(loc)
                 return default
-            if convert is None:
-                return raw
-            out = []
-            for index, value in enumerate(raw):
-                if item_optional and value in ("", "null"):
-                    out.append(None)
-                    continue
-                try:
-                    out.append(convert(value))
-                except (ValueError, TypeError, msgspec.ValidationError) as exc:
-                    raise _invalid([*loc, index], item_inner, exc) from None
-            if check_list is not None:
-                try:
-                    check_list(out)
-                except ConstraintError as exc:
-                    raise _invalid(loc, inner, exc) from None
-            return out
+            if csv and (split_repeated or len(raw) == 1):
+                raw = _split_csv(raw, loc)
+            elif len(raw) > MAX_LIST_ITEMS:
+                raise _too_many(loc)
+            return convert_list(raw)
 
         return extract_list
 
@@ -518,6 +509,58 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     return extract
 
 
+def _too_many(loc: list[Any]) -> FieldError:
+    return FieldError(loc, f"List should have at most {MAX_LIST_ITEMS} items", "too_long")
+
+
+def _split_csv(values: list[str], loc: list[Any]) -> list[str]:
+    """Split every value on commas; the item count is checked before any splitting or conversion."""
+    if len(values) + sum(value.count(",") for value in values) > MAX_LIST_ITEMS:
+        raise _too_many(loc)
+    return [part for value in values for part in value.split(",")]
+
+
+class _UnconvertibleItem(FieldError):
+    """A list item that is not of its type: a 422 in a query; in a path, the route does not exist (404)."""
+
+
+def _list_converter(list_tp: Any, loc: list[Any]) -> Callable[[list[str]], list[Any]]:
+    """Convert the strings of a list to its item type, then check the list's own constraints (its length).
+
+    The first bad item is located by index. For ``Optional`` items, an empty string or ``null`` (any case)
+    is None.
+    """
+    item_inner, item_optional = _unwrap_optional(_list_item(list_tp))
+    convert = _converter(item_inner)
+    check_list = _constraint_check(list_tp)
+
+    def convert_list(values: list[str]) -> list[Any]:
+        out: list[Any] = values
+        if convert is not None or item_optional:
+            out = []
+            for index, value in enumerate(values):
+                if item_optional and (not value or value.lower() == "null"):
+                    out.append(None)
+                elif convert is None:
+                    out.append(value)
+                else:
+                    try:
+                        out.append(convert(value))
+                    except ConstraintError as exc:
+                        raise _invalid([*loc, index], item_inner, exc) from None
+                    except (ValueError, TypeError, msgspec.ValidationError) as exc:
+                        error = _invalid([*loc, index], item_inner, exc).error
+                        raise _UnconvertibleItem(error["loc"], error["msg"], error["type"]) from None
+        if check_list is not None:
+            try:
+                check_list(out)
+            except ConstraintError as exc:
+                raise _invalid(loc, list_tp, exc) from None
+        return out
+
+    return convert_list
+
+
 # How each source reads one value, and all the values of a repeated key, from the request.
 _GETTERS: dict[str, tuple[Callable[[Context], Any], Callable[[Context], Any]]] = {
     "query": (lambda ctx: ctx.request.query_params.get, lambda ctx: ctx.request.query_params.getlist),
@@ -530,7 +573,21 @@ _GETTERS: dict[str, tuple[Callable[[Context], Any], Callable[[Context], Any]]] =
 
 
 def _path_extractor(key: str, tp: Any) -> Extractor:
-    convert = _converter(_unwrap_optional(tp)[0])
+    inner = _unwrap_optional(tp)[0]
+    if _list_item(inner) is not None:  # a CSV segment: /items/1,2,3
+        loc = ["path", key]
+        convert_list = _list_converter(inner, loc)
+
+        def extract_list(ctx: Context) -> Any:
+            values = _split_csv([ctx.path_params[key]], loc)
+            try:
+                return convert_list(values)
+            except _UnconvertibleItem:
+                raise PathNotFound(key) from None
+
+        return extract_list
+
+    convert = _converter(inner)
 
     def extract(ctx: Context) -> Any:
         value = ctx.path_params[key]
