@@ -15,7 +15,14 @@ from .datastructures import State
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, ResponseValidationError
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
-from .responses import JSONResponse, Response, is_foreign_response, send_any
+from .responses import (
+    RESPONSE_INVALID,
+    JSONResponse,
+    Response,
+    internal_server_error_response,
+    is_foreign_response,
+    send_any,
+)
 from .routing import PathTree, Route, RouteDecorators, Router, build_handler, prefixed_route
 
 __all__ = ["Tachyon"]
@@ -27,8 +34,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 ExceptionHandler = Callable[[Request, Exception], Any]
 Lifespan = Callable[["Tachyon"], AsyncContextManager[Any]]
 
-_INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
-_RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"}
 
 
 async def _nothing() -> None:
@@ -45,7 +50,7 @@ def _request_error(request: Request, exc: RequestError) -> Response:
 
 def _response_invalid(request: Request, exc: ResponseValidationError) -> Response:
     logger.error("Response validation failed for %s %s", request.method, request.scope["path"], exc_info=exc)
-    return JSONResponse(_RESPONSE_INVALID, 500)
+    return JSONResponse(RESPONSE_INVALID, 500)
 
 
 class Tachyon(RouteDecorators):
@@ -233,7 +238,7 @@ class Tachyon(RouteDecorators):
         if handler is None or handler in (self._exception_handlers.get(Exception),):
             logger.error("Unhandled error in %s %s", request.method, request.scope["path"], exc_info=exc)
         if handler is None:
-            return JSONResponse(_INTERNAL_ERROR, 500)
+            return internal_server_error_response()
         try:
             if inspect.iscoroutinefunction(handler):
                 response = await handler(request, exc)
@@ -244,7 +249,7 @@ class Tachyon(RouteDecorators):
             raise TypeError(f"Exception handler {handler!r} returned {type(response).__name__}, not a Response")
         except Exception as error:
             logger.error("Exception handler failed while handling %r", exc, exc_info=error)
-            return JSONResponse(_INTERNAL_ERROR, 500)
+            return internal_server_error_response()
 
     async def send_error(self, scope: dict, receive: Any, send: Any, exc: Exception) -> None:
         if isinstance(exc, ClientDisconnect):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.cookies
+import logging
 import mimetypes
 import os
 import stat
@@ -29,9 +30,19 @@ __all__ = [
     "RedirectResponse",
     "StreamingResponse",
     "FileResponse",
+    "TachyonJSONResponse",
+    "TachyonBytesResponse",
+    "success_response",
+    "error_response",
+    "not_found_response",
+    "conflict_response",
+    "validation_error_response",
+    "response_validation_error_response",
+    "internal_server_error_response",
 ]
 
 Send = Callable[[dict], Any]
+logger = logging.getLogger("tachyon_api.errors")
 Background = BackgroundTask | BackgroundTasks | None
 
 
@@ -191,6 +202,15 @@ class JSONResponse(Response):
         return encode_json(content)
 
 
+TachyonJSONResponse = JSONResponse  # the existing framework's name; ours also takes headers and background
+
+
+class TachyonBytesResponse(Response):
+    """JSON that is already encoded (``TachyonBytesResponse(b'{"a":1}')``): sent as is, ``application/json``."""
+
+    media_type = "application/json"
+
+
 class HTMLResponse(Response):
     media_type = "text/html"
 
@@ -332,6 +352,52 @@ class FileResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
         finally:
             await run_in_threadpool(handle.close)
+
+
+# --- the existing framework's response helpers: its body shapes, fresh objects on every call -----------------
+def success_response(data: Any = None, message: str = "Success", status_code: int = 200) -> JSONResponse:
+    """``{"success": true, "message": message, "data": data}``."""
+    return JSONResponse({"success": True, "message": message, "data": data}, status_code)
+
+
+def error_response(error: str, status_code: int = 400, code: str | None = None) -> JSONResponse:
+    """``{"success": false, "error": error}``, plus ``"code"`` when one is given."""
+    body: dict[str, Any] = {"success": False, "error": error}
+    if code:
+        body["code"] = code
+    return JSONResponse(body, status_code)
+
+
+def not_found_response(error: str = "Resource not found") -> JSONResponse:
+    return error_response(error, 404, "NOT_FOUND")
+
+
+def conflict_response(error: str = "Resource conflict") -> JSONResponse:
+    return error_response(error, 409, "CONFLICT")
+
+
+def validation_error_response(error: str = "Validation failed", errors: Any = None) -> JSONResponse:
+    """A 422 in the framework's shape; ``errors`` (any JSON value, e.g. ``{field: [messages]}``) if given."""
+    body: dict[str, Any] = {"success": False, "error": error, "code": "VALIDATION_ERROR"}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, 422)
+
+
+def response_validation_error_response(error: str = "Response validation error") -> JSONResponse:
+    """The 500 the framework sends for a return value that does not fit ``response_model``. ``error`` is
+    logged (on ``tachyon_api.errors``), never sent: it describes server internals."""
+    logger.error("Response validation error: %s", error)
+    return JSONResponse(RESPONSE_INVALID, 500)
+
+
+def internal_server_error_response() -> JSONResponse:
+    """The generic 500 body; a new object per call, so nobody can alter another request's response."""
+    return JSONResponse(INTERNAL_ERROR, 500)
+
+
+INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
+RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"}
 
 
 def is_foreign_response(value: Any) -> bool:
