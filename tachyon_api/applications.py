@@ -14,6 +14,7 @@ from .concurrency import ThreadPool
 from .datastructures import State
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, ResponseValidationError
+from .middlewares.core import create_decorated_middleware_class
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
 from .responses import (
     RESPONSE_INVALID,
@@ -200,6 +201,21 @@ class Tachyon(RouteDecorators):
         """Wrap the app in a standard ASGI middleware (``cls(app, **options)``); the last added runs first."""
         self._middleware.append((middleware_class, options))
         self._stack = None
+
+    def middleware(self, middleware_type: str = "http") -> Callable[[F], F]:
+        """Register an async middleware function, ``(request, call_next)`` or ``(scope, receive, send, app)``,
+        for ``"http"``, ``"websocket"``, ``"lifespan"`` or every (``"*"``) scope; see ``middlewares/core.py``."""
+
+        def decorator(func: F) -> F:
+            self.add_middleware(create_decorated_middleware_class(func, middleware_type))
+            return func
+
+        return decorator
+
+    @property
+    def middleware_stack(self) -> list[dict[str, Any]]:
+        """The registered middlewares, as the existing framework listed them: ``{"func": cls, "options": {...}}``."""
+        return [{"func": cls, "options": options} for cls, options in self._middleware]
 
     # --- errors ----------------------------------------------------------------------------------------
     def exception_handler(self, exc_class_or_status: type[BaseException] | int) -> Callable[[F], F]:

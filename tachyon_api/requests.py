@@ -145,6 +145,18 @@ class Request:
                 self._body = b"".join([chunk async for chunk in self.stream()])
         return self._body
 
+    def replay_receive(self) -> Any:
+        """A ``receive`` for an inner app (see ``call_next`` in middlewares): it first gets the body this request
+        has already read, if any, then the messages still to come (the disconnect)."""
+        if self._body is None:
+            return self._receive
+        pending = [{"type": "http.request", "body": self._body, "more_body": False}]
+
+        async def receive() -> dict:
+            return pending.pop() if pending else await self._receive()
+
+        return receive
+
     async def json(self) -> Any:
         if self._json is None:
             body = await self.body()
