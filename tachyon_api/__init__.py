@@ -5,6 +5,17 @@ from msgspec import Struct
 
 from .applications import Tachyon
 from .background import BackgroundTask, BackgroundTasks
+from .cache import (
+    BaseCacheBackend,
+    CacheConfig,
+    InMemoryCacheBackend,
+    MemcachedCacheBackend,
+    RedisCacheBackend,
+    cache,
+    create_cache_config,
+    get_cache_config,
+    set_cache_config,
+)
 from .datastructures import UploadFile
 from .dependencies import Depends, injectable
 from .exceptions import HTTPException
@@ -29,6 +40,15 @@ __all__ = [
     "Depends",
     "HTTPException",
     "Router",
+    "cache",
+    "CacheConfig",
+    "create_cache_config",
+    "set_cache_config",
+    "get_cache_config",
+    "InMemoryCacheBackend",
+    "BaseCacheBackend",
+    "RedisCacheBackend",
+    "MemcachedCacheBackend",
     "Request",
     "BackgroundTasks",
     "BackgroundTask",

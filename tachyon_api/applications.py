@@ -9,6 +9,7 @@ import sys
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from .background import BackgroundRunner, ErrorHook
+from .cache import CacheConfig, set_cache_config
 from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
 from .datastructures import State
@@ -63,6 +64,7 @@ class Tachyon(RouteDecorators):
     ``task_backend=RQBackend(...)`` makes every background task of the app durable instead.
     ``strict=False`` decodes JSON bodies laxly (msgspec's ``strict=False``: ``"9.5"`` for a float), for apps
     moving over from FastAPI; a route can choose for itself with ``@app.post(..., strict=False)``.
+    ``cache_config`` becomes the active configuration of ``@cache`` (process-wide, see ``cache.py``).
     """
 
     def __init__(
@@ -80,7 +82,11 @@ class Tachyon(RouteDecorators):
         task_backend: Any = None,
         strict: bool = True,
         task_statistics: bool = True,
+        cache_config: CacheConfig | None = None,
     ) -> None:
+        if cache_config is not None:
+            set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
+        self.cache_config = cache_config
         self.state = State()
         # False: JSON bodies decode laxly ("9.5" for a float), as pydantic coerces; a route may override it.
         self.strict = strict

@@ -257,6 +257,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def memcached_address() -> Iterator[tuple[str, int]]:
+    """A throw-away memcached on a free loopback port, for the cache backend tests. Installed with apt-get
+    when missing and running as root (as .ci/run does)."""
+    binary = shutil.which("memcached")
+    if binary is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "memcached"]):
+            subprocess.run(command, check=False, capture_output=True, timeout=600)
+        binary = shutil.which("memcached")
+    assert binary, "memcached is required (apt-get install memcached; .ci/run installs it)"
+    port = free_port()
+    user = ["-u", "root"] if os.geteuid() == 0 else []  # memcached refuses to run as root unless told so
+    proc = subprocess.Popen(
+        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", *user],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``serve_process(source_code)`` writes ``app_module.py`` and runs it with ``tachyon run``."""

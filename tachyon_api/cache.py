@@ -1,0 +1,416 @@
+"""``@cache``: remember what a function (an endpoint, or any sync or async function) returned for its arguments,
+for a time-to-live, in a pluggable backend: in memory (bounded, least recently used evicted), Redis or Memcached.
+
+What it guarantees beyond tachyon-api 1.3, whose API it keeps:
+
+- **Single flight**: concurrent calls that miss on the same key compute once; the others wait for that result.
+- **Errors are never cached**: an exception (``HTTPException`` included) reaches the callers of that flight
+  and the next call computes again.
+- **A backend failure never fails the call**: it is logged as a warning (``tachyon_api.cache``, with the
+  traceback) and the function is called as if there were no cache.
+- ``None`` is cached like any other value; the in-memory backend cannot grow without bound; Redis and
+  Memcached store pickled values under their own keys (``clear`` never empties a whole Redis database).
+- Async callers never block the event loop on a network backend: its calls run in a worker thread.
+
+The configuration (backend, default TTL, key builder, enabled) is read from :func:`get_cache_config` at call
+time, so ``set_cache_config`` (or ``Tachyon(cache_config=...)``) also applies to functions decorated before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
+import math
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from .concurrency import run_in_threadpool
+
+__all__ = [
+    "cache",
+    "CacheConfig",
+    "create_cache_config",
+    "set_cache_config",
+    "get_cache_config",
+    "BaseCacheBackend",
+    "InMemoryCacheBackend",
+    "RedisCacheBackend",
+    "MemcachedCacheBackend",
+]
+
+logger = logging.getLogger("tachyon_api.cache")
+
+F = TypeVar("F", bound=Callable[..., Any])
+KeyBuilder = Callable[[Callable[..., Any], tuple, dict], str]
+Unless = Callable[[tuple, dict], bool]
+
+
+# --- backends ---------------------------------------------------------------------------------------------
+class BaseCacheBackend:
+    """What a backend implements: ``get`` (None when absent), ``set`` with a TTL in seconds (None or <= 0:
+    no expiry), ``delete`` and ``clear``. ``blocking`` says whether its calls do I/O, in which case async
+    callers run them in a worker thread."""
+
+    blocking = True
+
+    def get(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+
+class InMemoryCacheBackend(BaseCacheBackend):
+    """A dict in this process, bounded to ``max_size`` entries: the least recently used is evicted first.
+
+    Expiry uses a monotonic clock; expired entries are dropped when read or evicted. Thread-safe (sync
+    endpoints run in threads). Values are kept as they are, not copied: do not mutate what you cache.
+    """
+
+    blocking = False
+
+    def __init__(self, max_size: int = 10_000) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.max_size = max_size
+        self._store: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            item = self._store.get(key)
+            if item is None:
+                return None
+            expires, value = item
+            if expires is not None and time.monotonic() >= expires:
+                del self._store[key]
+                return None
+            self._store.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        expires = time.monotonic() + ttl if ttl and ttl > 0 else None
+        with self._lock:
+            self._store[key] = (expires, value)
+            self._store.move_to_end(key)
+            while len(self._store) > self.max_size:
+                self._store.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._store.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+class RedisCacheBackend(BaseCacheBackend):
+    """Redis through a redis-py client (``redis.Redis.from_url(url)``). Values are pickled, so any picklable
+    return value round-trips (Structs included); point it only at a Redis you trust, as with any pickle cache.
+    Keys are stored under ``prefix``, and ``clear`` deletes those keys only."""
+
+    def __init__(self, client: Any, prefix: str = "tachyon:cache:") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def get(self, key: str) -> Any:
+        raw = self.client.get(self.prefix + key)
+        return None if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        # Milliseconds, at least 1: a TTL under a second must not become "no expiry" or an error.
+        expiry = {"px": max(1, int(ttl * 1000))} if ttl and ttl > 0 else {}
+        self.client.set(self.prefix + key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), **expiry)
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self.prefix + key)
+
+    def clear(self) -> None:
+        batch = []
+        for key in self.client.scan_iter(match=self.prefix + "*", count=500):
+            batch.append(key)
+            if len(batch) == 500:
+                self.client.delete(*batch)
+                batch = []
+        if batch:
+            self.client.delete(*batch)
+
+
+class MemcachedCacheBackend(BaseCacheBackend):
+    """Memcached through a pymemcache client (``pymemcache.client.base.Client(("127.0.0.1", 11211))``), or any
+    client with the same ``get``/``set(expire=)``/``delete``/``flush_all``. Values are pickled. Keys that
+    memcached would refuse (over 250 bytes, spaces, control characters) are hashed. ``clear`` flushes the
+    whole server: memcached cannot list keys."""
+
+    MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger expiry values as a Unix timestamp
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @staticmethod
+    def _key(key: str) -> str:
+        if len(key) <= 200 and key.isprintable() and " " not in key:
+            return key
+        return "h:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, key: str) -> Any:
+        raw = self.client.get(self._key(key))
+        return None if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        expire = 0  # no expiry
+        if ttl and ttl > 0:
+            expire = math.ceil(ttl)
+            if expire > self.MAX_RELATIVE_EXPIRY:
+                expire = int(time.time()) + expire
+        self.client.set(self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL), expire=expire)
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self._key(key))
+
+    def clear(self) -> None:
+        self.client.flush_all()
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+@dataclass
+class CacheConfig:
+    """The process-wide defaults of ``@cache``: backend, TTL in seconds, key builder, and a master switch."""
+
+    backend: BaseCacheBackend
+    default_ttl: float = 60.0
+    key_builder: KeyBuilder | None = None
+    enabled: bool = True
+
+
+_config: CacheConfig | None = None
+
+
+def create_cache_config(
+    backend: BaseCacheBackend | None = None,
+    default_ttl: float = 60.0,
+    key_builder: KeyBuilder | None = None,
+    enabled: bool = True,
+) -> CacheConfig:
+    """Create a configuration (an in-memory backend by default) **and make it the active one**, as in 1.3."""
+    config = CacheConfig(InMemoryCacheBackend() if backend is None else backend, default_ttl, key_builder, enabled)
+    set_cache_config(config)
+    return config
+
+
+def set_cache_config(config: CacheConfig) -> None:
+    """Make ``config`` the active configuration of every ``@cache`` in the process."""
+    global _config
+    if not isinstance(config, CacheConfig):
+        raise TypeError(f"Expected a CacheConfig, got {type(config).__name__}")
+    _config = config
+
+
+def get_cache_config() -> CacheConfig:
+    """The active configuration; an in-memory one with a 60 s TTL is created on first use."""
+    return _config if _config is not None else create_cache_config()
+
+
+def _default_key_builder(func: Callable[..., Any], args: tuple, kwargs: dict) -> str:
+    """sha256 of the function's module and qualified name and the ``repr`` of its arguments.
+
+    Arguments whose ``repr`` differs on every call (objects without a ``__repr__``, such as a ``Request``)
+    make every call a miss: give such functions a ``key_builder``.
+    """
+    parts = [getattr(func, "__module__", ""), getattr(func, "__qualname__", ""), *map(repr, args)]
+    parts.extend(f"{name}={value!r}" for name, value in sorted(kwargs.items()))
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- the decorator ----------------------------------------------------------------------------------------
+class _CachedNone:
+    """Stands for a cached ``None`` (a backend's ``get`` returns None for "absent")."""
+
+
+_MISS = object()
+
+
+def _warn(operation: str, func: Callable[..., Any], exc: BaseException) -> None:
+    logger.warning(
+        "Cache backend failed on %s for %s; calling it without the cache", operation, func.__qualname__, exc_info=exc
+    )
+
+
+def _read(hit: Any) -> Any:
+    if hit is None:
+        return _MISS
+    return None if isinstance(hit, _CachedNone) else hit
+
+
+def cache(
+    TTL: float | None = None,  # noqa: N803 (the existing framework's parameter name)
+    *,
+    ttl: float | None = None,
+    key_builder: KeyBuilder | None = None,
+    unless: Unless | None = None,
+    backend: BaseCacheBackend | None = None,
+) -> Callable[[F], F]:
+    """Cache a sync or async function's results for ``TTL`` (or ``ttl``) seconds, default the config's.
+
+    ``key_builder(func, args, kwargs) -> str`` replaces the default key; ``unless(args, kwargs) -> bool``
+    bypasses the cache for a call; ``backend`` replaces the config's backend for this function. On an
+    endpoint, put ``@cache`` below the route decorator: the route then serves the cached function.
+    """
+    if TTL is not None and ttl is not None:
+        raise TypeError("Give the time-to-live as TTL or as ttl, not both")
+    chosen_ttl = TTL if TTL is not None else ttl
+
+    def decorator(func: F) -> F:
+        def settings(args: tuple, kwargs: dict) -> tuple[BaseCacheBackend, str, float] | None:
+            """The backend, key and TTL of this call; None to bypass the cache."""
+            config = get_cache_config()
+            if not config.enabled or (unless is not None and unless(args, kwargs)):
+                return None
+            build = key_builder or config.key_builder or _default_key_builder
+            return config.backend if backend is None else backend, build(func, args, kwargs), (
+                config.default_ttl if chosen_ttl is None else chosen_ttl
+            )
+
+        if inspect.iscoroutinefunction(func):
+            flights: dict[tuple[Any, str], asyncio.Future] = {}
+
+            async def call(store: BaseCacheBackend, method: str, *args: Any) -> Any:
+                operation = getattr(store, method)
+                return await run_in_threadpool(operation, *args) if store.blocking else operation(*args)
+
+            async def lookup(store: BaseCacheBackend, key: str) -> Any:
+                try:
+                    return _read(await call(store, "get", key))
+                except Exception as exc:
+                    _warn("get", func, exc)
+                    return _MISS
+
+            async def compute(store: BaseCacheBackend, key: str, seconds: float, args: tuple, kwargs: dict) -> Any:
+                found = await lookup(store, key)  # filled by a flight that ended since our first look
+                if found is not _MISS:
+                    return found
+                value = await func(*args, **kwargs)
+                try:
+                    await call(store, "set", key, _CachedNone() if value is None else value, seconds)
+                except Exception as exc:
+                    _warn("set", func, exc)
+                return value
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                chosen = settings(args, kwargs)
+                if chosen is None:
+                    return await func(*args, **kwargs)
+                store, key, seconds = chosen
+                found = await lookup(store, key)
+                if found is not _MISS:
+                    return found
+                flight_key = (asyncio.get_running_loop(), key)
+                while (flight := flights.get(flight_key)) is not None:
+                    await asyncio.wait({flight})
+                    if not flight.cancelled():  # a cancelled leader: the waiters compute again
+                        return flight.result()
+                flight = flights[flight_key] = flight_key[0].create_future()
+                try:
+                    value = await compute(store, key, seconds, args, kwargs)
+                except Exception as exc:
+                    flight.set_exception(exc)
+                    flight.exception()  # the waiters raise it; nobody else has to retrieve it
+                    raise
+                except BaseException:
+                    flight.cancel()
+                    raise
+                else:
+                    flight.set_result(value)
+                    return value
+                finally:
+                    del flights[flight_key]
+
+            return async_wrapper  # type: ignore[return-value]
+
+        lock = threading.Lock()
+        sync_flights: dict[str, _Flight] = {}
+
+        def sync_lookup(store: BaseCacheBackend, key: str) -> Any:
+            try:
+                return _read(store.get(key))
+            except Exception as exc:
+                _warn("get", func, exc)
+                return _MISS
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = settings(args, kwargs)
+            if chosen is None:
+                return func(*args, **kwargs)
+            store, key, seconds = chosen
+            found = sync_lookup(store, key)
+            if found is not _MISS:
+                return found
+            with lock:
+                flight = sync_flights.get(key)
+                leader = flight is None
+                if leader:
+                    flight = sync_flights[key] = _Flight()
+            assert flight is not None
+            if not leader:
+                return flight.wait()
+            try:
+                found = sync_lookup(store, key)
+                if found is not _MISS:
+                    value = found
+                else:
+                    value = func(*args, **kwargs)
+                    try:
+                        store.set(key, _CachedNone() if value is None else value, seconds)
+                    except Exception as exc:
+                        _warn("set", func, exc)
+            except BaseException as exc:
+                flight.error = exc
+                raise
+            else:
+                flight.value = value
+                return value
+            finally:
+                with lock:
+                    del sync_flights[key]
+                flight.done.set()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+class _Flight:
+    """One computation in progress in a thread, that other threads wanting the same key wait for."""
+
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+

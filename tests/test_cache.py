@@ -1,0 +1,294 @@
+"""@cache: hits, expiry and single flight under concurrent requests over real HTTP; errors never cached; backend
+failures degrade; the bounded in-memory backend; Redis and Memcached backends on real servers."""
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import msgspec
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from pymemcache.client.base import Client as MemcacheClient
+
+from tachyon_api import (
+    CacheConfig,
+    HTTPException,
+    InMemoryCacheBackend,
+    MemcachedCacheBackend,
+    Query,
+    RedisCacheBackend,
+    Tachyon,
+    cache,
+    create_cache_config,
+    get_cache_config,
+    set_cache_config,
+)
+from tachyon_api.cache import _default_key_builder
+
+from .conftest import client_for, serve, wait_until
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@pytest.fixture(autouse=True)
+def fresh_config():
+    """Every test starts from its own in-memory configuration; the previous one is restored after."""
+    previous = get_cache_config()
+    create_cache_config()
+    yield
+    set_cache_config(previous)
+
+
+def _burst(url: str, n: int = 8) -> list:
+    """``n`` concurrent GETs (one connection each); their JSON bodies."""
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=n)) as client, ThreadPoolExecutor(n) as pool:
+        return [r.json() for r in pool.map(lambda _: client.get(url), range(n))]
+
+
+def test_single_flight_hits_and_expiry_under_concurrent_requests():
+    calls = {"sync": 0, "async": 0}
+    app = Tachyon()
+
+    @app.get("/sync/{item}")
+    @cache(TTL=0.5)
+    def slow_sync(item: int):
+        calls["sync"] += 1
+        time.sleep(0.2)
+        return {"item": item, "n": calls["sync"]}
+
+    @app.get("/async/{item}")
+    @cache(ttl=0.5)
+    async def slow_async(item: int, q: str = Query("x")):
+        calls["async"] += 1
+        await asyncio.sleep(0.2)
+        return {"item": item, "q": q, "n": calls["async"]}
+
+    with serve(app) as url:
+        for kind in ("sync", "async"):
+            first = _burst(f"{url}/{kind}/1")
+            assert calls[kind] == 1, kind  # eight concurrent misses computed once
+            assert all(body == first[0] for body in first)
+            assert httpx.get(f"{url}/{kind}/1").json() == first[0]  # a hit
+            assert httpx.get(f"{url}/{kind}/2").json()["item"] == 2  # another key computes
+            assert calls[kind] == 2
+            time.sleep(0.6)
+            again = _burst(f"{url}/{kind}/1")
+            assert calls[kind] == 3  # expired: computed once more, by one of the eight
+            assert all(body["n"] == 3 for body in again)
+        assert httpx.get(f"{url}/async/1?q=other").json()["q"] == "other"
+
+
+def test_errors_are_never_cached_and_reach_every_waiter():
+    attempts = []
+    app = Tachyon()
+
+    @app.get("/flaky")
+    @cache(TTL=60)
+    async def flaky():
+        attempts.append(1)
+        await asyncio.sleep(0.2)
+        if len(attempts) == 1:
+            raise HTTPException(503, "warming up")
+        return {"ok": len(attempts)}
+
+    with serve(app) as url:
+        with ThreadPoolExecutor(4) as pool:
+            statuses = [r.status_code for r in pool.map(lambda _: httpx.get(url + "/flaky"), range(4))]
+        assert statuses == [503] * 4 and len(attempts) == 1  # one flight, its error shared
+        assert httpx.get(url + "/flaky").json() == {"ok": 2}
+        assert httpx.get(url + "/flaky").json() == {"ok": 2}
+    assert len(attempts) == 2
+
+
+def test_sync_error_in_flight_is_not_cached():
+    calls = []
+
+    @cache(TTL=60)
+    def divide(a: int, b: int) -> float:
+        calls.append((a, b))
+        return a / b
+
+    with pytest.raises(ZeroDivisionError):
+        divide(1, 0)
+    with pytest.raises(ZeroDivisionError):
+        divide(1, 0)
+    assert divide(4, 2) == 2 and divide(4, 2) == 2
+    assert calls == [(1, 0), (1, 0), (4, 2)]
+
+
+def test_none_is_cached_key_builder_and_unless():
+    calls = []
+
+    @cache(TTL=60, key_builder=lambda func, args, kwargs: f"user:{kwargs['user_id']}",
+           unless=lambda args, kwargs: kwargs.get("fresh", False))
+    def lookup(user_id: int, fresh: bool = False):
+        calls.append(user_id)
+        return None if user_id == 0 else {"id": user_id}
+
+    assert lookup(user_id=0) is None and lookup(user_id=0) is None
+    assert lookup(user_id=1) == {"id": 1} and lookup(user_id=1) == {"id": 1}
+    assert lookup(user_id=1, fresh=True) == {"id": 1}
+    assert calls == [0, 1, 1]
+    assert get_cache_config().backend.get("user:1") == {"id": 1}
+
+
+def test_ttl_spelling_and_config():
+    with pytest.raises(TypeError):
+        cache(TTL=1, ttl=2)
+    with pytest.raises(TypeError):
+        set_cache_config("not a config")  # type: ignore[arg-type]
+    calls = []
+
+    @cache()
+    def f(x):
+        calls.append(x)
+        return x
+
+    backend = InMemoryCacheBackend()
+    config = CacheConfig(backend=backend, default_ttl=30, enabled=False)
+    Tachyon(cache_config=config)  # 1.3: the app's cache_config becomes the active one
+    assert get_cache_config() is config
+    f(1), f(1)
+    assert calls == [1, 1]  # disabled
+    config.enabled = True
+    f(1), f(1)
+    assert calls == [1, 1, 1]  # the configuration is read per call, not at decoration
+    assert len(backend) == 1
+    assert _default_key_builder(f, (1,), {}) != _default_key_builder(f, (2,), {})
+    assert _default_key_builder(f, (), {"a": 1, "b": 2}) == _default_key_builder(f, (), {"b": 2, "a": 1})
+
+
+def test_in_memory_backend_is_bounded_lru():
+    backend = InMemoryCacheBackend(max_size=3)
+    for key in "abc":
+        backend.set(key, key.upper())
+    assert backend.get("a") == "A"  # now the most recently used
+    backend.set("d", "D")
+    assert len(backend) == 3
+    assert backend.get("b") is None  # least recently used, evicted
+    assert [backend.get(k) for k in "acd"] == ["A", "C", "D"]
+    backend.set("e", "E", ttl=0.05)
+    time.sleep(0.06)
+    assert backend.get("e") is None
+    with pytest.raises(ValueError):
+        InMemoryCacheBackend(max_size=0)
+
+    own = InMemoryCacheBackend(max_size=100)  # empty, so falsy: still the one used
+
+    @cache(TTL=60, backend=own)
+    def square(x: int) -> int:
+        return x * x
+
+    for x in range(1000):
+        square(x)
+    assert len(own) == 100
+    assert len(get_cache_config().backend) == 0
+    assert create_cache_config(backend=own).backend is own
+
+
+def test_backend_failure_degrades_with_a_warning(caplog):
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    calls = []
+    app = Tachyon()
+
+    @app.get("/sync")
+    @cache(TTL=60, backend=RedisCacheBackend(dead))
+    def sync_endpoint():
+        calls.append("sync")
+        return {"ok": True}
+
+    @app.get("/async")
+    @cache(TTL=60, backend=RedisCacheBackend(dead))
+    async def async_endpoint():
+        calls.append("async")
+        return {"ok": True}
+
+    caplog.set_level(logging.WARNING, logger="tachyon_api.cache")
+    client = client_for(app)
+    for path in ("/sync", "/async"):
+        assert client.get(path).json() == {"ok": True}
+        assert client.get(path).json() == {"ok": True}
+    assert calls == ["sync", "sync", "async", "async"]
+    warnings = [r for r in caplog.records if r.name == "tachyon_api.cache"]
+    assert any("on get" in r.getMessage() for r in warnings)
+    assert any("on set" in r.getMessage() for r in warnings)
+    assert all(r.exc_info for r in warnings)
+
+
+def test_redis_backend_on_a_real_server(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.set("someone-else", b"keep me")
+    backend = RedisCacheBackend(client)
+    backend.set("p", Point(1, 2), ttl=60)
+    assert backend.get("p") == Point(1, 2)
+    assert client.pttl("tachyon:cache:p") > 59_000
+    backend.set("short", "v", ttl=0.3)  # under a second: milliseconds, not "no expiry"
+    assert backend.get("short") == "v"
+    assert wait_until(lambda: backend.get("short") is None, 3)
+    backend.set("forever", 1)
+    assert client.ttl("tachyon:cache:forever") == -1
+    backend.delete("p")
+    assert backend.get("p") is None
+    for i in range(1200):
+        backend.set(f"k{i}", i)
+    backend.clear()
+    assert client.keys("tachyon:cache:*") == []
+    assert client.get("someone-else") == b"keep me"  # clear() is not FLUSHDB
+
+    calls = []
+    app = Tachyon(cache_config=CacheConfig(backend=backend, default_ttl=60))
+
+    @app.get("/points/{x}")
+    @cache()
+    async def point(x: int):
+        calls.append(x)
+        return Point(x, x * 2)
+
+    with serve(app) as url:
+        assert _burst(f"{url}/points/3", 4) == [{"x": 3, "y": 6}] * 4
+        assert httpx.get(f"{url}/points/3").json() == {"x": 3, "y": 6}
+    assert calls == [3]
+    assert len(client.keys("tachyon:cache:*")) == 1
+
+
+def test_memcached_backend_on_a_real_server(memcached_address):
+    client = MemcacheClient(memcached_address, connect_timeout=2, timeout=2)
+    backend = MemcachedCacheBackend(client)
+    backend.set("p", Point(3, 4), ttl=60)
+    assert backend.get("p") == Point(3, 4)
+    long_key = "k" * 300 + " with spaces"
+    backend.set(long_key, [1, 2])
+    assert backend.get(long_key) == [1, 2]
+    backend.set("short", "v", ttl=0.2)  # rounded up to one second, never 0 (= no expiry)
+    assert backend.get("short") == "v"
+    assert wait_until(lambda: backend.get("short") is None, 4)
+    backend.set("far", "v", ttl=40 * 24 * 3600)  # past 30 days memcached wants a timestamp
+    assert backend.get("far") == "v"
+    backend.delete("p")
+    assert backend.get("p") is None
+    backend.clear()
+    assert backend.get(long_key) is None
+
+    calls = []
+    lock = threading.Lock()
+    app = Tachyon()
+
+    @app.get("/slow")
+    @cache(TTL=30, backend=backend)
+    def slow():
+        with lock:
+            calls.append(1)
+        time.sleep(0.2)
+        return {"calls": len(calls)}
+
+    with serve(app) as url:
+        assert _burst(f"{url}/slow", 6) == [{"calls": 1}] * 6
+    assert len(calls) == 1
