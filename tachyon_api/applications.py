@@ -13,7 +13,7 @@ from .cache import CacheConfig, set_cache_config
 from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
 from .datastructures import State
-from .dependencies import Depends
+from .dependencies import SCOPE_SINGLETON, Depends, injectable_scope
 from .exceptions import HTTPException, RequestError, ResponseValidationError
 from .middlewares.core import create_decorated_middleware_class
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
@@ -183,12 +183,7 @@ class Tachyon(RouteDecorators):
     @property
     def routes(self) -> list[dict[str, Any]]:
         """One dict per path and method: ``{"path", "method", "func", "name", ...}`` (as the existing framework)."""
-        return [
-            {"path": r.path, "method": m, "func": r.endpoint, "name": r.name, "status_code": r.status_code,
-             "response_model": r.response_model, "tags": r.tags, **r.options}
-            for r in self._routes
-            for m in r.methods
-        ]
+        return [route.as_dict(method) for route in self._routes for method in route.methods]
 
     # --- dependencies ----------------------------------------------------------------------------------
     def override_dependency(self, override: Callable[..., Any], exit_scope: str | None = None) -> Dependency:
@@ -201,6 +196,21 @@ class Tachyon(RouteDecorators):
                 override, frozenset(), strict=self.strict, exit_scope=exit_scope
             )
         return compiled
+
+    def register_instance(self, cls: type, instance: Any) -> None:
+        """Make ``instance`` the app's one instance of the singleton ``@injectable`` class ``cls`` (built
+        outside, e.g. with configuration the constructor cannot get). Other scopes build a new object per
+        request or per use, so an instance given here would never be used: that is a TypeError."""
+        if injectable_scope(cls) != SCOPE_SINGLETON:
+            raise TypeError(
+                f"register_instance needs an @injectable singleton class, not {getattr(cls, '__qualname__', cls)!r}; "
+                "use app.dependency_overrides for other dependencies"
+            )
+        self.singletons[cls] = instance
+
+    def get_instance(self, cls: type) -> Any:
+        """The app's instance of the singleton class ``cls``, if registered or built already; else None."""
+        return self.singletons.get(cls)
 
     # --- middleware ------------------------------------------------------------------------------------
     def add_middleware(self, middleware_class: type, **options: Any) -> None:

@@ -69,15 +69,15 @@ def log_config(level: str) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from .server import server_options
+
     _cwd_importable()
-    has = importlib.util.find_spec
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "workers": None if args.reload else args.workers,
         "reload": args.reload,
-        "loop": "uvloop" if has("uvloop") else "asyncio",
-        "http": "httptools" if has("httptools") else "h11",
+        **server_options(),  # uvloop and httptools when installed
         "log_config": args.log_config or log_config(args.log_level),
         "log_level": args.log_level,
         "access_log": not args.no_access_log,

@@ -89,6 +89,30 @@ class Route:
             **self.options,
         )
 
+    def as_dict(self, method: str | None = None) -> dict[str, Any]:
+        """The route as tachyon-api 1.3 listed it (one dict per method): ``{"path", "method", "func", ...}``."""
+        return {
+            "path": self.path,
+            "method": method or self.methods[0],
+            "func": self.endpoint,
+            "name": self.name,
+            "status_code": self.status_code,
+            "response_model": self.response_model,
+            "tags": self.tags,
+            "dependencies": self.dependencies,
+            **self.options,
+        }
+
+    # Read access by key, so code written for 1.3's route dicts (``router.routes[0]["path"]``) keeps working.
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.as_dict().get(key, default)
+
+    def keys(self) -> Any:
+        return self.as_dict().keys()
+
     def __repr__(self) -> str:
         return f"Route({self.path!r}, methods={list(self.methods)}, endpoint={self.name})"
 
