@@ -37,6 +37,9 @@ PAGES = [
     "testing.md",
     "migration.md",
     "observability.md",
+    "security.md",
+    "middleware.md",
+    "cache.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.
