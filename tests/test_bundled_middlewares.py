@@ -7,7 +7,7 @@ import threading
 
 import httpx
 import pytest
-from starlette.testclient import TestClient as StarletteTestClient
+from websockets.sync.client import connect as ws_connect
 
 from tachyon_api import HTTPException, Tachyon
 from tachyon_api.middlewares import CORSMiddleware, LoggerMiddleware, SecurityHeadersMiddleware
@@ -112,6 +112,13 @@ def test_cors_credentials_never_with_a_wildcard():
         assert simple.headers["access-control-allow-origin"] == "https://other.example"
         assert simple.headers["access-control-allow-credentials"] == "true"
         assert simple.headers["vary"] == "Origin"
+
+
+def test_cors_accepts_a_lone_string():
+    client = client_for(_app(allow_origins="https://app.example", allow_methods="PUT"))
+    response = client.options("/data", headers=PREFLIGHT)
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert response.headers["access-control-allow-methods"] == "PUT"
 
 
 def test_cors_merges_vary_with_the_apps_own():
@@ -265,9 +272,11 @@ def test_bundled_middlewares_pass_websockets_through():
     stack = create_decorated_middleware_class(spy, "*")(_ws_echo)
     stack = create_decorated_middleware_class(_call_next_header, "http")(stack)
     stack = CORSMiddleware(SecurityHeadersMiddleware(LoggerMiddleware(stack)), allow_origins=["https://a.example"])
-    with StarletteTestClient(stack).websocket_connect("/ws", headers={"Origin": "https://a.example"}) as ws:
-        ws.send_text("hi")
-        assert ws.receive_text() == "echo:hi"
+    with serve(stack, lifespan="off") as url:
+        with ws_connect(url.replace("http", "ws") + "/ws", origin="https://a.example", open_timeout=5) as ws:
+            assert ws.response.headers["x-ws"] == "1"
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "echo:hi"
     assert seen == ["websocket"]
 
 

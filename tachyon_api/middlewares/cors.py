@@ -42,6 +42,11 @@ class CORSMiddleware:
         max_age: int = 600,
     ) -> None:
         self.app = app
+        # A lone string is one name, not a sequence of characters (allow_origins="https://app.example").
+        allow_origins, allow_methods, allow_headers, expose_headers = (
+            [value] if isinstance(value, str) else list(value)
+            for value in (allow_origins, allow_methods, allow_headers, expose_headers)
+        )
         self.any_origin = "*" in allow_origins
         self.origins = frozenset(allow_origins)
         self.any_method = "*" in allow_methods
