@@ -8,7 +8,9 @@
 - ``Vary: Origin`` is sent whenever the answer depends on the origin (anything but "every origin, no
   credentials"), also on answers to requests without an ``Origin``, so a shared cache never hands one
   origin's answer to another.
-- With credentials, ``*`` is never sent (browsers reject it): the origin, method and headers are echoed.
+- With credentials, ``*`` is never sent (browsers do not read it as a wildcard then): the origin, method and
+  headers are echoed. Allowed headers are always echoed for ``"*"``, because ``*`` never covers
+  ``Authorization``.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ class CORSMiddleware:
             problem = "headers"
         else:
             headers = [(b"access-control-allow-origin", self._allow_origin(origin)), *self.preflight_headers]
-            if self.any_method:  # echoed: "*" does not cover requests with credentials
+            if self.any_method and not self.credentials:
+                headers.append((b"access-control-allow-methods", b"*"))
+            elif self.any_method:  # echoed: with credentials, "*" is a method name, not a wildcard
                 headers.append((b"access-control-allow-methods", method.encode("latin-1")))
                 vary.append("Access-Control-Request-Method")
             if self.any_header:
