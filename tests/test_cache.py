@@ -11,9 +11,9 @@ import httpx
 import msgspec
 import pytest
 import redis
+from pymemcache.client.base import Client as MemcacheClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from pymemcache.client.base import Client as MemcacheClient
 
 from tachyon_api import (
     CacheConfig,
