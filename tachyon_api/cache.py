@@ -365,13 +365,11 @@ def cache(
             if found is not _MISS:
                 return found
             with lock:
-                flight = sync_flights.get(key)
-                leader = flight is None
-                if leader:
+                running = sync_flights.get(key)
+                if running is None:
                     flight = sync_flights[key] = _Flight()
-            assert flight is not None
-            if not leader:
-                return flight.wait()
+            if running is not None:
+                return running.wait()
             try:
                 found = sync_lookup(store, key)
                 if found is not _MISS:

@@ -355,6 +355,24 @@ def test_call_next_sees_a_body_the_middleware_read():
     assert response.headers["x-body-length"] == str(len(b'{"a":[1,2,3]}'))
 
 
+def test_call_next_keeps_background_tasks_after_the_response():
+    from tachyon_api.background import BackgroundTasks
+
+    done = []
+    app = Tachyon()
+
+    @app.post("/signup")
+    def signup(tasks: BackgroundTasks):
+        tasks.add_task(done.append, "welcome")
+        return {"ok": True}
+
+    app.middleware("http")(_call_next_header)
+    client = client_for(app)
+    response = client.post("/signup")
+    assert response.headers["x-seen"] == "/signup"
+    assert done == ["welcome"]  # the test client returns after the tasks ran, through call_next too
+
+
 def test_middleware_registration_errors():
     app = Tachyon()
 
