@@ -10,6 +10,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tachyon_api import HTTPException, Tachyon
+from tachyon_api.background import BackgroundTasks
 from tachyon_api.middlewares import CORSMiddleware, LoggerMiddleware, SecurityHeadersMiddleware
 from tachyon_api.middlewares.core import apply_middleware_to_router, create_decorated_middleware_class
 from tachyon_api.responses import JSONResponse, StreamingResponse
@@ -356,8 +357,6 @@ def test_call_next_sees_a_body_the_middleware_read():
 
 
 def test_call_next_keeps_background_tasks_after_the_response():
-    from tachyon_api.background import BackgroundTasks
-
     done = []
     app = Tachyon()
 
