@@ -53,34 +53,65 @@ def _burst(url: str, n: int = 8) -> list:
         return [r.json() for r in pool.map(lambda _: client.get(url), range(n))]
 
 
+class Arrivals:
+    """ASGI middleware counting the requests that reached the app, per path: a test then knows that its
+    concurrent requests are all in flight (not merely sent) before it lets the computation finish."""
+
+    def __init__(self, app, seen: list):
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.seen.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+def _gated_burst(url: str, path: str, seen: list, gate: threading.Event, n: int = 8) -> list:
+    """``n`` concurrent GETs of ``path``, released (``gate``) only once all of them reached the app."""
+    gate.clear()
+    before = seen.count(path)
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=n)) as client, ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(client.get, url + path) for _ in range(n)]
+        assert wait_until(lambda: seen.count(path) - before == n, 10)
+        time.sleep(0.1)  # from the middleware to the cache lookup: no I/O, but give a loaded machine a moment
+        gate.set()
+        return [future.result() for future in futures]
+
+
 def test_single_flight_hits_and_expiry_under_concurrent_requests():
     calls = {"sync": 0, "async": 0}
+    seen: list = []
+    gate = threading.Event()
     app = Tachyon()
 
     @app.get("/sync/{item}")
-    @cache(TTL=0.5)
+    @cache(TTL=1.5)
     def slow_sync(item: int):
         calls["sync"] += 1
-        time.sleep(0.2)
+        gate.wait(10)
         return {"item": item, "n": calls["sync"]}
 
     @app.get("/async/{item}")
-    @cache(ttl=0.5)
+    @cache(ttl=1.5)
     async def slow_async(item: int, q: str = Query("x")):
         calls["async"] += 1
-        await asyncio.sleep(0.2)
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
         return {"item": item, "q": q, "n": calls["async"]}
 
+    app.add_middleware(Arrivals, seen=seen)
     with serve(app) as url:
         for kind in ("sync", "async"):
-            first = _burst(f"{url}/{kind}/1")
+            first = [r.json() for r in _gated_burst(url, f"/{kind}/1", seen, gate)]
             assert calls[kind] == 1, kind  # eight concurrent misses computed once
             assert all(body == first[0] for body in first)
             assert httpx.get(f"{url}/{kind}/1").json() == first[0]  # a hit
             assert httpx.get(f"{url}/{kind}/2").json()["item"] == 2  # another key computes
             assert calls[kind] == 2
-            time.sleep(0.6)
-            again = _burst(f"{url}/{kind}/1")
+        time.sleep(1.6)
+        for kind in ("sync", "async"):
+            again = [r.json() for r in _gated_burst(url, f"/{kind}/1", seen, gate)]
             assert calls[kind] == 3  # expired: computed once more, by one of the eight
             assert all(body["n"] == 3 for body in again)
         assert httpx.get(f"{url}/async/1?q=other").json()["q"] == "other"
@@ -88,21 +119,24 @@ def test_single_flight_hits_and_expiry_under_concurrent_requests():
 
 def test_errors_are_never_cached_and_reach_every_waiter():
     attempts = []
+    seen: list = []
+    gate = threading.Event()
     app = Tachyon()
 
     @app.get("/flaky")
     @cache(TTL=60)
     async def flaky():
         attempts.append(1)
-        await asyncio.sleep(0.2)
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
         if len(attempts) == 1:
             raise HTTPException(503, "warming up")
         return {"ok": len(attempts)}
 
+    app.add_middleware(Arrivals, seen=seen)
     with serve(app) as url:
-        with ThreadPoolExecutor(4) as pool:
-            statuses = [r.status_code for r in pool.map(lambda _: httpx.get(url + "/flaky"), range(4))]
-        assert statuses == [503] * 4 and len(attempts) == 1  # one flight, its error shared
+        responses = _gated_burst(url, "/flaky", seen, gate, 4)
+        assert [r.status_code for r in responses] == [503] * 4 and len(attempts) == 1  # one flight, its error shared
         assert httpx.get(url + "/flaky").json() == {"ok": 2}
         assert httpx.get(url + "/flaky").json() == {"ok": 2}
     assert len(attempts) == 2
