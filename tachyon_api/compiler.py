@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections.abc
 import contextlib
 import dataclasses
 import datetime
@@ -41,7 +42,7 @@ from .datastructures import UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
 from .params import Param
-from .requests import Request
+from .requests import Request, json_error_message
 
 if typing.TYPE_CHECKING:
     from .applications import Tachyon
@@ -56,6 +57,11 @@ _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
+# Numbers in a URL, header or form: ASCII digits, an optional sign (and for float/Decimal a fraction and an
+# exponent). Python's int()/float() would also take "٣", "1_000", " 1" and "nan", so that several URLs name
+# one resource and a NaN slips past every bound; FastAPI rejects them too.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
 
 
@@ -272,9 +278,14 @@ def string_converter(tp: Any) -> Callable[[str], Any] | None:
         return None
     if tp is int:
         def convert(value: str) -> Any:
+            if _INTEGER.fullmatch(value) is None:
+                raise ValueError(value)
             return int(value)
-    elif tp is float:
-        convert = float  # type: ignore[assignment]
+    elif tp is float or tp is decimal.Decimal:
+        def convert(value: str) -> Any:
+            if _NUMBER.fullmatch(value) is None:
+                raise ValueError(value)
+            return tp(value)
     elif tp is bool:
         def convert(value: str) -> Any:
             lowered = value.lower()
@@ -643,26 +654,98 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
     return extract
 
 
-_AT = re.compile(r" - at `\$(.*)`$")
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_AT = re.compile(r" - at (`key` in )?`\$(.*)`$")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[(\.\.\.)\]")
 
 
-def _body_error(exc: Exception) -> dict[str, Any]:
+def _body_error(exc: Exception, body: bytes, tp: Any) -> dict[str, Any]:
     """Turn msgspec's message (``Expected `int`, got `str` - at `$.lines[0].qty```) into a located error."""
+    if not isinstance(exc, msgspec.ValidationError):
+        return {"loc": ["body"], "msg": f"Invalid JSON: {json_error_message(exc)}", "type_": "json_invalid"}
     message = str(exc)
     loc: list[Any] = ["body"]
     found = _AT.search(message)
     if found:
         message = message[: found.start()]
-        for name, index in _PATH_PART.findall(found.group(1)):
-            loc.append(int(index) if index else name)
-    if isinstance(exc, msgspec.ValidationError):
-        missing = re.match(r"Object missing required field `(.+)`", message)
-        if missing:
-            return {"loc": [*loc, missing.group(1)], "msg": "Field required", "type_": "missing"}
-        msg, type_ = describe_validation_error(message)
-        return {"loc": loc, "msg": msg, "type_": type_}
-    return {"loc": loc, "msg": f"Invalid JSON: {message}", "type_": "json_invalid"}
+        parts = [int(index) if index else name or ... for name, index, _ in _PATH_PART.findall(found.group(2))]
+        if found.group(1):  # the key of a dict is invalid: msgspec names the dict, not the key
+            parts.append(...)
+        loc += _name_members(parts, body, tp) if ... in parts else parts
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        return {"loc": [*loc, missing.group(1)], "msg": "Field required", "type_": "missing"}
+    msg, type_ = describe_validation_error(message)
+    return {"loc": loc, "msg": msg, "type_": type_}
+
+
+def _name_members(parts: list[Any], body: bytes, tp: Any) -> list[Any]:
+    """Replace each ``...`` (msgspec's ``[...]``, a member of a dict it does not name) by the member's key.
+
+    The body is decoded again without a type and walked along ``parts`` with ``tp``; in each dict the key is
+    the first member that does not convert (msgspec stops at the first error, in document order). Runs only
+    for an invalid body, so valid requests pay nothing. A key that cannot be found is left out.
+    """
+    try:
+        raw = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raw = None
+    named: list[Any] = []
+    for step, part in enumerate(parts):
+        tp = _shape_for(tp, raw)
+        if part is ...:
+            member = _failing_member(tp, raw)
+            if member is None:
+                return [*named, *(p for p in parts[step:] if p is not ...)]
+            key, raw, tp = member
+            named.append(key)
+        elif isinstance(part, int):
+            named.append(part)
+            args = typing.get_args(tp)
+            if typing.get_origin(tp) is tuple and ... not in args:
+                tp = args[part] if part < len(args) else Any
+            else:
+                tp = args[0] if args else Any
+            raw = raw[part] if isinstance(raw, list) and part < len(raw) else None
+        else:
+            named.append(part)
+            tp, raw = _field_type(tp, part), raw.get(part) if isinstance(raw, dict) else None
+    return named
+
+
+def _failing_member(tp: Any, raw: Any) -> tuple[str, Any, Any] | None:
+    """The first ``(key, value, value type)`` of the dict ``raw`` that does not convert to the mapping ``tp``."""
+    origin = typing.get_origin(tp) or tp
+    if not (isinstance(raw, dict) and isinstance(origin, type) and issubclass(origin, collections.abc.Mapping)):
+        return None
+    key_type, value_type = typing.get_args(tp) or (Any, Any)
+    for key, value in raw.items():
+        try:
+            msgspec.convert({key: value}, dict[key_type, value_type], str_keys=True)  # type: ignore[valid-type]
+        except msgspec.ValidationError:
+            return key, value, value_type
+    return None
+
+
+def _shape_for(tp: Any, raw: Any) -> Any:
+    """``tp`` without ``Annotated``; of a union, the member msgspec decodes ``raw`` (an object or array) with."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in _UNION_TYPES:
+            want_array = isinstance(raw, list)
+            tp = next((a for a in typing.get_args(tp) if _is_model(a) and (_list_item(a) is not None) == want_array), Any)
+        else:
+            return tp
+
+
+def _field_type(tp: Any, name: str) -> Any:
+    """The type of the member encoded as ``name`` in a Struct, dataclass or TypedDict (Any if unknown)."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return next((f.type for f in msgspec.structs.fields(tp) if f.encode_name == name), Any)
+    if dataclasses.is_dataclass(tp) or typing.is_typeddict(tp):
+        return typing.get_type_hints(tp).get(name, Any)
+    return Any
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -698,8 +781,8 @@ def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> 
             return {name: default}
         try:
             value = decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise FieldError(**_body_error(exc)) from None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise FieldError(**_body_error(exc, body, decoder.type)) from None
         if embed:
             return {field: getattr(value, field) for field, _, _ in params}
         return {name: value}

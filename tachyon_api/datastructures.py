@@ -191,15 +191,28 @@ class State:
         del self._state[key]
 
 
+MAX_FILENAME_BYTES = 255
+
+
 def safe_filename(filename: str | None) -> str | None:
-    """Strip directories, drive letters and NUL from a client-supplied file name (no path traversal)."""
+    """Strip directories, drive letters and NUL from a client-supplied file name (no path traversal), and
+    keep it within 255 bytes of UTF-8, so that ``open(folder / filename, "wb")`` cannot fail on its length."""
     if filename is None:
         return None
     name = filename.replace("\x00", "").replace("\\", "/").rsplit("/", 1)[-1]
     if len(name) > 1 and name[1] == ":" and name[0].isalpha():  # a Windows drive letter: C:name
         name = name[2:]
     name = name.strip()
-    return None if name in ("", ".", "..") else name
+    if name in ("", ".", ".."):
+        return None
+    if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
+        # Most file systems refuse a name over 255 bytes: cut the stem, keep the extension (if it is short).
+        stem, dot, extension = name.rpartition(".")
+        if not stem or len(extension.encode("utf-8")) > 32:
+            stem, dot, extension = name, "", ""
+        room = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode("utf-8"))
+        name = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip() + dot + extension
+    return name
 
 
 class UploadFile:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from urllib.parse import unquote
 
 import msgspec
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .datastructures import URL, Address, FormData, Headers, QueryParams, State, UploadFile, parse_query
@@ -106,10 +106,7 @@ class Request:
         if self._consumed:
             raise RuntimeError("The request body was already streamed")
         self._consumed = True
-        limit = self.max_body_size
-        declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestTooLarge(limit)
+        limit = self._refuse_declared_oversize()
         received = 0
         while True:
             if self._first is not None:  # taken by body() to look for the one-message case
@@ -127,18 +124,33 @@ class Request:
             if not message.get("more_body", False):
                 return
 
+    def _refuse_declared_oversize(self) -> int:
+        """413 now if ``Content-Length`` already says the body is over ``max_body_size``; returns the limit.
+
+        Called before the first ``receive()``: that call is what makes uvicorn answer ``Expect: 100-continue``
+        with ``100 Continue``, and a client sending headers alone waits for an answer before sending the body.
+        So a body we will refuse is refused before the client sends it, and never invited.
+        """
+        limit = self.max_body_size
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            self._consumed = True
+            raise RequestTooLarge(limit)
+        return limit
+
     async def body(self) -> bytes:
         """The whole body (read once, cached); 413 past ``max_body_size``."""
         if self._body is None:
             if self._consumed:
                 raise RuntimeError("The request body was already streamed")
+            limit = self._refuse_declared_oversize()
             # The usual case, a body in one message, without the generator of stream().
             message = await self._receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
                 body = message.get("body", b"")
-                if len(body) > self.max_body_size:
+                if len(body) > limit:
                     self._consumed = True
-                    raise RequestTooLarge(self.max_body_size)
+                    raise RequestTooLarge(limit)
                 self._body = body
             else:
                 self._first = message
@@ -162,9 +174,10 @@ class Request:
             body = await self.body()
             try:
                 self._json = msgspec.json.decode(body)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
+                message = json_error_message(exc)
                 raise RequestValidationError(
-                    [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}], f"Invalid JSON body: {exc}"
+                    [{"loc": ["body"], "msg": message, "type": "json_invalid"}], f"Invalid JSON body: {message}"
                 ) from None
         return self._json
 
@@ -175,7 +188,9 @@ class Request:
             if content_type == b"multipart/form-data":
                 self._form = await _parse_multipart(self.stream(), params.get(b"boundary"))
             elif content_type in (b"application/x-www-form-urlencoded", b""):
-                text = (await self.body()).decode("latin-1")
+                # Browsers send raw (not %-escaped) UTF-8 as often as escapes; both decode as UTF-8, bytes
+                # that are not UTF-8 as U+FFFD, as parse_query does for escapes.
+                text = (await self.body()).decode("utf-8", "replace")
                 if text.count("&") >= MAX_FORM_PARTS:
                     raise RequestError(f"Invalid form body: more than {MAX_FORM_PARTS} fields")
                 self._form = FormData(parse_query(text))
@@ -190,6 +205,17 @@ class Request:
         """Close uploaded files. Called by the framework after the response."""
         if self._form is not None:
             await self._form.close()
+
+
+def json_error_message(exc: Exception) -> str:
+    """What a client is told about a body msgspec could not decode.
+
+    msgspec stops at Python's recursion limit (about 1,000 levels of nesting, fewer the deeper the call stack)
+    with a RecursionError rather than overflowing the C stack; for a client that is malformed input too.
+    """
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    return str(exc)
 
 
 def parse_cookies(header: str) -> dict[str, str]:
@@ -236,23 +262,21 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
     def on_end() -> None:
         state["ended"] = True
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_end": on_end,
-        },
-    )
+    callbacks = {
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_end": on_end,
+    }
     current: Any = None
     name = ""
     buffer: list[bytes] = []
     field_size = 0
     try:
+        parser = MultipartParser(boundary, callbacks)  # a FormParserError if the boundary is over 256 bytes
         async for chunk in stream:
             parser.write(chunk)
             for event, payload in parts:
@@ -293,7 +317,7 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
         await FormData(items).close()
         if current is not None:
             await current.close()
-        if isinstance(exc, MultipartParseError):
+        if isinstance(exc, FormParserError):  # every error of the parser: a malformed body
             raise RequestError(f"Invalid multipart body: {exc}") from None
         raise
     return FormData(items)

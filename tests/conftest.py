@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Iterator
 
 import pytest
@@ -48,6 +49,37 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return bool(predicate())
+
+
+def raw_exchange(url: str, payload: bytes, timeout: float = 3.0) -> bytes:
+    """Send ``payload`` on a fresh TCP connection; return what the server sends until it closes or goes quiet."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            data = b"".join(chunks)
+            # a complete response with a Content-Length: stop reading
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if sep:
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length" and len(rest) >= int(value.strip()):
+                        return data
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1."), response[:200]
+    return int(response.split(b" ", 2)[1])
 
 
 ERROR_KEYS = {"success", "error", "code", "errors"}

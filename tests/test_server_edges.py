@@ -9,7 +9,7 @@ import pytest
 
 from tachyon_api import Request, Tachyon
 
-from .conftest import serve
+from .conftest import raw_exchange, serve, status_of
 
 
 def build_app() -> Tachyon:
@@ -24,37 +24,6 @@ def build_app() -> Tachyon:
         return {"length": len(await request.body())}
 
     return app
-
-
-def raw_exchange(url: str, payload: bytes, timeout: float = 3.0) -> bytes:
-    """Send ``payload`` on a fresh TCP connection; return what the server sends until it closes or goes quiet."""
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            data = b"".join(chunks)
-            # a complete response with a Content-Length: stop reading
-            head, sep, rest = data.partition(b"\r\n\r\n")
-            if sep:
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length" and len(rest) >= int(value.strip()):
-                        return data
-        return b"".join(chunks)
-
-
-def status_of(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1."), response[:200]
-    return int(response.split(b" ", 2)[1])
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])
