@@ -3,7 +3,8 @@
 Every parameter source (path, query, header, cookie), every scalar type, lists, JSON bodies (a Struct with
 nested dicts and lists, a ``dict``, ``Any``, several embedded parameters), ``request.body()/json()/stream()``,
 urlencoded forms and multipart uploads. Endpoints echo what they received, so a test can check the
-conversion too. Uploads are saved under ``upload_dir`` by their ``filename``, as the docs say an app may.
+conversion too. Uploads are saved under ``upload_dir`` (``$KITCHEN_SINK_UPLOAD_DIR`` for the module's ``app``,
+else a new temporary folder) by their ``filename``, as the docs say an app may.
 
 A module of its own, with ``app`` at module level, so that it can be served by ``tachyon run
 tests.kitchen_sink:app`` and pointed at by schema-driven fuzzers (schemathesis) once the app has an OpenAPI
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import os
 import tempfile
 import uuid
 from pathlib import Path as FilePath
@@ -47,7 +49,8 @@ class Order(msgspec.Struct):
 
 def create_app(upload_dir: FilePath | None = None) -> Tachyon:
     """The app; ``max_body_size`` is 64 KiB so that limits are quick to reach."""
-    folder = upload_dir or FilePath(tempfile.mkdtemp(prefix="kitchen-sink-"))
+    configured = os.environ.get("KITCHEN_SINK_UPLOAD_DIR")
+    folder = upload_dir or FilePath(configured or tempfile.mkdtemp(prefix="kitchen-sink-"))
     app = Tachyon(max_body_size=64 * 1024)
 
     # --- path, query, header, cookie: every scalar type -----------------------------------------------

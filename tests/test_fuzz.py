@@ -1,0 +1,266 @@
+"""Property-based fuzzing (hypothesis) over real HTTP: the kitchen-sink app (tests/kitchen_sink.py) and the
+example shop, each under ``tachyon run``, get generated hostile requests: every answer is below 500, every
+4xx carries the framework's JSON error body (or the ``{"detail": ...}`` of an ``HTTPException`` the route
+raises), and the server logs no unhandled error.
+
+The number of examples is bounded so that the module runs in seconds; each run draws new examples, so the
+suite keeps exploring (a failure prints the ``@reproduce_failure`` blob to replay it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import ServerProcess, assert_error_shape
+from .test_example_shop import Shop
+
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+# Values known to break naive parsers, mixed with arbitrary text.
+NASTY = [
+    "", " ", "0", "-1", "+1", "1_000", "٣", "５", "1e999", "-0.0", "nan", "inf", "9" * 5000, "0x10",
+    "../../etc/passwd", "..", "%00", "\x00", "null", "true", "[]", "{}", "'", '"', "\\", "<script>",
+    "\u202e", "a" * 300, "😀", "\ufeff1", "1\n", "\r\n",
+]
+TEXT = st.one_of(st.sampled_from(NASTY), st.text(max_size=30))
+FILENAMES = st.one_of(  # long names (file systems take 255 bytes), paths, odd characters
+    st.sampled_from(["a" * 300 + ".txt", "é" * 200 + ".csv", "../../x.txt", "C:\\x.txt", ".", "..", "a\x00b"]), TEXT
+)
+# httpx sends printable ASCII without surrounding spaces (HTTP parsers strip them anyway).
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json", "application/vnd.api+json", "text/plain", "", "application/x-www-form-urlencoded",
+        "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+    ]
+)
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+BODIES = st.one_of(
+    JSON.map(json_bytes),
+    st.binary(max_size=200),
+    (st.sampled_from([999, 1000, 1001, 5000]) | st.integers(1, 3000)).map(nested),
+    st.sampled_from([b"", b" "]),
+)
+
+
+def assert_clean(response: httpx.Response, detail_statuses: set[int] | None = None) -> None:
+    """Below 500; a 4xx is our error body, or ``{"detail": ...}`` with one of ``detail_statuses`` (every 4xx
+    if None: the app raises its own HTTPExceptions)."""
+    request = response.request
+    where = f"{request.method} {request.url} -> {response.status_code} {response.text[:300]}"
+    assert response.status_code < 500, where
+    if response.status_code < 400:
+        return
+    body = response.json()
+    if set(body) == {"detail"}:
+        assert detail_statuses is None or response.status_code in detail_statuses, where
+        return
+    error = assert_error_shape(response, {response.status_code})
+    for item in error["errors"]:  # a location names real fields, keys and indexes
+        assert all(isinstance(part, (str, int)) for part in item["loc"]), where
+
+
+def multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    out = []
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(out) + f"--{boundary}--\r\n".encode()
+
+
+MULTIPART = st.builds(
+    lambda boundary, parts, cut: (boundary, multipart(boundary, parts)[: cut or None]),
+    st.integers(1, 300).flatmap(  # the parser takes boundaries of at most 256 bytes
+        lambda size: st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters='";'), min_size=size, max_size=size)
+    ),
+    st.lists(st.tuples(st.sampled_from(["file", "note", "files", "x"]) | TEXT, st.none() | TEXT, st.binary(max_size=50)), max_size=3),
+    st.integers(0, 400),
+)
+
+
+# --- the kitchen sink ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    folder = tmp_path_factory.mktemp("sink")
+    server = ServerProcess("tests.kitchen_sink:app", folder, {"KITCHEN_SINK_UPLOAD_DIR": str(folder)})
+    try:
+        with httpx.Client(base_url=server.url, timeout=20) as client:
+            yield client
+        server.terminate()
+        server.wait(30)
+        output = server.output()
+        assert "Traceback" not in output and "Unhandled error" not in output, output
+    finally:
+        server.stop()
+
+
+PATH_KINDS = st.sampled_from(["int", "float", "decimal", "uuid", "str"])
+QUERY_NAMES = st.sampled_from(["n", "x", "d", "flag", "day", "color", "tags", "text"]) | TEXT
+
+
+@FUZZ
+@given(kind=PATH_KINDS, value=TEXT)
+def test_sink_path_parameters(sink: httpx.Client, kind: str, value: str) -> None:
+    assert_clean(sink.get(f"/path/{kind}/{quote(value, safe='')}"), {404, 405})
+
+
+@FUZZ
+@given(params=st.lists(st.tuples(QUERY_NAMES, TEXT), max_size=8))
+def test_sink_query_parameters(sink: httpx.Client, params: list[tuple[str, str]]) -> None:
+    assert_clean(sink.get("/query", params=params), set())
+
+
+@FUZZ
+@given(
+    headers=st.dictionaries(st.sampled_from(["x-count", "x-ratio", "x-tags", "cookie", "content-length-x"]), HEADER_TEXT),
+    path=st.sampled_from(["/headers", "/cookies"]),
+)
+def test_sink_headers_and_cookies(sink: httpx.Client, headers: dict[str, str], path: str) -> None:
+    assert_clean(sink.get(path, headers=headers), set())
+
+
+ORDER = st.fixed_dictionaries(
+    {"customer": JSON, "lines": st.lists(st.fixed_dictionaries({"sku": TEXT, "qty": st.integers() | JSON}), max_size=3)},
+    optional={
+        "meta": st.dictionaries(TEXT, st.integers() | JSON, max_size=4),
+        "groups": st.dictionaries(TEXT, st.lists(st.dictionaries(TEXT, st.floats(allow_nan=False) | JSON, max_size=3), max_size=3)),
+        "counts": st.dictionaries(st.integers().map(str) | TEXT, st.integers() | JSON, max_size=4),
+        "extra": JSON,
+        "note": JSON,
+    },
+)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/json/order", "/json/dict", "/json/any", "/json/embed", "/request/body", "/request/json", "/request/stream"]),
+    body=st.one_of(BODIES, ORDER.map(json_bytes)),
+    content_type=CONTENT_TYPES,
+)
+def test_sink_json_bodies(sink: httpx.Client, path: str, body: bytes, content_type: str) -> None:
+    assert_clean(sink.post(path, content=body, headers={"content-type": content_type}), set())
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/form", "/upload", "/uploads"]),
+    fields=st.lists(st.tuples(st.sampled_from(["name", "age", "tags", "note"]) | TEXT, TEXT), max_size=5),
+    raw=st.none() | st.binary(max_size=100),
+)
+def test_sink_urlencoded_forms(sink: httpx.Client, path: str, fields: list[tuple[str, str]], raw: bytes | None) -> None:
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    if raw is not None:
+        assert_clean(sink.post(path, content=raw, headers=headers), set())
+    else:
+        assert_clean(sink.post(path, data=dict(fields)), set())
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/upload", "/uploads", "/form"]),
+    filename=FILENAMES,
+    content=st.binary(max_size=100),
+    note=st.none() | TEXT,
+    raw=st.none() | MULTIPART,
+)
+def test_sink_multipart(sink: httpx.Client, path: str, filename: str, content: bytes, note: str | None, raw: Any) -> None:
+    if raw is not None:
+        boundary, body = raw
+        response = sink.post(path, content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    else:
+        field = "files" if path == "/uploads" else "file"
+        response = sink.post(path, files={field: (filename, content)}, data={} if note is None else {"note": note})
+    assert_clean(response, set())
+    if path == "/upload" and response.status_code == 200 and response.json()["filename"] is not None:
+        assert len(response.json()["filename"].encode()) <= 255
+        assert response.json()["saved"] == response.json()["filename"]
+
+
+# --- the example shop ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    running = Shop(tmp_path_factory.mktemp("shop-fuzz"))
+    try:
+        yield running.http
+        running.stop()  # drains the tasks; fails on an unhandled error or a failed task in the log
+    finally:
+        running.server.stop()
+
+
+# Every route but POST /orders/{id}/complete, whose webhook goes to the order's URL: an order made valid by
+# chance would send it to an address on the internet.
+SHOP_ROUTES = st.sampled_from(
+    [
+        ("GET", "/"), ("POST", "/signup"), ("POST", "/reset-password"), ("POST", "/reset-password/verify"),
+        ("POST", "/import"), ("GET", "/imports/{}"), ("POST", "/products"), ("GET", "/products/{}"), ("GET", "/stats"),
+        ("POST", "/orders"), ("GET", "/orders/{}"), ("POST", "/webhooks/receiver"), ("GET", "/webhooks/received"),
+    ]
+)
+SHOP_BODIES = st.one_of(
+    BODIES,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            name: TEXT | JSON
+            for name in ("email", "name", "token", "id", "price", "stock", "customer_email", "total", "webhook_url", "delivery_id")
+        },
+    ).map(json_bytes),
+)
+
+
+@FUZZ
+@given(
+    route=SHOP_ROUTES,
+    path_value=TEXT,
+    params=st.lists(st.tuples(st.sampled_from(["email", "max_errors", "fail_times"]) | TEXT, TEXT), max_size=4),
+    body=SHOP_BODIES,
+    content_type=CONTENT_TYPES,
+    signature=st.none() | HEADER_TEXT,
+)
+def test_shop(shop: httpx.Client, route: tuple[str, str], path_value: str, params: list, body: bytes, content_type: str, signature: str | None) -> None:
+    method, template = route
+    headers = {"content-type": content_type}
+    if signature is not None:
+        headers["x-shop-signature"] = signature
+    url = template.format(quote(path_value, safe=""))
+    assert_clean(shop.request(method, url, params=params, content=body, headers=headers))
+
+
+@FUZZ
+@given(filename=FILENAMES, content=st.binary(max_size=200), raw=st.none() | MULTIPART)
+def test_shop_uploads(shop: httpx.Client, filename: str, content: bytes, raw: Any) -> None:
+    if raw is not None:
+        boundary, body = raw
+        response = shop.post("/import", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    else:
+        response = shop.post("/import", files={"file": (filename, content)})
+    assert_clean(response)
