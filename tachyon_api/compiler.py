@@ -28,6 +28,7 @@ import decimal
 import enum
 import inspect
 import logging
+import math
 import re
 import sys
 import types
@@ -58,10 +59,10 @@ _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
 # Numbers in a URL, header or form: ASCII digits, an optional sign (and for float/Decimal a fraction and an
-# exponent). Python's int()/float() would also take "٣", "1_000", " 1" and "nan", so that several URLs name
-# one resource and a NaN slips past every bound; FastAPI rejects them too.
-_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# exponent; a float must be finite). Python's int()/float() would also take "٣", "1_000", " 1" and "nan", so
+# that several URLs name one resource and a NaN slips past every bound; FastAPI rejects them too.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
 
 
@@ -281,11 +282,16 @@ def string_converter(tp: Any) -> Callable[[str], Any] | None:
             if _INTEGER.fullmatch(value) is None:
                 raise ValueError(value)
             return int(value)
-    elif tp is float or tp is decimal.Decimal:
+    elif tp is float:
+        def convert(value: str) -> Any:
+            if _NUMBER.fullmatch(value) is None or not math.isfinite(number := float(value)):  # "1e999": inf
+                raise ValueError(value)
+            return number
+    elif tp is decimal.Decimal:
         def convert(value: str) -> Any:
             if _NUMBER.fullmatch(value) is None:
                 raise ValueError(value)
-            return tp(value)
+            return decimal.Decimal(value)
     elif tp is bool:
         def convert(value: str) -> Any:
             lowered = value.lower()

@@ -40,6 +40,7 @@ PAGES = [
     "security.md",
     "middleware.md",
     "cache.md",
+    "security-model.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.

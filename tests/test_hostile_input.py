@@ -111,7 +111,7 @@ def test_a_boundary_the_parser_refuses_is_a_400(http: httpx.Client, boundary_len
 
 # --- 5. numbers: ASCII digits and an optional sign only -------------------------------------------------
 @pytest.mark.parametrize("kind", ["int", "float", "decimal"])
-@pytest.mark.parametrize("value", ["５", "٣", "1_000", " 1", "1 ", "nan", "inf", "0x10", "+", ""])
+@pytest.mark.parametrize("value", ["５", "٣", "1_000", " 1", "1 ", "nan", "inf", "0x10", "+", "", "1.5\n"])
 def test_path_numbers_accept_ascii_digits_only(http: httpx.Client, kind: str, value: str) -> None:
     response = http.get(f"/path/{kind}/{quote(value)}")
     assert response.status_code == 404, response.text
@@ -133,6 +133,11 @@ def test_query_numbers_accept_ascii_digits_only(http: httpx.Client, name: str, v
     params = {"n": "1", name: value}
     response = http.get("/query", params=params)
     assert_validation_error(response, [["query", name, 0] if name == "tags" else ["query", name]])
+
+
+def test_a_float_that_overflows_to_infinity_is_invalid(http: httpx.Client) -> None:
+    assert_validation_error(http.get("/query", params={"n": "1", "x": "1e999"}), [["query", "x"]])
+    assert http.get("/query", params={"n": "1", "d": "1e999"}).json()["d"] == "1E+999"  # a finite Decimal
 
 
 def test_query_numbers_in_ascii_convert(http: httpx.Client) -> None:
