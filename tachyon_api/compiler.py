@@ -58,10 +58,10 @@ _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
-# Numbers in a URL, header or form: ASCII digits, an optional sign (and for float/Decimal a fraction and an
-# exponent; a float must be finite). Python's int()/float() would also take "٣", "1_000", " 1" and "nan", so
-# that several URLs name one resource and a NaN slips past every bound; FastAPI rejects them too.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+# Numbers in a URL, header or form: ASCII digits and an optional sign; for float/Decimal also a fraction and
+# an exponent (_NUMBER), and a float must be finite. Python's int()/float() would also take "٣", "1_000", " 1"
+# and "nan", so that several URLs name one resource and a NaN slips past every bound (stricter than pydantic,
+# which takes "1_000" and spaces: see docs/migration.md).
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
 
@@ -279,7 +279,8 @@ def string_converter(tp: Any) -> Callable[[str], Any] | None:
         return None
     if tp is int:
         def convert(value: str) -> Any:
-            if _INTEGER.fullmatch(value) is None:
+            # ASCII digits, an optional sign: str methods cost half as much as a regex on this hot path
+            if not (value.isascii() and (value.isdigit() or (value[1:].isdigit() and value[0] in "+-"))):
                 raise ValueError(value)
             return int(value)
     elif tp is float:
