@@ -10,7 +10,6 @@ suite keeps exploring (a failure prints the ``@reproduce_failure`` blob to repla
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 

@@ -4,7 +4,6 @@ a clean 4xx with the framework's JSON error body, or the documented normalisatio
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
@@ -20,8 +19,7 @@ LIMIT = 64 * 1024  # the kitchen sink's max_body_size
 @pytest.fixture(scope="module", params=["httptools", "h11"])
 def url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uploads = tmp_path_factory.mktemp("uploads")
-    with serve(create_app(uploads), http=request.param) as base:
-        base_url = base
+    with serve(create_app(uploads), http=request.param) as base_url:
         yield base_url
 
 
@@ -33,7 +31,7 @@ def http(url: str) -> Iterator[httpx.Client]:
 
 def response_of(raw: bytes) -> httpx.Response:
     """Parse a raw HTTP/1.1 response with a Content-Length into an httpx.Response (for the shape helpers)."""
-    head, _, body = raw.partition(b"\r\n\r\n")
+    body = raw.partition(b"\r\n\r\n")[2]
     return httpx.Response(status_of(raw), content=body, headers={"content-type": "application/json"})
 
 
@@ -143,7 +141,8 @@ def test_a_float_that_overflows_to_infinity_is_invalid(http: httpx.Client) -> No
 def test_query_numbers_in_ascii_convert(http: httpx.Client) -> None:
     response = http.get("/query", params={"n": "-3", "x": "2.5", "d": "+0.10", "tags": ["1", "-2"]})
     assert response.status_code == 200, response.text
-    assert response.json() | {} == {**response.json(), "n": -3, "x": 2.5, "d": "0.10", "tags": [1, -2]}
+    body = response.json()
+    assert (body["n"], body["x"], body["d"], body["tags"]) == (-3, 2.5, "0.10", [1, -2])
 
 
 def test_header_and_form_numbers_accept_ascii_digits_only(url: str, http: httpx.Client) -> None:
