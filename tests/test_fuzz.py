@@ -3,13 +3,15 @@ example shop, each under ``tachyon run``, get generated hostile requests: every 
 4xx carries the framework's JSON error body (or the ``{"detail": ...}`` of an ``HTTPException`` the route
 raises), and the server logs no unhandled error.
 
-The number of examples is bounded so that the module runs in seconds; each run draws new examples, so the
-suite keeps exploring (a failure prints the ``@reproduce_failure`` blob to replay it).
+The number of examples is bounded (100 per test) so that the module runs in seconds; each run draws new
+examples, so the suite keeps exploring (a failure prints the ``@reproduce_failure`` blob to replay it). For a
+longer hunt: ``TACHYON_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz.py --timeout 0``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -22,7 +24,7 @@ from .conftest import ServerProcess, assert_error_shape
 from .test_example_shop import Shop
 
 FUZZ = settings(
-    max_examples=100,
+    max_examples=int(os.environ.get("TACHYON_FUZZ_EXAMPLES", "100")),
     deadline=None,
     database=None,
     print_blob=True,
