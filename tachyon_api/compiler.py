@@ -751,7 +751,10 @@ def _field_type(tp: Any, name: str) -> Any:
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return next((f.type for f in msgspec.structs.fields(tp) if f.encode_name == name), Any)
     if dataclasses.is_dataclass(tp) or typing.is_typeddict(tp):
-        return typing.get_type_hints(tp).get(name, Any)
+        try:
+            return typing.get_type_hints(tp).get(name, Any)
+        except (NameError, TypeError):  # msgspec resolved it, this may not (a class local to a function)
+            return Any
     return Any
 
 
