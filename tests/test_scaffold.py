@@ -21,6 +21,8 @@ from tachyon_api.scaffold import ScaffoldError, create_project, generate, names_
 from .conftest import ROOT, free_port, wait_for_port
 
 BIN = "Scripts" if os.name == "nt" else "bin"
+# The first test pays for a fresh venv and a pip install (15 s on a quiet machine, minutes on a loaded one).
+pytestmark = pytest.mark.timeout(600)
 
 
 def run(*command: str | Path, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
