@@ -14,8 +14,10 @@ from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
 from .datastructures import State
 from .dependencies import SCOPE_SINGLETON, Depends, injectable_scope
+from .docs import docs_routes
 from .exceptions import HTTPException, RequestError, ResponseValidationError
 from .middlewares.core import create_decorated_middleware_class
+from .openapi import OpenAPIConfig, OpenAPIGenerator
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
 from .responses import (
     RESPONSE_INVALID,
@@ -30,12 +32,18 @@ from .routing import PathTree, Route, RouteDecorators, Router, build_handler, pr
 __all__ = ["Tachyon"]
 
 logger = logging.getLogger("tachyon_api.errors")
+docs_logger = logging.getLogger("tachyon_api.docs")
 lifespan_logger = logging.getLogger("tachyon_api.lifespan")
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExceptionHandler = Callable[[Request, Exception], Any]
 Lifespan = Callable[["Tachyon"], AsyncContextManager[Any]]
 
+
+
+def _normal(path: str) -> str:
+    """A path as the matcher sees it: no empty segments, parameter names left out."""
+    return "/" + "/".join("{}" if part.startswith("{") else part for part in path.split("/") if part)
 
 
 async def _nothing() -> None:
@@ -65,6 +73,8 @@ class Tachyon(RouteDecorators):
     ``strict=False`` decodes JSON bodies laxly (msgspec's ``strict=False``: ``"9.5"`` for a float), for apps
     moving over from FastAPI; a route can choose for itself with ``@app.post(..., strict=False)``.
     ``cache_config`` becomes the active configuration of ``@cache`` (process-wide, see ``cache.py``).
+    ``openapi_config`` (see ``openapi.py``) sets the schema's info and the URLs of ``/openapi.json`` and the
+    docs pages; a route of yours on one of those URLs replaces that page.
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class Tachyon(RouteDecorators):
         strict: bool = True,
         task_statistics: bool = True,
         cache_config: CacheConfig | None = None,
+        openapi_config: OpenAPIConfig | None = None,
     ) -> None:
         if cache_config is not None:
             set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
@@ -119,6 +130,12 @@ class Tachyon(RouteDecorators):
             RequestError: _request_error,
             ResponseValidationError: _response_invalid,
         }
+        self.openapi_config = openapi_config or OpenAPIConfig()
+        self.openapi_generator = OpenAPIGenerator(self.openapi_config)
+        self._docs_routes: dict[tuple[str, str], Route] = {}
+        for route in docs_routes(self):
+            self._add(route)
+            self._docs_routes[(_normal(route.path), "GET")] = route
 
     # --- ASGI ------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -162,8 +179,32 @@ class Tachyon(RouteDecorators):
 
     def _add(self, route: Route) -> None:
         route.handler = build_handler(route, self)
+        if self._docs_routes:
+            self._give_way(route)
         self._tree.insert(route)
         self._routes.append(route)
+        self.openapi_generator.add_route(route)
+
+    def _give_way(self, route: Route) -> None:
+        """A route of the user's on the URL of a docs page replaces that page (with a warning), rather than
+        being shadowed by it: the docs are a convenience, the user's route is the API."""
+        path = _normal(route.path)
+        for method in route.methods:
+            docs = self._docs_routes.pop((path, method), None)
+            if docs is None:
+                continue
+            self._tree.remove(docs)
+            self._routes.remove(docs)
+            self.openapi_generator.remove_route(docs)
+            docs_logger.warning(
+                "%s %s is served by %s instead of the docs page %s; set that URL to None or another path in "
+                "openapi_config to silence this", method, route.path, route.name, docs.name,
+            )
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI schema as a dict (built once; rebuilt after routes are added). ``/openapi.json`` serves
+        what this returns, so assigning ``app.openapi = custom_function`` customises it, as in FastAPI."""
+        return self.openapi_generator.get_openapi_schema()
 
     def include_router(
         self,

@@ -800,6 +800,29 @@ def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> 
     return extract
 
 
+def _form_json_extractor(key: str, tp: Any, default: Any, strict: bool = True) -> Extractor:
+    """A model sent as a JSON-valued field of a multipart form, beside files (as OpenAPI documents it)."""
+    decoder = msgspec.json.Decoder(tp, strict=strict)
+    required = default is ...
+
+    async def extract(ctx: Context) -> Any:
+        form = await ctx.request.form()
+        value = form.get(key)
+        if value is None:
+            if required:
+                raise _missing(["body", key])
+            return default
+        if isinstance(value, UploadFile):
+            value = await value.read()
+        try:
+            return decoder.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            error = _body_error(exc)
+            raise FieldError(["body", key, *error["loc"][1:]], error["msg"], error["type_"]) from None
+
+    return extract
+
+
 # --- dependencies ----------------------------------------------------------------------------------------
 class Dependency:
     """A compiled dependency: its callable, kind, scope and the plan of its own parameters.
@@ -946,6 +969,7 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
     dependencies: list[Dependency] = []
     body_params: list[tuple[str, Any, Any]] = []
     body_index = -1
+    has_form = False
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
@@ -1015,6 +1039,7 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
             key = key or name
             want_file = source == "file" or _is_upload(tp)
             steps.append((name, _form_extractor(key, tp, value_default, want_file), True))
+            has_form = True
         elif source == "body":
             key = name
             try:
@@ -1026,7 +1051,15 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
                 steps.append(("", None, True))  # placeholder: one step for all body parameters
             body_params.append((name, tp, value_default))
         params.append(Parameter(name, source, key, tp, value_default, value_default is ... or source == "path", marker))
-    if body_params:
+    if body_params and has_form:
+        # Files and a model together: the model travels as a JSON-valued field of the same multipart form.
+        steps[body_index : body_index + 1] = [
+            (name, _form_json_extractor(name, tp, default, strict), True) for name, tp, default in body_params
+        ]
+        for parameter in params:
+            if parameter.source == "body":
+                parameter.source = "form"
+    elif body_params:
         steps[body_index] = ("", _body_extractor(body_params, strict), True)
     return Plan(steps, params, dependencies)
 

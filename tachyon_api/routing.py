@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from .background import BackgroundTask, collect, has_durable, store_durable
-from .compiler import Context, compile_dependency, compile_endpoint
+from .compiler import Context, Dependency, Plan, compile_dependency, compile_endpoint
 from .dependencies import Depends
 from .exceptions import RequestValidationError
 from .responses import PLAIN_DATA, Response, is_foreign_response, make_renderer, send_any
@@ -43,7 +43,7 @@ class Route:
     """One path and method set bound to an endpoint, with the options given to the decorator."""
 
     __slots__ = ("path", "methods", "endpoint", "name", "status_code", "response_model", "dependencies",
-                 "tags", "options", "param_names", "handler")
+                 "tags", "options", "param_names", "handler", "plan", "guards")
 
     def __init__(
         self,
@@ -74,9 +74,21 @@ class Route:
         self.options = options
         self.param_names = [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
         self.handler: Handler | None = None
+        self.plan: Plan | None = None  # set when compiled for an app; the OpenAPI schema reads them
+        self.guards: list[Dependency] = []
 
-    def copy_with(self, path: str, tags: Sequence[str] = (), dependencies: Sequence[Depends] = ()) -> "Route":
-        """This route at another path, with tags and dependencies of the routers it was included through."""
+    def copy_with(
+        self,
+        path: str,
+        tags: Sequence[str] = (),
+        dependencies: Sequence[Depends] = (),
+        responses: dict | None = None,
+    ) -> "Route":
+        """This route at another path, with the tags, dependencies and extra OpenAPI ``responses`` of the
+        routers it was included through (the route's own responses win)."""
+        options = self.options
+        if responses:
+            options = {**options, "responses": {**responses, **(options.get("responses") or {})}}
         return Route(
             path,
             self.endpoint,
@@ -86,7 +98,7 @@ class Route:
             response_model=self.response_model,
             dependencies=[*dependencies, *self.dependencies],
             tags=[*tags, *self.tags],
-            **self.options,
+            **options,
         )
 
     def as_dict(self, method: str | None = None) -> dict[str, Any]:
@@ -198,7 +210,7 @@ def prefixed_route(router: Router, route: Route, prefix: str = "", tags: Sequenc
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
         path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
-    return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies])
+    return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies], router.responses)
 
 
 class _Node:
@@ -240,6 +252,17 @@ class PathTree:
             node.routes[method] = route
         if not route.param_names:
             self._static["/" + "/".join(_segments(route.path))] = node
+
+    def remove(self, route: Route) -> None:
+        """Stop serving ``route`` (a docs page giving way to a user's route on the same URL)."""
+        node: _Node | None = self.root
+        for segment in _segments(route.path):
+            node = node.param if _PARAM.match(segment) else node.static.get(segment)  # type: ignore[union-attr]
+            if node is None:
+                return
+        for method in route.methods:
+            if node.routes.get(method) is route:
+                del node.routes[method]
 
     def lookup(self, method: str, path: str) -> tuple[Route | None, list[str], list[str]]:
         """Return ``(route, parameter values, allowed methods)``; no route and some methods means 405."""
@@ -320,8 +343,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     func = route.endpoint
     path_names = frozenset(route.param_names)
     strict = route.options.get("strict", app.strict)  # per route: @app.post(..., strict=False)
-    plan = compile_endpoint(func, path_names, strict)
-    guards = [
+    plan = route.plan = compile_endpoint(func, path_names, strict)
+    guards = route.guards = [
         compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache, strict=strict, exit_scope=dep.scope)
         for dep in route.dependencies
         if dep.dependency is not None

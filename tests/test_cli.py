@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTES_APP = textwrap.dedent(
     """
     from tachyon_api import Router, Tachyon
+    from tachyon_api.openapi import create_openapi_config
 
     app = Tachyon()
 
@@ -43,7 +44,7 @@ ROUTES_APP = textwrap.dedent(
         return {}
 
     app.include_router(router)
-    other = Tachyon()
+    other = Tachyon(openapi_config=create_openapi_config(openapi_url=None))
     """
 )
 
@@ -96,6 +97,11 @@ def test_routes_lists_method_path_name(tmp_path):
     assert rows[0] == ["METHOD", "PATH", "NAME"]
     assert sorted(map(tuple, rows[1:])) == sorted(
         [
+            ("GET", "/openapi.json", "openapi"),  # the docs pages are routes like any other
+            ("GET", "/docs", "scalar_html"),
+            ("GET", "/swagger", "swagger_ui_html"),
+            ("GET", "/swagger/{file}", "swagger_ui_asset"),
+            ("GET", "/redoc", "redoc_html"),
             ("GET", "/", "index"),
             ("GET", "/items", "items"),
             ("POST", "/items", "items"),
@@ -120,7 +126,7 @@ def test_routes_in_process_with_other_attribute(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     main(["routes", "routes_app_inproc:other"])
     rows = parse_table(capsys.readouterr().out)
-    assert rows == [["METHOD", "PATH", "NAME"]]  # an app without routes: just the header
+    assert rows == [["METHOD", "PATH", "NAME"]]  # an app without routes (and no docs pages): just the header
 
 
 def test_routes_columns_are_aligned(tmp_path):

@@ -41,6 +41,7 @@ PAGES = [
     "middleware.md",
     "cache.md",
     "security-model.md",
+    "openapi.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.
