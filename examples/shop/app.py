@@ -148,7 +148,7 @@ class SignupIn(Struct):
     name: Name
 
 
-@app.post("/signup", status_code=201)
+@app.post("/signup", status_code=201, responses={409: {"description": "A user with this email already exists"}})
 def signup(
     user: SignupIn, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
 ):
@@ -191,7 +191,7 @@ class TokenIn(Struct):
     token: str
 
 
-@app.post("/reset-password/verify")
+@app.post("/reset-password/verify", responses={400: {"description": "Invalid or expired token"}})
 def verify_reset_token(body: TokenIn, db: sqlite3.Connection = Depends(get_db)):
     """Check a token from a reset email (looked up by its hash; the token itself is stored nowhere)."""
     row = db.execute(
@@ -365,7 +365,14 @@ async def raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-@app.post("/webhooks/receiver")
+@app.post(
+    "/webhooks/receiver",
+    responses={
+        400: {"description": "The body is not a JSON object with a delivery_id"},
+        401: {"description": "Invalid signature"},
+        503: {"description": "A simulated failure (?fail_times=N)"},
+    },
+)
 def receive_webhook(
     fail_times: int = 0,
     body: bytes = Depends(raw_body),
