@@ -330,6 +330,47 @@ def serve_process(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
+# --- pages in a real browser: Debian's chromium, driven by Playwright -------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of failed browser tests (git-ignored)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium: installed here when missing and we may (root with apt-get), else a clear failure.
+
+    Playwright's own browser download does not work on these machines, so it drives this binary
+    (``executable_path``); .ci/run installs it before the suite.
+    """
+    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True, env=env)
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"these tests need Debian's chromium at {CHROMIUM}: apt-get install chromium (.ci/run does it)")
+    return CHROMIUM
+
+
+@pytest.fixture
+def page(chromium: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A headless Chromium page; when the test fails, a screenshot is kept in ``tests/artifacts/``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page()
+        yield page
+        failed = getattr(request.node, "rep_call", None)
+        if failed is None or failed.failed:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        browser.close()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     """Keep each phase's report on the test item (``item.rep_call``), so a fixture's teardown can tell

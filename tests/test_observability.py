@@ -7,13 +7,12 @@ each page is kept under ``tests/artifacts/`` when a browser test fails.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -25,10 +24,8 @@ from tachyon_api.dashboard import task_dashboard
 from tachyon_api.metrics import instrument
 from tachyon_api.requests import Request
 
-from .conftest import ROOT, client_for, free_port, serve, wait_for_port, wait_until
+from .conftest import ARTIFACTS, ROOT, client_for, free_port, serve, wait_for_port, wait_until
 
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 
 # --- statistics --------------------------------------------------------------------------------------------
@@ -324,34 +321,6 @@ def durable_report(name: str) -> None:
 
 
 # --- the page in a real browser -------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium: installed here when missing and we may (root with apt-get), else a clear failure."""
-    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True)
-    assert os.path.exists(CHROMIUM), "these tests need Debian's chromium: apt-get install chromium"
-    return CHROMIUM
-
-
-@pytest.fixture
-def page(chromium: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        page = browser.new_page()
-        yield page
-        failed = getattr(request.node, "rep_call", None)
-        if failed is None or failed.failed:
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-        browser.close()
-
-
 DASHBOARD_APP = '''
 import os
 from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon

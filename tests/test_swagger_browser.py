@@ -1,29 +1,18 @@
-"""Swagger UI in a real browser: headless Chromium (Debian's package) driven by Playwright opens ``/swagger``
-of an app served by ``tachyon run``, with every request off the loopback interface blocked (the page must
-work with no internet: its files come from the ``docs`` extra), sees every operation, runs one with "Try it
-out" / "Execute" and reads the app's answer. On failure a screenshot is kept in ``tests/artifacts/``."""
+"""Swagger UI in a real browser: headless Chromium (Debian's package) driven by Playwright (the ``page``
+fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every request off the
+loopback interface blocked (the page must work with no internet: its files come from the ``docs`` extra),
+sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On failure a
+screenshot is kept in ``tests/artifacts/``."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import textwrap
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "tests" / "artifacts"
-# Flags for a headless run in a container; Chromium's own network services stay off, so the only requests
-# are the page's.
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 EVIL_TITLE = "Shop </title><script>window.__pwned = 1</script>"
 
 APP = textwrap.dedent(
@@ -62,40 +51,13 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's Chromium; installed here when missing and we may (root with apt-get), as .ci/run does."""
-    if not CHROMIUM.exists():
-        if os.geteuid() == 0 and shutil.which("apt-get"):
-            subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, timeout=1200,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if not CHROMIUM.exists():
-            pytest.fail(f"This test needs Chromium at {CHROMIUM}: run `apt-get install chromium` as root "
-                        "(.ci/run does it)")
-    return CHROMIUM
-
-
-@pytest.fixture
-def browser(chromium: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.mark.timeout(600)  # the first run may install Chromium
-def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process: Any, browser: Any) -> None:
+@pytest.mark.timeout(600)  # the first browser test may install Chromium
+def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process: Any, page: Any) -> None:
     server = serve_process(APP)
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     operations = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
     assert len(operations) == 4
 
-    page = browser.new_page()
     blocked: list[str] = []
     dialogs: list[str] = []
 
@@ -108,34 +70,29 @@ def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process
 
     page.route("**/*", only_loopback)
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    try:
-        page.goto(f"{server.url}/swagger")
-        page.wait_for_selector(".opblock", timeout=20_000)
-        shown = {
-            (block.query_selector(".opblock-summary-method").inner_text().strip(),
-             block.query_selector(".opblock-summary-path").get_attribute("data-path"))
-            for block in page.query_selector_all(".opblock")
-        }
-        assert shown == operations
+    page.goto(f"{server.url}/swagger")
+    page.wait_for_selector(".opblock", timeout=20_000)
+    shown = {
+        (block.query_selector(".opblock-summary-method").inner_text().strip(),
+         block.query_selector(".opblock-summary-path").get_attribute("data-path"))
+        for block in page.query_selector_all(".opblock")
+    }
+    assert shown == operations
 
-        page.click("#operations-items-read_item_items__item_id__get .opblock-summary")
-        operation = page.locator("#operations-items-read_item_items__item_id__get")
-        operation.locator("button.try-out__btn").click()
-        operation.locator('tr[data-param-name="item_id"] input').fill("42")
-        operation.locator('tr[data-param-name="q"] input').fill("lamp")
-        operation.locator("button.execute").click()
-        body = operation.locator(".live-responses-table .response-col_description .microlight").first
-        body.wait_for(timeout=20_000)
-        assert '"served_by": "tachyon"' in body.inner_text()
-        assert '"item_id": 42' in body.inner_text() and '"q": "lamp"' in body.inner_text()
-        status = operation.locator(".live-responses-table .response .response-col_status").first.inner_text()
-        assert status.strip() == "200"
+    page.click("#operations-items-read_item_items__item_id__get .opblock-summary")
+    operation = page.locator("#operations-items-read_item_items__item_id__get")
+    operation.locator("button.try-out__btn").click()
+    operation.locator('tr[data-param-name="item_id"] input').fill("42")
+    operation.locator('tr[data-param-name="q"] input').fill("lamp")
+    operation.locator("button.execute").click()
+    body = operation.locator(".live-responses-table .response-col_description .microlight").first
+    body.wait_for(timeout=20_000)
+    assert '"served_by": "tachyon"' in body.inner_text()
+    assert '"item_id": 42' in body.inner_text() and '"q": "lamp"' in body.inner_text()
+    status = operation.locator(".live-responses-table .response .response-col_status").first.inner_text()
+    assert status.strip() == "200"
 
-        # The configured title is shown as text, its script never runs; nothing was fetched from outside.
-        assert page.title() == EVIL_TITLE
-        assert page.evaluate("window.__pwned") is None and not dialogs
-        assert blocked == []
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "swagger-ui-failure.png"), full_page=True)
-        raise
+    # The configured title is shown as text, its script never runs; nothing was fetched from outside.
+    assert page.title() == EVIL_TITLE
+    assert page.evaluate("window.__pwned") is None and not dialogs
+    assert blocked == []
