@@ -298,13 +298,13 @@ class _Operation:
 
     def add_plan(self, plan: Plan) -> None:
         body = []
-        for spec in plan.params:
-            if spec.source == "body":
-                body.append(spec)
-            elif spec.source in ("form", "file"):
-                self.form.append(spec)
-            elif spec.source in ("path", "query", "header", "cookie"):
-                self.params.append(spec)
+        for param in plan.params:
+            if param.source == "body":
+                body.append(param)
+            elif param.source in ("form", "file"):
+                self.form.append(param)
+            elif param.source in ("path", "query", "header", "cookie"):
+                self.params.append(param)
         if body:
             self.bodies.append(body)
         for dependency in plan.dependencies:
@@ -428,31 +428,31 @@ class _Builder:
         self.operation_ids.add(candidate)
         return candidate
 
-    def parameters(self, route: Route, specs: list[Parameter]) -> list[dict[str, Any]]:
+    def parameters(self, route: Route, params: list[Parameter]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
-        for spec in specs:
-            where = (spec.source, spec.key.lower() if spec.source == "header" else spec.key)
+        for param in params:
+            where = (param.source, param.key.lower() if param.source == "header" else param.key)
             if where in seen:  # read by the endpoint and a dependency: one parameter
                 continue
             seen.add(where)
-            out.append(self.parameter(spec))
+            out.append(self.parameter(param))
         for name in route.param_names:  # a path segment no parameter reads still has to be declared
             if ("path", name) not in seen:
                 out.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
         return out
 
-    def parameter(self, spec: Parameter) -> dict[str, Any]:
-        marker = spec.marker
-        required = spec.required
-        extra = _schema_extras(spec, required)
-        parameter: dict[str, Any] = {"name": spec.key, "in": spec.source, "required": required}
+    def parameter(self, param: Parameter) -> dict[str, Any]:
+        marker = param.marker
+        required = param.required
+        extra = _schema_extras(param, required)
+        parameter: dict[str, Any] = {"name": param.key, "in": param.source, "required": required}
         description = getattr(marker, "description", None)
         if description:
             parameter["description"] = description
         if getattr(marker, "deprecated", None):
             parameter["deprecated"] = True
-        parameter["schema"] = self.types.of(spec.type, **extra)
+        parameter["schema"] = self.types.of(param.type, **extra)
         return parameter
 
     def request_body(self, found: _Operation) -> dict[str, Any] | None:
@@ -460,10 +460,12 @@ class _Builder:
             return self.form_body(found.form)
         if not found.bodies:
             return None
-        schemas = [self.body_schema(specs) for specs in found.bodies]
-        required = any(spec.required for specs in found.bodies for spec in specs)
+        schemas = [self.body_schema(group) for group in found.bodies]
+        required = any(param.required for group in found.bodies for param in group)
         body: dict[str, Any] = {}
-        descriptions = [d for specs in found.bodies if len(specs) == 1 and (d := getattr(specs[0].marker, "description", None))]
+        descriptions = [
+            d for group in found.bodies if len(group) == 1 and (d := getattr(group[0].marker, "description", None))
+        ]
         if descriptions:
             body["description"] = descriptions[0]
         # Several plans (a dependency and the endpoint) each decode the whole body: it must satisfy all.
@@ -472,33 +474,33 @@ class _Builder:
         body["required"] = required
         return body
 
-    def body_schema(self, specs: list[Parameter]) -> dict[str, Any]:
-        if len(specs) == 1:
-            return self.types.of(specs[0].type)
+    def body_schema(self, group: list[Parameter]) -> dict[str, Any]:
+        if len(group) == 1:
+            return self.types.of(group[0].type)
         # Several body parameters are members of one object, named after the parameters.
         return {
             "type": "object",
-            "properties": {spec.name: self.types.of(spec.type) for spec in specs},
-            "required": [spec.name for spec in specs if spec.required],
+            "properties": {param.name: self.types.of(param.type) for param in group},
+            "required": [param.name for param in group if param.required],
         }
 
-    def form_body(self, specs: list[Parameter]) -> dict[str, Any]:
+    def form_body(self, fields: list[Parameter]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         required: list[str] = []
         plain = True  # only scalar fields: a urlencoded form works as well as multipart
-        for spec in specs:
-            if spec.key in properties:
+        for param in fields:
+            if param.key in properties:
                 continue
-            if spec.source == "file" or _is_upload(spec.type):
+            if param.source == "file" or _is_upload(param.type):
                 plain = False
                 binary = {"type": "string", "format": "binary"}
-                inner = _unwrap_optional(spec.type)[0]
-                properties[spec.key] = {"type": "array", "items": binary} if _list_item(inner) else binary
+                inner = _unwrap_optional(param.type)[0]
+                properties[param.key] = {"type": "array", "items": binary} if _list_item(inner) else binary
             else:
-                properties[spec.key] = self.types.of(spec.type, **_schema_extras(spec, spec.required))
-                plain = plain and not _is_model(strip_annotated(spec.type))
-            if spec.required:
-                required.append(spec.key)
+                properties[param.key] = self.types.of(param.type, **_schema_extras(param, param.required))
+                plain = plain and not _is_model(strip_annotated(param.type))
+            if param.required:
+                required.append(param.key)
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         if required:
             schema["required"] = required
@@ -532,11 +534,11 @@ class _Builder:
         return dict(sorted(responses.items()))
 
 
-def _schema_extras(spec: Parameter, required: bool) -> dict[str, Any]:
+def _schema_extras(param: Parameter, required: bool) -> dict[str, Any]:
     """What the marker and the default add to a parameter's or form field's schema."""
-    marker = spec.marker
+    marker = param.marker
     extra: dict[str, Any] = {}
-    for name in ("title", "description") if spec.source in ("form", "file") else ("title",):
+    for name in ("title", "description") if param.source in ("form", "file") else ("title",):
         value = getattr(marker, name, None)  # a parameter's description belongs to the Parameter Object
         if value:
             extra[name] = value
@@ -544,8 +546,8 @@ def _schema_extras(spec: Parameter, required: bool) -> dict[str, Any]:
     if examples:
         extra["examples"] = list(examples)
     if not required:
-        default = to_builtin(spec.default)
-        if default is not ... and (default is not None or _unwrap_optional(strip_annotated(spec.type))[1]):
+        default = to_builtin(param.default)
+        if default is not ... and (default is not None or _unwrap_optional(strip_annotated(param.type))[1]):
             extra["default"] = default
     return extra
 
