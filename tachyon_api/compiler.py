@@ -816,8 +816,8 @@ def _form_json_extractor(key: str, tp: Any, default: Any, strict: bool = True) -
             value = await value.read()
         try:
             return decoder.decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            error = _body_error(exc)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            error = _body_error(exc, value.encode() if isinstance(value, str) else value, tp)
             raise FieldError(["body", key, *error["loc"][1:]], error["msg"], error["type_"]) from None
 
     return extract

@@ -395,6 +395,9 @@ def test_a_model_beside_files_is_a_json_field_of_the_multipart_form(app: Tachyon
     assert_documented(doc, "post", "/upload-meta", bad)
     missing = client.post("/upload-meta", files=files)
     assert_validation_error(missing, [["body", "meta"]])
+    # Malformed JSON in the field is a 422 too, never a 500 (it was one before this test existed).
+    broken = client.post("/upload-meta", data={"meta": '{"name": '}, files=files)
+    assert [e["type"] for e in assert_validation_error(broken, [["body", "meta"]])] == ["json_invalid"]
 
 
 # --- responses ---------------------------------------------------------------------------------------------
