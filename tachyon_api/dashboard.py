@@ -12,9 +12,11 @@ Routes, relative to the router's prefix:
 - ``GET /events``: Server-Sent Events, one ``data:`` line of that JSON whenever it changes (checked every
   ``refresh`` seconds) and a comment line every 15 s to keep proxies from closing an idle stream.
 - ``POST /requeue/{job_id}``: put a failed RQ job back on its queue. Only accepted with the header
-  ``X-Tachyon-Dashboard: requeue`` and, when the browser sends an ``Origin``, a same-origin one: a cross-site
-  form cannot set that header, and a cross-site script that tries needs a CORS preflight this route never
-  grants.
+  ``X-Tachyon-Dashboard: requeue``, which a cross-site form cannot set, and only from the page's own origin:
+  when the browser says where the request comes from (``Sec-Fetch-Site``, ``Origin``), it must be this site,
+  scheme and host included. The origin check holds even if the app's CORS middleware lets other sites send
+  custom headers. Behind a proxy that terminates TLS, run uvicorn with ``--proxy-headers`` (and
+  ``--forwarded-allow-ips``) so the app sees the scheme the browser used.
 """
 
 from __future__ import annotations
@@ -92,8 +94,7 @@ def task_dashboard(
     async def dashboard_requeue(job_id: str, request: Request) -> dict[str, Any]:
         if request.headers.get("x-tachyon-dashboard") != "requeue":
             raise HTTPException(403, "Missing the X-Tachyon-Dashboard: requeue header")
-        origin = request.headers.get("origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        if not _same_origin(request):
             raise HTTPException(403, "Cross-origin requests are refused")
         backend = getattr(request.app, "task_backend", None)
         if backend is None or not hasattr(backend, "requeue"):
@@ -103,6 +104,18 @@ def task_dashboard(
         return {"requeued": job_id}
 
     return router
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from another site (or another scheme or port)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:  # not sent by browsers for this site's own GETs, nor by scripts and curl
+        return True
+    url = request.url
+    return origin.lower() == f"{url.scheme}://{url.netloc}".lower()
 
 
 async def _events(request: Request, refresh: float) -> AsyncIterator[bytes]:

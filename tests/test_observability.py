@@ -160,6 +160,20 @@ def test_requeue_refuses_cross_site_requests() -> None:
     assert cross.status_code == 403
     same = client.post("/tasks/requeue/job1", headers={"x-tachyon-dashboard": "requeue"})
     assert same.status_code == 404 and "no durable task backend" in same.json()["detail"]
+    header = {"x-tachyon-dashboard": "requeue"}
+    for origin, status in (
+        ("http://testserver", 404),  # this site (the test client's base URL): passes the check
+        ("HTTP://TestServer", 404),  # origins compare without case
+        ("https://testserver", 403),  # same host, other scheme: another origin
+        ("ws://testserver", 403),
+        ("http://testserver:8080", 403),
+        ("null", 403),
+    ):
+        answer = client.post("/tasks/requeue/job1", headers={**header, "origin": origin})
+        assert answer.status_code == status, origin
+    for site, status in (("same-origin", 404), ("same-site", 403), ("cross-site", 403)):
+        answer = client.post("/tasks/requeue/job1", headers={**header, "sec-fetch-site": site})
+        assert answer.status_code == status, site
 
 
 # --- Prometheus ------------------------------------------------------------------------------------------------
