@@ -21,16 +21,14 @@ from typing import Any
 __all__ = ["ENABLED", "task_span", "job_span", "traceparent"]
 
 ENABLED = importlib.util.find_spec("opentelemetry") is not None
-_tracer: Any = None
+if ENABLED:  # imported once here, so a task attempt pays no import lookups
+    from opentelemetry import context as _context
+    from opentelemetry import trace as _trace
+    from opentelemetry.propagate import extract as _extract
+    from opentelemetry.propagate import inject as _inject
 
-
-def _get_tracer() -> Any:
-    global _tracer
-    if _tracer is None:
-        from opentelemetry import trace
-
-        _tracer = trace.get_tracer("tachyon_api.background")  # follows the provider the app sets, even later
-    return _tracer
+    # Follows the provider the app sets, even after this import (a proxy tracer until then).
+    _tracer = _trace.get_tracer("tachyon_api.background")
 
 
 def task_span(name: str, attempt: int, method: str, path: str) -> Any:
@@ -38,14 +36,12 @@ def task_span(name: str, attempt: int, method: str, path: str) -> Any:
     context, where the request's span is current)."""
     if not ENABLED:
         return contextlib.nullcontext()
-    from opentelemetry import context, trace
-
-    request_span = trace.get_current_span().get_span_context()
-    return _get_tracer().start_as_current_span(
+    request_span = _trace.get_current_span().get_span_context()
+    return _tracer.start_as_current_span(
         f"task {name}",
-        context=context.Context(),  # a trace of its own, linked below: see the module docstring
-        kind=trace.SpanKind.CONSUMER,
-        links=[trace.Link(request_span)] if request_span.is_valid else [],
+        context=_context.Context(),  # a trace of its own, linked below: see the module docstring
+        kind=_trace.SpanKind.CONSUMER,
+        links=[_trace.Link(request_span)] if request_span.is_valid else [],
         attributes={
             "tachyon.task.name": name,
             "tachyon.task.attempt": attempt,
@@ -59,10 +55,8 @@ def traceparent() -> str | None:
     """The current span as a W3C ``traceparent`` header value, or None (no span, or tracing not installed)."""
     if not ENABLED:
         return None
-    from opentelemetry.propagate import inject
-
     carrier: dict[str, str] = {}
-    inject(carrier)
+    _inject(carrier)
     return carrier.get("traceparent")
 
 
@@ -71,12 +65,9 @@ def job_span(name: str, parent: str | None, job_id: str) -> Any:
     ``traceparent``."""
     if not ENABLED:
         return contextlib.nullcontext()
-    from opentelemetry import trace
-    from opentelemetry.propagate import extract
-
-    return _get_tracer().start_as_current_span(
+    return _tracer.start_as_current_span(
         f"task {name}",
-        context=extract({"traceparent": parent}) if parent else None,
-        kind=trace.SpanKind.CONSUMER,
+        context=_extract({"traceparent": parent}) if parent else None,
+        kind=_trace.SpanKind.CONSUMER,
         attributes={"tachyon.task.name": name, "messaging.message.id": job_id, "messaging.system": "rq"},
     )
