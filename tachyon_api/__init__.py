@@ -20,8 +20,9 @@ from .datastructures import UploadFile
 from .dependencies import Depends, injectable
 from .exceptions import HTTPException
 from .params import Body, Cookie, File, Form, Header, Path, Query
-from .requests import Request
+from .requests import HTTPConnection, Request
 from .routing import Router
+from .websockets import WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,11 @@ __all__ = [
     "RedisCacheBackend",
     "MemcachedCacheBackend",
     "Request",
+    "HTTPConnection",
+    "WebSocket",
+    "WebSocketDisconnect",
+    "WebSocketException",
+    "WebSocketState",
     "BackgroundTasks",
     "BackgroundTask",
 ]

@@ -27,7 +27,17 @@ from .responses import (
     is_foreign_response,
     send_any,
 )
-from .routing import PathTree, Route, RouteDecorators, Router, build_handler, prefixed_route
+from .routing import (
+    PathTree,
+    Route,
+    RouteDecorators,
+    Router,
+    WebSocketRoute,
+    build_handler,
+    build_websocket_handler,
+    prefixed_route,
+)
+from .websockets import OpenSockets
 
 __all__ = ["Tachyon"]
 
@@ -75,6 +85,8 @@ class Tachyon(RouteDecorators):
     ``cache_config`` becomes the active configuration of ``@cache`` (process-wide, see ``cache.py``).
     ``openapi_config`` (see ``openapi.py``) sets the schema's info and the URLs of ``/openapi.json`` and the
     docs pages; a route of yours on one of those URLs replaces that page.
+    ``websocket_max_size`` bounds one WebSocket message (bytes; larger ones close the socket with 1009); at
+    shutdown open WebSockets are closed with 1001 and their handlers cancelled after ``shutdown_timeout``.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class Tachyon(RouteDecorators):
         task_statistics: bool = True,
         cache_config: CacheConfig | None = None,
         openapi_config: OpenAPIConfig | None = None,
+        websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         if cache_config is not None:
             set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
@@ -102,6 +115,8 @@ class Tachyon(RouteDecorators):
         # False: JSON bodies decode laxly ("9.5" for a float), as pydantic coerces; a route may override it.
         self.strict = strict
         self.max_body_size = max_body_size
+        self.websocket_max_size = websocket_max_size
+        self.open_websockets = OpenSockets(shutdown_timeout)
         self.dependency_overrides: dict[Any, Any] = {}
         self.singletons: dict[Any, Any] = {}
         self.singletons_pending: dict[Any, Any] = {}  # futures of singletons being built
@@ -122,9 +137,11 @@ class Tachyon(RouteDecorators):
         self._on_shutdown: list[Callable[[], Any]] = []
         self._routes: list[Route] = []
         self._tree = PathTree()
+        self._websocket_routes: list[WebSocketRoute] = []
+        self._websocket_tree = PathTree()
         self._middleware: list[tuple[type, dict[str, Any]]] = []
         self._stack: Callable[..., Any] | None = None
-        self._overrides: dict[Any, Dependency] = {}
+        self._overrides: dict[tuple[Any, bool], Dependency] = {}
         self._exception_handlers: dict[Any, ExceptionHandler] = {
             HTTPException: _http_exception,
             RequestError: _request_error,
@@ -165,7 +182,10 @@ class Tachyon(RouteDecorators):
         if kind == "lifespan":
             return self._run_lifespan(receive, send)
         if kind == "websocket":
-            return send({"type": "websocket.close", "code": 1000, "reason": "WebSockets are not served here"})
+            route, values, _ = self._websocket_tree.lookup("WEBSOCKET", scope["path"])
+            if route is not None:
+                return route.handler(scope, receive, send, values)  # type: ignore[misc]
+            return send({"type": "websocket.close", "code": 1000, "reason": ""})  # servers answer 403
         return _nothing()
 
     # --- routes ----------------------------------------------------------------------------------------
@@ -177,7 +197,29 @@ class Tachyon(RouteDecorators):
         self._add(route)
         return route
 
-    def _add(self, route: Route) -> None:
+    def add_websocket_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        max_message_size: int | None = None,
+    ) -> WebSocketRoute:
+        """Register an ``async def`` WebSocket handler; its signature is compiled now, so a bad parameter
+        fails here. ``max_message_size`` overrides ``websocket_max_size`` for this route."""
+        route = WebSocketRoute(path, endpoint, name=name, dependencies=dependencies, max_message_size=max_message_size)
+        if self.dependencies:
+            route.dependencies[:0] = self.dependencies
+        self._add(route)
+        return route
+
+    def _add(self, route: Route | WebSocketRoute) -> None:
+        if isinstance(route, WebSocketRoute):
+            route.handler = build_websocket_handler(route, self)
+            self._websocket_tree.insert(route)  # type: ignore[arg-type]
+            self._websocket_routes.append(route)
+            return
         route.handler = build_handler(route, self)
         if self._docs_routes:
             self._give_way(route)
@@ -206,6 +248,11 @@ class Tachyon(RouteDecorators):
         what this returns, so assigning ``app.openapi = custom_function`` customises it, as in FastAPI."""
         return self.openapi_generator.get_openapi_schema()
 
+    @property
+    def websocket_routes(self) -> list[WebSocketRoute]:
+        """The WebSocket routes (kept apart from ``routes``: they have no method and no OpenAPI entry)."""
+        return list(self._websocket_routes)
+
     def include_router(
         self,
         router: Router,
@@ -227,14 +274,16 @@ class Tachyon(RouteDecorators):
         return [route.as_dict(method) for route in self._routes for method in route.methods]
 
     # --- dependencies ----------------------------------------------------------------------------------
-    def override_dependency(self, override: Callable[..., Any], exit_scope: str | None = None) -> Dependency:
+    def override_dependency(
+        self, override: Callable[..., Any], exit_scope: str | None = None, websocket: bool = False
+    ) -> Dependency:
         """The compiled form of an entry of ``dependency_overrides`` (compiled once, on first use), with the
-        ``Depends(scope=...)`` of the dependency it replaces."""
-        key = (override, exit_scope)
+        ``Depends(scope=...)`` of the dependency it replaces, for the kind of route (HTTP or WebSocket)."""
+        key = (override, exit_scope, websocket)
         compiled = self._overrides.get(key)
         if compiled is None:
             compiled = self._overrides[key] = compile_dependency(
-                override, frozenset(), strict=self.strict, exit_scope=exit_scope
+                override, frozenset(), strict=self.strict, exit_scope=exit_scope, websocket=websocket
             )
         return compiled
 
@@ -375,14 +424,19 @@ class Tachyon(RouteDecorators):
                 for key, item in value.items():
                     setattr(self.state, key, item)
         self.background.start()
+        if self._websocket_routes:
+            self.open_websockets.install()
 
     async def shutdown(self) -> None:
-        """Drain background tasks (up to ``shutdown_timeout``), exit the lifespan, then shutdown handlers.
+        """Close open WebSockets (1001), drain background tasks (each up to ``shutdown_timeout``), exit the
+        lifespan, then shutdown handlers.
 
         Tasks drain first because they may use what the lifespan set up. Every shutdown handler runs even if
         the lifespan exit or another handler fails; the first failure is re-raised at the end.
         """
         errors: list[BaseException] = []
+        if self._websocket_routes:
+            await self.open_websockets.shutdown()
         try:
             await self.background.shutdown()
         except Exception as exc:

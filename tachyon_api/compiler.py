@@ -6,14 +6,17 @@ plan (:meth:`Plan.solve`) and nothing else; an endpoint without parameters runs 
 
 Classification of a parameter, first rule that matches:
 
-1. annotated ``Request`` (ours or Starlette's): the request;
+1. annotated ``WebSocket`` (ours or Starlette's), or named ``websocket`` without annotation, on a WebSocket
+   route: the socket; annotated ``Request`` (ours or Starlette's) on an HTTP route: the request; annotated
+   ``HTTPConnection``: either;
 2. annotated ``BackgroundTasks`` (or ``Optional[...]`` of it, or a subclass): the request's shared tasks;
 3. default ``Depends(...)``, or an ``@injectable`` class annotation: a dependency;
 4. default is a marker (``Query``, ``Path``, ``Header``, ``Cookie``, ``Body``, ``Form``, ``File``): that source;
 5. without a marker, as FastAPI does: a name of the path template is a path parameter; ``UploadFile`` (or a
    list of them) is a file field; a scalar, ``Optional`` scalar or list of scalars is a query parameter; a
    ``Struct``, dataclass or ``dict`` (or a list/Optional of one) is the JSON body;
-6. anything else is a ``TypeError`` at registration naming the function and the parameter.
+6. anything else is a ``TypeError`` at registration naming the function and the parameter; so is a request
+   body, a form, a file or a ``Request`` asked for on a WebSocket route, and a ``WebSocket`` on an HTTP route.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ from .datastructures import UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
 from .params import Param
-from .requests import Request, json_error_message
+from .requests import HTTPConnection, Request, json_error_message
+from .websockets import WebSocket
 
 if typing.TYPE_CHECKING:
     from .applications import Tachyon
 
-__all__ = ["Plan", "Parameter", "Context", "compile_endpoint", "compile_dependency", "describe_validation_error"]
+__all__ = [
+    "Plan", "Parameter", "Context", "WebSocketContext", "compile_endpoint", "compile_dependency",
+    "describe_validation_error",
+]
 
 logger = logging.getLogger("tachyon_api.errors")
 
@@ -194,10 +201,28 @@ def _is_upload(tp: Any) -> bool:
 def _is_request_type(tp: Any) -> bool:
     if not isinstance(tp, type):
         return False
-    if issubclass(tp, Request):
+    if issubclass(tp, HTTPConnection):
         return True
     # Starlette's Request (or a subclass), which code written for the existing framework annotates with.
     return any(c.__module__.startswith("starlette.") and c.__name__ in ("Request", "HTTPConnection") for c in tp.__mro__)
+
+
+def _is_http_only(tp: Any) -> bool:
+    """A request type with a body (ours or Starlette's ``Request``), as opposed to a bare ``HTTPConnection``."""
+    if tp is _EMPTY or not isinstance(tp, type):
+        return True
+    if issubclass(tp, HTTPConnection):
+        return issubclass(tp, Request)
+    return any(c.__module__.startswith("starlette.") and c.__name__ == "Request" for c in tp.__mro__)
+
+
+def _is_websocket_type(tp: Any) -> bool:
+    if not isinstance(tp, type):
+        return False
+    if issubclass(tp, WebSocket):
+        return True
+    # Starlette's WebSocket, which code written for tachyon-api 1.3 annotates with.
+    return any(c.__module__.startswith("starlette.") and c.__name__ == "WebSocket" for c in tp.__mro__)
 
 
 def _is_background_type(tp: Any) -> bool:
@@ -331,6 +356,7 @@ class Context:
 
     __slots__ = ("app", "scope", "receive", "path_params", "_request", "errors", "cache", "stack", "early",
                  "background")
+    is_websocket = False
 
     def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
         self.app = app
@@ -395,11 +421,28 @@ class Context:
         except Exception as error:
             if error is not exc:
                 logger.error(
-                    "Dependency cleanup failed after %s %s", self.scope["method"], self.scope["path"], exc_info=error
+                    "Dependency cleanup failed after %s %s",
+                    self.scope.get("method", "WEBSOCKET"), self.scope["path"], exc_info=error,
                 )
         finally:
             if self._request is not None:
                 await self._request.close()
+
+
+class WebSocketContext(Context):
+    """The context of one WebSocket connection: query, header and cookie parameters read the socket's scope,
+    and there is no request body to close."""
+
+    __slots__ = ("websocket",)
+    is_websocket = True
+
+    def __init__(self, app: "Tachyon", websocket: WebSocket, path_params: dict[str, str]) -> None:
+        super().__init__(app, websocket.scope, websocket.receive, path_params)
+        self.websocket = websocket
+
+    @property
+    def request(self) -> WebSocket:  # type: ignore[override]
+        return self.websocket
 
 
 Extractor = Callable[[Context], Any]
@@ -428,6 +471,20 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, source={self.source!r}, key={self.key!r}, type={self.type!r})"
+
+
+def _foreign_websocket(cls: type) -> Extractor:
+    """Starlette's WebSocket over our socket's receive/send, so our state, size limit and shutdown apply.
+    One per connection, shared by every parameter that asks for it."""
+
+    def extract(ctx: Context) -> Any:
+        socket = ctx.cache.get(cls)
+        if socket is None:
+            ws = ctx.websocket  # type: ignore[attr-defined]
+            socket = ctx.cache[cls] = cls(ctx.scope, ws.receive, ws.send)
+        return socket
+
+    return extract
 
 
 class Plan:
@@ -867,7 +924,7 @@ class Dependency:
             if override is not None:
                 if not callable(override):
                     return override
-                return await app.override_dependency(override, self.exit_scope).resolve(ctx)
+                return await app.override_dependency(override, self.exit_scope, ctx.is_websocket).resolve(ctx)
         if self.scope == SCOPE_SINGLETON:
             try:
                 return app.singletons[self.call]
@@ -944,20 +1001,25 @@ def compile_dependency(
     use_cache: bool = True,
     strict: bool = True,
     exit_scope: str | None = None,
+    websocket: bool = False,
 ) -> Dependency:
     """Compile ``call`` and, recursively, its own dependencies; a cycle, or exit code after the response that
-    needs a value closed before it, is a TypeError here, not later."""
+    needs a value closed before it, is a TypeError here, not later.
+
+    ``websocket``: for a WebSocket route (the socket can be injected; a request body cannot)."""
     if call in stack:
         chain = " -> ".join(_qualname(c) for c in (*stack, call))
         raise TypeError(f"Circular dependency detected while resolving '{_qualname(call)}': {chain}")
     if scope is None:
         scope = injectable_scope(call) or SCOPE_REQUEST
-    plan = _compile_plan(call, path_names, (*stack, call), strict)
+    plan = _compile_plan(call, path_names, (*stack, call), strict, websocket)
     return Dependency(call, plan, scope, use_cache, exit_scope)
 
 
 # --- classification --------------------------------------------------------------------------------------
-def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...], strict: bool = True) -> Plan:
+def _compile_plan(
+    func: Any, path_names: frozenset[str], stack: tuple[Any, ...], strict: bool = True, websocket: bool = False
+) -> Plan:
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
@@ -984,8 +1046,21 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
                 default = annotated_marker
         else:
             annotated_marker = None
+        if _is_websocket_type(tp) or (websocket and tp is _EMPTY and name == "websocket" and default is _EMPTY):
+            if not websocket:
+                raise TypeError(f"{where}: parameter '{name}' asks for a WebSocket, but this is an HTTP route")
+            if tp is not _EMPTY and not issubclass(tp, WebSocket):
+                steps.append((name, _foreign_websocket(tp), False))
+            else:
+                steps.append((name, lambda ctx: ctx.websocket, False))
+            continue
         if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
-            if isinstance(tp, type) and not issubclass(tp, Request):
+            if websocket and _is_http_only(tp):
+                raise TypeError(
+                    f"{where}: parameter '{name}' asks for a Request, but this is a WebSocket route; annotate it "
+                    f"WebSocket, or HTTPConnection to serve both kinds of route"
+                )
+            if tp is not _EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
                 steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
             else:
                 steps.append((name, lambda ctx: ctx.request, False))
@@ -1003,7 +1078,8 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache, exit_scope = (default.use_cache, default.scope) if isinstance(default, Depends) else (True, None)
             dep = compile_dependency(
-                target, path_names, stack, use_cache=use_cache, strict=strict, exit_scope=exit_scope
+                target, path_names, stack, use_cache=use_cache, strict=strict, exit_scope=exit_scope,
+                websocket=websocket,
             )
             dependencies.append(dep)
             steps.append((name, dep.resolve, True))
@@ -1019,6 +1095,11 @@ def _compile_plan(func: Any, path_names: frozenset[str], stack: tuple[Any, ...],
             value_default = ... if default is _EMPTY else default
         key = marker.alias if marker is not None else None
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
+        if websocket and source in ("form", "file", "body"):
+            raise TypeError(
+                f"{where}: parameter '{name}' would be read from a request body ({source}), but a WebSocket route "
+                f"has none; receive messages with websocket.receive_json() and friends"
+            )
         if tp is _EMPTY:
             annotation = Any if source == "body" else str
         try:
@@ -1084,7 +1165,10 @@ def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str)
     )
 
 
-def compile_endpoint(func: Callable[..., Any], path_names: frozenset[str], strict: bool = True) -> Plan:
-    """Compile an endpoint whose route has the parameters ``path_names``; TypeError for a parameter it
-    cannot serve. ``strict=False`` decodes JSON bodies laxly (see :func:`_body_extractor`)."""
-    return _compile_plan(func, path_names, (func,), strict)
+def compile_endpoint(
+    func: Callable[..., Any], path_names: frozenset[str], strict: bool = True, websocket: bool = False
+) -> Plan:
+    """Compile an endpoint whose route has the parameters ``path_names`` (a WebSocket handler with
+    ``websocket``); TypeError for a parameter it cannot serve. ``strict=False`` decodes JSON bodies laxly
+    (see :func:`_body_extractor`)."""
+    return _compile_plan(func, path_names, (func,), strict, websocket)

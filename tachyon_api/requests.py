@@ -19,7 +19,7 @@ from .exceptions import RequestError, RequestTooLarge, RequestValidationError
 if TYPE_CHECKING:
     from .applications import Tachyon
 
-__all__ = ["Request"]
+__all__ = ["HTTPConnection", "Request"]
 
 DEFAULT_MAX_BODY_SIZE = 2 * 1024 * 1024
 MAX_FORM_PARTS = 1000
@@ -30,31 +30,23 @@ class ClientDisconnect(Exception):
     """The client went away before sending the whole body."""
 
 
-class Request:
-    """An HTTP request: a lazy view of the ASGI scope plus the body stream."""
+class HTTPConnection:
+    """What an HTTP request and a WebSocket share: a lazy view of the ASGI scope (URL, headers, query, cookies).
 
-    __slots__ = ("scope", "_receive", "_headers", "_query", "_cookies", "_body", "_json", "_form", "_consumed", "_first")
+    A dependency annotated ``HTTPConnection`` serves both kinds of route.
+    """
 
-    def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
+    __slots__ = ("scope", "_headers", "_query", "_cookies")
+
+    def __init__(self, scope: dict[str, Any]) -> None:
         self.scope = scope
-        self._receive = receive
         self._headers: Headers | None = None
         self._query: QueryParams | None = None
         self._cookies: dict[str, str] | None = None
-        self._body: bytes | None = None
-        self._json: Any = None
-        self._form: FormData | None = None
-        self._consumed = False
-        self._first: dict | None = None
 
-    # --- the scope -------------------------------------------------------------------------------------
     @property
     def app(self) -> "Tachyon":
         return self.scope["app"]
-
-    @property
-    def method(self) -> str:
-        return self.scope["method"]
 
     @property
     def url(self) -> URL:
@@ -89,8 +81,30 @@ class Request:
 
     @property
     def state(self) -> State:
-        """Per-request attributes, kept in ``scope["state"]`` (shared with middleware and Starlette objects)."""
+        """Per-connection attributes, kept in ``scope["state"]`` (shared with middleware and Starlette objects)."""
         return State(self.scope.setdefault("state", {}))
+
+
+class Request(HTTPConnection):
+    """An HTTP request: a lazy view of the ASGI scope plus the body stream."""
+
+    __slots__ = ("_receive", "_body", "_json", "_form", "_consumed", "_first")
+
+    def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._headers: Headers | None = None
+        self._query: QueryParams | None = None
+        self._cookies: dict[str, str] | None = None
+        self._body: bytes | None = None
+        self._json: Any = None
+        self._form: FormData | None = None
+        self._consumed = False
+        self._first: dict | None = None
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
 
     @property
     def max_body_size(self) -> int:

@@ -10,21 +10,42 @@ chooses the response; after that it can only be logged.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
+import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from .background import BackgroundTask, collect, has_durable, store_durable
-from .compiler import Context, Dependency, Plan, compile_dependency, compile_endpoint
+from .compiler import (
+    Context,
+    Dependency,
+    PathNotFound,
+    Plan,
+    WebSocketContext,
+    compile_dependency,
+    compile_endpoint,
+)
 from .dependencies import Depends
-from .exceptions import RequestValidationError
-from .responses import PLAIN_DATA, Response, is_foreign_response, make_renderer, send_any
+from .exceptions import HTTPException, RequestError, RequestValidationError
+from .requests import Request
+from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
+from .websockets import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTS,
+    WebSocket,
+    WebSocketClose,
+    WebSocketException,
+    close_reason,
+    is_foreign_websocket_exception,
+)
 
 if TYPE_CHECKING:
     from .applications import Tachyon
 
-__all__ = ["Route", "Router", "PathTree"]
+__all__ = ["Route", "WebSocketRoute", "Router", "PathTree"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Handler = Callable[[dict, Any, Any, Sequence[str]], Awaitable[None]]
@@ -37,6 +58,16 @@ _NONE: list[str] = []  # shared "no values / no allowed methods" result of a loo
 
 def _segments(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
+
+
+def _path_params(path: str) -> list[str]:
+    """Check a route path and return its parameter names (each ``{name}`` is a whole segment)."""
+    if not path.startswith("/"):
+        raise ValueError(f"Route paths must start with '/': {path!r}")
+    for segment in _segments(path):
+        if ("{" in segment or "}" in segment) and not _PARAM.match(segment):
+            raise ValueError(f"Invalid path segment {segment!r} in {path!r}: use a whole segment like '{{name}}'")
+    return [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
 
 
 class Route:
@@ -58,11 +89,7 @@ class Route:
         tags: Sequence[str] | None = None,
         **options: Any,
     ) -> None:
-        if not path.startswith("/"):
-            raise ValueError(f"Route paths must start with '/': {path!r}")
-        for segment in _segments(path):
-            if ("{" in segment or "}" in segment) and not _PARAM.match(segment):
-                raise ValueError(f"Invalid path segment {segment!r} in {path!r}: use a whole segment like '{{name}}'")
+        self.param_names = _path_params(path)
         self.path = path
         self.methods = tuple(dict.fromkeys(m.upper() for m in methods))
         self.endpoint = endpoint
@@ -72,7 +99,6 @@ class Route:
         self.dependencies = list(dependencies or ())
         self.tags = list(tags or ())
         self.options = options
-        self.param_names = [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
         self.handler: Handler | None = None
         self.plan: Plan | None = None  # set when compiled for an app; the OpenAPI schema reads them
         self.guards: list[Dependency] = []
@@ -129,11 +155,68 @@ class Route:
         return f"Route({self.path!r}, methods={list(self.methods)}, endpoint={self.name})"
 
 
+class WebSocketRoute:
+    """A path bound to an ``async def`` WebSocket handler. A class of its own, not a ``Route``: it has no
+    methods, no response and no place in the OpenAPI schema."""
+
+    __slots__ = ("path", "endpoint", "name", "dependencies", "max_message_size", "param_names", "handler")
+    methods = ("WEBSOCKET",)  # the key of its node in the app's WebSocket PathTree
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        max_message_size: int | None = None,
+    ) -> None:
+        self.param_names = _path_params(path)
+        self.path = path
+        self.endpoint = endpoint
+        self.name = name or getattr(endpoint, "__name__", None)
+        self.dependencies = list(dependencies or ())
+        self.max_message_size = max_message_size
+        self.handler: Handler | None = None
+
+    def copy_with(self, path: str, tags: Sequence[str] = (), dependencies: Sequence[Depends] = ()) -> "WebSocketRoute":
+        """This route at another path, behind the dependencies of the routers it was included through."""
+        return WebSocketRoute(path, self.endpoint, name=self.name, dependencies=[*dependencies, *self.dependencies],
+                              max_message_size=self.max_message_size)
+
+    def __repr__(self) -> str:
+        return f"WebSocketRoute({self.path!r}, endpoint={self.name})"
+
+
 class RouteDecorators:
     """``get/post/put/patch/delete/head/options/route`` for anything with an ``add_api_route``."""
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
         raise NotImplementedError
+
+    def add_websocket_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> WebSocketRoute:
+        raise NotImplementedError
+
+    def websocket(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        max_message_size: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated ``async def`` as the WebSocket handler of ``path``; returns it unchanged.
+
+        ``max_message_size`` (bytes) overrides the app's ``websocket_max_size`` for this route.
+        """
+
+        def decorator(func: F) -> F:
+            self.add_websocket_route(path, func, name=name, dependencies=dependencies, max_message_size=max_message_size)
+            return func
+
+        return decorator
+
+    websocket_route = websocket
 
     def route(self, path: str, methods: Sequence[str] = ("GET",), **kwargs: Any) -> Callable[[F], F]:
         """Register the decorated function for several methods at once; returns it unchanged."""
@@ -185,10 +268,15 @@ class Router(RouteDecorators):
         self.tags = [tags] if isinstance(tags, str) else list(tags or [])
         self.dependencies = list(dependencies or [])
         self.responses = responses or {}
-        self.routes: list[Route] = []
+        self.routes: list[Route | WebSocketRoute] = []
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
         route = Route(path, endpoint, methods, **kwargs)
+        self.routes.append(route)
+        return route
+
+    def add_websocket_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> WebSocketRoute:
+        route = WebSocketRoute(path, endpoint, **kwargs)
         self.routes.append(route)
         return route
 
@@ -204,8 +292,11 @@ class Router(RouteDecorators):
         return self.prefix.rstrip("/") + ("" if path.startswith("/") else "/") + path
 
 
-def prefixed_route(router: Router, route: Route, prefix: str = "", tags: Sequence[str] = (),
-              dependencies: Sequence[Depends] = ()) -> Route:
+AnyRoute = TypeVar("AnyRoute", Route, WebSocketRoute)
+
+
+def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] = (),
+              dependencies: Sequence[Depends] = ()) -> AnyRoute:
     path = router.get_full_path(route.path)
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
@@ -438,3 +529,161 @@ async def _exit_function_scope(ctx: Context, stored: list[BackgroundTask] | None
                 ctx.scope["method"], ctx.scope["path"],
             )
         raise
+
+
+# --- WebSockets ----------------------------------------------------------------------------------------------
+ws_logger = logging.getLogger("tachyon_api.websockets")
+_INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
+
+
+def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
+    """Compile a WebSocket route for ``app``: parameters and dependencies are classified here, once.
+
+    Per connection: dependencies and parameters are solved before the handler runs (a path value that does
+    not convert closes with 1008 before ``accept``); the handler runs; whatever way it ends, the socket is
+    closed (1000 if the handler left it open, 1011 for an error), then dependency cleanups run, then the
+    injected background tasks go to the app's runner.
+    """
+    func = route.endpoint
+    call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
+    if not inspect.iscoroutinefunction(call):
+        raise TypeError(f"WebSocket handler {route.name} must be an 'async def' function")
+    path_names = frozenset(route.param_names)
+    plan = compile_endpoint(func, path_names, websocket=True)
+    guards = [
+        compile_dependency(dep.dependency, path_names, use_cache=dep.use_cache, websocket=True)
+        for dep in route.dependencies
+        if dep.dependency is not None
+    ]
+    names = route.param_names
+    max_size = route.max_message_size if route.max_message_size is not None else app.websocket_max_size
+    sockets = app.open_websockets
+    runner = app.background
+
+    async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
+        scope["path_params"] = path_params = dict(zip(names, values))
+        websocket = WebSocket(scope, receive, send, max_size)
+        ctx = WebSocketContext(app, websocket, path_params)
+        sockets.add(websocket)
+        failure: BaseException | None = None
+        try:
+            for guard in guards:
+                await guard.resolve(ctx)
+            kwargs = await plan.solve(ctx)
+            if ctx.errors:
+                raise RequestValidationError(ctx.errors)
+            await func(**kwargs)
+            if ctx.early is not None:  # scope="function" dependencies exit as the handler ends (a commit)
+                await ctx.exit_function_scope(None)
+            state = websocket.application_state
+            if state is CONNECTED:
+                await websocket.close_for_handler(WebSocketClose.NORMAL)
+            elif state is CONNECTING:  # returned without accepting: refuse the handshake
+                await _reject(websocket, WebSocketClose.NORMAL, "")
+        except BaseException as exc:
+            if ctx.early is not None and isinstance(exc, Exception):
+                try:  # a client that left is a normal end (commit); an error is raised at their yield
+                    await ctx.exit_function_scope(None if isinstance(exc, DISCONNECTS) else exc)
+                except Exception as error:  # what the exit code raised is how the socket ends
+                    exc = error
+            failure = exc
+            await _close_after(app, websocket, exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the shutdown deadline) or interrupted; the cleanups below still run
+        finally:
+            sockets.discard(websocket)
+            ended_well = failure is None or isinstance(failure, DISCONNECTS)  # a client leaving is no error
+            try:
+                await ctx.close(None if ended_well or not isinstance(failure, Exception) else failure)
+            finally:
+                if ended_well and ctx.background is not None and len(ctx.background):
+                    await _hand_over(runner, list(ctx.background), scope)
+
+    return handle
+
+
+async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
+    """The handler's injected background tasks, after the socket is closed and cleanups ran."""
+    path = scope["path"]
+    try:
+        if has_durable(tasks):
+            tasks = await store_durable(tasks, "WEBSOCKET", path)
+        if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
+            return
+    except Exception as exc:  # the socket is closed: nobody to answer, so log it
+        ws_logger.error("Background tasks of WEBSOCKET %s could not be handed over", path, exc_info=exc)
+        return
+    wait = WAIT_FOR_TASKS in (scope.get("extensions") or ())
+    inline = runner.submit(tasks, "WEBSOCKET", path, wait=wait)
+    if inline is not None:
+        await inline
+
+
+async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
+    """Refuse a handshake: a close before ``accept`` (servers answer it with HTTP 403)."""
+    try:
+        await websocket.send({"type": "websocket.close", "code": code, "reason": reason})
+    except Exception:  # noqa: BLE001 - the client is gone already
+        pass
+
+
+async def _deny(app: "Tachyon", websocket: WebSocket, exc: Exception) -> bool:
+    """Refuse a handshake with the HTTP response the app's exception handlers give ``exc``, where the
+    server supports denial responses; False if it does not."""
+    if "websocket.http.response" not in (websocket.scope.get("extensions") or {}):
+        return False
+    if isinstance(exc, HTTPException) or isinstance(exc, RequestError):
+        response = await app.handle_exception(Request(websocket.scope), exc)
+    else:
+        response = JSONResponse(_INTERNAL_ERROR, 500)
+    try:
+        await websocket.send_denial_response(response)
+    except Exception as error:  # noqa: BLE001
+        ws_logger.error("Sending the denial response of WEBSOCKET %s failed", websocket.scope["path"], exc_info=error)
+    return True
+
+
+async def _close_after(app: "Tachyon", websocket: WebSocket, exc: BaseException) -> None:
+    """Close the socket the way ``exc`` calls for; never raises, never hangs.
+
+    - the client left (``WebSocketDisconnect``): nothing to send;
+    - ``WebSocketException(code, reason)``: that close;
+    - a path value that does not convert, an invalid query/header/cookie: 1008 before ``accept``;
+    - ``HTTPException`` before ``accept`` (a guard saying 401, say): the app's HTTP error response where the
+      server supports denial responses, else 1008; after ``accept``: 1008 for a 4xx, 1011 for a 5xx;
+    - cancellation (the shutdown deadline): 1001;
+    - anything else: logged with its traceback, then 1011 (an HTTP 500 before ``accept`` where supported).
+    """
+    if isinstance(exc, DISCONNECTS):
+        return
+    state = websocket.application_state
+    path = websocket.scope["path"]
+    if state is not CONNECTED and state is not CONNECTING:  # closed (or denied) already: only log errors
+        if isinstance(exc, Exception) and not isinstance(exc, WebSocketException):
+            ws_logger.error("Error in WEBSOCKET %s after it was closed", path, exc_info=exc)
+        return
+    if isinstance(exc, WebSocketException) or is_foreign_websocket_exception(exc):
+        code, reason = exc.code, getattr(exc, "reason", "") or ""  # type: ignore[attr-defined]
+    elif isinstance(exc, asyncio.CancelledError):
+        code, reason = WebSocketClose.GOING_AWAY, "Server shutting down"
+    elif isinstance(exc, (PathNotFound, RequestError)):
+        code, reason = WebSocketClose.POLICY_VIOLATION, str(exc) if isinstance(exc, RequestError) else "Not Found"
+    elif isinstance(exc, HTTPException) or (
+        (starlette := sys.modules.get("starlette.exceptions")) is not None and isinstance(exc, starlette.HTTPException)
+    ):
+        status = exc.status_code  # type: ignore[union-attr]
+        if state is CONNECTING and isinstance(exc, HTTPException) and await _deny(app, websocket, exc):
+            return
+        if status >= 500:
+            ws_logger.error("HTTPException %d in WEBSOCKET %s", status, path, exc_info=exc)
+        code = WebSocketClose.POLICY_VIOLATION if status < 500 else WebSocketClose.INTERNAL_ERROR
+        reason = str(exc.detail)  # type: ignore[union-attr]
+    else:
+        ws_logger.error("Unhandled error in WEBSOCKET %s", path, exc_info=exc)
+        if state is CONNECTING and isinstance(exc, Exception) and await _deny(app, websocket, exc):
+            return
+        code, reason = WebSocketClose.INTERNAL_ERROR, "Internal Server Error"
+    if state is CONNECTING:
+        await _reject(websocket, code, close_reason(reason))
+    else:
+        await websocket.close_for_handler(code, reason)
