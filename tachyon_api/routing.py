@@ -588,8 +588,10 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
                     exc = error
             failure = exc
             await _close_after(app, websocket, exc)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (the shutdown deadline) or interrupted; the cleanups below still run
+            # Cancelled by someone else, or interrupted: propagate (the cleanups below still run). Cancelled
+            # by the app at the shutdown deadline: logged there already, the call ends quietly.
+            if not isinstance(exc, Exception) and not sockets.cancelled(websocket):
+                raise
         finally:
             sockets.discard(websocket)
             ended_well = failure is None or isinstance(failure, DISCONNECTS)  # a client leaving is no error

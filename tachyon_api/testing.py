@@ -103,13 +103,15 @@ class AsyncWebSocketTestSession:
         self._to_app: asyncio.Queue = asyncio.Queue()
         self._from_app: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self.accepted = False
         self._closed = False
 
     async def __aenter__(self) -> "AsyncWebSocketTestSession":
-        self._task = asyncio.ensure_future(self.app(self.scope, self._to_app.get, self._from_app.put))
+        self._task = asyncio.ensure_future(self.app(self.scope, self._to_app.get, self._app_send))
         await self._to_app.put({"type": "websocket.connect"})
         message = await self._next()
         if message["type"] == "websocket.accept":
+            self.accepted = True
             self.accepted_subprotocol = message.get("subprotocol")
             self.extra_headers = list(message.get("headers") or ())
             return self
@@ -130,6 +132,14 @@ class AsyncWebSocketTestSession:
         if not self._closed:
             await self.close()
         await self._finish()
+
+    async def _app_send(self, message: dict[str, Any]) -> None:
+        await self._from_app.put(message)
+        if message["type"] == "websocket.close" and self.accepted and not self._closed:
+            # A real client answers a close frame with its own at once, read or not: the app's next
+            # receive() gets the disconnect.
+            self._closed = True
+            await self._to_app.put({"type": "websocket.disconnect", "code": message.get("code", 1000)})
 
     async def _finish(self) -> None:
         if self._task is not None:
@@ -174,7 +184,6 @@ class AsyncWebSocketTestSession:
     async def receive(self) -> dict[str, Any]:
         message = await self._next()
         if message["type"] == "websocket.close":
-            self._closed = True
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         return message
 

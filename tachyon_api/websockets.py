@@ -335,12 +335,25 @@ class OpenSockets:
         self.going_away = False
         self._previous: dict[int, tuple[Any, Any]] = {}
         self._cancel_timer: asyncio.TimerHandle | None = None
+        self._cancelled: set[WebSocket] = set()
 
     def add(self, websocket: WebSocket) -> None:
         self.sockets[websocket] = asyncio.current_task()
 
     def discard(self, websocket: WebSocket) -> None:
         self.sockets.pop(websocket, None)
+        self._cancelled.discard(websocket)
+
+    def cancelled(self, websocket: WebSocket) -> bool:
+        """Whether the app cancelled this socket's handler (at the shutdown deadline). The cancellation is
+        then withdrawn, so the handler's ASGI call can end normally after its cleanups."""
+        if websocket not in self._cancelled:
+            return False
+        task = self.sockets.get(websocket)
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+        return True
 
     # --- shutdown ---------------------------------------------------------------------------------------
     async def close_all(self) -> None:
@@ -358,8 +371,9 @@ class OpenSockets:
         if self.sockets:
             logger.error("%d WebSocket handler(s) still running %.1fs after shutdown began; cancelling",
                          len(self.sockets), self.shutdown_timeout)
-        for task in self.sockets.values():
+        for websocket, task in self.sockets.items():
             if task is not None:
+                self._cancelled.add(websocket)
                 task.cancel()
 
     async def shutdown(self) -> None:
