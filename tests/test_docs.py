@@ -42,6 +42,7 @@ PAGES = [
     "cache.md",
     "security-model.md",
     "openapi.md",
+    "websockets.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.
