@@ -629,13 +629,13 @@ async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
         pass
 
 
-async def _deny(app: "Tachyon", websocket: WebSocket, exc: Exception) -> bool:
-    """Refuse a handshake with the HTTP response the app's exception handlers give ``exc``, where the
-    server supports denial responses; False if it does not."""
+async def _deny(app: "Tachyon", websocket: WebSocket, exc: BaseException | None) -> bool:
+    """Refuse a handshake with an HTTP response, where the server supports denial responses (False if it
+    does not): the one the app's exception handlers give an HTTP exception ``exc``, else a plain 500."""
     if "websocket.http.response" not in (websocket.scope.get("extensions") or {}):
         return False
-    if isinstance(exc, HTTPException) or isinstance(exc, RequestError):
-        response = await app.handle_exception(Request(websocket.scope), exc)
+    if exc is not None:
+        response = await app.handle_exception(Request(websocket.scope), exc)  # type: ignore[arg-type]
     else:
         response = JSONResponse(_INTERNAL_ERROR, 500)
     try:
@@ -669,12 +669,13 @@ async def _close_after(app: "Tachyon", websocket: WebSocket, exc: BaseException)
     elif isinstance(exc, asyncio.CancelledError):
         code, reason = WebSocketClose.GOING_AWAY, "Server shutting down"
     elif isinstance(exc, (PathNotFound, RequestError)):
-        code, reason = WebSocketClose.POLICY_VIOLATION, str(exc) if isinstance(exc, RequestError) else "Not Found"
+        reason = str(exc) if isinstance(exc, RequestError) else f"Invalid path parameter '{exc.parameter}'"
+        code = WebSocketClose.POLICY_VIOLATION
     elif isinstance(exc, HTTPException) or (
         (starlette := sys.modules.get("starlette.exceptions")) is not None and isinstance(exc, starlette.HTTPException)
     ):
         status = exc.status_code  # type: ignore[union-attr]
-        if state is CONNECTING and isinstance(exc, HTTPException) and await _deny(app, websocket, exc):
+        if state is CONNECTING and await _deny(app, websocket, exc):
             return
         if status >= 500:
             ws_logger.error("HTTPException %d in WEBSOCKET %s", status, path, exc_info=exc)
@@ -682,7 +683,7 @@ async def _close_after(app: "Tachyon", websocket: WebSocket, exc: BaseException)
         reason = str(exc.detail)  # type: ignore[union-attr]
     else:
         ws_logger.error("Unhandled error in WEBSOCKET %s", path, exc_info=exc)
-        if state is CONNECTING and isinstance(exc, Exception) and await _deny(app, websocket, exc):
+        if state is CONNECTING and isinstance(exc, Exception) and await _deny(app, websocket, None):
             return
         code, reason = WebSocketClose.INTERNAL_ERROR, "Internal Server Error"
     if state is CONNECTING:

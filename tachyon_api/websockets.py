@@ -238,9 +238,26 @@ class WebSocket(HTTPConnection):
 
     # --- data -------------------------------------------------------------------------------------------
     async def _data(self) -> dict[str, Any]:
-        if self.application_state is not CONNECTED and self.closed_by_app is None:
-            raise RuntimeError('WebSocket is not connected. Need to call "accept" first.')
-        message = await self.receive()
+        """The next data message, or ``WebSocketDisconnect``. The usual case inline, without receive()."""
+        if self.client_state is CONNECTED and self.application_state is CONNECTED:
+            message = await self._receive()
+            if message["type"] == "websocket.receive":
+                limit = self.max_size
+                if limit is None:
+                    return message
+                text = message.get("text")
+                size = len(text) * 4 if text is not None else len(message.get("bytes") or b"")
+                if size <= limit or not self._too_big(message):  # *4: the most UTF-8 can take
+                    return message
+                message = await self._refuse_message()
+            elif message["type"] == "websocket.disconnect":
+                self.client_state = DISCONNECTED
+            else:
+                raise RuntimeError(f'Expected "websocket.receive" or "websocket.disconnect", got {message["type"]!r}')
+        else:
+            if self.application_state is not CONNECTED and self.closed_by_app is None:
+                raise RuntimeError('WebSocket is not connected. Need to call "accept" first.')
+            message = await self.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         return message

@@ -211,7 +211,8 @@ def test_invalid_parameters_close_with_1008_before_accept() -> None:
         ran.append("handler")
         await websocket.accept()
 
-    assert connect_refused(app, "/items/abc", headers={"token": "t"}).code == 1008
+    refused = connect_refused(app, "/items/abc", headers={"token": "t"})
+    assert (refused.code, refused.reason) == (1008, "Invalid path parameter 'item_id'")
     refused = connect_refused(app, "/items/1?page=x", headers={"token": "t"})
     assert refused.code == 1008 and "page" in refused.reason
     assert connect_refused(app, "/items/1").code == 1008  # missing header
@@ -424,6 +425,14 @@ def test_http_exception_of_a_guard_is_an_http_denial_with_the_error_body() -> No
     assert denied.value.status_code == 401
     assert denied.value.json() == {"detail": "Bad token"}
     assert denied.value.headers["www-authenticate"] == "Bearer"
+    def starlette_guard() -> None:
+        raise starlette.exceptions.HTTPException(403, "Starlette says no")
+
+    app.add_websocket_route("/starlette", handler, dependencies=[Depends(starlette_guard)])
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        with client.websocket_connect("/starlette", headers={"x-token": "secret"}):
+            pass
+    assert (denied.value.status_code, denied.value.json()) == (403, {"detail": "Starlette says no"})
     with client.websocket_connect("/ws", headers={"x-token": "secret"}) as ws:
         assert ws.receive_text() == "in"
         with pytest.raises(WebSocketDisconnect) as closed:
