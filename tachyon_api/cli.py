@@ -127,6 +127,7 @@ def _force_exit(server: Any) -> None:
 def _routes(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     rows = [(r["method"], r["path"], r.get("name") or "") for r in app.routes]
+    rows += [("WEBSOCKET", r.path, r.name or "") for r in getattr(app, "websocket_routes", ())]
     width = max([len("METHOD"), *(len(m) for m, _, _ in rows)])
     path_width = max([len("PATH"), *(len(p) for _, p, _ in rows)])
     print(f"{'METHOD':<{width}}  {'PATH':<{path_width}}  NAME")

@@ -58,6 +58,15 @@ def test_bad_or_taken_names_are_refused_before_accept(chat: Any) -> None:
     assert client.post("/rooms/empty/announce", json={"text": "anyone?"}).status_code == 404
 
 
+def test_tachyon_routes_lists_the_websocket_route(capsys: pytest.CaptureFixture[str]) -> None:
+    from tachyon_api.cli import main
+
+    main(["routes", "examples.chat:app"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["WEBSOCKET", "/rooms/{room}", "chat"] in lines
+    assert ["POST", "/rooms/{room}/announce", "announce"] in lines
+
+
 def test_a_conversation_over_uvicorn(chat: Any) -> None:
     with serve(chat.app) as url:
         base = url.replace("http://", "ws://")
