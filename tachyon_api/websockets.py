@@ -353,6 +353,7 @@ class OpenSockets:
         self._previous: dict[int, tuple[Any, Any]] = {}
         self._cancel_timer: asyncio.TimerHandle | None = None
         self._cancelled: set[WebSocket] = set()
+        self._all_closed: asyncio.Event | None = None  # set when the last socket ends, during shutdown()
 
     def add(self, websocket: WebSocket) -> None:
         self.sockets[websocket] = asyncio.current_task()
@@ -360,6 +361,8 @@ class OpenSockets:
     def discard(self, websocket: WebSocket) -> None:
         self.sockets.pop(websocket, None)
         self._cancelled.discard(websocket)
+        if not self.sockets and self._all_closed is not None:
+            self._all_closed.set()
 
     def cancelled(self, websocket: WebSocket) -> bool:
         """Whether the app cancelled this socket's handler (at the shutdown deadline). The cancellation is
@@ -397,11 +400,14 @@ class OpenSockets:
         """At lifespan shutdown: close what is still open and wait (at most ``shutdown_timeout``) for the
         handlers to end."""
         self.uninstall()
+        self._all_closed = asyncio.Event()
         await self.close_all()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_timeout + 1
-        while self.sockets and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.sockets:
+            try:  # the cancel timer fires at shutdown_timeout; cancelled handlers still run their cleanups
+                await asyncio.wait_for(self._all_closed.wait(), self.shutdown_timeout + 1)
+            except asyncio.TimeoutError:
+                logger.error("%d WebSocket handler(s) did not end after being cancelled", len(self.sockets))
+        self._all_closed = None
         if self._cancel_timer is not None:
             self._cancel_timer.cancel()
             self._cancel_timer = None
