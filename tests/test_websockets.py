@@ -121,7 +121,7 @@ def test_connection_details_and_iterators() -> None:
         ws.send_text("one")
         ws.send_text("two")
     assert seen == {
-        "url": "ws://test/rooms/blue?since=5", "name": "blue", "path_params": {"name": "blue"}, "query": "5",
+        "url": f"ws://{client.base_url.host}/rooms/blue?since=5", "name": "blue", "path_params": {"name": "blue"}, "query": "5",
         "header": "t", "cookie": "s1", "client": "testclient", "app": True, "texts": ["one", "two"],
         "state": "ann",
     }
