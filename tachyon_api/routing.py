@@ -581,11 +581,14 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
             elif state is CONNECTING:  # returned without accepting: refuse the handshake
                 await _reject(websocket, WebSocketClose.NORMAL, "")
         except BaseException as exc:
-            if ctx.early is not None and isinstance(exc, Exception):
+            if ctx.early is not None:
                 try:  # a client that left is a normal end (commit); an error is raised at their yield
                     await ctx.exit_function_scope(None if isinstance(exc, DISCONNECTS) else exc)
                 except Exception as error:  # what the exit code raised is how the socket ends
-                    exc = error
+                    if isinstance(exc, Exception):
+                        exc = error
+                    else:
+                        ws_logger.error("Dependency exit failed in WEBSOCKET %s", scope["path"], exc_info=error)
             failure = exc
             await _close_after(app, websocket, exc)
             # Cancelled by someone else, or interrupted: propagate (the cleanups below still run). Cancelled

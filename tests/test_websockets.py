@@ -311,6 +311,54 @@ def test_dependencies_scopes_cleanups_after_close_and_overrides() -> None:
         app.dependency_overrides.clear()
 
 
+def test_function_scope_dependencies_exit_as_the_handler_ends() -> None:
+    app = Tachyon()
+    events: list[str] = []
+
+    async def transaction() -> Any:
+        try:
+            yield "tx"
+        except Exception as exc:
+            events.append(f"rollback ({exc})")
+            raise
+        else:
+            events.append("commit")
+        finally:
+            events.append("tx closed")
+
+    async def later() -> Any:
+        try:
+            yield
+        finally:
+            events.append("after-close cleanup")
+
+    @app.websocket("/ws")
+    async def handler(
+        websocket: WebSocket, tx: str = Depends(transaction, scope="function"), _: None = Depends(later)
+    ) -> None:
+        await websocket.accept()
+        text = await websocket.receive_text()
+        if text == "fail":
+            raise ValueError("handler failed")
+        events.append(f"handler got {text}")
+
+    client = client_for(app)
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("ok")
+    assert events == ["handler got ok", "commit", "tx closed", "after-close cleanup"]
+    events.clear()
+    with client.websocket_connect("/ws") as ws:
+        ws.close()  # the client leaving is a normal end: commit
+    assert events == ["commit", "tx closed", "after-close cleanup"]
+    events.clear()
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("fail")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1011
+    assert events == ["rollback (handler failed)", "tx closed", "after-close cleanup"]
+
+
 def test_background_tasks_run_after_close_and_cleanups() -> None:
     app = Tachyon()
     events: list[str] = []
