@@ -612,7 +612,7 @@ async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
     path = scope["path"]
     try:
         if has_durable(tasks):
-            tasks = await store_durable(tasks, "WEBSOCKET", path)
+            tasks = await store_durable(tasks, {**scope, "method": "WEBSOCKET"})
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it

@@ -392,6 +392,32 @@ def test_background_tasks_run_after_close_and_cleanups() -> None:
     assert "never" not in events
 
 
+def durable_note(text: str) -> None:
+    """A durable task must be importable: module level."""
+
+
+def test_durable_tasks_of_a_handler_are_stored_after_the_close(redis_url: str) -> None:
+    from tachyon_api.background import RQBackend
+
+    backend = RQBackend(redis_url, queue="websocket-durable")
+    backend.queue.empty()
+    app = Tachyon(task_backend=backend)
+
+    @app.websocket("/ws")
+    async def handler(websocket: WebSocket, tasks: BackgroundTasks) -> None:
+        await websocket.accept()
+        tasks.add_task(durable_note, await websocket.receive_text())
+
+    with client_for(app).websocket_connect("/ws") as ws:
+        ws.send_text("keep me")
+    try:
+        assert backend.stats()["queued"] == 1
+        (job,) = backend.queue.get_jobs()
+        assert job.func_name.endswith("durable_note") and job.args == ("keep me",)
+    finally:
+        backend.queue.empty()
+
+
 def test_a_client_that_leaves_is_no_error_and_its_tasks_still_run(caplog: pytest.LogCaptureFixture) -> None:
     app = Tachyon()
     events: list[Any] = []
