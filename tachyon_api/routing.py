@@ -70,7 +70,26 @@ def _path_params(path: str) -> list[str]:
     return [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
 
 
-class Route:
+class _ReadsLikeADict:
+    """Read access by key to ``as_dict()``, so code written for 1.3's route dicts (``router.routes[0]["path"]``)
+    keeps working."""
+
+    __slots__ = ()
+
+    def as_dict(self, method: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.as_dict().get(key, default)
+
+    def keys(self) -> Any:
+        return self.as_dict().keys()
+
+
+class Route(_ReadsLikeADict):
     """One path and method set bound to an endpoint, with the options given to the decorator."""
 
     __slots__ = ("path", "methods", "endpoint", "name", "status_code", "response_model", "dependencies",
@@ -141,21 +160,11 @@ class Route:
             **self.options,
         }
 
-    # Read access by key, so code written for 1.3's route dicts (``router.routes[0]["path"]``) keeps working.
-    def __getitem__(self, key: str) -> Any:
-        return self.as_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.as_dict().get(key, default)
-
-    def keys(self) -> Any:
-        return self.as_dict().keys()
-
     def __repr__(self) -> str:
         return f"Route({self.path!r}, methods={list(self.methods)}, endpoint={self.name})"
 
 
-class WebSocketRoute:
+class WebSocketRoute(_ReadsLikeADict):
     """A path bound to an ``async def`` WebSocket handler. A class of its own, not a ``Route``: it has no
     methods, no response and no place in the OpenAPI schema."""
 
@@ -183,6 +192,11 @@ class WebSocketRoute:
         """This route at another path, behind the dependencies of the routers it was included through."""
         return WebSocketRoute(path, self.endpoint, name=self.name, dependencies=[*dependencies, *self.dependencies],
                               max_message_size=self.max_message_size)
+
+    def as_dict(self, method: str | None = None) -> dict[str, Any]:
+        """As a route dict: ``method`` is ``"WEBSOCKET"``."""
+        return {"path": self.path, "method": "WEBSOCKET", "func": self.endpoint, "name": self.name,
+                "dependencies": self.dependencies}
 
     def __repr__(self) -> str:
         return f"WebSocketRoute({self.path!r}, endpoint={self.name})"

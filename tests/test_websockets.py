@@ -563,6 +563,7 @@ def test_router_prefix_dependencies_and_nesting() -> None:
         await websocket.accept()
         await websocket.send_text(name)
 
+    assert inner.routes[0]["path"] == "/feed/{name}" and inner.routes[0]["method"] == "WEBSOCKET"  # 1.3's dict reads
     outer = Router(prefix="/api")
     outer.include_router(inner)
     app.include_router(outer)
