@@ -188,8 +188,15 @@ class WebSocketRoute(_ReadsLikeADict):
         self.max_message_size = max_message_size
         self.handler: Handler | None = None
 
-    def copy_with(self, path: str, tags: Sequence[str] = (), dependencies: Sequence[Depends] = ()) -> "WebSocketRoute":
-        """This route at another path, behind the dependencies of the routers it was included through."""
+    def copy_with(
+        self,
+        path: str,
+        tags: Sequence[str] = (),
+        dependencies: Sequence[Depends] = (),
+        responses: dict | None = None,
+    ) -> "WebSocketRoute":
+        """This route at another path, behind the dependencies of the routers it was included through (tags
+        and OpenAPI ``responses`` do not apply to a WebSocket)."""
         return WebSocketRoute(path, self.endpoint, name=self.name, dependencies=[*dependencies, *self.dependencies],
                               max_message_size=self.max_message_size)
 
