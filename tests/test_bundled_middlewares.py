@@ -13,7 +13,7 @@ from tachyon_api import HTTPException, Tachyon
 from tachyon_api.background import BackgroundTasks
 from tachyon_api.middlewares import CORSMiddleware, LoggerMiddleware, SecurityHeadersMiddleware
 from tachyon_api.middlewares.core import apply_middleware_to_router, create_decorated_middleware_class
-from tachyon_api.responses import JSONResponse, StreamingResponse
+from tachyon_api.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .conftest import client_for, serve
 
@@ -53,9 +53,11 @@ def test_cors_preflight_and_simple_requests_over_http():
         assert ok.status_code == 200 and ok.content == b""
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         assert ok.headers["access-control-allow-methods"] == "GET, PUT"
-        assert ok.headers["access-control-allow-headers"] == "X-Token"
+        # The requested headers are echoed: a browser sends only what is listed, and JSON's Content-Type is
+        # not CORS-safelisted.
+        assert ok.headers["access-control-allow-headers"] == "x-token, content-type"
         assert ok.headers["access-control-max-age"] == "120"
-        assert ok.headers["vary"] == "Origin"
+        assert ok.headers["vary"] == "Origin, Access-Control-Request-Headers"
         assert "access-control-allow-credentials" not in ok.headers
 
         for headers, problem in (
@@ -99,7 +101,7 @@ def test_cors_wildcard_without_credentials_is_not_origin_dependent():
 
 
 def test_cors_credentials_never_with_a_wildcard():
-    app = _app(allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    app = _app(allow_origins=["https://app.example"], allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     with serve(app) as url:
         preflight = httpx.options(url + "/data", headers={**PREFLIGHT, "Access-Control-Request-Headers": "X-A"})
         assert preflight.status_code == 200
@@ -109,10 +111,52 @@ def test_cors_credentials_never_with_a_wildcard():
         assert preflight.headers["access-control-allow-headers"] == "x-a"
         assert "*" not in "".join(v for k, v in preflight.headers.items() if k.startswith("access-control"))
         assert preflight.headers["vary"] == "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
-        simple = httpx.get(url + "/data", headers={"Origin": "https://other.example"})
-        assert simple.headers["access-control-allow-origin"] == "https://other.example"
+        simple = httpx.get(url + "/data", headers={"Origin": "https://app.example"})
+        assert simple.headers["access-control-allow-origin"] == "https://app.example"
         assert simple.headers["access-control-allow-credentials"] == "true"
         assert simple.headers["vary"] == "Origin"
+        other = httpx.get(url + "/data", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        assert "access-control-allow-credentials" not in other.headers
+
+
+def test_cors_refuses_every_origin_with_credentials():
+    # Echoing any origin (even "null") with credentials would let every site read a logged-in user's answers.
+    with pytest.raises(ValueError, match="list the allowed origins"):
+        CORSMiddleware(_shared_list_app, allow_origins=["*"], allow_credentials=True)
+    with pytest.raises(ValueError, match="list the allowed origins"):  # also through add_middleware, at startup
+        client_for(_app(allow_origins=["*"], allow_credentials=True)).get("/data")
+
+
+def test_cors_json_post_from_another_origin_in_a_browser(page):
+    """Chromium on one origin POSTs JSON to the API on another: the preflight must announce Content-Type."""
+    site = Tachyon()
+
+    @site.get("/page")
+    def home():
+        return HTMLResponse("<!doctype html><title>site</title>")
+
+    with serve(site) as site_url:
+        api = Tachyon()
+
+        @api.post("/items")
+        def create(item: dict) -> dict:
+            return {"created": item}
+
+        api.add_middleware(CORSMiddleware, allow_origins=[site_url])
+        with serve(api) as api_url:
+            page.goto(site_url + "/page")
+            result = page.evaluate(
+                """async (url) => {
+                    try {
+                        const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                                    body: JSON.stringify({name: "a"})});
+                        return [r.status, await r.json()];
+                    } catch (e) { return ["blocked", String(e)]; }
+                }""",
+                api_url + "/items",
+            )
+    assert result == [200, {"created": {"name": "a"}}]
 
 
 def test_cors_accepts_a_lone_string():

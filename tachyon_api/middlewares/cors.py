@@ -8,9 +8,13 @@
 - ``Vary: Origin`` is sent whenever the answer depends on the origin (anything but "every origin, no
   credentials"), also on answers to requests without an ``Origin``, so a shared cache never hands one
   origin's answer to another.
-- With credentials, ``*`` is never sent (browsers do not read it as a wildcard then): the origin, method and
-  headers are echoed. Allowed headers are always echoed for ``"*"``, because ``*`` never covers
-  ``Authorization``.
+- With credentials, ``*`` is never sent (browsers do not read it as a wildcard then): the method and headers
+  are echoed. ``allow_origins=["*"]`` with credentials is refused at construction: echoing every origin with
+  credentials would let any site read a logged-in user's answers.
+- The requested headers a preflight passes are echoed in ``Access-Control-Allow-Headers``: a browser only
+  sends what is listed there, and ``Content-Type: application/json`` is not CORS-safelisted (only the three
+  form types are), so listing just ``allow_headers`` would block every cross-origin JSON POST. ``*`` is never
+  sent for headers, because it never covers ``Authorization``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ SAFELISTED = frozenset(("accept", "accept-language", "content-language", "conten
 class CORSMiddleware:
     """``CORSMiddleware(app, allow_origins=["https://app.example"], allow_credentials=True, ...)``.
 
-    ``"*"`` in ``allow_origins``, ``allow_methods`` or ``allow_headers`` allows any.
+    ``"*"`` in ``allow_origins``, ``allow_methods`` or ``allow_headers`` allows any; ``allow_origins=["*"]``
+    with ``allow_credentials=True`` raises ``ValueError`` (list the origins).
     """
 
     def __init__(
@@ -50,14 +55,19 @@ class CORSMiddleware:
             for value in (allow_origins, allow_methods, allow_headers, expose_headers)
         )
         self.any_origin = "*" in allow_origins
+        if self.any_origin and allow_credentials:
+            raise ValueError(
+                'CORSMiddleware: allow_origins=["*"] cannot be combined with allow_credentials=True (any site could '
+                "read a logged-in user's answers); list the allowed origins explicitly"
+            )
         self.origins = frozenset(allow_origins)
         self.any_method = "*" in allow_methods
         self.methods = [m.upper() for m in allow_methods]
         self.any_header = "*" in allow_headers
         self.headers = SAFELISTED | {h.lower() for h in allow_headers}
         self.credentials = allow_credentials
-        # Every origin without credentials is the one answer that does not depend on the origin.
-        self.vary = "" if self.any_origin and not allow_credentials else "Origin"
+        # Every origin (never with credentials) is the one answer that does not depend on the origin.
+        self.vary = "" if self.any_origin else "Origin"
         common: list[tuple[bytes, bytes]] = []
         if allow_credentials:
             common.append((b"access-control-allow-credentials", b"true"))
@@ -67,23 +77,20 @@ class CORSMiddleware:
         self.preflight_headers = [*common, (b"access-control-max-age", str(max_age).encode("latin-1"))]
         if not self.any_method:
             self.preflight_headers.append((b"access-control-allow-methods", ", ".join(self.methods).encode("latin-1")))
-        if not self.any_header:
-            allowed = ", ".join(sorted({h for h in allow_headers}, key=str.lower))
-            if allowed:
-                self.preflight_headers.append((b"access-control-allow-headers", allowed.encode("latin-1")))
 
     def _allow_origin(self, origin: str) -> bytes:
-        return b"*" if self.any_origin and not self.credentials else origin.encode("latin-1")
+        return b"*" if self.any_origin else origin.encode("latin-1")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         origin = header(scope, b"origin")
-        requested_method = header(scope, b"access-control-request-method")
-        if origin is not None and scope["method"] == "OPTIONS" and requested_method is not None:
-            await self._preflight(scope, receive, send, origin, requested_method)
-            return
+        if origin is not None and scope["method"] == "OPTIONS":  # only an OPTIONS can be a preflight
+            requested_method = header(scope, b"access-control-request-method")
+            if requested_method is not None:
+                await self._preflight(scope, receive, send, origin, requested_method)
+                return
         if origin is None or not (self.any_origin or origin in self.origins):
             if not self.vary:
                 await self.app(scope, receive, send)
@@ -116,10 +123,9 @@ class CORSMiddleware:
             elif self.any_method:  # echoed: with credentials, "*" is a method name, not a wildcard
                 headers.append((b"access-control-allow-methods", method.encode("latin-1")))
                 vary.append("Access-Control-Request-Method")
-            if self.any_header:
-                if requested:
-                    headers.append((b"access-control-allow-headers", ", ".join(requested).encode("latin-1")))
-                vary.append("Access-Control-Request-Headers")
+            if requested:  # all passed the check above; echoed, so Content-Type and Authorization are covered
+                headers.append((b"access-control-allow-headers", ", ".join(requested).encode("latin-1")))
+            vary.append("Access-Control-Request-Headers")
             message = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}
             await send(with_headers(message, headers, ", ".join(vary)))
             await send({"type": "http.response.body", "body": b""})
