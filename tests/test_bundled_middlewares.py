@@ -9,13 +9,13 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tachyon_api import HTTPException, Tachyon
+from tachyon_api import Depends, HTTPException, Tachyon
 from tachyon_api.background import BackgroundTasks
 from tachyon_api.middlewares import CORSMiddleware, LoggerMiddleware, SecurityHeadersMiddleware
 from tachyon_api.middlewares.core import apply_middleware_to_router, create_decorated_middleware_class
 from tachyon_api.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from .conftest import client_for, serve
+from .conftest import client_for, serve, wait_until
 
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "PUT"}
 
@@ -414,6 +414,28 @@ def test_call_next_keeps_background_tasks_after_the_response():
     response = client.post("/signup")
     assert response.headers["x-seen"] == "/signup"
     assert done == ["welcome"]  # the test client returns after the tasks ran, through call_next too
+
+
+def test_call_next_lets_awaiting_dependency_cleanups_finish_over_http():
+    """A yield dependency's cleanup that awaits (closing a session, returning a connection) runs after the
+    response; call_next must not cancel it once the middleware has read the whole body."""
+    events = []
+    app = Tachyon()
+
+    async def session():
+        yield "s"
+        await asyncio.sleep(0.05)
+        events.append("closed")
+
+    @app.get("/")
+    async def index(s: str = Depends(session)) -> dict:
+        return {"session": s}
+
+    app.middleware("http")(_call_next_header)
+    with serve(app) as url:
+        response = httpx.get(url + "/")
+        assert response.json() == {"session": "s"} and response.headers["x-seen"] == "/"
+        assert wait_until(lambda: events == ["closed"], timeout=2)
 
 
 def test_middleware_registration_errors():

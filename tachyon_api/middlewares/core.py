@@ -125,6 +125,7 @@ class _CallNextMiddleware:
             await self.app(scope, receive, send)
             return
         inner: list[asyncio.Task] = []
+        read_to_end: set[asyncio.Task] = set()  # inner apps whose last body message the middleware received
         started = False
 
         async def call_next(request: Request) -> Response:
@@ -168,6 +169,7 @@ class _CallNextMiddleware:
                         return
                     chunk = getter.result()
                     if chunk is _END:
+                        read_to_end.add(task)
                         return
                     yield chunk
 
@@ -190,7 +192,10 @@ class _CallNextMiddleware:
             # and anything unexpected is logged there.
             await app.send_error(scope, receive, send, exc)
         finally:
-            for task in inner:  # the middleware answered without the inner response, or stopped reading it
-                if not task.done():
+            for task in inner:
+                # After its last body message the inner app is still finishing its own work (dependency
+                # cleanups that await, background tasks): it is awaited, as without a middleware. It is
+                # cancelled only when the middleware answered without its response or stopped reading it.
+                if task not in read_to_end and not task.done():
                     task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
