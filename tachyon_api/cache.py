@@ -156,8 +156,8 @@ class RedisCacheBackend(BaseCacheBackend):
 class MemcachedCacheBackend(BaseCacheBackend):
     """Memcached through a pymemcache client (``pymemcache.client.base.Client(("127.0.0.1", 11211))``), or any
     client with the same ``get``/``set(expire=)``/``delete``/``flush_all``. Values are pickled. Keys that
-    memcached would refuse (over 250 bytes, spaces, control characters) are hashed. ``clear`` flushes the
-    whole server: memcached cannot list keys."""
+    memcached would refuse (non-ASCII, over 250 bytes, spaces, control characters) are hashed. ``clear``
+    flushes the whole server: memcached cannot list keys."""
 
     MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger expiry values as a Unix timestamp
 
@@ -166,7 +166,9 @@ class MemcachedCacheBackend(BaseCacheBackend):
 
     @staticmethod
     def _key(key: str) -> str:
-        if len(key) <= 200 and key.isprintable() and " " not in key:
+        """``key`` itself when memcached's text protocol takes it (ASCII, at most 250 bytes, no space or
+        control character), else a fixed-length hash of it: a refused key would make every call a miss."""
+        if key.isascii() and len(key) <= 250 and key.isprintable() and " " not in key:
             return key
         return "h:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -288,7 +290,9 @@ def cache(
                 config.default_ttl if chosen_ttl is None else chosen_ttl
             )
 
-        if inspect.iscoroutinefunction(func):
+        # unwrap: an async function under a sync decorator (functools.wraps) still returns a coroutine,
+        # which the sync path would cache and hand out again, already awaited.
+        if inspect.iscoroutinefunction(inspect.unwrap(func)):
             flights: dict[tuple[Any, str], asyncio.Future] = {}
 
             async def call(store: BaseCacheBackend, method: str, *args: Any) -> Any:
@@ -376,6 +380,13 @@ def cache(
                     value = found
                 else:
                     value = func(*args, **kwargs)
+                    if inspect.isawaitable(value):
+                        if inspect.iscoroutine(value):
+                            value.close()  # never awaited: no "was never awaited" warning on top of ours
+                        raise TypeError(
+                            f"@cache: {func.__qualname__} returned an awaitable, whose result cannot be cached "
+                            "from a sync function; make the function (or its decorator) async"
+                        )
                     try:
                         store.set(key, _CachedNone() if value is None else value, seconds)
                     except Exception as exc:

@@ -2,7 +2,9 @@
 failures degrade; the bounded in-memory backend; Redis and Memcached backends on real servers."""
 
 import asyncio
+import functools
 import logging
+import pickle
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +176,48 @@ def test_none_is_cached_key_builder_and_unless():
     assert get_cache_config().backend.get("user:1") == {"id": 1}
 
 
+def _traced(func):
+    """A user's sync decorator (functools.wraps) around an async function: calls return its coroutine."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def test_async_function_under_a_sync_decorator_over_http():
+    calls = []
+    app = Tachyon()
+
+    @app.get("/price/{item}")
+    @cache(TTL=60)
+    @_traced
+    async def price(item: int) -> dict:
+        calls.append(item)
+        return {"price": item * 2}
+
+    with serve(app) as url:
+        for _ in range(3):  # the result is cached, not the (single-use) coroutine
+            response = httpx.get(url + "/price/4")
+            assert (response.status_code, response.json()) == (200, {"price": 8})
+    assert calls == [4]
+
+
+def test_sync_function_returning_an_awaitable_is_refused():
+    async def compute():
+        return 1
+
+    @cache(TTL=60)
+    def hidden():  # no functools.wraps: nothing tells that it is async
+        return compute()
+
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        hidden()
+    with pytest.raises(TypeError, match="returned an awaitable"):  # nothing was cached by the first call
+        hidden()
+
+
 def test_ttl_spelling_and_config():
     with pytest.raises(TypeError):
         cache(TTL=1, ttl=2)
@@ -301,6 +345,12 @@ def test_memcached_backend_on_a_real_server(memcached_address):
     long_key = "k" * 300 + " with spaces"
     backend.set(long_key, [1, 2])
     assert backend.get(long_key) == [1, 2]
+    # Non-ASCII keys (memcached's protocol is ASCII) and keys over 250 bytes though fewer characters are hashed;
+    # a 250-byte ASCII key is stored as it is.
+    for key, value in (("user:josé", 1), ("user:josè", 2), ("é" * 200, 3), ("a" * 250, 4)):
+        backend.set(key, value)
+    assert [backend.get(k) for k in ("user:josé", "user:josè", "é" * 200, "a" * 250)] == [1, 2, 3, 4]
+    assert pickle.loads(client.get("a" * 250)) == 4
     backend.set("short", "v", ttl=0.2)  # rounded up to one second, never 0 (= no expiry)
     assert backend.get("short") == "v"
     assert wait_until(lambda: backend.get("short") is None, 4)
@@ -323,6 +373,17 @@ def test_memcached_backend_on_a_real_server(memcached_address):
         time.sleep(0.2)
         return {"calls": len(calls)}
 
+    names = []
+
+    @app.get("/hello")
+    @cache(TTL=30, backend=backend, key_builder=lambda f, args, kwargs: f"user:{kwargs['name']}")
+    def hello(name: str = Query()):
+        names.append(name)
+        return {"hello": name}
+
     with serve(app) as url:
         assert _burst(f"{url}/slow", 6) == [{"calls": 1}] * 6
+        for _ in range(2):
+            assert httpx.get(f"{url}/hello", params={"name": "josé"}).json() == {"hello": "josé"}
     assert len(calls) == 1
+    assert names == ["josé"]  # cached under its hashed key (an unhashed one failed: computed on every call)
