@@ -679,14 +679,16 @@ def _path_extractor(key: str, tp: Any) -> Extractor:
 
 
 def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extractor:
+    """A form field (the last value of its key) or a list of them, converted as the same type in a query is;
+    or the uploaded file(s) of the key."""
     inner, _ = _unwrap_optional(tp)
     item = _list_item(inner)
-    scalar = item if item is not None else inner
-    convert = None if want_file else _converter(_unwrap_optional(scalar)[0])
-    check_list = None if want_file or item is None else _constraint_check(inner)
-    as_bytes = want_file and _strip(_unwrap_optional(scalar)[0])[0] is bytes  # `data: bytes = File()` gets the content
-    required = default is ...
+    # `data: bytes = File()` gets the content
+    as_bytes = want_file and _strip(_unwrap_optional(inner if item is None else item)[0])[0] is bytes
     loc = ["body", key]
+    convert_list = None if want_file or item is None else _list_converter(inner, loc)
+    convert = None if want_file or item is not None else _converter(inner)
+    required = default is ...
 
     async def extract(ctx: Context) -> Any:
         form = await ctx.request.form()
@@ -701,19 +703,19 @@ def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extract
             if required:
                 raise _missing(loc)
             return default
-        if convert is not None:
-            try:
-                values = [convert(v) for v in values]
-            except (ValueError, TypeError, msgspec.ValidationError) as exc:
-                raise _invalid(loc, scalar, exc) from None
-        if item is None:
-            return values[-1]
-        if check_list is not None:
-            try:
-                check_list(values)
-            except ConstraintError as exc:
-                raise _invalid(loc, inner, exc) from None
-        return values
+        if item is not None:
+            if convert_list is None:
+                return values
+            if len(values) > MAX_LIST_ITEMS:
+                raise _too_many(loc)
+            return convert_list(values)
+        value = values[-1]
+        if convert is None:
+            return value
+        try:
+            return convert(value)
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
+            raise _invalid(loc, inner, exc) from None
 
     return extract
 

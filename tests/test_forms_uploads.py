@@ -5,12 +5,13 @@ and DI", points 5 and 6)."""
 import tempfile
 from typing import Optional
 
+import httpx
 import pytest
 
 from tachyon_api import BackgroundTasks, Depends, File, Form, Query, Tachyon, UploadFile
 from tachyon_api.testing import TachyonTestClient, create_client
 
-from .conftest import assert_error_shape
+from .conftest import assert_error_shape, serve
 
 BOUNDARY = "----tachyonTestBoundary7MA4YWxk"
 
@@ -73,6 +74,34 @@ def test_form_list_field_from_repeated_keys():
         assert response.json() == {"choice": [1, 2, 3]}
         multi = client.post("/f", content=multipart([("choice", "4"), ("choice", "5")]), headers=mp_headers())
         assert multi.json() == {"choice": [4, 5]}
+
+
+def test_form_and_query_lists_convert_alike_over_http():
+    """One list converter for both: Optional items, the failing item's index, the list's own constraints."""
+    app = Tachyon()
+
+    @app.get("/q")
+    def in_query(ids: list[Optional[int]] = Query(), tags: list[str] = Query(max_length=2)):
+        return {"ids": ids, "tags": tags}
+
+    @app.post("/f")
+    def in_form(ids: list[Optional[int]] = Form(), tags: list[str] = Form(max_length=2)):
+        return {"ids": ids, "tags": tags}
+
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with serve(app) as url:
+        for source, send in (
+            ("query", lambda q: httpx.get(url + "/q?" + q)),
+            ("body", lambda q: httpx.post(url + "/f", content=q.encode(), headers=form)),
+        ):
+            ok = send("ids=1&ids=&ids=null&tags=a")
+            assert (ok.status_code, ok.json()) == (200, {"ids": [1, None, None], "tags": ["a"]}), source
+            bad = send("ids=1&ids=x&tags=a")
+            assert_error_shape(bad, {422}, "VALIDATION_ERROR")
+            assert [e["loc"] for e in bad.json()["errors"]] == [[source, "ids", 1]]
+            long = send("ids=1&tags=a&tags=b&tags=c")
+            assert_error_shape(long, {422}, "VALIDATION_ERROR")
+            assert [e["loc"] for e in long.json()["errors"]] == [[source, "tags"]]
 
 
 def test_multipart_fields_and_file_together():
