@@ -15,6 +15,7 @@ import inspect
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from .background import BackgroundTask, collect, has_durable, store_durable
@@ -70,9 +71,9 @@ def _path_params(path: str) -> list[str]:
     return [m.group(1) for s in _segments(path) if (m := _PARAM.match(s))]
 
 
-class _ReadsLikeADict:
-    """Read access by key to ``as_dict()``, so code written for 1.3's route dicts (``router.routes[0]["path"]``)
-    keeps working."""
+class _ReadsLikeADict(Mapping[str, Any]):
+    """A read-only mapping over ``as_dict()`` (``route["path"]``, ``"path" in route``, ``dict(route)``), so code
+    written for tachyon-api 1.3's route dicts keeps working; the mapping is built on access only."""
 
     __slots__ = ()
 
@@ -82,11 +83,16 @@ class _ReadsLikeADict:
     def __getitem__(self, key: str) -> Any:
         return self.as_dict()[key]
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.as_dict().get(key, default)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
 
-    def keys(self) -> Any:
-        return self.as_dict().keys()
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    # A route is one registration, not a value: Mapping's by-content equality (which also makes it unhashable)
+    # would make two routes of the same endpoint and path equal.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
 
 class Route(_ReadsLikeADict):

@@ -123,6 +123,14 @@ def test_routes_in_the_shape_of_1_3():
     assert router.routes[0]["summary"] == "All users"
     assert router.routes[0].get("missing", "dflt") == "dflt"
     assert {"path", "method", "func", "tags", "dependencies"} <= set(router.routes[0].keys())
+    # A read-only mapping, as 1.3's dicts were: membership, iteration, dict(), items().
+    first = router.routes[0]
+    assert "path" in first and "missing" not in first and 0 not in first
+    assert dict(first) == first.as_dict() and list(first) == list(first.as_dict()) and len(first) == len(dict(first))
+    assert dict(first.items())["func"] is list_users
+    with pytest.raises(TypeError):
+        first["path"] = "/x"  # type: ignore[index]
+    assert len({*router.routes}) == 2  # still hashable, compared by identity
     app = Tachyon()
     app.include_router(router)
     routes = {(r["method"], r["path"]): r for r in app.routes}
