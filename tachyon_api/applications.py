@@ -20,11 +20,11 @@ from .middlewares.core import create_decorated_middleware_class
 from .openapi import OpenAPIConfig, OpenAPIGenerator
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
 from .responses import (
-    RESPONSE_INVALID,
     JSONResponse,
     Response,
     internal_server_error_response,
     is_foreign_response,
+    response_validation_error_response,
     send_any,
 )
 from .routing import (
@@ -69,8 +69,7 @@ def _request_error(request: Request, exc: RequestError) -> Response:
 
 
 def _response_invalid(request: Request, exc: ResponseValidationError) -> Response:
-    logger.error("Response validation failed for %s %s", request.method, request.scope["path"], exc_info=exc)
-    return JSONResponse(RESPONSE_INVALID, 500)
+    return response_validation_error_response(f"{request.method} {request.scope['path']}", exc_info=exc)
 
 
 class Tachyon(RouteDecorators):

@@ -45,6 +45,7 @@ import msgspec
 
 from .backends.rq import RQBackend
 from .concurrency import ThreadPool
+from .datastructures import scope_header
 from .tracing import task_span
 
 __all__ = [
@@ -372,11 +373,7 @@ async def store_durable(tasks: list[BackgroundTask], scope: dict) -> list[Backgr
             local.append(task)
         else:
             durable.setdefault(task.backend, []).append(task)
-    key = None
-    for name, value in scope.get("headers") or ():
-        if name == b"idempotency-key":
-            key = value.decode("latin-1")
-            break
+    key = scope_header(scope, b"idempotency-key")
     for backend, group in durable.items():
         await backend.store(group, scope["method"], scope["path"], key)
     return local

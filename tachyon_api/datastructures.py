@@ -84,6 +84,18 @@ class FormData(_MultiDict):
                 await value.close()
 
 
+def scope_header(scope: dict, name: bytes) -> str | None:
+    """The first value of request header ``name`` (lower-case bytes) in an ASGI scope, or None.
+
+    For code that reads one header per request (middlewares, background-task routing): a plain scan, without
+    building a ``Headers`` mapping.
+    """
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 class Headers(Mapping[str, str]):
     """Case-insensitive, read-only request or response headers over the raw ASGI list."""
 

@@ -384,10 +384,13 @@ def validation_error_response(error: str = "Validation failed", errors: Any = No
     return JSONResponse(body, 422)
 
 
-def response_validation_error_response(error: str = "Response validation error") -> JSONResponse:
-    """The 500 the framework sends for a return value that does not fit ``response_model``. ``error`` is
-    logged (on ``tachyon_api.errors``), never sent: it describes server internals."""
-    logger.error("Response validation error: %s", error)
+def response_validation_error_response(
+    error: str = "Response validation error", exc_info: BaseException | None = None
+) -> JSONResponse:
+    """The 500 the framework sends for a return value that does not fit ``response_model``. ``error`` (and
+    the traceback of ``exc_info``) is logged on ``tachyon_api.errors``, never sent: it describes server
+    internals."""
+    logger.error("Response validation error: %s", error, exc_info=exc_info)
     return JSONResponse(RESPONSE_INVALID, 500)
 
 

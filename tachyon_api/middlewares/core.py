@@ -27,14 +27,6 @@ SCOPE_TYPES = ("http", "websocket", "lifespan", "*")
 _END = object()
 
 
-def header(scope: dict, name: bytes) -> str | None:
-    """The first value of request header ``name`` (lower-case bytes), or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 def with_headers(message: dict, extra: list[tuple[bytes, bytes]], vary: str = "") -> dict:
     """A copy of an ``http.response.start`` message with ``extra`` headers appended and ``vary`` merged into its
     ``Vary`` header. The message's own list is never changed: the response that sent it may send it again."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..datastructures import scope_header
 from ..responses import JSONResponse
-from .core import header, with_headers
+from .core import with_headers
 
 __all__ = ["CORSMiddleware"]
 
@@ -85,9 +86,9 @@ class CORSMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = header(scope, b"origin")
+        origin = scope_header(scope, b"origin")
         if origin is not None and scope["method"] == "OPTIONS":  # only an OPTIONS can be a preflight
-            requested_method = header(scope, b"access-control-request-method")
+            requested_method = scope_header(scope, b"access-control-request-method")
             if requested_method is not None:
                 await self._preflight(scope, receive, send, origin, requested_method)
                 return
@@ -107,8 +108,8 @@ class CORSMiddleware:
         await self.app(scope, receive, send_with_cors)
 
     async def _preflight(self, scope: dict, receive: Any, send: Any, origin: str, method: str) -> None:
-        requested = [h.strip().lower() for h in (header(scope, b"access-control-request-headers") or "").split(",")]
-        requested = [h for h in requested if h]
+        asked = scope_header(scope, b"access-control-request-headers") or ""
+        requested = [h for h in (part.strip().lower() for part in asked.split(",")) if h]
         vary = ["Origin"] if self.vary else []
         if not (self.any_origin or origin in self.origins):
             problem = "origin"
