@@ -4,8 +4,10 @@ A durable backend hands :meth:`GroupCommit.commit` one *entry* per request (the 
 one Lua script, already encoded). The first entry of an idle moment starts a flush as an asyncio task: it runs
 on the next turn of the event loop, so entries that become ready in the same turn join it, and a lone request
 waits for nothing but its own round trip. While a flush is in flight, new entries gather; the next flush takes
-them all. Each flush is **one** ``EVALSHA`` of the backend's script: Redis runs a script as one atomic step, so
-every entry of a flush is stored, or none is.
+them all. Each flush is **one** ``EVALSHA`` of the backend's script. Redis runs a script without running
+anything else in between, but does not roll it back when a command in it fails: so the script checks every entry
+before its first write and answers per entry, and each request's entry is stored whole or not at all, whatever
+the other entries of the flush do.
 
 Why not redis-py's pipeline: its reply parser costs several microseconds per queued command, a MULTI/EXEC of
 n commands has n + 2 replies while the script has one, and its ``execute`` retries on connection errors, which
@@ -18,7 +20,8 @@ Failures are told apart by how far the flush got, because the client's next step
   sending) or Redis refused the script before running it (``NOSCRIPT`` aside, which is retried at once;
   ``OOM``, ``LOADING``, ``READONLY``...). Nothing was written: safe to retry.
 - :class:`OutcomeUnknown`: the script was sent but its reply never came (timeout, connection lost), or it failed
-  half-way. Redis may have stored the entries. Only an idempotent retry is safe.
+  in a way its checks did not foresee (a bug). Redis may have stored the entries. Only an idempotent retry is
+  safe.
 
 After a failure the connection is dropped; the next flush connects again, so the backend recovers by itself
 when Redis is back.
@@ -35,17 +38,34 @@ __all__ = ["GroupCommit", "NotStored", "OutcomeUnknown", "bulk"]
 
 logger = logging.getLogger("tachyon_api.background")
 
-# Error replies Redis gives *instead of* running a command (nothing was written), by redis-py's class for the
-# codes it knows and by code for the others.
+try:
+    from redis import exceptions as _errors
+except ImportError:  # redis is the optional ``rq`` extra; only an RQBackend, which needs it, commits
+    _errors = None
+
+if _errors is not None:
+    # Error replies Redis gives *instead of* running a command (nothing was written), by redis-py's class for
+    # the codes it knows and by code for the others.
+    REFUSALS: tuple[type[BaseException], ...] = (
+        _errors.ReadOnlyError, _errors.BusyLoadingError, _errors.OutOfMemoryError, _errors.AuthenticationError,
+        _errors.NoPermissionError, _errors.ExecAbortError, _errors.ClusterDownError, _errors.TryAgainError,
+    )
+    # An error reply: Redis answered (the connection is in step), with an error instead of a result.
+    ANSWERED: tuple[type[BaseException], ...] = (
+        _errors.ResponseError, _errors.BusyLoadingError, _errors.AuthenticationError
+    )
+    # The connection failed: what Redis did is unknown.
+    BROKEN: tuple[type[BaseException], ...] = (_errors.RedisError, OSError, asyncio.TimeoutError)
+    NoScriptError: type[BaseException] = _errors.NoScriptError
+else:
+    REFUSALS = ANSWERED = ()
+    BROKEN = (OSError, asyncio.TimeoutError)
+    NoScriptError = type("NoScriptError", (Exception,), {})
 REFUSED_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 
 
 def _refused(error: Exception) -> bool:
-    from redis import exceptions as e
-
-    refusals = (e.ReadOnlyError, e.BusyLoadingError, e.OutOfMemoryError, e.AuthenticationError,
-                e.NoPermissionError, e.ExecAbortError, e.ClusterDownError, e.TryAgainError)
-    return isinstance(error, refusals) or str(error).startswith(REFUSED_CODES)
+    return isinstance(error, REFUSALS) or str(error).startswith(REFUSED_CODES)
 
 
 def bulk(value: bytes) -> bytes:
@@ -143,8 +163,6 @@ class GroupCommit:
         for entry in batch:
             args.extend(entry.chunks)
         conn = await self._ready()
-        from redis.exceptions import NoScriptError
-
         reply = await self._send(conn, b"EVALSHA", self._sha, count, args)
         if isinstance(reply, NoScriptError):
             # A new or restarted Redis does not know the script yet; it ran nothing, so send it in full.
@@ -161,8 +179,6 @@ class GroupCommit:
 
     async def _ready(self) -> Any:
         """A connected connection, checked not to have been closed by Redis while idle; else NotStored."""
-        from redis.exceptions import RedisError
-
         try:
             if self._conn is not None and self._conn.is_connected:
                 can_read = getattr(self._conn, "can_read", None) or self._conn.can_read_destructive
@@ -172,7 +188,7 @@ class GroupCommit:
                 self._conn = self._conn or self._connect()
                 await self._conn.connect()
             return self._conn
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except BROKEN as exc:
             await self._drop()
             raise NotStored(f"cannot connect to Redis: {exc}") from exc
 
@@ -182,15 +198,13 @@ class GroupCommit:
         Once writing has started, Redis may have received the whole command: any failure from here on
         leaves the outcome unknown.
         """
-        from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
-
         head = b"*%d\r\n%s%s$1\r\n0\r\n" % (count + 3, bulk(command), bulk(script))
         try:
             await conn.send_packed_command([head, *args], check_health=False)
             return await conn.read_response()
-        except (ResponseError, BusyLoadingError, AuthenticationError) as exc:  # Redis answered with an error
+        except ANSWERED as exc:  # Redis answered with an error
             return exc
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except BROKEN as exc:
             await self._drop()
             raise OutcomeUnknown(f"the commit was sent but its reply was lost: {exc!r}") from exc
 
