@@ -30,6 +30,7 @@ import asyncio
 import bisect
 import contextvars
 import functools
+import hashlib
 import inspect
 import itertools
 import logging
@@ -39,7 +40,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 
 import msgspec
 
@@ -47,6 +48,9 @@ from .backends.rq import RQBackend
 from .concurrency import ThreadPool
 from .datastructures import scope_header
 from .tracing import task_span
+
+if TYPE_CHECKING:
+    from .requests import Request
 
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
@@ -359,12 +363,14 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
     return False
 
 
-async def store_durable(tasks: list[BackgroundTask], scope: dict) -> list[BackgroundTask]:
+async def store_durable(tasks: list[BackgroundTask], request: "Request") -> list[BackgroundTask]:
     """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
 
-    The request's ``Idempotency-Key`` header, if any, is passed on: a retried request stores its tasks once.
-    Raises ``TaskBackendUnavailable`` (503: nothing stored) or ``TaskOutcomeUnknown`` (503: maybe stored) if a
-    backend cannot store them.
+    The request's ``Idempotency-Key`` header, if any, is passed on with what makes the request this one: its
+    credentials (``Authorization``: other clients' keys are other keys) and a hash of its payload (the same key
+    with another payload is refused). So a retried request stores its tasks once, and a reused key never
+    swallows another request's tasks. Raises ``TaskBackendUnavailable`` (503: nothing stored),
+    ``TaskOutcomeUnknown`` (503: maybe stored) or ``IdempotencyKeyReused`` (422: nothing stored).
     """
     durable: dict[Any, list[BackgroundTask]] = {}
     local: list[BackgroundTask] = []
@@ -373,10 +379,26 @@ async def store_durable(tasks: list[BackgroundTask], scope: dict) -> list[Backgr
             local.append(task)
         else:
             durable.setdefault(task.backend, []).append(task)
-    key = scope_header(scope, b"idempotency-key")
+    headers = request.headers
+    key = headers.get("idempotency-key")
+    client, fingerprint = ("", b"") if key is None else (headers.get("authorization", ""), await _fingerprint(request))
+    scope = request.scope
     for backend, group in durable.items():
-        await backend.store(group, scope["method"], scope["path"], key)
+        await backend.store(group, scope["method"], scope["path"], key, client=client, fingerprint=fingerprint)
     return local
+
+
+async def _fingerprint(request: "Request") -> bytes:
+    """A hash of the request's payload: its content type and body (read now if the endpoint did not).
+
+    A body parsed as a stream (multipart) is not kept: its declared length stands in for it.
+    """
+    digest = hashlib.sha256(request.headers.get("content-type", "").encode("latin-1") + b"\0")
+    try:
+        digest.update(await request.body())
+    except RuntimeError:  # already streamed by a form parameter
+        digest.update(b"stream:" + request.headers.get("content-length", "").encode("latin-1"))
+    return digest.hexdigest().encode()
 
 
 class TaskFailure(msgspec.Struct, frozen=True):

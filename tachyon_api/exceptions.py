@@ -92,6 +92,18 @@ class TaskBackendUnavailable(RequestError):
         super().__init__("Background task could not be stored; try again later")
 
 
+class IdempotencyKeyReused(RequestError):
+    """The request's ``Idempotency-Key`` was used before, by the same client on the same route, for another
+    payload (the IETF Idempotency-Key draft's 422): its durable tasks are not stored. Nothing of this request
+    was stored; the client sends a new key for a new request."""
+
+    status_code = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was already used for a different request; use a new key")
+
+
 class TaskOutcomeUnknown(RequestError):
     """The durable tasks were sent to the backend but its answer was lost: they may or may not be stored.
 

@@ -499,7 +499,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
             durable = tasks if tasks and has_durable(tasks) else None
             if durable:  # stored now, before the response: a 2xx means they are in Redis
-                tasks = await store_durable(durable, scope)
+                tasks = await store_durable(durable, ctx.request if ctx is not None else Request(scope, receive))
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):

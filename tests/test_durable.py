@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -292,7 +293,13 @@ def test_marked_function_is_durable_without_an_app_backend(redis_url: str) -> No
     marked = backend.task(retries=3)(local_function)
     task = BackgroundTasks().add_task(marked, 2)
     assert task.backend is backend and task.retries == 3
-    job = backend.enqueue(task)
+
+    async def store() -> None:
+        await backend.store([task], "POST", "/marked")
+        await backend.aclose()
+
+    asyncio.run(store())
+    (job,) = backend.queue.get_jobs()
     assert job.func_name.endswith("local_function") and job.retries_left == 3
     assert backend.stats()["queued"] == 1
     backend.queue.empty()

@@ -8,6 +8,7 @@ replies. Jobs are counted in Redis itself; ``tests/test_durable.py`` runs RQ wor
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -22,10 +23,11 @@ from typing import Any, Iterator
 import httpx
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job
 
 from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.exceptions import TaskBackendUnavailable
 
 from .conftest import ROOT, assert_error_shape, free_port, start_redis
 
@@ -33,6 +35,7 @@ APP = '''
 import os
 from tachyon_api import Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.exceptions import TaskBackendUnavailable
 
 backend = RQBackend(os.environ["REDIS_URL"], queue=os.environ["QUEUE"], socket_timeout=float(os.environ["TIMEOUT"]))
 app = Tachyon(task_backend=backend)
@@ -113,13 +116,28 @@ def layout_func(tag: Any, part: int = 0) -> None:
     """A module-level task function (RQ stores it by reference)."""
 
 
-@pytest.mark.parametrize("options", [{}, {"retries": 2, "retry_delay": 1, "timeout": 30, "name": "n"}, {"delay": 60}])
-def test_store_writes_what_rqs_own_enqueue_writes(redis_url: str, options: dict) -> None:
+# Each case: the task's options, and the same job in the terms of RQ's own ``Queue.enqueue``/``enqueue_in``.
+LAYOUTS = [
+    ({}, {}),
+    ({"retries": 2, "retry_delay": 1, "timeout": 30, "name": "n"},
+     {"retry": Retry(max=2, interval=[1, 2]), "job_timeout": 30, "description": "n"}),
+    ({"delay": 60}, {}),
+]
+
+
+@pytest.mark.parametrize("options, rq_options", LAYOUTS)
+def test_store_writes_what_rqs_own_enqueue_writes(redis_url: str, options: dict, rq_options: dict) -> None:
     """The group commit writes RQ's job layout itself: compare it, field by field, with RQ's ``enqueue``."""
     queue = f"layout-{len(options)}-{'delay' in options}"
     backend = RQBackend(redis_url, queue=queue, result_ttl=100)
     connection = Redis.from_url(redis_url)
-    reference = backend.enqueue(stored_task(layout_func, backend, **options))
+    rq_options = {"description": stored_task(layout_func, backend).name, "result_ttl": 100, **rq_options}
+    if "delay" in options:
+        reference = backend.queue.enqueue_in(
+            dt.timedelta(seconds=options["delay"]), layout_func, 7, part=1, **rq_options
+        )
+    else:
+        reference = backend.queue.enqueue(layout_func, 7, part=1, **rq_options)
 
     async def store() -> None:
         await backend.store([stored_task(layout_func, backend, **options)], "POST", "/layout")
@@ -359,3 +377,107 @@ def test_lost_reply_is_outcome_unknown_and_a_retry_with_the_same_key_lands_once(
     assert "Outcome unknown for durable task(s) record, record, record of request POST /three/late" in log
     assert "Could not store durable task(s) record, record, record of request POST /three/refused" in log
     assert "Traceback" in log
+
+
+# --- one request never fails or half-writes the others --------------------------------------------------------
+def plain_task(backend: RQBackend, tag: str, **options: Any) -> Any:
+    return BackgroundTasks(backend=backend).add_task(layout_func, tag).with_options(**options)
+
+
+def job_keys(connection: Redis) -> set[bytes]:
+    return set(connection.keys("rq:job:*"))
+
+
+def test_a_request_that_cannot_be_stored_leaves_the_others_of_its_commit_whole(redis_url: str) -> None:
+    """Redis does not roll a script back: a request whose write would fail (here the scheduled registry is a key
+    of the wrong type) is refused whole before the first write, and the other requests of its flush are stored."""
+    backend = RQBackend(redis_url, queue="wrong-type")
+    connection = Redis.from_url(redis_url)
+    connection.set(backend.queue.scheduled_job_registry.key, "not a sorted set")
+    before = job_keys(connection)
+
+    async def both() -> list[Any]:
+        results = await asyncio.gather(
+            backend.store([plain_task(backend, "alone")], "POST", "/a"),
+            backend.store([plain_task(backend, "now"), plain_task(backend, "later", delay=60)], "POST", "/b"),
+            return_exceptions=True,
+        )
+        await backend.aclose()
+        return results
+
+    first, second = asyncio.run(both())
+    assert first is None
+    assert isinstance(second, TaskBackendUnavailable)  # nothing of it stored: a plain retry is safe
+    new = job_keys(connection) - before
+    assert len(new) == 1  # the first request's job; no orphan hash of the second's "now" task
+    (job,) = backend.queue.get_jobs()
+    assert job.args == ("alone",) and job.key.encode() in new
+    connection.delete(backend.queue.scheduled_job_registry.key, backend.queue.key, *new)
+
+
+@pytest.mark.parametrize("ttl", [0, -1, 1.5, True, "60"])
+def test_an_idempotency_ttl_redis_would_refuse_is_refused_at_construction(ttl: Any) -> None:
+    with pytest.raises(ValueError, match="idempotency_ttl"):
+        RQBackend("redis://127.0.0.1:1/0", idempotency_ttl=ttl)
+
+
+def test_the_script_refuses_a_bad_idempotency_ttl_alone(redis_url: str) -> None:
+    """Past the constructor's check (an attribute set later), ``SET ... EX 0`` would fail the script half-way:
+    the script's own check refuses that request only, before anything is written."""
+    backend = RQBackend(redis_url, queue="bad-ttl")
+    backend.idempotency_ttl = 0
+    connection = Redis.from_url(redis_url)
+    before = job_keys(connection)
+
+    async def both() -> list[Any]:
+        results = await asyncio.gather(
+            backend.store([plain_task(backend, "no-key")], "POST", "/a"),
+            backend.store([plain_task(backend, "keyed")], "POST", "/b", "key-1"),
+            return_exceptions=True,
+        )
+        await backend.aclose()
+        return results
+
+    first, second = asyncio.run(both())
+    assert first is None and isinstance(second, TaskBackendUnavailable)
+    assert [job.args for job in backend.queue.get_jobs()] == [("no-key",)]
+    assert len(job_keys(connection) - before) == 1
+    backend.queue.empty()
+
+
+# --- what an idempotency key covers --------------------------------------------------------------------------
+def test_an_idempotency_key_covers_its_client_and_payload(redis_url: str) -> None:
+    """The same key from another client is another key; from the same client with another payload it is a
+    422 (the IETF Idempotency-Key draft), never a 2xx that silently drops the request's tasks."""
+    from tachyon_api import Tachyon
+
+    from .conftest import serve
+
+    backend = RQBackend(redis_url, queue="idempotency-scope")
+    app = Tachyon(task_backend=backend)
+
+    @app.post("/orders")
+    async def order(body: dict, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, body["order"])
+        return {"order": body["order"]}
+
+    @app.post("/ping")  # the body is read for the comparison although the endpoint does not read it
+    async def ping(background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, "ping")
+        return {}
+
+    def post(path: str, who: str, payload: Any, key: str = "checkout-1") -> httpx.Response:
+        headers = {"Idempotency-Key": key, "Authorization": f"Bearer {who}"}
+        return httpx.post(f"{url}{path}", json=payload, headers=headers, timeout=10)
+
+    with serve(app) as url:
+        assert post("/orders", "alice", {"order": 1}).status_code == 200
+        assert post("/orders", "alice", {"order": 1}).status_code == 200  # a retry: stored once
+        assert backend.queue.count == 1
+        assert post("/orders", "bob", {"order": 2}).json() == {"order": 2}  # another client's key
+        assert backend.queue.count == 2
+        assert_error_shape(post("/orders", "alice", {"order": 3}), {422}, "IDEMPOTENCY_KEY_REUSED")
+        assert post("/ping", "alice", {"a": 1}, "ping-1").status_code == 200
+        assert_error_shape(post("/ping", "alice", {"a": 2}, "ping-1"), {422}, "IDEMPOTENCY_KEY_REUSED")
+    assert [job.args for job in backend.queue.get_jobs()] == [(1,), (2,), ("ping",)]
+    backend.queue.empty()

@@ -28,6 +28,7 @@ import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
+from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tracing import job_span, traceparent
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 
@@ -45,35 +46,74 @@ F = TypeVar("F", bound=Callable[..., Any])
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 # One run stores the jobs of every request of a group commit. ARGV: the key of RQ's set of queues, this queue's
-# key, the number of requests, then per request: its idempotency marker key ("" for none), the marker's
-# time-to-live, its number of jobs, and per job: job key, job id, unique ("1": skip if the job key exists, as
-# RQ's ``unique=True``), target (queue list, or scheduled registry when a time is given), time ("" for now),
-# the number of hash arguments, then the hash's fields and values. Returns per request -1 (stored before under
-# its idempotency key: nothing written) or a list of 1 (stored) / 0 (a job with that id exists) per job.
+# key, the number of requests, then per request: its idempotency marker key ("" for none), the request's
+# fingerprint (a hash of its body, kept as the marker's value), the marker's time-to-live, its number of jobs,
+# and per job: job key, job id, unique ("1": skip if the job key exists, as RQ's ``unique=True``), target (queue
+# list, or scheduled registry when a time is given), time ("" for now), the number of hash arguments, then the
+# hash's fields and values. Returns per request -1 (stored before under its idempotency key with the same
+# fingerprint: nothing written), -2 (the key was used for another payload: nothing written), a string (why it
+# cannot be stored: nothing written) or a list of 1 (stored) / 0 (a job with that id exists) per job.
+#
+# Redis does not roll a script back when a command fails in it, so every request is checked (the types of the
+# keys it writes, its numbers) before the first write: a request that would fail is left out whole, and can
+# neither fail nor half-write the others.
 _SCRIPT = """
-redis.call('SADD', ARGV[1], ARGV[2])
-local a, out = 4, {}
-for r = 1, tonumber(ARGV[3]) do
-  local marker, ttl, jobs = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local again = marker ~= '' and not redis.call('SET', marker, '1', 'NX', 'EX', ttl)
-  local flags = {}
+local types = {}
+local function kind(key)
+  local t = types[key]
+  if t == nil then t = redis.call('TYPE', key)['ok']; types[key] = t end
+  return t
+end
+local function fits(key, want) local t = kind(key); return t == 'none' or t == want end
+local n, a, starts, bad, any = tonumber(ARGV[3]), 4, {}, {}, false
+for r = 1, n do
+  starts[r] = a
+  local marker, ttl, jobs = ARGV[a], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local why = nil
+  if not fits(ARGV[1], 'set') then why = ARGV[1] .. ' is not a set' end
+  if marker ~= '' and not (ttl and ttl >= 1 and ttl == math.floor(ttl)) then why = 'invalid idempotency ttl' end
+  if marker ~= '' and not fits(marker, 'string') then why = marker .. ' is not a string' end
+  a = a + 4
   for j = 1, jobs do
-    local key, id, unique, target, at, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-    if again or (unique == '1' and redis.call('EXISTS', key) == 1) then
-      flags[j] = 0
-    else
-      redis.call('HSET', key, unpack(ARGV, a + 6, a + 5 + n))
-      if at == '' then redis.call('RPUSH', target, id) else redis.call('ZADD', target, at, id) end
-      flags[j] = 1
-    end
-    a = a + 6 + n
+    local key, target, at, count = ARGV[a], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+    if not fits(key, 'hash') then why = key .. ' is not a hash' end
+    if not fits(target, at == '' and 'list' or 'zset') then why = target .. ' is a ' .. kind(target) end
+    if at ~= '' and not tonumber(at) then why = 'invalid time ' .. at end
+    a = a + 6 + count
   end
-  if again then out[r] = -1 else out[r] = flags end
+  bad[r] = why
+  if not why then any = true end
+end
+if any then redis.call('SADD', ARGV[1], ARGV[2]) end
+local out = {}
+for r = 1, n do
+  if bad[r] then
+    out[r] = bad[r]
+  else
+    a = starts[r]
+    local marker, fp, ttl, jobs = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+    a = a + 4
+    local again = false
+    if marker ~= '' and not redis.call('SET', marker, fp, 'NX', 'EX', ttl) then
+      if redis.call('GET', marker) == fp then again = -1 else again = -2 end
+    end
+    local flags = {}
+    for j = 1, jobs do
+      local key, id, unique, target, at, count = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+      if again or (unique == '1' and redis.call('EXISTS', key) == 1) then
+        flags[j] = 0
+      else
+        redis.call('HSET', key, unpack(ARGV, a + 6, a + 5 + count))
+        if at == '' then redis.call('RPUSH', target, id) else redis.call('ZADD', target, at, id) end
+        flags[j] = 1
+      end
+      a = a + 6 + count
+    end
+    if again then out[r] = again else out[r] = flags end
+  end
 end
 return out
 """
-
 
 class RQBackend:
     """Store background tasks in the RQ queue ``queue`` of the Redis at ``redis_url``.
@@ -102,6 +142,9 @@ class RQBackend:
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.socket_timeout = socket_timeout
+        if isinstance(idempotency_ttl, bool) or not isinstance(idempotency_ttl, int) or idempotency_ttl < 1:
+            # Redis refuses ``SET ... EX`` below one second: every keyed request would get a 503 forever.
+            raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
@@ -216,24 +259,32 @@ class RQBackend:
 
     # --- storing ---------------------------------------------------------------------------------------
     async def store(
-        self, tasks: Sequence["BackgroundTask"], method: str, path: str, idempotency_key: str | None = None
+        self,
+        tasks: Sequence["BackgroundTask"],
+        method: str,
+        path: str,
+        idempotency_key: str | None = None,
+        *,
+        client: str = "",
+        fingerprint: bytes = b"",
     ) -> None:
         """Store one request's tasks in Redis, all or none, before its response is sent.
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
-        a request already stored under the same key, method and path stores nothing again.
+        a request already stored under the same key, method, path and ``client`` (its credentials: another
+        client's key is another key) with the same ``fingerprint`` (a hash of its payload) stores nothing
+        again; with another fingerprint it is refused, as the key was reused for a different request.
 
-        Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry) and ``TaskOutcomeUnknown``
-        when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only).
+        Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown``
+        when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only), and
+        ``IdempotencyKeyReused`` (422) when the key was used before for another payload.
         """
-        from ..exceptions import TaskBackendUnavailable, TaskOutcomeUnknown
-
-        chunks, count = self._entry(tasks, method, path, idempotency_key)
+        chunks, count = self._entry(tasks, method, path, idempotency_key, client, fingerprint)
+        names = ", ".join(task.name for task in tasks)
         try:
             reply = await self._group_commit().commit(chunks, count)
         except (NotStored, OutcomeUnknown) as exc:
-            names = ", ".join(task.name for task in tasks)
             unknown = isinstance(exc, OutcomeUnknown)
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
@@ -241,6 +292,21 @@ class RQBackend:
                 exc_info=exc,
             )
             raise (TaskOutcomeUnknown() if unknown else TaskBackendUnavailable()) from exc
+        if isinstance(reply, bytes):  # refused by the script's checks before any write: nothing stored
+            try:
+                raise NotStored(f"Redis cannot store them: {reply.decode(errors='replace')}")
+            except NotStored as exc:  # raised, so the log carries a traceback
+                logger.error(
+                    "Could not store durable task(s) %s of request %s %s in %s: %s",
+                    names, method, path, self.redis_url, exc, exc_info=True,
+                )
+                raise TaskBackendUnavailable() from exc
+        if reply == -2:
+            logger.warning(
+                "Request %s %s reused idempotency key %r with another payload: its durable task(s) %s are not stored",
+                method, path, idempotency_key, names,
+            )
+            raise IdempotencyKeyReused()
         if reply == -1:
             logger.info(
                 "Request %s %s with idempotency key %r was stored before: its durable task(s) are not stored again",
@@ -276,16 +342,25 @@ class RQBackend:
             await commit.aclose()
 
     def _entry(
-        self, tasks: Sequence["BackgroundTask"], method: str, path: str, idempotency_key: str | None
+        self,
+        tasks: Sequence["BackgroundTask"],
+        method: str,
+        path: str,
+        idempotency_key: str | None,
+        client: str = "",
+        fingerprint: bytes = b"",
     ) -> tuple[list[bytes], int]:
         """One request's arguments to ``_SCRIPT``: its idempotency marker, then each job (see the script)."""
         if idempotency_key is None:
-            chunks = [b"$0\r\n\r\n$1\r\n0\r\n"]
+            chunks = [b"$0\r\n\r\n$0\r\n\r\n$1\r\n0\r\n"]
         else:
-            digest = hashlib.sha256(f"{self.queue_name}\0{method}\0{path}\0{idempotency_key}".encode()).hexdigest()
-            chunks = [bulk(f"tachyon:idempotency:{digest}".encode()), bulk(b"%d" % self.idempotency_ttl)]
+            scope = f"{self.queue_name}\0{method}\0{path}\0{client}\0{idempotency_key}"
+            digest = hashlib.sha256(scope.encode("utf-8", "surrogateescape")).hexdigest()
+            chunks = [
+                bulk(f"tachyon:idempotency:{digest}".encode()), bulk(fingerprint), bulk(b"%d" % self.idempotency_ttl)
+            ]
         chunks.append(bulk(b"%d" % len(tasks)))
-        count = 3
+        count = 4
         stamp = bulk(dt.datetime.now(dt.timezone.utc).strftime(_RQ_TIME_FORMAT).encode())
         parent = traceparent()
         for task in tasks:
@@ -344,22 +419,6 @@ class RQBackend:
                 max=task.retries, interval=[int(task.retry_delay * 2**n) for n in range(task.retries)]
             )
         return {key: value for key, value in options.items() if value is not None}
-
-    def enqueue(self, task: "BackgroundTask", pipeline: Any = None) -> Any:
-        """Enqueue one task now with RQ's own API (blocking); returns the RQ job. With ``pipeline``, the
-        commands are only queued on it (the caller executes it). Requests do not use this: see :meth:`store`."""
-        options = self._options(task)
-        options["job_timeout"] = options.pop("timeout", None)
-        if task.job_id is not None:
-            options["job_id"] = task.job_id
-            options["unique"] = True
-        if pipeline is not None:
-            options["pipeline"] = pipeline
-        options = {key: value for key, value in options.items() if value is not None}
-        when = _when(task)
-        if when is not None:
-            return self.queue.enqueue_at(_next_second(when), task.func, args=task.args, kwargs=task.kwargs, **options)
-        return self.queue.enqueue(task.func, args=task.args, kwargs=task.kwargs, **options)
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
