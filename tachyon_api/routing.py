@@ -516,6 +516,14 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 if ctx is not None:
                     await ctx.close(exc)
             return
+        except BaseException as exc:  # cancelled (client gone, a timeout, shutdown): unwind both stacks now
+            if ctx is not None:
+                try:
+                    if ctx.early is not None:  # roll back: the cancellation is raised at their yield
+                        await ctx.exit_function_scope(exc)
+                finally:
+                    await ctx.close(exc)
+            raise
 
         try:
             if response is None:

@@ -8,6 +8,7 @@ against a redis-server that is stopped and started again, and ``tachyon worker``
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -437,3 +438,56 @@ def test_in_process_tasks_run_while_redis_is_down() -> None:
     with serve(app) as url:
         assert httpx.get(f"{url}/products/p1").json() == {"id": "p1"}
         assert wait_until(lambda: done == ["p1"])
+
+
+# --- a cancelled request unwinds its dependencies at once ----------------------------------------------------
+class Deadline:
+    """ASGI middleware: cancels the request after ``seconds`` (as ``asyncio.timeout`` would) and answers 504."""
+
+    def __init__(self, app: Any, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            await asyncio.wait_for(self.app(scope, receive, send), self.seconds)
+        except asyncio.TimeoutError:
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_cancelled_request_rolls_back_its_function_scope_and_runs_its_cleanups_at_once() -> None:
+    """Cancelled while the endpoint runs: the ``scope="function"`` dependency sees the cancellation at its
+    ``yield`` (a rollback) and the request-scoped one runs its exit code, before the request task ends; not
+    later, when the garbage collector closes their generators."""
+    events: list[str] = []
+
+    async def session():
+        events.append("open")
+        try:
+            yield "s"
+            events.append("commit")
+        except BaseException as exc:
+            events.append(f"rollback {type(exc).__name__}")
+            raise
+
+    async def request_scoped():
+        try:
+            yield
+        except BaseException as exc:
+            events.append(f"request exit {type(exc).__name__}")
+            raise
+
+    app = Tachyon()
+    app.add_middleware(Deadline, seconds=0.3)
+
+    @app.get("/slow")
+    async def slow(s: str = Depends(session, scope="function"), _: None = Depends(request_scoped)) -> dict:
+        await asyncio.sleep(10)
+        return {}
+
+    with serve(app) as url:
+        assert httpx.get(f"{url}/slow", timeout=10).status_code == 504
+        assert events == ["open", "rollback CancelledError", "request exit CancelledError"]
