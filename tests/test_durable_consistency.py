@@ -118,8 +118,9 @@ ORDERS_APP = '''
 import logging, os, sqlite3
 from tachyon_api import Depends, Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
+from examples.shop.app import transaction  # the shop's own dependency (on SHOP_DB): the test checks it, no copy
 
-DB = os.environ["DB"]
+DB = os.environ["SHOP_DB"]
 logger = logging.getLogger("orders.tasks")
 app = Tachyon(task_backend=RQBackend(os.environ["REDIS_URL"], queue=os.environ["QUEUE"]))
 
@@ -129,31 +130,21 @@ def connect():
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(
         "CREATE TABLE IF NOT EXISTS customers (id INTEGER PRIMARY KEY);"
-        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, "
+        "CREATE TABLE IF NOT EXISTS purchases (id INTEGER PRIMARY KEY, "
         "  customer_id INTEGER REFERENCES customers(id) DEFERRABLE INITIALLY DEFERRED, confirmed INTEGER DEFAULT 0);"
         "INSERT OR IGNORE INTO customers (id) VALUES (1);"
     )
     return conn
 
 
-def transaction():
-    conn = connect()
-    try:
-        yield conn
-    except BaseException:
-        conn.rollback()
-        raise
-    else:
-        conn.commit()  # a deferred foreign key is checked here: the commit itself fails
-    finally:
-        conn.close()
+connect().close()  # the tables exist before the shop's transaction opens the file
 
 
 def confirm_order(order_id):
     conn = connect()
     try:
         with conn:
-            if not conn.execute("UPDATE orders SET confirmed = 1 WHERE id = ?", (order_id,)).rowcount:
+            if not conn.execute("UPDATE purchases SET confirmed = 1 WHERE id = ?", (order_id,)).rowcount:
                 logger.warning("Order %s does not exist: nothing to confirm", order_id)
     finally:
         conn.close()
@@ -161,7 +152,7 @@ def confirm_order(order_id):
 
 @app.post("/orders", status_code=201)
 def create_order(customer_id: int, background_tasks: BackgroundTasks, db=Depends(transaction, scope="function")):
-    order_id = db.execute("INSERT INTO orders (customer_id) VALUES (?)", (customer_id,)).lastrowid
+    order_id = db.execute("INSERT INTO purchases (customer_id) VALUES (?)", (customer_id,)).lastrowid
     background_tasks.add_task(confirm_order, order_id).with_options(retries=3)
     return {"id": order_id}
 '''
@@ -170,7 +161,8 @@ def create_order(customer_id: int, background_tasks: BackgroundTasks, db=Depends
 def test_a_commit_failing_after_the_store_leaves_a_task_that_finds_nothing(tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "orders_app.py").write_text(ORDERS_APP)
     queue = f"orders-{uuid.uuid4().hex[:8]}"
-    env = {"DB": str(tmp_path / "orders.sqlite3"), "REDIS_URL": redis_url, "QUEUE": queue}
+    env = {"SHOP_DB": str(tmp_path / "orders.sqlite3"), "SHOP_DATA_DIR": str(tmp_path / "shop"), "REDIS_URL": redis_url,
+           "QUEUE": queue}
     server = ServerProcess("orders_app:app", tmp_path, env)
     try:
         good = httpx.post(f"{server.url}/orders", params={"customer_id": 1}, timeout=20)
@@ -188,7 +180,7 @@ def test_a_commit_failing_after_the_store_leaves_a_task_that_finds_nothing(tmp_p
         stats = backend.stats()
         assert (stats["finished"], stats["failed"], stats["queued"], stats["scheduled"]) == (2, 0, 0, 0)
         conn = sqlite3.connect(tmp_path / "orders.sqlite3")
-        assert conn.execute("SELECT id, confirmed FROM orders").fetchall() == [(good.json()["id"], 1)]
+        assert conn.execute("SELECT id, confirmed FROM purchases").fetchall() == [(good.json()["id"], 1)]
         conn.close()
     finally:
         server.terminate()
