@@ -121,8 +121,9 @@ class RQBackend:
     ``default_timeout`` (seconds) bounds each job in the worker (RQ's ``job_timeout``; RQ's default is 180 s);
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out
     after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
-    event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method and
-    path) for ``idempotency_ttl`` seconds.
+    event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method,
+    path and ``Authorization``) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
+    payload is refused (422).
     """
 
     def __init__(
