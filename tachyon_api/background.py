@@ -46,11 +46,10 @@ import msgspec
 
 from .backends.rq import RQBackend
 from .concurrency import ThreadPool
-from .datastructures import scope_header
 from .tracing import task_span
 
 if TYPE_CHECKING:
-    from .requests import Request
+    from .requests import HTTPConnection
 
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
@@ -363,8 +362,12 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
     return False
 
 
-async def store_durable(tasks: list[BackgroundTask], request: "Request") -> list[BackgroundTask]:
+async def store_durable(
+    tasks: list[BackgroundTask], connection: "HTTPConnection", method: str
+) -> list[BackgroundTask]:
     """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
+
+    ``connection`` is the request (or the WebSocket, whose ``method`` is ``"WEBSOCKET"``) that added them.
 
     The request's ``Idempotency-Key`` header, if any, is passed on with what makes the request this one: its
     credentials (``Authorization``: other clients' keys are other keys) and a hash of its payload (the same key
@@ -379,25 +382,28 @@ async def store_durable(tasks: list[BackgroundTask], request: "Request") -> list
             local.append(task)
         else:
             durable.setdefault(task.backend, []).append(task)
-    headers = request.headers
+    headers = connection.headers
     key = headers.get("idempotency-key")
-    client, fingerprint = ("", b"") if key is None else (headers.get("authorization", ""), await _fingerprint(request))
-    scope = request.scope
+    client, fingerprint = ("", b"") if key is None else (headers.get("authorization", ""), await _fingerprint(connection))
+    path = connection.scope["path"]
     for backend, group in durable.items():
-        await backend.store(group, scope["method"], scope["path"], key, client=client, fingerprint=fingerprint)
+        await backend.store(group, method, path, key, client=client, fingerprint=fingerprint)
     return local
 
 
-async def _fingerprint(request: "Request") -> bytes:
+async def _fingerprint(connection: "HTTPConnection") -> bytes:
     """A hash of the request's payload: its content type and body (read now if the endpoint did not).
 
-    A body parsed as a stream (multipart) is not kept: its declared length stands in for it.
+    A body parsed as a stream (multipart) is not kept: its declared length stands in for it. A WebSocket's
+    handshake has no body: its content type (none) stands for it.
     """
-    digest = hashlib.sha256(request.headers.get("content-type", "").encode("latin-1") + b"\0")
-    try:
-        digest.update(await request.body())
-    except RuntimeError:  # already streamed by a form parameter
-        digest.update(b"stream:" + request.headers.get("content-length", "").encode("latin-1"))
+    digest = hashlib.sha256(connection.headers.get("content-type", "").encode("latin-1") + b"\0")
+    body = getattr(connection, "body", None)
+    if body is not None:
+        try:
+            digest.update(await body())
+        except RuntimeError:  # already streamed by a form parameter
+            digest.update(b"stream:" + connection.headers.get("content-length", "").encode("latin-1"))
     return digest.hexdigest().encode()
 
 

@@ -30,7 +30,7 @@ from .compiler import (
 )
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, RequestValidationError
-from .requests import Request
+from .requests import HTTPConnection, Request
 from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
 from .websockets import (
     CONNECTED,
@@ -499,7 +499,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
             durable = tasks if tasks and has_durable(tasks) else None
             if durable:  # stored now, before the response: a 2xx means they are in Redis
-                tasks = await store_durable(durable, ctx.request if ctx is not None else Request(scope, receive))
+                request = ctx.request if ctx is not None else Request(scope, receive)
+                tasks = await store_durable(durable, request, scope["method"])
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
@@ -647,7 +648,7 @@ async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
     path = scope["path"]
     try:
         if has_durable(tasks):
-            tasks = await store_durable(tasks, {**scope, "method": "WEBSOCKET"})
+            tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET")
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it
