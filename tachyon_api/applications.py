@@ -86,6 +86,9 @@ class Tachyon(RouteDecorators):
     docs pages; a route of yours on one of those URLs replaces that page.
     ``websocket_max_size`` bounds one WebSocket message (bytes; larger ones close the socket with 1009); at
     shutdown open WebSockets are closed with 1001 and their handlers cancelled after ``shutdown_timeout``.
+    ``sync_to_thread=False`` runs ``def`` endpoints on the event loop instead of a worker thread: faster, and
+    for code that never blocks only, since one blocking call then stalls every request (per route:
+    ``@app.get(..., sync_to_thread=False)``).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Tachyon(RouteDecorators):
         cache_config: CacheConfig | None = None,
         openapi_config: OpenAPIConfig | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
+        sync_to_thread: bool = True,
     ) -> None:
         if cache_config is not None:
             set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
@@ -113,6 +117,9 @@ class Tachyon(RouteDecorators):
         self.state = State()
         # False: JSON bodies decode laxly ("9.5" for a float), as pydantic coerces; a route may override it.
         self.strict = strict
+        # False: `def` endpoints run on the event loop (no thread hop); only for code that never blocks. A route
+        # can choose for itself with @app.get(..., sync_to_thread=...).
+        self.sync_to_thread = sync_to_thread
         self.max_body_size = max_body_size
         self.websocket_max_size = websocket_max_size
         self.open_websockets = OpenSockets(shutdown_timeout)

@@ -145,18 +145,31 @@ class ThreadPool:
         work = self._work
         lock = self._lock
         parked = self._parked
-        finished = 0
+        ran = False  # a call finished since the last look at the queue
+        finished = None  # (loop, future, ok, value) of that call, handed back after the bookkeeping
         while True:
             with lock:
-                self._completed += finished
+                if ran:
+                    self._completed += 1
+                    ran = False
                 if work:
                     item = work.popleft()
                 else:
                     item = None
                     parked.append(wake)
                     self._awake -= 1
+            if finished is not None:
+                # Handed back only now that this thread is parked or holds its next call: the loop, once it
+                # has the result, finds the pool's state settled (a request that follows wakes this thread
+                # at once instead of arming the watchdog for a thread that is about to park).
+                loop, future, ok, value = finished
+                finished = None
+                try:
+                    loop.call_soon_threadsafe(_resolve, future, ok, value)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    pass
+                del loop, future, value
             if item is None:
-                finished = 0
                 if wake.acquire(timeout=self._idle_timeout):
                     continue  # woken for work (the waker counted this thread awake)
                 with lock:
@@ -166,23 +179,20 @@ class ThreadPool:
                         return
                 wake.acquire()  # a waker took this thread off the stack just now: its release is on the way
                 continue
-            finished = 1
             loop, future, context, func, args, kwargs = item
+            del item
             try:
-                result = context.run(func, *args, **kwargs)
+                value = context.run(func, *args, **kwargs)
+                ok = True
             except BaseException as exc:  # handed back to the awaiting coroutine
                 ok, value = False, exc
-            else:
-                ok, value = True, result
-            if loop is None:  # posted work: nobody waits for it
-                if not ok:
-                    logger.error("Posted work %r failed", func, exc_info=value)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_resolve, future, ok, value)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    pass
-            del item, future, value, func, args, kwargs, context
+            del context, args, kwargs
+            ran = True
+            if loop is not None:
+                finished = (loop, future, ok, value)
+            elif not ok:  # posted work: nobody waits for it
+                logger.error("Posted work %r failed", func, exc_info=value)
+            del loop, future, value, func
 
 
 _default_pool: ThreadPool | None = None

@@ -469,6 +469,9 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     ]
     call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
     is_async = inspect.iscoroutinefunction(call)
+    # sync_to_thread=False (per route, or Tachyon(sync_to_thread=False)): a `def` endpoint the user knows never
+    # blocks runs on the loop, saving the thread hop; one that blocks then stalls every request (docs).
+    on_loop = not is_async and not route.options.get("sync_to_thread", app.sync_to_thread)
     status = route.status_code or 200
     render = make_renderer(status, route.response_model)
     names = route.param_names
@@ -480,7 +483,12 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
         ctx: Context | None = None
         try:
             if no_params:
-                result = await func() if is_async else await pool.run_merging_context(func)
+                if is_async:
+                    result = await func()
+                elif on_loop:
+                    result = func()
+                else:
+                    result = await pool.run_merging_context(func)
             else:
                 scope["path_params"] = path_params = dict(zip(names, values))
                 ctx = Context(app, scope, receive, path_params)
@@ -489,7 +497,12 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 kwargs = await plan.solve(ctx)
                 if ctx.errors:
                     raise RequestValidationError(ctx.errors)
-                result = await func(**kwargs) if is_async else await pool.run_merging_context(func, **kwargs)
+                if is_async:
+                    result = await func(**kwargs)
+                elif on_loop:
+                    result = func(**kwargs)
+                else:
+                    result = await pool.run_merging_context(func, **kwargs)
             if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
                 response = None

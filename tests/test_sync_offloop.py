@@ -4,6 +4,7 @@ Timing tests run over real uvicorn: an endpoint blocking the loop would serialis
 """
 
 import asyncio
+import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -268,3 +269,70 @@ async def test_a_blocking_sync_endpoint_does_not_hold_up_fast_ones_behind_the_ho
     assert fast_statuses == [b"200"] * 160
     assert fast_elapsed < SLEEP, f"160 fast requests took {fast_elapsed:.2f}s while 2 endpoints slept"
     assert app.endpoint_pool.peak <= 2 + 4, f"the endpoint pool grew to {app.endpoint_pool.peak} threads"
+
+
+def test_sync_to_thread_false_runs_a_def_endpoint_on_the_loop_per_route_and_app_wide():
+    """The explicit opt-in: per route, and app-wide with a per-route way back to the thread."""
+    seen: dict[str, bool] = {}
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+    def mark(name: str) -> dict:
+        seen[name] = has_running_loop()
+        return {"on_loop": seen[name]}
+
+    app = Tachyon()
+
+    @app.get("/inline/{n}", sync_to_thread=False)
+    def inline(n: int, q: str = "x"):
+        request_id.set(f"r{n}")  # set on the loop, in the request's own context: later code sees it as is
+        return {**mark("inline"), "n": n, "q": q}
+
+    @app.get("/threaded")
+    def threaded():
+        return mark("threaded")
+
+    on_loop = Tachyon(sync_to_thread=False)
+
+    @on_loop.get("/inline")
+    def app_inline():
+        return mark("app-inline")
+
+    @on_loop.get("/threaded", sync_to_thread=True)
+    def app_threaded():
+        return mark("app-threaded")
+
+    with serve(app) as url, httpx.Client(base_url=url, timeout=5) as client:
+        assert client.get("/inline/7?q=y").json() == {"on_loop": True, "n": 7, "q": "y"}
+        assert client.get("/inline/x").status_code == 404  # the plan still validates
+        assert client.get("/threaded").json() == {"on_loop": False}
+    with serve(on_loop) as url, httpx.Client(base_url=url, timeout=5) as client:
+        assert client.get("/inline").json() == {"on_loop": True}
+        assert client.get("/threaded").json() == {"on_loop": False}
+    assert seen == {"inline": True, "threaded": False, "app-inline": True, "app-threaded": False}
+    assert request_id.get() == "-"  # the request's context, not the test's
+
+
+def test_sync_to_thread_false_blocks_the_loop_as_documented():
+    """The danger of the opt-in, measured: a blocking inline endpoint holds up an async one."""
+    app = Tachyon()
+
+    @app.get("/block", sync_to_thread=False)
+    def block():
+        time.sleep(SLEEP)
+        return {"slept": True}
+
+    @app.get("/ping")
+    async def ping():
+        return "pong"
+
+    with serve(app) as url:
+        with httpx.Client(timeout=5) as warm:
+            warm.get(f"{url}/ping")
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(httpx.get, f"{url}/block", timeout=5)
+            time.sleep(0.05)
+            start = time.perf_counter()
+            assert httpx.get(f"{url}/ping", timeout=5).json() == "pong"
+            waited = time.perf_counter() - start
+            assert slow.result().json() == {"slept": True}
+    assert waited > SLEEP / 2, f"/ping answered in {waited:.2f}s although the loop was blocked"
