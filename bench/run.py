@@ -4,7 +4,7 @@ FastAPI vs a hand-written raw ASGI app.
 
 Standard library only.  Run from the repository root:
 
-    python bench/run.py                 # full run: 13 scenarios, 3 rounds x 8 s
+    python bench/run.py                 # full run: 14 scenarios, 3 rounds x 8 s
     python bench/run.py --quick         # 1 round x 3 s, 5 scenarios (< 2 min)
     python bench/run.py --memory        # RSS after 10k and after 1M more requests
     python bench/run.py --contenders raw,upstream --scenarios hello,items
@@ -54,7 +54,7 @@ JSON_CT = {"Content-Type": "application/json"}
 # ---------------------------------------------------------------------------
 class Scenario:
     def __init__(self, name, method, path, expect, lua=None, body=None,
-                 headers=None, task=None, probe=False, title=""):
+                 headers=None, task=None, probe=False, title="", neighbour=None):
         self.name = name
         self.method = method
         self.path = path
@@ -65,6 +65,7 @@ class Scenario:
         self.task = task              # /stats counter a background task increments
         self.probe = probe            # measure GET /ping latency while loading
         self.title = title
+        self.neighbour = neighbour    # (path, connections): a second wrk that loads it meanwhile
 
 
 SCENARIOS = [
@@ -104,6 +105,9 @@ SCENARIOS = [
     Scenario("task-slow", "POST", "/task-slow", {"ok": True},
              lua="post_empty.lua", body="", task="slow_done", probe=True,
              title="13 50 ms sync task + /ping probe"),
+    Scenario("blocking-neighbour", "GET", "/hello", {"message": "Hello, World!"},
+             neighbour=("/block", 4),
+             title="14 /hello while 4 connections call a def endpoint that sleeps 50 ms"),
 ]
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK_SCENARIOS = ["hello", "hello-async", "items", "task-sync", "notask"]
@@ -118,9 +122,11 @@ CONTENDERS = {
     # statistics, Prometheus metrics and the dashboard mounted. Not in the default set: ask for them.
     "ours-bare": ("ours", "tachyon_bare"),
     "ours-observed": ("ours", "tachyon_observed"),
+    # Every `def` endpoint on the event loop (Tachyon(sync_to_thread=False)): the opt-in's figures.
+    "ours-inline": ("ours", "tachyon_inline"),
 }
 CONTENDER_ORDER = ["raw", "ours", "upstream", "fastapi"]
-EXTRA_CONTENDERS = ["ours-bare", "ours-observed"]
+EXTRA_CONTENDERS = ["ours-bare", "ours-observed", "ours-inline"]
 
 VERSION_SNIPPET = r"""
 import json, sys, importlib.metadata as md
@@ -489,6 +495,14 @@ def check_scenario(server, sc):
         return False, "expected %s in the body, got %s" % (
             json.dumps(sc.expect, separators=(",", ":")), snippet), notes
 
+    if sc.neighbour:
+        try:
+            st, body = http_request(server.port, "GET", sc.neighbour[0], timeout=10.0)
+        except Exception as exc:
+            st, body = None, str(exc).encode()
+        if st != 200:
+            return False, "the neighbour %s answered %s: %s" % (
+                sc.neighbour[0], st, body[:100].decode("utf-8", "replace")), notes
     if sc.name == "auth":
         for hdrs, want, label in (({"x-api-key": "wrong"}, (403,), "wrong key"),
                                   ({}, (400, 401, 403, 422), "missing header")):
@@ -643,6 +657,12 @@ def measure(args, server, sc):
     probe = None
     if sc.probe:
         probe = PingProbe(server.port)
+    neighbour = None
+    if sc.neighbour:  # keeps loading its path from before the measurement starts to after it ends
+        path, conns = sc.neighbour
+        neighbour = subprocess.Popen(wrk_cmd(args, server.port, path, args.duration + 2, connections=conns),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
     cmd = wrk_cmd(args, server.port, sc.path, args.duration, sc.lua)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if probe:
@@ -658,6 +678,15 @@ def measure(args, server, sc):
         probe.join(timeout=35)
     res = parse_wrk(out)
     res["raw"] = out
+    if neighbour is not None:
+        try:
+            side, _ = neighbour.communicate(timeout=wtimeout)
+        except subprocess.TimeoutExpired:
+            neighbour.kill()
+            side, _ = neighbour.communicate()
+        side = parse_wrk(side)
+        res["neighbour_rps"] = side["rps"]
+        res["neighbour_p99"] = side.get("p99")
     if probe:
         res["ping_n"] = len(probe.latencies)
         res["ping_errors"] = probe.errors
@@ -841,6 +870,20 @@ def report(args, info, specs, scenarios, contenders, results, failures, notes):
             derived.append("| %s | %s | %s |" % (
                 c, fmt_ratio(h, medians.get(("hello", "raw"), (None,))[0]),
                 fmt_ratio(ha, medians.get(("hello-async", "raw"), (None,))[0])))
+    if "blocking-neighbour" in names:
+        derived += ["", "### blocking-neighbour: /hello at %d connections while 4 connections call a `def` "
+                        "endpoint sleeping 50 ms (medians; target: /hello p99 < 10 ms)" % args.connections, "",
+                    "| contender | /hello req/s | /hello p99 | /block req/s | /block p99 |",
+                    "|---|---:|---:|---:|---:|"]
+        for c in contenders:
+            runs = results.get(("blocking-neighbour", c), [])
+            if ("blocking-neighbour", c) in failures or not runs:
+                derived.append("| %s | FAIL | - | - | - |" % c)
+                continue
+            derived.append("| %s | %s | %s | %s | %s |" % (
+                c, fmt_rps(med([r["rps"] for r in runs])), fmt_ms(med([r.get("p99") for r in runs])),
+                fmt_rps(med([r.get("neighbour_rps") for r in runs])),
+                fmt_ms(med([r.get("neighbour_p99") for r in runs]))))
     if "task-slow" in names:
         derived += ["", "### task-slow: GET /ping latency while /task-slow is loaded (medians over rounds)", "",
                     "| contender | /task-slow req/s | /ping p50 | /ping p99 | /ping samples (errors) "
@@ -1086,7 +1129,7 @@ def parse_args(argv):
                    help="1 round x 3 s on %s" % ",".join(QUICK_SCENARIOS))
     p.add_argument("--contenders", help="comma list from %s (default: %s)" % (
         ",".join(CONTENDER_ORDER + EXTRA_CONTENDERS), ",".join(CONTENDER_ORDER)))
-    p.add_argument("--scenarios", help="comma list (default: all 13; --quick: its 5)")
+    p.add_argument("--scenarios", help="comma list (default: all 14; --quick: its 5)")
     p.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per measurement (default 8, --quick 3)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each measurement (2)")

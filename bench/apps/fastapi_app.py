@@ -107,6 +107,12 @@ def search(
     return {"q": q, "page": page, "size": size, "active": active, "tags": []}
 
 
+@app.get("/block")
+def block():
+    time.sleep(0.05)  # the blocking neighbour of scenario 14
+    return {"ok": True}
+
+
 @app.get("/hello-async")
 async def hello_async():
     return {"message": "Hello, World!"}

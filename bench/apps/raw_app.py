@@ -165,6 +165,9 @@ async def app(scope, receive, send):
             return await _send_bytes(send, _HELLO)
         if path == "/ping":
             return await _send_bytes(send, _PONG)
+        if path == "/block":  # the blocking neighbour: 50 ms in the default executor
+            await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.05)
+            return await _send_bytes(send, _OK)
         if path == "/search":
             qs = _parse_qs(scope["query_string"])
             if "q" not in qs:
