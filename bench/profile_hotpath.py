@@ -143,7 +143,7 @@ def run_callgrind(args) -> None:
     totals = []
     for part in parts:
         text = Path(part).read_text(errors="replace")
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
         totals.append(int(found.group(1)) if found else 0)
     # Part 1 ends at the first getppid (imports, startup, first warm-up); then measured, warm-up, measured...
     measured = totals[1::2]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable, TypeVar
@@ -57,7 +58,7 @@ class ThreadPool:
         self._stall = stall
         self._work: deque[tuple] = deque()
         self._lock = threading.Lock()
-        self._parked: list[threading.Lock] = []  # the wake-up lock of each parked thread, most recent last
+        self._parked: list[Callable[[tuple], None]] = []  # the inbox (put) of each parked thread, most recent last
         self._threads = 0
         self._awake = 0  # threads not parked: running a call, or about to take the next one
         self._completed = 0  # calls finished so far: the watchdog's sign of progress
@@ -84,43 +85,44 @@ class ThreadPool:
 
     def _put(self, item: tuple, loop: asyncio.AbstractEventLoop | None) -> None:
         with self._lock:
-            self._work.append(item)
-            if self._awake and loop is not None:  # a running thread takes it next; the watchdog checks it does
-                if self._watching is loop:
+            if not self._awake or loop is None:  # nothing runs (or no loop to watch from): hand it to a thread
+                if self._parked:
+                    self._awake += 1
+                    self._parked.pop()(item)  # the inbox of the most recently parked thread
                     return
-                self._watching = loop
-                self._mark = self._completed
-            else:
-                self._add_thread()  # nothing runs (or no loop to watch from): one more thread, if allowed
+                if self._threads < self.max_workers:
+                    self._start(item)
+                    return
+            self._work.append(item)  # a running thread takes it next; the watchdog checks that it does
+            if loop is None or self._watching is loop:
                 return
+            self._watching = loop
+            self._mark = self._completed
         loop.call_later(self._stall, self._check, loop)
 
-    def _add_thread(self) -> None:
-        """Under the lock: wake the most recently parked thread, else start one (within ``max_workers``)."""
-        if self._parked:
-            self._awake += 1
-            self._parked.pop().release()
-        elif self._threads < self.max_workers:
-            self._threads += 1
-            self._awake += 1
-            if self._threads > self.peak:
-                self.peak = self._threads
-            wake = threading.Lock()
-            wake.acquire()  # held while the thread runs; released to wake it when it has parked
-            name = f"{self.name}-{self._threads}"
-            threading.Thread(target=self._work_loop, args=(wake,), name=name, daemon=True).start()
+    def _start(self, item: tuple) -> None:
+        """Under the lock: start one more thread, with ``item`` as its first call."""
+        self._threads += 1
+        self._awake += 1
+        self.peak = max(self.peak, self._threads)
+        name = f"{self.name}-{self._threads}"
+        threading.Thread(target=self._work_loop, args=(item,), name=name, daemon=True).start()
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         """The watchdog, on the loop: while calls wait, add a thread when no call finished for ``stall``."""
         with self._lock:
-            if not self._work or self._watching is not loop:
+            work = self._work
+            if not work or self._watching is not loop:
                 if self._watching is loop:
                     self._watching = None
                 return
             if self._completed != self._mark:  # the running threads keep up: look again later
                 self._mark = self._completed
-            else:
-                self._add_thread()
+            elif self._parked:  # they are blocked: the most recently parked thread takes the oldest call
+                self._awake += 1
+                self._parked.pop()(work.popleft())
+            elif self._threads < self.max_workers:
+                self._start(work.popleft())
         loop.call_later(self._stall, self._check, loop)
 
     async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -141,55 +143,50 @@ class ThreadPool:
                 if var.get(_MISSING) is not value:
                     var.set(value)
 
-    def _work_loop(self, wake: threading.Lock) -> None:
+    def _work_loop(self, item: tuple | None) -> None:
+        # Parked, a thread waits on its own inbox (a SimpleQueue: its get is much cheaper than Lock.acquire
+        # with a timeout), and whoever wakes it puts the call there, so it need not look at the shared queue.
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        get = inbox.get
+        put = inbox.put
         work = self._work
         lock = self._lock
         parked = self._parked
-        ran = False  # a call finished since the last look at the queue
-        finished = None  # (loop, future, ok, value) of that call, handed back after the bookkeeping
         while True:
-            with lock:
-                if ran:
-                    self._completed += 1
-                    ran = False
-                if work:
-                    item = work.popleft()
-                else:
-                    item = None
-                    parked.append(wake)
-                    self._awake -= 1
-            if finished is not None:
-                # Handed back only now that this thread is parked or holds its next call: the loop, once it
-                # has the result, finds the pool's state settled (a request that follows wakes this thread
-                # at once instead of arming the watchdog for a thread that is about to park).
-                loop, future, ok, value = finished
-                finished = None
-                try:
-                    loop.call_soon_threadsafe(_resolve, future, ok, value)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    pass
-                del loop, future, value
             if item is None:
-                if wake.acquire(timeout=self._idle_timeout):
-                    continue  # woken for work (the waker counted this thread awake)
-                with lock:
-                    if wake in parked:  # nobody woke this thread: it leaves
-                        parked.remove(wake)
-                        self._threads -= 1
-                        return
-                wake.acquire()  # a waker took this thread off the stack just now: its release is on the way
-                continue
+                try:
+                    item = get(True, self._idle_timeout)
+                except queue.Empty:
+                    with lock:
+                        if put in parked:  # nobody woke this thread: it leaves
+                            parked.remove(put)
+                            self._threads -= 1
+                            return
+                    item = get()  # a waker took this thread off the stack just now: its call is on the way
             loop, future, context, func, args, kwargs = item
             del item
             try:
                 value = context.run(func, *args, **kwargs)
                 ok = True
-            except BaseException as exc:  # handed back to the awaiting coroutine
+            except BaseException as exc:  # noqa: BLE001 - handed back to the awaiting coroutine
                 ok, value = False, exc
             del context, args, kwargs
-            ran = True
+            with lock:
+                self._completed += 1
+                if work:
+                    item = work.popleft()
+                else:
+                    item = None
+                    parked.append(put)
+                    self._awake -= 1
+            # Handed back only now that this thread is parked or holds its next call: the loop, once it has
+            # the result, finds the pool's state settled (a request that follows wakes this thread at once
+            # instead of arming the watchdog for a thread that is about to park).
             if loop is not None:
-                finished = (loop, future, ok, value)
+                try:
+                    loop.call_soon_threadsafe(_resolve, future, ok, value)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    pass
             elif not ok:  # posted work: nobody waits for it
                 logger.error("Posted work %r failed", func, exc_info=value)
             del loop, future, value, func

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tachyon_api import Depends, Tachyon
+from tachyon_api.concurrency import ThreadPool
 from tachyon_api.responses import JSONResponse
 from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import client_for, serve
-
+from .conftest import client_for, serve, wait_until
 
 SLEEP = 0.3
 
@@ -336,3 +336,16 @@ def test_sync_to_thread_false_blocks_the_loop_as_documented():
             waited = time.perf_counter() - start
             assert slow.result().json() == {"slept": True}
     assert waited > SLEEP / 2, f"/ping answered in {waited:.2f}s although the loop was blocked"
+
+
+async def test_parked_threads_leave_after_the_idle_timeout_and_the_pool_serves_again():
+    pool = ThreadPool(4, "idle-exit", idle_timeout=0.1)
+    await asyncio.gather(*(pool.run(time.sleep, 0.1) for _ in range(3)))  # blocked calls: three threads
+    assert pool.peak == 3
+
+    def alive() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("idle-exit-"))
+
+    assert await asyncio.to_thread(wait_until, lambda: alive() == 0, 3), f"{alive()} threads still parked"
+    assert await pool.run(threading.current_thread) is not threading.current_thread()
+    assert pool.peak == 3

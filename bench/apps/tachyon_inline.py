@@ -5,4 +5,4 @@ import os
 
 os.environ["TACHYON_BENCH_INLINE"] = "1"
 
-from tachyon_app import app  # noqa: E402,F401
+from tachyon_app import app  # noqa: F401
