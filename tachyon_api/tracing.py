@@ -31,10 +31,16 @@ if ENABLED:  # imported once here, so a task attempt pays no import lookups
     _tracer = _trace.get_tracer("tachyon_api.background")
 
 
+def _configured() -> bool:
+    """Whether an SDK is set up (a tracer provider was set). The API alone records nothing, yet a span through
+    it costs about as much as the rest of a task's bookkeeping: skip it then."""
+    return not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+
+
 def task_span(name: str, attempt: int, method: str, path: str) -> Any:
     """A span for one attempt of an in-process task, linked to the request's span (call it in the batch's
     context, where the request's span is current)."""
-    if not ENABLED:
+    if not ENABLED or not _configured():
         return contextlib.nullcontext()
     request_span = _trace.get_current_span().get_span_context()
     return _tracer.start_as_current_span(
@@ -53,7 +59,7 @@ def task_span(name: str, attempt: int, method: str, path: str) -> Any:
 
 def traceparent() -> str | None:
     """The current span as a W3C ``traceparent`` header value, or None (no span, or tracing not installed)."""
-    if not ENABLED:
+    if not ENABLED or not _configured():
         return None
     carrier: dict[str, str] = {}
     _inject(carrier)
@@ -63,7 +69,7 @@ def traceparent() -> str | None:
 def job_span(name: str, parent: str | None, job_id: str) -> Any:
     """In a worker: the span of a durable job, a child of the request's span when ``parent`` is its
     ``traceparent``."""
-    if not ENABLED:
+    if not ENABLED or not _configured():
         return contextlib.nullcontext()
     return _tracer.start_as_current_span(
         f"task {name}",
