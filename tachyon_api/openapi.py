@@ -199,7 +199,7 @@ def _error_body(title: str, code: list[str] | None, errors_required: bool) -> di
     return schema
 
 
-# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (413), the 500 body of applications.py,
+# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (400, 413), the 500 body of applications.py,
 # and ``HTTPException``'s ``{"detail": ...}`` (404 for a path value that does not convert).
 _FRAMEWORK_SCHEMAS = {
     "ValidationError": _ERROR_ITEM,
@@ -517,6 +517,8 @@ class _Builder:
         responses: dict[str, Any] = {str(status): success}
         if route.param_names:  # a value that does not convert to its type, or that no route matches (empty, "/")
             responses["404"] = _json_response("Not Found: no route for this path value", "HTTPError")
+        if found.form:  # a form the parser cannot read (bad multipart, too many parts): RequestError's 400
+            responses["400"] = _json_response("Malformed form body", "ErrorResponse")
         if found.form or found.bodies:
             responses["413"] = _json_response("Request body larger than max_body_size", "ErrorResponse")
         if validated:

@@ -10,6 +10,7 @@ import enum
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -444,6 +445,18 @@ def test_error_bodies_are_the_ones_sent(app: Tachyon, doc: dict[str, Any]) -> No
     assert_documented(small.openapi(), "post", "/items", too_large)
 
 
+def test_malformed_form_body_400_is_documented(app: Tachyon, doc: dict[str, Any]) -> None:
+    """A form body the parser cannot read is a 400 with the framework's error body; schemathesis found it
+    undocumented (only 413 and 422 were), so a client generated from the schema did not expect it."""
+    client = client_for(app)
+    for path in ("/upload", "/login"):
+        broken = client.post(path, content=b"--x\r\nTrue--x--\r\n",
+                             headers={"content-type": "multipart/form-data; boundary=x"})
+        assert broken.status_code == 400, broken.text
+        assert_documented(doc, "post", path, broken)
+    assert "400" not in operation(doc, "post", "/items")["responses"]  # a JSON body: bad JSON is a 422
+
+
 # --- operation metadata ------------------------------------------------------------------------------------
 def test_tags_summary_description_operation_ids_and_deprecation(doc: dict[str, Any]) -> None:
     get = operation(doc, "get", "/items/{item_id}")
@@ -699,7 +712,9 @@ def test_export_to_stdout_with_indent_and_validate_errors(tmp_path: Path, monkey
     broken.write_text(json.dumps({"openapi": "3.1.0", "info": {"title": "x"}, "paths": {}}))
     with pytest.raises(SystemExit) as exc:
         main(["openapi", "validate", str(broken)])
-    assert "is not a valid OpenAPI document: 'version' is a required property" in str(exc.value)
+    # openapi-spec-validator quotes the name as its backend does: jsonschema 'version', jsonschema-rs "version"
+    # (installed with schemathesis).
+    assert re.search(r"is not a valid OpenAPI document: ['\"]version['\"] is a required property", str(exc.value))
     with pytest.raises(SystemExit) as exc:
         main(["openapi", "validate", str(tmp_path / "missing.json")])
     assert "Cannot read" in str(exc.value)
