@@ -131,10 +131,15 @@ def to_cents(amount: Decimal, field: str) -> int:
     return int(amount * 100)
 
 
-Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
-Name = Annotated[str, Meta(min_length=1, max_length=100)]
+# No control character anywhere: the name and the address go into email headers, where a line break fails the
+# welcome email (or would add a header). A lookahead, because a pattern's "$" also matches before a final "\n".
+NO_CONTROL = r"^(?![\s\S]*[\x00-\x1f\x7f])"
+Email = Annotated[str, Meta(pattern=NO_CONTROL + r"[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+Name = Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_CONTROL)]
 Sku = Annotated[str, Meta(pattern=tasks.SKU.pattern)]
 Url = Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)]
+# SQLite integers are 64-bit: a larger value makes the query raise OverflowError, so it is refused (422) first.
+RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
 
 @app.get("/")
@@ -229,7 +234,9 @@ def import_products(file: UploadFile, background_tasks: BackgroundTasks, db: sql
 
 
 @app.get("/imports/{import_id}")
-def import_status(import_id: str, max_errors: int = 100, db: sqlite3.Connection = Depends(get_db)):
+def import_status(
+    import_id: str, max_errors: Annotated[int, Meta(le=2**63 - 1)] = 100, db: sqlite3.Connection = Depends(get_db)
+):
     """Progress and outcome: ``status`` is queued, running, completed or failed."""
     row = db.execute("SELECT * FROM imports WHERE id = ?", (import_id,)).fetchone()
     if row is None:
@@ -326,7 +333,7 @@ def create_order(order: OrderIn, db: sqlite3.Connection = Depends(get_db)):
 
 
 @app.get("/orders/{order_id}")
-def get_order(order_id: int, db: sqlite3.Connection = Depends(get_db)):
+def get_order(order_id: RowId, db: sqlite3.Connection = Depends(get_db)):
     row = db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
     if row is None:
         raise HTTPException(404, "Order not found")
@@ -335,7 +342,7 @@ def get_order(order_id: int, db: sqlite3.Connection = Depends(get_db)):
 
 @app.post("/orders/{order_id}/complete")
 def complete_order(
-    order_id: int, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
+    order_id: RowId, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(transaction, scope="function")
 ):
     """Mark the order completed and notify its ``webhook_url``; completing it again sends nothing new.
 
