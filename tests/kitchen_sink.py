@@ -47,6 +47,11 @@ class Order(msgspec.Struct):
     extra: Any = None
 
 
+def _json(component: str) -> dict[str, Any]:
+    """A JSON response whose schema is one of the framework's error bodies in ``components/schemas``."""
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{component}"}}}
+
+
 def create_app(upload_dir: FilePath | None = None) -> Tachyon:
     """The app; ``max_body_size`` is 64 KiB so that limits are quick to reach."""
     configured = os.environ.get("KITCHEN_SINK_UPLOAD_DIR")
@@ -112,15 +117,21 @@ def create_app(upload_dir: FilePath | None = None) -> Tachyon:
     async def json_embed(line: Line = Body(), count: int = Body(1)) -> dict[str, Any]:
         return {"sku": line.sku, "count": count}
 
-    @app.post("/request/body")
+    # These read the body by hand, which the schema cannot see: they document what the reads may answer.
+    too_large = {"description": "Body larger than max_body_size", "content": _json("ErrorResponse")}
+    read_by_hand = {413: too_large}
+
+    @app.post("/request/body", responses=read_by_hand)
     async def request_body(request: Request) -> dict[str, Any]:
         return {"length": len(await request.body())}
 
-    @app.post("/request/json")
+    malformed = {"description": "Malformed JSON", "content": _json("ValidationErrorResponse")}
+
+    @app.post("/request/json", responses={**read_by_hand, 422: malformed})
     async def request_json(request: Request) -> dict[str, Any]:
         return {"type": type(await request.json()).__name__}
 
-    @app.post("/request/stream")
+    @app.post("/request/stream", responses=read_by_hand)
     async def request_stream(request: Request) -> dict[str, Any]:
         return {"length": sum([len(chunk) async for chunk in request.stream()])}
 
