@@ -417,3 +417,61 @@ def test_lax_mode_coerces_body_values_app_wide_and_per_route() -> None:
     assert_validation_error(lax_client.post("/strict-items", json=payload), [["body", "price"]])
     # Lax is not anything-goes: a value that cannot be a float is still a 422.
     assert_validation_error(lax_client.post("/items", json={"name": "Lamp", "price": "cheap"}), [["body", "price"]])
+
+
+def _answer_while_client_stalls(url: str, head: bytes, sent_body: bytes) -> tuple[bytes, float]:
+    """Send ``head`` and the first ``sent_body`` bytes over a raw socket, then send nothing more (the client
+    stalls, keeping the connection open); return what the server answered within 5 s and how long it took."""
+    import socket
+    import time
+
+    host, port = url.removeprefix("http://").split(":")
+    start = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head + sent_body)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except socket.timeout:
+            pass
+    return answer, time.perf_counter() - start
+
+
+def _assert_prompt_413(answer: bytes, took: float) -> None:
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"code":"PAYLOAD_TOO_LARGE"' in answer, answer
+    assert took < 3, f"the 413 took {took:.2f}s: the server waited for more of the body"
+
+
+def test_413_comes_before_the_rest_of_an_oversized_body_is_sent():
+    """The doc's promise, over real HTTP: a declared ``Content-Length`` over the limit is refused without
+    waiting for the body, and a chunked body is refused as soon as it passes the limit, not at its end. The
+    client here sends only part of the body and then stalls, so a server that waited would never answer.
+
+    Mutants caught (requests.py ``Request.stream``): the ``Content-Length`` pre-check removed (the raw body
+    and the upload wait for the rest of the declared 10 MB); the running ``received > limit`` check moved to
+    the end of the body (the chunked body waits for its last chunk, which never comes).
+    """
+    app, calls = limited_app(1000)
+
+    @app.post("/upload")
+    async def upload(request: Request):
+        form = await request.form()
+        calls.append(list(form))
+        return {}
+
+    declared = 10 * 1024 * 1024
+    with serve(app) as url:
+        for path, content_type in [("/raw", b"application/octet-stream"), ("/upload", b"multipart/form-data; boundary=x")]:
+            head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+                path.encode(), content_type, declared
+            )
+            _assert_prompt_413(*_answer_while_client_stalls(url, head, b"--x\r\n" + b"y" * 95))
+        chunked_head = b"POST /raw HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunks = b"".join(b"%x\r\n%s\r\n" % (300, b"z" * 300) for _ in range(4))  # 1200 bytes, no last chunk
+        _assert_prompt_413(*_answer_while_client_stalls(url, chunked_head, chunks))
+    assert calls == []
