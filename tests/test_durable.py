@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import subprocess
@@ -288,9 +289,19 @@ def test_durable_only_options_need_a_durable_task() -> None:
         BackgroundTasks().add_task(local_function, 1).with_options(delay=5)
 
 
-def test_marked_function_is_durable_without_an_app_backend(redis_url: str) -> None:
+def test_marked_function_is_durable_without_an_app_backend(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """``@backend.task()`` marks the function object itself, so the function marked here lives in a module of
+    its own, written for this test and forgotten after it: marking a function other tests also use (as this
+    test once did with ``local_function``) made ``test_durable_only_options_need_a_durable_task`` fail when
+    it ran after this one (random order catches that)."""
+    (tmp_path / "marked_tasks.py").write_text("def marked_local(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("marked_tasks")
+    request.addfinalizer(lambda: sys.modules.pop("marked_tasks", None))  # forgotten after the test
     backend = RQBackend(redis_url, queue="marked")
-    marked = backend.task(retries=3)(local_function)
+    marked = backend.task(retries=3)(module.marked_local)
     task = BackgroundTasks().add_task(marked, 2)
     assert task.backend is backend and task.retries == 3
 
@@ -300,6 +311,8 @@ def test_marked_function_is_durable_without_an_app_backend(redis_url: str) -> No
 
     asyncio.run(store())
     (job,) = backend.queue.get_jobs()
-    assert job.func_name.endswith("local_function") and job.retries_left == 3
+    assert job.func_name == "marked_tasks.marked_local" and job.retries_left == 3
     assert backend.stats()["queued"] == 1
     backend.queue.empty()
+    # The module-level function the other tests use is untouched.
+    assert BackgroundTasks().add_task(local_function, 1).backend is None
