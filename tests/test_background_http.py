@@ -547,6 +547,45 @@ def test_context_variables_do_not_leak_between_concurrent_requests() -> None:
     assert request_id.get() is None
 
 
+def test_a_batch_of_plain_sync_tasks_keeps_its_order_and_its_request_context() -> None:
+    """Plain sync tasks only (no async task, no timeout, no retries): under a lifespan the runner hands the
+    whole batch to one worker thread in one hop, a path of its own. Six concurrent requests each add three
+    such tasks; each task must see its own request's context variables (set by a middleware and by the sync
+    endpoint), never another request's, and the tasks of a request run in the order added.
+
+    Mutants caught (background.py, ``BackgroundRunner._launch``): the batch posted with an empty
+    ``contextvars.Context()`` instead of ``batch.context`` (every task sees the defaults); and
+    ``_run_in_thread`` iterating ``reversed(batch.tasks)`` (the order).
+    """
+    seen: list[tuple[str, int, str | None, str | None]] = []
+    lock = threading.Lock()
+
+    def sync_task(rid: str, index: int) -> None:
+        time.sleep(0.02)  # the middleware has reset its variable by now, and the requests overlap
+        with lock:
+            seen.append((rid, index, request_id.get(), endpoint_var.get()))
+
+    app = Tachyon()
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/batch/{rid}")
+    def add_three(rid: str, background_tasks: BackgroundTasks):
+        endpoint_var.set(f"endpoint-{rid}")
+        for index in range(3):
+            background_tasks.add_task(sync_task, rid, index)
+        return {"rid": rid}
+
+    ids = [f"b{i}" for i in range(6)]
+    with serve(app) as url:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda rid: httpx.get(f"{url}/batch/{rid}", headers={"x-request-id": rid}), ids))
+        assert wait_until(lambda: len(seen) == 18, 5)
+
+    for rid in ids:
+        mine = [entry[1:] for entry in seen if entry[0] == rid]
+        assert mine == [(index, rid, f"endpoint-{rid}") for index in range(3)], seen
+
+
 # --- 6: concurrency limit, queue and overflow policies ----------------------------------------------------------
 
 
