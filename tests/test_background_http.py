@@ -658,6 +658,47 @@ def test_overflow_wait_delays_the_response_until_there_is_room_and_loses_nothing
     assert (stats.scheduled, stats.succeeded, stats.dropped) == (3, 3, 0)
 
 
+def test_overflow_wait_gives_up_after_shutdown_timeout_and_queues_past_the_limit_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The doc's bound on "wait": a response waits for room at most ``shutdown_timeout``; then its tasks are
+    queued beyond the limit (not lost) and a warning names the request.
+
+    Mutants caught (background.py, ``BackgroundRunner.admit``): no deadline on the wait (the response waits
+    for the 2 s task); the batch dropped instead of queued when the wait gives up.
+    """
+    caplog.set_level(logging.WARNING, logger=BG_LOGGER)
+    done: list[int] = []
+
+    async def job(i: int) -> None:
+        await asyncio.sleep(2)
+        done.append(i)
+
+    app = Tachyon(background_concurrency=1, background_queue=0, background_overflow="wait", shutdown_timeout=0.8)
+
+    @app.post("/job/{i}")
+    async def add(i: int, background_tasks: BackgroundTasks):
+        background_tasks.add_task(job, i)
+        return {"i": i}
+
+    with serve(app) as url:
+        first, quick = timed("POST", f"{url}/job/1")
+        second, waited = timed("POST", f"{url}/job/2")
+        assert first.json() == {"i": 1} and second.json() == {"i": 2}
+        assert quick < 0.5
+        assert 0.75 < waited < 1.6, f"waited {waited:.2f}s for room with shutdown_timeout=0.8 (the job takes 2s)"
+        busy = app.background.stats()
+        assert (busy.running, busy.queued) == (1, 1)  # queued although background_queue=0
+        assert wait_until(lambda: len(done) == 2, 5)
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == BG_LOGGER and r.levelno == logging.WARNING]
+    assert warnings == [
+        "No room in the background queue for request POST /job/2 within 0.8s; queueing past the limit"
+    ]
+    assert sorted(done) == [1, 2]
+    assert app.background.stats().dropped == 0
+
+
 def test_overflow_drop_counts_and_logs_lost_tasks(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger=BG_LOGGER)
     calls: list[dict[str, Any]] = []

@@ -5,6 +5,7 @@ processes stopped with SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import textwrap
@@ -101,12 +102,19 @@ def test_short_deadline_does_not_wait_for_a_blocking_sync_task(caplog: pytest.Lo
     assert len(lost) == 1 and "blocking_export" in lost[0]
 
 
-def test_generous_deadline_drains_running_and_queued_tasks_before_shutdown_handlers(
+def test_generous_deadline_drains_running_and_queued_tasks_before_lifespan_exit_and_shutdown_handlers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Mutant caught (applications.py, ``Tachyon.shutdown``): the lifespan exited before the drain."""
     caplog.set_level(logging.ERROR, logger=BG_LOGGER)
     done: list[str] = []
     seen_by_shutdown: list[list[str]] = []
+    seen_by_lifespan_exit: list[list[str]] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Tachyon):
+        yield
+        seen_by_lifespan_exit.append(list(done))
 
     async def one_second() -> None:
         await asyncio.sleep(1)
@@ -116,7 +124,7 @@ def test_generous_deadline_drains_running_and_queued_tasks_before_shutdown_handl
         time.sleep(0.05)
         done.append(label)
 
-    app = Tachyon(shutdown_timeout=10, background_concurrency=1)
+    app = Tachyon(shutdown_timeout=10, background_concurrency=1, lifespan=lifespan)
 
     @app.on_event("shutdown")
     def on_shutdown() -> None:
@@ -141,6 +149,7 @@ def test_generous_deadline_drains_running_and_queued_tasks_before_shutdown_handl
     elapsed = time.perf_counter() - stopping
 
     assert done == ["one-second", "q1", "q2"]
+    assert seen_by_lifespan_exit == [["one-second", "q1", "q2"]], "tasks drain before the lifespan exits"
     assert seen_by_shutdown == [["one-second", "q1", "q2"]], "tasks drain before the shutdown handlers run"
     assert 0.8 < elapsed < 5
     assert lost_messages(caplog) == []

@@ -824,6 +824,15 @@ async def test_runner_concurrency_queue_and_drop() -> None:
         await runner.shutdown(1)
 
 
+def test_runner_defaults_are_the_documented_ones() -> None:
+    """docs/background-tasks.md: 64 task lists at once, 1,000 waiting, "wait", 16 threads, and 25 s at
+    shutdown (below the usual 30 s grace period of process managers)."""
+    runner = Tachyon().background
+    assert (runner.concurrency, runner.queue_size, runner.overflow, runner.pool.max_workers) == (64, 1_000, "wait", 16)
+    assert runner.shutdown_timeout == 25.0
+    assert BackgroundRunner().shutdown_timeout == 25.0
+
+
 def test_runner_options_are_validated() -> None:
     with pytest.raises(ValueError):
         Tachyon(background_overflow="explode")
