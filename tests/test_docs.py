@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -74,3 +75,49 @@ def test_block_runs(where: str, code: str) -> None:
         exec(compile(code, where, "exec"), module.__dict__)
     finally:
         del sys.modules[name]
+
+
+CONSOLE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
+
+
+def curl_calls(transcript: str) -> list[tuple[list[str], list[str]]]:
+    """The ``$ curl ...`` commands of a console block, each with the lines it printed."""
+    calls: list[tuple[list[str], list[str]]] = []
+    for line in transcript.splitlines():
+        if line.startswith("$ "):
+            calls.append((shlex.split(line[2:]), []))
+        elif line.strip() and calls:
+            calls[-1][1].append(line)
+    return calls
+
+
+def test_getting_started_first_app_answers_as_its_transcript_shows() -> None:
+    """The first app of getting-started.md is a ``main.py`` with nothing to assert; the "Call it" transcript
+    below it is what it promises. Replay each curl command on the app with the test client and compare the
+    status (when the transcript shows it) and the body, byte for byte."""
+    from tachyon_api.testing import TachyonTestClient
+
+    text = (DOCS / "getting-started.md").read_text()
+    where, code = blocks("getting-started.md")[0]
+    assert "def create_item" in code, "the first block is no longer the first app"
+    module = types.ModuleType("docs_first_app")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(code, where, "exec"), module.__dict__)
+        calls = curl_calls(CONSOLE.search(text, text.index("## Call it")).group(1))
+        assert len(calls) == 5
+        with TachyonTestClient(module.app) as client:
+            for argv, printed in calls:
+                options, url, args = {}, "", iter(argv[1:])
+                for arg in args:
+                    if arg in ("-X", "-H", "-d"):
+                        options[arg] = next(args)
+                    elif arg != "-i":
+                        url = arg
+                headers = dict([options["-H"].split(": ", 1)]) if "-H" in options else {}
+                response = client.request(options.get("-X", "GET"), url, content=options.get("-d"), headers=headers)
+                assert response.text == printed[-1], (argv, response.text)
+                if printed[0].startswith("HTTP/1.1 "):
+                    assert printed[0] == f"HTTP/1.1 {response.status_code} {response.reason_phrase}", argv
+    finally:
+        del sys.modules[module.__name__]

@@ -204,11 +204,9 @@ def test_add_task_function_via_class_then_bound_method() -> None:
 
 async def test_thread_pool_runs_blocking_jobs_in_parallel_after_a_warm_up() -> None:
     """Regressed: idle-thread accounting; a job could be counted as taken by an idle thread that was in fact
-    busy, so jobs submitted together queued behind each other instead of starting new threads.
-
-    Still failing after the fix (framework bug): with the semaphore accounting, a freshly spawned thread's
-    permit is taken by a later caller while that thread runs a job reserved for another one, so one of the
-    four jobs waits for a thread (3 threads for 4 jobs, ~0.6 s).
+    busy, so jobs submitted together queued behind each other instead of starting new threads. A later
+    semaphore-based count had the same race; whatever the pool's accounting, four blocking jobs submitted
+    together must run in parallel.
     """
     timings = []
     for round_ in range(3):  # the race is timing-dependent: a few fresh pools make it show reliably
