@@ -364,6 +364,27 @@ def test_chunked_body_over_limit_over_real_http_is_413():
     assert calls == [b"a" * 500 + b"b" * 500]
 
 
+def test_bodies_in_one_message_over_real_http():
+    """uvicorn hands a small body over in one ASGI message, which ``Request.body`` reads without the stream
+    generator; the test clients send the body and then an empty last message, so only a real server takes
+    that path. The limit is inclusive there too.
+
+    Mutants caught (requests.py, ``Request.body``): the one-message body not kept (``None`` returned); the
+    size check written ``>=``; the one-message test inverted or reading ``more_body`` as true by default.
+    """
+    app, calls = limited_app(100)
+    with serve(app) as url:
+        exact = httpx.post(f"{url}/raw", content=b"x" * 100, timeout=10)
+        over = httpx.post(f"{url}/raw", content=b"x" * 101, timeout=10)
+        item = httpx.post(f"{url}/item", json={"name": "pen", "price": 1}, timeout=10)
+        empty = httpx.post(f"{url}/raw", timeout=10)
+    assert exact.json() == {"n": 100}
+    assert_error_shape(over, {413}, "PAYLOAD_TOO_LARGE")
+    assert item.json() == {"name": "pen"}
+    assert empty.json() == {"n": 0}
+    assert calls == [b"x" * 100, Item(name="pen", price=1), b""]
+
+
 def test_default_limit_is_two_mebibytes():
     default_app = Tachyon()
     assert default_app.max_body_size == 2 * 1024 * 1024

@@ -308,3 +308,20 @@ def test_starlette_request_in_sync_endpoint(method):
     with TachyonTestClient(app) as client:
         response = client.request(method, "/s", headers={"cookie": "c=1"})
     assert response.json() == {"method": method, "cookie": "1"}
+
+
+def test_cookie_header_is_parsed_leniently_as_browsers_send_it():
+    """A malformed pair is skipped, not the rest of the header; the value is everything after the first
+    ``=``; surrounding double quotes go; escapes decode; a later duplicate wins. (Mutants of
+    ``parse_cookies`` caught: ``rpartition``, ``break`` instead of ``continue``, ``and`` instead of ``or``,
+    the quote check off by one.)"""
+    app = Tachyon()
+
+    @app.get("/cookies")
+    async def cookies(request: Request):
+        return request.cookies
+
+    header = 'a=1; junk; =nokey; b="quoted"; c=x=y; d=%20sp; e=""; f="; a=2'
+    with TachyonTestClient(app) as client:
+        response = client.get("/cookies", headers={"cookie": header})
+    assert response.json() == {"a": "2", "b": "quoted", "c": "x=y", "d": " sp", "e": "", "f": '"'}

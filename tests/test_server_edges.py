@@ -16,6 +16,7 @@ from .conftest import raw_exchange, serve, status_of
 
 def build_app() -> Tachyon:
     app = Tachyon()
+    app.state.bodies = []  # the length of every body an endpoint read completely
 
     @app.get("/ok")
     async def ok():
@@ -27,16 +28,24 @@ def build_app() -> Tachyon:
 
     @app.post("/body")
     async def body(request: Request):
-        return {"length": len(await request.body())}
+        data = await request.body()
+        app.state.bodies.append(len(data))
+        return {"length": len(data)}
 
     return app
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])
-def server_url(request):
+def server(request):
     """One server per HTTP implementation for the whole module: every test also checks it survived the previous."""
-    with serve(build_app(), http=request.param) as url:
-        yield url
+    app = build_app()
+    with serve(app, http=request.param) as url:
+        yield url, app
+
+
+@pytest.fixture
+def server_url(server):
+    return server[0]
 
 
 def assert_still_serving(url: str) -> None:
@@ -73,14 +82,19 @@ def test_odd_requests_that_reach_the_app_get_a_clean_answer(server_url, case):
     assert_still_serving(server_url)
 
 
-def test_client_disconnecting_mid_body_does_not_hurt(server_url):
+def test_client_disconnecting_mid_body_never_hands_a_partial_body_to_the_endpoint(server):
+    """Mutant caught (requests.py, ``Request.stream``): the ``http.disconnect`` message not recognised, so the
+    7 bytes received are returned as if they were the whole body and the endpoint acts on them."""
+    server_url, app = server
     parts = urlsplit(server_url)
+    before = list(app.state.bodies)
     with socket.create_connection((parts.hostname, parts.port), timeout=2) as sock:
         sock.sendall(b"POST /body HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\npartial")
         time.sleep(0.05)
     assert_still_serving(server_url)
     response = httpx.post(f"{server_url}/body", content=b"x" * 1000, timeout=5)
     assert response.json() == {"length": 1000}
+    assert app.state.bodies == before + [1000]
 
 
 def test_keep_alive_connection_after_error_responses(server_url):
