@@ -51,9 +51,9 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
     backend = RQBackend(url, queue="paused", socket_timeout=socket_timeout)
     app = Tachyon(task_backend=backend)
 
-    @app.post("/order")
-    def order(background_tasks: BackgroundTasks):
-        background_tasks.add_task(durable_job, "order")
+    @app.post("/order/{tag}")
+    def order(tag: str, background_tasks: BackgroundTasks):
+        background_tasks.add_task(durable_job, tag)
         return {"ok": True}
 
     @app.get("/ping")
@@ -67,12 +67,12 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
     result: dict[str, Any] = {}
 
     def durable_request() -> None:
-        result["response"], result["took"] = timed("POST", f"{base}/order")
+        result["response"], result["took"] = timed("POST", f"{base}/order/during")
         result["end"] = time.perf_counter()
 
     pings: list[tuple[float, float]] = []  # (seconds taken, when it ended)
     with serve(app) as base, caplog.at_level(logging.ERROR, logger=BG_LOGGER):
-        assert timed("POST", f"{base}/order")[0].status_code == 200  # connected, one job stored
+        assert timed("POST", f"{base}/order/before")[0].status_code == 200  # connected, one job stored
         redis_proc.send_signal(signal.SIGSTOP)
         try:
             thread = threading.Thread(target=durable_request)
@@ -95,7 +95,9 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
     assert max(during) < 0.4, f"a request that stores nothing took {max(during):.2f}s while Redis was paused"
     failures = [r for r in caplog.records if "Could not store durable task(s) durable_job" in r.getMessage()]
     assert failures and failures[0].exc_info is not None
-    assert stored_tags(backend) == ["order"]  # the one stored before the pause
+    # The 2xx before the pause means stored. The 503 promises less: commands already sent wait in the paused
+    # server's socket and may still run when it resumes (delivery is at least once, as documented).
+    assert "before" in stored_tags(backend)
 
 
 def test_an_endpoint_that_raises_stores_nothing(redis_url: str) -> None:
