@@ -379,7 +379,12 @@ def test_bodies_in_one_message_over_real_http():
         item = httpx.post(f"{url}/item", json={"name": "pen", "price": 1}, timeout=10)
         empty = httpx.post(f"{url}/raw", timeout=10)
     assert exact.json() == {"n": 100}
-    assert_error_shape(over, {413}, "PAYLOAD_TOO_LARGE")
+    assert over.json() == {  # the documented body, word for word
+        "success": False,
+        "error": "Request body too large (max 100 bytes)",
+        "code": "PAYLOAD_TOO_LARGE",
+        "errors": [],
+    }
     assert item.json() == {"name": "pen"}
     assert empty.json() == {"n": 0}
     assert calls == [b"x" * 100, Item(name="pen", price=1), b""]
@@ -467,7 +472,9 @@ def _answer_while_client_stalls(url: str, head: bytes, sent_body: bytes) -> tupl
 
 def _assert_prompt_413(answer: bytes, took: float) -> None:
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
-    assert b'"code":"PAYLOAD_TOO_LARGE"' in answer, answer
+    assert answer.endswith(
+        b'{"success":false,"error":"Request body too large (max 1000 bytes)","code":"PAYLOAD_TOO_LARGE","errors":[]}'
+    ), answer
     assert took < 3, f"the 413 took {took:.2f}s: the server waited for more of the body"
 
 
