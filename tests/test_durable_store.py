@@ -40,11 +40,12 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A redis-server stopped with SIGSTOP accepts connections (the kernel does) but never answers, so the
-    request that stores a task waits for the socket timeout and then gets a 503; meanwhile requests that store
-    nothing, async and sync, are served as usual.
+    request that stores a task waits for the socket timeout and then gets the documented 503 for a lost
+    answer (``TASK_OUTCOME_UNKNOWN``: the write was sent); meanwhile requests that store nothing, async and
+    sync, are served as usual.
 
-    Mutant caught: ``RQBackend.store`` calling the enqueue directly on the event loop instead of in its thread
-    pool (every request then waits for the socket timeout, and the pings take as long).
+    Mutant caught: a store that blocks the event loop while it waits for Redis, such as RQ's synchronous
+    ``enqueue`` called on the loop (every request then waits for the socket timeout, and the pings as long).
     """
     url, redis_proc = redis_server.url, redis_server.proc
     assert redis_proc is not None
@@ -89,15 +90,15 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
             redis_proc.send_signal(signal.SIGCONT)
 
     response = result["response"]
-    assert_error_shape(response, {503}, "TASK_BACKEND_UNAVAILABLE")
+    assert_error_shape(response, {503}, "TASK_OUTCOME_UNKNOWN")
     assert socket_timeout * 0.9 <= result["took"] < socket_timeout * 4 + 2, result["took"]
     during = [took for started, took in pings if started < result["end"]]
     assert len(during) >= 4, "the other requests were not served while the durable one waited"
     assert max(during) < 0.4, f"a request that stores nothing took {max(during):.2f}s while Redis was paused"
-    failures = [r for r in caplog.records if "Could not store durable task(s) durable_job" in r.getMessage()]
+    failures = [r for r in caplog.records if "durable task(s) durable_job of request POST /order/during" in r.getMessage()]
     assert failures and failures[0].exc_info is not None
-    # The 2xx before the pause means stored. The 503 promises less: commands already sent wait in the paused
-    # server's socket and may still run when it resumes (delivery is at least once, as documented).
+    # The 2xx before the pause means stored. This 503 says the outcome is unknown: the write already sent
+    # waits in the paused server's socket and may still run when it resumes.
     assert "before" in stored_tags(backend)
 
 
@@ -144,8 +145,9 @@ def test_the_durable_tasks_of_one_request_are_stored_all_or_none(
     a small task and then one with a 2 MB argument (random, so RQ's compression keeps it big) gets a 503, and the small task is not stored either, so a
     client that retries makes no duplicate. The same small task alone is then stored: the room was there.
 
-    Mutant caught: ``RQBackend`` storing a request's tasks one by one instead of in one transaction (the
-    small task is stored, the big one refused, and the client gets a 503 for a request half stored).
+    Mutant caught: ``RQBackend.store`` storing a request's tasks one by one instead of in one write (one
+    script run): the small task is stored, the big one refused, and the client gets a 503 for a request half
+    stored.
     """
     backend = RQBackend(redis_server.url, queue="all-or-none")
     app = Tachyon(task_backend=backend)
