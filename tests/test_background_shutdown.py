@@ -116,7 +116,10 @@ def test_generous_deadline_drains_running_and_queued_tasks_before_lifespan_exit_
         yield
         seen_by_lifespan_exit.append(list(done))
 
+    started: list[float] = []
+
     async def one_second() -> None:
+        started.append(time.perf_counter())
         await asyncio.sleep(1)
         done.append("one-second")
 
@@ -145,13 +148,14 @@ def test_generous_deadline_drains_running_and_queued_tasks_before_lifespan_exit_
         httpx.post(f"{url}/quick/q1")
         httpx.post(f"{url}/quick/q2")
         assert done == []
-        stopping = time.perf_counter()
-    elapsed = time.perf_counter() - stopping
+    # From the start of the 1 s task (the requests themselves may be slow on a busy machine): the shutdown
+    # waited for it and the two queued after it, and not for the 10 s deadline.
+    elapsed = time.perf_counter() - started[0]
 
     assert done == ["one-second", "q1", "q2"]
     assert seen_by_lifespan_exit == [["one-second", "q1", "q2"]], "tasks drain before the lifespan exits"
     assert seen_by_shutdown == [["one-second", "q1", "q2"]], "tasks drain before the shutdown handlers run"
-    assert 0.8 < elapsed < 5
+    assert 1.0 < elapsed < 5
     assert lost_messages(caplog) == []
     assert app.background.stats().dropped == 0
 
