@@ -802,9 +802,9 @@ def test_join_waits_until_the_runner_is_idle() -> None:
     async def join(timeout: float):
         return {"idle": await app.background.join(timeout), "done": list(done)}
 
-    with serve(app) as url:
-        httpx.post(f"{url}/slow")
-        assert httpx.get(f"{url}/join?timeout=0.05").json() == {"idle": False, "done": []}
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:  # one client: no setup per call
+        client.post("/slow")
+        assert client.get("/join?timeout=0.05").json() == {"idle": False, "done": []}
         response, elapsed = timed("GET", f"{url}/join?timeout=3")
         assert response.json() == {"idle": True, "done": ["slow", "slow_sync"]}
         assert 0.2 < elapsed < 1.0
