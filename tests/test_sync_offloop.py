@@ -16,7 +16,7 @@ from tachyon_api.concurrency import ThreadPool
 from tachyon_api.responses import JSONResponse
 from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import client_for, serve, wait_until
+from .conftest import client_for, serve, timed, wait_until
 
 SLEEP = 0.3
 
@@ -70,7 +70,7 @@ def concurrent_gets(url: str, n: int) -> tuple[float, list[httpx.Response]]:
         warm.get(url.rsplit("/", 1)[0] + "/ping")  # connection set up and pool threads out of the picture
     start = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
-        responses = list(pool.map(lambda _: httpx.get(url, timeout=5), range(n)))
+        responses = list(pool.map(lambda _: timed("GET", url)[0], range(n)))
     return time.perf_counter() - start, responses
 
 
@@ -102,13 +102,11 @@ def test_async_endpoint_answers_while_sync_endpoints_sleep():
             warm.get(f"{url}/ping")
         with ThreadPoolExecutor(4) as pool:
             slow_started = time.perf_counter()
-            slow = [pool.submit(httpx.get, f"{url}/sleep", timeout=5) for _ in range(3)]
+            slow = [pool.submit(timed, "GET", f"{url}/sleep") for _ in range(3)]
             time.sleep(0.05)  # the three sleeps are under way
-            ping_start = time.perf_counter()
-            ping = httpx.get(f"{url}/ping", timeout=5)
-            ping_elapsed = time.perf_counter() - ping_start
+            ping, ping_elapsed = timed("GET", f"{url}/ping")
             ping_done_at = time.perf_counter() - slow_started
-            results = [f.result() for f in slow]
+            results = [f.result()[0] for f in slow]
     assert ping.json() == "pong"
     assert ping_elapsed < 0.2, f"/ping took {ping_elapsed:.2f}s while sync endpoints slept"
     assert ping_done_at < SLEEP, "the ping must finish before the sleeping requests"
