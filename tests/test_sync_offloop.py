@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tachyon_api import Depends, Tachyon
-from tachyon_api.concurrency import ThreadPool
 from tachyon_api.responses import JSONResponse
 from tachyon_api.testing import AsyncTachyonTestClient
 
-from .conftest import client_for, serve, timed, wait_until
+from .conftest import client_for, serve, timed
 
 SLEEP = 0.3
 
@@ -199,76 +198,6 @@ def test_sync_endpoint_off_loop_with_test_client():
     assert seen["sync"] is not seen["async"]
 
 
-async def _hammer(url: str, path: str, connections: int, requests_each: int) -> list[bytes]:
-    """``connections`` keep-alive HTTP/1.1 connections, each sending ``requests_each`` GETs one after another."""
-    host, port = url.split("//", 1)[1].split(":")
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-
-    async def one_connection() -> list[bytes]:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        statuses = []
-        try:
-            for _ in range(requests_each):
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                await reader.readexactly(length)
-                statuses.append(head.split(b" ", 2)[1])
-        finally:
-            writer.close()
-        return statuses
-
-    results = await asyncio.gather(*(one_connection() for _ in range(connections)))
-    return [status for statuses in results for status in statuses]
-
-
-async def test_microsecond_sync_endpoints_under_64_connections_use_a_few_threads():
-    """A hot thread takes the calls that arrive while it runs: 64 connections of fast ``def`` requests do not
-    spread over the pool (it used to grow to its 40 threads, which then took turns at the GIL)."""
-    app = Tachyon()
-    threads_seen: set[str] = set()
-
-    @app.get("/items/{item_id}")
-    def item(item_id: int, q: str = "x"):
-        threads_seen.add(threading.current_thread().name)
-        return {"item_id": item_id, "q": q}
-
-    with serve(app) as url:
-        statuses = await _hammer(url, "/items/42?q=test", 64, 30)
-    assert statuses == [b"200"] * 64 * 30
-    assert app.endpoint_pool.peak <= 4, f"the endpoint pool grew to {app.endpoint_pool.peak} threads"
-    assert len(threads_seen) <= 4, sorted(threads_seen)
-
-
-async def test_a_blocking_sync_endpoint_does_not_hold_up_fast_ones_behind_the_hot_thread():
-    """The hot thread blocks in a sleeping endpoint: the watchdog hands the waiting fast calls to another
-    thread within a few ms, so the pool grows by about one thread per blocked call, not per request."""
-    app = Tachyon()
-
-    @app.get("/block")
-    def block():
-        time.sleep(SLEEP)
-        return {"slept": True}
-
-    @app.get("/fast")
-    def fast():
-        return {"fast": True}
-
-    with serve(app) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-            await client.get("/fast")  # one thread, parked: the next call goes to it
-            slow = [asyncio.ensure_future(client.get("/block")) for _ in range(2)]
-            await asyncio.sleep(0.05)  # both sleeps are under way
-            start = time.perf_counter()
-            fast_statuses = await _hammer(url, "/fast", 16, 10)
-            fast_elapsed = time.perf_counter() - start
-            assert [response.json() for response in await asyncio.gather(*slow)] == [{"slept": True}] * 2
-    assert fast_statuses == [b"200"] * 160
-    assert fast_elapsed < SLEEP, f"160 fast requests took {fast_elapsed:.2f}s while 2 endpoints slept"
-    assert app.endpoint_pool.peak <= 2 + 4, f"the endpoint pool grew to {app.endpoint_pool.peak} threads"
-
-
 def test_sync_to_thread_false_runs_a_def_endpoint_on_the_loop_per_route_and_app_wide():
     """The explicit opt-in: per route, and app-wide with a per-route way back to the thread."""
     seen: dict[str, bool] = {}
@@ -336,14 +265,3 @@ def test_sync_to_thread_false_blocks_the_loop_as_documented():
     assert waited > SLEEP / 2, f"/ping answered in {waited:.2f}s although the loop was blocked"
 
 
-async def test_parked_threads_leave_after_the_idle_timeout_and_the_pool_serves_again():
-    pool = ThreadPool(4, "idle-exit", idle_timeout=0.1)
-    await asyncio.gather(*(pool.run(time.sleep, 0.1) for _ in range(3)))  # blocked calls: three threads
-    assert pool.peak == 3
-
-    def alive() -> int:
-        return sum(1 for t in threading.enumerate() if t.name.startswith("idle-exit-"))
-
-    assert await asyncio.to_thread(wait_until, lambda: alive() == 0, 3), f"{alive()} threads still parked"
-    assert await pool.run(threading.current_thread) is not threading.current_thread()
-    assert pool.peak == 3
