@@ -18,12 +18,13 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ports import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -118,23 +119,6 @@ def client_main(args: argparse.Namespace) -> None:
 
 
 # --- the harness --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
 def one_round(target: str, args: argparse.Namespace) -> float:
     port = free_port()
     server = subprocess.Popen(

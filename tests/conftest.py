@@ -210,6 +210,21 @@ class ServerProcess:
         return self._log.read().decode(errors="replace")
 
 
+@contextlib.contextmanager
+def kitchen_sink(folder: Path) -> Iterator[ServerProcess]:
+    """``tests/kitchen_sink.py`` under ``tachyon run``, saving uploads in ``folder``; when the block ends, the
+    server is stopped and its log must show no unhandled error (what the fuzzers promise besides the answers)."""
+    server = ServerProcess("tests.kitchen_sink:app", folder, {"KITCHEN_SINK_UPLOAD_DIR": str(folder)})
+    try:
+        yield server
+        server.terminate()
+        server.wait(30)
+        output = server.output()
+        assert "Traceback" not in output and "Unhandled error" not in output, output
+    finally:
+        server.stop()
+
+
 _clients: list[Any] = []
 
 

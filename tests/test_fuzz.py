@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import ServerProcess, assert_error_shape
+from .conftest import assert_error_shape, kitchen_sink
 from .test_example_shop import Shop
 
 FUZZ = settings(
@@ -111,17 +111,9 @@ MULTIPART = st.builds(
 # --- the kitchen sink ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    folder = tmp_path_factory.mktemp("sink")
-    server = ServerProcess("tests.kitchen_sink:app", folder, {"KITCHEN_SINK_UPLOAD_DIR": str(folder)})
-    try:
+    with kitchen_sink(tmp_path_factory.mktemp("sink")) as server:
         with httpx.Client(base_url=server.url, timeout=20) as client:
             yield client
-        server.terminate()
-        server.wait(30)
-        output = server.output()
-        assert "Traceback" not in output and "Unhandled error" not in output, output
-    finally:
-        server.stop()
 
 
 PATH_KINDS = st.sampled_from(["int", "float", "decimal", "uuid", "str"])

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, kitchen_sink
 from .test_example_shop import Shop
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -79,17 +79,8 @@ def fuzz(schema: schemathesis.BaseSchema, base_url: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sink() -> Iterator[ServerProcess]:
     """The kitchen sink under ``tachyon run``; after the tests, its log must show no unhandled error."""
-    with tempfile.TemporaryDirectory(prefix="sink-schema-") as name:
-        folder = Path(name)
-        server = ServerProcess("tests.kitchen_sink:app", folder, {"KITCHEN_SINK_UPLOAD_DIR": str(folder)})
-        try:
-            yield server
-            server.terminate()
-            server.wait(30)
-            output = server.output()
-            assert "Traceback" not in output and "Unhandled error" not in output, output
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="sink-schema-") as name, kitchen_sink(Path(name)) as server:
+        yield server
 
 
 def test_kitchen_sink_answers_as_its_schema_says(sink: ServerProcess) -> None:
