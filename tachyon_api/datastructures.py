@@ -84,7 +84,7 @@ class FormData(_MultiDict):
                 await value.close()
 
 
-def scope_header(scope: dict, name: bytes) -> str | None:
+def scope_header(scope: Mapping[str, Any], name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case bytes) in an ASGI scope, or None.
 
     For code that reads one header per request (middlewares, background-task routing): a plain scan, without
@@ -168,11 +168,7 @@ class URL(str):
     def __new__(cls, scope: Mapping[str, Any]) -> "URL":
         scheme = scope.get("scheme", "http")
         server = scope.get("server")
-        host = None
-        for key, value in scope.get("headers", ()):
-            if key == b"host":
-                host = value.decode("latin-1")
-                break
+        host = scope_header(scope, b"host")
         if host is None and server:
             name, port = server
             default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
