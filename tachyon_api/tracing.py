@@ -1,7 +1,8 @@
 """Traces across the response: each background task runs in a span of its own, tied to the request's span.
 
-Active only when ``opentelemetry-api`` is installed (the ``tracing`` extra); otherwise nothing is imported
-and every helper here costs one check of a constant. Spans go wherever the app's OpenTelemetry SDK sends them.
+Active only when ``opentelemetry-api`` is installed (the ``tracing`` extra) and an SDK's tracer provider is
+set; otherwise nothing is imported (no API) or no span is made (no SDK: it would record nothing), and every
+helper here costs a check or two. Spans go wherever the app's OpenTelemetry SDK sends them.
 
 - In-process tasks run in a span **linked** to the request's span (the span current when the request's tasks
   were handed over, e.g. the one OpenTelemetry's ASGI middleware opens): the request has ended when its tasks
