@@ -8,6 +8,7 @@ request awaited before the next (the endpoint's thread hop included). Run it und
     python bench/profile_hotpath.py --callgrind                # every scenario, N=1000, report Ir/request
     python bench/profile_hotpath.py --callgrind --inline       # the same app with sync_to_thread=False
     python bench/profile_hotpath.py --scenarios items,hello    # plain run (wall time only, load-dependent)
+    python bench/profile_hotpath.py --callgrind --app tachyon_observed --scenarios task-sync   # with metrics on
 
 ``--callgrind`` re-runs this script under ``valgrind --tool=callgrind --dump-before=getppid`` and calls
 ``os.getppid()`` (which nothing else here calls) before and after each measured loop: callgrind writes one
@@ -117,10 +118,9 @@ async def drive(app, names: list[str], warmup: int, n: int) -> dict[str, float]:
 
 
 def run_inprocess(args) -> None:
-    if args.inline:
-        from tachyon_inline import app
-    else:
-        from tachyon_app import app
+    import importlib
+
+    app = importlib.import_module("tachyon_inline" if args.inline else args.app).app
     if args.loop == "uvloop":
         import uvloop
 
@@ -137,7 +137,7 @@ def run_callgrind(args) -> None:
     out = Path(tempfile.mkdtemp(prefix="tachyon-callgrind-"))
     cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}/cg.out",
            sys.executable, __file__, "--scenarios", ",".join(args.scenarios), "--warmup", str(args.warmup),
-           "--requests", str(args.requests), "--loop", args.loop, "--quiet"] + (["--inline"] if args.inline else [])
+           "--requests", str(args.requests), "--loop", args.loop, "--app", args.app, "--quiet"] + (["--inline"] if args.inline else [])
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     parts = sorted(glob.glob(f"{out}/cg.out.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
     totals = []
@@ -147,7 +147,7 @@ def run_callgrind(args) -> None:
         totals.append(int(found.group(1)) if found else 0)
     # Part 1 ends at the first getppid (imports, startup, first warm-up); then measured, warm-up, measured...
     measured = totals[1::2]
-    print(f"loop={args.loop} inline={args.inline} warmup={args.warmup} N={args.requests} (Ir per request)")
+    print(f"loop={args.loop} app={args.app} inline={args.inline} warmup={args.warmup} N={args.requests} (Ir per request)")
     for name, ir in zip(args.scenarios, measured):
         print(f"{name:12s} {ir / args.requests:10,.0f}")
 
@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--inline", action="store_true", help="the app with sync_to_thread=False (tachyon_inline)")
+    parser.add_argument("--app", default="tachyon_app",
+                        help="the app module in bench/apps: tachyon_bare, tachyon_observed (observability overhead)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

@@ -32,12 +32,12 @@ import contextvars
 import functools
 import hashlib
 import inspect
-import itertools
 import logging
 import random
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
@@ -65,7 +65,7 @@ class _Callee:
     case, are checked by counting; anything else goes through ``Signature.bind``.
     """
 
-    __slots__ = ("sig", "offset", "min_args", "max_args", "is_async", "name", "__weakref__")
+    __slots__ = ("sig", "offset", "min_args", "max_args", "is_async", "name")
 
     def __init__(self, func: Any, target: Any, offset: int) -> None:
         self.is_async = _is_async(func)
@@ -95,23 +95,43 @@ class _Callee:
             raise TypeError(f"add_task({self.name}, ...): the arguments do not match its signature: {exc}") from None
 
 
-# Keyed by the function; bound methods have their own table, as their signature skips ``self``.
-_callees: "weakref.WeakKeyDictionary[Any, _Callee]" = weakref.WeakKeyDictionary()
-_method_callees: "weakref.WeakKeyDictionary[Any, _Callee]" = weakref.WeakKeyDictionary()
+# Keyed by a weak reference to the function (an entry leaves when its function is collected, so a lambda per
+# request does not grow the table); bound methods have their own table, as their signature skips ``self``. A
+# plain dict of weak references rather than a WeakKeyDictionary: the lookup stays in C, and ``add_task`` is on
+# the request path.
+_callees: dict["weakref.ref[Any]", _Callee] = {}
+_method_callees: dict["weakref.ref[Any]", _Callee] = {}
 
 
 def _callee(func: Any) -> _Callee:
-    """The cached :class:`_Callee` of a plain function or method (computed each time for other callables)."""
-    method = inspect.ismethod(func)
-    target = func.__func__ if method else func
-    table = _method_callees if method else _callees
-    try:
-        return table[target]
-    except (KeyError, TypeError):
+    """The :class:`_Callee` of ``func``, cached for functions and bound methods (computed each time for
+    partials and callable objects, which may change). Raises TypeError for what is not a task function."""
+    kind = type(func)
+    if kind is types.FunctionType or kind is types.MethodType:
+        method = kind is types.MethodType
+        target = func.__func__ if method else func
+        table = _method_callees if method else _callees
+        try:
+            return table[weakref.ref(target)]
+        except (KeyError, TypeError):  # not seen yet; TypeError: a method of an object without weak references
+            pass
         callee = _Callee(func, target, 1 if method else 0)
-        if inspect.isfunction(target):  # partials and callable objects may change: never cached
-            table[target] = callee
+        if type(target) is types.FunctionType:
+            table[weakref.ref(target, functools.partial(_forget, table))] = callee
         return callee
+    if inspect.iscoroutine(func) or inspect.isawaitable(func):
+        raise TypeError(
+            "add_task() needs the function itself, not a coroutine object: write "
+            "add_task(send_email, to, subject), not add_task(send_email(to, subject))"
+        )
+    if not callable(func):
+        raise TypeError(f"add_task() needs a callable (function, method or object), got {type(func).__name__}")
+    return _Callee(func, func, 0)
+
+
+def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
+    """Drop a collected function's entry (a weak reference's callback)."""
+    table.pop(ref, None)
 
 
 def _is_async(func: Any) -> bool:
@@ -157,13 +177,6 @@ class BackgroundTask:
         return task
 
     def _setup(self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any, local: bool = False) -> None:
-        if inspect.iscoroutine(func) or inspect.isawaitable(func):
-            raise TypeError(
-                "add_task() needs the function itself, not a coroutine object: write "
-                "add_task(send_email, to, subject), not add_task(send_email(to, subject))"
-            )
-        if not callable(func):
-            raise TypeError(f"add_task() needs a callable (function, method or object), got {type(func).__name__}")
         callee = _callee(func)
         callee.check(func, args, kwargs)
         self.func = func
@@ -446,13 +459,17 @@ OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped")
 _OTHER_NAMES = "(other)"
 
 
-class _NameMetrics:
-    """Counters and duration histogram of one task name."""
+# Outcome indexes into the count lists below (the order of OUTCOMES).
+SUCCEEDED, FAILED, RETRIED, TIMED_OUT, DROPPED = range(len(OUTCOMES))
 
-    __slots__ = ("succeeded", "failed", "retried", "timed_out", "dropped", "buckets", "total")
+
+class _NameMetrics:
+    """Counters (one per outcome, in the order of ``OUTCOMES``) and duration histogram of one task name."""
+
+    __slots__ = ("counts", "buckets", "total")
 
     def __init__(self) -> None:
-        self.succeeded = self.failed = self.retried = self.timed_out = self.dropped = 0
+        self.counts = [0] * len(OUTCOMES)
         self.buckets = [0] * (len(DURATION_BOUNDS) + 1)  # the last one counts durations above every bound
         self.total = 0.0
 
@@ -473,21 +490,25 @@ class _NameMetrics:
 
 
 class TaskMetrics:
-    """Per task name: outcome counts and durations; the tasks running now; the last failures.
+    """Everything the runner counts: outcome totals and durations, and per task name (unless ``per_name`` is
+    False) outcome counts, a duration histogram and the last failures.
 
-    Part of the runner, updated where a task starts and ends (under the runner's lock, from the loop or a
-    worker thread), so it costs a dictionary lookup and a bisect per task. Memory is bounded: at most
-    ``max_names`` names are tracked (later ones are counted under ``"(other)"``; task names come from code or
-    ``with_options(name=...)``, so a name built from request data would otherwise grow without limit) and the
-    last ``max_failures`` failures are kept.
+    The runner records each attempt once, when it ends, with one call under its lock (from the loop or a
+    worker thread): a few additions, a dictionary lookup and a bisect. The tasks running now are not recorded
+    here; the runner reads them from its batches when asked (:meth:`BackgroundRunner.snapshot`). Memory is
+    bounded: at most ``max_names`` names are tracked (later ones are counted under ``"(other)"``; task names
+    come from code or ``with_options(name=...)``, so a name built from request data would otherwise grow
+    without limit) and the last ``max_failures`` failures are kept.
     """
 
-    def __init__(self, max_names: int = 500, max_failures: int = 50) -> None:
+    def __init__(self, max_names: int = 500, max_failures: int = 50, *, per_name: bool = True) -> None:
         self.max_names = max_names
+        self.per_name = per_name
+        self.totals = [0] * len(OUTCOMES)
+        self.duration_count = 0
+        self.duration_total = self.duration_max = 0.0
         self.by_name: dict[str, _NameMetrics] = {}
-        self.running: dict[int, tuple[str, str, str, float, int]] = {}  # token: name, method, path, since, attempt
         self.failures: deque[dict[str, Any]] = deque(maxlen=max_failures)
-        self._tokens = itertools.count()
 
     def _of(self, name: str) -> _NameMetrics:
         metrics = self.by_name.get(name)
@@ -499,24 +520,28 @@ class TaskMetrics:
                 metrics = self.by_name[name] = _NameMetrics()
         return metrics
 
-    def started(self, name: str, method: str, path: str, attempt: int) -> int:
-        token = next(self._tokens)
-        self.running[token] = (name, method, path, time.time(), attempt)
-        return token
+    def record(self, name: str, outcome: int, duration: float) -> None:
+        """One attempt ended with ``outcome`` (an index into ``OUTCOMES``) after ``duration`` seconds."""
+        self.totals[outcome] += 1
+        self.duration_count += 1
+        self.duration_total += duration
+        if duration > self.duration_max:
+            self.duration_max = duration
+        if self.per_name:
+            metrics = self.by_name.get(name) or self._of(name)
+            metrics.counts[outcome] += 1
+            metrics.buckets[bisect.bisect_left(DURATION_BOUNDS, duration)] += 1
+            metrics.total += duration
 
-    def ended(self, token: int, name: str, outcome: str, duration: float) -> None:
-        self.running.pop(token, None)
-        metrics = self._of(name)
-        setattr(metrics, outcome, getattr(metrics, outcome) + 1)
-        metrics.buckets[bisect.bisect_left(DURATION_BOUNDS, duration)] += 1
-        metrics.total += duration
-
-    def count(self, name: str, outcome: str, n: int = 1) -> None:
+    def count(self, name: str, outcome: int, n: int = 1) -> None:
         """An outcome without a duration of its own (``timed_out``, ``dropped``)."""
-        metrics = self._of(name)
-        setattr(metrics, outcome, getattr(metrics, outcome) + n)
+        self.totals[outcome] += n
+        if self.per_name:
+            self._of(name).counts[outcome] += n
 
     def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
+        if not self.per_name:
+            return
         self.failures.append({
             "name": name,
             "method": method,
@@ -527,38 +552,21 @@ class TaskMetrics:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         })
 
+    def rows(self) -> list[tuple[str, list[int], list[int], float]]:
+        """A copy of the per-name data: (name, counts by outcome, histogram buckets, total seconds)."""
+        return [(name, list(m.counts), list(m.buckets), m.total) for name, m in self.by_name.items()]
+
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready: per-name rows, running tasks (oldest first, with their age) and failures (newest first)."""
-        now = time.time()
+        """JSON-ready: per-name rows and failures (newest first)."""
         names = []
         for name, m in sorted(self.by_name.items()):
             row: dict[str, Any] = {"name": name}
-            row.update((outcome, getattr(m, outcome)) for outcome in OUTCOMES)
+            row.update(zip(OUTCOMES, m.counts))
             row["count"] = sum(m.buckets)
             row["duration_total"] = m.total
             row.update((f"p{q}", m.percentile(q / 100)) for q in (50, 95, 99))
             names.append(row)
-        running = [
-            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
-            for name, method, path, since, attempt in sorted(self.running.values(), key=lambda r: r[3])
-        ]
-        return {"names": names, "running": running, "failures": list(reversed(self.failures))}
-
-
-class _NoMetrics(TaskMetrics):
-    """The runner's statistics switched off: every update is a no-op, the snapshot stays empty."""
-
-    def started(self, name: str, method: str, path: str, attempt: int) -> int:
-        return 0
-
-    def ended(self, token: int, name: str, outcome: str, duration: float) -> None:
-        pass
-
-    def count(self, name: str, outcome: str, n: int = 1) -> None:
-        pass
-
-    def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
-        pass
+        return {"names": names, "failures": list(reversed(self.failures))}
 
 
 def _on_loop(loop: Any, coro: Any) -> Any:
@@ -599,9 +607,11 @@ async def _captured(call: Awaitable[Any]) -> BaseException | None:
 
 
 class _Batch:
-    """One request's tasks on their way through the runner."""
+    """One request's tasks on their way through the runner. Its ``index``/``attempt``/``since``/``running``
+    say which task runs now, since when: the runner's list of running tasks is read from its batches."""
 
-    __slots__ = ("tasks", "method", "path", "context", "index", "running", "threaded", "abandoned", "loop")
+    __slots__ = ("tasks", "method", "path", "context", "index", "attempt", "since", "running", "threaded",
+                 "abandoned", "loop")
 
     def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
         self.tasks = tasks
@@ -609,9 +619,16 @@ class _Batch:
         self.path = path
         self.context = context
         self.index = 0  # the task running, or the next one to run
+        self.attempt = 1
+        self.since = 0.0  # time.perf_counter() when the running attempt started
         self.running = False
         # Only sync tasks without timeout or retries: the whole batch runs in one worker thread, in one hop.
-        self.threaded = all(not t.is_async and t.timeout is None and not t.retries for t in tasks)
+        threaded = True
+        for task in tasks:
+            if task.is_async or task.timeout is not None or task.retries:
+                threaded = False
+                break
+        self.threaded = threaded
         self.abandoned = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -620,7 +637,14 @@ ErrorHook = Callable[[TaskFailure], Awaitable[None] | None]
 
 
 class BackgroundRunner:
-    """Owns the app's background tasks: queue, limits, threads, retries, errors, stats and shutdown."""
+    """Owns the app's background tasks: queue, limits, threads, retries, errors, stats and shutdown.
+
+    Threads: the runner's state lives on the event loop, except what a worker thread running a batch of plain
+    sync tasks touches, under ``_lock``: the statistics, its batch's progress, and the set of threaded batches
+    it leaves when done. A worker calls back into the loop after a batch only when someone there waits for a
+    batch to end (:meth:`join`, shutdown, a queued batch, a request waiting for room); otherwise a request's
+    tasks cost the loop nothing after the hand-over.
+    """
 
     def __init__(
         self,
@@ -649,19 +673,16 @@ class BackgroundRunner:
         self._pending: deque[_Batch] = deque()
         self._room_waiters: deque[asyncio.Future] = deque()
         self._idle_waiters: list[asyncio.Future] = []
-        self._inline = 0
-        self._threaded: set[_Batch] = set()  # threaded batches posted to the pool and not yet reported done
-        self._done: deque[_Batch] = deque()  # threaded batches done, appended by worker threads
-        self._drain_scheduled = False
-        self._lock = threading.Lock()  # counters are updated from worker threads too
-        self._scheduled = self._queued = self._running = self._waiting = 0
+        self._inline: set[_Batch] = set()  # batches running in their request (no lifespan, or a test client)
+        self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
+        self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
+        self._lock = threading.Lock()  # for what worker threads touch (see the class docstring)
+        self._scheduled = self._queued = self._waiting = 0
         self._deadline: float | None = None  # loop time at which shutdown cancels what is left
         self._closing: asyncio.Future | None = None  # resolved when shutdown starts: wakes retry backoffs
-        self._succeeded = self._failed = self._retried = self._timed_out = self._dropped = 0
-        self._duration_count = 0
-        self._duration_total = self._duration_max = 0.0
-        # Per-name statistics; off (``statistics=False``) only to measure what they cost: see bench/README.md.
-        self.metrics = TaskMetrics() if statistics else _NoMetrics()
+        # Per-name statistics can be switched off (``statistics=False``), only to measure what they cost (see
+        # bench/README.md); the totals of stats() are always counted.
+        self.metrics = TaskMetrics(per_name=statistics)
 
     # --- public ----------------------------------------------------------------------------------------
     def on_error(self, hook: ErrorHook) -> ErrorHook:
@@ -670,34 +691,49 @@ class BackgroundRunner:
         return hook
 
     def stats(self) -> TaskStats:
+        metrics = self.metrics
+        with self._lock:
+            totals = list(metrics.totals)
+            count, total, longest = metrics.duration_count, metrics.duration_total, metrics.duration_max
+            running = sum(1 for batch in self._batches() if batch.running)
         return TaskStats(
             scheduled=self._scheduled,
             queued=self._queued,
-            running=self._running,
-            succeeded=self._succeeded,
-            failed=self._failed,
-            retried=self._retried,
-            timed_out=self._timed_out,
-            dropped=self._dropped,
-            duration_count=self._duration_count,
-            duration_total=self._duration_total,
-            duration_max=self._duration_max,
+            running=running,
+            succeeded=totals[SUCCEEDED],
+            failed=totals[FAILED],
+            retried=totals[RETRIED],
+            timed_out=totals[TIMED_OUT],
+            dropped=totals[DROPPED],
+            duration_count=count,
+            duration_total=total,
+            duration_max=longest,
             waiting=self._waiting,
         )
 
     def unfinished(self) -> list[str]:
         """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
-        batches = [*self._active.values(), *self._threaded, *self._pending]
+        with self._lock:
+            batches = [*self._active.values(), *self._threaded, *self._pending]
         return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows, JSON-ready: the totals of :meth:`stats`, plus per-name counts and
         duration percentiles, the tasks running now with their age, and the last failures with tracebacks."""
+        now = time.perf_counter()
         with self._lock:
             detail = self.metrics.snapshot()
+            running = sorted(
+                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt)
+                for batch in self._batches() if batch.running
+            ) if self.metrics.per_name else []
         stats = self.stats()
         totals = msgspec.structs.asdict(stats)
         totals["duration_mean"] = stats.duration_mean
+        detail["running"] = [
+            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
+            for since, name, method, path, attempt in running
+        ]
         return {"totals": totals, **detail}
 
     @property
@@ -706,10 +742,11 @@ class BackgroundRunner:
 
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until no task is running or queued; False if ``timeout`` passed first."""
-        if self.idle:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._idle_waiters.append(waiter)
+        with self._lock:  # so a worker finishing the last batch now sees this waiter (and wakes it)
+            if self.idle:
+                return True
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
@@ -736,8 +773,11 @@ class BackgroundRunner:
                 self._scheduled += len(tasks)
                 self._drop(tasks, method, path, "the background queue is full")
                 return False
-            waiter = loop.create_future()
-            self._room_waiters.append(waiter)
+            with self._lock:  # so a worker freeing room now sees this waiter (and wakes it)
+                if not self.full:
+                    break
+                waiter = loop.create_future()
+                self._room_waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
             except asyncio.TimeoutError:
@@ -751,7 +791,10 @@ class BackgroundRunner:
     @property
     def full(self) -> bool:
         """True when a new batch would have to wait for room (see :meth:`admit`)."""
-        return self.started and not self._closed and self._load() >= self.concurrency + self.queue_size
+        return (
+            self.started and not self._closed
+            and len(self._active) + len(self._threaded) + len(self._pending) >= self.concurrency + self.queue_size
+        )
 
     def submit(
         self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False
@@ -762,19 +805,14 @@ class BackgroundRunner:
         when the batch runs in the caller: when there is no lifespan to own it, or when ``wait`` asks for that
         (the test clients do); otherwise None.
         """
-        count = len(tasks)
-        self._scheduled += count
+        self._scheduled += len(tasks)
         if self._closed:
             self._drop(tasks, method, path, "the app is shutting down")
             return None
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
             return self.run_batch(tasks, method, path, batch)
-        if len(self._active) + len(self._threaded) < self.concurrency:
-            self._launch(batch)
-        else:
-            self._pending.append(batch)
-            self._queued += count
+        self._launch_or_queue(batch)
         return None
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -790,13 +828,14 @@ class BackgroundRunner:
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)  # backoffs now end by the deadline (see _backoff)
         if not await self.join(deadline):
+            stats = self.stats()
             logger.error(
                 "Shutdown deadline of %.1fs passed with %d background task(s) running, %d waiting to retry and "
                 "%d queued; cancelling",
                 deadline,
-                self._running,
-                self._waiting,
-                self._queued,
+                stats.running,
+                stats.waiting,
+                stats.queued,
             )
             while self._pending:
                 batch = self._pending.popleft()
@@ -817,65 +856,82 @@ class BackgroundRunner:
 
     def _abandon_threaded(self) -> None:
         """At the deadline: threads cannot be stopped, so give up on their batches and log what is lost."""
-        for batch in list(self._threaded):
+        with self._lock:
+            batches = list(self._threaded)
+        for batch in batches:
             with self._lock:
                 batch.abandoned = True
+                self._threaded.discard(batch)
                 running = batch.tasks[batch.index] if batch.running else None
                 lost = batch.tasks[batch.index + 1 :] if batch.running else batch.tasks[batch.index :]
             if running is not None:
                 reason = "still running in a thread at the shutdown deadline (a thread cannot be stopped)"
                 self._drop([running], batch.method, batch.path, reason)
             self._drop(lost, batch.method, batch.path, "not started before the shutdown deadline")
-            self._threaded.discard(batch)
 
     async def run_batch(
         self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None
     ) -> None:
         """Run tasks in order in the current asyncio task (the inline path, and ``BackgroundTasks.run_tasks``)."""
         batch = batch or _Batch(tasks, method, path, contextvars.copy_context())
-        self._inline += 1
+        self._inline.add(batch)
         try:
             await self._run(batch)
         finally:
-            self._inline -= 1
+            self._inline.discard(batch)
             self._check_idle()
 
     # --- internals -------------------------------------------------------------------------------------
-    def _launch(self, batch: _Batch) -> None:
+    def _batches(self) -> Iterator[_Batch]:
+        """Every batch started and not finished (call it under the lock)."""
+        yield from self._active.values()
+        yield from self._threaded
+        yield from self._inline
+
+    def _launch_or_queue(self, batch: _Batch) -> None:
+        """Start ``batch`` if fewer than ``concurrency`` batches run, else queue it (on the loop)."""
+        with self._lock:  # a worker leaving _threaded now either freed the slot or sees the queued batch
+            if len(self._active) + len(self._threaded) >= self.concurrency:
+                self._pending.append(batch)
+                self._queued += len(batch.tasks)
+                return
+            if batch.threaded:
+                self._threaded.add(batch)
         if batch.threaded:
             batch.loop = asyncio.get_running_loop()
-            self._threaded.add(batch)
             self.pool.post(batch.context, self._run_in_thread, batch)
             return
         task = batch.context.run(asyncio.get_running_loop().create_task, self._run(batch))
         self._active[task] = batch
         task.add_done_callback(self._finished)
 
-    def _load(self) -> int:
-        return len(self._active) + len(self._threaded) + len(self._pending)
-
     def _finished(self, task: asyncio.Task) -> None:
         self._active.pop(task, None)
         self._after_batch()
 
     def _drain(self) -> None:
-        """On the loop: account for the threaded batches the workers finished since the last drain."""
+        """On the loop, when a worker finished a batch while someone waited: see :meth:`_after_batch`."""
         with self._lock:
             self._drain_scheduled = False
-        while self._done:
-            self._threaded.discard(self._done.popleft())
-            self._after_batch()
+        self._after_batch()
 
     def _after_batch(self) -> None:
-        if self._pending:
+        """Batches ended: start queued ones in the free slots, wake requests waiting for room, and ``join``
+        callers if nothing is left."""
+        while self._pending and len(self._active) + len(self._threaded) < self.concurrency:
             batch = self._pending.popleft()
             self._queued -= len(batch.tasks)
-            self._launch(batch)
-        while self._room_waiters:  # one batch finished: room for one more
-            waiter = self._room_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+            self._launch_or_queue(batch)
+        if self._room_waiters:  # as many waiting requests as there is room for (each takes one batch's room)
+            if self.started and not self._closed:
+                room = self.concurrency + self.queue_size - len(self._active) - len(self._threaded) - len(self._pending)
+            else:
+                room = len(self._room_waiters)
+            while self._room_waiters and room > 0:
+                waiter = self._room_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    room -= 1
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -887,9 +943,8 @@ class BackgroundRunner:
 
     def _drop(self, tasks: list[BackgroundTask], method: str, path: str, reason: str) -> None:
         with self._lock:
-            self._dropped += len(tasks)
             for task in tasks:
-                self.metrics.count(task.name, "dropped")
+                self.metrics.count(task.name, DROPPED)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
 
@@ -906,110 +961,94 @@ class BackgroundRunner:
     def _run_in_thread(self, batch: _Batch) -> None:
         """In a worker thread, in the batch's context: run a batch of plain sync tasks, in order."""
         lock = self._lock
+        method, path = batch.method, batch.path
         try:
             for index, task in enumerate(batch.tasks):
+                started = time.perf_counter()
                 with lock:
                     if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                         return
-                    batch.index, batch.running = index, True
-                    self._running += 1
-                    token = self.metrics.started(task.name, batch.method, batch.path, 1)
-                started = time.perf_counter()
+                    batch.index, batch.since, batch.running = index, started, True
+                error: BaseException | None = None
+                span = task_span(task.name, 1, method, path)
                 try:
-                    with task_span(task.name, 1, batch.method, batch.path):
+                    if span is None:
                         result = task.func(*task.args, **task.kwargs)
-                        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+                        if result is not None and inspect.isawaitable(result):  # a sync callable that made a coroutine
                             _on_loop(batch.loop, _awaited(result))
+                    else:
+                        with span:
+                            result = task.func(*task.args, **task.kwargs)
+                            if result is not None and inspect.isawaitable(result):
+                                _on_loop(batch.loop, _awaited(result))
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
-                    if batch.abandoned:  # shutdown counted and logged it already
-                        self.metrics.running.pop(token, None)
-                        return
-                    failure = self._failed_task(task, exc, 1, batch, started, token)
-                    if self.hooks:  # part of the batch: join() and shutdown wait for the hooks too
-                        _on_loop(batch.loop, self._notify(failure))
-                else:
-                    if batch.abandoned:
-                        self.metrics.running.pop(token, None)
-                        return
-                    self._succeeded_task(task, started, token)
+                    error = exc
+                duration = time.perf_counter() - started
                 with lock:
                     batch.running = False
+                    if batch.abandoned:  # shutdown counted and logged it already
+                        return
+                    self.metrics.record(task.name, SUCCEEDED if error is None else FAILED, duration)
+                    if error is not None:
+                        self.metrics.failure(task.name, method, path, 1, error)
+                if error is not None:
+                    logger.error("Background task %s failed (request %s %s)", task.name, method, path, exc_info=error)
+                    if self.hooks:  # part of the batch: join() and shutdown wait for the hooks too
+                        _on_loop(batch.loop, self._notify(TaskFailure(task, error, 1, method, path)))
         finally:
-            self._done.append(batch)
             with lock:
-                schedule, self._drain_scheduled = not self._drain_scheduled, True
-            if schedule:
+                self._threaded.discard(batch)
+                wake = not self._drain_scheduled and bool(self._pending or self._room_waiters or self._idle_waiters)
+                if wake:
+                    self._drain_scheduled = True
+            if wake:
                 try:
                     batch.loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
                 except RuntimeError:  # the loop is gone
                     pass
 
-    def _succeeded_task(self, task: BackgroundTask, started: float, token: int) -> None:
-        duration = time.perf_counter() - started
+    def _attempt_ended(
+        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True
+    ) -> TaskFailure | None:
+        """On the loop: count one attempt of ``task`` (and log it if it finally failed)."""
+        duration = time.perf_counter() - batch.since
+        batch.running = False
+        outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
         with self._lock:
-            self._running -= 1
-            self._succeeded += 1
-            self._count_duration(duration)
-            self.metrics.ended(token, task.name, "succeeded", duration)
-
-    def _failed_task(
-        self,
-        task: BackgroundTask,
-        exc: BaseException,
-        attempt: int,
-        batch: _Batch,
-        started: float,
-        token: int,
-        final: bool = True,
-    ) -> TaskFailure:
-        duration = time.perf_counter() - started
-        with self._lock:
-            self._running -= 1
-            self._count_duration(duration)
-            if final:
-                self._failed += 1
-            else:
-                self._retried += 1
-            self.metrics.ended(token, task.name, "failed" if final else "retried", duration)
-            if final:
-                self.metrics.failure(task.name, batch.method, batch.path, attempt, exc)
-        if final:
-            logger.error(
-                "Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=exc
-            )
-        return TaskFailure(task, exc, attempt, batch.method, batch.path)
-
-    def _count_duration(self, duration: float) -> None:
-        self._duration_count += 1
-        self._duration_total += duration
-        if duration > self._duration_max:
-            self._duration_max = duration
+            self.metrics.record(task.name, outcome, duration)
+            if error is not None and final:
+                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)
+        if error is None or not final:
+            return None
+        logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
+        return TaskFailure(task, error, attempt, batch.method, batch.path)
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
         attempt = 0
         while True:
             attempt += 1
-            with self._lock:
-                self._running += 1
-                token = self.metrics.started(task.name, batch.method, batch.path, attempt)
-            started = time.perf_counter()
+            batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
+            span = task_span(task.name, attempt, batch.method, batch.path)
             try:
-                with task_span(task.name, attempt, batch.method, batch.path):
+                if span is not None:
+                    with span:
+                        await self._execute(task)
+                elif task.is_async and task.timeout is None:  # the common case, without a layer
+                    await task.func(*task.args, **task.kwargs)
+                else:
                     await self._execute(task)
             except asyncio.CancelledError as exc:
                 if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
-                    with self._lock:
-                        self._running -= 1
-                        self.metrics.running.pop(token, None)
+                    batch.running = False
                     raise
-                failure = self._failed_task(task, exc, attempt, batch, started, token)  # raised by the task itself
-                await self._notify(failure)
+                failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
+                await self._notify(failure)  # type: ignore[arg-type]
                 return
             except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                 final = attempt > task.retries
-                failure = self._failed_task(task, exc, attempt, batch, started, token, final)
+                failure = self._attempt_ended(task, batch, attempt, exc, final)
                 if final:
-                    await self._notify(failure)
+                    await self._notify(failure)  # type: ignore[arg-type]
                     return
                 delay = task.retry_delay * 2 ** (attempt - 1)
                 delay = random.uniform(delay / 2, delay)
@@ -1019,7 +1058,7 @@ class BackgroundRunner:
                 )
                 await self._backoff(delay)
             else:
-                self._succeeded_task(task, started, token)
+                self._attempt_ended(task, batch, attempt, None)
                 return
 
     async def _backoff(self, delay: float) -> None:
@@ -1027,8 +1066,7 @@ class BackgroundRunner:
         deadline: a retry that would start after it starts now instead, while it can still finish."""
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
-        with self._lock:
-            self._waiting += 1
+        self._waiting += 1
         try:
             if self._deadline is None:  # not shutting down (yet): sleep, unless shutdown starts meanwhile
                 if self._closing is None or self._closing.done() or self._closing.get_loop() is not loop:
@@ -1038,8 +1076,7 @@ class BackgroundRunner:
                 return
             await asyncio.sleep(end - loop.time())
         finally:
-            with self._lock:
-                self._waiting -= 1
+            self._waiting -= 1
 
     async def _execute(self, task: BackgroundTask) -> None:
         if task.is_async:
@@ -1051,8 +1088,7 @@ class BackgroundRunner:
                 error = await asyncio.wait_for(_captured(call), task.timeout)
             except asyncio.TimeoutError:
                 with self._lock:
-                    self._timed_out += 1
-                    self.metrics.count(task.name, "timed_out")
+                    self.metrics.count(task.name, TIMED_OUT)
                 raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
             if error is not None:
                 raise error
@@ -1062,8 +1098,7 @@ class BackgroundRunner:
             done, _ = await asyncio.wait({future}, timeout=task.timeout)
             if not done:
                 with self._lock:
-                    self._timed_out += 1
-                    self.metrics.count(task.name, "timed_out")
+                    self.metrics.count(task.name, TIMED_OUT)
                 logger.warning(
                     "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
                     task.name, task.timeout,

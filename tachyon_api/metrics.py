@@ -126,11 +126,9 @@ class _TaskCollector(Collector):
     def collect(self) -> Iterator[Any]:
         runner = self.app.background
         with runner._lock:
-            rows = [
-                (name, [getattr(m, outcome) for outcome in OUTCOMES], list(m.buckets), m.total)
-                for name, m in runner.metrics.by_name.items()
-            ]
-            running, queued = runner._running, runner._queued
+            rows = runner.metrics.rows()
+        stats = runner.stats()
+        running, queued = stats.running, stats.queued
         tasks = CounterMetricFamily("tachyon_tasks", "Background task attempts by outcome", labels=["name", "outcome"])
         durations = HistogramMetricFamily(
             "tachyon_task_duration_seconds", "Duration of background task attempts", labels=["name"]

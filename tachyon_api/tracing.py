@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from typing import Any
 
 __all__ = ["ENABLED", "task_span", "job_span", "traceparent"]
@@ -30,19 +31,28 @@ if ENABLED:  # imported once here, so a task attempt pays no import lookups
 
     # Follows the provider the app sets, even after this import (a proxy tracer until then).
     _tracer = _trace.get_tracer("tachyon_api.background")
+    _PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def _configured() -> bool:
     """Whether an SDK is set up (a tracer provider was set). The API alone records nothing, yet a span through
-    it costs about as much as the rest of a task's bookkeeping: skip it then."""
-    return not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    it costs about as much as the rest of a task's bookkeeping: skip it then.
+
+    Checked for every task attempt, so it reads the API's global provider (set once, never unset) instead of
+    calling ``get_tracer_provider()``, which looks the environment up on each call while none is set (2 us);
+    a provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` is loaded by that call, so it is made when the variable
+    was set at import."""
+    if _trace._TRACER_PROVIDER is not None:
+        return True
+    return _PROVIDER_FROM_ENV and not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
 
 
 def task_span(name: str, attempt: int, method: str, path: str) -> Any:
     """A span for one attempt of an in-process task, linked to the request's span (call it in the batch's
-    context, where the request's span is current)."""
+    context, where the request's span is current); None when tracing is off, so the runner calls the task
+    without a context manager around it."""
     if not ENABLED or not _configured():
-        return contextlib.nullcontext()
+        return None
     request_span = _trace.get_current_span().get_span_context()
     return _tracer.start_as_current_span(
         f"task {name}",

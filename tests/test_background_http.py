@@ -589,16 +589,55 @@ def test_a_batch_of_plain_sync_tasks_keeps_its_order_and_its_request_context() -
 # --- 6: concurrency limit, queue and overflow policies ----------------------------------------------------------
 
 
-def test_concurrency_limit_queues_the_rest() -> None:
+def _sleeper(kind: str, seconds: float, then: Any) -> Any:
+    """A task that sleeps ``seconds`` then calls ``then(i)``: ``async def`` (runs on the loop) or a plain
+    ``def`` (a batch of plain sync tasks runs in one worker thread, which reports back only when the loop
+    waits for it: a queued batch, a request waiting for room, join, shutdown)."""
+    if kind == "async":
+
+        async def job(i: int) -> None:
+            await asyncio.sleep(seconds)
+            then(i)
+
+        return job
+
+    def job(i: int) -> None:  # type: ignore[no-redef]
+        time.sleep(seconds)
+        then(i)
+
+    return job
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_concurrency_limit_queues_the_rest(kind: str) -> None:
+    """Mutant caught on the sync path (background.py, ``_run_in_thread``): a worker that does not ask the
+    loop to start the queued batch when it leaves (the queued jobs never run)."""
     state = {"now": 0, "max": 0}
     done: list[int] = []
+    lock = threading.Lock()
 
-    async def job(i: int) -> None:
-        state["now"] += 1
-        state["max"] = max(state["max"], state["now"])
-        await asyncio.sleep(0.3)
-        state["now"] -= 1
-        done.append(i)
+    def start(i: int) -> None:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+
+    def end(i: int) -> None:
+        with lock:
+            state["now"] -= 1
+            done.append(i)
+
+    inner = _sleeper(kind, 0.3, end)
+    if kind == "async":
+
+        async def job(i: int) -> None:
+            start(i)
+            await inner(i)
+
+    else:
+
+        def job(i: int) -> None:  # type: ignore[no-redef]
+            start(i)
+            inner(i)
 
     app = Tachyon(background_concurrency=2)
 
@@ -623,16 +662,18 @@ def test_concurrency_limit_queues_the_rest() -> None:
     assert (idle.queued, idle.running, idle.succeeded, idle.dropped) == (0, 0, 6, 0)
 
 
-def test_overflow_wait_delays_the_response_until_there_is_room_and_loses_nothing() -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_overflow_wait_delays_the_response_until_there_is_room_and_loses_nothing(kind: str) -> None:
     """With the runner full, "wait" is admission control: the response waits for room, so clients slow down
     (a held ASGI call alone would not: uvicorn serves the connection's next request once the response is
-    complete) and memory stays bounded."""
+    complete) and memory stays bounded.
+
+    Mutant caught on the sync path (background.py, ``_run_in_thread``): a worker that does not wake the loop
+    when it frees room while a request waits for it (the third response then waits the whole
+    ``shutdown_timeout``)."""
     calls: list[dict[str, Any]] = []
     done: list[int] = []
-
-    async def job(i: int) -> None:
-        await asyncio.sleep(0.4)
-        done.append(i)
+    job = _sleeper(kind, 0.4, done.append)
 
     app = Tachyon(background_concurrency=1, background_queue=1, background_overflow="wait")
     app.add_middleware(CallTimer, calls=calls)

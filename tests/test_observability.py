@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon
-from tachyon_api.background import DURATION_BOUNDS, RQBackend, TaskMetrics
+from tachyon_api.background import DURATION_BOUNDS, FAILED, SUCCEEDED, RQBackend, TaskMetrics
 from tachyon_api.dashboard import task_dashboard
 from tachyon_api.metrics import instrument
 from tachyon_api.requests import Request
@@ -32,19 +32,18 @@ from .conftest import ARTIFACTS, ROOT, client_for, free_port, serve, wait_for_po
 def test_histogram_percentiles_are_within_the_bucket_resolution() -> None:
     metrics = TaskMetrics()
     for ms in range(1, 101):  # 1 ms .. 100 ms, uniform
-        token = metrics.started("t", "GET", "/", 1)
-        metrics.ended(token, "t", "succeeded", ms / 1000)
+        metrics.record("t", SUCCEEDED, ms / 1000)
     row = metrics.snapshot()["names"][0]
     assert row["count"] == 100 and row["succeeded"] == 100
     for q, exact in ((50, 0.050), (95, 0.095), (99, 0.099)):
         assert abs(row[f"p{q}"] - exact) / exact < 0.1, (q, row[f"p{q}"])
-    assert metrics.snapshot()["running"] == []
+    assert (metrics.duration_count, metrics.totals[SUCCEEDED]) == (100, 100)
 
 
 def test_task_names_and_failures_are_bounded() -> None:
     metrics = TaskMetrics(max_names=3, max_failures=2)
     for i in range(10):
-        metrics.ended(metrics.started(f"name{i}", "GET", "/", 1), f"name{i}", "failed", 0.001)
+        metrics.record(f"name{i}", FAILED, 0.001)
         metrics.failure(f"name{i}", "GET", "/", 1, ValueError(i))
     snapshot = metrics.snapshot()
     assert [r["name"] for r in snapshot["names"]] == ["(other)", "name0", "name1", "name2"]
