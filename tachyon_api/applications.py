@@ -180,6 +180,7 @@ class Tachyon(RouteDecorators):
         if kind == "http":
             route, values, allowed = self._tree.lookup(scope["method"], scope["path"])
             if route is not None:
+                scope["route"] = route  # as in Starlette: for middlewares (metrics, logs) that want the template
                 return route.handler(scope, receive, send, values)  # type: ignore[misc]
             if allowed:
                 exc = HTTPException(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})

@@ -42,7 +42,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 import msgspec
 
 from .background import BackgroundTasks
-from .datastructures import UploadFile
+from .datastructures import Headers, QueryParams, UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
 from .params import Param
@@ -354,8 +354,8 @@ class Context:
     ``Depends(..., scope="function")``, which runs before it (see :meth:`exit_function_scope`).
     """
 
-    __slots__ = ("app", "scope", "receive", "path_params", "_request", "errors", "cache", "stack", "early",
-                 "background")
+    __slots__ = ("app", "scope", "receive", "path_params", "_request", "_query", "_headers", "errors", "cache",
+                 "stack", "early", "background")
     is_websocket = False
 
     def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
@@ -364,6 +364,8 @@ class Context:
         self.receive = receive
         self.path_params = path_params
         self._request: Request | None = None
+        self._query: QueryParams | None = None
+        self._headers: Headers | None = None
         self.errors: list[dict[str, Any]] = []
         self.cache: dict[Any, Any] = {}
         self.stack: contextlib.AsyncExitStack | None = None
@@ -373,8 +375,28 @@ class Context:
     @property
     def request(self) -> Request:
         if self._request is None:
-            self._request = Request(self.scope, self.receive)
+            request = self._request = Request(self.scope, self.receive)
+            request._query, request._headers = self._query, self._headers  # parsed already, or None
         return self._request
+
+    # Query and header parameters read these, not ``request``: no Request object (and nothing to close) for an
+    # endpoint that only takes parameters.
+    def query_params(self) -> QueryParams:
+        """The query string, parsed once per request."""
+        query = self._query
+        if query is None:
+            query = self._query = QueryParams(self.scope.get("query_string", b""))
+        return query
+
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers(self.scope["headers"])
+        return headers
+
+    def cookies(self) -> QueryParams:
+        """The cookies as a multi-dict (one value per name)."""
+        return QueryParams(list(self.request.cookies.items()))
 
     def tasks(self) -> BackgroundTasks:
         if self.background is None:
@@ -405,6 +427,11 @@ class Context:
             await stack.aclose()
         else:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
+
+    @property
+    def needs_close(self) -> bool:
+        """Whether :meth:`close` has anything to do (a request without cleanups or a body skips its await)."""
+        return self.stack is not None or self._request is not None
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.
@@ -494,7 +521,7 @@ class Plan:
     the request parameters of this callable, ``dependencies`` the dependencies it calls (each with its plan).
     """
 
-    __slots__ = ("steps", "params", "dependencies")
+    __slots__ = ("steps", "params", "dependencies", "is_async")
 
     def __init__(
         self,
@@ -505,6 +532,18 @@ class Plan:
         self.steps = steps
         self.params = params or []
         self.dependencies = dependencies or []
+        # No body and no async dependency: solve_now() gets the arguments without a coroutine.
+        self.is_async = any(is_async or not name for name, _, is_async in steps)
+
+    def solve_now(self, ctx: Context) -> dict[str, Any]:
+        """:meth:`solve` for a plan whose steps are all synchronous (``is_async`` False)."""
+        values: dict[str, Any] = {}
+        for name, extract, _ in self.steps:
+            try:
+                values[name] = extract(ctx)
+            except FieldError as exc:
+                ctx.errors.append(exc.error)
+        return values
 
     async def solve(self, ctx: Context) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -542,7 +581,7 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     """Read one string (or the list of a repeated key) from query, header or cookie, and convert it."""
     inner, _ = _unwrap_optional(tp)
     item = _list_item(inner)
-    getter = _GETTERS[source][item is not None]
+    values_of = _SOURCES[source]
     required = default is ...
     loc = [source, key]
     if item is not None:
@@ -553,7 +592,7 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
         split_repeated = _strip(_unwrap_optional(item)[0])[0] not in (str, Any, _EMPTY)
 
         def extract_list(ctx: Context) -> Any:
-            raw = getter(ctx)(key)
+            raw = values_of(ctx).getlist(key)
             if not raw:
                 if required:
                     raise _missing(loc)
@@ -569,7 +608,7 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     convert = _converter(inner)
 
     def extract(ctx: Context) -> Any:
-        value = getter(ctx)(key)
+        value = values_of(ctx).get(key)
         if value is None:
             if required:
                 raise _missing(loc)
@@ -636,14 +675,11 @@ def _list_converter(list_tp: Any, loc: list[Any]) -> Callable[[list[str]], list[
     return convert_list
 
 
-# How each source reads one value, and all the values of a repeated key, from the request.
-_GETTERS: dict[str, tuple[Callable[[Context], Any], Callable[[Context], Any]]] = {
-    "query": (lambda ctx: ctx.request.query_params.get, lambda ctx: ctx.request.query_params.getlist),
-    "header": (lambda ctx: ctx.request.headers.get, lambda ctx: ctx.request.headers.getlist),
-    "cookie": (
-        lambda ctx: ctx.request.cookies.get,
-        lambda ctx: (lambda key: [v] if (v := ctx.request.cookies.get(key)) is not None else []),
-    ),
+# Where each source's values are: a multi-dict with ``get(key)`` (the last value) and ``getlist(key)``.
+_SOURCES: dict[str, Callable[[Context], Any]] = {
+    "query": Context.query_params,
+    "header": Context.headers,
+    "cookie": Context.cookies,
 }
 
 
@@ -937,7 +973,8 @@ class Dependency:
                 return ctx.cache[self.cache_key]
             except KeyError:
                 pass
-        kwargs = await self.plan.solve(ctx)
+        plan = self.plan
+        kwargs = await plan.solve(ctx) if plan.is_async else plan.solve_now(ctx)
         if ctx.errors:
             # The request is invalid already: do not call anything, but let the remaining parameters be
             # checked too, so the 422 lists every failing field.
@@ -1068,7 +1105,7 @@ def _compile_plan(
                 steps.append((name, lambda ctx: ctx.request, False))
             continue
         if _is_background_type(tp):
-            steps.append((name, lambda ctx: ctx.tasks(), False))
+            steps.append((name, Context.tasks, False))
             continue
         if isinstance(default, Depends) or (
             default is _EMPTY and injectable_scope(tp) is not None
@@ -1115,7 +1152,7 @@ def _compile_plan(
             if key not in path_names:
                 raise TypeError(f"{where}: path parameter '{key}' is not in the route's path")
             steps.append((name, _path_extractor(key, tp), False))
-        elif source in _GETTERS:
+        elif source in _SOURCES:
             key = (key or name.replace("_", "-")).lower() if source == "header" else key or name
             steps.append((name, _value_extractor(source, key, tp, value_default), False))
         elif source in ("form", "file"):

@@ -26,6 +26,9 @@ class _MultiDict(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return self._dict[key]
 
+    def get(self, key: str, default: Any = None) -> Any:  # Mapping's get goes through __getitem__ and a KeyError
+        return self._dict.get(key, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._dict)
 

@@ -494,7 +494,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 ctx = Context(app, scope, receive, path_params)
                 for guard in guards:
                     await guard.resolve(ctx)
-                kwargs = await plan.solve(ctx)
+                kwargs = await plan.solve(ctx) if plan.is_async else plan.solve_now(ctx)
                 if ctx.errors:
                     raise RequestValidationError(ctx.errors)
                 if is_async:
@@ -506,7 +506,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
                 response = None
-                tasks = collect(None, ctx.background) if ctx is not None and ctx.background is not None else None
+                tasks = list(ctx.background) if ctx is not None and ctx.background is not None else None
             else:
                 response = result
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
@@ -551,7 +551,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             try:
                 # Cleanups and uploaded files close before the tasks are handed over, with or without a
                 # lifespan, so a task sees the same thing in tests as in production.
-                if ctx is not None:
+                if ctx is not None and ctx.needs_close:
                     await ctx.close()
             finally:
                 if tasks:
