@@ -282,7 +282,7 @@ class BackgroundTasks:
     __slots__ = ("_tasks", "_backend")
 
     def __init__(self, tasks: Sequence[BackgroundTask] | None = None, *, backend: Any = None) -> None:
-        self._tasks: list[BackgroundTask] = list(tasks or ())
+        self._tasks: list[BackgroundTask] = [] if tasks is None else list(tasks)
         self._backend = backend
 
     def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:

@@ -506,7 +506,9 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
                 response = None
-                tasks = list(ctx.background) if ctx is not None and ctx.background is not None else None
+                # The injected tasks, copied (a list, never None when a task was added; BackgroundTasks' own
+                # list is read directly: this runs on every request of an endpoint that takes it)
+                tasks = ctx.background._tasks[:] if ctx is not None and ctx.background is not None else None
             else:
                 response = result
                 tasks = collect(result.background, ctx.background if ctx is not None else None)
