@@ -7,6 +7,8 @@ first (any filter) so that the mutants exist, then:
 
     mutmut run --max-children 1 $(python scripts/mutation_sample.py tachyon_api.compiler 300)
     python scripts/mutation_sample.py tachyon_api.compiler 300 --score
+
+``--pending`` prints only the names not checked yet, to resume an interrupted run.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ def main() -> None:
     parser.add_argument("size", type=int)
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--score", action="store_true", help="print the sample's score instead of its names")
+    parser.add_argument("--pending", action="store_true", help="only the names of the sample not checked yet")
     args = parser.parse_args()
     statuses = mutants()
     names = sorted(name for name in statuses if name.startswith(args.module + "."))
     sample = random.Random(args.seed).sample(names, min(args.size, len(names)))
     if not args.score:
-        print("\n".join(sample))
+        print("\n".join(name for name in sample if not args.pending or statuses[name] == "not checked"))
         return
     counts: dict[str, int] = {}
     for name in sample:
