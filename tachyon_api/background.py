@@ -758,6 +758,8 @@ class BackgroundRunner:
         self.started = True
         self._closed = False
         self._cancelling = False
+        with self._lock:  # a drain asked of a previous loop that stopped before running it must not block this one
+            self._drain_scheduled = False
 
     async def admit(self, tasks: list[BackgroundTask], method: str, path: str) -> bool:
         """Before the response is sent: wait while the runner is full, so overload slows clients down.

@@ -852,3 +852,30 @@ def test_join_waits_until_the_runner_is_idle() -> None:
         # Idle already: returns at once.
         response, elapsed = timed("GET", f"{url}/join?timeout=3")
         assert response.json()["idle"] is True and elapsed < 0.2
+
+
+def test_a_drain_left_pending_by_a_previous_loop_does_not_block_the_next_serving_session() -> None:
+    """A worker asks the loop to start queued batches only when no such request is pending. If a previous
+    event loop stopped before running one (a test client's loop, a restarted server), the runner must not
+    believe it still pending on the next start, or queued sync batches would never start.
+
+    Mutant caught (background.py, ``BackgroundRunner.start``): not resetting ``_drain_scheduled``."""
+    done: list[int] = []
+
+    def job(i: int) -> None:
+        time.sleep(0.1)
+        done.append(i)
+
+    app = Tachyon(background_concurrency=1)
+    app.background._drain_scheduled = True  # what a loop that stopped before running the drain leaves behind
+
+    @app.post("/job/{i}")
+    def add(i: int, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(job, i)
+        return {"i": i}
+
+    with serve(app) as url:
+        for i in range(3):
+            assert httpx.post(f"{url}/job/{i}").status_code == 200
+        assert wait_until(lambda: len(done) == 3, 3), f"queued batches never started: {done}"
+    assert done == [0, 1, 2]
