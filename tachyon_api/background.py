@@ -985,18 +985,11 @@ class BackgroundRunner:
                                 _on_loop(batch.loop, _awaited(result))
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
-                duration = time.perf_counter() - started
-                with lock:
-                    batch.running = False
-                    if batch.abandoned:  # shutdown counted and logged it already
-                        return
-                    self.metrics.record(task.name, SUCCEEDED if error is None else FAILED, duration)
-                    if error is not None:
-                        self.metrics.failure(task.name, method, path, 1, error)
-                if error is not None:
-                    logger.error("Background task %s failed (request %s %s)", task.name, method, path, exc_info=error)
-                    if self.hooks:  # part of the batch: join() and shutdown wait for the hooks too
-                        _on_loop(batch.loop, self._notify(TaskFailure(task, error, 1, method, path)))
+                failure = self._attempt_ended(task, batch, 1, error)
+                if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
+                    return
+                if failure is not None and self.hooks:  # part of the batch: join() and shutdown wait for the hooks
+                    _on_loop(batch.loop, self._notify(failure))
         finally:
             with lock:
                 self._threaded.discard(batch)
@@ -1012,18 +1005,24 @@ class BackgroundRunner:
     def _attempt_ended(
         self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True
     ) -> TaskFailure | None:
-        """On the loop: count one attempt of ``task`` (and log it if it finally failed)."""
+        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), and log it
+        if it finally failed. Nothing is counted for a batch abandoned at the shutdown deadline: shutdown
+        counted its tasks as lost."""
         duration = time.perf_counter() - batch.since
-        batch.running = False
         outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
         with self._lock:
+            batch.running = False
+            if batch.abandoned:
+                return None
+            if outcome != RETRIED:
+                batch.index += 1  # done with it: neither running nor lost any more
             self.metrics.record(task.name, outcome, duration)
-            if error is not None and final:
-                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)
-        if error is None or not final:
+            if outcome == FAILED:
+                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+        if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
-        return TaskFailure(task, error, attempt, batch.method, batch.path)
+        return TaskFailure(task, error, attempt, batch.method, batch.path)  # type: ignore[arg-type]
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
         attempt = 0
