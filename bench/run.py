@@ -124,9 +124,11 @@ CONTENDERS = {
     "ours-observed": ("ours", "tachyon_observed"),
     # Every `def` endpoint on the event loop (Tachyon(sync_to_thread=False)): the opt-in's figures.
     "ours-inline": ("ours", "tachyon_inline"),
+    # Without gc.freeze() after startup (Tachyon(gc_freeze=False)): what the frozen heap does to the p99.
+    "ours-nofreeze": ("ours", "tachyon_nofreeze"),
 }
 CONTENDER_ORDER = ["raw", "ours", "upstream", "fastapi"]
-EXTRA_CONTENDERS = ["ours-bare", "ours-observed", "ours-inline"]
+EXTRA_CONTENDERS = ["ours-bare", "ours-observed", "ours-inline", "ours-nofreeze"]
 
 VERSION_SNIPPET = r"""
 import json, sys, importlib.metadata as md

@@ -353,3 +353,34 @@ def test_lifespan_exit_failure_under_uvicorn_still_runs_shutdown_handlers():
         assert httpx.get(f"{url}/ok").json() == "ok"
     assert done.is_set()
     assert events == ["lifespan-exit", "shutdown"]
+
+
+GC_APP = """
+import gc
+from tachyon_api import Tachyon
+
+app = Tachyon({options})
+BUILT_AT_IMPORT = [object()]  # alive for the whole process, like a route table or a connection pool
+
+
+@app.get("/gc")
+def gc_state():
+    per_request = [object()]
+    tracked = gc.get_objects()  # frozen objects are out of the collector's lists
+    return {{
+        "frozen": gc.get_freeze_count(),
+        "import_object_scanned": any(obj is BUILT_AT_IMPORT for obj in tracked),
+        "request_object_scanned": any(obj is per_request for obj in tracked),
+    }}
+"""
+
+
+@pytest.mark.parametrize("options, frozen", [("", True), ("gc_freeze=False", False)])
+def test_objects_alive_at_startup_leave_the_collectors_full_scans_unless_turned_off(serve_process, options, frozen):
+    """Under a real server, the objects alive after startup are frozen (so a full collection, which holds the GIL,
+    no longer scans them: it was the p99 of `def` endpoints), while what a request makes is still collected."""
+    server = serve_process(GC_APP.format(options=options))
+    state = httpx.get(f"{server.url}/gc", timeout=10).json()
+    assert state["request_object_scanned"] is True
+    assert state["import_object_scanned"] is (not frozen)
+    assert (state["frozen"] > 0) is frozen

@@ -32,7 +32,9 @@ from tachyon_api.background import BackgroundTasks
 # tachyon_inline.py serves this same file with every `def` endpoint on the loop (ours only: 1.3 has no such
 # option, and never sees the variable).
 _INLINE = bool(os.environ.get("TACHYON_BENCH_INLINE"))
-app = Tachyon(sync_to_thread=False) if _INLINE else Tachyon()
+# tachyon_nofreeze.py: the same app without gc.freeze() after startup (ours only, like the variable above).
+_OPTIONS = {"gc_freeze": False} if os.environ.get("TACHYON_BENCH_NO_GC_FREEZE") else {}
+app = Tachyon(sync_to_thread=False, **_OPTIONS) if _INLINE else Tachyon(**_OPTIONS)
 
 
 # --------------------------------------------------------------------------
