@@ -430,8 +430,9 @@ class Context:
 
     @property
     def needs_close(self) -> bool:
-        """Whether :meth:`close` has anything to do (a request without cleanups or a body skips its await)."""
-        return self.stack is not None or self._request is not None
+        """Whether :meth:`close` has anything to do (cleanups, or uploaded files: a request without them skips
+        its await)."""
+        return self.stack is not None or (self._request is not None and self._request._form is not None)
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.
@@ -854,7 +855,7 @@ def _field_type(tp: Any, name: str) -> Any:
 
 
 def _is_json(content_type: str | None) -> bool:
-    if not content_type:
+    if not content_type or content_type == "application/json":
         return True
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
@@ -880,7 +881,7 @@ def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> 
         if not _is_json(request.headers.get("content-type")):
             raise FieldError(["body"], "Expected content type application/json", "content_type")
         body = await request.body()
-        if not body.strip():
+        if not body or body.isspace():  # no copy of the body, unlike strip()
             if required:
                 raise _missing(["body"])
             return {name: default}

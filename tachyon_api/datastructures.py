@@ -6,7 +6,8 @@ All of them parse lazily from the ASGI scope, so a request pays only for what it
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Iterator, Mapping, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from .concurrency import run_in_threadpool
@@ -107,7 +108,7 @@ class Headers(Mapping[str, str]):
     def __init__(self, raw: list[tuple[bytes, bytes]] | Mapping[str, str] | None = None) -> None:
         if raw is None:
             raw = []
-        elif isinstance(raw, Mapping):
+        elif type(raw) is not list and isinstance(raw, Mapping):  # a request's scope gives a list: no ABC check
             raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
         self.raw = raw
         self._dict: dict[str, str] | None = None
@@ -126,14 +127,21 @@ class Headers(Mapping[str, str]):
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         if self._dict is not None:
             return self._dict.get(key.lower(), default)
-        # One lookup (the usual case) scans the raw list instead of decoding every header into a dict. ASGI
-        # servers send lower-case names; the last value wins, as in the dict.
+        # One lookup (the usual case) scans the raw list instead of decoding every header into a dict; the last
+        # value wins, as in the dict. ASGI servers send lower-case names, so the exact comparison finds them; a
+        # hand-made scope with other spellings pays for lower-casing only when that found nothing.
         name = key.lower().encode("latin-1")
-        found = default
+        found = _ABSENT
         for raw_name, raw_value in self.raw:
-            if raw_name == name or raw_name.lower() == name:
-                found = raw_value.decode("latin-1")
-        return found
+            if raw_name == name:
+                found = raw_value
+        if found is _ABSENT:
+            for raw_name, raw_value in self.raw:
+                if raw_name.lower() == name:
+                    found = raw_value
+            if found is _ABSENT:
+                return default
+        return found.decode("latin-1")
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key, _ABSENT) is not _ABSENT
