@@ -366,8 +366,9 @@ class Context:
         self._request: Request | None = None
         self._query: QueryParams | None = None
         self._headers: Headers | None = None
-        self.errors: list[dict[str, Any]] = []
-        self.cache: dict[Any, Any] = {}
+        # Made on first use: most requests have no invalid field and no cached dependency.
+        self.errors: list[dict[str, Any]] | None = None
+        self.cache: dict[Any, Any] | None = None
         self.stack: contextlib.AsyncExitStack | None = None
         self.early: contextlib.AsyncExitStack | None = None
         self.background: BackgroundTasks | None = None
@@ -397,6 +398,13 @@ class Context:
     def cookies(self) -> QueryParams:
         """The cookies as a multi-dict (one value per name)."""
         return QueryParams(list(self.request.cookies.items()))
+
+    def fail(self, error: dict[str, Any]) -> None:
+        """Record one invalid field; the request is answered 422 with every one recorded."""
+        if self.errors is None:
+            self.errors = [error]
+        else:
+            self.errors.append(error)
 
     def tasks(self) -> BackgroundTasks:
         if self.background is None:
@@ -506,10 +514,13 @@ def _foreign_websocket(cls: type) -> Extractor:
     One per connection, shared by every parameter that asks for it."""
 
     def extract(ctx: Context) -> Any:
-        socket = ctx.cache.get(cls)
+        cache = ctx.cache
+        if cache is None:
+            cache = ctx.cache = {}
+        socket = cache.get(cls)
         if socket is None:
             ws = ctx.websocket  # type: ignore[attr-defined]
-            socket = ctx.cache[cls] = cls(ctx.scope, ws.receive, ws.send)
+            socket = cache[cls] = cls(ctx.scope, ws.receive, ws.send)
         return socket
 
     return extract
@@ -543,7 +554,7 @@ class Plan:
             try:
                 values[name] = extract(ctx)
             except FieldError as exc:
-                ctx.errors.append(exc.error)
+                ctx.fail(exc.error)
         return values
 
     async def solve(self, ctx: Context) -> dict[str, Any]:
@@ -555,7 +566,7 @@ class Plan:
                 else:
                     values[name] = await extract(ctx) if is_async else extract(ctx)
             except FieldError as exc:
-                ctx.errors.append(exc.error)
+                ctx.fail(exc.error)
         return values
 
 
@@ -970,10 +981,9 @@ class Dependency:
             except KeyError:
                 return await self._create_singleton(ctx)
         elif self.use_cache and self.scope != SCOPE_TRANSIENT:
-            try:
-                return ctx.cache[self.cache_key]
-            except KeyError:
-                pass
+            cache = ctx.cache
+            if cache is not None and self.cache_key in cache:
+                return cache[self.cache_key]
         plan = self.plan
         kwargs = await plan.solve(ctx) if plan.is_async else plan.solve_now(ctx)
         if ctx.errors:
@@ -982,6 +992,8 @@ class Dependency:
             return None
         value = await self._call(ctx, kwargs)
         if self.use_cache and self.scope != SCOPE_TRANSIENT:
+            if ctx.cache is None:
+                ctx.cache = {}
             ctx.cache[self.cache_key] = value
         return value
 
