@@ -10,7 +10,9 @@ Routes, relative to the router's prefix:
   works on an air-gapped host); it updates itself from the event stream without a reload.
 - ``GET /data``: the same data as JSON, for scripts.
 - ``GET /events``: Server-Sent Events, one ``data:`` line of that JSON whenever it changes (checked every
-  ``refresh`` seconds) and a comment line every 15 s to keep proxies from closing an idle stream.
+  ``refresh`` seconds) and a comment line every 15 s to keep proxies from closing an idle stream. The open
+  pages of one app share the reads: the data is fetched at most twice per ``refresh`` period however many
+  pages are open (with a durable backend, each fetch reads Redis).
 - ``POST /requeue/{job_id}``: put a failed RQ job back on its queue. Only accepted with the header
   ``X-Tachyon-Dashboard: requeue``, which a cross-site form cannot set, and only from the page's own origin:
   when the browser says where the request comes from (``Sec-Fetch-Site``, ``Origin``), it must be this site,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import weakref
 from typing import Any, AsyncIterator, Sequence
 
 import msgspec
@@ -73,6 +76,7 @@ def task_dashboard(
         )
     router = Router(prefix=prefix, dependencies=dependencies)
     page = _PAGE.replace("{{title}}", html.escape(title)).encode()
+    shared = _SharedData(refresh)
 
     @router.get("/", include_in_schema=False)
     async def dashboard_page() -> HTMLResponse:
@@ -85,7 +89,7 @@ def task_dashboard(
     @router.get("/events", include_in_schema=False)
     async def dashboard_events(request: Request) -> StreamingResponse:
         return StreamingResponse(
-            _events(request, refresh),
+            _events(request.app, shared, refresh),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
@@ -118,15 +122,40 @@ def _same_origin(request: Request) -> bool:
     return origin.lower() == f"{url.scheme}://{url.netloc}".lower()
 
 
-async def _events(request: Request, refresh: float) -> AsyncIterator[bytes]:
+class _SharedData:
+    """The event streams' data, fetched once for every open page of an app, and fetched again only when it is
+    older than half a ``refresh`` period: ten open pages must not read Redis ten times a second. A page
+    therefore sees a change at most 1.5 periods late, and an app's dashboard reads at most twice a period."""
+
+    def __init__(self, refresh: float) -> None:
+        self._max_age = refresh / 2
+        self._latest: weakref.WeakKeyDictionary[Any, tuple[float, asyncio.Future[bytes]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(self, app: Any) -> bytes:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        latest = self._latest.get(app)
+        if latest is None or now - latest[0] > self._max_age or latest[1].get_loop() is not loop:
+            latest = self._latest[app] = (now, loop.create_task(self._fetch(app)))
+        # shielded: one page closing while the read is in flight must not cancel it for the others
+        return await asyncio.shield(latest[1])
+
+    @staticmethod
+    async def _fetch(app: Any) -> bytes:
+        data = await dashboard_data(app)
+        for row in data["running"]:  # ages change every second; round them so an idle page stays quiet
+            row["age"] = round(row["age"])
+        return msgspec.json.encode(data)
+
+
+async def _events(app: Any, shared: _SharedData, refresh: float) -> AsyncIterator[bytes]:
     """Send the data when it changed; endless: StreamingResponse stops it when the client disconnects."""
     last = b""
     quiet = 0.0
     while True:
-        data = await dashboard_data(request.app)
-        for row in data["running"]:  # ages change every second; round them so an idle page stays quiet
-            row["age"] = round(row["age"])
-        body = msgspec.json.encode(data)
+        body = await shared.get(app)
         if body != last:
             last, quiet = body, 0.0
             yield b"data: " + body + b"\n\n"

@@ -6,6 +6,7 @@ each page is kept under ``tests/artifacts/`` when a browser test fails.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -378,6 +379,51 @@ def test_a_failure_appears_on_the_open_page_without_a_reload(page: Any, serve_pr
     assert cells[:3] == ["send_invoice", "0", "1"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+
+
+def test_open_dashboards_share_their_reads_of_redis(redis_url: str) -> None:
+    """Five pages listening to the event stream of an app with a durable backend: the queue is read a few
+    times per refresh period in all, not once per page and period (which would be 5 x 8 = 40 reads here)."""
+    backend = RQBackend(redis_url, queue="dashboard-shared")
+    reads = []
+    read_stats = backend.stats
+
+    def counted_stats() -> Any:
+        reads.append(time.monotonic())
+        return read_stats()
+
+    backend.stats = counted_stats  # the real read, counted
+    app = Tachyon(task_backend=backend)
+    refresh = 0.2
+    app.include_router(task_dashboard(prefix="/admin/tasks", public=True, refresh=refresh))
+    pages = 5
+    events: list[list[str]] = [[] for _ in range(pages)]
+
+    async def listen(url: str, received: list[str]) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            async with client.stream("GET", f"{url}/admin/tasks/events") as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        received.append(line)
+
+    async def listen_for(url: str, received: list[str], seconds: float) -> None:
+        try:
+            await asyncio.wait_for(listen(url, received), seconds)
+        except asyncio.TimeoutError:  # the page is closed
+            pass
+
+    with serve(app) as url:
+        started = time.monotonic()
+
+        async def open_pages() -> None:
+            await asyncio.gather(*(listen_for(url, received, 8 * refresh) for received in events))
+
+        asyncio.run(open_pages())
+        elapsed = time.monotonic() - started
+    assert all(received and '"durable"' in received[0] for received in events), events
+    periods = elapsed / refresh
+    assert 1 <= len(reads) <= 2 * periods + 2, (len(reads), periods)
 
 
 DURABLE_APP = '''
