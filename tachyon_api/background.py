@@ -34,6 +34,7 @@ import hashlib
 import inspect
 import logging
 import random
+import sys
 import threading
 import time
 import traceback
@@ -606,6 +607,9 @@ async def _captured(call: Awaitable[Any]) -> BaseException | None:
     return None
 
 
+_TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
+
+
 class _Batch:
     """One request's tasks on their way through the runner. Its ``index``/``attempt``/``since``/``running``
     say which task runs now, since when: the runner's list of running tasks is read from its batches."""
@@ -903,7 +907,11 @@ class BackgroundRunner:
             batch.loop = asyncio.get_running_loop()
             self.pool.post(batch.context, self._run_in_thread, batch)
             return
-        task = batch.context.run(asyncio.get_running_loop().create_task, self._run(batch))
+        loop = asyncio.get_running_loop()
+        if _TASK_CONTEXT:  # the batch's context itself: no second copy, no Context.run around the call
+            task = loop.create_task(self._run(batch), context=batch.context)
+        else:
+            task = batch.context.run(loop.create_task, self._run(batch))
         self._active[task] = batch
         task.add_done_callback(self._finished)
 
