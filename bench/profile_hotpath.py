@@ -9,6 +9,7 @@ request awaited before the next (the endpoint's thread hop included). Run it und
     python bench/profile_hotpath.py --callgrind --inline       # the same app with sync_to_thread=False
     python bench/profile_hotpath.py --scenarios items,hello    # plain run (wall time only, load-dependent)
     python bench/profile_hotpath.py --callgrind --app tachyon_observed --scenarios task-sync   # with metrics on
+    python bench/profile_hotpath.py --callgrind --upstream --scenarios hello,items   # tachyon-api 1.3 (def on the loop)
 
 ``--callgrind`` re-runs this script under ``valgrind --tool=callgrind --dump-before=getppid`` and calls
 ``os.getppid()`` (which nothing else here calls) before and after each measured loop: callgrind writes one
@@ -31,8 +32,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+UPSTREAM = "--upstream" in sys.argv  # tachyon-api 1.3 from its bench venv: this repository stays off the path
 sys.path.insert(0, str(BENCH / "apps"))
-sys.path.insert(0, str(BENCH.parent))
+if not UPSTREAM:
+    sys.path.insert(0, str(BENCH.parent))
 
 # name -> (method, path, query, headers, body); the requests of bench/run.py's scenarios.
 SCENARIOS = {
@@ -104,17 +107,24 @@ async def drive(app, names: list[str], warmup: int, n: int) -> dict[str, float]:
             raise SystemExit(f"{name}: HTTP {status}")
         for _ in range(warmup):
             await one_request(app, spec)
-        await app.background.join()
+        await _join(app)
         os.getppid()  # callgrind: a profile part ends here (warm-up) ...
         start = time.perf_counter()
         for _ in range(n):
             await one_request(app, spec)
-        await app.background.join()  # the tasks of the measured requests are part of their cost
+        await _join(app)  # the tasks of the measured requests are part of their cost
         timings[name] = time.perf_counter() - start
         os.getppid()  # ... and here (the measured loop)
     await messages.put({"type": "lifespan.shutdown"})
     await lifespan
     return timings
+
+
+async def _join(app) -> None:
+    """Wait for the background tasks of the requests so far (tachyon-api 1.3 runs them before answering)."""
+    background = getattr(app, "background", None)
+    if background is not None:
+        await background.join()
 
 
 def run_inprocess(args) -> None:
@@ -135,9 +145,11 @@ def run_inprocess(args) -> None:
 
 def run_callgrind(args) -> None:
     out = Path(tempfile.mkdtemp(prefix="tachyon-callgrind-"))
+    python = str(BENCH / ".venvs" / "upstream" / "bin" / "python") if args.upstream else sys.executable
     cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}/cg.out",
-           sys.executable, __file__, "--scenarios", ",".join(args.scenarios), "--warmup", str(args.warmup),
-           "--requests", str(args.requests), "--loop", args.loop, "--app", args.app, "--quiet"] + (["--inline"] if args.inline else [])
+           python, __file__, "--scenarios", ",".join(args.scenarios), "--warmup", str(args.warmup),
+           "--requests", str(args.requests), "--loop", args.loop, "--app", args.app, "--quiet"]
+    cmd += (["--inline"] if args.inline else []) + (["--upstream"] if args.upstream else [])
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     parts = sorted(glob.glob(f"{out}/cg.out.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
     totals = []
@@ -147,7 +159,8 @@ def run_callgrind(args) -> None:
         totals.append(int(found.group(1)) if found else 0)
     # Part 1 ends at the first getppid (imports, startup, first warm-up); then measured, warm-up, measured...
     measured = totals[1::2]
-    print(f"loop={args.loop} app={args.app} inline={args.inline} warmup={args.warmup} N={args.requests} (Ir per request)")
+    print(f"loop={args.loop} app={args.app} inline={args.inline} upstream={args.upstream} warmup={args.warmup} "
+          f"N={args.requests} (Ir per request)")
     for name, ir in zip(args.scenarios, measured):
         print(f"{name:12s} {ir / args.requests:10,.0f}")
 
@@ -161,6 +174,8 @@ def main() -> None:
     parser.add_argument("--inline", action="store_true", help="the app with sync_to_thread=False (tachyon_inline)")
     parser.add_argument("--app", default="tachyon_app",
                         help="the app module in bench/apps: tachyon_bare, tachyon_observed (observability overhead)")
+    parser.add_argument("--upstream", action="store_true",
+                        help="with --callgrind: the app on tachyon-api 1.3 (bench/.venvs/upstream, made by bench/run.py)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
