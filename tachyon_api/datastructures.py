@@ -129,19 +129,14 @@ class Headers(Mapping[str, str]):
             return self._dict.get(key.lower(), default)
         # One lookup (the usual case) scans the raw list instead of decoding every header into a dict; the last
         # value wins, as in the dict. ASGI servers send lower-case names, so the exact comparison finds them; a
-        # hand-made scope with other spellings pays for lower-casing only when that found nothing.
+        # name is lower-cased only when its length matches (a hand-made scope with other spellings).
         name = key.lower().encode("latin-1")
+        size = len(name)
         found = _ABSENT
         for raw_name, raw_value in self.raw:
-            if raw_name == name:
+            if raw_name == name or (len(raw_name) == size and raw_name.lower() == name):
                 found = raw_value
-        if found is _ABSENT:
-            for raw_name, raw_value in self.raw:
-                if raw_name.lower() == name:
-                    found = raw_value
-            if found is _ABSENT:
-                return default
-        return found.decode("latin-1")
+        return default if found is _ABSENT else found.decode("latin-1")
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key, _ABSENT) is not _ABSENT
