@@ -479,8 +479,9 @@ def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Pat
         (tmp_path / "uploaded").touch()
         page.click("#durable button:has-text('Requeue')")
         page.wait_for_selector("#durable button:has-text('requeued')")
-        assert wait_until(lambda: (tmp_path / "out.txt").exists(), 15)
-        assert (tmp_path / "out.txt").read_text() == "prices.csv\n"
+        out = tmp_path / "out.txt"  # created by open() before the line is written: wait for the line
+        assert wait_until(lambda: out.exists() and out.read_text().endswith("\n"), 15)
+        assert out.read_text() == "prices.csv\n"
         page.wait_for_selector("text=no failed jobs", timeout=5000)
     finally:
         for proc in procs:
