@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from .background import BackgroundTask, collect, has_durable, store_durable
+from .background import BackgroundTask, BackgroundTasks, collect, has_durable, store_durable
 from .compiler import (
     Context,
     Dependency,
@@ -476,11 +476,15 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     render = make_renderer(status, route.response_model)
     names = route.param_names
     no_params = not plan.steps and not guards
+    # An endpoint whose only parameter is BackgroundTasks (the seed chapter's shape): no per-request Context.
+    tasks_only = not guards and not names and len(plan.steps) == 1 and plan.steps[0][1] is Context.tasks
+    tasks_param = plan.steps[0][0] if tasks_only else ""
     pool = app.endpoint_pool
     runner = app.background
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         ctx: Context | None = None
+        background: BackgroundTasks | None = None
         try:
             if no_params:
                 if is_async:
@@ -490,28 +494,34 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 else:
                     result = await pool.run_merging_context(func)
             else:
-                scope["path_params"] = path_params = dict(zip(names, values))
-                ctx = Context(app, scope, receive, path_params)
-                for guard in guards:
-                    await guard.resolve(ctx)
-                kwargs = await plan.solve(ctx) if plan.is_async else plan.solve_now(ctx)
-                if ctx.errors:
-                    raise RequestValidationError(ctx.errors)
+                if tasks_only:
+                    background = BackgroundTasks(backend=app.task_backend)  # read now: it may be set after routes
+                    kwargs = {tasks_param: background}
+                else:
+                    scope["path_params"] = path_params = dict(zip(names, values))
+                    ctx = Context(app, scope, receive, path_params)
+                    for guard in guards:
+                        await guard.resolve(ctx)
+                    kwargs = await plan.solve(ctx) if plan.is_async else plan.solve_now(ctx)
+                    if ctx.errors:
+                        raise RequestValidationError(ctx.errors)
                 if is_async:
                     result = await func(**kwargs)
                 elif on_loop:
                     result = func(**kwargs)
                 else:
                     result = await pool.run_merging_context(func, **kwargs)
+            if ctx is not None:
+                background = ctx.background
             if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
                 response = None
                 # The injected tasks, copied (a list, never None when a task was added; BackgroundTasks' own
                 # list is read directly: this runs on every request of an endpoint that takes it)
-                tasks = ctx.background._tasks[:] if ctx is not None and ctx.background is not None else None
+                tasks = background._tasks[:] if background is not None else None
             else:
                 response = result
-                tasks = collect(result.background, ctx.background if ctx is not None else None)
+                tasks = collect(result.background, background)
             durable = tasks if tasks and has_durable(tasks) else None
             if durable:  # stored now, before the response: a 2xx means they are in Redis
                 request = ctx.request if ctx is not None else Request(scope, receive)

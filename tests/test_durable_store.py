@@ -169,3 +169,32 @@ def test_the_durable_tasks_of_one_request_are_stored_all_or_none(
         assert timed("POST", f"{base}/pair?big=false")[0].status_code == 200
     assert stored_tags(backend) == ["small"]
     assert any("maxmemory" in str(r.exc_info[1]) for r in caplog.records if r.exc_info), caplog.text
+
+
+def test_a_backend_set_after_the_routes_makes_their_tasks_durable(redis_url: str) -> None:
+    """An endpoint whose only parameter is ``BackgroundTasks`` has a handler of its own (no per-request
+    context); like every other endpoint it reads the app's backend when a request comes, so a backend set
+    after the routes were registered (in a startup hook, say) makes its tasks durable too.
+
+    Mutant caught: the tasks-only handler taking ``app.task_backend`` once, when the route is registered.
+    """
+    app = Tachyon()
+
+    @app.post("/only-tasks")
+    def only_tasks(background_tasks: BackgroundTasks):
+        background_tasks.add_task(durable_job, "only-tasks")
+        return {"ok": True}
+
+    @app.post("/with-path/{tag}")
+    def with_path(tag: str, background_tasks: BackgroundTasks):
+        background_tasks.add_task(durable_job, tag)
+        return {"ok": True}
+
+    backend = app.task_backend = RQBackend(redis_url, queue="late-backend")
+    try:
+        with serve(app) as base:
+            assert timed("POST", f"{base}/only-tasks")[0].status_code == 200
+            assert timed("POST", f"{base}/with-path/with-path")[0].status_code == 200
+        assert sorted(stored_tags(backend)) == ["only-tasks", "with-path"]
+    finally:
+        backend.queue.empty()
