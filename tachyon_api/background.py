@@ -591,6 +591,13 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _call_in_thread(task: BackgroundTask, loop: Any) -> None:
+    """Call a sync task in a worker thread; what a sync callable returns to be awaited is run on ``loop``."""
+    result = task.func(*task.args, **task.kwargs)
+    if result is not None and inspect.isawaitable(result):
+        _on_loop(loop, _awaited(result))
+
+
 async def _captured(call: Awaitable[Any]) -> BaseException | None:
     """Await ``call`` and return its exception instead of raising it.
 
@@ -983,14 +990,10 @@ class BackgroundRunner:
                 span = task_span(task.name, 1, method, path)
                 try:
                     if span is None:
-                        result = task.func(*task.args, **task.kwargs)
-                        if result is not None and inspect.isawaitable(result):  # a sync callable that made a coroutine
-                            _on_loop(batch.loop, _awaited(result))
+                        _call_in_thread(task, batch.loop)
                     else:
                         with span:
-                            result = task.func(*task.args, **task.kwargs)
-                            if result is not None and inspect.isawaitable(result):
-                                _on_loop(batch.loop, _awaited(result))
+                            _call_in_thread(task, batch.loop)
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
                 failure = self._attempt_ended(task, batch, 1, error)

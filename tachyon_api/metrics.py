@@ -67,8 +67,9 @@ class _HTTPMetrics:
     """Pure ASGI: counts and times HTTP requests; other scope types pass through untouched.
 
     The route template comes from ``scope["route"]``, which the app sets when a route matches, so a request
-    is not routed twice (only when it is absent: no route, or an inner middleware copied the scope); ``send`` is wrapped by a plain function that returns the server's awaitable, not by
-    a coroutine of its own, so the wrapper costs a call per message and no frame."""
+    is not routed twice (only when it is absent: no route, or an inner middleware copied the scope). ``send``
+    is wrapped by a plain function that returns the server's awaitable, not by a coroutine of its own, so the
+    wrapper costs a call per message and no frame."""
 
     def __init__(self, app: Any, metrics: PrometheusMetrics) -> None:
         self.app = app
