@@ -4,7 +4,6 @@ response, reliably, observably, in-process or on Redis + RQ."""
 from msgspec import Struct
 
 from .applications import Tachyon
-from .background import BackgroundTask, BackgroundTasks
 from .cache import (
     BaseCacheBackend,
     CacheConfig,
@@ -22,6 +21,7 @@ from .exceptions import HTTPException
 from .params import Body, Cookie, File, Form, Header, Path, Query
 from .requests import HTTPConnection, Request
 from .routing import Router
+from .tasks import BackgroundTask, BackgroundTasks
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 
 __version__ = "0.1.0"

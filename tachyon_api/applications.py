@@ -9,7 +9,6 @@ import logging
 import sys
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
-from .background import BackgroundRunner, ErrorHook
 from .cache import CacheConfig, set_cache_config
 from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
@@ -38,6 +37,7 @@ from .routing import (
     build_websocket_handler,
     prefixed_route,
 )
+from .tasks import BackgroundRunner, ErrorHook
 from .websockets import OpenSockets
 
 __all__ = ["Tachyon"]
@@ -99,7 +99,7 @@ class Tachyon(RouteDecorators):
 
     ``max_body_size`` bounds every request body (JSON, forms and uploads) and is enforced while reading.
     ``thread_pool_size`` bounds the threads of sync endpoints and dependencies. The ``background_*`` options
-    and ``shutdown_timeout`` configure the in-process task runner, ``app.background`` (see ``background.py``);
+    and ``shutdown_timeout`` configure the in-process task runner, ``app.background`` (see ``tasks/runner.py``);
     ``task_backend=RQBackend(...)`` makes every background task of the app durable instead.
     ``strict=False`` decodes JSON bodies laxly (msgspec's ``strict=False``: ``"9.5"`` for a float), for apps
     moving over from FastAPI; a route can choose for itself with ``@app.post(..., strict=False)``.

@@ -41,12 +41,12 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 
-from .background import BackgroundTasks
 from .datastructures import Headers, QueryParams, UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
 from .params import Param
 from .requests import HTTPConnection, Request, json_error_message
+from .tasks import BackgroundTasks
 from .websockets import WebSocket
 
 if typing.TYPE_CHECKING:

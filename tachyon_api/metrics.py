@@ -2,7 +2,7 @@
 outcome; queue depth and running tasks. Needs the ``metrics`` extra (``prometheus-client``).
 
 ``instrument(app)`` adds a pure ASGI middleware that times every HTTP request and a ``GET /metrics`` route.
-Task metrics cost nothing per task beyond the runner's own statistics (:class:`~tachyon_api.background.
+Task metrics cost nothing per task beyond the runner's own statistics (:class:`~tachyon_api.tasks.
 TaskMetrics`): a collector reads them when Prometheus scrapes. Labels are bounded: the route label is the
 route's template (``/items/{item_id}``), never the raw path, and ``"unmatched"`` for requests no route serves,
 so a scan of random URLs cannot create a series per URL.
@@ -20,9 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .background import DURATION_BOUNDS, OUTCOMES
 from .dependencies import Depends
 from .responses import Response
+from .tasks.stats import DURATION_BOUNDS, OUTCOMES
 
 __all__ = ["PrometheusMetrics", "instrument"]
 

@@ -2,7 +2,7 @@
 
 A response builds its header list once, at construction; each send hands the server a fresh copy, so a
 middleware that edits ``message["headers"]`` never affects another request. Background work attached with
-``background=`` is handed to the app's task runner after the last byte is sent (see ``background.py``).
+``background=`` is handed to the app's task runner after the last byte is sent (see ``tasks/``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from .background import BackgroundTask, BackgroundTasks
 from .concurrency import run_in_threadpool
+from .tasks import BackgroundTask, BackgroundTasks
 
 __all__ = [
     "Response",

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from .background import BackgroundTask, BackgroundTasks, collect, has_durable, store_durable
 from .compiler import (
     Context,
     Dependency,
@@ -32,6 +31,7 @@ from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, RequestValidationError
 from .requests import HTTPConnection, Request
 from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
+from .tasks import BackgroundTask, BackgroundTasks, collect, has_durable, store_durable
 from .websockets import (
     CONNECTED,
     CONNECTING,

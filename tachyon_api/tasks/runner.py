@@ -1,0 +1,604 @@
+"""The app's runner (:class:`BackgroundRunner`): it owns every in-process task from the hand-over after the
+response to its end: the batches, the concurrency limit and the bounded queue, the thread pool of sync tasks,
+timeouts, retries, error hooks, statistics and the shutdown drain. See the package docstring for the life of a
+task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import random
+import sys
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+
+import msgspec
+
+from ..concurrency import ThreadPool
+from ..tracing import task_span
+from .handles import _name
+from .stats import DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+
+if TYPE_CHECKING:
+    from .handles import BackgroundTask
+
+__all__ = ["BackgroundRunner", "ErrorHook"]
+
+logger = logging.getLogger("tachyon_api.background")
+
+
+def _on_loop(loop: Any, coro: Any) -> Any:
+    """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the loop is closed
+        coro.close()
+        return None
+    return future.result()
+
+
+def _being_cancelled() -> bool:
+    """Whether the current asyncio task was asked to cancel (not just hit by a CancelledError from inside)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return bool(cancelling()) if cancelling is not None else False
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _call_in_thread(task: BackgroundTask, loop: Any) -> None:
+    """Call a sync task in a worker thread; what a sync callable returns to be awaited is run on ``loop``."""
+    result = task.func(*task.args, **task.kwargs)
+    if result is not None and inspect.isawaitable(result):
+        _on_loop(loop, _awaited(result))
+
+
+async def _captured(call: Awaitable[Any]) -> BaseException | None:
+    """Await ``call`` and return its exception instead of raising it.
+
+    ``wait_for`` may run the awaitable as a Task of its own, and a Task lets ``KeyboardInterrupt`` and
+    ``SystemExit`` escape to the event loop, which would stop the server; captured here, they are handled
+    like any other task failure.
+    """
+    try:
+        await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+_TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
+
+
+class _Batch:
+    """One request's tasks on their way through the runner. Its ``index``/``attempt``/``since``/``running``
+    say which task runs now, since when: the runner's list of running tasks is read from its batches."""
+
+    __slots__ = ("tasks", "method", "path", "context", "index", "attempt", "since", "running", "threaded",
+                 "abandoned", "loop")
+
+    def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
+        self.tasks = tasks
+        self.method = method
+        self.path = path
+        self.context = context
+        self.index = 0  # the task running, or the next one to run
+        self.attempt = 1
+        self.since = 0.0  # time.perf_counter() when the running attempt started
+        self.running = False
+        # Only sync tasks without timeout or retries: the whole batch runs in one worker thread, in one hop.
+        threaded = True
+        for task in tasks:
+            if task.is_async or task.timeout is not None or task.retries:
+                threaded = False
+                break
+        self.threaded = threaded
+        self.abandoned = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+ErrorHook = Callable[[TaskFailure], Awaitable[None] | None]
+
+
+class BackgroundRunner:
+    """Owns the app's background tasks: queue, limits, threads, retries, errors, stats and shutdown.
+
+    Threads: the runner's state lives on the event loop, except what a worker thread running a batch of plain
+    sync tasks touches, under ``_lock``: the statistics, its batch's progress, and the set of threaded batches
+    it leaves when done. A worker calls back into the loop after a batch only when someone there waits for a
+    batch to end (:meth:`join`, shutdown, a queued batch, a request waiting for room); otherwise a request's
+    tasks cost the loop nothing after the hand-over.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 64,
+        queue_size: int = 1_000,
+        overflow: str = "wait",
+        threads: int = 16,
+        shutdown_timeout: float = 25.0,
+        statistics: bool = True,
+    ) -> None:
+        if overflow not in ("wait", "drop"):
+            raise ValueError("overflow must be 'wait' or 'drop'")
+        if concurrency < 1 or queue_size < 0:
+            raise ValueError("concurrency must be at least 1 and queue_size not negative")
+        self.concurrency = concurrency
+        self.queue_size = queue_size
+        self.overflow = overflow
+        self.shutdown_timeout = shutdown_timeout
+        self.pool = ThreadPool(threads, "tachyon-task")
+        self.hooks: list[ErrorHook] = []
+        self.started = False
+        self._closed = False
+        self._cancelling = False
+        self._active: dict[asyncio.Task, _Batch] = {}
+        self._pending: deque[_Batch] = deque()
+        self._room_waiters: deque[asyncio.Future] = deque()
+        self._idle_waiters: list[asyncio.Future] = []
+        self._inline: set[_Batch] = set()  # batches running in their request (no lifespan, or a test client)
+        self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
+        self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
+        self._lock = threading.Lock()  # for what worker threads touch (see the class docstring)
+        self._scheduled = self._queued = self._waiting = 0
+        self._deadline: float | None = None  # loop time at which shutdown cancels what is left
+        self._closing: asyncio.Future | None = None  # resolved when shutdown starts: wakes retry backoffs
+        # Per-name statistics can be switched off (``statistics=False``), only to measure what they cost (see
+        # bench/README.md); the totals of stats() are always counted.
+        self.metrics = TaskMetrics(per_name=statistics)
+
+    # --- public ----------------------------------------------------------------------------------------
+    def on_error(self, hook: ErrorHook) -> ErrorHook:
+        """Register ``hook(failure: TaskFailure)`` (sync or async), called for every task that finally fails."""
+        self.hooks.append(hook)
+        return hook
+
+    def stats(self) -> TaskStats:
+        metrics = self.metrics
+        with self._lock:
+            totals = list(metrics.totals)
+            count, total, longest = metrics.duration_count, metrics.duration_total, metrics.duration_max
+            running = sum(1 for batch in self._batches() if batch.running)
+        return TaskStats(
+            scheduled=self._scheduled,
+            queued=self._queued,
+            running=running,
+            succeeded=totals[SUCCEEDED],
+            failed=totals[FAILED],
+            retried=totals[RETRIED],
+            timed_out=totals[TIMED_OUT],
+            dropped=totals[DROPPED],
+            duration_count=count,
+            duration_total=total,
+            duration_max=longest,
+            waiting=self._waiting,
+        )
+
+    def unfinished(self) -> list[str]:
+        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
+        with self._lock:
+            batches = [*self._active.values(), *self._threaded, *self._pending]
+        return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the dashboard shows, JSON-ready: the totals of :meth:`stats`, plus per-name counts and
+        duration percentiles, the tasks running now with their age, and the last failures with tracebacks."""
+        now = time.perf_counter()
+        with self._lock:
+            detail = self.metrics.snapshot()
+            running = sorted(
+                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt)
+                for batch in self._batches() if batch.running
+            ) if self.metrics.per_name else []
+        stats = self.stats()
+        totals = msgspec.structs.asdict(stats)
+        totals["duration_mean"] = stats.duration_mean
+        detail["running"] = [
+            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
+            for since, name, method, path, attempt in running
+        ]
+        return {"totals": totals, **detail}
+
+    @property
+    def idle(self) -> bool:
+        return not self._active and not self._threaded and not self._pending and not self._inline
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until no task is running or queued; False if ``timeout`` passed first."""
+        with self._lock:  # so a worker finishing the last batch now sees this waiter (and wakes it)
+            if self.idle:
+                return True
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def start(self) -> None:
+        """Detach batches from requests from now on (called at lifespan startup)."""
+        self.started = True
+        self._closed = False
+        self._cancelling = False
+        with self._lock:  # a drain asked of a previous loop that stopped before running it must not block this one
+            self._drain_scheduled = False
+
+    async def admit(self, tasks: list[BackgroundTask], method: str, path: str) -> bool:
+        """Before the response is sent: wait while the runner is full, so overload slows clients down.
+
+        Returns False when the tasks were dropped (``overflow="drop"``). The wait lasts at most
+        ``shutdown_timeout``; after it the batch is admitted past the limit rather than lost. Requests admitted
+        at the same moment may exceed ``queue_size`` by the number of responses being sent.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while self.full:
+            if self.overflow == "drop":
+                self._scheduled += len(tasks)
+                self._drop(tasks, method, path, "the background queue is full")
+                return False
+            with self._lock:  # so a worker freeing room now sees this waiter (and wakes it)
+                if not self.full:
+                    break
+                waiter = loop.create_future()
+                self._room_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "No room in the background queue for request %s %s within %.1fs; queueing past the limit",
+                    method, path, self.shutdown_timeout,
+                )
+                break
+        return True
+
+    @property
+    def full(self) -> bool:
+        """True when a new batch would have to wait for room (see :meth:`admit`)."""
+        return (
+            self.started and not self._closed
+            and len(self._active) + len(self._threaded) + len(self._pending) >= self.concurrency + self.queue_size
+        )
+
+    def submit(
+        self, tasks: list[BackgroundTask], method: str, path: str, *, wait: bool = False
+    ) -> Awaitable[None] | None:
+        """Hand one request's tasks over, after its response was sent (see the module docstring).
+
+        Never waits for room (``admit`` did, before the response). Returns an awaitable the caller must await
+        when the batch runs in the caller: when there is no lifespan to own it, or when ``wait`` asks for that
+        (the test clients do); otherwise None.
+        """
+        self._scheduled += len(tasks)
+        if self._closed:
+            self._drop(tasks, method, path, "the app is shutting down")
+            return None
+        batch = _Batch(tasks, method, path, contextvars.copy_context())
+        if wait or not self.started:
+            return self.run_batch(tasks, method, path, batch)
+        self._launch_or_queue(batch)
+        return None
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
+        self._closed = True
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._room_waiters.clear()
+        deadline = self.shutdown_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + deadline
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)  # backoffs now end by the deadline (see _backoff)
+        if not await self.join(deadline):
+            stats = self.stats()
+            logger.error(
+                "Shutdown deadline of %.1fs passed with %d background task(s) running, %d waiting to retry and "
+                "%d queued; cancelling",
+                deadline,
+                stats.running,
+                stats.waiting,
+                stats.queued,
+            )
+            while self._pending:
+                batch = self._pending.popleft()
+                self._queued -= len(batch.tasks)
+                self._drop(batch.tasks, batch.method, batch.path, "not started before the shutdown deadline")
+            self._cancelling = True
+            self._abandon_threaded()
+            active = list(self._active)
+            for task in active:
+                task.cancel()
+            await asyncio.gather(*active, return_exceptions=True)
+        # Back to the state before start(): batches run in their request again (a later bare ASGI call, or a
+        # test client without a lifespan, must not lose its tasks).
+        self.started = False
+        self._closed = False
+        self._cancelling = False
+        self._deadline = self._closing = None
+
+    def _abandon_threaded(self) -> None:
+        """At the deadline: threads cannot be stopped, so give up on their batches and log what is lost."""
+        with self._lock:
+            batches = list(self._threaded)
+        for batch in batches:
+            with self._lock:
+                batch.abandoned = True
+                self._threaded.discard(batch)
+                running = batch.tasks[batch.index] if batch.running else None
+                lost = batch.tasks[batch.index + 1 :] if batch.running else batch.tasks[batch.index :]
+            if running is not None:
+                reason = "still running in a thread at the shutdown deadline (a thread cannot be stopped)"
+                self._drop([running], batch.method, batch.path, reason)
+            self._drop(lost, batch.method, batch.path, "not started before the shutdown deadline")
+
+    async def run_batch(
+        self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None
+    ) -> None:
+        """Run tasks in order in the current asyncio task (the inline path, and ``BackgroundTasks.run_tasks``)."""
+        batch = batch or _Batch(tasks, method, path, contextvars.copy_context())
+        self._inline.add(batch)
+        try:
+            await self._run(batch)
+        finally:
+            self._inline.discard(batch)
+            self._check_idle()
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[_Batch]:
+        """Every batch started and not finished (call it under the lock)."""
+        yield from self._active.values()
+        yield from self._threaded
+        yield from self._inline
+
+    def _launch_or_queue(self, batch: _Batch) -> None:
+        """Start ``batch`` if fewer than ``concurrency`` batches run, else queue it (on the loop)."""
+        with self._lock:  # a worker leaving _threaded now either freed the slot or sees the queued batch
+            if len(self._active) + len(self._threaded) >= self.concurrency:
+                self._pending.append(batch)
+                self._queued += len(batch.tasks)
+                return
+            if batch.threaded:
+                self._threaded.add(batch)
+        if batch.threaded:
+            batch.loop = asyncio.get_running_loop()
+            self.pool.post(batch.context, self._run_in_thread, batch)
+            return
+        loop = asyncio.get_running_loop()
+        if _TASK_CONTEXT:  # the batch's context itself: no second copy, no Context.run around the call
+            task = loop.create_task(self._run(batch), context=batch.context)
+        else:
+            task = batch.context.run(loop.create_task, self._run(batch))
+        self._active[task] = batch
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._active.pop(task, None)
+        self._after_batch()
+
+    def _drain(self) -> None:
+        """On the loop, when a worker finished a batch while someone waited: see :meth:`_after_batch`."""
+        with self._lock:
+            self._drain_scheduled = False
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        """Batches ended: start queued ones in the free slots, wake requests waiting for room, and ``join``
+        callers if nothing is left."""
+        while self._pending and len(self._active) + len(self._threaded) < self.concurrency:
+            batch = self._pending.popleft()
+            self._queued -= len(batch.tasks)
+            self._launch_or_queue(batch)
+        if self._room_waiters:  # as many waiting requests as there is room for (each takes one batch's room)
+            if self.started and not self._closed:
+                room = self.concurrency + self.queue_size - len(self._active) - len(self._threaded) - len(self._pending)
+            else:
+                room = len(self._room_waiters)
+            while self._room_waiters and room > 0:
+                waiter = self._room_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    room -= 1
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.idle and self._idle_waiters:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    def _drop(self, tasks: list[BackgroundTask], method: str, path: str, reason: str) -> None:
+        with self._lock:
+            for task in tasks:
+                self.metrics.count(task.name, DROPPED)
+        for task in tasks:
+            logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+
+    async def _run(self, batch: _Batch) -> None:
+        try:
+            for index, task in enumerate(batch.tasks):
+                batch.index = index
+                await self._run_task(task, batch)
+        except asyncio.CancelledError:
+            reason = "cancelled at the shutdown deadline" if self._cancelling else "cancelled"
+            self._drop(batch.tasks[batch.index :], batch.method, batch.path, reason)
+            raise
+
+    def _run_in_thread(self, batch: _Batch) -> None:
+        """In a worker thread, in the batch's context: run a batch of plain sync tasks, in order."""
+        lock = self._lock
+        method, path = batch.method, batch.path
+        try:
+            for index, task in enumerate(batch.tasks):
+                started = time.perf_counter()
+                with lock:
+                    if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
+                        return
+                    batch.index, batch.since, batch.running = index, started, True
+                error: BaseException | None = None
+                span = task_span(task.name, 1, method, path)
+                try:
+                    if span is None:
+                        _call_in_thread(task, batch.loop)
+                    else:
+                        with span:
+                            _call_in_thread(task, batch.loop)
+                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                    error = exc
+                failure = self._attempt_ended(task, batch, 1, error)
+                if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
+                    return
+                if failure is not None and self.hooks:  # part of the batch: join() and shutdown wait for the hooks
+                    _on_loop(batch.loop, self._notify(failure))
+        finally:
+            with lock:
+                self._threaded.discard(batch)
+                wake = not self._drain_scheduled and bool(self._pending or self._room_waiters or self._idle_waiters)
+                if wake:
+                    self._drain_scheduled = True
+            if wake:
+                try:
+                    batch.loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
+                except RuntimeError:  # the loop is gone
+                    pass
+
+    def _attempt_ended(
+        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True
+    ) -> TaskFailure | None:
+        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), and log it
+        if it finally failed. Nothing is counted for a batch abandoned at the shutdown deadline: shutdown
+        counted its tasks as lost."""
+        duration = time.perf_counter() - batch.since
+        outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+        with self._lock:
+            batch.running = False
+            if batch.abandoned:
+                return None
+            if outcome != RETRIED:
+                batch.index += 1  # done with it: neither running nor lost any more
+            self.metrics.record(task.name, outcome, duration)
+            if outcome == FAILED:
+                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+        if outcome != FAILED:
+            return None
+        logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
+        return TaskFailure(task, error, attempt, batch.method, batch.path)  # type: ignore[arg-type]
+
+    async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
+            span = task_span(task.name, attempt, batch.method, batch.path)
+            try:
+                if span is not None:
+                    with span:
+                        await self._execute(task)
+                elif task.is_async and task.timeout is None:  # the common case, without a layer
+                    await task.func(*task.args, **task.kwargs)
+                else:
+                    await self._execute(task)
+            except asyncio.CancelledError as exc:
+                if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
+                    batch.running = False
+                    raise
+                failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
+                await self._notify(failure)  # type: ignore[arg-type]
+                return
+            except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                final = attempt > task.retries
+                failure = self._attempt_ended(task, batch, attempt, exc, final)
+                if final:
+                    await self._notify(failure)  # type: ignore[arg-type]
+                    return
+                delay = task.retry_delay * 2 ** (attempt - 1)
+                delay = random.uniform(delay / 2, delay)
+                logger.warning(
+                    "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
+                    task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
+                )
+                await self._backoff(delay)
+            else:
+                self._attempt_ended(task, batch, attempt, None)
+                return
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` before a retry, counted as waiting. During shutdown a wait never outlasts the drain
+        deadline: a retry that would start after it starts now instead, while it can still finish."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        self._waiting += 1
+        try:
+            if self._deadline is None:  # not shutting down (yet): sleep, unless shutdown starts meanwhile
+                if self._closing is None or self._closing.done() or self._closing.get_loop() is not loop:
+                    self._closing = loop.create_future()
+                await asyncio.wait({self._closing}, timeout=delay)
+            if self._deadline is not None and end > self._deadline:
+                return
+            await asyncio.sleep(end - loop.time())
+        finally:
+            self._waiting -= 1
+
+    async def _execute(self, task: BackgroundTask) -> None:
+        if task.is_async:
+            call = task.func(*task.args, **task.kwargs)
+            if task.timeout is None:
+                await call
+                return
+            try:
+                error = await asyncio.wait_for(_captured(call), task.timeout)
+            except asyncio.TimeoutError:
+                with self._lock:
+                    self.metrics.count(task.name, TIMED_OUT)
+                raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
+            if error is not None:
+                raise error
+            return
+        future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
+        if task.timeout is not None:
+            done, _ = await asyncio.wait({future}, timeout=task.timeout)
+            if not done:
+                with self._lock:
+                    self.metrics.count(task.name, TIMED_OUT)
+                logger.warning(
+                    "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
+                    task.name, task.timeout,
+                )
+        result = await future
+        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            await result
+
+    async def _notify(self, failure: TaskFailure) -> None:
+        for hook in self.hooks:
+            try:
+                if inspect.iscoroutinefunction(hook):
+                    await hook(failure)
+                else:
+                    result = await self.pool.run(hook, failure)
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception:
+                logger.exception("Background task error hook %s failed", _name(hook))
+
+
+_standalone: BackgroundRunner | None = None
+
+
+def _standalone_runner() -> BackgroundRunner:
+    """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``)."""
+    global _standalone
+    if _standalone is None:
+        _standalone = BackgroundRunner()
+    return _standalone
