@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
+from .backends.base import TaskBackend
 from .cache import CacheConfig, set_cache_config
 from .compiler import Dependency, compile_dependency
 from .concurrency import ThreadPool
@@ -127,7 +128,7 @@ class Tachyon(RouteDecorators):
         background_overflow: str = "wait",
         background_threads: int = 16,
         shutdown_timeout: float = 25.0,
-        task_backend: Any = None,
+        task_backend: TaskBackend | None = None,
         strict: bool = True,
         task_statistics: bool = True,
         cache_config: CacheConfig | None = None,

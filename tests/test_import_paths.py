@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -38,3 +41,36 @@ def test_other_task_paths_import() -> None:
     assert callable(traced_job_class)
     assert tachyon_api.BackgroundTasks is importlib.import_module("tachyon_api.background").BackgroundTasks
     assert tachyon_api.BackgroundTask is importlib.import_module("tachyon_api.background").BackgroundTask
+
+
+def test_rq_backend_implements_the_backend_protocol() -> None:
+    from tachyon_api.backends.base import TaskBackend
+    from tachyon_api.backends.rq import RQBackend
+
+    assert TaskBackend in RQBackend.__mro__
+    methods = [name for name, value in vars(TaskBackend).items() if callable(value) and not name.startswith("_")]
+    assert {"check", "check_options", "store", "aclose", "stats", "failed_jobs", "requeue"} <= set(methods)
+    for name in [*methods, "aclose"]:
+        ours, theirs = inspect.signature(getattr(RQBackend, name)), inspect.signature(getattr(TaskBackend, name))
+        expected = [p for p in theirs.parameters if p != "self"]
+        assert [p for p in ours.parameters if p != "self"] == expected, name
+        assert inspect.iscoroutinefunction(getattr(RQBackend, name)) == inspect.iscoroutinefunction(
+            getattr(TaskBackend, name)
+        ), name
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["tachyon_api.tasks", "tachyon_api.tasks.handles", "tachyon_api.tasks.runner", "tachyon_api.tasks.stats",
+     "tachyon_api.tasks.durable", "tachyon_api.background", "tachyon_api.backends.rq", "tachyon_api"],
+)
+def test_each_task_module_imports_first_and_the_engine_imports_no_backend(module: str) -> None:
+    """In a fresh interpreter (an import cycle shows only when its modules are imported in some order), and
+    without pulling in the Redis backend: the engine reaches a backend only through the app."""
+    code = (
+        f"import sys, {module}\n"
+        "engine = 'tachyon_api.backends.rq' in sys.modules\n"
+        f"print(engine and {module!r} != 'tachyon_api.backends.rq')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tracing import job_span, traceparent
+from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
-    from ..background import BackgroundTask
+    from ..tasks.handles import BackgroundTask
 
 __all__ = ["RQBackend"]
 
@@ -115,8 +116,8 @@ end
 return out
 """
 
-class RQBackend:
-    """Store background tasks in the RQ queue ``queue`` of the Redis at ``redis_url``.
+class RQBackend(TaskBackend):
+    """Store background tasks in the RQ queue ``queue`` of the Redis at ``redis_url`` (a :class:`TaskBackend`).
 
     ``default_timeout`` (seconds) bounds each job in the worker (RQ's ``job_timeout``; RQ's default is 180 s);
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out

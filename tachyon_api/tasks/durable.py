@@ -4,9 +4,10 @@ of a request's tasks, with what identifies the request for its ``Idempotency-Key
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..backends.base import TaskBackend
     from ..requests import HTTPConnection
     from .handles import BackgroundTask
 
@@ -33,7 +34,7 @@ async def store_durable(
     swallows another request's tasks. Raises ``TaskBackendUnavailable`` (503: nothing stored),
     ``TaskOutcomeUnknown`` (503: maybe stored) or ``IdempotencyKeyReused`` (422: nothing stored).
     """
-    durable: dict[Any, list[BackgroundTask]] = {}
+    durable: dict[TaskBackend, list[BackgroundTask]] = {}
     local: list[BackgroundTask] = []
     for task in tasks:
         if task.backend is None:

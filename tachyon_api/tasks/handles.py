@@ -12,7 +12,10 @@ import functools
 import inspect
 import types
 import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from ..backends.base import TaskBackend
 
 __all__ = ["BackgroundTask", "BackgroundTasks", "TaskOptions", "collect"]
 
@@ -127,7 +130,12 @@ class BackgroundTask:
 
     @classmethod
     def create(
-        cls, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any, durable: bool | None = None
+        cls,
+        func: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        backend: TaskBackend | None,
+        durable: bool | None = None,
     ) -> "BackgroundTask":
         """A task that is durable on ``backend`` (None: in-process) unless ``func`` was marked otherwise;
         ``durable=False`` keeps it in-process whatever the backend or mark (and skips the durable checks)."""
@@ -135,7 +143,9 @@ class BackgroundTask:
         task._setup(func, args, kwargs, None if durable is False else backend, durable is False)
         return task
 
-    def _setup(self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: Any, local: bool = False) -> None:
+    def _setup(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: TaskBackend | None, local: bool = False
+    ) -> None:
         callee = _callee(func)
         callee.check(func, args, kwargs)
         self.func = func
@@ -242,7 +252,7 @@ class BackgroundTasks:
 
     __slots__ = ("_tasks", "_backend")
 
-    def __init__(self, tasks: Sequence[BackgroundTask] | None = None, *, backend: Any = None) -> None:
+    def __init__(self, tasks: Sequence[BackgroundTask] | None = None, *, backend: TaskBackend | None = None) -> None:
         self._tasks: list[BackgroundTask] = [] if tasks is None else list(tasks)
         self._backend = backend
 

@@ -1,0 +1,92 @@
+"""What the task engine and the dashboard ask of a durable backend: :class:`TaskBackend`.
+
+The engine (``tachyon_api.tasks``) never imports a concrete backend: the app is handed one
+(``Tachyon(task_backend=...)``, or a function marked by ``@backend.task()``) and the engine speaks to it only
+through the methods below. ``backends/rq.py`` (Redis + RQ) implements them; another engine implements the same
+protocol in a module of its own and is imported only where it is used.
+
+A backend may mark a function durable on itself by setting ``func.__tachyon_backend__ = (backend, defaults)``,
+where ``defaults`` are :meth:`~tachyon_api.tasks.BackgroundTask.with_options` keyword arguments; ``add_task``
+then sends that function to that backend whatever the app's default.
+
+Where a call happens, and why it is shaped so:
+
+- :meth:`check` and :meth:`check_options` run inside the request, in ``add_task`` and ``with_options``: a task
+  that could never be stored must fail there, as a ``TypeError`` at the line that added it, not as a 503 later.
+- :meth:`store` runs after the endpoint returned and before the response is sent, so a 2xx means every durable
+  task of the request is stored. It stores them all or none.
+- :meth:`aclose` runs at shutdown, on the app's event loop.
+- :meth:`stats`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
+  calls them in a thread).
+
+Status records (read and watch one task), cancellation and scheduled ticks will be added to this protocol as
+the engine grows them; until then a backend offers nothing more than what is listed here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..tasks.handles import BackgroundTask
+
+__all__ = ["TaskBackend"]
+
+
+class TaskBackend(Protocol):
+    """A durable store of background tasks, run by workers in other processes."""
+
+    #: The name of the queue this backend stores into (shown on the dashboard, default of ``tachyon worker``).
+    queue_name: str
+
+    def check(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        """At ``add_task``: raise ``TypeError`` if a worker in another process could not run
+        ``func(*args, **kwargs)`` (the function cannot be imported by reference, the arguments cannot be
+        serialised)."""
+        ...
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """At ``with_options``: raise ``TypeError`` for a value the backend would refuse at every store.
+
+        ``options`` holds the durable-only options that were given: ``delay``, ``at``, ``job_id``,
+        ``result_ttl``, ``failure_ttl``.
+        """
+        ...
+
+    async def store(
+        self,
+        tasks: Sequence[BackgroundTask],
+        method: str,
+        path: str,
+        idempotency_key: str | None = None,
+        *,
+        client: str = "",
+        fingerprint: bytes = b"",
+    ) -> None:
+        """Store one request's durable tasks, all or none, before its response is sent.
+
+        ``method`` and ``path`` are the request's (``"WEBSOCKET"`` for a WebSocket). With ``idempotency_key``
+        (the request's ``Idempotency-Key`` header), a request stored before under the same key, method, path and
+        ``client`` (its credentials) with the same ``fingerprint`` (a hash of its payload) stores nothing again.
+
+        Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown`` when the
+        tasks may have been stored but the answer was lost, ``IdempotencyKeyReused`` when the key was used before
+        for another payload. The backend logs the failure itself, with its traceback.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the backend holds on the running event loop (the app calls it at shutdown)."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counts of the backend's jobs by state (for example ``queued``, ``started``, ``failed``); may block."""
+        ...
+
+    def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` failed jobs: ``id``, ``name`` and ``exc_info`` (the worker's traceback); may block."""
+        ...
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a failed job back on its queue; False if no failed job has that id. May block."""
+        ...
