@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
+from ._utils import is_async_callable
 from .backends.base import TaskBackend
 from .cache import CacheConfig, set_cache_config
 from .compiler import Dependency, compile_dependency
@@ -396,7 +397,7 @@ class Tachyon(RouteDecorators):
         if handler is None:
             return internal_server_error_response()
         try:
-            if inspect.iscoroutinefunction(handler):
+            if is_async_callable(handler):
                 response = await handler(request, exc)
             else:
                 response = await self.endpoint_pool.run(handler, request, exc)
@@ -440,7 +441,7 @@ class Tachyon(RouteDecorators):
             raise ValueError(f"Invalid event type: {event_type}. Use 'startup' or 'shutdown'.")
 
     async def _call_hook(self, func: Callable[[], Any]) -> None:
-        result = func() if inspect.iscoroutinefunction(func) else await self.endpoint_pool.run(func)
+        result = func() if is_async_callable(func) else await self.endpoint_pool.run(func)
         if inspect.isawaitable(result):
             await result
 

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 
+from ._utils import callable_name, is_async_callable
 from .datastructures import Headers, QueryParams, UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
@@ -339,11 +340,7 @@ def _hints(func: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(target, include_extras=True)  # keep Annotated[T, Meta(...)]
     except Exception as exc:  # an annotation that cannot be evaluated
-        raise TypeError(f"Cannot evaluate the annotations of {_qualname(func)}: {exc}") from exc
-
-
-def _qualname(func: Any) -> str:
-    return getattr(func, "__qualname__", None) or type(func).__qualname__
+        raise TypeError(f"Cannot evaluate the annotations of {callable_name(func)}: {exc}") from exc
 
 
 # --- the request-time context ---------------------------------------------------------------------------
@@ -950,10 +947,10 @@ class Dependency:
         target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)
         self.is_asyncgen = inspect.isasyncgenfunction(target)
         self.is_gen = inspect.isgeneratorfunction(target)
-        self.is_async = inspect.iscoroutinefunction(target)
+        self.is_async = is_async_callable(call)
         self.scope = scope
         self.use_cache = use_cache
-        self.name = _qualname(call)
+        self.name = callable_name(call)
         self.exit_scope = exit_scope
         has_exit = self.is_gen or self.is_asyncgen
         self.early = has_exit and exit_scope == SCOPE_FUNCTION
@@ -1060,8 +1057,8 @@ def compile_dependency(
 
     ``websocket``: for a WebSocket route (the socket can be injected; a request body cannot)."""
     if call in stack:
-        chain = " -> ".join(_qualname(c) for c in (*stack, call))
-        raise TypeError(f"Circular dependency detected while resolving '{_qualname(call)}': {chain}")
+        chain = " -> ".join(callable_name(c) for c in (*stack, call))
+        raise TypeError(f"Circular dependency detected while resolving '{callable_name(call)}': {chain}")
     if scope is None:
         scope = injectable_scope(call) or SCOPE_REQUEST
     plan = _compile_plan(call, path_names, (*stack, call), strict, websocket)
@@ -1075,9 +1072,9 @@ def _compile_plan(
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"Cannot read the signature of {_qualname(func)}: {exc}") from exc
+        raise TypeError(f"Cannot read the signature of {callable_name(func)}: {exc}") from exc
     hints = _hints(func)
-    where = _qualname(func)
+    where = callable_name(func)
     steps: list[tuple[str, Extractor, bool]] = []
     params: list[Parameter] = []
     dependencies: list[Dependency] = []

@@ -134,8 +134,7 @@ class _TaskCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         runner = self.app.background
-        with runner._lock:
-            rows = runner.metrics.rows()
+        rows = runner.metric_rows()
         stats = runner.stats()
         running, queued = stats.running, stats.queued
         tasks = CounterMetricFamily("tachyon_tasks", "Background task attempts by outcome", labels=["name", "outcome"])

@@ -11,13 +11,13 @@ chooses the response; after that it can only be logged.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
+from ._utils import is_async_callable
 from .compiler import (
     Context,
     Dependency,
@@ -467,8 +467,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
         for dep in route.dependencies
         if dep.dependency is not None
     ]
-    call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
-    is_async = inspect.iscoroutinefunction(call)
+    is_async = is_async_callable(func)
     # sync_to_thread=False (per route, or Tachyon(sync_to_thread=False)): a `def` endpoint the user knows never
     # blocks runs on the loop, saving the thread hop; one that blocks then stalls every request (docs).
     on_loop = not is_async and not route.options.get("sync_to_thread", app.sync_to_thread)
@@ -516,9 +515,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             if type(result) in PLAIN_DATA or not (isinstance(result, Response) or is_foreign_response(result)):
                 headers, body = render(result)
                 response = None
-                # The injected tasks, copied (a list, never None when a task was added; BackgroundTasks' own
-                # list is read directly: this runs on every request of an endpoint that takes it)
-                tasks = background._tasks[:] if background is not None else None
+                # The injected tasks, copied (a list, never None when a task was added)
+                tasks = background.batch() if background is not None else None
             else:
                 response = result
                 tasks = collect(result.background, background)
@@ -606,8 +604,7 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     injected background tasks go to the app's runner.
     """
     func = route.endpoint
-    call = func if inspect.isroutine(func) else getattr(type(func), "__call__", func)
-    if not inspect.iscoroutinefunction(call):
+    if not is_async_callable(func):
         raise TypeError(f"WebSocket handler {route.name} must be an 'async def' function")
     path_names = frozenset(route.param_names)
     plan = compile_endpoint(func, path_names, websocket=True)

@@ -843,3 +843,14 @@ def test_runner_options_are_validated() -> None:
     app = Tachyon(background_concurrency=3, background_queue=7, background_overflow="drop", shutdown_timeout=1.5)
     runner = app.background
     assert (runner.concurrency, runner.queue_size, runner.overflow, runner.shutdown_timeout) == (3, 7, "drop", 1.5)
+
+
+def test_the_runner_and_the_task_list_offer_what_the_framework_reads() -> None:
+    tasks = BackgroundTasks()
+    first = tasks.add_task(print, "a")
+    batch = tasks.batch()
+    tasks.add_task(print, "b")
+    assert batch == [first]  # a copy: later additions do not reach a batch already handed over
+    runner = BackgroundRunner()
+    runner.metrics.record("job", 0, 0.001)
+    assert [(name, counts[0]) for name, counts, _, _ in runner.metric_rows()] == [("job", 1)]

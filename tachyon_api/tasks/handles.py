@@ -14,6 +14,9 @@ import types
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from .._utils import callable_name, is_async_callable
+from .runner import standalone_runner
+
 if TYPE_CHECKING:
     from ..backends.base import TaskBackend
 
@@ -30,8 +33,8 @@ class _Callee:
     __slots__ = ("sig", "offset", "min_args", "max_args", "is_async", "name")
 
     def __init__(self, func: Any, target: Any, offset: int) -> None:
-        self.is_async = _is_async(func)
-        self.name = _name(func)
+        self.is_async = is_async_callable(func)
+        self.name = callable_name(func)
         try:
             self.sig: inspect.Signature | None = inspect.signature(target)
         except (TypeError, ValueError):  # some builtins: nothing to check against
@@ -94,22 +97,6 @@ def _callee(func: Any) -> _Callee:
 def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
     """Drop a collected function's entry (a weak reference's callback)."""
     table.pop(ref, None)
-
-
-def _is_async(func: Any) -> bool:
-    while isinstance(func, functools.partial):
-        func = func.func
-    if inspect.iscoroutinefunction(func):
-        return True
-    call = getattr(type(func), "__call__", None)
-    return not inspect.isroutine(func) and not isinstance(func, type) and inspect.iscoroutinefunction(call)
-
-
-def _name(func: Any) -> str:
-    while isinstance(func, functools.partial):
-        func = func.func
-    name = getattr(func, "__qualname__", None) or getattr(type(func), "__qualname__", None)
-    return name or repr(func)
 
 
 _DURABLE_ONLY = ("delay", "at", "job_id", "result_ttl", "failure_ttl")
@@ -235,9 +222,7 @@ class BackgroundTask:
 
     async def __call__(self) -> None:
         """Run the task now, in the caller's context, with its options (Starlette compatibility)."""
-        from .runner import _standalone_runner
-
-        await _standalone_runner().run_batch([self], "", "")
+        await standalone_runner().run_batch([self], "", "")
 
     def __repr__(self) -> str:
         return f"<BackgroundTask {self.name}>"
@@ -282,6 +267,11 @@ class BackgroundTasks:
     def tasks(self) -> tuple[BackgroundTask, ...]:
         return tuple(self._tasks)
 
+    def batch(self) -> list[BackgroundTask]:
+        """A new list of the tasks, in order: what the framework hands to the runner after the response (the
+        endpoint cannot change it any more)."""
+        return self._tasks[:]
+
     def __iter__(self) -> Iterator[BackgroundTask]:
         return iter(self._tasks)
 
@@ -293,9 +283,7 @@ class BackgroundTasks:
 
     async def run_tasks(self) -> None:
         """Run every task now, in order, each isolated from the others' failures."""
-        from .runner import _standalone_runner
-
-        await _standalone_runner().run_batch(self._tasks, "", "")
+        await standalone_runner().run_batch(self._tasks, "", "")
 
     __call__ = run_tasks
 

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import msgspec
 
+from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
-from .handles import _name
 from .stats import DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
 
-__all__ = ["BackgroundRunner", "ErrorHook"]
+__all__ = ["BackgroundRunner", "ErrorHook", "standalone_runner"]
 
 logger = logging.getLogger("tachyon_api.background")
 
@@ -182,6 +182,12 @@ class BackgroundRunner:
             duration_max=longest,
             waiting=self._waiting,
         )
+
+    def metric_rows(self) -> list[tuple[str, list[int], list[int], float]]:
+        """A consistent copy of the per-name statistics (see :meth:`TaskMetrics.rows`), taken under the lock
+        that worker threads hold while they count: for exporters such as the Prometheus collector."""
+        with self._lock:
+            return self.metrics.rows()
 
     def unfinished(self) -> list[str]:
         """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
@@ -583,20 +589,20 @@ class BackgroundRunner:
     async def _notify(self, failure: TaskFailure) -> None:
         for hook in self.hooks:
             try:
-                if inspect.iscoroutinefunction(hook):
+                if is_async_callable(hook):
                     await hook(failure)
                 else:
                     result = await self.pool.run(hook, failure)
                     if inspect.isawaitable(result):
                         await result
             except Exception:
-                logger.exception("Background task error hook %s failed", _name(hook))
+                logger.exception("Background task error hook %s failed", callable_name(hook))
 
 
 _standalone: BackgroundRunner | None = None
 
 
-def _standalone_runner() -> BackgroundRunner:
+def standalone_runner() -> BackgroundRunner:
     """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``)."""
     global _standalone
     if _standalone is None:
