@@ -553,7 +553,7 @@ def test_a_batch_of_plain_sync_tasks_keeps_its_order_and_its_request_context() -
     such tasks; each task must see its own request's context variables (set by a middleware and by the sync
     endpoint), never another request's, and the tasks of a request run in the order added.
 
-    Mutants caught (background.py, ``BackgroundRunner._launch``): the batch posted with an empty
+    Mutants caught (tasks/runner.py, ``BackgroundRunner._launch``): the batch posted with an empty
     ``contextvars.Context()`` instead of ``batch.context`` (every task sees the defaults); and
     ``_run_in_thread`` iterating ``reversed(batch.tasks)`` (the order).
     """
@@ -610,7 +610,7 @@ def _sleeper(kind: str, seconds: float, then: Any) -> Any:
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_concurrency_limit_queues_the_rest(kind: str) -> None:
-    """Mutant caught on the sync path (background.py, ``_run_in_thread``): a worker that does not ask the
+    """Mutant caught on the sync path (tasks/runner.py, ``_run_in_thread``): a worker that does not ask the
     loop to start the queued batch when it leaves (the queued jobs never run)."""
     state = {"now": 0, "max": 0}
     done: list[int] = []
@@ -668,7 +668,7 @@ def test_overflow_wait_delays_the_response_until_there_is_room_and_loses_nothing
     (a held ASGI call alone would not: uvicorn serves the connection's next request once the response is
     complete) and memory stays bounded.
 
-    Mutant caught on the sync path (background.py, ``_run_in_thread``): a worker that does not wake the loop
+    Mutant caught on the sync path (tasks/runner.py, ``_run_in_thread``): a worker that does not wake the loop
     when it frees room while a request waits for it (the third response then waits the whole
     ``shutdown_timeout``)."""
     calls: list[dict[str, Any]] = []
@@ -705,7 +705,7 @@ def test_overflow_wait_gives_up_after_shutdown_timeout_and_queues_past_the_limit
     """The doc's bound on "wait": a response waits for room at most ``shutdown_timeout``; then its tasks are
     queued beyond the limit (not lost) and a warning names the request.
 
-    Mutants caught (background.py, ``BackgroundRunner.admit``): no deadline on the wait (the response waits
+    Mutants caught (tasks/runner.py, ``BackgroundRunner.admit``): no deadline on the wait (the response waits
     for the 2 s task); the batch dropped instead of queued when the wait gives up.
     """
     caplog.set_level(logging.WARNING, logger=BG_LOGGER)
@@ -859,7 +859,7 @@ def test_a_drain_left_pending_by_a_previous_loop_does_not_block_the_next_serving
     event loop stopped before running one (a test client's loop, a restarted server), the runner must not
     believe it still pending on the next start, or queued sync batches would never start.
 
-    Mutant caught (background.py, ``BackgroundRunner.start``): not resetting ``_drain_scheduled``."""
+    Mutant caught (tasks/runner.py, ``BackgroundRunner.start``): not resetting ``_drain_scheduled``."""
     done: list[int] = []
 
     def job(i: int) -> None:
