@@ -136,9 +136,9 @@ def _routes(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from rq import Queue, Worker
+    from rq import Queue
 
-    from .backends.rq import RQBackend, traced_job_class
+    from .backends.rq import RQBackend, traced_job_class, worker_class
 
     app = load_app(args.app)
     backend = getattr(app, "task_backend", None)
@@ -148,7 +148,7 @@ def _worker(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.app} has no RQBackend task_backend; pass --url redis://... (and --queue)")
     names = args.queue or [backend.queue_name]
     queues = [Queue(name, connection=backend.redis) for name in names]
-    worker = Worker(queues, connection=backend.redis, job_class=traced_job_class())
+    worker = worker_class()(queues, connection=backend.redis, job_class=traced_job_class())
     worker.work(burst=args.burst, with_scheduler=args.with_scheduler, logging_level=args.log_level.upper())
 
 

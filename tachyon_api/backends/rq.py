@@ -26,12 +26,15 @@ import os
 import re
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
+from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, TaskRecord, encode_result
+from ..tasks.status import running_task
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
+from .redis_status import JobTracker, RedisStatus, changes
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -153,6 +156,7 @@ class RQBackend(TaskBackend):
         self._redis: Redis | None = None
         self._queue: Queue | None = None
         self._verified: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+        self._status: RedisStatus | None = None
 
     # --- connection ------------------------------------------------------------------------------------
     @property
@@ -338,10 +342,12 @@ class RQBackend(TaskBackend):
         return commit
 
     async def aclose(self) -> None:
-        """Close this event loop's Redis connection (the app calls it at shutdown for its ``task_backend``)."""
+        """Close this event loop's Redis connections (the app calls it at shutdown for its ``task_backend``)."""
         commit = self._commits.pop(asyncio.get_running_loop(), None)
         if commit is not None:
             await commit.aclose()
+        if self._status is not None:
+            await self._status.aclose()
 
     def _entry(
         self,
@@ -421,6 +427,56 @@ class RQBackend(TaskBackend):
                 max=task.retries, interval=[int(task.retry_delay * 2**n) for n in range(task.retries)]
             )
         return {key: value for key, value in options.items() if value is not None}
+
+    # --- status records (see redis_status.py): read, watch, cancel ---------------------------------------
+    @property
+    def status(self) -> RedisStatus:
+        if self._status is None:
+            from rq.job import Job
+
+            self._status = RedisStatus(self.redis_url, Job.redis_job_namespace_prefix,
+                                       socket_timeout=self.socket_timeout)
+        return self._status
+
+    async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
+        """The job's record and owner, or None (no such job, or its time to live passed)."""
+        if not _JOB_ID.fullmatch(task_id):
+            return None
+        return await self.status.read(task_id)
+
+    def watch_status(self, task_id: str) -> AsyncIterator[TaskRecord]:
+        return self.status.watch(task_id)
+
+    async def cancel_status(self, task_id: str) -> bool | None:
+        """Cancel the job: one waiting in the queue (or for its time, or for a retry) is cancelled with RQ's
+        ``Job.cancel`` and never runs; a running one is stopped with RQ's ``send_stop_job_command`` (the
+        forking worker kills its work horse; a sync task in a worker that cannot be killed sees
+        ``cancelled()`` turn true). True when asked, False when it had already ended, None when unknown."""
+        if not _JOB_ID.fullmatch(task_id):
+            return None
+        outcome = await self.status.cancel(task_id)
+        if outcome == "unknown":
+            return None
+        if outcome.startswith("final:"):
+            return False
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_job, task_id, outcome == "cancelled")
+        return True
+
+    def _stop_job(self, job_id: str, waiting: bool) -> None:
+        """RQ's side of a cancellation (blocking): out of its queue or registry, or its worker told to stop."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+        from rq.job import Job
+
+        try:
+            if waiting:
+                Job.fetch(job_id, connection=self.redis).cancel()
+            else:
+                send_stop_job_command(self.redis, job_id)
+        except (InvalidJobOperation, NoSuchJobError):  # it ended or moved on meanwhile: the record says how
+            pass
+        except Exception:
+            logger.exception("Could not stop durable job %s in %s", job_id, self.redis_url)
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -524,22 +580,94 @@ def _seconds(value: float | None) -> int | None:
 
 
 _traced_job: Any = None
+_worker: Any = None
 
 
 def traced_job_class() -> Any:
-    """RQ's ``Job``, whose ``perform`` runs in a span continuing the trace of the request that stored it
-    (``meta["traceparent"]``, see ``tracing.py``); without OpenTelemetry installed it is RQ's ``Job`` exactly."""
+    """RQ's ``Job`` made a task you can hold: ``perform`` keeps the job's status record (running, progress,
+    the end with its error or kept result; see ``redis_status.py``), lets ``report_progress`` and
+    ``cancelled`` reach the job, skips a job cancelled while it waited, and runs in a span continuing the
+    trace of the request that stored it (``meta["traceparent"]``, see ``tracing.py``).
+
+    The return value goes into the record (JSON, size-limited) when the task asked to keep it; RQ's own
+    result then holds None, so a return value is never stored unless asked for."""
     global _traced_job
     if _traced_job is None:
         from rq.job import Job
 
         class TracedJob(Job):
             def perform(self) -> Any:
-                with job_span(self.description or self.func_name, self.meta.get("traceparent"), self.id):
-                    return super().perform()
+                tracker = JobTracker(self.id, self.key, self.connection)
+                if not tracker.start():
+                    logger.info("Durable task %s (job %s) was cancelled before it started: not run",
+                                self.description, self.id)
+                    return None
+                token = running_task.set(tracker)
+                try:
+                    with job_span(self.description or self.func_name, self.meta.get("traceparent"), self.id):
+                        value = super().perform()
+                except BaseException as exc:
+                    if tracker.cancel_requested:
+                        tracker.end(CANCELLED)
+                    else:
+                        tracker.end(RETRYING if self.should_retry else FAILED, TaskError.of(exc))
+                    raise
+                finally:
+                    running_task.reset(token)
+                if tracker.cancel_seen:
+                    tracker.end(CANCELLED)
+                elif tracker.keep is not None:
+                    data, error = encode_result(value, tracker.keep)
+                    tracker.end(SUCCEEDED, error, data)
+                else:
+                    tracker.end(SUCCEEDED)
+                self._result = None
+                return None
 
         _traced_job = TracedJob
     return _traced_job
+
+
+def worker_class() -> Any:
+    """RQ's forking ``Worker`` (what ``tachyon worker`` runs) recording in the job's status what happens
+    outside the job's own code: a job stopped on request (its work horse killed) ends cancelled, one whose
+    work horse died ends failed (or retrying).
+
+    Its command thread (``stop-job`` and the like, over pub/sub) waits one second at a time instead of RQ's
+    60: after RQ unsubscribes at shutdown, that thread may start a wait before it sees the request to stop,
+    and a warm shutdown would then take up to a minute."""
+    global _worker
+    if _worker is None:
+        from rq import Worker
+        from rq.job import JobStatus
+
+        class TachyonWorker(Worker):
+            def subscribe(self) -> None:
+                self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+                self.pubsub = self.connection.pubsub()
+                self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+                self.pubsub_thread = self.pubsub.run_in_thread(
+                    sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+                )
+
+            def handle_job_failure(self, job: Any, queue: Any, started_job_registry: Any = None,
+                                   exc_string: str = "", execution: Any = None) -> None:
+                stopped = self._stopped_job_id == job.id
+                super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+                try:
+                    tracker = JobTracker(job.id, job.key, self.connection)
+                    if stopped:
+                        state, error = CANCELLED, None
+                    else:
+                        retried = job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+                        state = RETRYING if retried else FAILED
+                        error = TaskError("WorkerLost", (exc_string or "the work horse died").strip()[:500])
+                    tracker.advance(state, changes(state, error=error), "er")  # only if the job had not ended it
+                except Exception:
+                    logger.exception("Could not record the end of durable job %s", job.id)
+
+        _worker = TachyonWorker
+    return _worker
 
 
 def __getattr__(name: str) -> Any:
