@@ -84,6 +84,8 @@ def _run(args: argparse.Namespace) -> None:
         "access_log": not args.no_access_log,
         "timeout_graceful_shutdown": args.graceful_timeout,
     }
+    if args.workers > 1:  # each process learns it has siblings (in-process task status warns at startup)
+        os.environ["TACHYON_WORKERS"] = str(args.workers)
     if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
         uvicorn.run(args.app, **options)
         return

@@ -480,6 +480,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     tasks_param = plan.steps[0][0] if tasks_only else ""
     pool = app.endpoint_pool
     runner = app.background
+    holds = app.tasks
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         ctx: Context | None = None
@@ -526,6 +527,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 tasks = await store_durable(durable, request, scope["method"])
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
+            if tasks and holds.wanted(tasks):  # held tasks get their status record before the response
+                await holds.accept(tasks)
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                 tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
@@ -556,6 +559,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             else:
                 await send_response(app, response, scope, receive, send)
         except ResponseFailed:  # logged or answered already; the request failed, so its tasks do not run
+            if tasks:
+                holds.abandon(tasks, "its request's response could not be sent")
             tasks = None
         finally:
             try:
@@ -671,6 +676,9 @@ async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
     try:
         if has_durable(tasks):
             tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET")
+        holds = scope["app"].tasks
+        if tasks and holds.wanted(tasks):
+            await holds.accept(tasks)
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it

@@ -397,12 +397,18 @@ class JobTracker:
         return int(self._script(keys=[self.key], args=[channel(self.id), state, "", flags, *fields]))
 
     def start(self) -> bool:
-        """The job starts an attempt: False when it must not run (cancelled while it waited)."""
-        keep, cancel = self.redis.hmget(self.key, ["tachyon_keep", "tachyon_cancel"])
+        """The job starts an attempt: False when it must not run (cancelled while it waited). A job that had
+        ended succeeded or failed and runs again was requeued (RQ's ``requeue``, the dashboard's button): its
+        record starts a new life."""
+        keep, cancel, state = self.redis.hmget(self.key, ["tachyon_keep", "tachyon_cancel", "tachyon_state"])
         self.keep = int(keep) if keep else None
         if cancel:
             self.cancel_requested = True
-        return self.advance(RUNNING, changes(RUNNING), "ea") == 1 and not self.cancel_requested
+            return False
+        if state in (SUCCEEDED.encode(), FAILED.encode()):
+            self.redis.hdel(self.key, "tachyon_state", "tachyon_ended", "tachyon_error", "tachyon_result",
+                            "tachyon_progress")
+        return self.advance(RUNNING, changes(RUNNING), "ea") == 1
 
     def end(self, state: str, error: TaskError | None = None, result: bytes | None = None) -> None:
         fields = changes(state, error=error, result=result)

@@ -127,7 +127,8 @@ class RQBackend(TaskBackend):
     after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
     event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method,
     path and ``Authorization``) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
-    payload is refused (422).
+    payload is refused (422). A task's return value kept in its status record (``keep_result``) is limited to
+    ``result_limit`` bytes of JSON.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class RQBackend(TaskBackend):
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
+        result_limit: int = 64 * 1024,
     ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
@@ -151,6 +153,7 @@ class RQBackend(TaskBackend):
             # Redis refuses ``SET ... EX`` below one second: every keyed request would get a 503 forever.
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
+        self.result_limit = result_limit
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
@@ -374,25 +377,34 @@ class RQBackend(TaskBackend):
         for task in tasks:
             when = _when(task)
             template = self._template(task, when is not None)
-            job_id = task.job_id if task.job_id is not None else os.urandom(16).hex()
+            job_id = task.id  # the task's id is its job id (made now if nobody read it)
             data = _compress(template.dumps((template.func_name, None, task.args, task.kwargs)))
+            extra = []  # the status record's options (see redis_status.py), written only when set
+            if task.owner is not None:
+                extra += (b"$13\r\ntachyon_owner\r\n", bulk(task.owner.encode()))
+            if task.keep_result:
+                extra += (b"$12\r\ntachyon_keep\r\n", bulk(b"%d" % self.result_limit))
+            field_count = template.field_count if parent is None and not extra else bulk(
+                b"%d" % (template.pair_count * 2 + len(extra) + (2 if parent is not None else 0))
+            )
             chunks += (
                 bulk(template.key_prefix + job_id.encode()),
                 bulk(job_id.encode()),
                 b"$1\r\n1\r\n" if task.job_id is not None else b"$1\r\n0\r\n",
                 template.target,
                 bulk(b"" if when is None else b"%d" % calendar.timegm(_next_second(when).utctimetuple())),
-                template.field_count if parent is None else template.traced_field_count,
+                field_count,
                 b"$4\r\ndata\r\n", bulk(data),
                 b"$10\r\ncreated_at\r\n", stamp,
             )
             if when is None:
                 chunks += (b"$11\r\nenqueued_at\r\n", stamp)
             chunks.append(template.fields)
-            count += template.arg_count
+            count += template.arg_count + len(extra)
             if parent is not None:  # the worker continues the request's trace (see tracing.py)
                 chunks += (b"$4\r\nmeta\r\n", bulk(template.dumps({"traceparent": parent})))
                 count += 2
+            chunks += extra
         return chunks, count
 
     def _template(self, task: "BackgroundTask", scheduled: bool) -> "_JobTemplate":
@@ -522,17 +534,16 @@ class _JobTemplate:
     and the timestamps change. Taken from ``Job.to_dict()`` of the installed RQ, so the fields follow RQ."""
 
     __slots__ = (
-        "fields", "field_count", "traced_field_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
+        "fields", "field_count", "pair_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
     )
 
     def __init__(self, job: Any, target: str, scheduled: bool) -> None:
         fields = job.to_dict()
         for varying in ("data", "created_at", "enqueued_at"):
             fields.pop(varying, None)
-        pairs = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
+        pairs = self.pair_count = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
         self.fields = b"".join(bulk(_encode(k)) + bulk(_encode(v)) for k, v in fields.items())
         self.field_count = bulk(b"%d" % (2 * pairs))
-        self.traced_field_count = bulk(b"%d" % (2 * pairs + 2))  # + meta: {"traceparent": ...}
         self.arg_count = 6 + 2 * pairs
         self.func_name = job.func_name
         self.dumps = job.serializer.dumps

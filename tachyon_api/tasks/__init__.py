@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from .durable import has_durable, store_durable
 from .handles import BackgroundTask, BackgroundTasks, TaskOptions, collect
-from .records import STATES, Progress, TaskError, TaskRecord
+from .records import STATES, MemoryTaskStore, Progress, TaskError, TaskRecord
 from .runner import BackgroundRunner, ErrorHook
 from .stats import (
     DROPPED,
@@ -52,7 +52,7 @@ from .status import TaskControl, cancelled, current_task_id, report_progress
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "ErrorHook", "TaskFailure", "TaskOptions", "TaskStats",
     "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED", "TIMED_OUT", "DROPPED", "collect",
-    "has_durable", "store_durable", "STATES", "Progress", "TaskError", "TaskRecord", "TaskControl", "cancelled",
+    "has_durable", "store_durable", "STATES", "MemoryTaskStore", "Progress", "TaskError", "TaskRecord", "TaskControl", "cancelled",
     "current_task_id", "report_progress", "task_status_router",
 ]
 

@@ -222,6 +222,33 @@ class Tracker:
             self.interrupt()
         return True
 
+    # --- for the runner, from any thread --------------------------------------------------------------------
+    def begin(self) -> bool:
+        """An attempt starts: False when the task must not run (it was cancelled while it waited)."""
+        with self.store.lock:
+            return self.advance(RUNNING)
+
+    def end(self, state: str, error: BaseException | None = None, result: Any = None) -> None:
+        """The attempt ended: the task is in ``state`` (retrying, or a final one) with its error, or with its
+        result when it is kept (encoded here, outside the lock)."""
+        failure = None if error is None or state == CANCELLED else TaskError.of(error)
+        data = None
+        if state == SUCCEEDED and self.keep_result:
+            data, failure = encode_result(result, self.store.result_limit)
+        with self.store.lock:
+            if state == RETRYING:
+                self.error = failure
+                self.advance(RETRYING)
+            else:
+                self.interrupt = None
+                self.finish(state, failure, data)
+
+    def lost(self, reason: str) -> None:
+        """The task will never run or finish (dropped, lost at shutdown, its response failed)."""
+        with self.store.lock:
+            self.interrupt = None
+            self.finish(FAILED, TaskError("TaskLost", reason))
+
     # --- for the running task itself (report_progress, cancelled), from any thread -----------------------
     def report(self, done: float | None, message: str | None) -> None:
         with self.store.lock:

@@ -21,7 +21,9 @@ import msgspec
 from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
-from .stats import DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+from . import records
+from .stats import CANCELLED, DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+from .status import running_task
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -52,27 +54,41 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _call_in_thread(task: BackgroundTask, loop: Any) -> None:
+def _call_in_thread(task: BackgroundTask, loop: Any) -> Any:
     """Call a sync task in a worker thread; what a sync callable returns to be awaited is run on ``loop``."""
     result = task.func(*task.args, **task.kwargs)
     if result is not None and inspect.isawaitable(result):
-        _on_loop(loop, _awaited(result))
+        return _on_loop(loop, _awaited(result))
+    return result
 
 
-async def _captured(call: Awaitable[Any]) -> BaseException | None:
-    """Await ``call`` and return its exception instead of raising it.
+def _uncancel(task: asyncio.Task | None) -> None:
+    """The cancellation of one task of a batch was handled: the batch's asyncio task goes on (Python 3.11+
+    counts cancellation requests; before, catching the error was enough)."""
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None and task.cancelling():  # type: ignore[union-attr]
+        uncancel()
+
+
+# The record's state for each outcome of an attempt (see records.py and stats.py).
+_STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING,
+          CANCELLED: records.CANCELLED}
+
+
+async def _captured(call: Awaitable[Any]) -> tuple[BaseException | None, Any]:
+    """Await ``call`` and return its exception (or its result) instead of raising it.
 
     ``wait_for`` may run the awaitable as a Task of its own, and a Task lets ``KeyboardInterrupt`` and
     ``SystemExit`` escape to the event loop, which would stop the server; captured here, they are handled
     like any other task failure.
     """
     try:
-        await call
+        result = await call
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001
-        return exc
-    return None
+        return exc, None
+    return None, result
 
 
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
@@ -181,6 +197,7 @@ class BackgroundRunner:
             duration_total=total,
             duration_max=longest,
             waiting=self._waiting,
+            cancelled=totals[CANCELLED],
         )
 
     def metric_rows(self) -> list[tuple[str, list[int], list[int], float]]:
@@ -201,16 +218,17 @@ class BackgroundRunner:
         now = time.perf_counter()
         with self._lock:
             detail = self.metrics.snapshot()
-            running = sorted(
-                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt)
+            running = sorted((
+                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt,
+                 batch.tasks[batch.index]._id if batch.tasks[batch.index].tracker is not None else None)
                 for batch in self._batches() if batch.running
-            ) if self.metrics.per_name else []
+            ), key=lambda row: row[0]) if self.metrics.per_name else []
         stats = self.stats()
         totals = msgspec.structs.asdict(stats)
         totals["duration_mean"] = stats.duration_mean
         detail["running"] = [
-            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
-            for since, name, method, path, attempt in running
+            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt, "id": task_id}
+            for since, name, method, path, attempt, task_id in running
         ]
         return {"totals": totals, **detail}
 
@@ -431,6 +449,16 @@ class BackgroundRunner:
                 self.metrics.count(task.name, DROPPED)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+            if task.tracker is not None:
+                task.tracker.lost(reason)
+
+    def _cancelled_waiting(self, task: BackgroundTask, batch: _Batch) -> None:
+        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running."""
+        with self._lock:
+            batch.running = False
+            batch.index += 1
+            self.metrics.count(task.name, CANCELLED)
+        task.tracker.end(records.CANCELLED)
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -453,17 +481,25 @@ class BackgroundRunner:
                     if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                         return
                     batch.index, batch.since, batch.running = index, started, True
+                tracker = task.tracker
+                if tracker is not None and not tracker.begin():  # cancelled while it waited
+                    self._cancelled_waiting(task, batch)
+                    continue
                 error: BaseException | None = None
+                result = None
                 span = task_span(task.name, 1, method, path)
+                token = None if tracker is None else running_task.set(tracker)  # report_progress, cancelled
                 try:
                     if span is None:
-                        _call_in_thread(task, batch.loop)
+                        result = _call_in_thread(task, batch.loop)
                     else:
                         with span:
-                            _call_in_thread(task, batch.loop)
+                            result = _call_in_thread(task, batch.loop)
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
-                failure = self._attempt_ended(task, batch, 1, error)
+                if token is not None:
+                    running_task.reset(token)
+                failure = self._attempt_ended(task, batch, 1, error, result=result)
                 if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                     return
                 if failure is not None and self.hooks:  # part of the batch: join() and shutdown wait for the hooks
@@ -481,13 +517,24 @@ class BackgroundRunner:
                     pass
 
     def _attempt_ended(
-        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True
+        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True,
+        result: Any = None,
     ) -> TaskFailure | None:
-        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), and log it
-        if it finally failed. Nothing is counted for a batch abandoned at the shutdown deadline: shutdown
-        counted its tasks as lost."""
+        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), record it
+        in the task's status record if it has one, and log it if it finally failed. Nothing is counted for a
+        batch abandoned at the shutdown deadline: shutdown counted its tasks as lost.
+
+        A task whose cancellation was requested ends cancelled if it stopped (it raised, or it is async: its
+        await was interrupted) or if it returned after seeing ``cancelled()``; a sync task that never looked
+        ran to its end and ends as it would have."""
         duration = time.perf_counter() - batch.since
-        outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+        tracker = task.tracker
+        if tracker is not None and tracker.cancel_requested and (
+            error is not None or tracker.cancel_seen or task.is_async
+        ):
+            outcome = CANCELLED
+        else:
+            outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
         with self._lock:
             batch.running = False
             if batch.abandoned:
@@ -497,26 +544,54 @@ class BackgroundRunner:
             self.metrics.record(task.name, outcome, duration)
             if outcome == FAILED:
                 self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+        if tracker is not None:
+            tracker.end(_STATE[outcome], error, result)
         if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
         return TaskFailure(task, error, attempt, batch.method, batch.path)  # type: ignore[arg-type]
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
+        tracker = task.tracker
+        if tracker is None:
+            await self._attempts(task, batch, None, None)
+            return
+        current = asyncio.current_task()
+        token = running_task.set(tracker)  # report_progress and cancelled() reach the record
+        try:
+            await self._attempts(task, batch, tracker, current)
+        finally:
+            running_task.reset(token)
+            if tracker.cancel_requested and not self._cancelling:
+                _uncancel(current)
+
+    async def _attempts(self, task: BackgroundTask, batch: _Batch, tracker: Any, current: Any) -> None:
+        """Run ``task``'s attempts on the loop. With a status record: each attempt is recorded, and a
+        cancellation interrupts an async task (and any task waiting to retry) through ``current``, the asyncio
+        task running the batch: its ``CancelledError`` ends this task, not the batch."""
         attempt = 0
         while True:
             attempt += 1
+            if tracker is not None:
+                if not tracker.begin():  # cancelled while it waited
+                    self._cancelled_waiting(task, batch)
+                    return
+                if task.is_async:
+                    tracker.interrupt = current.cancel
             batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
             span = task_span(task.name, attempt, batch.method, batch.path)
             try:
                 if span is not None:
                     with span:
-                        await self._execute(task)
+                        result = await self._execute(task)
                 elif task.is_async and task.timeout is None:  # the common case, without a layer
-                    await task.func(*task.args, **task.kwargs)
+                    result = await task.func(*task.args, **task.kwargs)
                 else:
-                    await self._execute(task)
+                    result = await self._execute(task)
             except asyncio.CancelledError as exc:
+                if tracker is not None and tracker.cancel_requested and not self._cancelling:
+                    self._attempt_ended(task, batch, attempt, exc)  # cancelled on request: this task only
+                    return
                 if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
                     batch.running = False
                     raise
@@ -526,8 +601,9 @@ class BackgroundRunner:
             except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                 final = attempt > task.retries
                 failure = self._attempt_ended(task, batch, attempt, exc, final)
-                if final:
-                    await self._notify(failure)  # type: ignore[arg-type]
+                if failure is not None:
+                    await self._notify(failure)
+                if final or (tracker is not None and tracker.final):  # failed, or cancelled
                     return
                 delay = task.retry_delay * 2 ** (attempt - 1)
                 delay = random.uniform(delay / 2, delay)
@@ -535,9 +611,17 @@ class BackgroundRunner:
                     "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
                     task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
                 )
-                await self._backoff(delay)
+                if tracker is not None:
+                    tracker.interrupt = current.cancel  # a cancellation ends the wait
+                try:
+                    await self._backoff(delay)
+                except asyncio.CancelledError:
+                    if tracker is None or not tracker.cancel_requested or self._cancelling:
+                        raise
+                    self._cancelled_waiting(task, batch)
+                    return
             else:
-                self._attempt_ended(task, batch, attempt, None)
+                self._attempt_ended(task, batch, attempt, None, result=result)
                 return
 
     async def _backoff(self, delay: float) -> None:
@@ -557,21 +641,21 @@ class BackgroundRunner:
         finally:
             self._waiting -= 1
 
-    async def _execute(self, task: BackgroundTask) -> None:
+    async def _execute(self, task: BackgroundTask) -> Any:
+        """Run one attempt of ``task``; returns its return value."""
         if task.is_async:
             call = task.func(*task.args, **task.kwargs)
             if task.timeout is None:
-                await call
-                return
+                return await call
             try:
-                error = await asyncio.wait_for(_captured(call), task.timeout)
+                error, result = await asyncio.wait_for(_captured(call), task.timeout)
             except asyncio.TimeoutError:
                 with self._lock:
                     self.metrics.count(task.name, TIMED_OUT)
                 raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
             if error is not None:
                 raise error
-            return
+            return result
         future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
         if task.timeout is not None:
             done, _ = await asyncio.wait({future}, timeout=task.timeout)
@@ -584,7 +668,8 @@ class BackgroundRunner:
                 )
         result = await future
         if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            await result
+            return await result
+        return result
 
     async def _notify(self, failure: TaskFailure) -> None:
         for hook in self.hooks:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TaskFailure", "TaskStats", "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED",
-    "TIMED_OUT", "DROPPED",
+    "TIMED_OUT", "DROPPED", "CANCELLED",
 ]
 
 
@@ -45,6 +45,7 @@ class TaskStats(msgspec.Struct, frozen=True):
     duration_total: float
     duration_max: float
     waiting: int = 0  # tasks between two attempts (retry backoff): neither running nor queued, not done either
+    cancelled: int = 0  # tasks that ended cancelled on request (app.tasks.cancel, DELETE /tasks/{id})
 
     @property
     def duration_mean(self) -> float:
@@ -55,12 +56,12 @@ class TaskStats(msgspec.Struct, frozen=True):
 # read from the histogram is within 10% of the true value. Fixed bounds keep memory per task name constant
 # whatever the traffic.
 DURATION_BOUNDS: tuple[float, ...] = tuple(0.00005 * 2 ** (i / 4) for i in range(97))
-OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped")
+OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped", "cancelled")
 _OTHER_NAMES = "(other)"
 
 
 # Outcome indexes into the count lists below (the order of OUTCOMES).
-SUCCEEDED, FAILED, RETRIED, TIMED_OUT, DROPPED = range(len(OUTCOMES))
+SUCCEEDED, FAILED, RETRIED, TIMED_OUT, DROPPED, CANCELLED = range(len(OUTCOMES))
 
 
 class _NameMetrics:
@@ -134,7 +135,7 @@ class TaskMetrics:
             metrics.total += duration
 
     def count(self, name: str, outcome: int, n: int = 1) -> None:
-        """An outcome without a duration of its own (``timed_out``, ``dropped``)."""
+        """An outcome without a duration of its own (``timed_out``, ``dropped``, ``cancelled`` before a start)."""
         self.totals[outcome] += n
         if self.per_name:
             self._of(name).counts[outcome] += n

@@ -22,10 +22,10 @@ import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
 
 from ..exceptions import TaskNotFound
-from .records import FAILED, MemoryTaskStore, TaskError, TaskRecord, check_progress
+from .records import MemoryTaskStore, TaskRecord, check_progress
 
 if TYPE_CHECKING:
-    from ..background import BackgroundTask
+    from .handles import BackgroundTask
 
 __all__ = ["TaskControl", "StatusSource", "report_progress", "cancelled", "current_task_id"]
 
@@ -128,10 +128,8 @@ class TaskControl:
     def abandon(tasks: Iterable["BackgroundTask"], reason: str) -> None:
         """Held tasks that will never run (their response failed): their records end failed."""
         for task in tasks:
-            tracker = task.tracker
-            if tracker is not None:
-                with tracker.store.lock:
-                    tracker.finish(FAILED, TaskError("TaskLost", reason))
+            if task.tracker is not None:
+                task.tracker.lost(reason)
 
     # --- reading and cancelling --------------------------------------------------------------------------
     def _sources(self) -> list[Any]:
@@ -180,7 +178,18 @@ class TaskControl:
             raise TaskNotFound()
         return outcome
 
-    # --- startup -----------------------------------------------------------------------------------------
+    # --- startup and shutdown ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """At startup: a shared store starts listening (cancellations from other processes); warn about a
+        deployment whose status answers would be wrong."""
+        if self.store.shared:
+            self.store.start()
+        self.check_deployment()
+
+    async def aclose(self) -> None:
+        if self.store.shared:
+            await self.store.aclose()
+
     def check_deployment(self) -> None:
         """At startup: with several web processes and records kept in each process's memory, a status
         request can reach a process that never saw the task. Say so now rather than answer 404 later."""
