@@ -346,6 +346,6 @@ def test_fire_and_forget_tasks_get_no_record_unless_the_app_keeps_them_all() -> 
 
         with serve(app) as url:
             httpx.post(f"{url}/plain").raise_for_status()
-            assert wait_until(lambda: app.background.stats().succeeded == 1)
+            assert wait_until(lambda app=app: app.background.stats().succeeded == 1)
         assert len(app.tasks.store) == (1 if keep_all else 0)
     assert seen == [None, None]

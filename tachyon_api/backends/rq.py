@@ -22,7 +22,6 @@ import hashlib
 import importlib
 import inspect
 import logging
-import os
 import re
 import weakref
 import zlib

@@ -59,17 +59,15 @@ def task_status_router(
             "status without a guard on purpose"
         )
     router = Router(prefix=prefix, dependencies=dependencies)
-    guard = dependencies[0].dependency if dependencies else None
+    # The first guard again, as a parameter: resolved once per request (cached), its value is the principal.
+    principal_of = Depends(dependencies[0].dependency if dependencies else _no_principal)
 
-    def principal_param() -> Any:
-        return Depends(guard) if guard is not None else Depends(_no_principal)
-
-    async def task_status(task_id: str, request: Request, principal: Any = principal_param()) -> Response:
+    async def task_status(task_id: str, request: Request, principal: Any = principal_of) -> Response:
         """The task's status record (404 ``TASK_NOT_FOUND`` for an unknown, expired or not-yours id)."""
         _, record = await _find(request, task_id, principal)
         return JSONResponse(record, headers=_NO_STORE)
 
-    async def task_events(task_id: str, request: Request, principal: Any = principal_param()) -> Response:
+    async def task_events(task_id: str, request: Request, principal: Any = principal_of) -> Response:
         """Server-Sent Events: the record now, then one event per change, until the final state."""
         source, record = await _find(request, task_id, principal)
         if record.final and request.headers.get("last-event-id") is not None:
@@ -81,7 +79,7 @@ def task_status_router(
             headers={**_NO_STORE, "x-accel-buffering": "no"},
         )
 
-    async def cancel_task(task_id: str, request: Request, principal: Any = principal_param()) -> Response:
+    async def cancel_task(task_id: str, request: Request, principal: Any = principal_of) -> Response:
         """Ask the task to stop: 202 with its record, or 409 ``TASK_FINISHED`` if it had already ended."""
         source, record = await _find(request, task_id, principal)
         outcome = await source.cancel_status(task_id)

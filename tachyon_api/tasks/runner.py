@@ -22,6 +22,7 @@ from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
 from . import records
+from .calls import being_cancelled, call_in_thread, execute, on_loop, uncancel
 from .stats import CANCELLED, DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
 from .status import running_task
 
@@ -33,62 +34,9 @@ __all__ = ["BackgroundRunner", "ErrorHook", "standalone_runner"]
 logger = logging.getLogger("tachyon_api.background")
 
 
-def _on_loop(loop: Any, coro: Any) -> Any:
-    """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
-    try:
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-    except RuntimeError:  # the loop is closed
-        coro.close()
-        return None
-    return future.result()
-
-
-def _being_cancelled() -> bool:
-    """Whether the current asyncio task was asked to cancel (not just hit by a CancelledError from inside)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return bool(cancelling()) if cancelling is not None else False
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-def _call_in_thread(task: BackgroundTask, loop: Any) -> Any:
-    """Call a sync task in a worker thread; what a sync callable returns to be awaited is run on ``loop``."""
-    result = task.func(*task.args, **task.kwargs)
-    if result is not None and inspect.isawaitable(result):
-        return _on_loop(loop, _awaited(result))
-    return result
-
-
-def _uncancel(task: asyncio.Task | None) -> None:
-    """The cancellation of one task of a batch was handled: the batch's asyncio task goes on (Python 3.11+
-    counts cancellation requests; before, catching the error was enough)."""
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None and task.cancelling():  # type: ignore[union-attr]
-        uncancel()
-
-
 # The record's state for each outcome of an attempt (see records.py and stats.py).
 _STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING,
           CANCELLED: records.CANCELLED}
-
-
-async def _captured(call: Awaitable[Any]) -> tuple[BaseException | None, Any]:
-    """Await ``call`` and return its exception (or its result) instead of raising it.
-
-    ``wait_for`` may run the awaitable as a Task of its own, and a Task lets ``KeyboardInterrupt`` and
-    ``SystemExit`` escape to the event loop, which would stop the server; captured here, they are handled
-    like any other task failure.
-    """
-    try:
-        result = await call
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        return exc, None
-    return None, result
 
 
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
@@ -491,10 +439,10 @@ class BackgroundRunner:
                 token = None if tracker is None else running_task.set(tracker)  # report_progress, cancelled
                 try:
                     if span is None:
-                        result = _call_in_thread(task, batch.loop)
+                        result = call_in_thread(task, batch.loop)
                     else:
                         with span:
-                            result = _call_in_thread(task, batch.loop)
+                            result = call_in_thread(task, batch.loop)
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
                 if token is not None:
@@ -503,7 +451,7 @@ class BackgroundRunner:
                 if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                     return
                 if failure is not None and self.hooks:  # part of the batch: join() and shutdown wait for the hooks
-                    _on_loop(batch.loop, self._notify(failure))
+                    on_loop(batch.loop, self._notify(failure))
         finally:
             with lock:
                 self._threaded.discard(batch)
@@ -563,7 +511,7 @@ class BackgroundRunner:
         finally:
             running_task.reset(token)
             if tracker.cancel_requested and not self._cancelling:
-                _uncancel(current)
+                uncancel(current)
 
     async def _attempts(self, task: BackgroundTask, batch: _Batch, tracker: Any, current: Any) -> None:
         """Run ``task``'s attempts on the loop. With a status record: each attempt is recorded, and a
@@ -592,7 +540,7 @@ class BackgroundRunner:
                 if tracker is not None and tracker.cancel_requested and not self._cancelling:
                     self._attempt_ended(task, batch, attempt, exc)  # cancelled on request: this task only
                     return
-                if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
+                if self._cancelling or being_cancelled():  # the batch itself: _run logs what is lost
                     batch.running = False
                     raise
                 failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
@@ -642,34 +590,12 @@ class BackgroundRunner:
             self._waiting -= 1
 
     async def _execute(self, task: BackgroundTask) -> Any:
-        """Run one attempt of ``task``; returns its return value."""
-        if task.is_async:
-            call = task.func(*task.args, **task.kwargs)
-            if task.timeout is None:
-                return await call
-            try:
-                error, result = await asyncio.wait_for(_captured(call), task.timeout)
-            except asyncio.TimeoutError:
-                with self._lock:
-                    self.metrics.count(task.name, TIMED_OUT)
-                raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
-            if error is not None:
-                raise error
-            return result
-        future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
-        if task.timeout is not None:
-            done, _ = await asyncio.wait({future}, timeout=task.timeout)
-            if not done:
-                with self._lock:
-                    self.metrics.count(task.name, TIMED_OUT)
-                logger.warning(
-                    "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
-                    task.name, task.timeout,
-                )
-        result = await future
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            return await result
-        return result
+        """Run one attempt of ``task`` (see ``calls.execute``); returns its return value."""
+        return await execute(task, self.pool, self._timed_out)
+
+    def _timed_out(self, task: BackgroundTask) -> None:
+        with self._lock:
+            self.metrics.count(task.name, TIMED_OUT)
 
     async def _notify(self, failure: TaskFailure) -> None:
         for hook in self.hooks:
