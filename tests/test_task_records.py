@@ -172,3 +172,20 @@ def test_cancel_ends_a_queued_task_interrupts_a_running_async_one_and_refuses_an
         assert running.cancel() and running.state == RUNNING and interrupted.is_set()
         assert running.is_cancelled() and running.cancel_seen
         assert not queued.cancel()
+
+
+def test_stores_and_the_durable_backend_answer_the_status_protocol() -> None:
+    import inspect
+
+    from tachyon_api.backends.base import TaskBackend
+    from tachyon_api.backends.redis_status import RedisTaskStore
+    from tachyon_api.backends.rq import RQBackend
+    from tachyon_api.tasks.status import StatusSource
+
+    assert StatusSource in TaskBackend.__mro__
+    names = ("read_status", "watch_status", "cancel_status")
+    for source in (MemoryTaskStore, RedisTaskStore, RQBackend):
+        for name in names:
+            ours, theirs = getattr(source, name), getattr(StatusSource, name)
+            assert list(inspect.signature(ours).parameters) == list(inspect.signature(theirs).parameters)
+            assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs), (source, name)

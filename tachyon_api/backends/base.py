@@ -19,13 +19,19 @@ Where a call happens, and why it is shaped so:
 - :meth:`stats`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
 
-Status records (read and watch one task), cancellation and scheduled ticks will be added to this protocol as
-the engine grows them; until then a backend offers nothing more than what is listed here.
+- ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the status routes
+  (see ``tasks/status.py``): a durable task's status record lives with the job, in the backend. They run on the
+  event loop and must not block it. A backend reads and writes the one record shape of ``tasks/records.py``,
+  following its state machine (a final state is never left).
+
+Scheduled ticks will be added to this protocol as the engine grows them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from ..tasks.status import StatusSource
 
 if TYPE_CHECKING:
     from ..tasks.handles import BackgroundTask
@@ -33,8 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["TaskBackend"]
 
 
-class TaskBackend(Protocol):
-    """A durable store of background tasks, run by workers in other processes."""
+class TaskBackend(StatusSource, Protocol):
+    """A durable store of background tasks, run by workers in other processes; also where their status records
+    live (:class:`~tachyon_api.tasks.status.StatusSource`: ``read_status``, ``watch_status``, ``cancel_status``)."""
 
     #: The name of the queue this backend stores into (shown on the dashboard, default of ``tachyon worker``).
     queue_name: str

@@ -66,16 +66,24 @@ def current_task_id() -> str | None:
 
 
 class StatusSource(Protocol):
-    """What ``app.tasks`` asks of a place that keeps records: a task store, or a durable backend."""
+    """Where status records live, as ``app.tasks`` and the status routes ask them: a task store
+    (``MemoryTaskStore``, ``RedisTaskStore``) or a durable backend (part of ``backends.base.TaskBackend``).
+    Called on the event loop; none of them may block it."""
 
     async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
-        """The record and its owner (None: no owner), or None when unknown or expired."""
+        """The record and its owner (None: no owner), or None when the id is unknown or its record expired. An
+        id the source could never have made is simply unknown (no error)."""
+        ...
 
     def watch_status(self, task_id: str) -> AsyncIterator[TaskRecord]:
-        """The current record, then one per change, ending after a final one; nothing when unknown."""
+        """The current record, then one per change of state or progress, ending after a final state; nothing
+        when unknown. Changes are pushed (pub/sub or an equivalent), not found by polling every task."""
+        ...
 
     async def cancel_status(self, task_id: str) -> bool | None:
-        """Ask the task to stop: True when asked, False when it had already ended, None when unknown."""
+        """Ask the task to stop: a waiting task never runs, a running one is stopped (or, where it cannot be,
+        its ``cancelled()`` turns true). True when asked, False when it had already ended, None when unknown."""
+        ...
 
 
 class TaskControl:
@@ -135,7 +143,7 @@ class TaskControl:
     def _sources(self) -> list[Any]:
         sources = [self.store]
         backend = getattr(self.app, "task_backend", None)
-        if backend is not None and hasattr(backend, "read_status"):
+        if backend is not None:
             sources.append(backend)
         return sources
 
