@@ -349,3 +349,63 @@ def test_fire_and_forget_tasks_get_no_record_unless_the_app_keeps_them_all() -> 
             assert wait_until(lambda app=app: app.background.stats().succeeded == 1)
         assert len(app.tasks.store) == (1 if keep_all else 0)
     assert seen == [None, None]
+
+
+# --- the dashboard: ids and cancellation ------------------------------------------------------------------
+DASHBOARD_APP = '''
+import asyncio
+from tachyon_api import BackgroundTasks, Tachyon
+from tachyon_api.dashboard import task_dashboard
+
+app = Tachyon(task_status=True)
+app.include_router(task_dashboard(prefix="/admin/tasks", public=True))
+LOG = []
+
+async def rebuild_index(name: str):
+    try:
+        await asyncio.sleep(60)
+    finally:
+        LOG.append("stopped")
+
+@app.post("/rebuild")
+def rebuild(background_tasks: BackgroundTasks):
+    background_tasks.add_task(rebuild_index, "products")
+    return {}
+
+@app.get("/log")
+def log():
+    return LOG
+'''
+
+
+def test_the_dashboard_shows_the_running_task_id_and_cancels_it(page: Any, serve_process: Any) -> None:
+    server = serve_process(DASHBOARD_APP)
+    page.goto(f"{server.url}/admin/tasks")
+    page.wait_for_selector("text=live")
+    assert httpx.post(f"{server.url}/rebuild").status_code == 200
+    button = page.locator("#running button:has-text('Cancel')")
+    button.wait_for(timeout=5000)
+    task_id = button.get_attribute("data-task")
+    assert task_id and len(task_id) == 32 and task_id in page.locator("#running").inner_text()
+    button.click()
+    page.wait_for_selector("text=nothing running", timeout=5000)
+    assert httpx.get(f"{server.url}/log").json() == ["stopped"]
+    totals = page.locator("#totals").inner_text()
+    assert "1\ncancelled" in totals
+    page.wait_for_selector("#names td:has-text('rebuild_index')")
+    cells = page.locator("#names tr").first.locator("td").all_inner_texts()
+    assert cells[:7] == ["rebuild_index", "0", "0", "0", "0", "0", "1"]
+
+
+def test_the_dashboard_cancel_button_refuses_cross_site_requests_and_unknown_ids() -> None:
+    from tachyon_api.dashboard import task_dashboard
+
+    from .conftest import client_for
+
+    app = Tachyon()
+    app.include_router(task_dashboard(public=True))
+    client = client_for(app)
+    assert client.post("/tasks/cancel/abc").status_code == 403  # a plain form post: no custom header
+    header = {"x-tachyon-dashboard": "cancel"}
+    assert client.post("/tasks/cancel/abc", headers={**header, "origin": "https://evil.example"}).status_code == 403
+    assert_error_shape(client.post("/tasks/cancel/abc", headers=header), {404}, "TASK_NOT_FOUND")

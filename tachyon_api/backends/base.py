@@ -16,7 +16,7 @@ Where a call happens, and why it is shaped so:
 - :meth:`store` runs after the endpoint returned and before the response is sent, so a 2xx means every durable
   task of the request is stored. It stores them all or none.
 - :meth:`aclose` runs at shutdown, on the app's event loop.
-- :meth:`stats`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
+- :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
 
 - ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the status routes
@@ -88,6 +88,10 @@ class TaskBackend(StatusSource, Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counts of the backend's jobs by state (for example ``queued``, ``started``, ``failed``); may block."""
+        ...
+
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs running now: ``id`` and ``name``; may block."""
         ...
 
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -502,6 +502,14 @@ class RQBackend(TaskBackend):
             "failed": queue.failed_job_registry.count,
         }
 
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The jobs running now (RQ's started registry): id and task name (blocking)."""
+        from rq.job import Job, parse_job_id
+
+        ids = [parse_job_id(entry) for entry in self.queue.started_job_registry.get_job_ids(0, limit - 1)]
+        jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=self.redis)
+        return [{"id": job.id, "name": job.description} for job in jobs if job is not None]
+
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The failed job registry: id, task name and the worker's traceback of each failed job."""
         from rq.job import Job

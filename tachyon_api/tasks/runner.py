@@ -491,7 +491,9 @@ class BackgroundRunner:
                 batch.index += 1  # done with it: neither running nor lost any more
             self.metrics.record(task.name, outcome, duration)
             if outcome == FAILED:
-                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+                self.metrics.failure(  # the id only of a task that has a status record: ids are capabilities
+                    task.name, batch.method, batch.path, attempt, error, None if tracker is None else tracker.id  # type: ignore[arg-type]
+                )
         if tracker is not None:
             tracker.end(_STATE[outcome], error, result)
         if outcome != FAILED:

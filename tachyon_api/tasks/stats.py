@@ -140,11 +140,14 @@ class TaskMetrics:
         if self.per_name:
             self._of(name).counts[outcome] += n
 
-    def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
+    def failure(
+        self, name: str, method: str, path: str, attempts: int, exc: BaseException, task_id: str | None = None
+    ) -> None:
         if not self.per_name:
             return
         self.failures.append({
             "name": name,
+            "id": task_id,
             "method": method,
             "path": path,
             "attempts": attempts,
