@@ -239,7 +239,10 @@ def test_cancel_a_queued_task_it_never_runs(gates: Gates) -> None:
 
 
 def test_cancel_a_running_async_task_runs_its_finally_and_the_next_task(gates: Gates) -> None:
+    from tachyon_api.metrics import instrument
+
     app = make_app(gates)
+    instrument(app)
     with serve(app) as url:
         accepted = httpx.post(f"{url}/sleep").json()
         assert gates["started"].wait(10)
@@ -251,6 +254,8 @@ def test_cancel_a_running_async_task_runs_its_finally_and_the_next_task(gates: G
         seen = events.wait()
         assert wait_until(lambda: "after" in gates.log)
         stats = app.background.stats()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'tachyon_tasks_total{name="make_app.<locals>.sleeper",outcome="cancelled"} 1.0' in metrics
     assert states(seen) == ["running", "cancelled"]
     assert seen[-1]["error"] is None and seen[-1]["ended_at"] is not None
     assert gates.log == ["finally", "after"]  # cancelled in its await; the batch went on with the next task
