@@ -173,6 +173,7 @@ class Tachyon(RouteDecorators):
             threads=background_threads,
             shutdown_timeout=shutdown_timeout,
             statistics=task_statistics,
+            lock=self.tasks.store.lock,
         )
         self._lifespan = lifespan
         self._lifespan_context: AsyncContextManager[Any] | None = None

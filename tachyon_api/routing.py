@@ -527,8 +527,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 tasks = await store_durable(durable, request, scope["method"])
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
-            if tasks and holds.wanted(tasks):  # held tasks get their status record before the response
-                await holds.accept(tasks)
+            if tasks and (holds.always or BackgroundTask.held) and (pending := holds.accept(tasks)) is not None:
+                await pending  # held tasks get their status record before the response
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                 tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
@@ -677,8 +677,10 @@ async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
         if has_durable(tasks):
             tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET")
         holds = scope["app"].tasks
-        if tasks and holds.wanted(tasks):
-            await holds.accept(tasks)
+        if holds.always or BackgroundTask.held:
+            pending = holds.accept(tasks)
+            if pending is not None:
+                await pending
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import msgspec
 import pytest
@@ -30,9 +31,9 @@ def test_a_task_moves_through_its_states_and_a_final_state_sticks() -> None:
         assert tracker.advance(RUNNING)
         assert tracker.advance(RETRYING)
         assert tracker.advance(RUNNING)
-        assert tracker.finish(SUCCEEDED, result=b'{"rows":3}')
+        assert tracker.end(SUCCEEDED, result=b'{"rows":3}')
         assert not tracker.advance(RUNNING)
-        assert not tracker.finish(CANCELLED)
+        assert not tracker.end(CANCELLED)
         record = tracker.record()
     assert record.state == SUCCEEDED and record.attempts == 2 and record.result == {"rows": 3}
     assert record.created_at <= record.started_at <= record.ended_at
@@ -55,7 +56,7 @@ def test_the_record_encodes_to_the_documented_shape() -> None:
     with store.lock:
         tracker.advance(RUNNING)
         tracker.progress(0.5, "half")
-        tracker.finish(FAILED, TaskError("ValueError", "bad row"))
+        tracker.end(FAILED, error=TaskError("ValueError", "bad row"))
         data = msgspec.json.decode(msgspec.json.encode(tracker.record()))
     assert set(data) == {"id", "name", "state", "attempts", "created_at", "started_at", "ended_at", "progress",
                          "result", "error"}
@@ -97,7 +98,7 @@ def test_the_store_keeps_unfinished_records_and_drops_the_oldest_ended_past_its_
         tracker = store.create(f"t{n}", "job")
         with store.lock:
             tracker.advance(RUNNING)
-            tracker.finish(SUCCEEDED)
+            tracker.end(SUCCEEDED)
     assert [n for n in range(10) if store.get(f"t{n}") is not None] == [7, 8, 9]
     assert store.get("running") is running
     assert len(store) == 4
@@ -108,14 +109,14 @@ def test_ended_records_expire_after_the_ttl() -> None:
     tracker = store.create("t", "job")
     with store.lock:
         tracker.advance(RUNNING)
-        tracker.finish(SUCCEEDED)
+        tracker.end(SUCCEEDED)
     assert store.get("t") is tracker
     time.sleep(0.1)
     assert store.get("t") is None
     other = store.create("u", "job")  # the next ending makes room: the expired record leaves memory
     with store.lock:
         other.advance(RUNNING)
-        other.finish(SUCCEEDED)
+        other.end(SUCCEEDED)
     assert len(store) == 1
 
 
@@ -125,7 +126,7 @@ def test_kept_results_are_bounded_in_total() -> None:
         tracker = store.create(f"t{n}", "job")
         with store.lock:
             tracker.advance(RUNNING)
-            tracker.finish(SUCCEEDED, result=b"1" * 100)
+            tracker.end(SUCCEEDED, result=b"1" * 100)
     assert [n for n in range(4) if store.get(f"t{n}") is not None] == [2, 3]
 
 
@@ -144,7 +145,7 @@ def test_watch_yields_the_current_record_then_each_change_until_the_final_one() 
 
         def work() -> None:  # changes from a worker thread wake the watcher on the loop; one at a time
             for count, step in enumerate((lambda: tracker.advance(RUNNING), lambda: tracker.progress(0.5, None),
-                                          lambda: tracker.finish(SUCCEEDED)), start=2):
+                                          lambda: tracker.end(SUCCEEDED)), start=2):
                 with store.lock:
                     step()
                 deadline = time.monotonic() + 5
@@ -167,7 +168,7 @@ def test_cancel_ends_a_queued_task_interrupts_a_running_async_one_and_refuses_an
     interrupted = threading.Event()
     with store.lock:
         running.advance(RUNNING)
-        running.interrupt = interrupted.set
+        running.interrupt = types.SimpleNamespace(cancel=interrupted.set)  # the asyncio task running it
         assert queued.cancel() and queued.state == CANCELLED
         assert running.cancel() and running.state == RUNNING and interrupted.is_set()
         assert running.is_cancelled() and running.cancel_seen

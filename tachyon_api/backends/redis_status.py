@@ -489,13 +489,22 @@ class RedisTaskStore(MemoryTaskStore):
         return tracker.state, str(max(1, int(ttl))), fields
 
     async def publish(self, trackers: list[Tracker]) -> None:
-        """Write new records to Redis now (before the response that carries their ids)."""
+        """Write new records to Redis now (before the response that carries their ids). If Redis cannot be
+        reached, the request goes on (its tasks run here, and this process answers for them): the failure is
+        logged and the records are written with the next change that reaches Redis."""
         self.start()
         with self.lock:
             writes = [(tracker.id, self._fields(tracker)) for tracker in trackers]
             for tracker in trackers:
                 self._dirty.pop(tracker.id, None)
-        await self._write(writes)
+        try:
+            await self._write(writes)
+        except Exception as exc:
+            logger.error("Could not write %d new task record(s) to %s: other web processes cannot answer for "
+                         "them yet", len(writes), self.redis_url, exc_info=exc)
+            with self.lock:
+                for tracker in trackers:
+                    self.mirror(tracker)
 
     def mirror(self, tracker: Tracker) -> None:
         """A record changed (under the lock, in any thread): write it to Redis on the next turn of the loop.

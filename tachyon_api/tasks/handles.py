@@ -103,6 +103,11 @@ def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
 _DURABLE_ONLY = ("delay", "at", "job_id", "result_ttl", "failure_ttl")
 
 
+def new_id() -> str:
+    """A new task id: 128 bits from the operating system's random source, as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
 class BackgroundTask:
     """One call to make after the response: ``func(*args, **kwargs)``, with its options; also the handle of a
     task you can hold (:attr:`id`, see ``status.py``).
@@ -113,6 +118,10 @@ class BackgroundTask:
 
     __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
                  "delay", "at", "job_id", "result_ttl", "failure_ttl", "_id", "owner", "keep_result", "tracker")
+
+    # Set once any task's handle is taken (its id read, keep_result or owner set): until then no request needs
+    # to look for held tasks before its response (see TaskControl.accept).
+    held = False
 
     def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self._setup(func, args, kwargs, None)
@@ -237,10 +246,12 @@ class BackgroundTask:
             if not isinstance(keep_result, bool):
                 raise TypeError(f"keep_result must be a bool, got {keep_result!r}")
             self.keep_result = keep_result
+            BackgroundTask.held = True
         if owner is not None:
             if isinstance(owner, bool) or not isinstance(owner, (str, int)):
                 raise TypeError(f"owner must be a str or an int (the principal's id), got {type(owner).__name__}")
             self.owner = str(owner)
+            BackgroundTask.held = True
         return self
 
     @property
@@ -249,7 +260,8 @@ class BackgroundTask:
         given to :meth:`with_options` is used as is). Reading it makes an in-process task one you can hold:
         it gets a status record when its request hands it over."""
         if self._id is None:
-            self._id = os.urandom(16).hex()
+            self._id = new_id()
+            BackgroundTask.held = True
         return self._id
 
     async def __call__(self) -> None:

@@ -39,6 +39,7 @@ QUEUED, SCHEDULED, RUNNING, RETRYING = "queued", "scheduled", "running", "retryi
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATES = (QUEUED, SCHEDULED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
 FINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
+_STARTABLE = frozenset((QUEUED, SCHEDULED, RETRYING))  # the states an attempt may start from
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset((SCHEDULED, RUNNING, CANCELLED, FAILED)),
     SCHEDULED: frozenset((QUEUED, RUNNING, CANCELLED, FAILED)),
@@ -126,45 +127,42 @@ def encode_result(value: Any, limit: int) -> tuple[bytes | None, TaskError | Non
     return data, None
 
 
-class Tracker:
+class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     """The live record of one in-process task, updated by the runner (on the loop or in a worker thread) under
     its store's lock, and read as a :class:`TaskRecord`.
 
     Also the task's cancellation switch: ``cancel_requested`` is set by ``app.tasks.cancel``; ``cancel_seen``
     when the running task itself noticed it (``cancelled()`` returned True), which decides how a sync task
     that then returns normally ends: cancelled if it noticed, succeeded if it ran to its end regardless.
+
+    A msgspec Struct, made in C with its defaults, and left out of the cyclic garbage collector (``gc=False``):
+    a store holds up to ``max_records`` of them, which every full collection would otherwise walk. Nothing in
+    a tracker refers back to it for long (``interrupt``, which reaches the asyncio task running it, is cleared
+    when the task ends).
     """
 
-    __slots__ = (
-        "id", "name", "owner", "state", "attempts", "created", "started", "ended", "done", "message", "result",
-        "error", "keep_result", "cancel_requested", "cancel_seen", "version", "waiters", "interrupt", "is_async",
-        "expires", "store",
-    )
-
-    def __init__(self, store: "MemoryTaskStore", task_id: str, name: str, owner: str | None, keep_result: bool,
-                 is_async: bool) -> None:
-        self.store = store
-        self.id = task_id
-        self.name = name
-        self.owner = owner
-        self.state = QUEUED
-        self.attempts = 0
-        self.created = time.time()
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.done: float | None = None
-        self.message: str | None = None
-        self.result: bytes | None = None  # JSON
-        self.error: TaskError | None = None
-        self.keep_result = keep_result
-        self.is_async = is_async
-        self.cancel_requested = False
-        self.cancel_seen = False
-        self.version = 0
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] | None = None
-        # While an async task runs (or waits to retry): cancels the asyncio task running it (set by the runner).
-        self.interrupt: Any = None
-        self.expires = 0.0
+    store: "MemoryTaskStore"
+    id: str
+    name: str
+    owner: str | None = None
+    keep_result: bool = False
+    is_async: bool = False
+    created: float = 0.0
+    state: str = QUEUED
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    done: float | None = None
+    message: str | None = None
+    result: bytes | None = None  # JSON
+    error: TaskError | None = None
+    cancel_requested: bool = False
+    cancel_seen: bool = False
+    version: int = 0
+    waiters: list | None = None  # (loop, future) of watchers waiting for the next change
+    # While an async task runs (or waits to retry): the asyncio task running it, cancelled by ``cancel``.
+    interrupt: Any = None
+    expires: float = 0.0
 
     def record(self) -> TaskRecord:
         """A snapshot (call it under the store's lock)."""
@@ -179,29 +177,49 @@ class Tracker:
         return self.state in FINAL
 
     # --- changes: call them under the store's lock -------------------------------------------------------
-    def advance(self, state: str) -> bool:
-        """Move to ``state`` if the state machine allows it (False otherwise: a final state is never left)."""
-        if state not in TRANSITIONS[self.state]:
+    def begin(self, perf: float) -> bool:
+        """An attempt starts, at ``time.perf_counter()`` value ``perf`` (the runner's clock reading, reused):
+        False when the task must not run (it was cancelled while it waited)."""
+        if self.state not in _STARTABLE:
             return False
-        now = time.time()
-        if state == RUNNING:
-            self.attempts += 1
-            self.started = now
-        elif state in FINAL:
-            self.ended = now
-        self.state = state
-        self.changed()
-        if state in FINAL:
-            self.store.ended(self)
+        self.state = RUNNING
+        self.attempts += 1
+        self.started = perf + self.store.offset
+        self.version += 1
+        if self.waiters is not None or self.store.shared:
+            self.tell()
         return True
 
-    def finish(self, state: str, error: TaskError | None = None, result: bytes | None = None) -> bool:
-        """End the task in ``state`` with its error or kept result (False if it had already ended)."""
+    def end(self, state: str, perf: float | None = None, error: TaskError | None = None,
+            result: bytes | None = None) -> bool:
+        """The attempt ended (at ``perf``, a ``time.perf_counter()`` value; None: now): the task is in ``state``
+        (retrying, or a final one) with its error, or its kept result (JSON). False if it had ended already."""
         if state not in TRANSITIONS[self.state]:
             return False
+        self.state = state
         self.error = error
-        self.result = result
-        return self.advance(state)
+        self.version += 1
+        if state != RETRYING:
+            store = self.store
+            self.ended = now = (time.perf_counter() if perf is None else perf) + store.offset
+            self.result = result
+            self.interrupt = None
+            store.ended(self, now)
+        if self.waiters is not None or self.store.shared:
+            self.tell()
+        return True
+
+    def advance(self, state: str) -> bool:
+        """Move to ``state`` if the state machine allows it (False otherwise: a final state is never left)."""
+        if state == RUNNING:
+            return self.begin(time.perf_counter())
+        if state in FINAL or state == RETRYING:
+            return self.end(state)
+        if state not in TRANSITIONS[self.state]:
+            return False
+        self.state = state
+        self.changed()
+        return True
 
     def progress(self, done: float | None, message: str | None) -> None:
         if self.state in FINAL or (done == self.done and message == self.message):
@@ -217,37 +235,45 @@ class Tracker:
             return False
         self.cancel_requested = True
         if self.state in (QUEUED, SCHEDULED):
-            self.finish(CANCELLED)
+            self.end(CANCELLED)
         elif self.interrupt is not None:
-            self.interrupt()
+            self.interrupt.cancel()
         return True
 
-    # --- for the runner, from any thread --------------------------------------------------------------------
-    def begin(self) -> bool:
-        """An attempt starts: False when the task must not run (it was cancelled while it waited)."""
-        with self.store.lock:
-            return self.advance(RUNNING)
+    def changed(self) -> None:
+        """Count a change and tell whoever watches."""
+        self.version += 1
+        if self.waiters is not None or self.store.shared:
+            self.tell()
 
-    def end(self, state: str, error: BaseException | None = None, result: Any = None) -> None:
-        """The attempt ended: the task is in ``state`` (retrying, or a final one) with its error, or with its
-        result when it is kept (encoded here, outside the lock)."""
-        failure = None if error is None or state == CANCELLED else TaskError.of(error)
-        data = None
-        if state == SUCCEEDED and self.keep_result:
-            data, failure = encode_result(result, self.store.result_limit)
-        with self.store.lock:
-            if state == RETRYING:
-                self.error = failure
-                self.advance(RETRYING)
-            else:
-                self.interrupt = None
-                self.finish(state, failure, data)
+    def tell(self) -> None:
+        """Wake the watchers (from any thread) and, for a shared store, mirror the change."""
+        if self.store.shared:
+            self.store.mirror(self)
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for loop, future in waiters:
+                try:
+                    loop.call_soon_threadsafe(_wake, future)
+                except RuntimeError:  # that loop is closed: its watcher is gone
+                    pass
+
+    # --- for the runner, outside the lock ----------------------------------------------------------------
+    def outcome(self, state: str, error: BaseException | None, value: Any) -> tuple[TaskError | None, bytes | None]:
+        """What the end of an attempt records: its error (none for a cancellation), or its return value as
+        JSON when it is kept (encoded here, outside any lock; too large a value is an error instead)."""
+        if state == SUCCEEDED:
+            if self.keep_result:
+                data, failure = encode_result(value, self.store.result_limit)
+                return failure, data
+            return None, None
+        return (None if error is None or state == CANCELLED else TaskError.of(error)), None
 
     def lost(self, reason: str) -> None:
         """The task will never run or finish (dropped, lost at shutdown, its response failed)."""
         with self.store.lock:
-            self.interrupt = None
-            self.finish(FAILED, TaskError("TaskLost", reason))
+            self.end(FAILED, None, TaskError("TaskLost", reason))
 
     # --- for the running task itself (report_progress, cancelled), from any thread -----------------------
     def report(self, done: float | None, message: str | None) -> None:
@@ -259,20 +285,6 @@ class Tracker:
             self.cancel_seen = True
             return True
         return False
-
-    def changed(self) -> None:
-        """Count a change and wake whoever watches (from any thread)."""
-        self.version += 1
-        if self.store.shared:
-            self.store.mirror(self)
-        waiters = self.waiters
-        if waiters:
-            self.waiters = None
-            for loop, future in waiters:
-                try:
-                    loop.call_soon_threadsafe(_wake, future)
-                except RuntimeError:  # that loop is closed: its watcher is gone
-                    pass
 
     # --- reading ----------------------------------------------------------------------------------------
     async def watch(self) -> AsyncIterator[TaskRecord]:
@@ -333,7 +345,11 @@ class MemoryTaskStore:
         self.ttl = ttl
         self.result_limit = result_limit
         self.max_result_bytes = max_result_bytes
+        # Shared with the app's runner (it records attempts inside its own critical sections); any lock works.
         self.lock = threading.Lock()
+        # Wall time minus time.perf_counter(): the records' times are monotonic clock readings (the runner's,
+        # reused) made wall times, so they stay in order even if the wall clock is set while the app runs.
+        self.offset = time.time() - time.perf_counter()
         self._records: dict[str, Tracker] = {}
         self._ended: deque[Tracker] = deque()  # in the order they ended
         self._result_bytes = 0
@@ -344,15 +360,15 @@ class MemoryTaskStore:
     def create(self, task_id: str, name: str, owner: str | None = None, keep_result: bool = False,
                is_async: bool = False) -> Tracker:
         """A new record, queued (it replaces an ended one with the same id, e.g. a ``job_id`` used again)."""
-        tracker = Tracker(self, task_id, name, owner, keep_result, is_async)
-        with self.lock:
-            self._records[task_id] = tracker
+        tracker = self._records[task_id] = Tracker(
+            self, task_id, name, owner, keep_result, is_async, time.perf_counter() + self.offset
+        )
         return tracker
 
     def get(self, task_id: str) -> Tracker | None:
         """The record of ``task_id``, or None when unknown or expired."""
         tracker = self._records.get(task_id)
-        if tracker is not None and tracker.expires and tracker.expires <= time.time():
+        if tracker is not None and tracker.expires and tracker.expires <= time.perf_counter() + self.offset:
             return None
         return tracker
 
@@ -375,13 +391,18 @@ class MemoryTaskStore:
         with self.lock:
             return tracker.cancel()
 
-    def ended(self, tracker: Tracker) -> None:
-        """``tracker`` reached a final state (called under the lock): it expires after ``ttl``; make room."""
-        now = time.time()
+    def ended(self, tracker: Tracker, now: float) -> None:
+        """``tracker`` reached a final state at ``now`` (called under the lock): it expires after ``ttl``; the
+        oldest ended records leave when there are too many, or too many bytes of results."""
         tracker.expires = now + self.ttl
-        self._ended.append(tracker)
+        ended = self._ended
+        ended.append(tracker)
         if tracker.result is not None:
             self._result_bytes += len(tracker.result)
+        if len(ended) > self.max_records or ended[0].expires <= now or self._result_bytes > self.max_result_bytes:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
         ended, records = self._ended, self._records
         while ended and (
             len(ended) > self.max_records or ended[0].expires <= now or self._result_bytes > self.max_result_bytes

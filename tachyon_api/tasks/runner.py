@@ -24,7 +24,7 @@ from ..tracing import task_span
 from . import records
 from .calls import being_cancelled, call_in_thread, execute, on_loop, uncancel
 from .stats import CANCELLED, DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
-from .status import running_task
+from .status import running_task, thread_slot
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -91,6 +91,7 @@ class BackgroundRunner:
         threads: int = 16,
         shutdown_timeout: float = 25.0,
         statistics: bool = True,
+        lock: Any = None,
     ) -> None:
         if overflow not in ("wait", "drop"):
             raise ValueError("overflow must be 'wait' or 'drop'")
@@ -112,7 +113,9 @@ class BackgroundRunner:
         self._inline: set[_Batch] = set()  # batches running in their request (no lifespan, or a test client)
         self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
         self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
-        self._lock = threading.Lock()  # for what worker threads touch (see the class docstring)
+        # For what worker threads touch (see the class docstring). The app gives the lock of its task store, so
+        # that an attempt's start and end reach the task's status record inside the same critical sections.
+        self._lock = lock if lock is not None else threading.Lock()
         self._scheduled = self._queued = self._waiting = 0
         self._deadline: float | None = None  # loop time at which shutdown cancels what is left
         self._closing: asyncio.Future | None = None  # resolved when shutdown starts: wakes retry backoffs
@@ -401,11 +404,11 @@ class BackgroundRunner:
                 task.tracker.lost(reason)
 
     def _cancelled_waiting(self, task: BackgroundTask, batch: _Batch) -> None:
-        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running."""
-        with self._lock:
-            batch.running = False
-            batch.index += 1
-            self.metrics.count(task.name, CANCELLED)
+        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running.
+        Call it under the lock."""
+        batch.running = False
+        batch.index += 1
+        self.metrics.count(task.name, CANCELLED)
         task.tracker.end(records.CANCELLED)
 
     async def _run(self, batch: _Batch) -> None:
@@ -422,21 +425,25 @@ class BackgroundRunner:
         """In a worker thread, in the batch's context: run a batch of plain sync tasks, in order."""
         lock = self._lock
         method, path = batch.method, batch.path
+        slot = None  # this thread's slot, through which report_progress and cancelled() reach the record
         try:
             for index, task in enumerate(batch.tasks):
                 started = time.perf_counter()
+                tracker = task.tracker
                 with lock:
                     if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                         return
                     batch.index, batch.since, batch.running = index, started, True
-                tracker = task.tracker
-                if tracker is not None and not tracker.begin():  # cancelled while it waited
-                    self._cancelled_waiting(task, batch)
-                    continue
+                    if tracker is not None and not tracker.begin(started):  # cancelled while it waited
+                        self._cancelled_waiting(task, batch)
+                        continue
                 error: BaseException | None = None
                 result = None
                 span = task_span(task.name, 1, method, path)
-                token = None if tracker is None else running_task.set(tracker)  # report_progress, cancelled
+                if tracker is not None:
+                    if slot is None:
+                        slot = thread_slot()
+                    slot[0] = tracker
                 try:
                     if span is None:
                         result = call_in_thread(task, batch.loop)
@@ -445,8 +452,8 @@ class BackgroundRunner:
                             result = call_in_thread(task, batch.loop)
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
-                if token is not None:
-                    running_task.reset(token)
+                if tracker is not None:
+                    slot[0] = None  # type: ignore[index]
                 failure = self._attempt_ended(task, batch, 1, error, result=result)
                 if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                     return
@@ -475,104 +482,109 @@ class BackgroundRunner:
         A task whose cancellation was requested ends cancelled if it stopped (it raised, or it is async: its
         await was interrupted) or if it returned after seeing ``cancelled()``; a sync task that never looked
         ran to its end and ends as it would have."""
-        duration = time.perf_counter() - batch.since
+        now = time.perf_counter()
         tracker = task.tracker
-        if tracker is not None and tracker.cancel_requested and (
-            error is not None or tracker.cancel_seen or task.is_async
-        ):
-            outcome = CANCELLED
-        else:
+        if tracker is None:
             outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+        else:
+            if tracker.cancel_requested and (error is not None or tracker.cancel_seen or task.is_async):
+                outcome = CANCELLED
+            else:
+                outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+            if outcome == SUCCEEDED and not tracker.keep_result:
+                failure = kept = None
+            else:
+                failure, kept = tracker.outcome(_STATE[outcome], error, result)
         with self._lock:
             batch.running = False
             if batch.abandoned:
                 return None
             if outcome != RETRIED:
                 batch.index += 1  # done with it: neither running nor lost any more
-            self.metrics.record(task.name, outcome, duration)
+            self.metrics.record(task.name, outcome, now - batch.since)
+            if tracker is not None:
+                tracker.end(_STATE[outcome], now, failure, kept)
             if outcome == FAILED:
                 self.metrics.failure(  # the id only of a task that has a status record: ids are capabilities
                     task.name, batch.method, batch.path, attempt, error, None if tracker is None else tracker.id  # type: ignore[arg-type]
                 )
-        if tracker is not None:
-            tracker.end(_STATE[outcome], error, result)
         if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
         return TaskFailure(task, error, attempt, batch.method, batch.path)  # type: ignore[arg-type]
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
+        """Run ``task``'s attempts on the loop. With a status record, each attempt is recorded, and a
+        cancellation interrupts an async task (and any task waiting to retry) through the asyncio task running
+        the batch: its ``CancelledError`` then ends this task, not the batch."""
         tracker = task.tracker
-        if tracker is None:
-            await self._attempts(task, batch, None, None)
-            return
-        current = asyncio.current_task()
-        token = running_task.set(tracker)  # report_progress and cancelled() reach the record
-        try:
-            await self._attempts(task, batch, tracker, current)
-        finally:
-            running_task.reset(token)
-            if tracker.cancel_requested and not self._cancelling:
-                uncancel(current)
-
-    async def _attempts(self, task: BackgroundTask, batch: _Batch, tracker: Any, current: Any) -> None:
-        """Run ``task``'s attempts on the loop. With a status record: each attempt is recorded, and a
-        cancellation interrupts an async task (and any task waiting to retry) through ``current``, the asyncio
-        task running the batch: its ``CancelledError`` ends this task, not the batch."""
+        if tracker is not None:
+            current = asyncio.current_task()
+            token = running_task.set(tracker)  # report_progress and cancelled() reach the record
         attempt = 0
-        while True:
-            attempt += 1
-            if tracker is not None:
-                if not tracker.begin():  # cancelled while it waited
-                    self._cancelled_waiting(task, batch)
-                    return
-                if task.is_async:
-                    tracker.interrupt = current.cancel
-            batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
-            span = task_span(task.name, attempt, batch.method, batch.path)
-            try:
-                if span is not None:
-                    with span:
-                        result = await self._execute(task)
-                elif task.is_async and task.timeout is None:  # the common case, without a layer
-                    result = await task.func(*task.args, **task.kwargs)
-                else:
-                    result = await self._execute(task)
-            except asyncio.CancelledError as exc:
-                if tracker is not None and tracker.cancel_requested and not self._cancelling:
-                    self._attempt_ended(task, batch, attempt, exc)  # cancelled on request: this task only
-                    return
-                if self._cancelling or being_cancelled():  # the batch itself: _run logs what is lost
-                    batch.running = False
-                    raise
-                failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
-                await self._notify(failure)  # type: ignore[arg-type]
-                return
-            except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
-                final = attempt > task.retries
-                failure = self._attempt_ended(task, batch, attempt, exc, final)
-                if failure is not None:
-                    await self._notify(failure)
-                if final or (tracker is not None and tracker.final):  # failed, or cancelled
-                    return
-                delay = task.retry_delay * 2 ** (attempt - 1)
-                delay = random.uniform(delay / 2, delay)
-                logger.warning(
-                    "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
-                    task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
-                )
+        try:
+            while True:
+                attempt += 1
+                batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
+                # On the loop the record needs no lock to start: what else changes it here (a cancellation, a
+                # watcher) runs on the loop too, and the task's own progress reports start after this.
                 if tracker is not None:
-                    tracker.interrupt = current.cancel  # a cancellation ends the wait
+                    if not tracker.begin(batch.since):  # cancelled while it waited
+                        with self._lock:
+                            self._cancelled_waiting(task, batch)
+                        return
+                    if task.is_async:
+                        tracker.interrupt = current
+                span = task_span(task.name, attempt, batch.method, batch.path)
                 try:
-                    await self._backoff(delay)
-                except asyncio.CancelledError:
-                    if tracker is None or not tracker.cancel_requested or self._cancelling:
+                    if span is not None:
+                        with span:
+                            result = await self._execute(task)
+                    elif task.is_async and task.timeout is None:  # the common case, without a layer
+                        result = await task.func(*task.args, **task.kwargs)
+                    else:
+                        result = await self._execute(task)
+                except asyncio.CancelledError as exc:
+                    if tracker is not None and tracker.cancel_requested and not self._cancelling:
+                        self._attempt_ended(task, batch, attempt, exc)  # cancelled on request: this task only
+                        return
+                    if self._cancelling or being_cancelled():  # the batch itself: _run logs what is lost
+                        batch.running = False
                         raise
-                    self._cancelled_waiting(task, batch)
+                    failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
+                    await self._notify(failure)  # type: ignore[arg-type]
                     return
-            else:
-                self._attempt_ended(task, batch, attempt, None, result=result)
-                return
+                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                    final = attempt > task.retries
+                    failure = self._attempt_ended(task, batch, attempt, exc, final)
+                    if failure is not None:
+                        await self._notify(failure)
+                    if final or (tracker is not None and tracker.final):  # failed, or cancelled
+                        return
+                    delay = task.retry_delay * 2 ** (attempt - 1)
+                    delay = random.uniform(delay / 2, delay)
+                    logger.warning(
+                        "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
+                        task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
+                    )
+                    if tracker is not None:
+                        tracker.interrupt = current  # a cancellation ends the wait
+                    try:
+                        await self._backoff(delay)
+                    except asyncio.CancelledError:
+                        if tracker is None or not tracker.cancel_requested or self._cancelling:
+                            raise
+                        with self._lock:
+                            self._cancelled_waiting(task, batch)
+                        return
+                else:
+                    self._attempt_ended(task, batch, attempt, None, result=result)
+                    return
+        finally:
+            if tracker is not None:
+                running_task.reset(token)
+                if tracker.cancel_requested and not self._cancelling:
+                    uncancel(current)
 
     async def _backoff(self, delay: float) -> None:
         """Wait ``delay`` before a retry, counted as waiting. During shutdown a wait never outlasts the drain

@@ -19,20 +19,45 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
+import threading
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Iterable, Protocol
 
 from ..exceptions import TaskNotFound
+from . import handles  # the module, read at call time: handles imports the runner, which imports this module
 from .records import MemoryTaskStore, TaskRecord, check_progress
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
 
+
 __all__ = ["TaskControl", "StatusSource", "report_progress", "cancelled", "current_task_id"]
 
 logger = logging.getLogger("tachyon_api.background")
 
-# The running task's handle (a Tracker in-process, the job's tracker in a worker), or None outside a task.
+# The running task's handle (a Tracker in-process, the job's tracker in a worker), or None outside a task: in
+# a context variable for tasks run on the event loop (and what they start), and for the sync tasks that a
+# worker thread of the runner calls one after another, in that thread's slot (a one-item list the thread
+# takes once per batch and updates per task: cheaper than a context variable, and the same to the task).
 running_task: contextvars.ContextVar[Any] = contextvars.ContextVar("tachyon_api.running_task", default=None)
+_thread_slots: dict[int, list[Any]] = {}
+
+
+def thread_slot() -> list[Any]:
+    """This thread's slot for the task it runs (see above)."""
+    ident = threading.get_ident()
+    slot = _thread_slots.get(ident)
+    if slot is None:
+        slot = _thread_slots[ident] = [None]
+    return slot
+
+
+def _running() -> Any:
+    task = running_task.get()
+    if task is None:
+        slot = _thread_slots.get(threading.get_ident())
+        if slot is not None:
+            task = slot[0]
+    return task
 
 # Longer ids are never made (ours are 32 characters; RQ job ids given with ``job_id=`` are the user's): such a
 # path is answered 404 without a lookup.
@@ -46,7 +71,7 @@ def report_progress(done: float | None = None, message: str | None = None) -> No
     nobody holds, or code that is not a task) it does nothing, so library code may call it freely. Raises
     ``ValueError`` for a ``done`` outside 0..1 or a message over 1,000 characters.
     """
-    task = running_task.get()
+    task = _running()
     if task is not None:
         done, message = check_progress(done, message)
         task.report(done, message)
@@ -55,13 +80,13 @@ def report_progress(done: float | None = None, message: str | None = None) -> No
 def cancelled() -> bool:
     """True once cancellation of the running task was requested: a sync task checks it between steps and
     returns (or raises) early. False outside a task with a record."""
-    task = running_task.get()
+    task = _running()
     return task is not None and task.is_cancelled()
 
 
 def current_task_id() -> str | None:
     """The id of the running task, if it has a record (None otherwise)."""
-    task = running_task.get()
+    task = _running()
     return None if task is None else task.id
 
 
@@ -98,6 +123,7 @@ class TaskControl:
         self.app = app
         self.track_all = track_all
         self.keep_results = keep_results
+        self.always = track_all or keep_results  # every request's in-process tasks get records
         self.store = store if store is not None else MemoryTaskStore()
         self.status_path: str | None = None  # the status router's GET path, once found (see http.py)
         self.warned_no_router = False
@@ -107,30 +133,28 @@ class TaskControl:
         return self.store.result_limit
 
     # --- the request's side: records before the response ------------------------------------------------
-    def wanted(self, tasks: Iterable["BackgroundTask"]) -> bool:
-        """Whether any of a request's in-process tasks needs a record (checked before its response)."""
-        if self.track_all or self.keep_results:
-            return True
-        for task in tasks:
-            if task._id is not None or task.owner is not None or task.keep_result:
-                return True
-        return False
+    def accept(self, tasks: Iterable["BackgroundTask"]) -> Awaitable[None] | None:
+        """Give the held in-process tasks of a request a queued record, before the response that may carry
+        their ids is sent. Returns an awaitable the caller awaits before that response when the records must
+        be written elsewhere first (a shared store); None otherwise.
 
-    async def accept(self, tasks: Iterable["BackgroundTask"]) -> None:
-        """Give the held in-process tasks a queued record, before the response that may carry their ids is
-        sent (with a shared store, written there before the response)."""
-        store = self.store
-        created = []
+        Callers skip it while ``always`` is false and no task's handle was ever taken
+        (``BackgroundTask.held``): a fire-and-forget task then costs two attribute reads."""
+        track_all, keep_all = self.track_all, self.keep_results
+        created: list[Any] | None = None
         for task in tasks:
-            if task.tracker is not None or task.backend is not None:
+            if task.backend is not None or task.tracker is not None:
                 continue
-            keep = self.keep_results if task.keep_result is None else task.keep_result
-            if not (self.track_all or keep or task._id is not None or task.owner is not None):
-                continue
-            task.tracker = store.create(task.id, task.name, task.owner, keep, task.is_async)
-            created.append(task.tracker)
-        if created and store.shared:
-            await store.publish(created)
+            keep = keep_all if task.keep_result is None else task.keep_result
+            task_id = task._id
+            if track_all or keep or task_id is not None or task.owner is not None:
+                if task_id is None:
+                    task_id = task._id = handles.new_id()
+                store = self.store
+                task.tracker = tracker = store.create(task_id, task.name, task.owner, keep, task.is_async)
+                if store.shared:
+                    created = [*(created or ()), tracker]
+        return None if created is None else self.store.publish(created)
 
     @staticmethod
     def abandon(tasks: Iterable["BackgroundTask"], reason: str) -> None:
