@@ -135,6 +135,36 @@ def _routes(args: argparse.Namespace) -> None:
         print(f"{method:<{width}}  {path:<{path_width}}  {name}")
 
 
+def _schedule(args: argparse.Namespace) -> None:
+    """List the periodic jobs of module:app with their next run times (computed here, nothing is started)."""
+    import time
+
+    from .tasks.schedule import iso
+
+    app = load_app(args.app)
+    scheduler = getattr(app, "scheduler", None)
+    jobs = list(scheduler) if scheduler is not None else []
+    if not jobs:
+        print(f"{args.app} declares no periodic jobs (@app.periodic)")
+        return
+    now = time.time()
+    rows = []
+    for job in jobs:
+        durable = job.durable is not False and (app.task_backend is not None or hasattr(job.func, "__tachyon_backend__"))
+        options = [f"{key}={value}" for key, value in job.options.items()]
+        options += [name for name in ("overlap", "catch_up") if getattr(job, name)]
+        options += [f"jitter={job.jitter:g}s"] if job.jitter else []
+        ticks = [iso(tick, job.schedule.zone()) for tick in job.upcoming(now, args.next)]
+        rows.append((job.name, job.schedule.describe(), "durable" if durable else "in-process", ticks, ", ".join(options)))
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(("NAME", "SCHEDULE", "RUNS"))]
+    tick_width = max(len("NEXT RUN"), *(len(row[3][0]) for row in rows))
+    print(f"{'NAME':<{widths[0]}}  {'SCHEDULE':<{widths[1]}}  {'RUNS':<{widths[2]}}  {'NEXT RUN':<{tick_width}}  OPTIONS")
+    for name, schedule, where, ticks, options in rows:
+        print(f"{name:<{widths[0]}}  {schedule:<{widths[1]}}  {where:<{widths[2]}}  {ticks[0]:<{tick_width}}  {options}".rstrip())
+        for tick in ticks[1:]:
+            print(" " * (widths[0] + widths[1] + widths[2] + 6) + tick)
+
+
 def _worker(args: argparse.Namespace) -> None:
     from rq import Queue, Worker
 
@@ -289,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser("routes", help="list the routes of module:app")
     routes.add_argument("app", nargs="?", default="app:app")
     routes.set_defaults(handler=_routes)
+
+    schedule = commands.add_parser("schedule", help="list the periodic jobs of module:app and their next runs")
+    schedule.add_argument("app", nargs="?", default="app:app")
+    schedule.add_argument("--next", "-n", type=int, default=1, help="how many upcoming run times per job (default 1)")
+    schedule.set_defaults(handler=_schedule)
 
     worker = commands.add_parser("worker", help="run an RQ worker for the durable tasks of module:app")
     worker.add_argument("app", nargs="?", default="app:app")

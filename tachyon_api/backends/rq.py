@@ -447,6 +447,18 @@ class RQBackend(TaskBackend):
             if job is not None
         ]
 
+    def job_state(self, job_id: str) -> str | None:
+        """The RQ status of a job (``"queued"``, ``"started"``, ``"finished"``, ...; None if unknown), blocking:
+        how the scheduler tells whether a periodic job's last run still runs."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status(refresh=False)
+        except NoSuchJobError:
+            return None
+        return None if status is None else str(getattr(status, "value", status))
+
     def requeue(self, job_id: str) -> bool:
         """Put a failed job back on its queue (blocking); False if no failed job has that id."""
         from rq.exceptions import InvalidJobOperationError, NoSuchJobError

@@ -110,7 +110,7 @@ class BackgroundTask:
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
-                 "delay", "at", "job_id", "result_ttl", "failure_ttl")
+                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end")
 
     def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self._setup(func, args, kwargs, None)
@@ -148,6 +148,9 @@ class BackgroundTask:
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
+        # Told the task's final outcome ("succeeded", "failed" or "lost"), from the loop or a worker thread: how
+        # the scheduler follows a periodic run (see schedule.py).
+        self.on_end: Callable[[str], None] | None = None
         marked = getattr(func, "__tachyon_backend__", None)
         if marked is not None and not local:
             backend = marked[0]

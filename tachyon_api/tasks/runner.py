@@ -21,7 +21,7 @@ import msgspec
 from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
-from .stats import DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+from .stats import DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -431,6 +431,8 @@ class BackgroundRunner:
                 self.metrics.count(task.name, DROPPED)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+            if task.on_end is not None:
+                task.on_end("lost")
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -497,6 +499,8 @@ class BackgroundRunner:
             self.metrics.record(task.name, outcome, duration)
             if outcome == FAILED:
                 self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+        if task.on_end is not None and outcome != RETRIED:
+            task.on_end(OUTCOMES[outcome])
         if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
