@@ -222,8 +222,8 @@ class PeriodicJob:
                         and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
             if required:
                 raise TypeError(
-                    f"@periodic: {getattr(func, '__qualname__', func)} is called with no argument but its optional "
-                    f"`tick`, yet it needs {', '.join(required)}"
+                    f"@periodic: {getattr(func, '__qualname__', func)} is called with no arguments (or only `tick`, "
+                    f"the run's scheduled time), but it needs: {', '.join(required)}"
                 )
         schedule = Every(every) if every is not None else Cron(cron, timezone)  # type: ignore[arg-type]
         probe = BackgroundTask.create(func, (), {"tick": None} if pass_tick else {}, None, durable=False)
