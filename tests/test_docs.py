@@ -44,6 +44,7 @@ PAGES = [
     "security-model.md",
     "openapi.md",
     "websockets.md",
+    "scheduling.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # Sections of pages whose other blocks are fragments: they need a Redis, whose URL they read from REDIS_URL.
