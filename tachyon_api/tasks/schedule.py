@@ -339,7 +339,10 @@ class Scheduler:
             job.held = False
         clients, self._redis = self._redis, {}
         for client in clients.values():
-            await client.aclose()
+            try:
+                await client.aclose()
+            except Exception as exc:
+                logger.warning("Could not close the schedule's Redis connection: %s", exc)
 
     def _backend(self, job: PeriodicJob) -> Any:
         """The durable backend of ``job``'s ticks, or None to run them in-process."""
