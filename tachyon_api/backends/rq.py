@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from rq import Queue
 
     from ..tasks.handles import BackgroundTask
+    from ..tasks.leases import ScheduleLease
 
 __all__ = ["RQBackend"]
 
@@ -149,6 +150,7 @@ class RQBackend(TaskBackend):
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
+        self._lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
@@ -338,10 +340,30 @@ class RQBackend(TaskBackend):
         return commit
 
     async def aclose(self) -> None:
-        """Close this event loop's Redis connection (the app calls it at shutdown for its ``task_backend``)."""
-        commit = self._commits.pop(asyncio.get_running_loop(), None)
+        """Close this event loop's Redis connections (the app calls it at shutdown for its ``task_backend``)."""
+        loop = asyncio.get_running_loop()
+        commit = self._commits.pop(loop, None)
         if commit is not None:
             await commit.aclose()
+        leases = self._lease_clients.pop(loop, None)
+        if leases is not None:
+            await leases.aclose()
+
+    # --- periodic jobs ---------------------------------------------------------------------------------
+    def schedule_lease(self, name: str, ttl: float) -> "ScheduleLease":
+        """The lease of the periodic job ``name`` in this Redis, shared by every app on this queue: a key with a
+        time to live (see ``tasks/leases.py``), on one ``redis.asyncio`` connection per event loop."""
+        from redis.asyncio import Redis
+
+        from ..tasks.leases import RedisLease
+
+        loop = asyncio.get_running_loop()
+        client = self._lease_clients.get(loop)
+        if client is None:
+            client = self._lease_clients[loop] = Redis.from_url(
+                self.redis_url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
+            )
+        return RedisLease(client, f"tachyon:periodic:{self.queue_name}:{name}", ttl)
 
     def _entry(
         self,

@@ -1,9 +1,7 @@
 """The leases that elect, for each periodic job, the one process that runs its ticks (see ``schedule.py``).
 
-Both kinds answer the same four calls: ``hold()`` (take or keep the lease, never waiting), ``claim(tick)``
-(record a tick as taken, only forward, only by the holder), ``record(tick, outcome)`` and ``read()`` (the shared
-state: the last tick claimed, the last tick run and its outcome), and ``release()``. ``poll`` says how often a
-process without the lease tries again; ``renew`` how often the holder must call ``hold()`` to keep it.
+:class:`ScheduleLease` is what the scheduler asks of a lease. :class:`FileLease` covers the processes of one
+host; :class:`RedisLease` any processes on any hosts, and is what a Redis backend's ``schedule_lease`` returns.
 """
 
 from __future__ import annotations
@@ -18,15 +16,48 @@ import os
 import re
 import tempfile
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-__all__ = ["FileLease", "RedisLease", "FILE_POLL"]
+__all__ = ["ScheduleLease", "FileLease", "RedisLease", "FILE_POLL"]
 
 logger = logging.getLogger("tachyon_api.schedule")
 
 # How often a process that does not hold a job's file lock tries to take it (seconds): the takeover bound on one
 # host, since the kernel drops the lock of a process the moment it dies.
 FILE_POLL = 0.5
+
+
+class ScheduleLease(Protocol):
+    """One periodic job's lease, and the job's state shared by every process that may hold it."""
+
+    #: How often a process without the lease tries to take it (seconds).
+    poll: float
+    #: How often the holder must call :meth:`hold` to keep the lease (seconds; ``math.inf``: never).
+    renew: float
+
+    async def hold(self) -> tuple[bool, int | None]:
+        """Take the lease if it is free, or keep it; never waits. Returns whether this process holds it, and the
+        last tick claimed (epoch seconds; None if the job never ran anywhere)."""
+        ...
+
+    async def claim(self, tick: int, outcome: str | None) -> bool:
+        """Record ``tick`` as claimed, if this process holds the lease and no tick at or after it was claimed;
+        returns whether it did. With ``outcome`` (``"running"``, ``"queued"``) the tick runs and becomes the
+        last run; without, it is skipped or missed."""
+        ...
+
+    async def record(self, tick: int, outcome: str) -> None:
+        """The outcome of the run of ``tick``, unless another run was claimed since."""
+        ...
+
+    async def read(self) -> dict[str, Any]:
+        """The shared state: ``tick`` (last claimed), ``run`` (last run) and ``outcome`` (of that run), each
+        missing until known."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lease up, if held, so another process takes it at its next try."""
+        ...
 
 
 class FileLease:
@@ -164,11 +195,6 @@ class RedisLease:
         self.ttl = ttl
         self.poll = self.renew = ttl / 3
         self.holder = uuid.uuid4().hex
-
-    @classmethod
-    def for_job(cls, name: str, redis: Any, queue: str, ttl: float) -> "RedisLease":
-        """The lease of the job ``name`` among the apps using the RQ queue ``queue``."""
-        return cls(redis, f"tachyon:periodic:{queue}:{name}", ttl)
 
     async def hold(self) -> tuple[bool, int | None]:
         held, tick = await self.redis.eval(_HOLD, 2, self.lease_key, self.state_key, self.holder, int(self.ttl * 1000))

@@ -37,10 +37,12 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .leases import FileLease, RedisLease
+from .handles import BackgroundTask
+from .leases import FileLease, ScheduleLease
 
 if TYPE_CHECKING:
     from ..applications import Tachyon
+    from ..backends.base import TaskBackend
 
 __all__ = ["PeriodicJob", "Scheduler", "Every", "Cron", "GRACE"]
 
@@ -203,8 +205,6 @@ class PeriodicJob:
         durable: bool | None,
     ) -> "PeriodicJob":
         """Check a declaration (raises TypeError or ValueError with what is wrong) and build the job."""
-        from ..background import BackgroundTask
-
         if (every is None) == (cron is None):
             raise TypeError("periodic() needs exactly one of every= (a timedelta or seconds) or cron= (an expression)")
         if every is not None and timezone is not None:
@@ -293,8 +293,7 @@ class Scheduler:
         self.lease_ttl = lease_ttl
         self.jobs: dict[str, PeriodicJob] = {}
         self._loops: list[asyncio.Task] = []
-        self._leases: dict[str, Any] = {}
-        self._redis: dict[str, Any] = {}
+        self._leases: dict[str, ScheduleLease] = {}
         self._runs: set[asyncio.Task] = set()
 
     def add(self, job: PeriodicJob) -> None:
@@ -314,8 +313,6 @@ class Scheduler:
             backend = self._backend(job)
             if backend is not None:
                 # A durable tick is stored by reference: checked now, when the module is fully imported.
-                from ..background import BackgroundTask
-
                 BackgroundTask.create(job.func, (), job.arguments(0), backend)
             lease = self._leases[job.name] = self._lease(job, backend)
             self._loops.append(asyncio.get_running_loop().create_task(self._drive(job, lease)))
@@ -337,14 +334,8 @@ class Scheduler:
                 logger.warning("Could not release a schedule lease: %s", exc)
         for job in self.jobs.values():
             job.held = False
-        clients, self._redis = self._redis, {}
-        for client in clients.values():
-            try:
-                await client.aclose()
-            except Exception as exc:
-                logger.warning("Could not close the schedule's Redis connection: %s", exc)
 
-    def _backend(self, job: PeriodicJob) -> Any:
+    def _backend(self, job: PeriodicJob) -> TaskBackend | None:
         """The durable backend of ``job``'s ticks, or None to run them in-process."""
         if job.durable is False:
             return None
@@ -354,23 +345,16 @@ class Scheduler:
             raise ValueError(f"periodic job {job.name}: durable=True needs a durable task backend")
         return backend
 
-    def _lease(self, job: PeriodicJob, backend: Any) -> Any:
-        """A Redis lease when the app (or the job) has a Redis backend, whose processes may span hosts; else a
-        file lock, which covers the processes of one host."""
+    def _lease(self, job: PeriodicJob, backend: TaskBackend | None) -> ScheduleLease:
+        """The durable backend's lease (the job's, else the app's), whose processes may span hosts; without one
+        a file lock, which covers the processes of one host."""
         backend = backend or self.app.task_backend
-        url = getattr(backend, "redis_url", None)
-        if url is None:
+        if backend is None:
             return FileLease.for_job(job.name, job.func)
-        client = self._redis.get(url)
-        if client is None:
-            from redis.asyncio import Redis
-
-            timeout = getattr(backend, "socket_timeout", 5.0)
-            client = self._redis[url] = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return RedisLease.for_job(job.name, client, backend.queue_name, self.lease_ttl)
+        return backend.schedule_lease(job.name, self.lease_ttl)
 
     # --- the loop of one job ---------------------------------------------------------------------------------
-    async def _drive(self, job: PeriodicJob, lease: Any) -> None:
+    async def _drive(self, job: PeriodicJob, lease: ScheduleLease) -> None:
         while True:
             try:
                 wait = await self._step(job, lease)
@@ -382,7 +366,7 @@ class Scheduler:
                 wait = lease.poll
             await asyncio.sleep(max(wait, 0.0))
 
-    async def _step(self, job: PeriodicJob, lease: Any) -> float:
+    async def _step(self, job: PeriodicJob, lease: ScheduleLease) -> float:
         """One wake-up of a job's loop: hold the lease, handle the due tick; returns how long to sleep."""
         held, last = await lease.hold()
         if held and not job.held:
@@ -405,7 +389,7 @@ class Scheduler:
         job.next_tick = nxt = job.schedule.after(max(due, last))
         return min(nxt + job.offset(nxt) - time.time(), lease.renew)
 
-    async def _handle(self, job: PeriodicJob, lease: Any, last: int, due: int, late: float) -> None:
+    async def _handle(self, job: PeriodicJob, lease: ScheduleLease, last: int, due: int, late: float) -> None:
         """``due`` is the latest tick, ``last`` the last one claimed: run, skip or count ``due`` as missed."""
         zone = job.schedule.zone()
         missed = job.schedule.between(last, due)
@@ -437,7 +421,7 @@ class Scheduler:
             job.last_tick, job.last_run, job.last_outcome = due, due, "queued"
             job.runs += 1
 
-    async def _still_running(self, job: PeriodicJob, backend: Any, lease: Any) -> bool:
+    async def _still_running(self, job: PeriodicJob, backend: TaskBackend | None, lease: ScheduleLease) -> bool:
         """Whether the last run of ``job`` has not ended: counted here in-process (a run of a process that
         died ended with it), asked of the backend for a durable job."""
         if backend is None:
@@ -450,17 +434,13 @@ class Scheduler:
         state = await run_in_threadpool(backend.job_state, job.job_id(run))
         return state in ("queued", "started", "scheduled", "deferred")
 
-    async def _store(self, job: PeriodicJob, backend: Any, tick: int) -> None:
-        from ..background import BackgroundTask
-
+    async def _store(self, job: PeriodicJob, backend: TaskBackend, tick: int) -> None:
         task = BackgroundTask.create(job.func, (), job.arguments(tick), backend)
         task.with_options(name=job.name, job_id=job.job_id(tick), **job.options)
         await backend.store([task], "PERIODIC", job.name, str(tick))
 
-    def _run_here(self, job: PeriodicJob, lease: Any, tick: int) -> None:
+    def _run_here(self, job: PeriodicJob, lease: ScheduleLease, tick: int) -> None:
         """Hand the tick to the app's runner as a normal task: its timeout, retries, logs, hooks and stats."""
-        from ..background import BackgroundTask
-
         task = BackgroundTask.create(job.func, (), job.arguments(tick), None, durable=False)
         task.with_options(name=job.name, **job.options)
         loop = asyncio.get_running_loop()
