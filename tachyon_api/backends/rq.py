@@ -29,6 +29,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
+from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
@@ -221,8 +222,8 @@ class RQBackend(TaskBackend):
     def check_options(options: dict[str, Any]) -> None:
         """Refuse, at ``with_options``, a value RQ would refuse at every enqueue (a 503 no retry could fix).
 
-        ``options`` holds the durable-only options that were given: ``delay``, ``at``, ``job_id``,
-        ``result_ttl``, ``failure_ttl``.
+        ``options`` holds the options that were given among ``delay``, ``at`` (whose types the task checked
+        already: both tiers take them), ``job_id``, ``result_ttl`` and ``failure_ttl``.
         """
         job_id = options.get("job_id")
         if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
@@ -234,13 +235,6 @@ class RQBackend(TaskBackend):
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"with_options({key}={value!r}): whole seconds (an int; -1 keeps the job forever)")
-        delay = options.get("delay")
-        if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta)):
-                raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
-        at = options.get("at")
-        if at is not None and not isinstance(at, dt.datetime):
-            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
 
     @staticmethod
     def _check_reference(func: Any) -> None:
@@ -537,11 +531,9 @@ def _encode(value: Any) -> bytes:
 
 
 def _when(task: "BackgroundTask") -> dt.datetime | None:
-    """When a delayed task is due (None: run as soon as a worker is free)."""
-    if task.delay is not None:
-        delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
-        return dt.datetime.now(dt.timezone.utc) + delay
-    return task.at
+    """When a delayed task is due (None: run as soon as a worker is free), as the in-process tier counts it."""
+    due = due_time(task)
+    return None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
 
 
 def _next_second(when: dt.datetime) -> dt.datetime:
