@@ -23,7 +23,7 @@ from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
 from .stats import DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
-from .timers import DelayedTasks, due_time
+from .timers import DelayedTasks, due_time, run_when_due
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -313,7 +313,7 @@ class BackgroundRunner:
         for task in tasks:
             if task.delay is not None or task.at is not None:
                 if not self.started:  # nobody owns a timer: the caller waits for them
-                    return self._run_inline_later(tasks, method, path)
+                    return run_when_due(tasks, lambda now: self.run_batch(now, method, path))
                 tasks = self._defer(tasks, method, path)
                 if not tasks:
                     return None
@@ -336,17 +336,6 @@ class BackgroundRunner:
             batch = _Batch([task], method, path, contextvars.copy_context())
             self._delayed.add(task, method, path, due, lambda batch=batch: self._launch_or_queue(batch))
         return rest
-
-    async def _run_inline_later(self, tasks: list[BackgroundTask], method: str, path: str) -> None:
-        """Without a lifespan: the request's other tasks now, then each delayed one at its time."""
-        dues = [due_time(task) for task in tasks]
-        now = [task for task, due in zip(tasks, dues) if due is None]
-        if now:
-            await self.run_batch(now, method, path)
-        for due, _, task in sorted((due, index, task) for index, (task, due) in enumerate(zip(tasks, dues)) if due):
-            while time.time() < due:  # a sleep may end a little early (libuv counts milliseconds)
-                await asyncio.sleep(due - time.time() + 0.001)
-            await self.run_batch([task], method, path)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""

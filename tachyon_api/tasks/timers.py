@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
 
-__all__ = ["DelayedTasks", "due_time"]
+__all__ = ["DelayedTasks", "due_time", "run_when_due"]
 
 
 def due_time(task: BackgroundTask) -> float | None:
@@ -28,6 +28,20 @@ def due_time(task: BackgroundTask) -> float | None:
     if task.at is not None:
         return task.at.timestamp()
     return None
+
+
+async def run_when_due(tasks: list[BackgroundTask], run: Callable[[list[BackgroundTask]], Awaitable[None]]) -> None:
+    """Without a lifespan, in the request's own call: ``run`` the tasks that may start now (in order), then each
+    delayed one at its time."""
+    dues = [due_time(task) for task in tasks]
+    now = [task for task, due in zip(tasks, dues) if due is None]
+    if now:
+        await run(now)
+    delayed = sorted((due, index, task) for index, (task, due) in enumerate(zip(tasks, dues)) if due is not None)
+    for due, _, task in delayed:
+        while time.time() < due:  # a sleep may end a little early (libuv counts milliseconds)
+            await asyncio.sleep(due - time.time() + 0.001)
+        await run([task])
 
 
 class _Waiting:
