@@ -51,17 +51,17 @@ def beat(tick):
 @app.get("/holder")
 def holder():
     return {{"pid": os.getpid(), "held": app.scheduler.jobs["app_module.beat"].held}}
-"""
+{extra}"""
 
 
-def read(log: Path) -> tuple[list[int], list[tuple[int, int]]]:
-    """The pids that started, and the (tick, pid) of every run, in order."""
+def read(log: Path, job: str = "tick") -> tuple[list[int], list[tuple[int, int]]]:
+    """The pids that started, and the (tick, pid) of every run of ``job`` (its log word), in order."""
     starts, runs = [], []
     for line in log.read_text().splitlines() if log.exists() else []:
         kind, *values = line.split()
         if kind == "start":
             starts.append(int(values[0]))
-        else:
+        elif kind == job:
             runs.append((int(values[0]), int(values[1])))
     return starts, runs
 
@@ -87,7 +87,7 @@ def app_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_workers_without_a_backend_run_each_tick_once_and_a_killed_holder_is_replaced(tmp_path: Path) -> None:
-    (tmp_path / "app_module.py").write_text(JOB.format(imports="", options=""))
+    (tmp_path / "app_module.py").write_text(JOB.format(imports="", options="", extra=""))
     log = tmp_path / "ticks.log"
     server = ServerProcess("app_module:app", tmp_path, app_env(tmp_path), "--workers", "2")
     try:
@@ -119,7 +119,14 @@ def test_app_processes_sharing_redis_enqueue_each_tick_once_and_a_killed_holder_
     queue = f"ticks-{os.getpid()}-{time.monotonic_ns()}"
     lease = 2.0
     options = f"task_backend=RQBackend({redis_url!r}, queue={queue!r}), schedule_lease={lease}"
-    (tmp_path / "app_module.py").write_text(JOB.format(imports="from tachyon_api.background import RQBackend", options=options))
+    # a second job runs in the holder app itself (durable=False), elected through the same Redis
+    here = """
+@app.periodic(every=1, durable=False)
+def here(tick):
+    note(f"here {int(tick.timestamp())} {os.getpid()}\\n")
+"""
+    source = JOB.format(imports="from tachyon_api.background import RQBackend", options=options, extra=here)
+    (tmp_path / "app_module.py").write_text(source)
     log = tmp_path / "ticks.log"
     env = app_env(tmp_path)
     apps = [ServerProcess("app_module:app", tmp_path, env) for _ in range(2)]
@@ -150,6 +157,11 @@ def test_app_processes_sharing_redis_enqueue_each_tick_once_and_a_killed_holder_
         bound = math.ceil(lease * 4 / 3) + 1  # the lease expires, the survivor's next poll (a third) takes it
         check_once_per_tick(runs, bound, killed_at)
         assert took_over <= lease * 4 / 3 + 1
+        _, here = read(log, "here")  # in-process runs: in the app holding that job's lease, one at a time
+        check_once_per_tick(here, bound, killed_at)
+        assert len({pid for tick, pid in here if tick < killed_at - 1} - {holder.proc.pid, survivor.proc.pid}) == 0
+        assert len({pid for tick, pid in here if tick < killed_at - 1}) == 1
+        assert {pid for tick, pid in here if tick > killed_at + lease * 2} == {survivor.proc.pid}
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
