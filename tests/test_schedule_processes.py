@@ -170,3 +170,63 @@ def here(tick):
             worker.kill()
         for app in apps:
             app.stop()
+
+
+def test_a_durable_tick_is_skipped_while_the_previous_job_still_runs_on_a_worker(tmp_path: Path, redis_url: str) -> None:
+    queue = f"overlap-{os.getpid()}-{time.monotonic_ns()}"
+    (tmp_path / "app_module.py").write_text(f"""
+import os, time
+from tachyon_api import Tachyon
+from tachyon_api.background import RQBackend
+
+LOG = os.environ["TICKS_LOG"]
+app = Tachyon(task_backend=RQBackend({redis_url!r}, queue={queue!r}))
+
+
+def note(line):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, line.encode())
+    os.close(fd)
+
+
+@app.periodic(every=1, name="slow")
+def slow(tick):
+    note(f"begin {{int(tick.timestamp())}} {{time.time()}}\\n")
+    time.sleep(2.2)
+    note(f"end {{int(tick.timestamp())}} {{time.time()}}\\n")
+
+
+@app.get("/row")
+async def row():
+    return (await app.scheduler.snapshot())[0]
+""")
+    log = tmp_path / "ticks.log"
+    env = app_env(tmp_path)
+    web = ServerProcess("app_module:app", tmp_path, env)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--log-level", "warning"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def ends() -> list[str]:
+            return [line for line in log.read_text().splitlines() if line.startswith("end")] if log.exists() else []
+
+        assert wait_until(lambda: len(ends()) >= 2, 20)
+        row = httpx.get(web.url + "/row").json()
+        lines = [line.split() for line in log.read_text().splitlines()]
+        spans: dict[int, list[float]] = {}
+        for kind, tick, when in lines:
+            spans.setdefault(int(tick), []).append(float(when))
+        finished = sorted(span for span in spans.values() if len(span) == 2)
+        assert all(end <= begin for (_, end), (begin, _) in zip(finished, finished[1:]))  # never two at once
+        ticks = sorted(spans)
+        assert all(later - earlier >= 2 for earlier, later in zip(ticks, ticks[1:]))  # the ticks between: skipped
+        assert row["skipped"] >= 2 and row["last_outcome"] == "queued" and row["held_here"] is True
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        web.stop()
