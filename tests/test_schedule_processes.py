@@ -222,7 +222,10 @@ async def row():
         assert all(end <= begin for (_, end), (begin, _) in zip(finished, finished[1:]))  # never two at once
         ticks = sorted(spans)
         assert all(later - earlier >= 2 for earlier, later in zip(ticks, ticks[1:]))  # the ticks between: skipped
-        assert row["skipped"] >= 2 and row["last_outcome"] == "queued" and row["held_here"] is True
+        assert row["skipped"] >= 2 and row["held_here"] is True
+        seen = set()  # the last tick's job as the worker moves it along
+        assert wait_until(lambda: seen.add(httpx.get(web.url + "/row").json()["last_outcome"]) or len(seen) >= 2, 8)
+        assert seen <= {"queued", "running", "succeeded"} and seen & {"running", "succeeded"}
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

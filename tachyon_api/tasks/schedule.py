@@ -37,6 +37,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ..concurrency import run_in_threadpool
 from .handles import BackgroundTask
 from .leases import FileLease, ScheduleLease
 
@@ -429,8 +430,6 @@ class Scheduler:
         run = (await lease.read()).get("run")
         if run is None:
             return False
-        from ..concurrency import run_in_threadpool
-
         state = await run_in_threadpool(backend.job_state, job.job_id(run))
         return state in ("queued", "started", "scheduled", "deferred")
 
@@ -471,16 +470,25 @@ class Scheduler:
 
     # --- reading ---------------------------------------------------------------------------------------------
     async def snapshot(self) -> list[dict[str, Any]]:
-        """One row per job for the dashboard (the lease's shared state when it can be read, else this
-        process's view)."""
+        """One row per job for the dashboard: the lease's shared state when it can be read (else this process's
+        view), and for a durable job the state of its last tick's job, as its backend tells it."""
         rows = []
         for job in self.jobs.values():
             lease = self._leases.get(job.name)
             state = None
-            if lease is not None:
-                try:
+            try:
+                if lease is not None:
                     state = await lease.read()
-                except Exception as exc:  # Redis down: show what this process knows
-                    logger.warning("Could not read the schedule state of %s: %s", job.name, exc)
+                backend = self._backend(job)
+                if state and backend is not None and "run" in state:
+                    known = await run_in_threadpool(backend.job_state, job.job_id(state["run"]))
+                    if known is not None:  # None: expired from the backend; the state keeps "queued"
+                        state["outcome"] = _DURABLE_OUTCOMES.get(known, known)
+            except Exception as exc:  # Redis down: show what this process knows
+                logger.warning("Could not read the schedule state of %s: %s", job.name, exc)
             rows.append(job.row(state))
         return rows
+
+
+# RQ's job states where the dashboard has a word of its own for the same outcome.
+_DURABLE_OUTCOMES = {"finished": "succeeded", "started": "running"}
