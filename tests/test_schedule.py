@@ -318,3 +318,42 @@ def test_the_cli_lists_each_job_with_its_next_run_times(tmp_path: Path) -> None:
     nightly = dt.datetime.fromisoformat(report[report.index("in-process") + 1])
     assert (nightly.hour, nightly.minute) == (3, 0) and nightly.utcoffset() in (dt.timedelta(hours=1), dt.timedelta(hours=2))
     assert stamp(lines[4].strip()) - int(nightly.timestamp()) in (82_800, 86_400, 90_000)  # a day (23 or 25 h on a change)
+
+
+def durable_beat() -> None:
+    """A periodic job stored in Redis (the test reads the stored jobs, no worker runs them)."""
+
+
+def test_a_redis_outage_is_logged_once_and_the_ticks_resume_after_it(
+    redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis import Redis
+
+    from tachyon_api.background import RQBackend
+
+    backend = RQBackend(redis_server.url, queue="outage", socket_timeout=0.5)
+    app = Tachyon(task_backend=backend, schedule_lease=1.5)
+    app.periodic(every=1, name="beat", overlap=True)(durable_beat)  # no worker: the jobs stay queued
+    job = app.scheduler.jobs["beat"]
+
+    def stored() -> list[int]:
+        redis = Redis.from_url(redis_server.url)
+        try:
+            return sorted(int(key.rsplit(b"-", 1)[1]) for key in redis.keys(b"rq:job:periodic-beat-*"))
+        finally:
+            redis.close()
+
+    with caplog.at_level(logging.INFO, "tachyon_api.schedule"), serve(app):
+        assert wait_until(lambda: len(stored()) >= 2, 6)
+        redis_server.stop()
+        time.sleep(2)
+        assert not job.held
+        redis_server.start()  # empty again: the job's state starts over with the next tick
+        assert wait_until(lambda: len(stored()) >= 2, 8)
+    after = stored()
+    assert after == list(range(after[0], after[0] + len(after)))  # one job per tick, none twice
+    failures = [r for r in caplog.records if "the schedule step failed" in r.getMessage()]
+    # once per outage, not once per retry (every 0.5 s here); a second time when the first store after the restart
+    # finds its old connection closed (the backend reconnects on the next one)
+    assert 1 <= len(failures) <= 2 and all(r.exc_info is not None for r in failures)
+    assert "Periodic job beat: the schedule works again" in caplog.text

@@ -356,15 +356,20 @@ class Scheduler:
 
     # --- the loop of one job ---------------------------------------------------------------------------------
     async def _drive(self, job: PeriodicJob, lease: ScheduleLease) -> None:
+        failing = False
         while True:
             try:
                 wait = await self._step(job, lease)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis down, a full disk: log, and try again after a pause
-                logger.exception("Periodic job %s: the schedule step failed; trying again", job.name)
-                job.held = False
-                wait = lease.poll
+            except Exception as exc:  # Redis down, a full disk: log once, and try again after a pause
+                if not failing:
+                    logger.error("Periodic job %s: the schedule step failed; trying again", job.name, exc_info=exc)
+                failing, job.held, wait = True, False, lease.poll
+            else:
+                if failing:
+                    logger.info("Periodic job %s: the schedule works again", job.name)
+                failing = False
             await asyncio.sleep(max(wait, 0.0))
 
     async def _step(self, job: PeriodicJob, lease: ScheduleLease) -> float:
