@@ -481,3 +481,120 @@ def test_an_idempotency_key_covers_its_client_and_payload(redis_url: str) -> Non
         assert_error_shape(post("/ping", "alice", {"a": 2}, "ping-1"), {422}, "IDEMPOTENCY_KEY_REUSED")
     assert [job.args for job in backend.queue.get_jobs()] == [(1,), (2,), ("ping",)]
     backend.queue.empty()
+
+
+def _jobs(backend: RQBackend) -> list[tuple]:
+    return sorted(job.args for job in backend.queue.get_jobs())
+
+
+def test_an_idempotency_key_covers_the_query_string(redis_url: str) -> None:
+    """docs/durable-tasks.md's own shape: the input comes from the query. The key used for ``?email=ada`` is
+    refused for ``?email=bob`` (422): a 2xx would tell bob's client his task was stored when it was not."""
+    from tachyon_api import Tachyon
+
+    from .conftest import serve
+
+    backend = RQBackend(redis_url, queue="idempotency-query")
+    app = Tachyon(task_backend=backend)
+
+    @app.post("/signup")
+    async def signup(email: str, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, email)
+        return {"email": email}
+
+    with serve(app) as url:
+        def post(email: str) -> httpx.Response:
+            return httpx.post(f"{url}/signup", params={"email": email}, headers={"Idempotency-Key": "signup-1"})
+
+        assert post("ada").status_code == 200
+        assert post("ada").status_code == 200  # the retry
+        assert_error_shape(post("bob"), {422}, "IDEMPOTENCY_KEY_REUSED")
+    assert _jobs(backend) == [("ada",)]
+    backend.queue.empty()
+
+
+def test_an_idempotency_key_is_scoped_by_every_credential_the_request_carries(redis_url: str) -> None:
+    """Two tenants reusing ``order-1001`` with the same payload: with an API key in a header or a query parameter
+    (declared by the route's security schemes, at any depth), a session cookie, or ``X-API-Key``, each tenant's
+    request is its own. Every 2xx answer means this request's task is stored; a retry stores nothing again."""
+    from tachyon_api import Depends, Tachyon
+    from tachyon_api.security import APIKeyHeader, APIKeyQuery
+
+    from .conftest import serve
+
+    backend = RQBackend(redis_url, queue="idempotency-tenants")
+    app = Tachyon(task_backend=backend)
+    tenant_header = APIKeyHeader("X-Tenant-Key")
+
+    def tenant(key: str = Depends(tenant_header)) -> str:  # the scheme one level down
+        return key
+
+    @app.post("/by-header")
+    async def by_header(body: dict, background_tasks: BackgroundTasks, who: str = Depends(tenant)) -> dict:
+        background_tasks.add_task(layout_func, f"header:{who}")
+        return {}
+
+    @app.post("/by-query", dependencies=[Depends(APIKeyQuery("key"))])
+    async def by_query(body: dict, background_tasks: BackgroundTasks, key: str) -> dict:
+        background_tasks.add_task(layout_func, f"query:{key}")
+        return {}
+
+    @app.post("/by-cookie")
+    async def by_cookie(body: dict, background_tasks: BackgroundTasks, sid: str | None = None) -> dict:
+        background_tasks.add_task(layout_func, "cookie")
+        return {}
+
+    @app.post("/by-api-key")
+    async def by_api_key(body: dict, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, "x-api-key")
+        return {}
+
+    cases = [
+        ("/by-header", [{"headers": {"X-Tenant-Key": t}} for t in ("t1", "t2")]),
+        ("/by-query", [{"params": {"key": t}} for t in ("t1", "t2")]),
+        ("/by-cookie", [{"cookies": {"session": t}} for t in ("s1", "s2")]),
+        ("/by-api-key", [{"headers": {"X-API-Key": t}} for t in ("k1", "k2")]),
+    ]
+    with serve(app) as url:
+        for path, tenants in cases:
+            for options in tenants * 2:  # each tenant twice: the second is a retry
+                with httpx.Client(base_url=url, cookies=options.get("cookies")) as client:
+                    response = client.post(path, json={"order": 1001}, headers={
+                        "Idempotency-Key": "order-1001", **options.get("headers", {})}, params=options.get("params"))
+                assert response.status_code == 200, (path, options, response.text)
+    assert _jobs(backend) == sorted([
+        ("header:t1",), ("header:t2",), ("query:t1",), ("query:t2",), ("cookie",), ("cookie",),
+        ("x-api-key",), ("x-api-key",),
+    ])
+    backend.queue.empty()
+
+
+def test_an_explicit_idempotency_scope(redis_url: str) -> None:
+    """``RQBackend(idempotency_scope=...)``: the app says who the client is (here the user, whatever token it
+    sends), so a retry with a refreshed token is a retry, and another user's key is another key."""
+    from tachyon_api import Tachyon
+
+    from .conftest import serve
+
+    async def user_of(connection) -> str:
+        return connection.headers["x-user"]
+
+    backend = RQBackend(redis_url, queue="idempotency-explicit", idempotency_scope=user_of)
+    app = Tachyon(task_backend=backend)
+
+    @app.post("/pay")
+    async def pay(body: dict, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, body["amount"])
+        return {}
+
+    with serve(app) as url:
+        def post(user: str, token: str, amount: int = 5) -> httpx.Response:
+            headers = {"Idempotency-Key": "pay-1", "X-User": user, "Authorization": f"Bearer {token}"}
+            return httpx.post(f"{url}/pay", json={"amount": amount}, headers=headers)
+
+        assert post("ada", "old-token").status_code == 200
+        assert post("ada", "refreshed-token").status_code == 200  # the same user's retry: stored once
+        assert post("bob", "old-token").status_code == 200  # another user: stored
+        assert_error_shape(post("ada", "t", amount=6), {422}, "IDEMPOTENCY_KEY_REUSED")
+    assert _jobs(backend) == [(5,), (5,)]
+    backend.queue.empty()
