@@ -262,6 +262,8 @@ class ReplyProxy:
 
     ``delay`` holds every reply from Redis back that many seconds; ``refuse()`` cuts every connection and
     closes new ones at once, so nothing reaches Redis; ``forward()`` goes back to passing everything.
+    ``script_reply``, when set, answers every script run (``EVALSHA``/``EVAL``) itself with those bytes (an
+    error reply Redis could give for a failure nobody foresaw) instead of passing it on.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -269,6 +271,7 @@ class ReplyProxy:
         self.port = free_port()
         self.delay = 0.0
         self.refusing = False
+        self.script_reply: bytes | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -292,6 +295,10 @@ class ReplyProxy:
         async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter, replies: bool) -> None:
             try:
                 while data := await source.read(65536):
+                    if not replies and self.script_reply is not None and b"\r\nEVAL" in data:
+                        writer.write(self.script_reply)  # answered here: the script never reaches Redis
+                        await writer.drain()
+                        continue
                     if replies and self.delay:
                         await asyncio.sleep(self.delay)
                     target.write(data)
@@ -598,3 +605,34 @@ def test_an_explicit_idempotency_scope(redis_url: str) -> None:
         assert_error_shape(post("ada", "t", amount=6), {422}, "IDEMPOTENCY_KEY_REUSED")
     assert _jobs(backend) == [(5,), (5,)]
     backend.queue.empty()
+
+
+def test_an_unforeseen_script_error_is_outcome_unknown_and_an_idle_connection_closed_by_redis_is_reopened(
+    serve_process: Any, redis_url: str, proxy: ReplyProxy
+) -> None:
+    """An error reply the script's checks did not foresee may come after some of its writes: the client is told
+    "outcome unknown" (503 TASK_OUTCOME_UNKNOWN, retry with the same key only), never "not stored", which
+    invites a duplicate. And a connection Redis closed while idle (a restart, its ``timeout``) is found closed
+    before the next commit is sent on it: that commit is stored, not answered 503."""
+    server = start_app(serve_process, f"redis://127.0.0.1:{proxy.port}/0", "unforeseen", timeout=2)
+    connection = Redis.from_url(redis_url)
+    assert httpx.post(f"{server.url}/record/first", timeout=10).status_code == 200
+
+    proxy.script_reply = b"-ERR Error running script (call to f_0): @user_script:40: unexpected\r\n"
+    response = httpx.post(f"{server.url}/record/odd", headers={"Idempotency-Key": "odd-1"}, timeout=10)
+    assert_error_shape(response, {503}, "TASK_OUTCOME_UNKNOWN")
+    proxy.script_reply = None
+    assert httpx.post(f"{server.url}/record/odd", headers={"Idempotency-Key": "odd-1"}, timeout=10).status_code == 200
+
+    # Redis closes the app's idle connection (as CLIENT KILL, a restart or its idle timeout would).
+    assert httpx.post(f"{server.url}/record/warm", timeout=10).status_code == 200
+    for client in connection.client_list():
+        if client["id"] != str(connection.client_id()):
+            connection.client_kill_filter(_id=client["id"])
+    time.sleep(0.2)
+    for tag in ("after-kill-1", "after-kill-2"):
+        response = httpx.post(f"{server.url}/record/{tag}", timeout=10)
+        assert response.status_code == 200, (tag, response.text, server.output()[-3000:])
+    assert jobs_by_tag(redis_url, "unforeseen") == Counter(
+        {"first": 1, "odd": 1, "warm": 1, "after-kill-1": 1, "after-kill-2": 1}
+    )
