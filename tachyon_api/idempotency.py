@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, NamedTuple, Union
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 if TYPE_CHECKING:
     from .compiler import Dependency, Plan

@@ -27,7 +27,7 @@ try:
 except ImportError:  # httptools is not installed: uvicorn's pure-Python h11 protocol
     from uvicorn.protocols.http.h11_impl import H11Protocol as TachyonHTTPProtocol  # type: ignore[assignment]
 
-__all__ = ["TachyonHTTPProtocol", "ServerConfig", "run", "serve", "server_options", "websocket_message_limit"]
+__all__ = ["ServerConfig", "TachyonHTTPProtocol", "run", "serve", "server_options", "websocket_message_limit"]
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start
 
