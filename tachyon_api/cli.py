@@ -68,9 +68,7 @@ def log_config(level: str) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from .server import server_options
+    from .server import ServerConfig, serve, server_options
 
     _cwd_importable()
     options: dict[str, Any] = {
@@ -84,10 +82,11 @@ def _run(args: argparse.Namespace) -> None:
         "access_log": not args.no_access_log,
         "timeout_graceful_shutdown": args.graceful_timeout,
     }
+    # ServerConfig: the app's largest WebSocket message limit becomes uvicorn's ws_max_size (see server.py)
     if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
-        uvicorn.run(args.app, **options)
+        serve(ServerConfig(args.app, **options))
         return
-    server = _server(uvicorn.Config(args.app, **options))
+    server = _server(ServerConfig(args.app, **options))
     server.run()
     if not server.started:
         raise SystemExit(3)  # what uvicorn.run exits with when startup fails
@@ -109,11 +108,9 @@ def _server(config: Any) -> Any:
 def _force_exit(server: Any) -> None:
     """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
     let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
-    from .applications import Tachyon
+    from .server import find_app
 
-    app = getattr(server.config, "loaded_app", None)
-    while app is not None and not isinstance(app, Tachyon):  # inside uvicorn's middleware wrappers
-        app = getattr(app, "app", None)
+    app = find_app(getattr(server.config, "loaded_app", None))  # inside uvicorn's middleware wrappers
     lost = app.background.unfinished() if app is not None else []
     logging.getLogger("tachyon_api.lifespan").error(
         "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",

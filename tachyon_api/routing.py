@@ -29,6 +29,7 @@ from .compiler import (
 )
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, RequestValidationError
+from .idempotency import Credentials, credentials_of
 from .requests import HTTPConnection, Request
 from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
 from .tasks import BackgroundTask, BackgroundTasks, collect, has_durable, store_durable
@@ -480,6 +481,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     tasks_param = plan.steps[0][0] if tasks_only else ""
     pool = app.endpoint_pool
     runner = app.background
+    credentials = credentials_of(plan, guards)  # where its requests carry credentials: an idempotency key's scope
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         ctx: Context | None = None
@@ -523,7 +525,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             durable = tasks if tasks and has_durable(tasks) else None
             if durable:  # stored now, before the response: a 2xx means they are in Redis
                 request = ctx.request if ctx is not None else Request(scope, receive)
-                tasks = await store_durable(durable, request, scope["method"])
+                tasks = await store_durable(durable, request, scope["method"], credentials)
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
@@ -617,6 +619,7 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     max_size = route.max_message_size if route.max_message_size is not None else app.websocket_max_size
     sockets = app.open_websockets
     runner = app.background
+    credentials = credentials_of(plan, guards)
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         scope["path_params"] = path_params = dict(zip(names, values))
@@ -660,17 +663,17 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
                 await ctx.close(None if ended_well or not isinstance(failure, Exception) else failure)
             finally:
                 if ended_well and ctx.background is not None and len(ctx.background):
-                    await _hand_over(runner, list(ctx.background), scope)
+                    await _hand_over(runner, list(ctx.background), scope, credentials)
 
     return handle
 
 
-async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
+async def _hand_over(runner: Any, tasks: list, scope: dict, credentials: Credentials) -> None:
     """The handler's injected background tasks, after the socket is closed and cleanups ran."""
     path = scope["path"]
     try:
         if has_durable(tasks):
-            tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET")
+            tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET", credentials)
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it

@@ -718,3 +718,20 @@ def test_export_to_stdout_with_indent_and_validate_errors(tmp_path: Path, monkey
     with pytest.raises(SystemExit) as exc:
         main(["openapi", "validate", str(tmp_path / "missing.json")])
     assert "Cannot read" in str(exc.value)
+
+
+def test_path_segments_are_required_parameters() -> None:
+    """OpenAPI requires ``required: true`` for every path parameter: one the endpoint reads (typed), and a
+    segment of the path that no parameter reads (declared as a string)."""
+    app = Tachyon()
+
+    @app.get("/folders/{folder}/files/{file_id}")
+    def read_file(file_id: int):
+        return {}
+
+    schema = app.openapi()
+    parameters = {p["name"]: p for p in schema["paths"]["/folders/{folder}/files/{file_id}"]["get"]["parameters"]}
+    assert parameters["file_id"] == {"name": "file_id", "in": "path", "required": True,
+                                     "schema": parameters["file_id"]["schema"]}
+    assert parameters["file_id"]["schema"]["type"] == "integer"
+    assert parameters["folder"] == {"name": "folder", "in": "path", "required": True, "schema": {"type": "string"}}

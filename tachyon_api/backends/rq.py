@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
+    from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
 
 __all__ = ["RQBackend"]
@@ -123,8 +124,10 @@ class RQBackend(TaskBackend):
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out
     after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
     event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method,
-    path and ``Authorization``) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
-    payload is refused (422).
+    path and client's scope) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
+    request (method, path, query or body) is refused (422). The client's scope is every credential the request
+    carries (see ``idempotency.py``), or what ``idempotency_scope(connection) -> str`` (sync or async) returns:
+    for example the authenticated user's id, so that a retry with a refreshed token is still a retry.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class RQBackend(TaskBackend):
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
+        idempotency_scope: "IdempotencyScope | None" = None,
     ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
@@ -148,6 +152,7 @@ class RQBackend(TaskBackend):
             # Redis refuses ``SET ... EX`` below one second: every keyed request would get a 503 forever.
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
+        self.idempotency_scope = idempotency_scope
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
@@ -274,9 +279,10 @@ class RQBackend(TaskBackend):
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
-        a request already stored under the same key, method, path and ``client`` (its credentials: another
-        client's key is another key) with the same ``fingerprint`` (a hash of its payload) stores nothing
-        again; with another fingerprint it is refused, as the key was reused for a different request.
+        a request already stored under the same key, method, path and ``client`` (its scope: another client's
+        key is another key) with the same ``fingerprint`` (a hash of what it asks: method, path, query, body)
+        stores nothing again; with another fingerprint it is refused, as the key was reused for a different
+        request.
 
         Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown``
         when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only), and
