@@ -10,7 +10,21 @@ from typing import Any
 
 import pytest
 
-from tachyon_api import Depends, Router, Tachyon, WebSocket, WebSocketDisconnect
+from tachyon_api import (
+    Body,
+    Cookie,
+    Depends,
+    File,
+    Form,
+    Header,
+    Path,
+    Query,
+    Router,
+    Tachyon,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from tachyon_api.security import (
     APIKeyCookie,
     APIKeyHeader,
@@ -108,3 +122,51 @@ def test_optional_scheme_on_a_websocket_serves_anonymous_users_and_keeps_its_ope
     schema = app.openapi()
     assert schema["components"]["securitySchemes"] == {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
     assert schema["paths"]["/me"]["get"]["security"] == [{"HTTPBearer": []}]
+
+
+# --- 2. markers by position ------------------------------------------------------------------------------
+def test_markers_by_position_keep_their_1_3_meaning() -> None:
+    """1.3's signatures: ``Query(default, description)``, ``Header/Cookie/Form/File(default, alias,
+    description)``, ``Path(description)``."""
+    app = Tachyon()
+
+    @app.get("/items/{item_id}")
+    def read(
+        item_id: int = Path("The item"),
+        page: int = Query(1, "Page number"),
+        token: str = Header(..., "X-Token", "The caller's token"),
+        session: str = Cookie("none", "sid", "The session"),
+    ) -> dict:
+        return {"item_id": item_id, "page": page, "token": token, "session": session}
+
+    @app.post("/upload")
+    async def upload(note: str = Form(..., "the-note", "A note"), doc: UploadFile = File(..., "document", "The file")):
+        return {"note": note, "name": doc.filename, "size": len(await doc.read())}
+
+    client = client_for(app)
+    answer = client.get("/items/3?page=2", headers={"X-Token": "t", "Cookie": "sid=s1"})
+    assert answer.json() == {"item_id": 3, "page": 2, "token": "t", "session": "s1"}
+    assert client.get("/items/3", headers={"X-Token": "t"}).json()["page"] == 1
+    assert client.get("/items/3", headers={"token": "t"}).status_code == 422  # read under its alias only
+    sent = client.post("/upload", data={"the-note": "hi"}, files={"document": ("a.txt", b"abc", "text/plain")})
+    assert sent.json() == {"note": "hi", "name": "a.txt", "size": 3}
+    parameters = {p["name"]: p for p in app.openapi()["paths"]["/items/{item_id}"]["get"]["parameters"]}
+    assert parameters["item_id"]["description"] == "The item"
+    assert parameters["page"]["description"] == "Page number"
+    assert parameters["x-token"]["description"] == "The caller's token"
+    assert parameters["sid"]["description"] == "The session"
+    with pytest.raises(TypeError, match="multiple values for argument 'alias'"):
+        Header(None, "X-A", alias="X-B")
+    with pytest.raises(TypeError, match="at most 2 positional"):
+        Query(1, "doc", "extra")
+
+
+def test_body_by_position_is_refused_loudly_where_1_3_and_fastapi_disagree() -> None:
+    """1.3's ``Body("text")`` was the description, FastAPI's is the default: refused, naming both keywords,
+    never silently read one way."""
+    with pytest.raises(TypeError, match=r"Body\(description='The order'\) or Body\(default='The order'\)"):
+        Body("The order")
+    assert Body(description="The order").description == "The order"
+    assert Body(default="x").default == "x"
+    assert Body(None).default is None  # not text: FastAPI's default (1.3's description=None meant nothing)
+    assert Body("", max_length=2).default == ""  # a FastAPI keyword: 1.3's Body took none
