@@ -6,6 +6,7 @@ middleware's pairs, the OpenAPI helpers, the 500 component's name, the cache bac
 from __future__ import annotations
 
 import base64
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tachyon_api import (
     File,
     Form,
     Header,
+    InMemoryCacheBackend,
     Path,
     Query,
     Router,
@@ -24,7 +26,13 @@ from tachyon_api import (
     UploadFile,
     WebSocket,
     WebSocketDisconnect,
+    create_cache_config,
+    get_cache_config,
+    set_cache_config,
 )
+from tachyon_api.models import encode_json
+from tachyon_api.openapi import create_openapi_config
+from tachyon_api.responses import TachyonBytesResponse
 from tachyon_api.security import (
     APIKeyCookie,
     APIKeyHeader,
@@ -34,6 +42,7 @@ from tachyon_api.security import (
     HTTPBearer,
     OAuth2PasswordBearer,
 )
+from tachyon_api.testing import TachyonTestClient
 
 from .conftest import client_for
 
@@ -170,3 +179,55 @@ def test_body_by_position_is_refused_loudly_where_1_3_and_fastapi_disagree() -> 
     assert Body(default="x").default == "x"
     assert Body(None).default is None  # not text: FastAPI's default (1.3's description=None meant nothing)
     assert Body("", max_length=2).default == ""  # a FastAPI keyword: 1.3's Body took none
+
+
+# --- 3. constructors and helpers by 1.3's signatures --------------------------------------------------------
+def test_tachyon_arguments_by_position_in_1_3_order() -> None:
+    """1.3: ``Tachyon(openapi_config, cache_config, lifespan, max_body_size)``."""
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Tachyon):
+        events.append("up")
+        yield
+        events.append("down")
+
+    config = create_openapi_config(title="By position")
+    previous = get_cache_config()
+    cache_config = create_cache_config(backend=InMemoryCacheBackend())
+    set_cache_config(previous)
+    try:
+        app = Tachyon(config, cache_config, lifespan, 10)
+        assert app.openapi_config is config and app.cache_config is cache_config
+        assert get_cache_config() is cache_config
+    finally:
+        set_cache_config(previous)
+
+    @app.post("/echo")
+    def echo(data: dict) -> dict:
+        return data
+
+    with TachyonTestClient(app) as client:
+        assert client.post("/echo", content=b'{"a":1}', headers={"content-type": "application/json"}).json() == {"a": 1}
+        assert client.post("/echo", json={"long": "x" * 20}).status_code == 413  # max_body_size=10
+        assert app.openapi()["info"]["title"] == "By position"
+    assert events == ["up", "down"]
+
+
+def test_bytes_response_takes_body_and_encode_json_takes_orjson_options() -> None:
+    app = Tachyon()
+
+    @app.get("/raw")
+    def raw() -> TachyonBytesResponse:
+        return TachyonBytesResponse(body=b'{"ready":true}', status_code=201)
+
+    answer = client_for(app).get("/raw")
+    assert (answer.status_code, answer.json(), answer.headers["content-type"]) == (201, {"ready": True}, "application/json")
+    with pytest.raises(TypeError, match="not both"):
+        TachyonBytesResponse(b"{}", body=b"{}")
+    # orjson's OPT_INDENT_2 | OPT_SORT_KEYS | OPT_APPEND_NEWLINE, as 1.3 passed them through.
+    indented = encode_json({"b": [1, {}], "a": {"y": 1, "x": []}}, option=1 | 32 | 1024)
+    assert indented == b'{\n  "a": {\n    "x": [],\n    "y": 1\n  },\n  "b": [\n    1,\n    {}\n  ]\n}\n'
+    assert encode_json({"b": 1, "a": 2}, option=None) == b'{"b":1,"a":2}'
+    with pytest.raises(ValueError, match="not supported"):
+        encode_json({}, option=8)  # OPT_OMIT_MICROSECONDS: refused, not ignored
