@@ -231,3 +231,20 @@ def test_bytes_response_takes_body_and_encode_json_takes_orjson_options() -> Non
     assert encode_json({"b": 1, "a": 2}, option=None) == b'{"b":1,"a":2}'
     with pytest.raises(ValueError, match="not supported"):
         encode_json({}, option=8)  # OPT_OMIT_MICROSECONDS: refused, not ignored
+
+
+# --- 4. SecurityHeadersMiddleware(extra_headers=...) ---------------------------------------------------------
+@pytest.mark.parametrize("extra", [[("X-A", "1"), ("X-B", "2")], {"X-A": "1", "X-B": "2"}], ids=["pairs", "mapping"])
+def test_security_headers_extra_headers_as_pairs_or_mapping(extra: Any) -> None:
+    """1.3 documented ``extra_headers`` as an iterable of ``(name, value)`` pairs; a mapping works too."""
+    from tachyon_api.middlewares import SecurityHeadersMiddleware
+
+    app = Tachyon()
+    app.add_middleware(SecurityHeadersMiddleware, extra_headers=extra)
+
+    @app.get("/")
+    def home() -> dict:
+        return {}
+
+    headers = client_for(app).get("/").headers
+    assert (headers["x-a"], headers["x-b"], headers["x-frame-options"]) == ("1", "2", "DENY")
