@@ -293,7 +293,7 @@ class Tachyon(RouteDecorators):
         router: Router,
         *,
         prefix: str = "",
-        tags: Sequence[str] = (),
+        tags: Sequence[str] | str = (),
         dependencies: Sequence[Depends] = (),
     ) -> None:
         """Add the router's routes as they are now (routes added to it later are not seen)."""

@@ -22,6 +22,7 @@ from tachyon_api import (
     Path,
     Query,
     Router,
+    Struct,
     Tachyon,
     UploadFile,
     WebSocket,
@@ -31,7 +32,7 @@ from tachyon_api import (
     set_cache_config,
 )
 from tachyon_api.models import encode_json
-from tachyon_api.openapi import create_openapi_config
+from tachyon_api.openapi import Contact, Info, License, OpenAPIConfig, OpenAPIGenerator, Server, create_openapi_config
 from tachyon_api.responses import TachyonBytesResponse
 from tachyon_api.security import (
     APIKeyCookie,
@@ -51,7 +52,11 @@ from .conftest import client_for
 BASIC = "Basic " + base64.b64encode(b"ann:pw").decode()
 SCHEMES: list[tuple[Any, dict[str, Any], str]] = [
     # (scheme, what a client sends to pass, what the scheme returns then, as text)
-    (HTTPBearer(), {"headers": {"authorization": "Bearer tok"}}, "HTTPAuthorizationCredentials(scheme='Bearer', credentials='tok')"),
+    (
+        HTTPBearer(),
+        {"headers": {"authorization": "Bearer tok"}},
+        "HTTPAuthorizationCredentials(scheme='Bearer', credentials='tok')",
+    ),
     (HTTPBasic(), {"headers": {"authorization": BASIC}}, "HTTPBasicCredentials(username='ann', password='pw')"),
     (OAuth2PasswordBearer("/token"), {"headers": {"authorization": "Bearer tok"}}, "tok"),
     (APIKeyHeader("x-key"), {"headers": {"x-key": "k1"}}, "k1"),
@@ -222,7 +227,11 @@ def test_bytes_response_takes_body_and_encode_json_takes_orjson_options() -> Non
         return TachyonBytesResponse(body=b'{"ready":true}', status_code=201)
 
     answer = client_for(app).get("/raw")
-    assert (answer.status_code, answer.json(), answer.headers["content-type"]) == (201, {"ready": True}, "application/json")
+    assert (answer.status_code, answer.json(), answer.headers["content-type"]) == (
+        201,
+        {"ready": True},
+        "application/json",
+    )
     with pytest.raises(TypeError, match="not both"):
         TachyonBytesResponse(b"{}", body=b"{}")
     # orjson's OPT_INDENT_2 | OPT_SORT_KEYS | OPT_APPEND_NEWLINE, as 1.3 passed them through.
@@ -248,3 +257,89 @@ def test_security_headers_extra_headers_as_pairs_or_mapping(extra: Any) -> None:
 
     headers = client_for(app).get("/").headers
     assert (headers["x-a"], headers["x-b"], headers["x-frame-options"]) == ("1", "2", "DENY")
+
+
+# --- 5. OpenAPI helpers, asset URLs, tags ---------------------------------------------------------------------
+class Out(Struct):
+    id: int
+
+
+def test_openapi_config_objects_have_1_3_to_dict_helpers() -> None:
+    contact = Contact(name="Ops", email="ops@example.com")
+    license_ = License("MIT", "https://opensource.org/licenses/MIT")
+    server = Server("https://api.example.com", "production")
+    assert contact.to_dict() == {"name": "Ops", "email": "ops@example.com"}
+    assert Contact().to_dict() == {}
+    assert license_.to_dict() == {"name": "MIT", "url": "https://opensource.org/licenses/MIT"}
+    assert server.to_dict() == {"url": "https://api.example.com", "description": "production"}
+    info = Info(
+        title="KYC", version="2.0.0", terms_of_service="https://example.com/tos", contact=contact, license=license_
+    )
+    assert info.to_dict() == {
+        "title": "KYC",
+        "version": "2.0.0",
+        "description": "A fast API built with Tachyon",
+        "termsOfService": "https://example.com/tos",
+        "contact": contact.to_dict(),
+        "license": license_.to_dict(),
+    }
+    config = OpenAPIConfig(info=info, servers=[server], openapi_version="3.0.3")
+    assert config.to_openapi_dict() == {
+        "openapi": "3.0.3",
+        "info": info.to_dict(),
+        "servers": [server.to_dict()],
+        "paths": {},
+        "components": {"schemas": {}},
+    }
+
+
+def test_asset_url_fields_hold_real_urls_by_default() -> None:
+    for config in (OpenAPIConfig(), create_openapi_config()):
+        for field in ("scalar_js_url", "redoc_js_url", "swagger_js_url", "swagger_css_url", "swagger_favicon_url"):
+            assert getattr(config, field).startswith("https://"), field
+    custom = create_openapi_config(redoc_js_url="https://cdn.example/redoc.js")
+    assert custom.redoc_js_url == "https://cdn.example/redoc.js"
+    app = Tachyon(create_openapi_config())
+    page = client_for(app).get("/docs").text
+    assert f'src="{app.openapi_config.scalar_js_url}"' in page
+
+
+def test_generate_route_documents_a_function_without_serving_it() -> None:
+    def find(item_id: int, q: str = Query("x", "Search text")) -> Out:
+        """Find one item."""
+        return Out(id=item_id)
+
+    generator = OpenAPIGenerator(create_openapi_config(title="Generated"))
+    generator.generate_route("/items/{item_id}", "GET", find, response_model=Out, tags=["items"])
+    operation = generator.get_openapi_schema()["paths"]["/items/{item_id}"]["get"]
+    assert operation["summary"] == "Find one item." and operation["tags"] == ["items"]
+    assert {p["name"]: p["in"] for p in operation["parameters"]} == {"item_id": "path", "q": "query"}
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Out"
+    }
+
+
+def test_tags_a_string_is_one_tag_and_router_routes_hold_the_routers_tags() -> None:
+    app = Tachyon()
+    router = Router(prefix="/users", tags=["users"])
+
+    @app.get("/solo", tags="solo")
+    def solo() -> dict:
+        return {}
+
+    @router.get("/", tags="list")
+    def list_users() -> list:
+        return []
+
+    @router.get("/plain")
+    def plain() -> list:
+        return []
+
+    assert [r["tags"] for r in router.routes] == [["users", "list"], ["users"]]
+    app.include_router(router, tags="v1")
+    tags = {r["path"]: r["tags"] for r in app.routes}
+    assert tags["/solo"] == ["solo"]
+    assert tags["/users"] == ["v1", "users", "list"] and tags["/users/plain"] == ["v1", "users"]
+    paths = app.openapi()["paths"]
+    assert paths["/solo"]["get"]["tags"] == ["solo"]
+    assert paths["/users"]["get"]["tags"] == ["v1", "users", "list"]
