@@ -274,12 +274,16 @@ def _error_body(title: str, code: list[str] | None, errors_required: bool) -> di
     return schema
 
 
-# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (400, 413), the 500 body of applications.py,
-# and ``HTTPException``'s ``{"detail": ...}`` (404 for a path value that does not convert).
+# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (400, 413), the 500 bodies of responses.py
+# (named ResponseValidationError, as tachyon-api 1.3 named its 500 component: generated clients use the name
+# as a type), and ``HTTPException``'s ``{"detail": ...}`` (404 for a path value that does not convert).
 _FRAMEWORK_SCHEMAS = {
     "ValidationError": _ERROR_ITEM,
     "ValidationErrorResponse": _error_body("ValidationErrorResponse", ["VALIDATION_ERROR"], True),
     "ErrorResponse": _error_body("ErrorResponse", None, False),
+    "ResponseValidationError": _error_body(
+        "ResponseValidationError", ["INTERNAL_SERVER_ERROR", "RESPONSE_VALIDATION_ERROR"], False
+    ),
     "HTTPError": {"title": "HTTPError", "type": "object", "properties": {"detail": {}}, "required": ["detail"]},
 }
 
@@ -587,7 +591,7 @@ class _Builder:
             responses["413"] = _json_response("Request body larger than max_body_size", "ErrorResponse")
         if validated:
             responses["422"] = _json_response("Validation Error", "ValidationErrorResponse")
-        responses["500"] = _json_response("Internal Server Error", "ErrorResponse")
+        responses["500"] = _json_response("Internal Server Error", "ResponseValidationError")
         for code, extra in (options.get("responses") or {}).items():
             key = str(code)
             entry = dict(extra)

@@ -343,3 +343,21 @@ def test_tags_a_string_is_one_tag_and_router_routes_hold_the_routers_tags() -> N
     paths = app.openapi()["paths"]
     assert paths["/solo"]["get"]["tags"] == ["solo"]
     assert paths["/users"]["get"]["tags"] == ["v1", "users", "list"]
+
+
+# --- 6. the 500 component keeps 1.3's name -------------------------------------------------------------------
+def test_the_500_response_is_the_response_validation_error_component() -> None:
+    app = Tachyon()
+
+    @app.get("/items/{item_id}", response_model=Out)
+    def item(item_id: int) -> dict:
+        return {"id": "not a number"}
+
+    schema = app.openapi()
+    reference = schema["paths"]["/items/{item_id}"]["get"]["responses"]["500"]["content"]["application/json"]["schema"]
+    assert reference == {"$ref": "#/components/schemas/ResponseValidationError"}
+    component = schema["components"]["schemas"]["ResponseValidationError"]
+    answer = client_for(app).get("/items/1")
+    assert answer.status_code == 500
+    body = answer.json()
+    assert set(component["required"]) <= set(body) and body["code"] in component["properties"]["code"]["enum"]
