@@ -19,14 +19,17 @@ from tachyon_api import (
     Form,
     Header,
     InMemoryCacheBackend,
+    MemcachedCacheBackend,
     Path,
     Query,
+    RedisCacheBackend,
     Router,
     Struct,
     Tachyon,
     UploadFile,
     WebSocket,
     WebSocketDisconnect,
+    cache,
     create_cache_config,
     get_cache_config,
     set_cache_config,
@@ -45,7 +48,7 @@ from tachyon_api.security import (
 )
 from tachyon_api.testing import TachyonTestClient
 
-from .conftest import client_for
+from .conftest import client_for, wait_until
 
 
 # --- 1. security schemes guard WebSocket routes ----------------------------------------------------------------
@@ -361,3 +364,43 @@ def test_the_500_response_is_the_response_validation_error_component() -> None:
     assert answer.status_code == 500
     body = answer.json()
     assert set(component["required"]) <= set(body) and body["code"] in component["properties"]["code"]["enum"]
+
+
+# --- 7. cache backends with the clients 1.3 users have --------------------------------------------------------
+def test_memcached_backend_retries_with_time_for_clients_that_refuse_expire(memcached_address: Any) -> None:
+    """python-memcached names the expiry ``time=``; 1.3 retried with it when ``expire=`` was refused."""
+    import memcache
+
+    client = memcache.Client([f"{memcached_address[0]}:{memcached_address[1]}"])
+    with pytest.raises(TypeError, match="expire"):
+        client.set("probe", b"x", expire=1)  # this client really refuses expire=
+    backend = MemcachedCacheBackend(client)
+    backend.set("point", {"x": 1}, ttl=60)
+    assert backend.get("point") == {"x": 1}
+    backend.set("short", "v", ttl=0.2)  # one second for memcached: it does expire
+    assert backend.get("short") == "v"
+    assert wait_until(lambda: backend.get("short") is None, 4)
+    backend.delete("point")
+    assert backend.get("point") is None
+
+
+def test_redis_backend_works_with_a_decode_responses_client(redis_url: str) -> None:
+    """A common client setting that 1.3 supported (it stored text): reads hit instead of failing."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    backend = RedisCacheBackend(client, prefix="compat:text:")
+    backend.set("out", Out(id=7), ttl=60)
+    assert backend.get("out") == Out(id=7)
+    assert isinstance(client.get("compat:text:out"), str)
+    calls: list[int] = []
+
+    @cache(TTL=60, backend=backend)
+    def lookup(n: int) -> dict:
+        calls.append(n)
+        return {"n": n}
+
+    assert lookup(3) == lookup(3) == {"n": 3}
+    assert calls == [3]
+    backend.clear()
+    assert client.keys("compat:text:*") == []
