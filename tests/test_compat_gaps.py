@@ -404,3 +404,73 @@ def test_redis_backend_works_with_a_decode_responses_client(redis_url: str) -> N
     assert calls == [3]
     backend.clear()
     assert client.keys("compat:text:*") == []
+
+
+# --- 8. the tachyon command -----------------------------------------------------------------------------------
+CLI_APP = """
+from tachyon_api import Tachyon
+
+app = Tachyon()
+
+
+@app.get("/ping")
+def ping():
+    return {"pong": True}
+"""
+
+
+def test_run_accepts_1_3_flags_no_reload_prod_and_tachyon_server(serve_process: Any) -> None:
+    """``--prod`` is 1.3's production mode (no reload, no access log); ``--tachyon-server`` runs the default
+    server with a notice; ``--no-reload`` is accepted."""
+    import httpx
+
+    server = serve_process(CLI_APP, "--no-reload", "--prod", "--tachyon-server")
+    assert httpx.get(f"{server.url}/ping", timeout=5).json() == {"pong": True}
+    server.terminate()
+    server.wait()
+    output = server.output()
+    assert "--tachyon-server" in output and "default server is used" in output
+    assert "GET /ping" not in output  # --prod: no access log
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("kind", ["controller", "repository", "dto"])
+def test_generate_with_path_writes_one_file_named_after_the_kind(kind: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """1.3: ``tachyon generate controller users --path P`` wrote ``P/users_controller.py``."""
+    from tachyon_api.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["generate", kind, "users", "--path", "app_code"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        f"app_code/users_{kind}.py"
+    ]
+    compile((tmp_path / "app_code" / f"users_{kind}.py").read_text(), kind, "exec")
+
+
+def test_generate_service_with_an_absolute_path_prints_a_usable_import(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    from tachyon_api.cli import main
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    main(["generate", "service", "users", "--path", str(project / "features")])
+    assert "from features.users import router as users_router" in capsys.readouterr().out
+    main(["generate", "service", "orders", "--path", str(tmp_path / "elsewhere")])
+    printed = capsys.readouterr().out
+    assert "from orders import router as orders_router" in printed
+    assert f"add {tmp_path / 'elsewhere'} to sys.path" in printed
+    assert "from /" not in printed
+
+
+def test_openapi_validate_says_why_a_file_without_openapi_is_refused(tmp_path: Any) -> None:
+    import json
+
+    from tachyon_api.cli import main
+
+    document = tmp_path / "schema.json"
+    document.write_text(json.dumps({"info": {"title": "x", "version": "1"}, "paths": {}}))
+    with pytest.raises(SystemExit) as refused:
+        main(["openapi", "validate", str(document)])
+    assert "no 'openapi' key" in str(refused.value.code)
