@@ -335,7 +335,8 @@ def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequ
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
         path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
-    return route.copy_with(path, [*tag_list(tags), *router.tags], [*dependencies, *router.dependencies], router.responses)
+    tags = [*tag_list(tags), *router.tags]
+    return route.copy_with(path, tags, [*dependencies, *router.dependencies], router.responses)
 
 
 class _Node:
