@@ -113,15 +113,19 @@ class Tachyon(RouteDecorators):
     ``sync_to_thread=False`` runs ``def`` endpoints on the event loop instead of a worker thread: faster, and
     for code that never blocks only, since one blocking call then stalls every request (per route:
     ``@app.get(..., sync_to_thread=False)``).
+    The first four arguments may be given by position, in tachyon-api 1.3's order (``openapi_config``,
+    ``cache_config``, ``lifespan``, ``max_body_size``); the others are keyword-only.
     ``gc_freeze=False`` keeps the objects alive at startup under the cyclic garbage collector's full scans (see
     :func:`_freeze_startup_heap` for why the default moves them out of its way).
     """
 
     def __init__(
         self,
-        *,
+        openapi_config: OpenAPIConfig | None = None,
+        cache_config: CacheConfig | None = None,
         lifespan: Lifespan | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        *,
         dependencies: Sequence[Depends] | None = None,
         thread_pool_size: int = 40,
         background_concurrency: int = 64,
@@ -132,8 +136,6 @@ class Tachyon(RouteDecorators):
         task_backend: TaskBackend | None = None,
         strict: bool = True,
         task_statistics: bool = True,
-        cache_config: CacheConfig | None = None,
-        openapi_config: OpenAPIConfig | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
@@ -293,7 +295,7 @@ class Tachyon(RouteDecorators):
         router: Router,
         *,
         prefix: str = "",
-        tags: Sequence[str] = (),
+        tags: Sequence[str] | str = (),
         dependencies: Sequence[Depends] = (),
     ) -> None:
         """Add the router's routes as they are now (routes added to it later are not seen)."""

@@ -23,6 +23,7 @@ time, so ``set_cache_config`` (or ``Tachyon(cache_config=...)``) also applies to
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import inspect
@@ -128,23 +129,42 @@ class InMemoryCacheBackend(BaseCacheBackend):
         return len(self._store)
 
 
+def _decodes_responses(client: Any) -> bool:
+    """Whether a redis-py client turns replies into ``str`` (``decode_responses=True``)."""
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        return bool(getattr(get_encoder(), "decode_responses", False))
+    pool = getattr(client, "connection_pool", None)
+    return bool(getattr(pool, "connection_kwargs", {}).get("decode_responses", False))
+
+
 class RedisCacheBackend(BaseCacheBackend):
     """Redis through a redis-py client (``redis.Redis.from_url(url)``). Values are pickled, so any picklable
     return value round-trips (Structs included); point it only at a Redis you trust, as with any pickle cache.
-    Keys are stored under ``prefix``, and ``clear`` deletes those keys only."""
+    Keys are stored under ``prefix``, and ``clear`` deletes those keys only.
+
+    A client made with ``decode_responses=True`` (a common setting, which would turn the pickled bytes into
+    text and fail every read) works too: its values are stored as base64 text of the pickle.
+    """
 
     def __init__(self, client: Any, prefix: str = "tachyon:cache:") -> None:
         self.client = client
         self.prefix = prefix
+        self._as_text = _decodes_responses(client)
 
     def get(self, key: str) -> Any:
         raw = self.client.get(self.prefix + key)
-        return None if raw is None else pickle.loads(raw)
+        if raw is None:
+            return None
+        return pickle.loads(base64.b64decode(raw) if isinstance(raw, str) else raw)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         # Milliseconds, at least 1: a TTL under a second must not become "no expiry" or an error.
         expiry = {"px": max(1, int(ttl * 1000))} if ttl and ttl > 0 else {}
-        self.client.set(self.prefix + key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), **expiry)
+        data: bytes | str = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        if self._as_text:
+            data = base64.b64encode(data).decode("ascii")
+        self.client.set(self.prefix + key, data, **expiry)
 
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)
@@ -162,14 +182,17 @@ class RedisCacheBackend(BaseCacheBackend):
 
 class MemcachedCacheBackend(BaseCacheBackend):
     """Memcached through a pymemcache client (``pymemcache.client.base.Client(("127.0.0.1", 11211))``), or any
-    client with the same ``get``/``set(expire=)``/``delete``/``flush_all``. Values are pickled. Keys that
-    memcached would refuse (non-ASCII, over 250 bytes, spaces, control characters) are hashed. ``clear``
-    flushes the whole server: memcached cannot list keys."""
+    client with the same ``get``/``set``/``delete``/``flush_all``: python-memcached and python-binary-memcached
+    name the expiry ``time=`` rather than ``expire=``, and the backend switches to it when a client refuses
+    ``expire=``, as tachyon-api 1.3 did. Values are pickled. Keys that memcached would refuse (non-ASCII, over
+    250 bytes, spaces, control characters) are hashed. ``clear`` flushes the whole server: memcached cannot
+    list keys."""
 
     MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger expiry values as a Unix timestamp
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._expiry_keyword = "expire"  # becomes "time" for the clients that name it so
 
     @staticmethod
     def _key(key: str) -> str:
@@ -189,7 +212,14 @@ class MemcachedCacheBackend(BaseCacheBackend):
             expire = math.ceil(ttl)
             if expire > self.MAX_RELATIVE_EXPIRY:
                 expire = int(time.time()) + expire
-        self.client.set(self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL), expire=expire)
+        key, data = self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        try:
+            self.client.set(key, data, **{self._expiry_keyword: expire})
+        except TypeError as exc:
+            if self._expiry_keyword != "expire" or "expire" not in str(exc):
+                raise
+            self._expiry_keyword = "time"
+            self.client.set(key, data, time=expire)
 
     def delete(self, key: str) -> None:
         self.client.delete(self._key(key))

@@ -70,6 +70,14 @@ def log_config(level: str) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> None:
     from .server import ServerConfig, serve, server_options
 
+    if args.prod:  # tachyon-api 1.3's production switch: no reload, no access log
+        args.reload, args.no_access_log = False, True
+    if args.tachyon_server:
+        print(
+            "tachyon run: --tachyon-server (tachyon-api 1.3's direct-write server) is not needed: the default "
+            "server is used, uvicorn with httptools and uvloop when installed",
+            file=sys.stderr,
+        )
     _cwd_importable()
     options: dict[str, Any] = {
         "host": args.host,
@@ -170,14 +178,29 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"created {path}")
     names = names_for(args.name)
     if args.kind == "middleware":
-        package = ".".join(written[0].with_suffix("").parts)
-        print(f"Register it in app.py:\n    from {package} import {names.Class}Middleware\n"
+        module = _import_path(written[0].with_suffix(""))
+        print(f"Register it in app.py:\n    from {module} import {names.Class}Middleware\n"
               f"    app.add_middleware({names.Class}Middleware)")
-    elif args.kind in ("service", "controller"):
-        package = ".".join(written[0].parent.parts)
-        source = package if args.kind == "service" else f"{package}.{names.module}_controller"
-        print(f"Include it in app.py:\n    from {source} import router as {names.module}_router\n"
-              f"    app.include_router({names.module}_router)")
+    elif args.kind == "service":
+        print(f"Include it in app.py:\n    from {_import_path(written[0].parent)} import router as "
+              f"{names.module}_router\n    app.include_router({names.module}_router)")
+    elif args.kind == "controller":
+        controller = next(path for path in written if path.name == f"{names.module}_controller.py")
+        print(f"Include it in app.py:\n    from {_import_path(controller.with_suffix(''))} import router as "
+              f"{names.module}_router\n    app.include_router({names.module}_router)")
+
+
+def _import_path(path: Path) -> str:
+    """The dotted import path of ``path`` (a module file without suffix, or a package folder) from the current
+    directory; for a path outside it, the import from the folder that contains it, which must then be on
+    ``sys.path``."""
+    absolute = path.resolve()
+    try:
+        parts = absolute.relative_to(Path.cwd().resolve()).parts
+    except ValueError:
+        parts = (absolute.name,)
+        print(f"(add {absolute.parent} to sys.path, or generate inside the project, for this import)")
+    return ".".join(parts)
 
 
 def _version(args: argparse.Namespace) -> None:
@@ -254,10 +277,13 @@ def _openapi_validate(args: argparse.Namespace) -> None:
         spec, _ = read_from_filename(args.file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"Cannot read {args.file}: {exc}") from None
+    if not isinstance(spec, dict) or "openapi" not in spec:
+        raise SystemExit(f"{args.file} is not an OpenAPI document: it has no 'openapi' key (the version, e.g. 3.1.0)")
     try:
         validate(spec)
     except Exception as exc:  # the validator's errors have no common base beyond Exception
-        raise SystemExit(f"{args.file} is not a valid OpenAPI document: {getattr(exc, 'message', exc)}") from None
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        raise SystemExit(f"{args.file} is not a valid OpenAPI document: {reason}") from None
     print(f"{args.file}: valid OpenAPI {spec.get('openapi', '?')}")
 
 
@@ -270,7 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", "-p", type=int, default=8000)
     run.add_argument("--workers", "-w", type=int, default=1)
-    run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    run.add_argument(
+        "--reload", action=argparse.BooleanOptionalAction, default=False,
+        help="restart on code changes (development); off unless given",
+    )
+    run.add_argument("--prod", action="store_true", help="tachyon-api 1.3's production mode: no reload, no access log")
+    run.add_argument(
+        "--tachyon-server", action="store_true",
+        help="accepted for tachyon-api 1.3 command lines; the default server is used (with a notice)",
+    )
     run.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="for uvicorn's loggers and the framework's (tachyon_api.*)",

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .exceptions import HTTPException
+from .openapi import (
+    REDOC_JS_URL,
+    SCALAR_JS_URL,
+    SWAGGER_CSS_URL,
+    SWAGGER_FAVICON_URL,
+    SWAGGER_JS_URL,
+)
 from .requests import Request
 from .responses import HTMLResponse, Response
 from .routing import Route
@@ -27,9 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["docs_routes", "swagger_ui_assets", "swagger_ui_html", "redoc_html", "scalar_html"]
 
-SWAGGER_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
-SCALAR_JS_URL = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
-REDOC_JS_URL = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
 
 # The Swagger UI files the app serves (from the docs extra), with their media types; nothing else is served.
 _ASSETS = {
@@ -87,10 +91,16 @@ def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_
     """The Swagger UI page for the schema at ``openapi_url``; ``swagger_ui_parameters`` are passed to
     ``SwaggerUIBundle`` as they are (JSON values)."""
     local = _local_swagger(config, root_path)
-    base = local or SWAGGER_CDN
-    js = config.swagger_js_url or f"{base}/swagger-ui-bundle.js"
-    css = config.swagger_css_url or f"{base}/swagger-ui.css"
-    favicon = config.swagger_favicon_url or f"{base}/favicon-32x32.png"
+
+    def asset(configured: str | None, default: str) -> str:
+        """A file left at its CDN default comes from the app itself when it serves Swagger UI's files."""
+        if local and configured in (None, default):
+            return f"{local}/{default.rsplit('/', 1)[1]}"
+        return configured or default
+
+    js = asset(config.swagger_js_url, SWAGGER_JS_URL)
+    css = asset(config.swagger_css_url, SWAGGER_CSS_URL)
+    favicon = asset(config.swagger_favicon_url, SWAGGER_FAVICON_URL)
     options: dict[str, Any] = {"url": openapi_url, "dom_id": "#swagger-ui", "deepLinking": True}
     if local:
         options["oauth2RedirectUrl"] = f"{local}/oauth2-redirect.html"

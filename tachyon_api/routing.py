@@ -96,6 +96,11 @@ class _ReadsLikeADict(Mapping[str, Any]):
     __hash__ = object.__hash__
 
 
+def tag_list(tags: Sequence[str] | str | None) -> list[str]:
+    """Tags as a list; one string is one tag (``tags="admin"``), not its characters."""
+    return [tags] if isinstance(tags, str) else list(tags or ())
+
+
 class Route(_ReadsLikeADict):
     """One path and method set bound to an endpoint, with the options given to the decorator."""
 
@@ -112,7 +117,7 @@ class Route(_ReadsLikeADict):
         status_code: int | None = None,
         response_model: Any = None,
         dependencies: Sequence[Depends] | None = None,
-        tags: Sequence[str] | None = None,
+        tags: Sequence[str] | str | None = None,
         **options: Any,
     ) -> None:
         self.param_names = _path_params(path)
@@ -123,7 +128,7 @@ class Route(_ReadsLikeADict):
         self.status_code = status_code
         self.response_model = response_model
         self.dependencies = list(dependencies or ())
-        self.tags = list(tags or ())
+        self.tags = tag_list(tags)
         self.options = options
         self.handler: Handler | None = None
         self.plan: Plan | None = None  # set when compiled for an app; the OpenAPI schema reads them
@@ -149,7 +154,7 @@ class Route(_ReadsLikeADict):
             status_code=self.status_code,
             response_model=self.response_model,
             dependencies=[*dependencies, *self.dependencies],
-            tags=[*tags, *self.tags],
+            tags=list(dict.fromkeys([*tag_list(tags), *self.tags])),  # a router's own routes carry its tags already
             **options,
         )
 
@@ -293,12 +298,14 @@ class Router(RouteDecorators):
         if prefix and not prefix.startswith("/"):
             prefix = "/" + prefix
         self.prefix = prefix
-        self.tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.tags = tag_list(tags)
         self.dependencies = list(dependencies or [])
         self.responses = responses or {}
         self.routes: list[Route | WebSocketRoute] = []
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
+        """Add a route; its ``tags`` are the router's followed by its own, as tachyon-api 1.3 listed them."""
+        kwargs["tags"] = list(dict.fromkeys([*self.tags, *tag_list(kwargs.get("tags"))]))
         route = Route(path, endpoint, methods, **kwargs)
         self.routes.append(route)
         return route
@@ -323,13 +330,14 @@ class Router(RouteDecorators):
 AnyRoute = TypeVar("AnyRoute", Route, WebSocketRoute)
 
 
-def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] = (),
+def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] | str = (),
               dependencies: Sequence[Depends] = ()) -> AnyRoute:
     path = router.get_full_path(route.path)
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
         path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
-    return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies], router.responses)
+    tags = [*tag_list(tags), *router.tags]
+    return route.copy_with(path, tags, [*dependencies, *router.dependencies], router.responses)
 
 
 class _Node:

@@ -413,7 +413,7 @@ def test_responses_status_model_errors_and_extras(app: Tachyon, doc: dict[str, A
     assert operation(doc, "get", "/old")["responses"] == {
         "200": {"description": "The old thing", "content": {"application/json": {"schema": {}}}},
         "500": {"description": "Internal Server Error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseValidationError"}}}},
     }  # no parameters: no 422
     # The router's entry applies to its routes; a route's own entry for the same status replaces it.
     assert operation(doc, "get", "/admin/again")["responses"]["403"] == {

@@ -182,12 +182,15 @@ def test_generate_writes_nothing_when_one_target_exists(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["users_service.py"]
 
 
-def test_generate_options(tmp_path: Path) -> None:
-    written = generate("controller", "items", tmp_path, tests=False)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "items/__init__.py",
-        "items/items_controller.py",
+def test_generate_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    written = generate("controller", "items", tests=False)
+    assert sorted(p.as_posix() for p in written) == [
+        "modules/items/__init__.py",
+        "modules/items/items_controller.py",
     ]
+    # With a folder of the user's, one file named after the kind, as in tachyon-api 1.3.
+    assert generate("controller", "items", tmp_path / "mine") == [tmp_path / "mine" / "items_controller.py"]
     with pytest.raises(ScaffoldError, match="applies to 'service' only"):
         generate("dto", "things", tmp_path, crud=True)
     plain = generate("service", "plain", tmp_path)
