@@ -153,14 +153,21 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _new(args: argparse.Namespace) -> None:
+    from .origin import origin
     from .scaffold import create_project
 
     root = create_project(args.name, Path(args.path))
     print(f"Created {root}")
+    source = origin()
+    if source.url is not None:
+        print(f"Its requirements.txt installs tachyon_api from where this one comes from: {source.folder or source.url}")
+    print("Next:")
     print(f"  cd {root}")
     print("  python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    print("  cp .env.example .env              # the settings (real environment variables take precedence)")
     print("  tachyon run app:app --reload      # then open http://127.0.0.1:8000/health")
     print("  python -m pytest                  # its tests")
+    print("  tachyon lint all                  # ruff: checks, fixes and formats")
     print("  tachyon generate service NAME --crud   # a feature module in modules/NAME")
 
 
@@ -173,14 +180,20 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"created {path}")
     names = names_for(args.name)
     if args.kind == "middleware":
-        package = ".".join(written[0].with_suffix("").parts)
-        print(f"Register it in app.py:\n    from {package} import {names.Class}Middleware\n"
-              f"    app.add_middleware({names.Class}Middleware)")
+        source = ".".join(written[0].with_suffix("").parts)
+        imported, line = f"{names.Class}Middleware", f"app.add_middleware({names.Class}Middleware)"
     elif args.kind in ("service", "controller"):
         package = ".".join(written[0].parent.parts)
         source = package if args.kind == "service" else f"{package}.{names.module}_controller"
-        print(f"Include it in app.py:\n    from {source} import router as {names.module}_router\n"
-              f"    app.include_router({names.module}_router)")
+        imported, line = f"router as {names.module}_router", f"app.include_router({names.module}_router)"
+    else:
+        return
+    # Where each line goes matters: an import below code is ruff's E402, and a router included before the
+    # app exists is a NameError.
+    print(f"To use it, add to app.py, among the imports at the top (`tachyon lint fix` sorts them):\n"
+          f"    from {source} import {imported}\n"
+          f"and below `app = Tachyon(...)`:\n"
+          f"    {line}")
 
 
 def _version(args: argparse.Namespace) -> None:
@@ -201,7 +214,9 @@ def _ruff_command() -> list[str]:
     found = shutil.which("ruff")
     if found:
         return [found]
-    raise SystemExit("tachyon lint needs ruff, which is not installed: pip install 'tachyon-api-next[lint]' (or ruff)")
+    from .origin import install_hint
+
+    raise SystemExit(f"tachyon lint needs ruff, which is not installed: {install_hint('lint')} (or pip install ruff)")
 
 
 def _lint(args: argparse.Namespace) -> None:
@@ -250,9 +265,9 @@ def _openapi_validate(args: argparse.Namespace) -> None:
         from openapi_spec_validator import validate
         from openapi_spec_validator.readers import read_from_filename
     except ImportError:
-        raise SystemExit(
-            "tachyon openapi validate needs openapi-spec-validator: pip install 'tachyon-api-next[openapi]'"
-        ) from None
+        from .origin import install_hint
+
+        raise SystemExit(f"tachyon openapi validate needs openapi-spec-validator: {install_hint('openapi')}") from None
     try:
         spec, _ = read_from_filename(args.file)
     except (OSError, ValueError) as exc:
@@ -328,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the installed version")
     version.set_defaults(handler=_version)
 
-    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (pip install 'tachyon-api-next[lint]')")
+    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (the lint extra)")
     actions = lint.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="report problems")
     check.add_argument("--fix", action="store_true", help="apply the safe fixes")
