@@ -38,7 +38,7 @@ from .routing import (
     build_websocket_handler,
     prefixed_route,
 )
-from .websockets import OpenSockets
+from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
 
@@ -459,6 +459,7 @@ class Tachyon(RouteDecorators):
         self.background.start()
         if self._websocket_routes:
             self.open_websockets.install()
+            warn_if_the_server_cannot_serve(route.path for route in self._websocket_routes)
 
     async def shutdown(self) -> None:
         """Close open WebSockets (1001), drain background tasks (each up to ``shutdown_timeout``), exit the
