@@ -7,6 +7,7 @@ import gc
 import inspect
 import logging
 import sys
+import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from .background import BackgroundRunner, ErrorHook
@@ -471,6 +472,14 @@ class Tachyon(RouteDecorators):
         errors: list[BaseException] = []
         if self._websocket_routes:
             await self.open_websockets.shutdown()
+        unfinished = self.background.unfinished()
+        if unfinished:  # else the silence of a long drain looks like a hang
+            timeout = self.background.shutdown_timeout
+            lifespan_logger.info(
+                "Waiting up to %.1fs (until %s) for %d background task(s) to finish: %s%s",
+                timeout, time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)), len(unfinished),
+                ", ".join(unfinished[:10]), f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
+            )
         try:
             await self.background.shutdown()
         except Exception as exc:

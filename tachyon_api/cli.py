@@ -88,7 +88,10 @@ def _run(args: argparse.Namespace) -> None:
         uvicorn.run(args.app, **options)
         return
     server = _server(uvicorn.Config(args.app, **options))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # the Ctrl+C uvicorn handled, raised again by asyncio at exit: as uvicorn.run does
+        pass
     if not server.started:
         raise SystemExit(3)  # what uvicorn.run exits with when startup fails
 
@@ -101,19 +104,40 @@ def _server(config: Any) -> Any:
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit and sig == signal.SIGINT:
                 _force_exit(self)
+            if not self.should_exit and sig == signal.SIGINT:
+                _announce_force_exit(self)
             super().handle_exit(sig, frame)
 
     return Server(config)
 
 
-def _force_exit(server: Any) -> None:
-    """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
-    let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
+def _tachyon_app(server: Any) -> Any:
+    """The Tachyon app a uvicorn server serves, inside uvicorn's middleware wrappers (None for another app)."""
     from .applications import Tachyon
 
     app = getattr(server.config, "loaded_app", None)
-    while app is not None and not isinstance(app, Tachyon):  # inside uvicorn's middleware wrappers
+    while app is not None and not isinstance(app, Tachyon):
         app = getattr(app, "app", None)
+    return app
+
+
+def _announce_force_exit(server: Any) -> None:
+    """At the first Ctrl+C, when the stop has something to wait for, say how to stop waiting (the app then
+    says what it waits for and until when)."""
+    app = _tachyon_app(server)
+    tasks = len(app.background.unfinished()) if app is not None else 0
+    requests = len(server.server_state.tasks)
+    if tasks or requests:
+        logging.getLogger("tachyon_api.lifespan").warning(
+            "Stopping after %d request(s) in progress and %d background task(s); press Ctrl+C again to exit at "
+            "once (they would be lost)", requests, tasks,
+        )
+
+
+def _force_exit(server: Any) -> None:
+    """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
+    let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
+    app = _tachyon_app(server)
     lost = app.background.unfinished() if app is not None else []
     logging.getLogger("tachyon_api.lifespan").error(
         "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",
