@@ -1,4 +1,4 @@
-"""Swagger UI in a real browser: headless Chromium (Debian's package) driven by Playwright (the ``page``
+"""Swagger UI in a real browser: headless Chromium (the system's, else Playwright's own) driven by Playwright (the ``page``
 fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every request off the
 loopback interface blocked (the page must work with no internet: its files come from the ``docs`` extra),
 sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On failure a
@@ -51,7 +51,6 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(600)  # the first browser test may install Chromium
 def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process: Any, page: Any) -> None:
     server = serve_process(APP)
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
