@@ -184,7 +184,8 @@ def _new(args: argparse.Namespace) -> None:
     print(f"Created {root}")
     source = origin()
     if source.url is not None:
-        print(f"Its requirements.txt installs tachyon_api from where this one comes from: {source.folder or source.url}")
+        where = source.folder or source.url
+        print(f"Its requirements.txt installs tachyon_api from where this one comes from: {where}")
     print("Next:")
     print(f"  cd {root}")
     print("  python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")

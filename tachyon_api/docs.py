@@ -97,7 +97,8 @@ def _offline_notice(config: "OpenAPIConfig", openapi_url: str, root_path: str, s
     if config.swagger_url:
         swagger = root_path + config.swagger_url
         offline = "" if _local_swagger(config, root_path) else " once the app is installed with the docs extra"
-        text += f" Swagger UI at <a href=\"{_attr(swagger)}\">{html.escape(swagger)}</a> works without internet{offline}."
+        link = f"<a href=\"{_attr(swagger)}\">{html.escape(swagger)}</a>"
+        text += f" Swagger UI at {link} works without internet{offline}."
     text += f" The schema itself is at <a href=\"{_attr(openapi_url)}\">{html.escape(openapi_url)}</a>."
     notice = f"<p id=\"docs-offline\" hidden>{text}</p>\n<noscript><p>{text}</p></noscript>\n"
     return notice, " onerror=\"document.getElementById('docs-offline').hidden = false\""
@@ -132,7 +133,10 @@ def redoc_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path:
     """The ReDoc page for the schema at ``openapi_url``."""
     js = config.redoc_js_url or REDOC_JS_URL
     notice, onerror = _offline_notice(config, openapi_url, root_path, js)
-    body = f"{notice}<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n<script src=\"{_attr(js)}\"{onerror}></script>\n"
+    body = (
+        f"{notice}<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
+    )
     return _page(title, "", body)
 
 

@@ -429,7 +429,9 @@ def test_the_first_ctrl_c_says_what_it_waits_for_until_when_and_how_to_stop_wait
     lines = server.output().splitlines()
     hint = next(line for line in lines if "press Ctrl+C again" in line)
     waiting = next(line for line in lines if "Waiting up to" in line)
-    assert "Stopping after 0 request(s) in progress and 1 background task(s); press Ctrl+C again to exit at once" in hint
+    assert "Stopping after 0 request(s) in progress and 1 background task(s); press Ctrl+C again to exit at once" in (
+        hint
+    )
     assert re.search(r"Waiting up to 30\.0s \(until \d\d:\d\d:\d\d\) for 1 background task\(s\) to finish: "
                      r"send_report \(POST /report\)$", waiting), waiting
     assert lines.index(hint) < lines.index(waiting)

@@ -75,7 +75,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # Do what the generators say: the imports among the imports at the top, the other lines below `app =
     # Tachyon(...)`; then `tachyon lint fix` puts the imports in order.
     app_py = root / "app.py"
-    source = app_py.read_text().replace("from config import settings\n", "\n".join(["from config import settings", *imports, ""]))
+    first = "from config import settings"
+    source = app_py.read_text().replace(first + "\n", "\n".join([first, *imports, ""]))
     anchor = "register_exception_handlers(app)\n"
     app_py.write_text(source.replace(anchor, "\n".join([anchor.rstrip(), *uses, ""])))
     fixed = run(tachyon, "lint", "fix", "app.py", cwd=root)
@@ -137,7 +138,9 @@ def test_lint_without_ruff_says_how_to_install_it_from_where_tachyon_api_came_fr
     monkeypatch.setenv("PATH", "")  # no ruff executable either
     with pytest.raises(SystemExit) as exit_info:
         main(["lint", "check"])
-    assert exit_info.value.code == f"tachyon lint needs ruff, which is not installed: pip install -e '{ROOT}[lint]' (or pip install ruff)"
+    assert exit_info.value.code == (
+        f"tachyon lint needs ruff, which is not installed: pip install -e '{ROOT}[lint]' (or pip install ruff)"
+    )
 
 
 def test_version_names_the_installed_distribution(project: tuple[Path, Path]) -> None:

@@ -1,8 +1,9 @@
-"""Swagger UI in a real browser: headless Chromium (the system's, else Playwright's own) driven by Playwright (the ``page``
-fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every request off the
-loopback interface blocked (the page must work with no internet: its files come from the ``docs`` extra),
-sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On failure a
-screenshot is kept in ``tests/artifacts/``."""
+"""Swagger UI in a real browser: headless Chromium (the system's, else Playwright's own) driven by Playwright
+(the ``page`` fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every
+request off the loopback interface blocked (the page must work with no internet: its files come from the
+``docs`` extra), sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On
+failure a screenshot is kept in ``tests/artifacts/``. The CDN pages (/docs, /redoc) show a line of text
+instead when their script cannot be loaded."""
 
 from __future__ import annotations
 
