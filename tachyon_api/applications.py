@@ -7,6 +7,7 @@ import gc
 import inspect
 import logging
 import sys
+import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from ._utils import is_async_callable
@@ -40,7 +41,7 @@ from .routing import (
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook
-from .websockets import OpenSockets
+from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
 
@@ -463,6 +464,7 @@ class Tachyon(RouteDecorators):
         self.background.start()
         if self._websocket_routes:
             self.open_websockets.install()
+            warn_if_the_server_cannot_serve(route.path for route in self._websocket_routes)
 
     async def shutdown(self) -> None:
         """Close open WebSockets (1001), drain background tasks (each up to ``shutdown_timeout``), exit the
@@ -474,6 +476,14 @@ class Tachyon(RouteDecorators):
         errors: list[BaseException] = []
         if self._websocket_routes:
             await self.open_websockets.shutdown()
+        unfinished = self.background.unfinished()
+        if unfinished:  # else the silence of a long drain looks like a hang
+            timeout = self.background.shutdown_timeout
+            lifespan_logger.info(
+                "Waiting up to %.1fs (until %s) for %d background task(s) to finish: %s%s",
+                timeout, time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)), len(unfinished),
+                ", ".join(unfinished[:10]), f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
+            )
         try:
             await self.background.shutdown()
         except Exception as exc:

@@ -95,7 +95,10 @@ def _run(args: argparse.Namespace) -> None:
         serve(ServerConfig(args.app, **options))
         return
     server = _server(ServerConfig(args.app, **options))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # the Ctrl+C uvicorn handled, raised again by asyncio at exit: as uvicorn.run does
+        pass
     if not server.started:
         raise SystemExit(3)  # what uvicorn.run exits with when startup fails
 
@@ -108,17 +111,37 @@ def _server(config: Any) -> Any:
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit and sig == signal.SIGINT:
                 _force_exit(self)
+            if not self.should_exit and sig == signal.SIGINT:
+                _announce_force_exit(self)
             super().handle_exit(sig, frame)
 
     return Server(config)
 
 
+def _tachyon_app(server: Any) -> Any:
+    """The Tachyon app a uvicorn server serves, inside uvicorn's middleware wrappers (None for another app)."""
+    from .server import find_app
+
+    return find_app(getattr(server.config, "loaded_app", None))
+
+
+def _announce_force_exit(server: Any) -> None:
+    """At the first Ctrl+C, when the stop has something to wait for, say how to stop waiting (the app then
+    says what it waits for and until when)."""
+    app = _tachyon_app(server)
+    tasks = len(app.background.unfinished()) if app is not None else 0
+    requests = len(server.server_state.tasks)
+    if tasks or requests:
+        logging.getLogger("tachyon_api.lifespan").warning(
+            "Stopping after %d request(s) in progress and %d background task(s); press Ctrl+C again to exit at "
+            "once (they would be lost)", requests, tasks,
+        )
+
+
 def _force_exit(server: Any) -> None:
     """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
     let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
-    from .server import find_app
-
-    app = find_app(getattr(server.config, "loaded_app", None))  # inside uvicorn's middleware wrappers
+    app = _tachyon_app(server)
     lost = app.background.unfinished() if app is not None else []
     logging.getLogger("tachyon_api.lifespan").error(
         "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",
@@ -158,14 +181,22 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _new(args: argparse.Namespace) -> None:
+    from .origin import origin
     from .scaffold import create_project
 
     root = create_project(args.name, Path(args.path))
     print(f"Created {root}")
+    source = origin()
+    if source.url is not None:
+        where = source.folder or source.url
+        print(f"Its requirements.txt installs tachyon_api from where this one comes from: {where}")
+    print("Next:")
     print(f"  cd {root}")
     print("  python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    print("  cp .env.example .env              # the settings (real environment variables take precedence)")
     print("  tachyon run app:app --reload      # then open http://127.0.0.1:8000/health")
     print("  python -m pytest                  # its tests")
+    print("  tachyon lint all                  # ruff: checks, fixes and formats")
     print("  tachyon generate service NAME --crud   # a feature module in modules/NAME")
 
 
@@ -178,16 +209,23 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"created {path}")
     names = names_for(args.name)
     if args.kind == "middleware":
-        module = _import_path(written[0].with_suffix(""))
-        print(f"Register it in app.py:\n    from {module} import {names.Class}Middleware\n"
-              f"    app.add_middleware({names.Class}Middleware)")
+        source = _import_path(written[0].with_suffix(""))
+        imported, line = f"{names.Class}Middleware", f"app.add_middleware({names.Class}Middleware)"
     elif args.kind == "service":
-        print(f"Include it in app.py:\n    from {_import_path(written[0].parent)} import router as "
-              f"{names.module}_router\n    app.include_router({names.module}_router)")
+        source = _import_path(written[0].parent)
+        imported, line = f"router as {names.module}_router", f"app.include_router({names.module}_router)"
     elif args.kind == "controller":
         controller = next(path for path in written if path.name == f"{names.module}_controller.py")
-        print(f"Include it in app.py:\n    from {_import_path(controller.with_suffix(''))} import router as "
-              f"{names.module}_router\n    app.include_router({names.module}_router)")
+        source = _import_path(controller.with_suffix(""))
+        imported, line = f"router as {names.module}_router", f"app.include_router({names.module}_router)"
+    else:
+        return
+    # Where each line goes matters: an import below code is ruff's E402, and a router included before the
+    # app exists is a NameError.
+    print(f"To use it, add to app.py, among the imports at the top (`tachyon lint fix` sorts them):\n"
+          f"    from {source} import {imported}\n"
+          f"and below `app = Tachyon(...)`:\n"
+          f"    {line}")
 
 
 def _import_path(path: Path) -> str:
@@ -221,7 +259,9 @@ def _ruff_command() -> list[str]:
     found = shutil.which("ruff")
     if found:
         return [found]
-    raise SystemExit("tachyon lint needs ruff, which is not installed: pip install 'tachyon-api-next[lint]' (or ruff)")
+    from .origin import install_hint
+
+    raise SystemExit(f"tachyon lint needs ruff, which is not installed: {install_hint('lint')} (or pip install ruff)")
 
 
 def _lint(args: argparse.Namespace) -> None:
@@ -270,9 +310,9 @@ def _openapi_validate(args: argparse.Namespace) -> None:
         from openapi_spec_validator import validate
         from openapi_spec_validator.readers import read_from_filename
     except ImportError:
-        raise SystemExit(
-            "tachyon openapi validate needs openapi-spec-validator: pip install 'tachyon-api-next[openapi]'"
-        ) from None
+        from .origin import install_hint
+
+        raise SystemExit(f"tachyon openapi validate needs openapi-spec-validator: {install_hint('openapi')}") from None
     try:
         spec, _ = read_from_filename(args.file)
     except (OSError, ValueError) as exc:
@@ -359,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the installed version")
     version.set_defaults(handler=_version)
 
-    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (pip install 'tachyon-api-next[lint]')")
+    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (the lint extra)")
     actions = lint.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="report problems")
     check.add_argument("--fix", action="store_true", help="apply the safe fixes")

@@ -5,7 +5,8 @@ JavaScript literal), so a title such as ``</title><script>alert(1)</script>`` is
 
 The pages load their scripts from the jsDelivr CDN unless configured otherwise. With the ``docs`` extra
 installed (``swagger-ui-py``, which ships the Swagger UI 5 files), the app serves Swagger UI's files itself
-under ``swagger_url``, so that page works without internet access.
+under ``swagger_url``, so that page works without internet access. A page whose script cannot be loaded (no
+internet, or scripts off) shows a line of text saying so, with links to that page and to the schema.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 from .exceptions import HTTPException
 from .openapi import (
@@ -87,6 +89,25 @@ def _page(title: str, head: str, body: str) -> str:
     )
 
 
+def _offline_notice(config: "OpenAPIConfig", openapi_url: str, root_path: str, script: str) -> tuple[str, str]:
+    """A page whose script comes from another host is blank without internet (or with scripts off): a line
+    of text, shown by the script's ``onerror`` and in ``<noscript>``, says so and links to what works
+    offline. Returns the notice and the ``onerror`` attribute of the script tag; nothing for a script the
+    app serves itself."""
+    host = urlsplit(script).hostname
+    if host is None:
+        return "", ""
+    text = f"This page loads its script from a CDN ({html.escape(host)}), which this browser could not reach or run."
+    if config.swagger_url:
+        swagger = root_path + config.swagger_url
+        offline = "" if _local_swagger(config, root_path) else " once the app is installed with the docs extra"
+        link = f"<a href=\"{_attr(swagger)}\">{html.escape(swagger)}</a>"
+        text += f" Swagger UI at {link} works without internet{offline}."
+    text += f" The schema itself is at <a href=\"{_attr(openapi_url)}\">{html.escape(openapi_url)}</a>."
+    notice = f"<p id=\"docs-offline\" hidden>{text}</p>\n<noscript><p>{text}</p></noscript>\n"
+    return notice, " onerror=\"document.getElementById('docs-offline').hidden = false\""
+
+
 def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
     """The Swagger UI page for the schema at ``openapi_url``; ``swagger_ui_parameters`` are passed to
     ``SwaggerUIBundle`` as they are (JSON values)."""
@@ -106,9 +127,10 @@ def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_
         options["oauth2RedirectUrl"] = f"{local}/oauth2-redirect.html"
     options.update(config.swagger_ui_parameters or {})
     head = f"<link rel=\"stylesheet\" href=\"{_attr(css)}\">\n<link rel=\"icon\" href=\"{_attr(favicon)}\">\n"
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        "<div id=\"swagger-ui\"></div>\n"
-        f"<script src=\"{_attr(js)}\"></script>\n"
+        f"{notice}<div id=\"swagger-ui\"></div>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
         "<script>\n"
         f"window.ui = SwaggerUIBundle(Object.assign({{presets: [SwaggerUIBundle.presets.apis, "
         f"SwaggerUIBundle.SwaggerUIStandalonePreset], layout: \"BaseLayout\"}}, {_js(options)}));\n"
@@ -120,7 +142,11 @@ def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_
 def redoc_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
     """The ReDoc page for the schema at ``openapi_url``."""
     js = config.redoc_js_url or REDOC_JS_URL
-    body = f"<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n<script src=\"{_attr(js)}\"></script>\n"
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
+    body = (
+        f"{notice}<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
+    )
     return _page(title, "", body)
 
 
@@ -128,9 +154,10 @@ def scalar_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path
     """The Scalar API reference page for the schema at ``openapi_url`` (``docs_url``, as in tachyon-api 1.3)."""
     js = config.scalar_js_url or SCALAR_JS_URL
     head = f"<link rel=\"icon\" href=\"{_attr(config.scalar_favicon_url)}\">\n" if config.scalar_favicon_url else ""
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        f"<script id=\"api-reference\" data-url=\"{_attr(openapi_url)}\"></script>\n"
-        f"<script src=\"{_attr(js)}\"></script>\n"
+        f"{notice}<script id=\"api-reference\" data-url=\"{_attr(openapi_url)}\"></script>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
     )
     return _page(title, head, body)
 

@@ -68,12 +68,16 @@ def _write_all(files: dict[Path, str]) -> list[Path]:
 def create_project(name: str, parent: Path) -> Path:
     """Write the skeleton of project ``name`` into ``parent/name``, which must not exist yet."""
     from . import __version__
+    from .origin import origin, requirement
 
     names = names_for(name)
     root = Path(parent) / names.module
     if root.exists():
         raise ScaffoldError(f"{root} already exists; choose another name or --path")
-    values = {"project": names.module, "version": __version__}
+    source = origin()
+    # Not on an index yet: point the project where this copy was installed from (a checkout, most often).
+    where = "" if source.url is None else "# where the tachyon_api that wrote this project was installed from\n"
+    values = {"project": names.module, "requirement": where + requirement("speed", version=__version__, source=source)}
     layout = {
         "app.py": "app.py.tmpl",
         "config.py": "config.py.tmpl",
@@ -129,6 +133,8 @@ def generate(kind: str, name: str, base: Path | None = None, *, tests: bool = Tr
     names = names_for(name)
     values = {"module": names.module, "Class": names.Class, "prefix": names.prefix, "title": names.title}
     if kind == "service":
+        # Without the update route, the controller must not import its DTO (ruff's F401).
+        values["update_import"] = f"\n    {names.Class}Update," if crud else ""
         values["crud_routes"] = _render("generate", "service_controller_crud.py.tmpl", values) if crud else ""
         values["crud_tests"] = _render("generate", "test_service_crud.py.tmpl", values) if crud else ""
     single_file = base is not None and kind in ("controller", "repository", "dto")

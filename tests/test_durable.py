@@ -316,3 +316,46 @@ def test_marked_function_is_durable_without_an_app_backend(
     backend.queue.empty()
     # The module-level function the other tests use is untouched.
     assert BackgroundTasks().add_task(local_function, 1).backend is None
+
+
+SERVES_WHILE_IMPORTED = """
+import os
+from tachyon_api import Tachyon
+from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.testing import TachyonTestClient
+
+app = Tachyon(task_backend=RQBackend(os.environ["REDIS_URL"], queue="imported"))
+
+
+def welcome(email):
+    print("welcome", email)
+
+
+@app.post("/signup")
+def signup(email: str, background_tasks: BackgroundTasks):
+    background_tasks.add_task(welcome, email)  # checks that welcome imports back, from the endpoint's thread
+    return {"email": email}
+
+
+with TachyonTestClient(app) as client:  # still importing this module
+    print("status", client.post("/signup?email=ada@example.com").status_code)
+"""
+
+
+def test_a_module_that_serves_a_request_while_it_is_imported_does_not_deadlock(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The check that a durable task imports back runs in the endpoint's thread; the module is then still
+    being imported by the main thread, which holds its import lock while it waits for the response: the check
+    finds the module in ``sys.modules`` instead of importing it (waiting on that lock was a deadlock)."""
+    (tmp_path / "serves_while_imported.py").write_text(SERVES_WHILE_IMPORTED)
+    result = subprocess.run(
+        [sys.executable, "-c", "import serves_while_imported"],
+        cwd=tmp_path,
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "status 200" in result.stdout

@@ -1,7 +1,7 @@
 """Task statistics, the live dashboard (in a real browser), Prometheus metrics and trace links.
 
-The browser tests drive Debian's chromium (headless) with Playwright under ``tachyon run``; a screenshot of
-each page is kept under ``tests/artifacts/`` when a browser test fails.
+The browser tests drive a headless chromium (the system's, else Playwright's own) with Playwright under
+``tachyon run``; a screenshot of each page is kept under ``tests/artifacts/`` when a browser test fails.
 """
 
 from __future__ import annotations

@@ -547,7 +547,8 @@ def test_cdn_urls_are_configurable() -> None:
                     swagger_ui_parameters={"docExpansion": "none"})
     client = client_for(app)
     swagger = client.get("/swagger").text
-    assert '<script src="https://cdn.example/sw.js"></script>' in swagger
+    assert '<script src="https://cdn.example/sw.js" onerror=' in swagger
+    assert "loads its script from a CDN (cdn.example)" in swagger  # the line shown when it cannot be loaded
     assert '<link rel="stylesheet" href="https://cdn.example/sw.css">' in swagger
     assert '"docExpansion": "none"' in swagger
     assert 'src="https://cdn.example/redoc.js"' in client.get("/redoc").text

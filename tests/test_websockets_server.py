@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import textwrap
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
@@ -16,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tachyon_api import Depends, HTTPException, Router, Tachyon, WebSocket, WebSocketDisconnect
 
-from .conftest import serve, wait_until
+from .conftest import ROOT, serve, wait_until
 
 
 def ws_url(url: str, path: str) -> str:
@@ -447,3 +449,54 @@ def test_invalid_utf8_text_frame_is_a_warning_without_traceback(serve_process: A
     assert "Traceback" not in log and "ERROR" not in log, log
     warnings = [line for line in log.splitlines() if "Invalid UTF-8" in line]
     assert len(warnings) == 3 and all("WARNING" in line for line in warnings), log
+
+
+CHAT = """
+from tachyon_api import Tachyon, WebSocket
+
+app = Tachyon()
+
+@app.get("/chat")
+def page():
+    return {"page": "the chat"}
+
+@app.websocket("/chat")
+async def chat(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text("welcome")
+"""
+
+
+def test_without_a_websocket_library_the_app_says_so_at_startup(
+    serve_process: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """uvicorn alone serves a WebSocket handshake as a plain GET (the client sees "rejected: HTTP 200") and
+    says so only then, naming ``uvicorn[standard]``. The app says it at startup, with our extra. The libraries
+    are hidden from the server process by packages of the same names that fail to import, as absent ones do."""
+    hidden = tmp_path / "hidden"
+    for name in ("websockets", "wsproto"):
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed')\n")
+    path = os.pathsep.join([str(hidden), str(tmp_path), str(ROOT)])
+    server = serve_process(CHAT, env={"PYTHONPATH": path})
+    output = server.output()  # the port is open: startup is over
+    assert (
+        "This app has WebSocket routes (/chat), but no WebSocket library is installed for uvicorn (websockets or "
+        "wsproto): every WebSocket connection will be refused. Install the websockets extra: "
+        f"pip install -e '{ROOT}[websockets]'"
+    ) in output, output
+
+    async def refused() -> None:
+        with pytest.raises(InvalidStatus) as rejected:
+            await connect(ws_url(server.url, "/chat"))
+        assert rejected.value.response.status_code == 200  # the GET route answered the handshake
+
+    run(refused())
+    served = serve_process(CHAT)  # the same app with the libraries: no warning, and the socket opens
+
+    async def welcomed() -> None:
+        async with connect(ws_url(served.url, "/chat")) as websocket:
+            assert await websocket.recv() == "welcome"
+
+    run(welcomed())
+    assert "WebSocket library" not in served.output()

@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
@@ -258,7 +259,11 @@ class RQBackend(TaskBackend):
                 f"add_task({name}): a durable task must be importable by reference (no lambdas, closures or "
                 f"functions of __main__); define it at the top level of a module the workers can import"
             )
-        target: Any = importlib.import_module(module)
+        # A module already in sys.modules is taken from there without the import lock: it may still be being
+        # imported by another thread (a script that serves requests at import time), and import_module would
+        # wait for that thread, which waits for this request: a deadlock. Its top-level functions are defined
+        # by the time one of them is added, so the check below still holds.
+        target: Any = sys.modules.get(module) or importlib.import_module(module)
         for part in name.split("."):
             target = getattr(target, part, None)
         if target is not func:
