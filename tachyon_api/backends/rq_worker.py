@@ -953,14 +953,16 @@ class TachyonWorker(BaseWorker):
 
     def _recover(self) -> None:
         """Expired leases and stuck intermediate entries of each queue, by one worker per half heartbeat."""
-        if self._stopping or time.monotonic() - self._healthy_since < self._guard:
+        if self._stopping:
             return
+        settled = time.monotonic() - self._healthy_since >= self._guard
         for queue in self.queues:
             lock = f"tachyon:worker-recovery:{queue.name}"
             if not self.connection.set(lock, self.name, nx=True, px=max(int(self.heartbeat_interval * 450), 1)):
                 continue
-            if self.connection.info("server").get("uptime_in_seconds", 0) < self._guard:
-                return
+            self._requeue_intermediate(queue)
+            if not settled or self.connection.info("server").get("uptime_in_seconds", 0) < self._guard:
+                continue
             registry = queue.started_job_registry
             expired = registry.get_expired_job_ids()
             if expired:
@@ -970,7 +972,6 @@ class TachyonWorker(BaseWorker):
                     self.name, len(expired), queue.name, ", ".join(expired),
                 )
                 registry.cleanup()  # RQ's: each job to its queue (retries left) or to the failed registry
-            self._requeue_intermediate(queue)
 
     def _requeue_intermediate(self, queue: Queue) -> None:
         intermediate = queue.intermediate_queue
