@@ -22,7 +22,14 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from .conftest import ROOT, ServerProcess, assert_error_shape, free_port, start_redis, wait_until
+from .conftest import (
+    ROOT,
+    ServerProcess,
+    assert_error_shape,
+    free_port,
+    start_redis,
+    wait_until,
+)
 
 APP = '''
 import asyncio, os, time
@@ -343,6 +350,7 @@ def test_redis_killed_and_restarted_under_load_with_workers_running(tmp_path: Pa
     try:
         url = site.serve()
         workers = [site.worker("--concurrency", "8"), site.worker("--concurrency", "8")]
+        wait_for(lambda: all("started on" in site.output(worker) for worker in workers), "both workers started")
         stop = asyncio.Event()
 
         async def client(name: str, http: httpx.AsyncClient) -> None:

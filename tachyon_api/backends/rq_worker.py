@@ -43,7 +43,7 @@ import os
 import pickle
 import re
 import signal
-import sys
+import socket
 import threading
 import time
 import traceback
@@ -54,14 +54,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import redis.exceptions
-from rq.executions import Execution, ExecutionRegistry
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry, clean_registries
-from rq.results import Result
 from rq.suspension import is_suspended
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
-from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.utils import import_attribute, parse_timeout, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import clean_worker_registry
@@ -80,7 +79,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, OSError,
 )
-NO_TIMEOUT = None
 
 # Claim up to len(ARGV) - 11 jobs. ARGV: the number of queue keys q, the queue keys, then the started
 # registry key of each queue (q of them), the job key prefix, the worker's name, its key, its executions key,
@@ -148,22 +146,24 @@ for a = 9, #ARGV, 7 do
   local composite = id .. ':' .. eid
   if redis.call('ZSCORE', wip, composite) then
     local key = prefix .. id
-    redis.call('HSET', key, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso)
-    local rkey = 'rq:results:' .. id
-    if value == '' then
-      redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
-    else
-      redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'return_value', value, 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
-    end
-    if ttl < 0 then
-      redis.call('PERSIST', rkey)
-      redis.call('ZADD', finished, '+inf', id)
-    else
-      redis.call('EXPIRE', rkey, ttl)
-      redis.call('ZADD', finished, nowi + ttl, id)
-      redis.call('EXPIRE', key, ttl)
-      redis.call('EXPIRE', key .. ':dependents', ttl)
-      redis.call('EXPIRE', key .. ':dependencies', ttl)
+    if redis.call('EXISTS', key) == 1 then  -- not deleted while it ran
+      redis.call('HSET', key, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso)
+      local rkey = 'rq:results:' .. id
+      if value == '' then
+        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
+      else
+        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'return_value', value, 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
+      end
+      if ttl < 0 then
+        redis.call('PERSIST', rkey)
+        redis.call('ZADD', finished, '+inf', id)
+      else
+        redis.call('EXPIRE', rkey, ttl)
+        redis.call('ZADD', finished, nowi + ttl, id)
+        redis.call('EXPIRE', key, ttl)
+        redis.call('EXPIRE', key .. ':dependents', ttl)
+        redis.call('EXPIRE', key .. ':dependencies', ttl)
+      end
     end
     redis.call('DEL', 'rq:execution:' .. composite)
     redis.call('ZREM', wip, composite)
@@ -389,7 +389,7 @@ class TachyonWorker(BaseWorker):
         )
         self.log = logger
         self.death_penalty_class = TimerDeathPenalty  # callbacks run in threads: SIGALRM works in the main one only
-        self.hostname = __import__("socket").gethostname()
+        self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.concurrency = concurrency
         self.fork = fork
@@ -532,7 +532,11 @@ class TachyonWorker(BaseWorker):
                 self._slot.clear()
                 await self._wait_slot(1.0)
                 continue
-            claimed = await self._call(self._claim, min(free, 256))
+            try:
+                claimed = await self._call(self._claim, min(free, 256))
+            except Exception:  # logged by _call (a bug or an unexpected reply): try again in a moment
+                await self._sleep(1.0)
+                continue
             if self._stopping and claimed:
                 await self._call(self._unclaim, [r.composite for r in claimed])
                 break
