@@ -408,8 +408,8 @@ class TachyonWorker(BaseWorker):
         self._suspended = False
         self._reconcile = False
         self._outage_since: float | None = None
+        self._outage_logged = 0.0
         self._healthy_since = time.monotonic()
-        self._attempt = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = None
         self._slot = None
