@@ -164,9 +164,9 @@ def _routes(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from rq import Queue, Worker
-
-    from .backends.rq import RQBackend, traced_job_class
+    """``tachyon worker``: the app's durable jobs, run in this process (docs/durable-tasks.md, "Running workers")."""
+    from .backends.rq import RQBackend
+    from .backends.rq_worker import TachyonWorker
 
     app = load_app(args.app)
     backend = getattr(app, "task_backend", None)
@@ -174,10 +174,33 @@ def _worker(args: argparse.Namespace) -> None:
         backend = RQBackend(args.url, args.queue[0] if args.queue else "tachyon")
     if not isinstance(backend, RQBackend):
         raise SystemExit(f"{args.app} has no RQBackend task_backend; pass --url redis://... (and --queue)")
-    names = args.queue or [backend.queue_name]
-    queues = [Queue(name, connection=backend.redis) for name in names]
-    worker = Worker(queues, connection=backend.redis, job_class=traced_job_class())
-    worker.work(burst=args.burst, with_scheduler=args.with_scheduler, logging_level=args.log_level.upper())
+    for name, value, least in (("--concurrency", args.concurrency, 1), ("--threads", args.threads, 1),
+                               ("--heartbeat", args.heartbeat, 0.1), ("--shutdown-timeout", args.shutdown_timeout, 0)):
+        if value is not None and value < least:
+            raise SystemExit(f"tachyon worker: {name} must be at least {least}, got {value}")
+    _worker_logging(args.log_level)
+    worker = TachyonWorker(
+        args.queue or [backend.queue_name], backend.redis_url, concurrency=args.concurrency, threads=args.threads,
+        fork=args.fork, heartbeat=args.heartbeat, shutdown_timeout=args.shutdown_timeout,
+        socket_timeout=backend.socket_timeout,
+    )
+    status = worker.run(burst=args.burst, with_scheduler=args.with_scheduler)
+    if worker.abandoned_threads:  # a sync job's thread outlived the deadline: exit without joining it
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
+def _worker_logging(level: str) -> None:
+    """The worker's lines (``tachyon_api.*``) and RQ's (``rq.*``) on stderr, dated and named as ``tachyon run``'s."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("tachyon_api", "rq"):
+        named = logging.getLogger(name)
+        named.handlers[:] = [handler]
+        named.setLevel(level.upper())
+        named.propagate = False
 
 
 def _new(args: argparse.Namespace) -> None:
@@ -361,15 +384,34 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("app", nargs="?", default="app:app")
     routes.set_defaults(handler=_routes)
 
-    worker = commands.add_parser("worker", help="run an RQ worker for the durable tasks of module:app")
+    worker = commands.add_parser(
+        "worker", help="run the durable tasks of module:app (many at once, in this process; survives Redis restarts)"
+    )
     worker.add_argument("app", nargs="?", default="app:app")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument(
         "--with-scheduler", action="store_true", help="also move delayed tasks and retries with a delay to the queue"
     )
     worker.add_argument("--queue", "-q", action="append", help="queue name (repeatable; default: the app's)")
     worker.add_argument("--url", help="Redis URL (default: the app's RQBackend)")
-    worker.add_argument("--log-level", default="info")
+    worker.add_argument(
+        "--concurrency", "-c", type=int, default=16,
+        help="jobs running at once: async tasks on the event loop, sync tasks in threads (default 16)",
+    )
+    worker.add_argument("--threads", type=int, default=None, help="threads for sync tasks (default: min(concurrency, 32))")
+    worker.add_argument(
+        "--fork", action="store_true",
+        help="run each job in a forked child (isolation, timeouts kill it; about 20 times slower per job)",
+    )
+    worker.add_argument(
+        "--heartbeat", type=float, default=5.0,
+        help="seconds between lease renewals; a dead worker's jobs are recovered within two (default 5)",
+    )
+    worker.add_argument(
+        "--shutdown-timeout", type=float, default=25.0,
+        help="on SIGTERM/SIGINT, seconds to let running jobs finish before putting them back (default 25)",
+    )
+    worker.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     worker.set_defaults(handler=_worker)
 
     new = commands.add_parser("new", help="create a project skeleton (app, settings, modules, tests)")

@@ -435,11 +435,15 @@ class RQBackend(TaskBackend):
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread)."""
+        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread).
+
+        The started registry is counted as it is: RQ's ``count`` would first run its cleanup, which retries or
+        fails the jobs of expired leases; that is the workers' job, who know when a lease may be taken over
+        (not in the seconds after a Redis restart, before the live workers renewed theirs)."""
         queue = self.queue
         return {
             "queued": queue.count,
-            "started": queue.started_job_registry.count,
+            "started": queue.started_job_registry.get_job_count(cleanup=False),
             "deferred": queue.deferred_job_registry.count,
             "scheduled": queue.scheduled_job_registry.count,
             "finished": queue.finished_job_registry.count,
