@@ -8,6 +8,7 @@ import gc
 import inspect
 import logging
 import sys
+import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from ._utils import is_async_callable
@@ -42,7 +43,7 @@ from .routing import (
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook
-from .websockets import OpenSockets
+from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
 
@@ -115,6 +116,8 @@ class Tachyon(RouteDecorators):
     ``sync_to_thread=False`` runs ``def`` endpoints on the event loop instead of a worker thread: faster, and
     for code that never blocks only, since one blocking call then stalls every request (per route:
     ``@app.get(..., sync_to_thread=False)``).
+    The first four arguments may be given by position, in tachyon-api 1.3's order (``openapi_config``,
+    ``cache_config``, ``lifespan``, ``max_body_size``); the others are keyword-only.
     ``gc_freeze=False`` keeps the objects alive at startup under the cyclic garbage collector's full scans (see
     :func:`_freeze_startup_heap` for why the default moves them out of its way).
     ``schedule_lease`` (seconds) is how long a process holds a periodic job's lease in Redis without renewing
@@ -123,9 +126,11 @@ class Tachyon(RouteDecorators):
 
     def __init__(
         self,
-        *,
+        openapi_config: OpenAPIConfig | None = None,
+        cache_config: CacheConfig | None = None,
         lifespan: Lifespan | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        *,
         dependencies: Sequence[Depends] | None = None,
         thread_pool_size: int = 40,
         background_concurrency: int = 64,
@@ -136,8 +141,6 @@ class Tachyon(RouteDecorators):
         task_backend: TaskBackend | None = None,
         strict: bool = True,
         task_statistics: bool = True,
-        cache_config: CacheConfig | None = None,
-        openapi_config: OpenAPIConfig | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
@@ -299,7 +302,7 @@ class Tachyon(RouteDecorators):
         router: Router,
         *,
         prefix: str = "",
-        tags: Sequence[str] = (),
+        tags: Sequence[str] | str = (),
         dependencies: Sequence[Depends] = (),
     ) -> None:
         """Add the router's routes as they are now (routes added to it later are not seen)."""
@@ -506,6 +509,7 @@ class Tachyon(RouteDecorators):
         self.scheduler.start()
         if self._websocket_routes:
             self.open_websockets.install()
+            warn_if_the_server_cannot_serve(route.path for route in self._websocket_routes)
 
     async def shutdown(self) -> None:
         """Close open WebSockets (1001), drain background tasks (each up to ``shutdown_timeout``), exit the
@@ -518,6 +522,14 @@ class Tachyon(RouteDecorators):
         await self.scheduler.stop()  # no tick starts from now on
         if self._websocket_routes:
             await self.open_websockets.shutdown()
+        unfinished = self.background.unfinished()
+        if unfinished:  # else the silence of a long drain looks like a hang
+            timeout = self.background.shutdown_timeout
+            lifespan_logger.info(
+                "Waiting up to %.1fs (until %s) for %d background task(s) to finish: %s%s",
+                timeout, time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)), len(unfinished),
+                ", ".join(unfinished[:10]), f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
+            )
         try:
             await self.background.shutdown()
         except Exception as exc:

@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
+    from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
     from ..tasks.leases import ScheduleLease
 
@@ -125,8 +127,10 @@ class RQBackend(TaskBackend):
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out
     after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
     event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method,
-    path and ``Authorization``) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
-    payload is refused (422).
+    path and client's scope) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
+    request (method, path, query or body) is refused (422). The client's scope is every credential the request
+    carries (see ``idempotency.py``), or what ``idempotency_scope(connection) -> str`` (sync or async) returns:
+    for example the authenticated user's id, so that a retry with a refreshed token is still a retry.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class RQBackend(TaskBackend):
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
+        idempotency_scope: "IdempotencyScope | None" = None,
     ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
@@ -150,6 +155,7 @@ class RQBackend(TaskBackend):
             # Redis refuses ``SET ... EX`` below one second: every keyed request would get a 503 forever.
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
+        self.idempotency_scope = idempotency_scope
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
         self._lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
@@ -249,7 +255,11 @@ class RQBackend(TaskBackend):
                 f"add_task({name}): a durable task must be importable by reference (no lambdas, closures or "
                 f"functions of __main__); define it at the top level of a module the workers can import"
             )
-        target: Any = importlib.import_module(module)
+        # A module already in sys.modules is taken from there without the import lock: it may still be being
+        # imported by another thread (a script that serves requests at import time), and import_module would
+        # wait for that thread, which waits for this request: a deadlock. Its top-level functions are defined
+        # by the time one of them is added, so the check below still holds.
+        target: Any = sys.modules.get(module) or importlib.import_module(module)
         for part in name.split("."):
             target = getattr(target, part, None)
         if target is not func:
@@ -270,9 +280,10 @@ class RQBackend(TaskBackend):
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
-        a request already stored under the same key, method, path and ``client`` (its credentials: another
-        client's key is another key) with the same ``fingerprint`` (a hash of its payload) stores nothing
-        again; with another fingerprint it is refused, as the key was reused for a different request.
+        a request already stored under the same key, method, path and ``client`` (its scope: another client's
+        key is another key) with the same ``fingerprint`` (a hash of what it asks: method, path, query, body)
+        stores nothing again; with another fingerprint it is refused, as the key was reused for a different
+        request.
 
         Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown``
         when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only), and
@@ -440,11 +451,15 @@ class RQBackend(TaskBackend):
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread)."""
+        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread).
+
+        The started registry is counted as it is: RQ's ``count`` would first run its cleanup, which retries or
+        fails the jobs of expired leases; that is the workers' job, who know when a lease may be taken over
+        (not in the seconds after a Redis restart, before the live workers renewed theirs)."""
         queue = self.queue
         return {
             "queued": queue.count,
-            "started": queue.started_job_registry.count,
+            "started": queue.started_job_registry.get_job_count(cleanup=False),
             "deferred": queue.deferred_job_registry.count,
             "scheduled": queue.scheduled_job_registry.count,
             "finished": queue.finished_job_registry.count,

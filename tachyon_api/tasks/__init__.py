@@ -38,6 +38,7 @@ from .stats import (
     DROPPED,
     DURATION_BOUNDS,
     FAILED,
+    MAX_NAME_LENGTH,
     OUTCOMES,
     RETRIED,
     SUCCEEDED,

@@ -22,7 +22,9 @@ import msgspec
 from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
-from .stats import DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+from .stats import (
+    DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats, stat_name,
+)
 from .timers import DelayedTasks, due_time, run_when_due
 
 if TYPE_CHECKING:
@@ -220,7 +222,7 @@ class BackgroundRunner:
         with self._lock:
             detail = self.metrics.snapshot()
             running = sorted(
-                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt)
+                (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt)
                 for batch in self._batches() if batch.running
             ) if self.metrics.per_name else []
         stats = self.stats()

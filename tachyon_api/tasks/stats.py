@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TaskFailure", "TaskStats", "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED",
-    "TIMED_OUT", "DROPPED",
+    "TIMED_OUT", "DROPPED", "MAX_NAME_LENGTH", "stat_name",
 ]
 
 
@@ -58,6 +58,14 @@ class TaskStats(msgspec.Struct, frozen=True):
 DURATION_BOUNDS: tuple[float, ...] = tuple(0.00005 * 2 ** (i / 4) for i in range(97))
 OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped")
 _OTHER_NAMES = "(other)"
+# Task names longer than this are cut (ending in "...") in statistics and metrics: a name built from request data
+# would otherwise make every dashboard read and Prometheus scrape as large as the client wants.
+MAX_NAME_LENGTH = 100
+
+
+def stat_name(name: str) -> str:
+    """``name`` as statistics and metrics show it: cut to ``MAX_NAME_LENGTH`` characters."""
+    return name if len(name) <= MAX_NAME_LENGTH else name[: MAX_NAME_LENGTH - 3] + "..."
 
 
 # Outcome indexes into the count lists below (the order of OUTCOMES).
@@ -99,7 +107,7 @@ class TaskMetrics:
     here; the runner reads them from its batches when asked (:meth:`BackgroundRunner.snapshot`). Memory is
     bounded: at most ``max_names`` names are tracked (later ones are counted under ``"(other)"``; task names
     come from code or ``with_options(name=...)``, so a name built from request data would otherwise grow
-    without limit) and the last ``max_failures`` failures are kept.
+    without limit), each cut to ``MAX_NAME_LENGTH`` characters, and the last ``max_failures`` failures are kept.
     """
 
     def __init__(self, max_names: int = 500, max_failures: int = 50, *, per_name: bool = True) -> None:
@@ -112,6 +120,7 @@ class TaskMetrics:
         self.failures: deque[dict[str, Any]] = deque(maxlen=max_failures)
 
     def _of(self, name: str) -> _NameMetrics:
+        name = stat_name(name)
         metrics = self.by_name.get(name)
         if metrics is None:
             if len(self.by_name) >= self.max_names:
@@ -144,7 +153,7 @@ class TaskMetrics:
         if not self.per_name:
             return
         self.failures.append({
-            "name": name,
+            "name": stat_name(name),
             "method": method,
             "path": path,
             "attempts": attempts,
