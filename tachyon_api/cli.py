@@ -178,19 +178,25 @@ def _schedule(args: argparse.Namespace) -> None:
     now = time.time()
     rows = []
     for job in jobs:
-        durable = job.durable is not False and (app.task_backend is not None or hasattr(job.func, "__tachyon_backend__"))
+        marked = hasattr(job.func, "__tachyon_backend__")
+        durable = job.durable is not False and (app.task_backend is not None or marked)
         options = [f"{key}={value}" for key, value in job.options.items()]
         options += [name for name in ("overlap", "catch_up") if getattr(job, name)]
         options += [f"jitter={job.jitter:g}s"] if job.jitter else []
         ticks = [iso(tick, job.schedule.zone()) for tick in job.upcoming(now, args.next)]
-        rows.append((job.name, job.schedule.describe(), "durable" if durable else "in-process", ticks, ", ".join(options)))
-    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(("NAME", "SCHEDULE", "RUNS"))]
-    tick_width = max(len("NEXT RUN"), *(len(row[3][0]) for row in rows))
-    print(f"{'NAME':<{widths[0]}}  {'SCHEDULE':<{widths[1]}}  {'RUNS':<{widths[2]}}  {'NEXT RUN':<{tick_width}}  OPTIONS")
+        where = "durable" if durable else "in-process"
+        rows.append((job.name, job.schedule.describe(), where, ticks, ", ".join(options)))
+    titles = ("NAME", "SCHEDULE", "RUNS", "NEXT RUN")
+    widths = [max(len(title), *(len(row[i] if i < 3 else row[3][0]) for row in rows)) for i, title in enumerate(titles)]
+
+    def line(*cells: str) -> str:
+        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)) + "  " + cells[-1]
+
+    print(line(*titles, "OPTIONS"))
     for name, schedule, where, ticks, options in rows:
-        print(f"{name:<{widths[0]}}  {schedule:<{widths[1]}}  {where:<{widths[2]}}  {ticks[0]:<{tick_width}}  {options}".rstrip())
+        print(line(name, schedule, where, ticks[0], options).rstrip())
         for tick in ticks[1:]:
-            print(" " * (widths[0] + widths[1] + widths[2] + 6) + tick)
+            print(" " * (sum(widths[:3]) + 6) + tick)
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -189,9 +189,11 @@ pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padd
 <th>timed out</th><th>dropped</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody id="names"></tbody></table>
 <h2>Running now</h2><table><thead><tr><th>name</th><th>request</th><th>attempt</th><th>age</th></tr></thead>
 <tbody id="running"></tbody></table>
-<h2>Delayed</h2><table><thead><tr><th>name</th><th>request</th><th>due</th></tr></thead><tbody id="delayed"></tbody></table>
+<h2>Delayed</h2><table><thead><tr><th>name</th><th>request</th><th>due</th></tr></thead>
+<tbody id="delayed"></tbody></table>
 <h2>Periodic jobs</h2><table><thead><tr><th>name</th><th>schedule</th><th>last run</th><th>last outcome</th>
-<th>next run</th><th>runs here</th><th>skipped</th><th>missed</th><th>held here</th></tr></thead><tbody id="periodic"></tbody></table>
+<th>next run</th><th>runs here</th><th>skipped</th><th>missed</th><th>held here</th></tr></thead>
+<tbody id="periodic"></tbody></table>
 <h2>Recent failures</h2><div id="failures"></div>
 <div id="durable"></div>
 <script>
@@ -212,7 +214,8 @@ function failureBlock(f) {
 }
 function render(data) {
   const t = $("totals"); t.replaceChildren();
-  for (const k of ["scheduled", "delayed", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"]) {
+  const keys = ["scheduled", "delayed", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"];
+  for (const k of keys) {
     const box = el("div", k.replace("_", " ")); box.prepend(el("b", String(data.totals[k]))); t.append(box); }
   $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"], [r.failed, r.failed ? "n bad" : "n"],
     [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"], [ms(r.p99), "n"]])));

@@ -172,7 +172,9 @@ def here(tick):
             app.stop()
 
 
-def test_a_durable_tick_is_skipped_while_the_previous_job_still_runs_on_a_worker(tmp_path: Path, redis_url: str) -> None:
+def test_a_durable_tick_is_skipped_while_the_previous_job_still_runs_on_a_worker(
+    tmp_path: Path, redis_url: str
+) -> None:
     queue = f"overlap-{os.getpid()}-{time.monotonic_ns()}"
     (tmp_path / "app_module.py").write_text(f"""
 import os, time

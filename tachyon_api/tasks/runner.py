@@ -200,7 +200,8 @@ class BackgroundRunner:
         delayed."""
         with self._lock:
             batches = [*self._active.values(), *self._threaded, *self._pending]
-        started = [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
+        started = [f"{task.name} ({batch.method} {batch.path})"
+                   for batch in batches for task in batch.tasks[batch.index :]]
         return started + self._delayed.labels()
 
     def cancel(self, task: BackgroundTask) -> bool:

@@ -115,7 +115,8 @@ class Cron:
         try:
             next(CronSim(expr, dt.datetime.now(self.tz)))
         except (CronSimError, StopIteration) as exc:
-            raise ValueError(f"periodic(cron={expr!r}): not a valid cron expression: {exc or 'it never fires'}") from None
+            why = exc or "it never fires"
+            raise ValueError(f"periodic(cron={expr!r}): not a valid cron expression: {why}") from None
 
     def after(self, t: float) -> int:
         start = dt.datetime.fromtimestamp(math.floor(t), self.tz)
@@ -406,11 +407,14 @@ class Scheduler:
             job.missed += missed
             logger.warning(
                 "Periodic job %s: %d tick(s) missed between %s and %s (nothing held its schedule)%s",
-                job.name, missed, iso(last, zone), iso(due, zone), "; running the latest" if run and late > GRACE else "",
+                job.name, missed, iso(last, zone), iso(due, zone),
+                "; running the latest" if run and late > GRACE else "",
             )
         backend = self._backend(job)
         if run and not job.overlap and await self._still_running(job, backend, lease):
-            logger.warning("Periodic job %s: tick %s skipped, the previous run is still running", job.name, iso(due, zone))
+            logger.warning(
+                "Periodic job %s: tick %s skipped, the previous run is still running", job.name, iso(due, zone)
+            )
             job.skipped += 1
             run = False
         if not run:
