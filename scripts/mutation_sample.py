@@ -2,7 +2,7 @@
 """Print a reproducible random sample of mutmut's mutant names for one module, to run with ``mutmut run``.
 
 A whole module has 700 to 1,600 mutants and takes hours on two cores; a random sample of a few hundred gives
-its score within a few points (the README gives the 95% interval with each score). Run ``mutmut run`` once
+its score within a few points (CONTRIBUTING.md gives the 95% interval with each score). Run ``mutmut run`` once
 first (any filter) so that the mutants exist, then:
 
     mutmut run --max-children 1 $(python scripts/mutation_sample.py tachyon_api.compiler 300)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import inspect
 import logging
 import sys
+import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
 
 from ._utils import is_async_callable
@@ -29,6 +31,7 @@ from .responses import (
     response_validation_error_response,
     send_any,
 )
+from .tasks.schedule import PeriodicJob, Scheduler
 from .routing import (
     PathTree,
     Route,
@@ -40,7 +43,7 @@ from .routing import (
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook, TaskControl
-from .websockets import OpenSockets
+from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
 
@@ -118,15 +121,21 @@ class Tachyon(RouteDecorators):
     ``sync_to_thread=False`` runs ``def`` endpoints on the event loop instead of a worker thread: faster, and
     for code that never blocks only, since one blocking call then stalls every request (per route:
     ``@app.get(..., sync_to_thread=False)``).
+    The first four arguments may be given by position, in tachyon-api 1.3's order (``openapi_config``,
+    ``cache_config``, ``lifespan``, ``max_body_size``); the others are keyword-only.
     ``gc_freeze=False`` keeps the objects alive at startup under the cyclic garbage collector's full scans (see
     :func:`_freeze_startup_heap` for why the default moves them out of its way).
+    ``schedule_lease`` (seconds) is how long a process holds a periodic job's lease in Redis without renewing
+    it: the bound on a takeover when it dies (see :meth:`periodic` and ``tasks/schedule.py``).
     """
 
     def __init__(
         self,
-        *,
+        openapi_config: OpenAPIConfig | None = None,
+        cache_config: CacheConfig | None = None,
         lifespan: Lifespan | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        *,
         dependencies: Sequence[Depends] | None = None,
         thread_pool_size: int = 40,
         background_concurrency: int = 64,
@@ -140,11 +149,10 @@ class Tachyon(RouteDecorators):
         task_status: bool = False,
         task_results: bool = False,
         task_store: Any = None,
-        cache_config: CacheConfig | None = None,
-        openapi_config: OpenAPIConfig | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
+        schedule_lease: float = 10.0,
     ) -> None:
         if cache_config is not None:
             set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
@@ -175,6 +183,7 @@ class Tachyon(RouteDecorators):
             statistics=task_statistics,
             lock=self.tasks.store.lock,
         )
+        self.scheduler = Scheduler(self, schedule_lease)
         self._lifespan = lifespan
         self._lifespan_context: AsyncContextManager[Any] | None = None
         self._on_startup: list[Callable[[], Any]] = []
@@ -303,7 +312,7 @@ class Tachyon(RouteDecorators):
         router: Router,
         *,
         prefix: str = "",
-        tags: Sequence[str] = (),
+        tags: Sequence[str] | str = (),
         dependencies: Sequence[Depends] = (),
     ) -> None:
         """Add the router's routes as they are now (routes added to it later are not seen)."""
@@ -432,6 +441,44 @@ class Tachyon(RouteDecorators):
         """Register ``hook(failure)`` (sync or async), called for every background task that finally fails."""
         return self.background.on_error(hook)
 
+    def periodic(
+        self,
+        every: float | dt.timedelta | None = None,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+        overlap: bool = False,
+        catch_up: bool = False,
+        jitter: float | dt.timedelta | None = None,
+        durable: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Run the decorated function (sync or async, no arguments) at every tick of a schedule, once per tick
+        for the whole deployment: ``every=timedelta(minutes=5)`` (ticks on multiples of the interval since the
+        Unix epoch) or ``cron="0 3 * * *"`` read in ``timezone`` (UTC by default; cron needs the ``cron`` extra).
+
+        Each run is a background task with the task options ``name``, ``timeout``, ``retries`` and
+        ``retry_delay``: in this app's runner, or a durable job when the app has a ``task_backend`` (unless
+        ``durable=False``). A tick is skipped (logged, counted) while the previous run still runs, unless
+        ``overlap=True``; ticks missed while no process ran the schedule are not run later unless
+        ``catch_up=True`` (which runs the latest one); ``jitter`` delays each tick by up to that many seconds.
+        Mistakes raise here, at declaration. See docs/scheduling.md for the guarantees.
+        """
+        options = {key: value for key, value in
+                   dict(timeout=timeout, retries=retries, retry_delay=retry_delay).items() if value is not None}
+
+        def decorator(func: F) -> F:
+            self.scheduler.add(PeriodicJob.declare(
+                func, every=every, cron=cron, timezone=timezone, name=name, options=options, overlap=overlap,
+                catch_up=catch_up, jitter=jitter, durable=durable,
+            ))
+            return func
+
+        return decorator
+
     # --- lifespan --------------------------------------------------------------------------------------
     def on_event(self, event_type: str) -> Callable[[F], F]:
         """Register a sync or async ``startup`` or ``shutdown`` handler."""
@@ -470,8 +517,10 @@ class Tachyon(RouteDecorators):
                     setattr(self.state, key, item)
         self.background.start()
         self.tasks.start()
+        self.scheduler.start()
         if self._websocket_routes:
             self.open_websockets.install()
+            warn_if_the_server_cannot_serve(route.path for route in self._websocket_routes)
 
     async def shutdown(self) -> None:
         """Close open WebSockets (1001), drain background tasks (each up to ``shutdown_timeout``), exit the
@@ -481,12 +530,22 @@ class Tachyon(RouteDecorators):
         the lifespan exit or another handler fails; the first failure is re-raised at the end.
         """
         errors: list[BaseException] = []
+        await self.scheduler.stop()  # no tick starts from now on
         if self._websocket_routes:
             await self.open_websockets.shutdown()
+        unfinished = self.background.unfinished()
+        if unfinished:  # else the silence of a long drain looks like a hang
+            timeout = self.background.shutdown_timeout
+            lifespan_logger.info(
+                "Waiting up to %.1fs (until %s) for %d background task(s) to finish: %s%s",
+                timeout, time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)), len(unfinished),
+                ", ".join(unfinished[:10]), f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
+            )
         try:
             await self.background.shutdown()
         except Exception as exc:
             errors.append(exc)
+        await self.scheduler.release()  # drained: another process may take the periodic jobs over now
         for close in (getattr(self.task_backend, "aclose", None), self.tasks.aclose):
             if close is not None:  # every request has been answered: its Redis connections can go
                 try:

@@ -9,6 +9,7 @@ from .tasks import (  # noqa: F401 - re-exported
     DROPPED,
     DURATION_BOUNDS,
     FAILED,
+    MAX_NAME_LENGTH,
     OUTCOMES,
     RETRIED,
     SUCCEEDED,

@@ -5,7 +5,11 @@ What it guarantees beyond tachyon-api 1.3, whose API it keeps:
 
 - **Single flight**: concurrent calls that miss on the same key compute once; the others wait for that result.
 - **Errors are never cached**: an exception (``HTTPException`` included) reaches the callers of that flight
-  and the next call computes again.
+  and the next call computes again; so does a returned error response (status outside 2xx, or 206). A
+  streaming response is never cached nor shared: each caller gets its own.
+- **A key is never built from an identity**: an argument whose ``repr`` shows a memory address (a ``Request``,
+  an object without a ``__repr__``) would match another object later allocated at the same address, so the
+  default key builder refuses it and the call is a miss (with a warning once per function).
 - **A backend failure never fails the call**: it is logged as a warning (``tachyon_api.cache``, with the
   traceback) and the function is called as if there were no cache.
 - ``None`` is cached like any other value; the in-memory backend cannot grow without bound; Redis and
@@ -19,12 +23,14 @@ time, so ``set_cache_config`` (or ``Tachyon(cache_config=...)``) also applies to
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import inspect
 import logging
 import math
 import pickle
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .concurrency import run_in_threadpool
+from .requests import HTTPConnection
+from .responses import Response, StreamingResponse, is_foreign_response
 
 __all__ = [
     "cache",
@@ -121,23 +129,42 @@ class InMemoryCacheBackend(BaseCacheBackend):
         return len(self._store)
 
 
+def _decodes_responses(client: Any) -> bool:
+    """Whether a redis-py client turns replies into ``str`` (``decode_responses=True``)."""
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        return bool(getattr(get_encoder(), "decode_responses", False))
+    pool = getattr(client, "connection_pool", None)
+    return bool(getattr(pool, "connection_kwargs", {}).get("decode_responses", False))
+
+
 class RedisCacheBackend(BaseCacheBackend):
     """Redis through a redis-py client (``redis.Redis.from_url(url)``). Values are pickled, so any picklable
     return value round-trips (Structs included); point it only at a Redis you trust, as with any pickle cache.
-    Keys are stored under ``prefix``, and ``clear`` deletes those keys only."""
+    Keys are stored under ``prefix``, and ``clear`` deletes those keys only.
+
+    A client made with ``decode_responses=True`` (a common setting, which would turn the pickled bytes into
+    text and fail every read) works too: its values are stored as base64 text of the pickle.
+    """
 
     def __init__(self, client: Any, prefix: str = "tachyon:cache:") -> None:
         self.client = client
         self.prefix = prefix
+        self._as_text = _decodes_responses(client)
 
     def get(self, key: str) -> Any:
         raw = self.client.get(self.prefix + key)
-        return None if raw is None else pickle.loads(raw)
+        if raw is None:
+            return None
+        return pickle.loads(base64.b64decode(raw) if isinstance(raw, str) else raw)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         # Milliseconds, at least 1: a TTL under a second must not become "no expiry" or an error.
         expiry = {"px": max(1, int(ttl * 1000))} if ttl and ttl > 0 else {}
-        self.client.set(self.prefix + key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), **expiry)
+        data: bytes | str = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        if self._as_text:
+            data = base64.b64encode(data).decode("ascii")
+        self.client.set(self.prefix + key, data, **expiry)
 
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)
@@ -155,14 +182,17 @@ class RedisCacheBackend(BaseCacheBackend):
 
 class MemcachedCacheBackend(BaseCacheBackend):
     """Memcached through a pymemcache client (``pymemcache.client.base.Client(("127.0.0.1", 11211))``), or any
-    client with the same ``get``/``set(expire=)``/``delete``/``flush_all``. Values are pickled. Keys that
-    memcached would refuse (non-ASCII, over 250 bytes, spaces, control characters) are hashed. ``clear``
-    flushes the whole server: memcached cannot list keys."""
+    client with the same ``get``/``set``/``delete``/``flush_all``: python-memcached and python-binary-memcached
+    name the expiry ``time=`` rather than ``expire=``, and the backend switches to it when a client refuses
+    ``expire=``, as tachyon-api 1.3 did. Values are pickled. Keys that memcached would refuse (non-ASCII, over
+    250 bytes, spaces, control characters) are hashed. ``clear`` flushes the whole server: memcached cannot
+    list keys."""
 
     MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger expiry values as a Unix timestamp
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._expiry_keyword = "expire"  # becomes "time" for the clients that name it so
 
     @staticmethod
     def _key(key: str) -> str:
@@ -182,7 +212,14 @@ class MemcachedCacheBackend(BaseCacheBackend):
             expire = math.ceil(ttl)
             if expire > self.MAX_RELATIVE_EXPIRY:
                 expire = int(time.time()) + expire
-        self.client.set(self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL), expire=expire)
+        key, data = self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        try:
+            self.client.set(key, data, **{self._expiry_keyword: expire})
+        except TypeError as exc:
+            if self._expiry_keyword != "expire" or "expire" not in str(exc):
+                raise
+            self._expiry_keyword = "time"
+            self.client.set(key, data, time=expire)
 
     def delete(self, key: str) -> None:
         self.client.delete(self._key(key))
@@ -230,15 +267,60 @@ def get_cache_config() -> CacheConfig:
     return _config if _config is not None else create_cache_config()
 
 
+class UncacheableArgument(TypeError):
+    """Raised by :func:`_default_key_builder` for an argument that has no value to key on; the call is then
+    a miss."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        super().__init__(f"argument {name!r} ({type(value).__name__}) has no value to key on")
+        self.name = name
+
+
+# How Python writes an object's identity: ``<Foo object at 0x7f...>``, ``<function f at 0x...>``. A key holding
+# one would match another object allocated later at the same address: another user's request.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _key_part(name: str, value: Any) -> str:
+    if isinstance(value, HTTPConnection) or _is_starlette_connection(value):
+        raise UncacheableArgument(name, value)
+    text = repr(value)
+    if _ADDRESS.search(text):
+        raise UncacheableArgument(name, value)
+    return text
+
+
+def _is_starlette_connection(value: Any) -> bool:
+    """A Starlette ``Request``/``WebSocket`` (whose ``repr`` is not needed to refuse it)."""
+    return any(c.__module__.startswith("starlette.") and c.__name__ == "HTTPConnection" for c in type(value).__mro__)
+
+
 def _default_key_builder(func: Callable[..., Any], args: tuple, kwargs: dict) -> str:
     """sha256 of the function's module and qualified name and the ``repr`` of its arguments.
 
-    Arguments whose ``repr`` differs on every call (objects without a ``__repr__``, such as a ``Request``)
-    make every call a miss: give such functions a ``key_builder``.
+    An argument that has no value of its own to key on raises :class:`UncacheableArgument` (the call is then a
+    miss): a request or WebSocket, and any object whose ``repr`` shows its memory address (objects without a
+    ``__repr__``), since that address is reused by later objects. Give such functions a ``key_builder``.
     """
-    parts = [getattr(func, "__module__", ""), getattr(func, "__qualname__", ""), *map(repr, args)]
-    parts.extend(f"{name}={value!r}" for name, value in sorted(kwargs.items()))
+    parts = [getattr(func, "__module__", ""), getattr(func, "__qualname__", "")]
+    parts.extend(_key_part(str(index), value) for index, value in enumerate(args))
+    parts.extend(f"{name}={_key_part(name, value)}" for name, value in sorted(kwargs.items()))
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# What a call's result may become: stored (and shared with the calls waiting for it), shared only (an error
+# response: like an exception, the waiters get it, the next call computes again), or neither (a streaming
+# response can be sent once: every waiter computes its own).
+STORE, SHARE, ALONE = range(3)
+
+
+def _verdict(value: Any) -> int:
+    if isinstance(value, StreamingResponse) or (is_foreign_response(value) and hasattr(value, "body_iterator")):
+        return ALONE
+    if isinstance(value, Response) or is_foreign_response(value):
+        status = value.status_code
+        return STORE if 200 <= status < 300 and status != 206 else SHARE
+    return STORE
 
 
 # --- the decorator ----------------------------------------------------------------------------------------
@@ -247,6 +329,7 @@ class _CachedNone:
 
 
 _MISS = object()
+_ALONE = object()  # a flight's result that its waiters cannot share: each computes its own
 
 
 def _warn(operation: str, func: Callable[..., Any], exc: BaseException) -> None:
@@ -271,7 +354,8 @@ def cache(
 ) -> Callable[[F], F]:
     """Cache a sync or async function's results for ``TTL`` (or ``ttl``) seconds, default the config's.
 
-    ``key_builder(func, args, kwargs) -> str`` replaces the default key; ``unless(args, kwargs) -> bool``
+    ``key_builder(func, args, kwargs) -> str`` replaces the default key (see :func:`_default_key_builder` for
+    the arguments it refuses); ``unless(args, kwargs) -> bool``
     bypasses the cache for a call; ``backend`` replaces the config's backend for this function. On an
     endpoint, put ``@cache`` below the route decorator: the route then serves the cached function.
     """
@@ -280,13 +364,25 @@ def cache(
     chosen_ttl = TTL if TTL is not None else ttl
 
     def decorator(func: F) -> F:
+        warned: set[str] = set()
+
         def settings(args: tuple, kwargs: dict) -> tuple[BaseCacheBackend, str, float] | None:
             """The backend, key and TTL of this call; None to bypass the cache."""
             config = get_cache_config()
             if not config.enabled or (unless is not None and unless(args, kwargs)):
                 return None
             build = key_builder or config.key_builder or _default_key_builder
-            return config.backend if backend is None else backend, build(func, args, kwargs), (
+            try:
+                key = build(func, args, kwargs)
+            except UncacheableArgument as exc:
+                if exc.name not in warned:
+                    warned.add(exc.name)
+                    logger.warning(
+                        "@cache on %s: %s, so every call is a miss; give @cache a key_builder= that keys on what "
+                        "the answer depends on", func.__qualname__, exc,
+                    )
+                return None
+            return config.backend if backend is None else backend, key, (
                 config.default_ttl if chosen_ttl is None else chosen_ttl
             )
 
@@ -306,16 +402,20 @@ def cache(
                     _warn("get", func, exc)
                     return _MISS
 
-            async def compute(store: BaseCacheBackend, key: str, seconds: float, args: tuple, kwargs: dict) -> Any:
+            async def compute(
+                store: BaseCacheBackend, key: str, seconds: float, args: tuple, kwargs: dict
+            ) -> tuple[Any, int]:
                 found = await lookup(store, key)  # filled by a flight that ended since our first look
                 if found is not _MISS:
-                    return found
+                    return found, STORE
                 value = await func(*args, **kwargs)
-                try:
-                    await call(store, "set", key, _CachedNone() if value is None else value, seconds)
-                except Exception as exc:
-                    _warn("set", func, exc)
-                return value
+                verdict = _verdict(value)
+                if verdict == STORE:
+                    try:
+                        await call(store, "set", key, _CachedNone() if value is None else value, seconds)
+                    except Exception as exc:
+                        _warn("set", func, exc)
+                return value, verdict
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -330,10 +430,11 @@ def cache(
                 while (flight := flights.get(flight_key)) is not None:
                     await asyncio.wait({flight})
                     if not flight.cancelled():  # a cancelled leader: the waiters compute again
-                        return flight.result()
+                        shared = flight.result()
+                        return await func(*args, **kwargs) if shared is _ALONE else shared
                 flight = flights[flight_key] = flight_key[0].create_future()
                 try:
-                    value = await compute(store, key, seconds, args, kwargs)
+                    value, verdict = await compute(store, key, seconds, args, kwargs)
                 except Exception as exc:
                     flight.set_exception(exc)
                     flight.exception()  # the waiters raise it; nobody else has to retrieve it
@@ -342,7 +443,7 @@ def cache(
                     flight.cancel()
                     raise
                 else:
-                    flight.set_result(value)
+                    flight.set_result(_ALONE if verdict == ALONE else value)
                     return value
                 finally:
                     del flights[flight_key]
@@ -373,7 +474,9 @@ def cache(
                 if running is None:
                     flight = sync_flights[key] = _Flight()
             if running is not None:
-                return running.wait()
+                shared = running.wait()
+                return func(*args, **kwargs) if shared is _ALONE else shared
+            verdict = STORE
             try:
                 found = sync_lookup(store, key)
                 if found is not _MISS:
@@ -387,15 +490,17 @@ def cache(
                             f"@cache: {func.__qualname__} returned an awaitable, whose result cannot be cached "
                             "from a sync function; make the function (or its decorator) async"
                         )
-                    try:
-                        store.set(key, _CachedNone() if value is None else value, seconds)
-                    except Exception as exc:
-                        _warn("set", func, exc)
+                    verdict = _verdict(value)
+                    if verdict == STORE:
+                        try:
+                            store.set(key, _CachedNone() if value is None else value, seconds)
+                        except Exception as exc:
+                            _warn("set", func, exc)
             except BaseException as exc:
                 flight.error = exc
                 raise
             else:
-                flight.value = value
+                flight.value = _ALONE if verdict == ALONE else value
                 return value
             finally:
                 with lock:

@@ -68,10 +68,16 @@ def log_config(level: str) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    import uvicorn
+    from .server import ServerConfig, serve, server_options
 
-    from .server import server_options
-
+    if args.prod:  # tachyon-api 1.3's production switch: no reload, no access log
+        args.reload, args.no_access_log = False, True
+    if args.tachyon_server:
+        print(
+            "tachyon run: --tachyon-server (tachyon-api 1.3's direct-write server) is not needed: the default "
+            "server is used, uvicorn with httptools and uvloop when installed",
+            file=sys.stderr,
+        )
     _cwd_importable()
     options: dict[str, Any] = {
         "host": args.host,
@@ -86,11 +92,15 @@ def _run(args: argparse.Namespace) -> None:
     }
     if args.workers > 1:  # each process learns it has siblings (in-process task status warns at startup)
         os.environ["TACHYON_WORKERS"] = str(args.workers)
+    # ServerConfig: the app's largest WebSocket message limit becomes uvicorn's ws_max_size (see server.py)
     if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
-        uvicorn.run(args.app, **options)
+        serve(ServerConfig(args.app, **options))
         return
-    server = _server(uvicorn.Config(args.app, **options))
-    server.run()
+    server = _server(ServerConfig(args.app, **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # the Ctrl+C uvicorn handled, raised again by asyncio at exit: as uvicorn.run does
+        pass
     if not server.started:
         raise SystemExit(3)  # what uvicorn.run exits with when startup fails
 
@@ -103,19 +113,37 @@ def _server(config: Any) -> Any:
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit and sig == signal.SIGINT:
                 _force_exit(self)
+            if not self.should_exit and sig == signal.SIGINT:
+                _announce_force_exit(self)
             super().handle_exit(sig, frame)
 
     return Server(config)
 
 
+def _tachyon_app(server: Any) -> Any:
+    """The Tachyon app a uvicorn server serves, inside uvicorn's middleware wrappers (None for another app)."""
+    from .server import find_app
+
+    return find_app(getattr(server.config, "loaded_app", None))
+
+
+def _announce_force_exit(server: Any) -> None:
+    """At the first Ctrl+C, when the stop has something to wait for, say how to stop waiting (the app then
+    says what it waits for and until when)."""
+    app = _tachyon_app(server)
+    tasks = len(app.background.unfinished()) if app is not None else 0
+    requests = len(server.server_state.tasks)
+    if tasks or requests:
+        logging.getLogger("tachyon_api.lifespan").warning(
+            "Stopping after %d request(s) in progress and %d background task(s); press Ctrl+C again to exit at "
+            "once (they would be lost)", requests, tasks,
+        )
+
+
 def _force_exit(server: Any) -> None:
     """The user wants out now: say in one line what is lost, then exit with 130 (128 + SIGINT), rather than
     let the event loop's teardown print a traceback for each cancelled request and task and exit with 0."""
-    from .applications import Tachyon
-
-    app = getattr(server.config, "loaded_app", None)
-    while app is not None and not isinstance(app, Tachyon):  # inside uvicorn's middleware wrappers
-        app = getattr(app, "app", None)
+    app = _tachyon_app(server)
     lost = app.background.unfinished() if app is not None else []
     logging.getLogger("tachyon_api.lifespan").error(
         "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",
@@ -137,10 +165,46 @@ def _routes(args: argparse.Namespace) -> None:
         print(f"{method:<{width}}  {path:<{path_width}}  {name}")
 
 
-def _worker(args: argparse.Namespace) -> None:
-    from rq import Queue
+def _schedule(args: argparse.Namespace) -> None:
+    """List the periodic jobs of module:app with their next run times (computed here, nothing is started)."""
+    import time
 
-    from .backends.rq import RQBackend, traced_job_class, worker_class
+    from .tasks.schedule import iso
+
+    app = load_app(args.app)
+    scheduler = getattr(app, "scheduler", None)
+    jobs = list(scheduler) if scheduler is not None else []
+    if not jobs:
+        print(f"{args.app} declares no periodic jobs (@app.periodic)")
+        return
+    now = time.time()
+    rows = []
+    for job in jobs:
+        marked = hasattr(job.func, "__tachyon_backend__")
+        durable = job.durable is not False and (app.task_backend is not None or marked)
+        options = [f"{key}={value}" for key, value in job.options.items()]
+        options += [name for name in ("overlap", "catch_up") if getattr(job, name)]
+        options += [f"jitter={job.jitter:g}s"] if job.jitter else []
+        ticks = [iso(tick, job.schedule.zone()) for tick in job.upcoming(now, args.next)]
+        where = "durable" if durable else "in-process"
+        rows.append((job.name, job.schedule.describe(), where, ticks, ", ".join(options)))
+    titles = ("NAME", "SCHEDULE", "RUNS", "NEXT RUN")
+    widths = [max(len(title), *(len(row[i] if i < 3 else row[3][0]) for row in rows)) for i, title in enumerate(titles)]
+
+    def line(*cells: str) -> str:
+        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)) + "  " + cells[-1]
+
+    print(line(*titles, "OPTIONS"))
+    for name, schedule, where, ticks, options in rows:
+        print(line(name, schedule, where, ticks[0], options).rstrip())
+        for tick in ticks[1:]:
+            print(" " * (sum(widths[:3]) + 6) + tick)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """``tachyon worker``: the app's durable jobs, run in this process (docs/durable-tasks.md, "Running workers")."""
+    from .backends.rq import RQBackend
+    from .backends.rq_worker import TachyonWorker
 
     app = load_app(args.app)
     backend = getattr(app, "task_backend", None)
@@ -148,21 +212,52 @@ def _worker(args: argparse.Namespace) -> None:
         backend = RQBackend(args.url, args.queue[0] if args.queue else "tachyon")
     if not isinstance(backend, RQBackend):
         raise SystemExit(f"{args.app} has no RQBackend task_backend; pass --url redis://... (and --queue)")
-    names = args.queue or [backend.queue_name]
-    queues = [Queue(name, connection=backend.redis) for name in names]
-    worker = worker_class()(queues, connection=backend.redis, job_class=traced_job_class())
-    worker.work(burst=args.burst, with_scheduler=args.with_scheduler, logging_level=args.log_level.upper())
+    for name, value, least in (("--concurrency", args.concurrency, 1), ("--threads", args.threads, 1),
+                               ("--heartbeat", args.heartbeat, 0.1), ("--shutdown-timeout", args.shutdown_timeout, 0)):
+        if value is not None and value < least:
+            raise SystemExit(f"tachyon worker: {name} must be at least {least}, got {value}")
+    _worker_logging(args.log_level)
+    worker = TachyonWorker(
+        args.queue or [backend.queue_name], backend.redis_url, concurrency=args.concurrency, threads=args.threads,
+        fork=args.fork, heartbeat=args.heartbeat, shutdown_timeout=args.shutdown_timeout,
+        socket_timeout=backend.socket_timeout,
+    )
+    status = worker.run(burst=args.burst, with_scheduler=args.with_scheduler)
+    if worker.abandoned_threads:  # a sync job's thread outlived the deadline: exit without joining it
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
+def _worker_logging(level: str) -> None:
+    """The worker's lines (``tachyon_api.*``) and RQ's (``rq.*``) on stderr, dated and named as ``tachyon run``'s."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("tachyon_api", "rq"):
+        named = logging.getLogger(name)
+        named.handlers[:] = [handler]
+        named.setLevel(level.upper())
+        named.propagate = False
 
 
 def _new(args: argparse.Namespace) -> None:
+    from .origin import origin
     from .scaffold import create_project
 
     root = create_project(args.name, Path(args.path))
     print(f"Created {root}")
+    source = origin()
+    if source.url is not None:
+        where = source.folder or source.url
+        print(f"Its requirements.txt installs tachyon_api from where this one comes from: {where}")
+    print("Next:")
     print(f"  cd {root}")
     print("  python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    print("  cp .env.example .env              # the settings (real environment variables take precedence)")
     print("  tachyon run app:app --reload      # then open http://127.0.0.1:8000/health")
     print("  python -m pytest                  # its tests")
+    print("  tachyon lint all                  # ruff: checks, fixes and formats")
     print("  tachyon generate service NAME --crud   # a feature module in modules/NAME")
 
 
@@ -175,14 +270,36 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"created {path}")
     names = names_for(args.name)
     if args.kind == "middleware":
-        package = ".".join(written[0].with_suffix("").parts)
-        print(f"Register it in app.py:\n    from {package} import {names.Class}Middleware\n"
-              f"    app.add_middleware({names.Class}Middleware)")
-    elif args.kind in ("service", "controller"):
-        package = ".".join(written[0].parent.parts)
-        source = package if args.kind == "service" else f"{package}.{names.module}_controller"
-        print(f"Include it in app.py:\n    from {source} import router as {names.module}_router\n"
-              f"    app.include_router({names.module}_router)")
+        source = _import_path(written[0].with_suffix(""))
+        imported, line = f"{names.Class}Middleware", f"app.add_middleware({names.Class}Middleware)"
+    elif args.kind == "service":
+        source = _import_path(written[0].parent)
+        imported, line = f"router as {names.module}_router", f"app.include_router({names.module}_router)"
+    elif args.kind == "controller":
+        controller = next(path for path in written if path.name == f"{names.module}_controller.py")
+        source = _import_path(controller.with_suffix(""))
+        imported, line = f"router as {names.module}_router", f"app.include_router({names.module}_router)"
+    else:
+        return
+    # Where each line goes matters: an import below code is ruff's E402, and a router included before the
+    # app exists is a NameError.
+    print(f"To use it, add to app.py, among the imports at the top (`tachyon lint fix` sorts them):\n"
+          f"    from {source} import {imported}\n"
+          f"and below `app = Tachyon(...)`:\n"
+          f"    {line}")
+
+
+def _import_path(path: Path) -> str:
+    """The dotted import path of ``path`` (a module file without suffix, or a package folder) from the current
+    directory; for a path outside it, the import from the folder that contains it, which must then be on
+    ``sys.path``."""
+    absolute = path.resolve()
+    try:
+        parts = absolute.relative_to(Path.cwd().resolve()).parts
+    except ValueError:
+        parts = (absolute.name,)
+        print(f"(add {absolute.parent} to sys.path, or generate inside the project, for this import)")
+    return ".".join(parts)
 
 
 def _version(args: argparse.Namespace) -> None:
@@ -203,7 +320,9 @@ def _ruff_command() -> list[str]:
     found = shutil.which("ruff")
     if found:
         return [found]
-    raise SystemExit("tachyon lint needs ruff, which is not installed: pip install 'tachyon-api-next[lint]' (or ruff)")
+    from .origin import install_hint
+
+    raise SystemExit(f"tachyon lint needs ruff, which is not installed: {install_hint('lint')} (or pip install ruff)")
 
 
 def _lint(args: argparse.Namespace) -> None:
@@ -252,17 +371,20 @@ def _openapi_validate(args: argparse.Namespace) -> None:
         from openapi_spec_validator import validate
         from openapi_spec_validator.readers import read_from_filename
     except ImportError:
-        raise SystemExit(
-            "tachyon openapi validate needs openapi-spec-validator: pip install 'tachyon-api-next[openapi]'"
-        ) from None
+        from .origin import install_hint
+
+        raise SystemExit(f"tachyon openapi validate needs openapi-spec-validator: {install_hint('openapi')}") from None
     try:
         spec, _ = read_from_filename(args.file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"Cannot read {args.file}: {exc}") from None
+    if not isinstance(spec, dict) or "openapi" not in spec:
+        raise SystemExit(f"{args.file} is not an OpenAPI document: it has no 'openapi' key (the version, e.g. 3.1.0)")
     try:
         validate(spec)
     except Exception as exc:  # the validator's errors have no common base beyond Exception
-        raise SystemExit(f"{args.file} is not a valid OpenAPI document: {getattr(exc, 'message', exc)}") from None
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        raise SystemExit(f"{args.file} is not a valid OpenAPI document: {reason}") from None
     print(f"{args.file}: valid OpenAPI {spec.get('openapi', '?')}")
 
 
@@ -275,7 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", "-p", type=int, default=8000)
     run.add_argument("--workers", "-w", type=int, default=1)
-    run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    run.add_argument(
+        "--reload", action=argparse.BooleanOptionalAction, default=False,
+        help="restart on code changes (development); off unless given",
+    )
+    run.add_argument("--prod", action="store_true", help="tachyon-api 1.3's production mode: no reload, no access log")
+    run.add_argument(
+        "--tachyon-server", action="store_true",
+        help="accepted for tachyon-api 1.3 command lines; the default server is used (with a notice)",
+    )
     run.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="for uvicorn's loggers and the framework's (tachyon_api.*)",
@@ -292,15 +422,39 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("app", nargs="?", default="app:app")
     routes.set_defaults(handler=_routes)
 
-    worker = commands.add_parser("worker", help="run an RQ worker for the durable tasks of module:app")
+    schedule = commands.add_parser("schedule", help="list the periodic jobs of module:app and their next runs")
+    schedule.add_argument("app", nargs="?", default="app:app")
+    schedule.add_argument("--next", "-n", type=int, default=1, help="how many upcoming run times per job (default 1)")
+    schedule.set_defaults(handler=_schedule)
+
+    worker = commands.add_parser(
+        "worker", help="run the durable tasks of module:app (many at once, in this process; survives Redis restarts)"
+    )
     worker.add_argument("app", nargs="?", default="app:app")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument(
         "--with-scheduler", action="store_true", help="also move delayed tasks and retries with a delay to the queue"
     )
     worker.add_argument("--queue", "-q", action="append", help="queue name (repeatable; default: the app's)")
     worker.add_argument("--url", help="Redis URL (default: the app's RQBackend)")
-    worker.add_argument("--log-level", default="info")
+    worker.add_argument(
+        "--concurrency", "-c", type=int, default=16,
+        help="jobs running at once: async tasks on the event loop, sync tasks in threads (default 16)",
+    )
+    worker.add_argument("--threads", type=int, default=None, help="threads for sync tasks (default: min(concurrency, 32))")
+    worker.add_argument(
+        "--fork", action="store_true",
+        help="run each job in a forked child (isolation, timeouts kill it; about 20 times slower per job)",
+    )
+    worker.add_argument(
+        "--heartbeat", type=float, default=5.0,
+        help="seconds between lease renewals; a dead worker's jobs are recovered within two (default 5)",
+    )
+    worker.add_argument(
+        "--shutdown-timeout", type=float, default=25.0,
+        help="on SIGTERM/SIGINT, seconds to let running jobs finish before putting them back (default 25)",
+    )
+    worker.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     worker.set_defaults(handler=_worker)
 
     new = commands.add_parser("new", help="create a project skeleton (app, settings, modules, tests)")
@@ -330,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the installed version")
     version.set_defaults(handler=_version)
 
-    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (pip install 'tachyon-api-next[lint]')")
+    lint = commands.add_parser("lint", help="ruff: check, fix, format, or all (the lint extra)")
     actions = lint.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="report problems")
     check.add_argument("--fix", action="store_true", help="apply the safe fixes")

@@ -5,7 +5,8 @@ JavaScript literal), so a title such as ``</title><script>alert(1)</script>`` is
 
 The pages load their scripts from the jsDelivr CDN unless configured otherwise. With the ``docs`` extra
 installed (``swagger-ui-py``, which ships the Swagger UI 5 files), the app serves Swagger UI's files itself
-under ``swagger_url``, so that page works without internet access.
+under ``swagger_url``, so that page works without internet access. A page whose script cannot be loaded (no
+internet, or scripts off) shows a line of text saying so, with links to that page and to the schema.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 from .exceptions import HTTPException
+from .openapi import (
+    REDOC_JS_URL,
+    SCALAR_JS_URL,
+    SWAGGER_CSS_URL,
+    SWAGGER_FAVICON_URL,
+    SWAGGER_JS_URL,
+)
 from .requests import Request
 from .responses import HTMLResponse, Response
 from .routing import Route
@@ -27,9 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["docs_routes", "swagger_ui_assets", "swagger_ui_html", "redoc_html", "scalar_html"]
 
-SWAGGER_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
-SCALAR_JS_URL = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
-REDOC_JS_URL = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
 
 # The Swagger UI files the app serves (from the docs extra), with their media types; nothing else is served.
 _ASSETS = {
@@ -83,22 +89,48 @@ def _page(title: str, head: str, body: str) -> str:
     )
 
 
+def _offline_notice(config: "OpenAPIConfig", openapi_url: str, root_path: str, script: str) -> tuple[str, str]:
+    """A page whose script comes from another host is blank without internet (or with scripts off): a line
+    of text, shown by the script's ``onerror`` and in ``<noscript>``, says so and links to what works
+    offline. Returns the notice and the ``onerror`` attribute of the script tag; nothing for a script the
+    app serves itself."""
+    host = urlsplit(script).hostname
+    if host is None:
+        return "", ""
+    text = f"This page loads its script from a CDN ({html.escape(host)}), which this browser could not reach or run."
+    if config.swagger_url:
+        swagger = root_path + config.swagger_url
+        offline = "" if _local_swagger(config, root_path) else " once the app is installed with the docs extra"
+        link = f"<a href=\"{_attr(swagger)}\">{html.escape(swagger)}</a>"
+        text += f" Swagger UI at {link} works without internet{offline}."
+    text += f" The schema itself is at <a href=\"{_attr(openapi_url)}\">{html.escape(openapi_url)}</a>."
+    notice = f"<p id=\"docs-offline\" hidden>{text}</p>\n<noscript><p>{text}</p></noscript>\n"
+    return notice, " onerror=\"document.getElementById('docs-offline').hidden = false\""
+
+
 def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
     """The Swagger UI page for the schema at ``openapi_url``; ``swagger_ui_parameters`` are passed to
     ``SwaggerUIBundle`` as they are (JSON values)."""
     local = _local_swagger(config, root_path)
-    base = local or SWAGGER_CDN
-    js = config.swagger_js_url or f"{base}/swagger-ui-bundle.js"
-    css = config.swagger_css_url or f"{base}/swagger-ui.css"
-    favicon = config.swagger_favicon_url or f"{base}/favicon-32x32.png"
+
+    def asset(configured: str | None, default: str) -> str:
+        """A file left at its CDN default comes from the app itself when it serves Swagger UI's files."""
+        if local and configured in (None, default):
+            return f"{local}/{default.rsplit('/', 1)[1]}"
+        return configured or default
+
+    js = asset(config.swagger_js_url, SWAGGER_JS_URL)
+    css = asset(config.swagger_css_url, SWAGGER_CSS_URL)
+    favicon = asset(config.swagger_favicon_url, SWAGGER_FAVICON_URL)
     options: dict[str, Any] = {"url": openapi_url, "dom_id": "#swagger-ui", "deepLinking": True}
     if local:
         options["oauth2RedirectUrl"] = f"{local}/oauth2-redirect.html"
     options.update(config.swagger_ui_parameters or {})
     head = f"<link rel=\"stylesheet\" href=\"{_attr(css)}\">\n<link rel=\"icon\" href=\"{_attr(favicon)}\">\n"
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        "<div id=\"swagger-ui\"></div>\n"
-        f"<script src=\"{_attr(js)}\"></script>\n"
+        f"{notice}<div id=\"swagger-ui\"></div>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
         "<script>\n"
         f"window.ui = SwaggerUIBundle(Object.assign({{presets: [SwaggerUIBundle.presets.apis, "
         f"SwaggerUIBundle.SwaggerUIStandalonePreset], layout: \"BaseLayout\"}}, {_js(options)}));\n"
@@ -110,7 +142,11 @@ def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_
 def redoc_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
     """The ReDoc page for the schema at ``openapi_url``."""
     js = config.redoc_js_url or REDOC_JS_URL
-    body = f"<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n<script src=\"{_attr(js)}\"></script>\n"
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
+    body = (
+        f"{notice}<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
+    )
     return _page(title, "", body)
 
 
@@ -118,9 +154,10 @@ def scalar_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path
     """The Scalar API reference page for the schema at ``openapi_url`` (``docs_url``, as in tachyon-api 1.3)."""
     js = config.scalar_js_url or SCALAR_JS_URL
     head = f"<link rel=\"icon\" href=\"{_attr(config.scalar_favicon_url)}\">\n" if config.scalar_favicon_url else ""
+    notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        f"<script id=\"api-reference\" data-url=\"{_attr(openapi_url)}\"></script>\n"
-        f"<script src=\"{_attr(js)}\"></script>\n"
+        f"{notice}<script id=\"api-reference\" data-url=\"{_attr(openapi_url)}\"></script>\n"
+        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
     )
     return _page(title, head, body)
 

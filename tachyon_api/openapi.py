@@ -20,11 +20,21 @@ import dataclasses
 import http
 import inspect
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import msgspec
 
-from .compiler import Dependency, Parameter, Plan, _is_model, _is_upload, _list_item, _unwrap_optional
+from .compiler import (
+    Dependency,
+    Parameter,
+    Plan,
+    _is_model,
+    _is_upload,
+    _list_item,
+    _unwrap_optional,
+    compile_dependency,
+    compile_endpoint,
+)
 from .schemas import (
     REF_TEMPLATE,
     TypeSchemas,
@@ -34,9 +44,7 @@ from .schemas import (
     strip_annotated,
     to_builtin,
 )
-
-if TYPE_CHECKING:
-    from .routing import Route
+from .routing import Route
 
 __all__ = [
     "OpenAPIConfig",
@@ -62,6 +70,10 @@ class Contact:
     url: str | None = None
     email: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The Contact Object, without the fields left at ``None``."""
+        return _drop_none(dataclasses.asdict(self))
+
 
 @dataclasses.dataclass
 class License:
@@ -71,6 +83,16 @@ class License:
     url: str | None = None
     identifier: str | None = None
 
+    def to_dict(self, openapi_version: str = "3.1.0") -> dict[str, Any]:
+        """The License Object for ``openapi_version``: 3.0 has no ``identifier``; in 3.1 ``url`` and
+        ``identifier`` exclude each other, and the identifier wins."""
+        license_ = _drop_none(dataclasses.asdict(self))
+        if openapi_version.startswith("3.0"):
+            license_.pop("identifier", None)
+        elif "identifier" in license_:
+            license_.pop("url", None)
+        return license_
+
 
 @dataclasses.dataclass
 class Server:
@@ -79,6 +101,10 @@ class Server:
     url: str
     description: str | None = None
     variables: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Server Object, without the fields left at ``None``."""
+        return _drop_none(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass
@@ -93,14 +119,48 @@ class Info:
     license: License | None = None
     summary: str | None = None
 
+    def to_dict(self, openapi_version: str = "3.1.0") -> dict[str, Any]:
+        """The Info Object for ``openapi_version`` (``summary`` exists from 3.1 on), with OpenAPI's field
+        names (``termsOfService``)."""
+        out: dict[str, Any] = {"title": self.title, "version": self.version}
+        if self.summary and not openapi_version.startswith("3.0"):
+            out["summary"] = self.summary
+        if self.description:
+            out["description"] = self.description
+        if self.terms_of_service:
+            out["termsOfService"] = self.terms_of_service
+        if self.contact:
+            out["contact"] = self.contact.to_dict()
+        if self.license:
+            out["license"] = self.license.to_dict(openapi_version)
+        return out
+
+
+# The files the docs pages load by default (jsDelivr). With the ``docs`` extra installed, the Swagger UI
+# defaults are served by the app itself instead (see docs.py); a URL you set is always used as it is.
+SWAGGER_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
+SWAGGER_JS_URL = f"{SWAGGER_CDN}/swagger-ui-bundle.js"
+SWAGGER_CSS_URL = f"{SWAGGER_CDN}/swagger-ui.css"
+SWAGGER_FAVICON_URL = f"{SWAGGER_CDN}/favicon-32x32.png"
+SCALAR_JS_URL = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
+REDOC_JS_URL = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
+_ASSET_DEFAULTS = {
+    "scalar_js_url": SCALAR_JS_URL,
+    "swagger_js_url": SWAGGER_JS_URL,
+    "swagger_css_url": SWAGGER_CSS_URL,
+    "swagger_favicon_url": SWAGGER_FAVICON_URL,
+    "redoc_js_url": REDOC_JS_URL,
+}
+
 
 @dataclasses.dataclass
 class OpenAPIConfig:
     """Everything about the schema and the docs pages; pass it as ``Tachyon(openapi_config=...)``.
 
-    Each URL can be ``None`` to turn that page off. The asset URLs left at ``None`` mean the defaults: the
-    jsDelivr CDN, except for Swagger UI when the ``docs`` extra is installed, whose files the app then
-    serves itself under ``swagger_url`` (docs that work without internet access).
+    Each page URL can be ``None`` to turn that page off. The asset URLs hold the files the pages load: the
+    jsDelivr CDN unless you set them (``None`` means that default too). When the ``docs`` extra is installed,
+    Swagger UI's default files are served by the app itself under ``swagger_url`` (docs that work without
+    internet access). ``scalar_favicon_url`` has no default: the Scalar page then has no icon.
     """
 
     info: Info = dataclasses.field(default_factory=Info)
@@ -118,9 +178,24 @@ class OpenAPIConfig:
     swagger_css_url: str | None = None
     redoc_js_url: str | None = None
 
+    def __post_init__(self) -> None:
+        for name, default in _ASSET_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+
     @property
     def title(self) -> str:
         return self.info.title
+
+    def to_openapi_dict(self) -> dict[str, Any]:
+        """The document's frame, before any route: ``openapi``, ``info``, ``servers`` (when set), empty
+        ``paths`` and ``components``."""
+        document: dict[str, Any] = {"openapi": self.openapi_version, "info": self.info.to_dict(self.openapi_version)}
+        if self.servers:
+            document["servers"] = [server.to_dict() for server in self.servers]
+        document["paths"] = {}
+        document["components"] = {"schemas": {}}
+        return document
 
 
 def create_openapi_config(
@@ -199,12 +274,16 @@ def _error_body(title: str, code: list[str] | None, errors_required: bool) -> di
     return schema
 
 
-# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (400, 413), the 500 body of applications.py,
-# and ``HTTPException``'s ``{"detail": ...}`` (404 for a path value that does not convert).
+# ``RequestValidationError.body()`` (422), ``RequestError.body()`` (400, 413), the 500 bodies of responses.py
+# (named ResponseValidationError, as tachyon-api 1.3 named its 500 component: generated clients use the name
+# as a type), and ``HTTPException``'s ``{"detail": ...}`` (404 for a path value that does not convert).
 _FRAMEWORK_SCHEMAS = {
     "ValidationError": _ERROR_ITEM,
     "ValidationErrorResponse": _error_body("ValidationErrorResponse", ["VALIDATION_ERROR"], True),
     "ErrorResponse": _error_body("ErrorResponse", None, False),
+    "ResponseValidationError": _error_body(
+        "ResponseValidationError", ["INTERNAL_SERVER_ERROR", "RESPONSE_VALIDATION_ERROR"], False
+    ),
     "HTTPError": {"title": "HTTPError", "type": "object", "properties": {"detail": {}}, "required": ["detail"]},
 }
 
@@ -241,6 +320,17 @@ class OpenAPIGenerator:
     def remove_route(self, route: Route) -> None:
         self._routes = [r for r in self._routes if r is not route]
         self.invalidate()
+
+    def generate_route(self, path: str, method: str, endpoint_func: Any, **kwargs: Any) -> None:
+        """Document ``endpoint_func`` as ``method path`` without serving it (tachyon-api 1.3's helper); the
+        keyword arguments are the route decorator's (``response_model``, ``tags``, ``summary``...). Its
+        signature is compiled as a route's would be, so a parameter it cannot serve is a ``TypeError`` here."""
+        route = Route(path, endpoint_func, [method], **kwargs)
+        names = frozenset(route.param_names)
+        route.plan = compile_endpoint(endpoint_func, names, route.options.get("strict", True))
+        route.guards = [compile_dependency(dep.dependency, names, use_cache=dep.use_cache)
+                        for dep in route.dependencies if dep.dependency is not None]
+        self.add_route(route)
 
     def add_path(self, path: str, method: str, operation: dict[str, Any]) -> None:
         """Add (or replace) the operation ``method path`` with a hand-written OpenAPI Operation Object."""
@@ -356,34 +446,12 @@ class _Builder:
         components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
         if self.security_schemes:
             components["securitySchemes"] = self.security_schemes
-        document: dict[str, Any] = {"openapi": version, "info": self.info()}
-        if self.config.servers:
-            document["servers"] = [_drop_none(dataclasses.asdict(s)) for s in self.config.servers]
+        document = self.config.to_openapi_dict()
         document["paths"] = paths
         document["components"] = components
         if version.startswith("3.0"):
             document_to_30(document)
         return document
-
-    def info(self) -> dict[str, Any]:
-        info = self.config.info
-        out: dict[str, Any] = {"title": info.title, "version": info.version}
-        if info.summary and not self.config.openapi_version.startswith("3.0"):
-            out["summary"] = info.summary
-        if info.description:
-            out["description"] = info.description
-        if info.terms_of_service:
-            out["termsOfService"] = info.terms_of_service
-        if info.contact:
-            out["contact"] = _drop_none(dataclasses.asdict(info.contact))
-        if info.license:
-            license_ = _drop_none(dataclasses.asdict(info.license))
-            if self.config.openapi_version.startswith("3.0"):
-                license_.pop("identifier", None)
-            elif "identifier" in license_:
-                license_.pop("url", None)  # 3.1: url and identifier are mutually exclusive
-            out["license"] = license_
-        return out
 
     # --- one operation ---------------------------------------------------------------------------------
     def operation(self, route: Route, method: str) -> dict[str, Any]:
@@ -523,7 +591,7 @@ class _Builder:
             responses["413"] = _json_response("Request body larger than max_body_size", "ErrorResponse")
         if validated:
             responses["422"] = _json_response("Validation Error", "ValidationErrorResponse")
-        responses["500"] = _json_response("Internal Server Error", "ErrorResponse")
+        responses["500"] = _json_response("Internal Server Error", "ResponseValidationError")
         for code, extra in (options.get("responses") or {}).items():
             key = str(code)
             entry = dict(extra)

@@ -246,9 +246,28 @@ class Accepted(JSONResponse):
 
 
 class TachyonBytesResponse(Response):
-    """JSON that is already encoded (``TachyonBytesResponse(b'{"a":1}')``): sent as is, ``application/json``."""
+    """JSON that is already encoded (``TachyonBytesResponse(b'{"a":1}')``): sent as is, ``application/json``.
+
+    ``body=`` is tachyon-api 1.3's name for ``content``; either may be used, not both.
+    """
 
     media_type = "application/json"
+
+    def __init__(
+        self,
+        content: bytes | None = None,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: Background = None,
+        *,
+        body: bytes | None = None,
+    ) -> None:
+        if body is not None:
+            if content is not None:
+                raise TypeError("TachyonBytesResponse() takes content or body (its 1.3 name), not both")
+            content = body
+        super().__init__(content, status_code, headers, media_type, background)
 
 
 class HTMLResponse(Response):

@@ -29,6 +29,7 @@ from .compiler import (
 )
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, RequestValidationError
+from .idempotency import Credentials, credentials_of
 from .requests import HTTPConnection, Request
 from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
 from .tasks import BackgroundTask, BackgroundTasks, collect, has_durable, store_durable
@@ -95,6 +96,11 @@ class _ReadsLikeADict(Mapping[str, Any]):
     __hash__ = object.__hash__
 
 
+def tag_list(tags: Sequence[str] | str | None) -> list[str]:
+    """Tags as a list; one string is one tag (``tags="admin"``), not its characters."""
+    return [tags] if isinstance(tags, str) else list(tags or ())
+
+
 class Route(_ReadsLikeADict):
     """One path and method set bound to an endpoint, with the options given to the decorator."""
 
@@ -111,7 +117,7 @@ class Route(_ReadsLikeADict):
         status_code: int | None = None,
         response_model: Any = None,
         dependencies: Sequence[Depends] | None = None,
-        tags: Sequence[str] | None = None,
+        tags: Sequence[str] | str | None = None,
         **options: Any,
     ) -> None:
         self.param_names = _path_params(path)
@@ -122,7 +128,7 @@ class Route(_ReadsLikeADict):
         self.status_code = status_code
         self.response_model = response_model
         self.dependencies = list(dependencies or ())
-        self.tags = list(tags or ())
+        self.tags = tag_list(tags)
         self.options = options
         self.handler: Handler | None = None
         self.plan: Plan | None = None  # set when compiled for an app; the OpenAPI schema reads them
@@ -148,7 +154,7 @@ class Route(_ReadsLikeADict):
             status_code=self.status_code,
             response_model=self.response_model,
             dependencies=[*dependencies, *self.dependencies],
-            tags=[*tags, *self.tags],
+            tags=list(dict.fromkeys([*tag_list(tags), *self.tags])),  # a router's own routes carry its tags already
             **options,
         )
 
@@ -292,12 +298,14 @@ class Router(RouteDecorators):
         if prefix and not prefix.startswith("/"):
             prefix = "/" + prefix
         self.prefix = prefix
-        self.tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.tags = tag_list(tags)
         self.dependencies = list(dependencies or [])
         self.responses = responses or {}
         self.routes: list[Route | WebSocketRoute] = []
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
+        """Add a route; its ``tags`` are the router's followed by its own, as tachyon-api 1.3 listed them."""
+        kwargs["tags"] = list(dict.fromkeys([*self.tags, *tag_list(kwargs.get("tags"))]))
         route = Route(path, endpoint, methods, **kwargs)
         self.routes.append(route)
         return route
@@ -322,13 +330,14 @@ class Router(RouteDecorators):
 AnyRoute = TypeVar("AnyRoute", Route, WebSocketRoute)
 
 
-def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] = (),
+def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] | str = (),
               dependencies: Sequence[Depends] = ()) -> AnyRoute:
     path = router.get_full_path(route.path)
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
         path = prefix.rstrip("/") + (path if path != "/" else "") or "/"
-    return route.copy_with(path, [*tags, *router.tags], [*dependencies, *router.dependencies], router.responses)
+    tags = [*tag_list(tags), *router.tags]
+    return route.copy_with(path, tags, [*dependencies, *router.dependencies], router.responses)
 
 
 class _Node:
@@ -481,6 +490,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     pool = app.endpoint_pool
     runner = app.background
     holds = app.tasks
+    credentials = credentials_of(plan, guards)  # where its requests carry credentials: an idempotency key's scope
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         ctx: Context | None = None
@@ -524,7 +534,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             durable = tasks if tasks and has_durable(tasks) else None
             if durable:  # stored now, before the response: a 2xx means they are in Redis
                 request = ctx.request if ctx is not None else Request(scope, receive)
-                tasks = await store_durable(durable, request, scope["method"])
+                tasks = await store_durable(durable, request, scope["method"], credentials)
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
             if tasks and (holds.always or BackgroundTask.held) and (pending := holds.accept(tasks)) is not None:
@@ -622,6 +632,7 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     max_size = route.max_message_size if route.max_message_size is not None else app.websocket_max_size
     sockets = app.open_websockets
     runner = app.background
+    credentials = credentials_of(plan, guards)
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
         scope["path_params"] = path_params = dict(zip(names, values))
@@ -665,17 +676,17 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
                 await ctx.close(None if ended_well or not isinstance(failure, Exception) else failure)
             finally:
                 if ended_well and ctx.background is not None and len(ctx.background):
-                    await _hand_over(runner, list(ctx.background), scope)
+                    await _hand_over(runner, list(ctx.background), scope, credentials)
 
     return handle
 
 
-async def _hand_over(runner: Any, tasks: list, scope: dict) -> None:
+async def _hand_over(runner: Any, tasks: list, scope: dict, credentials: Credentials) -> None:
     """The handler's injected background tasks, after the socket is closed and cleanups ran."""
     path = scope["path"]
     try:
         if has_durable(tasks):
-            tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET")
+            tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET", credentials)
         holds = scope["app"].tasks
         if holds.always or BackgroundTask.held:
             pending = holds.accept(tasks)

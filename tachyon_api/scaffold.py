@@ -68,12 +68,16 @@ def _write_all(files: dict[Path, str]) -> list[Path]:
 def create_project(name: str, parent: Path) -> Path:
     """Write the skeleton of project ``name`` into ``parent/name``, which must not exist yet."""
     from . import __version__
+    from .origin import origin, requirement
 
     names = names_for(name)
     root = Path(parent) / names.module
     if root.exists():
         raise ScaffoldError(f"{root} already exists; choose another name or --path")
-    values = {"project": names.module, "version": __version__}
+    source = origin()
+    # Not on an index yet: point the project where this copy was installed from (a checkout, most often).
+    where = "" if source.url is None else "# where the tachyon_api that wrote this project was installed from\n"
+    values = {"project": names.module, "requirement": where + requirement("speed", version=__version__, source=source)}
     layout = {
         "app.py": "app.py.tmpl",
         "config.py": "config.py.tmpl",
@@ -115,9 +119,12 @@ GENERATORS = tuple(_LAYOUTS)
 def generate(kind: str, name: str, base: Path | None = None, *, tests: bool = True, crud: bool = False) -> list[Path]:
     """Write a ``kind`` (one of :data:`GENERATORS`) named ``name``; returns the files written.
 
-    Modules go to ``base/<name>/`` (``base`` defaults to ``./modules``); middlewares to ``base/`` (default
-    ``./middlewares``). The test goes to ``tests/`` beside the code unless ``tests`` is false. Folders get an
-    ``__init__.py`` so the generated tests import their code relatively, whatever ``base`` is.
+    A service goes to ``base/<name>/`` (``base`` defaults to ``./modules``); a middleware to ``base/``
+    (default ``./middlewares``). A controller, repository or DTO goes to ``./modules/<name>/`` by default,
+    and, as tachyon-api 1.3 did, to ``base/<name>_<kind>.py`` alone when ``base`` is given: one self-contained
+    file dropped into a folder of the user's, with no test and no ``__init__.py`` added there. Otherwise
+    the test goes to ``tests/`` beside the code unless ``tests`` is false, and folders get an ``__init__.py``
+    so the generated tests import their code relatively, whatever ``base`` is.
     """
     if kind not in _LAYOUTS:
         raise ScaffoldError(f"unknown generator {kind!r}; choose one of {', '.join(GENERATORS)}")
@@ -126,13 +133,21 @@ def generate(kind: str, name: str, base: Path | None = None, *, tests: bool = Tr
     names = names_for(name)
     values = {"module": names.module, "Class": names.Class, "prefix": names.prefix, "title": names.title}
     if kind == "service":
+        # Without the update route, the controller must not import its DTO (ruff's F401).
+        values["update_import"] = f"\n    {names.Class}Update," if crud else ""
         values["crud_routes"] = _render("generate", "service_controller_crud.py.tmpl", values) if crud else ""
         values["crud_tests"] = _render("generate", "test_service_crud.py.tmpl", values) if crud else ""
-    folder = Path(base or "middlewares") if kind == "middleware" else Path(base or "modules") / names.module
+    single_file = base is not None and kind in ("controller", "repository", "dto")
+    if kind == "middleware" or single_file:
+        folder = Path(base or "middlewares")
+    else:
+        folder = Path(base or "modules") / names.module
     files = {
         folder / target.format(m=names.module): _render("generate", template, values)
         for target, template in _LAYOUTS[kind]
     }
+    if single_file:
+        return _write_all(files)
     packages = [folder]
     if tests:
         packages.append(folder / "tests")

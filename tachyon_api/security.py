@@ -6,6 +6,11 @@ token) is the application's job, in a dependency built on top (see docs/security
 ``WWW-Authenticate`` headers are those of tachyon-api 1.3; with ``auto_error=False`` a missing or malformed
 credential gives ``None`` instead, so an endpoint can serve anonymous users too.
 
+They read only headers, the query string and cookies, so they take an :class:`HTTPConnection` and guard
+WebSocket routes as well as HTTP ones (directly, through another dependency, or in ``dependencies=``). On a
+WebSocket a rejection closes the handshake with 1008 (policy violation) and the detail as the reason, rather
+than an HTTP 401/403 body: a WebSocket client sees a close code, not a response body.
+
 Each scheme also describes itself for OpenAPI, as FastAPI's do: ``.model`` is the ``securityScheme`` object
 (a dict) and ``.scheme_name`` its name in ``components.securitySchemes``.
 """
@@ -19,7 +24,8 @@ from typing import Any
 import msgspec
 
 from .exceptions import HTTPException
-from .requests import Request
+from .requests import HTTPConnection
+from .websockets import WebSocketClose, WebSocketException
 
 __all__ = [
     "SecurityBase",
@@ -62,17 +68,22 @@ class SecurityBase:
         self.scheme_name = scheme_name or type(self).__name__
         self.model = {**model, "description": description} if description else model
 
-    def _reject(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        """Raise the rejection, or return None (anonymous) when ``auto_error`` is off."""
-        if self.auto_error:
-            raise HTTPException(status_code, detail, headers)
-        return None
+    def _reject(
+        self, connection: HTTPConnection, status_code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """Raise the rejection (an HTTP error, or a 1008 close on a WebSocket), or return None (anonymous) when
+        ``auto_error`` is off."""
+        if not self.auto_error:
+            return None
+        if connection.scope.get("type") == "websocket":
+            raise WebSocketException(WebSocketClose.POLICY_VIOLATION, detail)
+        raise HTTPException(status_code, detail, headers)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
 
 
-def _authorization(request: Request, scheme: str) -> tuple[str, str] | None:
+def _authorization(request: HTTPConnection, scheme: str) -> tuple[str, str] | None:
     """``(scheme as sent, credentials)`` of an ``Authorization`` header of exactly two parts whose first part
     is ``scheme`` (any case); None otherwise."""
     parts = request.headers.get("authorization", "").split()
@@ -100,10 +111,10 @@ class HTTPBearer(SecurityBase):
             model["bearerFormat"] = bearerFormat
         super().__init__(model, auto_error, scheme_name, description)
 
-    async def __call__(self, request: Request) -> HTTPAuthorizationCredentials | None:
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
         found = _authorization(request, "bearer")
         if found is None:
-            return self._reject(403, NOT_AUTHENTICATED)
+            return self._reject(request, 403, NOT_AUTHENTICATED)
         return HTTPAuthorizationCredentials(scheme=found[0], credentials=found[1])
 
 
@@ -126,10 +137,10 @@ class OAuth2PasswordBearer(SecurityBase):
         model = {"type": "oauth2", "flows": {"password": {"tokenUrl": tokenUrl, "scopes": dict(scopes or {})}}}
         super().__init__(model, auto_error, scheme_name, description)
 
-    async def __call__(self, request: Request) -> str | None:
+    async def __call__(self, request: HTTPConnection) -> str | None:
         found = _authorization(request, "bearer")
         if found is None:
-            return self._reject(401, NOT_AUTHENTICATED, {"WWW-Authenticate": "Bearer"})
+            return self._reject(request, 401, NOT_AUTHENTICATED, {"WWW-Authenticate": "Bearer"})
         return found[1]
 
 
@@ -156,9 +167,9 @@ class HTTPBasic(SecurityBase):
         self._challenge = {"WWW-Authenticate": f'Basic realm="{quoted}"'}
         super().__init__({"type": "http", "scheme": "basic"}, auto_error, scheme_name, description)
 
-    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:
+    async def __call__(self, request: HTTPConnection) -> HTTPBasicCredentials | None:
         if not request.headers.get("authorization"):
-            return self._reject(401, NOT_AUTHENTICATED, self._challenge)
+            return self._reject(request, 401, NOT_AUTHENTICATED, self._challenge)
         found = _authorization(request, "basic")
         try:
             if found is None:
@@ -167,7 +178,7 @@ class HTTPBasic(SecurityBase):
             if not colon:
                 raise ValueError("no colon")
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            return self._reject(401, INVALID_CREDENTIALS, self._challenge)
+            return self._reject(request, 401, INVALID_CREDENTIALS, self._challenge)
         return HTTPBasicCredentials(username=username, password=password)
 
 
@@ -187,13 +198,13 @@ class _APIKey(SecurityBase):
         self.name = name
         super().__init__({"type": "apiKey", "in": self.location, "name": name}, auto_error, scheme_name, description)
 
-    def _read(self, request: Request) -> str | None:
+    def _read(self, request: HTTPConnection) -> str | None:
         raise NotImplementedError
 
-    async def __call__(self, request: Request) -> str | None:
+    async def __call__(self, request: HTTPConnection) -> str | None:
         key = self._read(request)
         if not key:
-            return self._reject(403, NOT_AUTHENTICATED)
+            return self._reject(request, 403, NOT_AUTHENTICATED)
         return key
 
 
@@ -202,7 +213,7 @@ class APIKeyHeader(_APIKey):
 
     location = "header"
 
-    def _read(self, request: Request) -> str | None:
+    def _read(self, request: HTTPConnection) -> str | None:
         return request.headers.get(self.name)
 
 
@@ -211,7 +222,7 @@ class APIKeyQuery(_APIKey):
 
     location = "query"
 
-    def _read(self, request: Request) -> str | None:
+    def _read(self, request: HTTPConnection) -> str | None:
         return request.query_params.get(self.name)
 
 
@@ -220,5 +231,5 @@ class APIKeyCookie(_APIKey):
 
     location = "cookie"
 
-    def _read(self, request: Request) -> str | None:
+    def _read(self, request: HTTPConnection) -> str | None:
         return request.cookies.get(self.name)

@@ -19,6 +19,7 @@ import asyncio
 import enum
 import logging
 import signal
+import sys
 import threading
 from typing import Any, AsyncIterator, Callable, Iterable
 
@@ -334,6 +335,28 @@ DISCONNECTS: tuple[type[BaseException], ...] = (WebSocketDisconnect, _ForeignDis
 def is_foreign_websocket_exception(exc: BaseException) -> bool:
     """Starlette's ``WebSocketException`` (code written for 1.3 raises it), without importing Starlette."""
     return any(c.__module__.startswith("starlette.") and c.__name__ == "WebSocketException" for c in type(exc).__mro__)
+
+
+def warn_if_the_server_cannot_serve(paths: Iterable[str]) -> None:
+    """Say at startup what uvicorn says only when a client tries: without ``websockets`` or ``wsproto``, its
+    default ``ws="auto"`` serves a WebSocket handshake as a plain HTTP request (the client sees "rejected:
+    HTTP 200" or a 404), so no WebSocket route of the app can be reached. uvicorn's own hint names
+    ``uvicorn[standard]``; ours names this package's extra, installed from where this package came from.
+
+    Only under uvicorn (imported by this process: the in-process test clients need no library)."""
+    if "uvicorn" not in sys.modules:
+        return
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    if AutoWebSocketsProtocol is not None:
+        return
+    from .origin import install_hint
+
+    logger.warning(
+        "This app has WebSocket routes (%s), but no WebSocket library is installed for uvicorn (websockets or "
+        "wsproto): every WebSocket connection will be refused. Install the websockets extra: %s",
+        ", ".join(paths), install_hint("websockets"),
+    )
 
 
 class OpenSockets:

@@ -310,14 +310,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def memcached_address() -> Iterator[tuple[str, int]]:
-    """A throw-away memcached on a free loopback port, for the cache backend tests. Installed with apt-get
-    when missing and running as root (as .ci/run does)."""
+    """A throw-away memcached on a free loopback port, for the cache backend tests (the suite checks that
+    memcached is installed before it starts: see ``pytest_collection_modifyitems``)."""
     binary = shutil.which("memcached")
-    if binary is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "memcached"]):
-            subprocess.run(command, check=False, capture_output=True, timeout=600)
-        binary = shutil.which("memcached")
-    assert binary, "memcached is required (apt-get install memcached; .ci/run installs it)"
+    assert binary, MISSING.format(what="memcached")
     port = free_port()
     user = ["-u", "root"] if os.geteuid() == 0 else []  # memcached refuses to run as root unless told so
     proc = subprocess.Popen(
@@ -349,25 +345,46 @@ def serve_process(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
-# --- pages in a real browser: Debian's chromium, driven by Playwright -------------------------------------------
-CHROMIUM = "/usr/bin/chromium"
+# --- what the suite needs from the system -------------------------------------------------------------------
+# scripts/install-system-deps.sh installs it (the README's test command runs it); the suite itself installs
+# nothing. A missing part stops the run once, before the first test, with the command that installs it.
+MISSING = "The tests need {what}, which is not installed. Run once, as root: bash scripts/install-system-deps.sh"
+
+
+def system_chromium() -> str | None:
+    """A chromium installed by the system's package manager (Debian's package), if any."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def playwright_chromium() -> str | None:
+    """Playwright's own chromium (``python -m playwright install chromium``), if it was downloaded."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        path = playwright.chromium.executable_path
+    return path if os.path.exists(path) else None
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before any test runs: stop with one clear message if a collected test needs a missing system part."""
+    needs = {name for item in items for name in getattr(item, "fixturenames", ())}
+    missing = []
+    if "memcached_address" in needs and shutil.which("memcached") is None:
+        missing.append("memcached")
+    if {"page", "chromium"} & needs and system_chromium() is None and playwright_chromium() is None:
+        missing.append("chromium (or Playwright's own browser: python -m playwright install chromium)")
+    if missing:
+        pytest.exit(MISSING.format(what=" and ".join(missing)), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+# --- pages in a real browser, driven by Playwright -------------------------------------------------------------
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of failed browser tests (git-ignored)
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium: installed here when missing and we may (root with apt-get), else a clear failure.
-
-    Playwright's own browser download does not work on these machines, so it drives this binary
-    (``executable_path``); .ci/run installs it before the suite.
-    """
-    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True, env=env)
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"these tests need Debian's chromium at {CHROMIUM}: apt-get install chromium (.ci/run does it)")
-    return CHROMIUM
+def chromium() -> str | None:
+    """The system's chromium when there is one, else None: Playwright's own browser."""
+    return system_chromium()
 
 
 @pytest.fixture
@@ -377,7 +394,7 @@ def page(chromium: str, request: pytest.FixtureRequest) -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=chromium,
+            executable_path=chromium,  # None: Playwright's own
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"],
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import textwrap
 import threading
@@ -388,3 +389,56 @@ def test_a_second_ctrl_c_exits_non_zero_with_one_line_naming_what_is_lost(serve_
     assert "1 background task(s) lost: nightly-export (POST /export)" in forced[0]
     assert "Traceback" not in output and "appears unsupported" not in output
     assert output.strip().splitlines()[-1] == forced[0], "the forced-exit line is the last word"
+
+
+FIRST_SIGINT_APP = textwrap.dedent(
+    """
+    import asyncio
+    from pathlib import Path
+
+    from tachyon_api import BackgroundTasks, Tachyon
+
+    app = Tachyon(shutdown_timeout=30)
+
+
+    async def send_report() -> None:
+        Path("report.started").write_text("started")
+        while not Path("report.release").exists():
+            await asyncio.sleep(0.02)
+
+
+    @app.post("/report")
+    async def report(background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_report)
+        return {}
+    """
+)
+
+
+def test_the_first_ctrl_c_says_what_it_waits_for_until_when_and_how_to_stop_waiting(
+    serve_process: Any, tmp_path: Path
+) -> None:
+    """With a task still running, the first Ctrl+C used to print uvicorn's "Waiting for application shutdown."
+    and then nothing until the task ended: it looked like a hang."""
+    server = serve_process(FIRST_SIGINT_APP)
+    assert httpx.post(f"{server.url}/report", timeout=5).status_code == 200
+    assert wait_until(lambda: (tmp_path / "report.started").exists(), 3)
+
+    server.proc.send_signal(signal.SIGINT)
+    assert wait_until(lambda: "Waiting up to" in server.output(), 5), server.output()
+    lines = server.output().splitlines()
+    hint = next(line for line in lines if "press Ctrl+C again" in line)
+    waiting = next(line for line in lines if "Waiting up to" in line)
+    assert "Stopping after 0 request(s) in progress and 1 background task(s); press Ctrl+C again to exit at once" in (
+        hint
+    )
+    assert re.search(r"Waiting up to 30\.0s \(until \d\d:\d\d:\d\d\) for 1 background task\(s\) to finish: "
+                     r"send_report \(POST /report\)$", waiting), waiting
+    assert lines.index(hint) < lines.index(waiting)
+    time.sleep(0.5)
+    assert server.proc.poll() is None, server.output()  # still waiting for the task
+
+    (tmp_path / "report.release").write_text("go")
+    assert server.wait(10) == 0, server.output()  # a graceful stop, without a KeyboardInterrupt traceback
+    output = server.output()
+    assert "Traceback" not in output and "cancelling" not in output and "Forced exit" not in output, output

@@ -106,7 +106,7 @@ def client():
         return {"item": item.name, "user": user.username}
 
     @app.post("/embed-default")
-    def embedded_default(item: Item, note: str = Body("none"), count: int = Body(1)):
+    def embedded_default(item: Item, note: str = Body(default="none"), count: int = Body(1)):
         return {"item": item.name, "note": note, "count": count}
 
     @app.put("/items/{item_id}")

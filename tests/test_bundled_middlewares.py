@@ -254,6 +254,10 @@ def test_security_header_values_cannot_inject_headers():
 
 
 # --- logger -----------------------------------------------------------------------------------------------
+def _access_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tachyon_api.access"]
+
+
 def test_logger_lines_redaction_and_body_preview(caplog):
     app = Tachyon()
 
@@ -278,9 +282,83 @@ def test_logger_lines_redaction_and_body_preview(caplog):
         assert secret not in text
     assert text.count("<redacted>") == 3
     assert "visible" in text
-    body_lines = [r.getMessage() for r in caplog.records if "request body" in r.getMessage()]
+    body_lines = [line for line in _access_lines(caplog) if "req body" in line]
     assert len(body_lines) == 1 and '{"user":"ada"' in body_lines[0]
     assert len(body_lines[0]) < 2100
+
+
+def test_logger_keeps_the_1_3_line_format_and_order(caplog):
+    """tachyon-api 1.3's labels and order: ``req headers`` and ``req body`` after ``-->``, ``res headers`` after
+    ``<--`` (log parsers written for 1.3 read these lines)."""
+    app = Tachyon()
+
+    @app.post("/items")
+    async def create(payload: dict):
+        return JSONResponse({"ok": True}, headers={"X-Served": "yes"})
+
+    app.add_middleware(LoggerMiddleware, include_headers=True, log_request_body=True)
+    caplog.set_level(logging.INFO, logger="tachyon_api.access")
+    with serve(app) as url:
+        assert httpx.post(url + "/items", json={"name": "pen"}, headers={"X-Trace": "t1"}).status_code == 200
+    lines = _access_lines(caplog)
+    assert [line.split(":")[0].split(" (")[0] for line in lines] == [
+        "--> POST /items", "    req headers", "    req body", "<-- POST /items 200", "    res headers"
+    ]
+    assert "('x-trace', 't1')" in lines[1]
+    assert lines[2] == '    req body: {"name":"pen"}'
+    assert "('x-served', 'yes')" in lines[4]
+
+
+def test_logger_escapes_what_the_client_sent_over_http(caplog):
+    """A CR LF (or any control character) in the URL, a header or the body cannot start a forged log line."""
+    app = Tachyon()
+
+    @app.post("/{anything}")
+    async def anything(anything: str, payload: dict):
+        return {}
+
+    app.add_middleware(LoggerMiddleware, include_headers=True, log_request_body=True)
+    caplog.set_level(logging.INFO, logger="tachyon_api.access")
+    forged = "%0d%0a<-- GET admin 200 (0.0001s)%1b[2J%e2%80%a8"
+    with serve(app) as url:
+        response = httpx.post(url + "/x" + forged, content=b'{"note": "a\\r\\nb", "\\u001b": 1}',
+                              headers={"Content-Type": "application/json"})
+        assert response.status_code == 200
+    records = [r for r in caplog.records if r.name == "tachyon_api.access"]
+    for record in records:
+        message = record.getMessage()
+        assert not any(ch in message for ch in "\r\n\x1b\u2028"), message
+    assert records[0].getMessage() == "--> POST /x\\r\\n<-- GET admin 200 (0.0001s)\\x1b[2J\\u2028"
+    assert sum(r.getMessage().startswith("<-- ") for r in records) == 1
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/json", b'{"user": "ada", "password": "hunter2", "profile": {"api_key": "k-hunter2"}}'),
+        ("application/x-www-form-urlencoded", b"user=ada&password=hunter2&apiKey=k-hunter2"),
+        ("multipart/form-data; boundary=XX",
+         b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
+         b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--XX--\r\n'),
+        ("text/plain", b'{"user": "ada", "password": "hunter2"'),  # not parsed: redacted by pattern
+        ("application/json", b'{"user": "ada", "password": "hunter2", "pad": "' + b"x" * 70_000 + b'"}'),
+    ],
+)
+def test_logger_redacts_secret_fields_in_bodies(caplog, content_type, body):
+    app = Tachyon()
+
+    @app.post("/login")
+    async def login(request):
+        await request.body()
+        return {}
+
+    app.add_middleware(LoggerMiddleware, log_request_body=True)
+    caplog.set_level(logging.INFO, logger="tachyon_api.access")
+    with serve(app) as url:
+        assert httpx.post(url + "/login", content=body, headers={"Content-Type": content_type}).status_code == 200
+    (line,) = [line for line in _access_lines(caplog) if "req body" in line]
+    assert "hunter2" not in line
+    assert "ada" in line and "<redacted>" in line
 
 
 def test_logger_logs_no_body_unless_asked(caplog):

@@ -387,3 +387,141 @@ def test_memcached_backend_on_a_real_server(memcached_address):
             assert httpx.get(f"{url}/hello", params={"name": "josé"}).json() == {"hello": "josé"}
     assert len(calls) == 1
     assert names == ["josé"]  # cached under its hashed key (an unhashed one failed: computed on every call)
+
+
+# --- keys never built from an identity; only complete, successful answers cached -----------------------------
+class Account:
+    """A dependency's value without a ``__repr__``: its default ``repr`` is its memory address."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Member(msgspec.Struct):
+    """A dependency's value with a ``repr`` of its own (its fields): the key of the documented kind."""
+
+    name: str
+
+
+def _two_users_app(calls: dict) -> Tachyon:
+    from tachyon_api import Depends, Header
+    from tachyon_api.requests import Request
+
+    app = Tachyon()
+
+    def account(x_user: str = Header()) -> Account:
+        return Account(x_user)
+
+    def member(x_user: str = Header()) -> Member:
+        return Member(x_user)
+
+    @app.get("/request")
+    @cache(ttl=60)
+    async def by_request(request: Request):
+        calls["request"] = calls.get("request", 0) + 1
+        return {"user": request.headers["x-user"]}
+
+    @app.get("/account")
+    @cache(ttl=60)
+    def by_account(user: Account = Depends(account)):
+        calls["account"] = calls.get("account", 0) + 1
+        return {"user": user.name}
+
+    @app.get("/member")
+    @cache(ttl=60)
+    async def by_member(user: Member = Depends(member)):
+        calls["member"] = calls.get("member", 0) + 1
+        return {"user": user.name}
+
+    return app
+
+
+def test_two_users_never_get_each_others_cached_answer_over_http(caplog):
+    """1,000 requests from two users over real HTTP, 50 at a time (200 on the other endpoints): every answer is the
+    requesting user's. A Request or an object without ``__repr__`` is never part of a key (every call computes,
+    with one warning per function); a dependency value with its own ``repr`` is keyed by it (one computation
+    per user)."""
+    calls: dict = {}
+    caplog.set_level(logging.WARNING, logger="tachyon_api.cache")
+
+    async def hammer(url: str, path: str, n: int) -> int:
+        crossed = 0
+        async with httpx.AsyncClient(base_url=url, timeout=20, limits=httpx.Limits(max_connections=20)) as client:
+            for start in range(0, n, 50):
+                users = ["ada" if (start + i) % 2 else "bob" for i in range(50)]
+                answers = await asyncio.gather(*(client.get(path, headers={"X-User": u}) for u in users))
+                crossed += sum(a.json() != {"user": u} for a, u in zip(answers, users))
+        return crossed
+
+    with serve(_two_users_app(calls)) as url:
+        for path, n in (("/request", 1000), ("/account", 200), ("/member", 200)):
+            assert asyncio.run(hammer(url, path, n)) == 0, path
+    assert calls["request"] == 1000 and calls["account"] == 200  # a miss every time, never a wrong hit
+    assert calls["member"] == 2  # keyed by the value's own repr: one entry per user
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tachyon_api.cache"]
+    assert len(warnings) == 2
+    assert "by_request" in warnings[0] and "'request'" in warnings[0] and "key_builder" in warnings[0]
+    assert "by_account" in warnings[1] and "'user'" in warnings[1]
+
+
+def test_the_default_key_refuses_identities_and_keys_values():
+    from tachyon_api.cache import UncacheableArgument
+    from tachyon_api.requests import Request
+
+    def f(*args, **kwargs):
+        return None
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""})
+    for value in (request, Account("ada"), [Account("ada")], {"k": object()}, f):
+        with pytest.raises(UncacheableArgument):
+            _default_key_builder(f, (), {"value": value})
+    assert _default_key_builder(f, (Member("ada"),), {}) == _default_key_builder(f, (Member("ada"),), {})
+    assert _default_key_builder(f, (Member("ada"),), {}) != _default_key_builder(f, (Member("bob"),), {})
+
+
+def test_error_responses_and_streams_are_never_cached_over_http():
+    """A returned error response is not kept for the TTL; a streaming response (its iterator can be sent once)
+    is never cached: each request gets the whole body. Successful plain responses are cached as before."""
+    from tachyon_api.responses import JSONResponse, StreamingResponse
+
+    app = Tachyon()
+    state = {"up": False, "errors": 0, "streams": 0, "ok": 0}
+
+    @app.get("/upstream")
+    @cache(ttl=60)
+    async def upstream():
+        if not state["up"]:
+            state["errors"] += 1
+            return JSONResponse({"error": "upstream down"}, status_code=503)
+        return JSONResponse({"rate": 1.08})
+
+    @app.get("/stream")
+    @cache(ttl=60)
+    def stream():
+        state["streams"] += 1
+        return StreamingResponse(iter([b"part1;", b"part2"]), media_type="text/plain")
+
+    @app.get("/ok")
+    @cache(ttl=60)
+    def ok():
+        state["ok"] += 1
+        return JSONResponse({"ok": True}, headers={"X-Once": "1"})
+
+    with serve(app) as url:
+        assert [httpx.get(url + "/upstream").status_code for _ in range(3)] == [503, 503, 503]
+        assert state["errors"] == 3
+        state["up"] = True
+        assert httpx.get(url + "/upstream").json() == {"rate": 1.08}  # the 503 was not served from the cache
+        state["up"] = False
+        assert httpx.get(url + "/upstream").json() == {"rate": 1.08}  # the 200 was
+        assert [httpx.get(url + "/stream").text for _ in range(3)] == ["part1;part2"] * 3
+        assert state["streams"] == 3
+        for _ in range(3):
+            response = httpx.get(url + "/ok")
+            assert response.json() == {"ok": True} and response.headers["x-once"] == "1"
+        assert state["ok"] == 1
+        # Concurrent misses of a stream: each waiter computes its own instead of sharing the consumed one.
+        state["streams"] = 0
+        with httpx.Client(timeout=10) as client, ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(lambda _: client.get(url + "/stream").text, range(8)))
+        assert bodies == ["part1;part2"] * 8

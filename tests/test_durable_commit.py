@@ -262,6 +262,8 @@ class ReplyProxy:
 
     ``delay`` holds every reply from Redis back that many seconds; ``refuse()`` cuts every connection and
     closes new ones at once, so nothing reaches Redis; ``forward()`` goes back to passing everything.
+    ``script_reply``, when set, answers every script run (``EVALSHA``/``EVAL``) itself with those bytes (an
+    error reply Redis could give for a failure nobody foresaw) instead of passing it on.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -269,6 +271,7 @@ class ReplyProxy:
         self.port = free_port()
         self.delay = 0.0
         self.refusing = False
+        self.script_reply: bytes | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -292,6 +295,10 @@ class ReplyProxy:
         async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter, replies: bool) -> None:
             try:
                 while data := await source.read(65536):
+                    if not replies and self.script_reply is not None and b"\r\nEVAL" in data:
+                        writer.write(self.script_reply)  # answered here: the script never reaches Redis
+                        await writer.drain()
+                        continue
                     if replies and self.delay:
                         await asyncio.sleep(self.delay)
                     target.write(data)
@@ -481,3 +488,151 @@ def test_an_idempotency_key_covers_its_client_and_payload(redis_url: str) -> Non
         assert_error_shape(post("/ping", "alice", {"a": 2}, "ping-1"), {422}, "IDEMPOTENCY_KEY_REUSED")
     assert [job.args for job in backend.queue.get_jobs()] == [(1,), (2,), ("ping",)]
     backend.queue.empty()
+
+
+def _jobs(backend: RQBackend) -> list[tuple]:
+    return sorted(job.args for job in backend.queue.get_jobs())
+
+
+def test_an_idempotency_key_covers_the_query_string(redis_url: str) -> None:
+    """docs/durable-tasks.md's own shape: the input comes from the query. The key used for ``?email=ada`` is
+    refused for ``?email=bob`` (422): a 2xx would tell bob's client his task was stored when it was not."""
+    from tachyon_api import Tachyon
+
+    from .conftest import serve
+
+    backend = RQBackend(redis_url, queue="idempotency-query")
+    app = Tachyon(task_backend=backend)
+
+    @app.post("/signup")
+    async def signup(email: str, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, email)
+        return {"email": email}
+
+    with serve(app) as url:
+        def post(email: str) -> httpx.Response:
+            return httpx.post(f"{url}/signup", params={"email": email}, headers={"Idempotency-Key": "signup-1"})
+
+        assert post("ada").status_code == 200
+        assert post("ada").status_code == 200  # the retry
+        assert_error_shape(post("bob"), {422}, "IDEMPOTENCY_KEY_REUSED")
+    assert _jobs(backend) == [("ada",)]
+    backend.queue.empty()
+
+
+def test_an_idempotency_key_is_scoped_by_every_credential_the_request_carries(redis_url: str) -> None:
+    """Two tenants reusing ``order-1001`` with the same payload: with an API key in a header or a query parameter
+    (declared by the route's security schemes, at any depth), a session cookie, or ``X-API-Key``, each tenant's
+    request is its own. Every 2xx answer means this request's task is stored; a retry stores nothing again."""
+    from tachyon_api import Depends, Tachyon
+    from tachyon_api.security import APIKeyHeader, APIKeyQuery
+
+    from .conftest import serve
+
+    backend = RQBackend(redis_url, queue="idempotency-tenants")
+    app = Tachyon(task_backend=backend)
+    tenant_header = APIKeyHeader("X-Tenant-Key")
+
+    def tenant(key: str = Depends(tenant_header)) -> str:  # the scheme one level down
+        return key
+
+    @app.post("/by-header")
+    async def by_header(body: dict, background_tasks: BackgroundTasks, who: str = Depends(tenant)) -> dict:
+        background_tasks.add_task(layout_func, f"header:{who}")
+        return {}
+
+    @app.post("/by-query", dependencies=[Depends(APIKeyQuery("key"))])
+    async def by_query(body: dict, background_tasks: BackgroundTasks, key: str) -> dict:
+        background_tasks.add_task(layout_func, f"query:{key}")
+        return {}
+
+    @app.post("/by-cookie")
+    async def by_cookie(body: dict, background_tasks: BackgroundTasks, sid: str | None = None) -> dict:
+        background_tasks.add_task(layout_func, "cookie")
+        return {}
+
+    @app.post("/by-api-key")
+    async def by_api_key(body: dict, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, "x-api-key")
+        return {}
+
+    cases = [
+        ("/by-header", [{"headers": {"X-Tenant-Key": t}} for t in ("t1", "t2")]),
+        ("/by-query", [{"params": {"key": t}} for t in ("t1", "t2")]),
+        ("/by-cookie", [{"cookies": {"session": t}} for t in ("s1", "s2")]),
+        ("/by-api-key", [{"headers": {"X-API-Key": t}} for t in ("k1", "k2")]),
+    ]
+    with serve(app) as url:
+        for path, tenants in cases:
+            for options in tenants * 2:  # each tenant twice: the second is a retry
+                with httpx.Client(base_url=url, cookies=options.get("cookies")) as client:
+                    response = client.post(path, json={"order": 1001}, headers={
+                        "Idempotency-Key": "order-1001", **options.get("headers", {})}, params=options.get("params"))
+                assert response.status_code == 200, (path, options, response.text)
+    assert _jobs(backend) == sorted([
+        ("header:t1",), ("header:t2",), ("query:t1",), ("query:t2",), ("cookie",), ("cookie",),
+        ("x-api-key",), ("x-api-key",),
+    ])
+    backend.queue.empty()
+
+
+def test_an_explicit_idempotency_scope(redis_url: str) -> None:
+    """``RQBackend(idempotency_scope=...)``: the app says who the client is (here the user, whatever token it
+    sends), so a retry with a refreshed token is a retry, and another user's key is another key."""
+    from tachyon_api import Tachyon
+
+    from .conftest import serve
+
+    async def user_of(connection) -> str:
+        return connection.headers["x-user"]
+
+    backend = RQBackend(redis_url, queue="idempotency-explicit", idempotency_scope=user_of)
+    app = Tachyon(task_backend=backend)
+
+    @app.post("/pay")
+    async def pay(body: dict, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(layout_func, body["amount"])
+        return {}
+
+    with serve(app) as url:
+        def post(user: str, token: str, amount: int = 5) -> httpx.Response:
+            headers = {"Idempotency-Key": "pay-1", "X-User": user, "Authorization": f"Bearer {token}"}
+            return httpx.post(f"{url}/pay", json={"amount": amount}, headers=headers)
+
+        assert post("ada", "old-token").status_code == 200
+        assert post("ada", "refreshed-token").status_code == 200  # the same user's retry: stored once
+        assert post("bob", "old-token").status_code == 200  # another user: stored
+        assert_error_shape(post("ada", "t", amount=6), {422}, "IDEMPOTENCY_KEY_REUSED")
+    assert _jobs(backend) == [(5,), (5,)]
+    backend.queue.empty()
+
+
+def test_an_unforeseen_script_error_is_outcome_unknown_and_an_idle_connection_closed_by_redis_is_reopened(
+    serve_process: Any, redis_url: str, proxy: ReplyProxy
+) -> None:
+    """An error reply the script's checks did not foresee may come after some of its writes: the client is told
+    "outcome unknown" (503 TASK_OUTCOME_UNKNOWN, retry with the same key only), never "not stored", which
+    invites a duplicate. And a connection Redis closed while idle (a restart, its ``timeout``) is found closed
+    before the next commit is sent on it: that commit is stored, not answered 503."""
+    server = start_app(serve_process, f"redis://127.0.0.1:{proxy.port}/0", "unforeseen", timeout=2)
+    connection = Redis.from_url(redis_url)
+    assert httpx.post(f"{server.url}/record/first", timeout=10).status_code == 200
+
+    proxy.script_reply = b"-ERR Error running script (call to f_0): @user_script:40: unexpected\r\n"
+    response = httpx.post(f"{server.url}/record/odd", headers={"Idempotency-Key": "odd-1"}, timeout=10)
+    assert_error_shape(response, {503}, "TASK_OUTCOME_UNKNOWN")
+    proxy.script_reply = None
+    assert httpx.post(f"{server.url}/record/odd", headers={"Idempotency-Key": "odd-1"}, timeout=10).status_code == 200
+
+    # Redis closes the app's idle connection (as CLIENT KILL, a restart or its idle timeout would).
+    assert httpx.post(f"{server.url}/record/warm", timeout=10).status_code == 200
+    for client in connection.client_list():
+        if client["id"] != str(connection.client_id()):
+            connection.client_kill_filter(_id=client["id"])
+    time.sleep(0.2)
+    for tag in ("after-kill-1", "after-kill-2"):
+        response = httpx.post(f"{server.url}/record/{tag}", timeout=10)
+        assert response.status_code == 200, (tag, response.text, server.output()[-3000:])
+    assert jobs_by_tag(redis_url, "unforeseen") == Counter(
+        {"first": 1, "odd": 1, "warm": 1, "after-kill-1": 1, "after-kill-2": 1}
+    )

@@ -84,3 +84,18 @@ def test_a_conversation_over_uvicorn(chat: Any) -> None:
         assert received == ['{"from":"ann","text":"hello bob"}'] * 2
         assert wait_until(lambda: len(httpx.get(f"{url}/visits").json()) == 2, 5)
         assert "<title>Tachyon chat</title>" in httpx.get(url).text
+
+
+def test_the_example_extra_brings_a_websocket_library_for_uvicorn() -> None:
+    """The README's first command installs the `example` extra; the chat room needs uvicorn to speak
+    WebSocket, which it does only with `websockets` or `wsproto` installed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    example = [
+        Requirement(line).name
+        for line in metadata.requires("tachyon-api-next") or []
+        if Requirement(line).marker is not None and Requirement(line).marker.evaluate({"extra": "example"})
+    ]
+    assert {"websockets", "wsproto"} & set(example), example

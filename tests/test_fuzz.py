@@ -257,3 +257,231 @@ def test_shop_uploads(shop: httpx.Client, filename: str, content: bytes, raw: An
     else:
         response = shop.post("/import", files={"file": (filename, content)})
     assert_clean(response)
+
+
+# --- the security surfaces: cache keys, idempotency keys, WebSocket sizes, log lines ---------------------------
+SURFACES_APP = '''
+import os
+
+from tachyon_api import Depends, Header, Struct, Tachyon, cache
+from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.middlewares import LoggerMiddleware
+from tachyon_api.requests import Request
+from tachyon_api.security import APIKeyHeader
+
+app = Tachyon(task_backend=RQBackend(os.environ["REDIS_URL"], queue=os.environ["QUEUE"]))
+app.add_middleware(LoggerMiddleware, include_headers=True, log_request_body=True)
+
+
+class Account:  # no __repr__: an identity
+    def __init__(self, name):
+        self.name = name
+
+
+class Member(Struct):  # a repr of its own: a value
+    name: str
+
+
+def account(x_user: str = Header()):
+    return Account(x_user)
+
+
+def member(x_user: str = Header()):
+    return Member(x_user)
+
+
+@app.get("/cached/request")
+@cache(ttl=60)
+async def by_request(request: Request):
+    return {"user": request.headers["x-user"]}
+
+
+@app.get("/cached/account")
+@cache(ttl=60)
+def by_account(user: Account = Depends(account)):
+    return {"user": user.name}
+
+
+@app.get("/cached/member")
+@cache(ttl=60)
+async def by_member(user: Member = Depends(member)):
+    return {"user": user.name}
+
+
+def record(what):
+    """Stored for RQ workers (none run here: the test counts the jobs)."""
+
+
+@app.post("/order")
+async def order(body: dict, background_tasks: BackgroundTasks, note: str = "",
+                tenant: str | None = Depends(APIKeyHeader("X-Tenant-Key", auto_error=False))):
+    background_tasks.add_task(record, [tenant, body, note])
+    return {"stored": True}
+
+
+@app.post("/echo/{anything}")
+async def echo(anything: str, request: Request):
+    await request.body()
+    return {}
+
+
+async def sizes(websocket):
+    await websocket.accept()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await websocket.send_text(str(len(message.get("bytes") or b"")))
+
+
+app.add_websocket_route("/ws", sizes, max_message_size=64 * 1024)
+'''
+WS_LIMIT = 64 * 1024
+SECRET = "s3cr3t-Value-that-must-never-be-logged"
+LOG_LINE = __import__("re").compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+class Surfaces:
+    def __init__(self, server: Any, redis_url: str, queue: str) -> None:
+        from redis import Redis
+        from rq import Queue
+
+        self.server = server
+        self.http = httpx.Client(base_url=server.url, timeout=20)
+        self.queue = Queue(queue, connection=Redis.from_url(redis_url))
+        self.ws_baseline: float | None = None
+
+
+@pytest.fixture(scope="module")
+def surfaces(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Surfaces]:
+    """The app above under ``tachyon run``. When the module is done: every line the server logged is one record
+    (starts with its timestamp: no client forged a line), no secret was logged, nothing failed."""
+    from .conftest import ServerProcess
+
+    folder = tmp_path_factory.mktemp("surfaces")
+    (folder / "surfaces_app.py").write_text(SURFACES_APP)
+    server = ServerProcess("surfaces_app:app", folder, {"REDIS_URL": redis_url, "QUEUE": "fuzz-surfaces"})
+    try:
+        running = Surfaces(server, redis_url, "fuzz-surfaces")
+        running.queue.empty()
+        yield running
+        running.http.close()
+        server.terminate()
+        server.wait(30)
+        log = server.output()
+        forged = [line for line in log.splitlines() if line and not LOG_LINE.match(line)]
+        assert not forged, forged[:5]
+        assert SECRET not in log and "Traceback" not in log
+        running.queue.empty()
+    finally:
+        server.stop()
+
+
+USERS = st.sampled_from(["ada", "bob"]) | HEADER_TEXT.filter(bool)
+
+
+@FUZZ
+@given(calls=st.lists(st.tuples(st.sampled_from(["request", "account", "member"]), USERS), min_size=1, max_size=12))
+def test_cached_answers_never_cross_clients(surfaces: Surfaces, calls: list[tuple[str, str]]) -> None:
+    for endpoint, user in calls:
+        response = surfaces.http.get(f"/cached/{endpoint}", headers={"X-User": user})
+        assert response.json() == {"user": user}, (endpoint, user)
+
+
+IDEMPOTENCY_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["k1", "k2"]),                       # the Idempotency-Key
+        st.sampled_from([None, "t1", "t2"]),                 # X-Tenant-Key, declared by the route's scheme
+        st.sampled_from([None, "Bearer a", "Bearer b"]),     # Authorization
+        st.sampled_from([None, "sid=1", "sid=2"]),           # Cookie
+        st.sampled_from([{"n": 1}, {"n": 2}]),               # the body
+        st.sampled_from(["", "x", "y"]),                     # the query
+    ),
+    min_size=1, max_size=10,
+)
+
+
+_RUNS = __import__("itertools").count()  # a fresh key space per example (hypothesis may draw a value twice)
+
+
+@FUZZ
+@given(steps=IDEMPOTENCY_STEPS)
+def test_idempotency_keys_never_swallow_another_request(surfaces: Surfaces, steps: list) -> None:
+    """Two payloads, two queries, two credentials of each kind: the first request of a (key, credentials) pair
+    is stored; its retry answers 2xx and stores nothing; another request under it is a 422. So a 2xx always
+    means this request's task is in Redis."""
+    seen: dict[tuple, tuple] = {}
+    run = f"{os.getpid()}-{next(_RUNS)}"
+    before = surfaces.queue.count
+    for key, tenant, authorization, cookie, body, note in steps:
+        headers = {"Idempotency-Key": f"{run}-{key}"}
+        for name, value in (("X-Tenant-Key", tenant), ("Authorization", authorization), ("Cookie", cookie)):
+            if value is not None:
+                headers[name] = value
+        response = surfaces.http.post("/order", params={"note": note}, json=body, headers=headers)
+        scope, request = (key, tenant, authorization, cookie), (json.dumps(body), note)
+        expected = 200 if seen.setdefault(scope, request) == request else 422
+        assert response.status_code == expected, (scope, request, response.text)
+    assert surfaces.queue.count - before == len(seen)
+
+
+WS_SIZES = st.one_of(
+    st.integers(0, WS_LIMIT),                                 # accepted
+    st.integers(WS_LIMIT + 1, 4 * WS_LIMIT),                  # refused
+    st.sampled_from([WS_LIMIT, WS_LIMIT + 1, 15 * 1024 * 1024]),  # the edges, and an attacker's 15 MiB
+)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 40))
+@given(sizes=st.lists(WS_SIZES, min_size=1, max_size=4))
+def test_oversize_websocket_messages_are_refused_without_buffering(surfaces: Surfaces, sizes: list[int]) -> None:
+    """Each message within the route's limit is received whole; each one over it closes the socket with 1009;
+    the server's peak memory stays flat (the 15 MiB messages are refused from their frame header)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    url = surfaces.server.url.replace("http://", "ws://", 1) + "/ws"
+
+    async def one(size: int) -> Any:
+        async with connect(url, max_size=None, write_limit=2**24) as ws:
+            try:
+                await ws.send(b"x" * size)
+                return int(await ws.recv())
+            except ConnectionClosed:
+                return ws.close_code
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(*(one(size) for size in sizes))
+
+    if surfaces.ws_baseline is None:  # the server's peak before the first message of the first example
+        surfaces.ws_baseline = _peak_rss_mib(surfaces.server.proc.pid)
+    results = asyncio.run(all_at_once())
+    assert results == [size if size <= WS_LIMIT else 1009 for size in sizes]
+    # Buffering even one 15 MiB message would raise the peak by more than that.
+    assert _peak_rss_mib(surfaces.server.proc.pid) - surfaces.ws_baseline < 12
+
+
+HOSTILE_TEXT = st.one_of(
+    st.sampled_from(["\r\n<-- GET admin 200 (0.0001s)", "\n", "\x1b[2J", "\u2028", "\x00", "\x85"]),
+    st.text(max_size=20),
+)
+
+
+@FUZZ
+@given(path=HOSTILE_TEXT, header=HEADER_TEXT, field=st.sampled_from(["password", "api_key", "Token", "client-secret"]),
+       text=HOSTILE_TEXT, as_form=st.booleans())
+def test_request_logs_cannot_be_forged_and_hide_secrets(surfaces: Surfaces, path: str, header: str, field: str,
+                                                        text: str, as_form: bool) -> None:
+    """Control characters anywhere a client writes end up escaped in the log (checked on the whole log when the
+    module ends), and secret-looking fields of JSON and form bodies never appear in it."""
+    payload = {"note": text, field: SECRET}
+    options: dict[str, Any] = {"data": payload} if as_form else {"json": payload}
+    response = surfaces.http.post("/echo/x" + quote(path, safe=""), headers={"X-Note": header}, **options)
+    assert response.status_code in (200, 404, 422)

@@ -200,3 +200,39 @@ def test_invalid_utf8_in_a_form_is_replaced_not_a_500(http: httpx.Client) -> Non
     response = http.post("/form", content=content, headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 200, response.text
     assert response.json()["name"] == "caf\ufffd"
+
+
+# --- what reaches the request log ------------------------------------------------------------------------------
+@pytest.mark.parametrize("http_impl", ["httptools", "h11"])
+def test_raw_control_bytes_never_reach_the_log_unescaped(http_impl: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes httpx would refuse to send, on a raw socket: escaped CR LF and a raw ESC, DEL and 0x85 in the
+    path, a raw ESC in a header, a JSON body with a password and a CR LF. Each server either refuses the request
+    itself (400) or the app logs it one record per line, with the password redacted."""
+    import logging
+
+    from tachyon_api import Tachyon
+    from tachyon_api.middlewares import LoggerMiddleware
+
+    app = Tachyon()
+
+    @app.post("/{anything}")
+    async def anything(anything: str, payload: dict) -> dict:
+        return {}
+
+    app.add_middleware(LoggerMiddleware, include_headers=True, log_request_body=True)
+    caplog.set_level(logging.INFO, logger="tachyon_api.access")
+    body = b'{"password": "hunter2-raw", "note": "a\\r\\nb"}'
+    requests = [
+        b"POST /x%0d%0a<--%20GET%20admin%20200 HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n",
+        b"POST /x\x1b[2J\x7f\x85 HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n",
+        b"POST /x HTTP/1.1\r\nHost: t\r\nX-Note: a\x1b[31mb\r\nContent-Type: application/json\r\n",
+    ]
+    with serve(app, http=http_impl) as url:
+        for head in requests:
+            raw = head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            assert status_of(raw_exchange(url, raw)) in (200, 400, 404)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tachyon_api.access"]
+    assert lines  # the first request always reaches the app
+    for line in lines:
+        assert not any(ch in line for ch in "\r\n\x1b\x7f\x85"), line
+        assert "hunter2-raw" not in line

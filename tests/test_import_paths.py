@@ -62,7 +62,8 @@ def test_rq_backend_implements_the_backend_protocol() -> None:
 @pytest.mark.parametrize(
     "module",
     ["tachyon_api.tasks", "tachyon_api.tasks.handles", "tachyon_api.tasks.runner", "tachyon_api.tasks.stats",
-     "tachyon_api.tasks.durable", "tachyon_api.background", "tachyon_api.backends.rq", "tachyon_api"],
+     "tachyon_api.tasks.durable", "tachyon_api.tasks.schedule", "tachyon_api.tasks.leases", "tachyon_api.background",
+     "tachyon_api.backends.rq", "tachyon_api"],
 )
 def test_each_task_module_imports_first_and_the_engine_imports_no_backend(module: str) -> None:
     """In a fresh interpreter (an import cycle shows only when its modules are imported in some order), and

@@ -1,7 +1,7 @@
 """Task statistics, the live dashboard (in a real browser), Prometheus metrics and trace links.
 
-The browser tests drive Debian's chromium (headless) with Playwright under ``tachyon run``; a screenshot of
-each page is kept under ``tests/artifacts/`` when a browser test fails.
+The browser tests drive a headless chromium (the system's, else Playwright's own) with Playwright under
+``tachyon run``; a screenshot of each page is kept under ``tests/artifacts/`` when a browser test fails.
 """
 
 from __future__ import annotations
@@ -487,3 +487,121 @@ def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Pat
         for proc in procs:
             proc.kill()
             proc.wait(10)
+
+
+# --- bounds and promises of the metrics (each test kills a mutant the suite let live) -------------------------
+def _samples(text: str) -> dict:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def test_task_names_are_capped_in_statistics_and_metrics_over_http() -> None:
+    """Task names built from request data (5,000 characters each here) are cut to 100 characters in the
+    dashboard's snapshot and in /metrics, so a scrape cannot be made as large as a client wants."""
+    from tachyon_api.background import MAX_NAME_LENGTH
+
+    app = Tachyon()
+
+    def job() -> None:
+        pass
+
+    @app.post("/import")
+    def start_import(source: str, background_tasks: BackgroundTasks) -> dict:
+        background_tasks.add_task(job).with_options(name=f"import:{source}")
+        return {}
+
+    instrument(app)
+    with serve(app) as url, httpx.Client(base_url=url) as http:
+        for i in range(20):
+            assert http.post("/import", params={"source": f"{i}-" + "x" * 5000}).status_code == 200
+        assert wait_until(lambda: app.background.stats().succeeded == 20, 5)
+        text = http.get("/metrics").text
+    names = {dict(labels)["name"] for (metric, labels) in _samples(text) if metric == "tachyon_tasks_total"}
+    assert len(names) == 20 and all(len(name) == MAX_NAME_LENGTH and name.endswith("...") for name in names)
+    assert len(text) < 20 * 40 * 300  # 20 names of ~40 series each, every line well under 300 bytes
+    rows = app.background.snapshot()["names"]
+    assert sorted(row["name"] for row in rows) == sorted(names)
+
+
+def test_metrics_route_is_guarded_by_its_dependencies() -> None:
+    def admin(request: Request) -> None:
+        if request.headers.get("x-admin") != "yes":
+            raise HTTPException(403, "admins only")
+
+    app = Tachyon()
+    instrument(app, dependencies=[Depends(admin)])
+    with serve(app) as url:
+        assert httpx.get(url + "/metrics").status_code == 403
+        guarded = httpx.get(url + "/metrics", headers={"X-Admin": "yes"})
+        assert guarded.status_code == 200 and "tachyon_http_requests" in guarded.text
+
+
+def test_a_failing_app_is_counted_as_500() -> None:
+    """A middleware inside the metrics one fails before any answer: the server answers 500, and so do the
+    metrics (never the 200 a default status would claim)."""
+    class Broken:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/boom":
+                raise RuntimeError("broken middleware")
+            await self.app(scope, receive, send)
+
+    app = Tachyon()
+
+    @app.get("/boom")
+    def boom() -> dict:
+        return {}
+
+    app.add_middleware(Broken)  # added first: inside the metrics middleware
+    instrument(app)
+    with serve(app) as url:
+        assert httpx.get(url + "/boom").status_code == 500
+        samples = _samples(httpx.get(url + "/metrics").text)
+    assert samples[("tachyon_http_requests_total", (("method", "GET"), ("route", "/boom"), ("status", "500")))] == 1
+    assert ("tachyon_http_requests_total", (("method", "GET"), ("route", "/boom"), ("status", "200"))) not in samples
+
+
+def test_the_inf_bucket_counts_every_observation() -> None:
+    """Durations above the largest bound count in ``+Inf`` only, which equals ``_count`` (HTTP and tasks)."""
+    app = Tachyon()
+    metrics = instrument(app, path=None)
+    metrics.observe("GET", "/slow", 200, 0.0001)
+    metrics.observe("GET", "/slow", 200, 99.0)  # above the 10 s bound
+    app.background.metrics.record("slow_task", SUCCEEDED, 0.001)
+    app.background.metrics.record("slow_task", SUCCEEDED, 10_000.0)  # above every task bound
+    samples = _samples(metrics.render().decode())
+    http_labels = (("method", "GET"), ("route", "/slow"))
+    assert samples[("tachyon_http_request_duration_seconds_bucket", (("le", "10.0"), *http_labels))] == 1
+    assert samples[("tachyon_http_request_duration_seconds_bucket", (("le", "+Inf"), *http_labels))] == 2
+    assert samples[("tachyon_http_request_duration_seconds_count", http_labels)] == 2
+    task_labels = (("name", "slow_task"),)
+    task_buckets = [v for (name, labels), v in samples.items()
+                    if name == "tachyon_task_duration_seconds_bucket" and ("name", "slow_task") in labels]
+    assert max(task_buckets) == 2 and sorted(task_buckets)[-2] == 1
+    assert samples[("tachyon_task_duration_seconds_bucket", (("le", "+Inf"), *task_labels))] == 2
+    assert samples[("tachyon_task_duration_seconds_count", task_labels)] == 2
+
+
+def test_open_dashboard_pages_share_their_reads() -> None:
+    """Data younger than half a refresh period is shared by every page: a change made 0.2 s after a read is
+    not fetched again for a 2 s period, and is once the half period (1 s) has passed."""
+    from tachyon_api.dashboard import _SharedData
+
+    app = Tachyon()
+    shared = _SharedData(2.0)
+
+    async def reads() -> tuple[bytes, bytes, bytes]:
+        first = await shared.get(app)
+        app.background.metrics.record("changed", SUCCEEDED, 0.001)
+        await asyncio.sleep(0.2)
+        second = await shared.get(app)
+        await asyncio.sleep(1.1)
+        return first, second, await shared.get(app)
+
+    first, second, third = asyncio.run(reads())
+    assert second == first  # shared
+    assert b"changed" not in second and b"changed" in third  # fetched again after refresh / 2

@@ -413,7 +413,7 @@ def test_responses_status_model_errors_and_extras(app: Tachyon, doc: dict[str, A
     assert operation(doc, "get", "/old")["responses"] == {
         "200": {"description": "The old thing", "content": {"application/json": {"schema": {}}}},
         "500": {"description": "Internal Server Error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseValidationError"}}}},
     }  # no parameters: no 422
     # The router's entry applies to its routes; a route's own entry for the same status replaces it.
     assert operation(doc, "get", "/admin/again")["responses"]["403"] == {
@@ -547,7 +547,8 @@ def test_cdn_urls_are_configurable() -> None:
                     swagger_ui_parameters={"docExpansion": "none"})
     client = client_for(app)
     swagger = client.get("/swagger").text
-    assert '<script src="https://cdn.example/sw.js"></script>' in swagger
+    assert '<script src="https://cdn.example/sw.js" onerror=' in swagger
+    assert "loads its script from a CDN (cdn.example)" in swagger  # the line shown when it cannot be loaded
     assert '<link rel="stylesheet" href="https://cdn.example/sw.css">' in swagger
     assert '"docExpansion": "none"' in swagger
     assert 'src="https://cdn.example/redoc.js"' in client.get("/redoc").text
@@ -718,3 +719,20 @@ def test_export_to_stdout_with_indent_and_validate_errors(tmp_path: Path, monkey
     with pytest.raises(SystemExit) as exc:
         main(["openapi", "validate", str(tmp_path / "missing.json")])
     assert "Cannot read" in str(exc.value)
+
+
+def test_path_segments_are_required_parameters() -> None:
+    """OpenAPI requires ``required: true`` for every path parameter: one the endpoint reads (typed), and a
+    segment of the path that no parameter reads (declared as a string)."""
+    app = Tachyon()
+
+    @app.get("/folders/{folder}/files/{file_id}")
+    def read_file(file_id: int):
+        return {}
+
+    schema = app.openapi()
+    parameters = {p["name"]: p for p in schema["paths"]["/folders/{folder}/files/{file_id}"]["get"]["parameters"]}
+    assert parameters["file_id"] == {"name": "file_id", "in": "path", "required": True,
+                                     "schema": parameters["file_id"]["schema"]}
+    assert parameters["file_id"]["schema"]["type"] == "integer"
+    assert parameters["folder"] == {"name": "folder", "in": "path", "required": True, "schema": {"type": "string"}}

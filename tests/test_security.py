@@ -189,3 +189,21 @@ def test_openapi_description_of_each_scheme():
 def test_realm_cannot_inject_headers():
     with pytest.raises(ValueError):
         HTTPBasic(realm="a\r\nSet-Cookie: x=1")
+
+
+def test_basic_credentials_with_junk_characters_in_the_base64_are_refused_over_http():
+    """``dXNlcjpwYXNz`` is ``user:pass``; with characters outside base64 inserted, a lenient decoder drops them
+    and accepts the credentials. HTTPBasic refuses them (401), so a filter matching the header's exact value
+    cannot be bypassed by padding it with junk."""
+    app = Tachyon()
+
+    @app.get("/who")
+    def who(credentials: HTTPBasicCredentials = Depends(basic)):
+        return {"user": credentials.username}
+
+    with serve(app) as url:
+        assert httpx.get(url + "/who", headers={"Authorization": "Basic dXNlcjpwYXNz"}).json() == {"user": "user"}
+        for junk in ("dXNl!cjpwYXNz", "dXNl*cjpw.YXNz", "dXNlcjpwYXNz$"):
+            response = httpx.get(url + "/who", headers={"Authorization": f"Basic {junk}"})
+            assert response.status_code == 401, junk
+            assert response.json() == {"detail": "Invalid authentication credentials"}

@@ -1,8 +1,9 @@
-"""Swagger UI in a real browser: headless Chromium (Debian's package) driven by Playwright (the ``page``
-fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every request off the
-loopback interface blocked (the page must work with no internet: its files come from the ``docs`` extra),
-sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On failure a
-screenshot is kept in ``tests/artifacts/``."""
+"""Swagger UI in a real browser: headless Chromium (the system's, else Playwright's own) driven by Playwright
+(the ``page`` fixture of conftest.py) opens ``/swagger`` of an app served by ``tachyon run``, with every
+request off the loopback interface blocked (the page must work with no internet: its files come from the
+``docs`` extra), sees every operation, runs one with "Try it out" / "Execute" and reads the app's answer. On
+failure a screenshot is kept in ``tests/artifacts/``. The CDN pages (/docs, /redoc) show a line of text
+instead when their script cannot be loaded."""
 
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(600)  # the first browser test may install Chromium
 def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process: Any, page: Any) -> None:
     server = serve_process(APP)
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
@@ -96,3 +96,56 @@ def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process
     assert page.title() == EVIL_TITLE
     assert page.evaluate("window.__pwned") is None and not dialogs
     assert blocked == []
+
+
+@pytest.mark.parametrize("url", ["/docs", "/redoc"])
+def test_cdn_pages_without_internet_say_so_and_link_to_what_works_offline(
+    serve_process: Any, page: Any, url: str
+) -> None:
+    """Scalar (/docs) and ReDoc (/redoc) load their script from a CDN: with no internet they were blank pages.
+    Now a line of text says why and links to Swagger UI (served by the app itself, with the docs extra) and to
+    the schema: shown when the script fails to load, and in <noscript> when scripts are off."""
+    server = serve_process(APP)
+    cdn_requests: list[str] = []
+
+    def no_internet(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            cdn_requests.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", no_internet)
+    page.goto(f"{server.url}{url}")
+    notice = page.locator("#docs-offline")
+    notice.wait_for(state="visible", timeout=10_000)
+    assert cdn_requests and all(urlsplit(u).hostname == "cdn.jsdelivr.net" for u in cdn_requests)
+    assert notice.inner_text() == (
+        "This page loads its script from a CDN (cdn.jsdelivr.net), which this browser could not reach or run. "
+        "Swagger UI at /swagger works without internet. The schema itself is at /openapi.json."
+    )
+    assert [a.get_attribute("href") for a in notice.locator("a").all()] == ["/swagger", "/openapi.json"]
+    notice.locator("a", has_text="/swagger").click()
+    page.wait_for_selector(".opblock", timeout=20_000)  # the offline Swagger UI, from the link
+    page.go_back()
+    page.locator("#docs-offline a", has_text="/openapi.json").click()
+    page.wait_for_load_state()
+    assert '"openapi"' in page.locator("body").inner_text()
+
+    # Scripts off: the same line, from <noscript>.
+    context = page.context.browser.new_context(java_script_enabled=False)
+    try:
+        quiet = context.new_page()
+        quiet.route("**/*", no_internet)
+        quiet.goto(f"{server.url}{url}")
+        assert "This page loads its script from a CDN" in quiet.locator("body").inner_text()
+    finally:
+        context.close()
+
+    # With the script loaded (a stand-in for the CDN's file), the line stays hidden.
+    page.unroute("**/*")
+    page.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).hostname == "127.0.0.1"
+               else route.fulfill(body="window.fromCdn = true;", content_type="text/javascript"))
+    page.goto(f"{server.url}{url}")
+    page.wait_for_function("window.fromCdn === true")
+    assert page.locator("#docs-offline").is_hidden()

@@ -414,3 +414,27 @@ def test_the_dashboard_cancel_button_refuses_cross_site_requests_and_unknown_ids
     header = {"x-tachyon-dashboard": "cancel"}
     assert client.post("/tasks/cancel/abc", headers={**header, "origin": "https://evil.example"}).status_code == 403
     assert_error_shape(client.post("/tasks/cancel/abc", headers=header), {404}, "TASK_NOT_FOUND")
+
+
+def test_a_delayed_task_is_scheduled_then_runs_and_one_cancelled_never_runs() -> None:
+    app = Tachyon()
+    app.include_router(task_status_router(public=True))
+    ran: list[str] = []
+
+    def note(tag: str) -> None:
+        ran.append(tag)
+
+    @app.post("/later/{tag}")
+    def later(tag: str, delay: float, background_tasks: BackgroundTasks):
+        return Accepted(background_tasks.add_task(note, tag).with_options(delay=delay))
+
+    with serve(app) as url:
+        soon = httpx.post(f"{url}/later/soon", params={"delay": 0.3}).json()["status_url"]
+        never = httpx.post(f"{url}/later/never", params={"delay": 30}).json()["status_url"]
+        assert record(url, soon)["state"] == "scheduled" and record(url, never)["state"] == "scheduled"
+        cancelled = httpx.delete(url + never)
+        assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+        assert wait_until(lambda: record(url, soon)["state"] == "succeeded")
+        assert wait_until(lambda: app.background.stats().delayed == 0)  # taken off its timer, not left waiting
+        stats = app.background.stats()
+    assert ran == ["soon"] and (stats.cancelled, stats.succeeded) == (1, 1)

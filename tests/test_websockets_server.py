@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import textwrap
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
@@ -16,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tachyon_api import Depends, HTTPException, Router, Tachyon, WebSocket, WebSocketDisconnect
 
-from .conftest import serve, wait_until
+from .conftest import ROOT, serve, wait_until
 
 
 def ws_url(url: str, path: str) -> str:
@@ -361,3 +363,140 @@ def test_sigterm_closes_an_idle_socket_with_1001_and_the_server_exits(serve_proc
     output = server.output()
     assert "1 WebSocket handler(s) still running 2.0s after shutdown began; cancelling" in output, output
     assert "Exception in ASGI application" not in output, output
+
+
+# --- limits before buffering, quiet refusals (under `tachyon run`) --------------------------------------------
+LIMITED_APP = textwrap.dedent('''
+    from tachyon_api import Tachyon, WebSocket
+
+    app = Tachyon()  # websocket_max_size: 2 MiB, used by no route below
+
+
+    async def echo_sizes(websocket: WebSocket) -> None:
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await websocket.send_text(str(len(message.get("bytes") or message.get("text") or "")))
+
+
+    app.add_websocket_route("/small", echo_sizes, max_message_size=64 * 1024)
+    app.add_websocket_route("/large", echo_sizes, max_message_size=128 * 1024)
+''')
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_tachyon_run_refuses_a_message_over_every_limit_before_buffering_it(serve_process: Any) -> None:
+    """``tachyon run`` sets uvicorn's ``ws_max_size`` to the app's largest route limit (128 KiB here): six
+    concurrent 15 MiB messages are refused from their frame header (1009) and the server's peak memory barely
+    moves (with uvicorn's default, 16 MiB, each whole message was buffered first: about +100 MiB). Messages within the
+    largest limit still reach the routes, which apply their own."""
+    server = serve_process(LIMITED_APP)
+    url = server.url.replace("http://", "ws://", 1)
+    huge = b"x" * (15 * 1024 * 1024)
+
+    async def scenario() -> tuple[list[Any], float]:
+        async with connect(url + "/large", max_size=None) as ws:
+            await ws.send(b"y" * (128 * 1024))  # exactly the largest limit: accepted by the server and the route
+            assert await ws.recv() == str(128 * 1024)
+        async with connect(url + "/small", max_size=None) as ws:
+            await ws.send(b"y" * (100 * 1024))  # within the server's limit, over this route's: the app says 1009
+            assert await closed_code(ws) == 1009
+        async def oversize() -> Any:
+            async with connect(url + "/small", max_size=None, write_limit=2**24) as ws:
+                try:
+                    await ws.send(huge)
+                except ConnectionClosed:
+                    pass
+                return await closed_code(ws) if ws.close_code is None else ws.close_code
+
+        before = _peak_rss_mib(server.proc.pid)
+        codes = await asyncio.gather(*(oversize() for _ in range(6)))  # at once, as an attacker would
+        return codes, _peak_rss_mib(server.proc.pid) - before
+
+    codes, growth = run(scenario())
+    assert codes == [1009] * 6
+    assert growth < 32, f"the server's peak memory grew by {growth:.0f} MiB"
+
+
+def test_invalid_utf8_text_frame_is_a_warning_without_traceback(serve_process: Any) -> None:
+    """Under ``tachyon run``, a text frame that is not UTF-8 closes the socket with 1007 and logs one WARNING
+    line, no ERROR and no traceback (any client could otherwise flood the logs and page someone)."""
+    server = serve_process(LIMITED_APP)
+    url = server.url.replace("http://", "ws://", 1)
+
+    async def scenario() -> list[Any]:
+        codes = []
+        for _ in range(3):
+            async with connect(url + "/small") as ws:
+                await ws.send(b"\xff\xfe not UTF-8", text=True)
+                codes.append(await closed_code(ws))
+        return codes
+
+    assert run(scenario()) == [1007] * 3
+    server.terminate()
+    server.wait(20)
+    log = server.output()
+    assert "Traceback" not in log and "ERROR" not in log, log
+    warnings = [line for line in log.splitlines() if "Invalid UTF-8" in line]
+    assert len(warnings) == 3 and all("WARNING" in line for line in warnings), log
+
+
+CHAT = """
+from tachyon_api import Tachyon, WebSocket
+
+app = Tachyon()
+
+@app.get("/chat")
+def page():
+    return {"page": "the chat"}
+
+@app.websocket("/chat")
+async def chat(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text("welcome")
+"""
+
+
+def test_without_a_websocket_library_the_app_says_so_at_startup(
+    serve_process: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """uvicorn alone serves a WebSocket handshake as a plain GET (the client sees "rejected: HTTP 200") and
+    says so only then, naming ``uvicorn[standard]``. The app says it at startup, with our extra. The libraries
+    are hidden from the server process by packages of the same names that fail to import, as absent ones do."""
+    hidden = tmp_path / "hidden"
+    for name in ("websockets", "wsproto"):
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed')\n")
+    path = os.pathsep.join([str(hidden), str(tmp_path), str(ROOT)])
+    server = serve_process(CHAT, env={"PYTHONPATH": path})
+    output = server.output()  # the port is open: startup is over
+    assert (
+        "This app has WebSocket routes (/chat), but no WebSocket library is installed for uvicorn (websockets or "
+        "wsproto): every WebSocket connection will be refused. Install the websockets extra: "
+        f"pip install -e '{ROOT}[websockets]'"
+    ) in output, output
+
+    async def refused() -> None:
+        with pytest.raises(InvalidStatus) as rejected:
+            await connect(ws_url(server.url, "/chat"))
+        assert rejected.value.response.status_code == 200  # the GET route answered the handshake
+
+    run(refused())
+    served = serve_process(CHAT)  # the same app with the libraries: no warning, and the socket opens
+
+    async def welcomed() -> None:
+        async with connect(ws_url(served.url, "/chat")) as websocket:
+            assert await websocket.recv() == "welcome"
+
+    run(welcomed())
+    assert "WebSocket library" not in served.output()

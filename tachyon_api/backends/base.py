@@ -18,13 +18,15 @@ Where a call happens, and why it is shaped so:
 - :meth:`aclose` runs at shutdown, on the app's event loop.
 - :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
+- Periodic jobs (``tasks/schedule.py``): :meth:`schedule_lease` elects, among every process sharing the
+  backend, the one that enqueues a job's ticks; a tick is enqueued with :meth:`store`, with a job id and an
+  idempotency key made of the tick, so that a tick stored twice is stored once; :meth:`job_state` tells
+  whether the previous tick's job still runs (overlap). ``job_state`` may block.
 
 - ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the status routes
   (see ``tasks/status.py``): a durable task's status record lives with the job, in the backend. They run on the
   event loop and must not block it. A backend reads and writes the one record shape of ``tasks/records.py``,
   following its state machine (a final state is never left).
-
-Scheduled ticks will be added to this protocol as the engine grows them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..tasks.status import StatusSource
 
 if TYPE_CHECKING:
     from ..tasks.handles import BackgroundTask
+    from ..tasks.leases import ScheduleLease
 
 __all__ = ["TaskBackend"]
 
@@ -100,4 +103,14 @@ class TaskBackend(StatusSource, Protocol):
 
     def requeue(self, job_id: str) -> bool:
         """Put a failed job back on its queue; False if no failed job has that id. May block."""
+        ...
+
+    def schedule_lease(self, name: str, ttl: float) -> ScheduleLease:
+        """The lease of the periodic job ``name`` among every process sharing this backend, whatever its host:
+        held by one process at a time, lost ``ttl`` seconds after its holder stops renewing it."""
+        ...
+
+    def job_state(self, job_id: str) -> str | None:
+        """The state of a stored job (``"queued"``, ``"scheduled"``, ``"started"``, ``"finished"``,
+        ``"failed"``, ...), None for an unknown id. May block."""
         ...

@@ -179,11 +179,15 @@ class GroupCommit:
 
     async def _ready(self) -> Any:
         """A connected connection, checked not to have been closed by Redis while idle; else NotStored."""
+        if self._conn is not None and self._conn.is_connected:
+            can_read = getattr(self._conn, "can_read", None) or self._conn.can_read_destructive
+            try:
+                stale = await can_read()  # stray data, or the end of a connection the server closed
+            except BROKEN:  # redis-py raises for a connection the server closed (a restart, its idle timeout)
+                stale = True
+            if stale:  # nothing was sent on it yet: start afresh
+                await self._drop()
         try:
-            if self._conn is not None and self._conn.is_connected:
-                can_read = getattr(self._conn, "can_read", None) or self._conn.can_read_destructive
-                if await can_read():  # closed by the server (a restart) or stray data: start afresh
-                    await self._drop()
             if self._conn is None or not self._conn.is_connected:
                 self._conn = self._conn or self._connect()
                 await self._conn.connect()

@@ -125,6 +125,38 @@ return 'running'
 """
 
 
+# The same moves, inlined in the scripts of ``tachyon worker`` (``rq_worker.py``), which claim and finish jobs
+# in one round trip each. Lua locals they need: ``key`` (the job's hash), ``id`` (its id), and for the start
+# ``tnow`` (Unix time, text), for the end ``tstate`` (succeeded or cancelled), ``tnow``, ``tresult``,
+# ``terror``, ``tprogress`` (JSON, "" for none).
+# START_LUA sets ``trun`` ("1": run the job; "0": it was cancelled while it waited) and ``tkeep`` (the result
+# limit, "" when the result is not kept); a job that ended and runs again was requeued: a new life.
+START_LUA = """
+local tfields = redis.call('HMGET', key, 'tachyon_cancel', 'tachyon_keep', 'tachyon_state')
+local trun, tkeep = '1', tfields[2] or ''
+if tfields[1] then
+  trun = '0'
+else
+  if tfields[3] == 'succeeded' or tfields[3] == 'failed' then
+    redis.call('HDEL', key, 'tachyon_ended', 'tachyon_result', 'tachyon_progress')
+  end
+  redis.call('HSET', key, 'tachyon_state', 'running', 'tachyon_started', tnow, 'tachyon_error', '')
+  redis.call('HINCRBY', key, 'tachyon_attempts', 1)
+  redis.call('PUBLISH', 'tachyon:status:' .. id, 'running')
+end
+"""
+END_LUA = """
+local tcurrent = redis.call('HGET', key, 'tachyon_state')
+if tcurrent ~= 'succeeded' and tcurrent ~= 'failed' and tcurrent ~= 'cancelled' then
+  redis.call('HSET', key, 'tachyon_state', tstate, 'tachyon_ended', tnow)
+  if tresult ~= '' then redis.call('HSET', key, 'tachyon_result', tresult) end
+  if terror ~= '' then redis.call('HSET', key, 'tachyon_error', terror) end
+  if tprogress ~= '' then redis.call('HSET', key, 'tachyon_progress', tprogress) end
+  redis.call('PUBLISH', 'tachyon:status:' .. id, tstate)
+end
+"""
+
+
 def channel(task_id: str) -> bytes:
     return CHANNEL_PREFIX + task_id.encode()
 
@@ -370,31 +402,42 @@ class RedisStatus:
             await client.aclose()
 
 
+_advance_script: Any = None
+
+
 class JobTracker:
-    """The running durable job's record, written from the worker (blocking ``redis`` calls): what
-    ``report_progress`` and ``cancelled`` reach inside a job.
+    """The running durable job's record, as the worker writes it: what ``report_progress`` and ``cancelled``
+    reach inside a job.
 
     Progress is written at most every ``PROGRESS_INTERVAL`` seconds (the latest value always arrives: the job's
-    end writes it); ``cancelled()`` reads the request at most every ``CANCEL_INTERVAL`` seconds.
+    end writes it). With ``send`` (``tachyon worker``), writes are handed to it (the worker's Redis thread) and
+    never block the job, and the worker sets ``cancel_requested`` when told to stop the job; without it (a work
+    horse of RQ's worker, a forked child), writes are blocking calls, and ``cancelled()`` reads the request from
+    Redis at most every ``CANCEL_INTERVAL`` seconds.
     """
 
     PROGRESS_INTERVAL = 0.05
     CANCEL_INTERVAL = 0.25
 
-    def __init__(self, job_id: str, key: str, redis: "Redis") -> None:
+    def __init__(self, job_id: str, key: str, redis: "Redis", *, keep: int | None = None,
+                 send: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        global _advance_script
         self.id = job_id
         self.key = key
         self.redis = redis
-        self.keep: int | None = None  # the result size limit, when the result is kept
+        self.keep = keep  # the result size limit, when the result is kept
+        self.send = send
         self.cancel_requested = False
         self.cancel_seen = False
         self._written = 0.0
         self._pending: tuple[float | None, str | None] | None = None
         self._checked = 0.0
-        self._script = redis.register_script(ADVANCE)
+        if _advance_script is None:
+            _advance_script = redis.register_script(ADVANCE)  # its SHA, once; each call names its client
 
     def advance(self, state: str, fields: list[Any], flags: str = "e") -> int:
-        return int(self._script(keys=[self.key], args=[channel(self.id), state, "", flags, *fields]))
+        return int(_advance_script(keys=[self.key], args=[channel(self.id), state, "", flags, *fields],
+                                   client=self.redis))
 
     def start(self) -> bool:
         """The job starts an attempt: False when it must not run (cancelled while it waited). A job that had
@@ -412,9 +455,9 @@ class JobTracker:
 
     def end(self, state: str, error: TaskError | None = None, result: bytes | None = None) -> None:
         fields = changes(state, error=error, result=result)
-        if self._pending is not None:
-            fields += ["tachyon_progress", msgspec.json.encode(self._pending)]
-            self._pending = None
+        progress = self.pending_progress()
+        if progress:
+            fields += ["tachyon_progress", progress]
         self.advance(state, fields)
 
     def report(self, done: float | None, message: str | None) -> None:
@@ -423,10 +466,25 @@ class JobTracker:
             self._pending = (done, message)
             return
         self._written, self._pending = now, None
-        self.advance("", ["tachyon_progress", msgspec.json.encode((done, message))])
+        fields = ["tachyon_progress", msgspec.json.encode((done, message))]
+        if self.send is None:
+            self.advance("", fields)
+        else:
+            self.send(lambda: self._quietly(fields))
+
+    def _quietly(self, fields: list[Any]) -> None:
+        try:
+            self.advance("", fields)
+        except Exception as exc:  # Redis away: the job goes on; its end carries the latest progress
+            logger.warning("Could not record the progress of job %s: %r", self.id, exc)
+
+    def pending_progress(self) -> bytes:
+        """The progress reported since the last write (JSON; b"" if none), for the job's end to carry."""
+        pending, self._pending = self._pending, None
+        return b"" if pending is None else msgspec.json.encode(pending)
 
     def is_cancelled(self) -> bool:
-        if not self.cancel_requested:
+        if not self.cancel_requested and self.send is None:
             now = time.monotonic()
             if now - self._checked >= self.CANCEL_INTERVAL:
                 self._checked = now

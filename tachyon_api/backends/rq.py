@@ -23,6 +23,7 @@ import importlib
 import inspect
 import logging
 import re
+import sys
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
@@ -30,16 +31,19 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVa
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, TaskRecord, encode_result
 from ..tasks.status import running_task
+from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
-from .redis_status import JobTracker, RedisStatus, changes
+from .redis_status import JobTracker, RedisStatus
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
+    from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
+    from ..tasks.leases import ScheduleLease
 
 __all__ = ["RQBackend"]
 
@@ -125,9 +129,11 @@ class RQBackend(TaskBackend):
     ``result_ttl`` and ``failure_ttl`` say how long finished and failed jobs stay visible. Connections time out
     after ``socket_timeout`` seconds, so a Redis outage costs a request at most that long, without blocking the
     event loop. A request with an ``Idempotency-Key`` header stores its tasks once per key (with its method,
-    path and ``Authorization``) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
-    payload is refused (422). A task's return value kept in its status record (``keep_result``) is limited to
-    ``result_limit`` bytes of JSON.
+    path and client's scope) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
+    request (method, path, query or body) is refused (422). The client's scope is every credential the request
+    carries (see ``idempotency.py``), or what ``idempotency_scope(connection) -> str`` (sync or async) returns:
+    for example the authenticated user's id, so that a retry with a refreshed token is still a retry. A task's
+    return value kept in its status record (``keep_result``) is limited to ``result_limit`` bytes of JSON.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class RQBackend(TaskBackend):
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
+        idempotency_scope: "IdempotencyScope | None" = None,
         result_limit: int = 64 * 1024,
     ) -> None:
         self.redis_url = redis_url
@@ -152,8 +159,10 @@ class RQBackend(TaskBackend):
             # Redis refuses ``SET ... EX`` below one second: every keyed request would get a 503 forever.
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
+        self.idempotency_scope = idempotency_scope
         self.result_limit = result_limit
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
+        self._lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
@@ -225,8 +234,8 @@ class RQBackend(TaskBackend):
     def check_options(options: dict[str, Any]) -> None:
         """Refuse, at ``with_options``, a value RQ would refuse at every enqueue (a 503 no retry could fix).
 
-        ``options`` holds the durable-only options that were given: ``delay``, ``at``, ``job_id``,
-        ``result_ttl``, ``failure_ttl``.
+        ``options`` holds the options that were given among ``delay``, ``at`` (whose types the task checked
+        already: both tiers take them), ``job_id``, ``result_ttl`` and ``failure_ttl``.
         """
         job_id = options.get("job_id")
         if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
@@ -238,13 +247,6 @@ class RQBackend(TaskBackend):
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"with_options({key}={value!r}): whole seconds (an int; -1 keeps the job forever)")
-        delay = options.get("delay")
-        if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta)):
-                raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
-        at = options.get("at")
-        if at is not None and not isinstance(at, dt.datetime):
-            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
 
     @staticmethod
     def _check_reference(func: Any) -> None:
@@ -259,7 +261,11 @@ class RQBackend(TaskBackend):
                 f"add_task({name}): a durable task must be importable by reference (no lambdas, closures or "
                 f"functions of __main__); define it at the top level of a module the workers can import"
             )
-        target: Any = importlib.import_module(module)
+        # A module already in sys.modules is taken from there without the import lock: it may still be being
+        # imported by another thread (a script that serves requests at import time), and import_module would
+        # wait for that thread, which waits for this request: a deadlock. Its top-level functions are defined
+        # by the time one of them is added, so the check below still holds.
+        target: Any = sys.modules.get(module) or importlib.import_module(module)
         for part in name.split("."):
             target = getattr(target, part, None)
         if target is not func:
@@ -280,9 +286,10 @@ class RQBackend(TaskBackend):
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
-        a request already stored under the same key, method, path and ``client`` (its credentials: another
-        client's key is another key) with the same ``fingerprint`` (a hash of its payload) stores nothing
-        again; with another fingerprint it is refused, as the key was reused for a different request.
+        a request already stored under the same key, method, path and ``client`` (its scope: another client's
+        key is another key) with the same ``fingerprint`` (a hash of what it asks: method, path, query, body)
+        stores nothing again; with another fingerprint it is refused, as the key was reused for a different
+        request.
 
         Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown``
         when Redis may have stored the tasks but its answer was lost (retry with an idempotency key only), and
@@ -345,11 +352,31 @@ class RQBackend(TaskBackend):
 
     async def aclose(self) -> None:
         """Close this event loop's Redis connections (the app calls it at shutdown for its ``task_backend``)."""
-        commit = self._commits.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        commit = self._commits.pop(loop, None)
         if commit is not None:
             await commit.aclose()
+        leases = self._lease_clients.pop(loop, None)
+        if leases is not None:
+            await leases.aclose()
         if self._status is not None:
             await self._status.aclose()
+
+    # --- periodic jobs ---------------------------------------------------------------------------------
+    def schedule_lease(self, name: str, ttl: float) -> "ScheduleLease":
+        """The lease of the periodic job ``name`` in this Redis, shared by every app on this queue: a key with a
+        time to live (see ``tasks/leases.py``), on one ``redis.asyncio`` connection per event loop."""
+        from redis.asyncio import Redis
+
+        from ..tasks.leases import RedisLease
+
+        loop = asyncio.get_running_loop()
+        client = self._lease_clients.get(loop)
+        if client is None:
+            client = self._lease_clients[loop] = Redis.from_url(
+                self.redis_url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
+            )
+        return RedisLease(client, f"tachyon:periodic:{self.queue_name}:{name}", ttl)
 
     def _entry(
         self,
@@ -491,11 +518,15 @@ class RQBackend(TaskBackend):
 
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread)."""
+        """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread).
+
+        The started registry is counted as it is: RQ's ``count`` would first run its cleanup, which retries or
+        fails the jobs of expired leases; that is the workers' job, who know when a lease may be taken over
+        (not in the seconds after a Redis restart, before the live workers renewed theirs)."""
         queue = self.queue
         return {
             "queued": queue.count,
-            "started": queue.started_job_registry.count,
+            "started": queue.started_job_registry.get_job_count(cleanup=False),
             "deferred": queue.deferred_job_registry.count,
             "scheduled": queue.scheduled_job_registry.count,
             "finished": queue.finished_job_registry.count,
@@ -521,6 +552,18 @@ class RQBackend(TaskBackend):
             for job in jobs
             if job is not None
         ]
+
+    def job_state(self, job_id: str) -> str | None:
+        """The RQ status of a job (``"queued"``, ``"started"``, ``"finished"``, ...; None if unknown), blocking:
+        how the scheduler tells whether a periodic job's last run still runs."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status(refresh=False)
+        except NoSuchJobError:
+            return None
+        return None if status is None else str(getattr(status, "value", status))
 
     def requeue(self, job_id: str) -> bool:
         """Put a failed job back on its queue (blocking); False if no failed job has that id."""
@@ -577,11 +620,9 @@ def _encode(value: Any) -> bytes:
 
 
 def _when(task: "BackgroundTask") -> dt.datetime | None:
-    """When a delayed task is due (None: run as soon as a worker is free)."""
-    if task.delay is not None:
-        delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
-        return dt.datetime.now(dt.timezone.utc) + delay
-    return task.at
+    """When a delayed task is due (None: run as soon as a worker is free), as the in-process tier counts it."""
+    due = due_time(task)
+    return None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
 
 
 def _next_second(when: dt.datetime) -> dt.datetime:
@@ -598,7 +639,6 @@ def _seconds(value: float | None) -> int | None:
 
 
 _traced_job: Any = None
-_worker: Any = None
 
 
 def traced_job_class() -> Any:
@@ -644,48 +684,6 @@ def traced_job_class() -> Any:
 
         _traced_job = TracedJob
     return _traced_job
-
-
-def worker_class() -> Any:
-    """RQ's forking ``Worker`` (what ``tachyon worker`` runs) recording in the job's status what happens
-    outside the job's own code: a job stopped on request (its work horse killed) ends cancelled, one whose
-    work horse died ends failed (or retrying).
-
-    Its command thread (``stop-job`` and the like, over pub/sub) waits one second at a time instead of RQ's
-    60: after RQ unsubscribes at shutdown, that thread may start a wait before it sees the request to stop,
-    and a warm shutdown would then take up to a minute."""
-    global _worker
-    if _worker is None:
-        from rq import Worker
-        from rq.job import JobStatus
-
-        class TachyonWorker(Worker):
-            def subscribe(self) -> None:
-                self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
-                self.pubsub = self.connection.pubsub()
-                self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-                self.pubsub_thread = self.pubsub.run_in_thread(
-                    sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
-                )
-
-            def handle_job_failure(self, job: Any, queue: Any, started_job_registry: Any = None,
-                                   exc_string: str = "", execution: Any = None) -> None:
-                stopped = self._stopped_job_id == job.id
-                super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-                try:
-                    tracker = JobTracker(job.id, job.key, self.connection)
-                    if stopped:
-                        state, error = CANCELLED, None
-                    else:
-                        retried = job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED)
-                        state = RETRYING if retried else FAILED
-                        error = TaskError("WorkerLost", (exc_string or "the work horse died").strip()[:500])
-                    tracker.advance(state, changes(state, error=error), "er")  # only if the job had not ended it
-                except Exception:
-                    logger.exception("Could not record the end of durable job %s", job.id)
-
-        _worker = TachyonWorker
-    return _worker
 
 
 def __getattr__(name: str) -> Any:

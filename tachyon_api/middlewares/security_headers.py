@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .core import with_headers
 
@@ -14,7 +14,8 @@ class SecurityHeadersMiddleware:
 
     A header the response already has is left as the endpoint set it; ``None`` leaves a header out. ``hsts``
     is the value of ``Strict-Transport-Security`` (e.g. ``"max-age=63072000; includeSubDomains"``), ``csp``
-    of ``Content-Security-Policy``; ``extra_headers`` adds any other.
+    of ``Content-Security-Policy``; ``extra_headers`` adds any other, as a mapping or as ``(name, value)``
+    pairs (tachyon-api 1.3's form).
     """
 
     def __init__(
@@ -26,9 +27,10 @@ class SecurityHeadersMiddleware:
         x_permitted_cross_domain_policies: str | None = "none",
         hsts: str | None = None,
         csp: str | None = None,
-        extra_headers: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         self.app = app
+        extra = extra_headers.items() if isinstance(extra_headers, Mapping) else extra_headers or ()
         wanted = {
             "x-content-type-options": x_content_type_options,
             "x-frame-options": x_frame_options,
@@ -36,7 +38,7 @@ class SecurityHeadersMiddleware:
             "x-permitted-cross-domain-policies": x_permitted_cross_domain_policies,
             "strict-transport-security": hsts,
             "content-security-policy": csp,
-            **{name.lower(): value for name, value in (extra_headers or {}).items()},
+            **{name.lower(): value for name, value in extra},
         }
         for name, value in wanted.items():
             if value is not None and any(ch in value for ch in "\r\n\0"):

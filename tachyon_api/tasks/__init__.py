@@ -39,6 +39,7 @@ from .stats import (
     DROPPED,
     DURATION_BOUNDS,
     FAILED,
+    MAX_NAME_LENGTH,
     OUTCOMES,
     RETRIED,
     SUCCEEDED,

@@ -3,11 +3,13 @@ of a request's tasks, with what identifies the request for its ``Idempotency-Key
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
+
+from ..idempotency import client_scope, fingerprint
 
 if TYPE_CHECKING:
     from ..backends.base import TaskBackend
+    from ..idempotency import Credentials
     from ..requests import HTTPConnection
     from .handles import BackgroundTask
 
@@ -22,17 +24,19 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
 
 
 async def store_durable(
-    tasks: list[BackgroundTask], connection: "HTTPConnection", method: str
+    tasks: list[BackgroundTask], connection: "HTTPConnection", method: str, credentials: "Credentials | None" = None
 ) -> list[BackgroundTask]:
     """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
 
-    ``connection`` is the request (or the WebSocket, whose ``method`` is ``"WEBSOCKET"``) that added them.
+    ``connection`` is the request (or the WebSocket, whose ``method`` is ``"WEBSOCKET"``) that added them;
+    ``credentials`` says where its route's requests carry credentials (see ``idempotency.py``).
 
     The request's ``Idempotency-Key`` header, if any, is passed on with what makes the request this one: its
-    credentials (``Authorization``: other clients' keys are other keys) and a hash of its payload (the same key
-    with another payload is refused). So a retried request stores its tasks once, and a reused key never
-    swallows another request's tasks. Raises ``TaskBackendUnavailable`` (503: nothing stored),
-    ``TaskOutcomeUnknown`` (503: maybe stored) or ``IdempotencyKeyReused`` (422: nothing stored).
+    client's scope (every credential it carries, or the backend's ``idempotency_scope``: other clients' keys are
+    other keys) and a fingerprint of what it asks (method, path, query, body: the same key with another request
+    is refused). So a retried request stores its tasks once, and a reused key never swallows another request's
+    tasks. Raises ``TaskBackendUnavailable`` (503: nothing stored), ``TaskOutcomeUnknown`` (503: maybe stored)
+    or ``IdempotencyKeyReused`` (422: nothing stored).
     """
     durable: dict[TaskBackend, list[BackgroundTask]] = {}
     local: list[BackgroundTask] = []
@@ -45,26 +49,13 @@ async def store_durable(
             if task.keep_result is None:
                 task.keep_result = keep
             durable.setdefault(task.backend, []).append(task)
-    headers = connection.headers
-    key = headers.get("idempotency-key")
-    client, fingerprint = ("", b"") if key is None else (headers.get("authorization", ""), await _fingerprint(connection))
+    key = connection.headers.get("idempotency-key")
+    client, digest = "", b""
+    if key is not None:
+        digest = await fingerprint(connection, method)
     path = connection.scope["path"]
     for backend, group in durable.items():
-        await backend.store(group, method, path, key, client=client, fingerprint=fingerprint)
+        if key is not None:
+            client = await client_scope(connection, credentials, getattr(backend, "idempotency_scope", None))
+        await backend.store(group, method, path, key, client=client, fingerprint=digest)
     return local
-
-
-async def _fingerprint(connection: "HTTPConnection") -> bytes:
-    """A hash of the request's payload: its content type and body (read now if the endpoint did not).
-
-    A body parsed as a stream (multipart) is not kept: its declared length stands in for it. A WebSocket's
-    handshake has no body: its content type (none) stands for it.
-    """
-    digest = hashlib.sha256(connection.headers.get("content-type", "").encode("latin-1") + b"\0")
-    body = getattr(connection, "body", None)
-    if body is not None:
-        try:
-            digest.update(await body())
-        except RuntimeError:  # already streamed by a form parameter
-            digest.update(b"stream:" + connection.headers.get("content-length", "").encode("latin-1"))
-    return digest.hexdigest().encode()

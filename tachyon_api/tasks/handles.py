@@ -8,6 +8,7 @@ to the function's signature raise ``TypeError`` where the mistake is, rather tha
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import os
@@ -100,7 +101,7 @@ def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
     table.pop(ref, None)
 
 
-_DURABLE_ONLY = ("delay", "at", "job_id", "result_ttl", "failure_ttl")
+_DURABLE_ONLY = ("job_id", "result_ttl", "failure_ttl")
 
 
 def new_id() -> str:
@@ -117,7 +118,8 @@ class BackgroundTask:
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
-                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "_id", "owner", "keep_result", "tracker")
+                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end", "_id", "owner", "keep_result",
+                 "tracker")
 
     # Set once any task's handle is taken (its id read, keep_result or owner set): until then no request needs
     # to look for held tasks before its response (see TaskControl.accept).
@@ -159,6 +161,9 @@ class BackgroundTask:
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
+        # Told the task's final outcome ("succeeded", "failed" or "lost"), from the loop or a worker thread: how
+        # the scheduler follows a periodic run (see schedule.py).
+        self.on_end: Callable[[str], None] | None = None
         self._id: str | None = None  # made when first read: a task whose id nobody reads never gets one
         self.owner: str | None = None
         self.keep_result: bool | None = None  # None: the app's default (Tachyon(task_results=...))
@@ -200,9 +205,12 @@ class BackgroundTask:
         attempts a failing task gets, after ``retry_delay * 2**n`` seconds with jitter. ``name``: used in logs,
         error hooks and stats instead of the function's qualified name.
 
-        Durable tasks only (see ``backends/rq.py``): ``delay`` (seconds or timedelta) or ``at`` (a datetime)
-        to run later, ``job_id`` to de-duplicate (and the task's :attr:`id`), ``result_ttl`` and
-        ``failure_ttl`` in seconds.
+        ``delay`` (seconds or a timedelta) or ``at`` (a datetime; a naive one is local time): start no earlier
+        than that. In-process, a timer of the runner holds the task until then (see ``timers.py``); durable, the
+        backend's scheduler does.
+
+        Durable tasks only (see ``backends/rq.py``): ``job_id`` to de-duplicate (and the task's :attr:`id`),
+        ``result_ttl`` and ``failure_ttl`` in seconds.
 
         Status (see docs/task-status.md): ``keep_result=True`` keeps the return value in the task's status
         record (JSON, size-limited); ``owner`` binds the task to a principal (a ``str`` or an ``int``): the
@@ -215,12 +223,17 @@ class BackgroundTask:
                 self.backend = None
                 for key in _DURABLE_ONLY:  # they mean nothing in-process (given with durable=False: an error below)
                     setattr(self, key, None)
-        durable_only = zip(_DURABLE_ONLY, (delay, at, job_id, result_ttl, failure_ttl))
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta))):
+            raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
+        if at is not None and not isinstance(at, dt.datetime):
+            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
+        durable_only = zip(_DURABLE_ONLY, (job_id, result_ttl, failure_ttl))
         given = {key: value for key, value in durable_only if value is not None}
-        if given:
-            if self.backend is None:
-                need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
-                raise ValueError(f"{', '.join(given)} {need}")
+        if given and self.backend is None:
+            need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
+            raise ValueError(f"{', '.join(given)} {need}")
+        given.update((key, value) for key, value in (("delay", delay), ("at", at)) if value is not None)
+        if given and self.backend is not None:
             self.backend.check_options(given)
         for key, value in given.items():
             setattr(self, key, value)

@@ -160,7 +160,8 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     cancel_seen: bool = False
     version: int = 0
     waiters: list | None = None  # (loop, future) of watchers waiting for the next change
-    # While an async task runs (or waits to retry): the asyncio task running it, cancelled by ``cancel``.
+    # What ``cancel`` stops (its ``cancel()``): while an async task runs or waits to retry, the asyncio task running
+    # it; while a delayed task waits for its time, its timer (see status.py).
     interrupt: Any = None
     expires: float = 0.0
 
@@ -234,10 +235,11 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
         if self.state in FINAL:
             return False
         self.cancel_requested = True
+        interrupt = self.interrupt  # the asyncio task running it, or what takes a delayed task off its timer
         if self.state in (QUEUED, SCHEDULED):
             self.end(CANCELLED)
-        elif self.interrupt is not None:
-            self.interrupt.cancel()
+        if interrupt is not None:
+            interrupt.cancel()
         return True
 
     def changed(self) -> None:
@@ -358,10 +360,10 @@ class MemoryTaskStore:
         return len(self._records)
 
     def create(self, task_id: str, name: str, owner: str | None = None, keep_result: bool = False,
-               is_async: bool = False) -> Tracker:
-        """A new record, queued (it replaces an ended one with the same id, e.g. a ``job_id`` used again)."""
+               is_async: bool = False, state: str = QUEUED) -> Tracker:
+        """A new record, queued (or scheduled: a delayed task); it replaces an ended one with the same id."""
         tracker = self._records[task_id] = Tracker(
-            self, task_id, name, owner, keep_result, is_async, time.perf_counter() + self.offset
+            self, task_id, name, owner, keep_result, is_async, time.perf_counter() + self.offset, state
         )
         return tracker
 

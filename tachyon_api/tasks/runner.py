@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as dt
 import inspect
 import logging
 import random
@@ -23,8 +24,12 @@ from ..concurrency import ThreadPool
 from ..tracing import task_span
 from . import records
 from .calls import being_cancelled, call_in_thread, execute, on_loop, uncancel
-from .stats import CANCELLED, DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats
+from .stats import (
+    CANCELLED, DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats,
+    stat_name,
+)
 from .status import running_task, thread_slot
+from .timers import DelayedTasks, due_time, run_when_due
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -112,6 +117,7 @@ class BackgroundRunner:
         self._idle_waiters: list[asyncio.Future] = []
         self._inline: set[_Batch] = set()  # batches running in their request (no lifespan, or a test client)
         self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
+        self._delayed = DelayedTasks()  # tasks waiting for their delay= or at= (one batch each when they start)
         self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
         # For what worker threads touch (see the class docstring). The app gives the lock of its task store, so
         # that an attempt's start and end reach the task's status record inside the same critical sections.
@@ -148,6 +154,7 @@ class BackgroundRunner:
             duration_total=total,
             duration_max=longest,
             waiting=self._waiting,
+            delayed=len(self._delayed),
             cancelled=totals[CANCELLED],
         )
 
@@ -158,10 +165,29 @@ class BackgroundRunner:
             return self.metrics.rows()
 
     def unfinished(self) -> list[str]:
-        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
+        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued,
+        delayed."""
         with self._lock:
             batches = [*self._active.values(), *self._threaded, *self._pending]
-        return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
+        started = [f"{task.name} ({batch.method} {batch.path})"
+                   for batch in batches for task in batch.tasks[batch.index :]]
+        return started + self._delayed.labels()
+
+    def cancel(self, task: BackgroundTask) -> bool:
+        """Cancel a delayed task that has not started: it will not run. False if it is not waiting (it started
+        or ended already, or was never delayed)."""
+        request = self._delayed.cancel(task)
+        if request is None:
+            return False
+        logger.info("Background task %s (request %s %s) cancelled before its time", task.name, *request)
+        with self._lock:
+            self.metrics.count(task.name, CANCELLED)
+            if task.tracker is not None:  # cancelled through the runner: its status record says so too
+                task.tracker.end(records.CANCELLED)
+        if task.on_end is not None:
+            task.on_end("cancelled")
+        self._after_batch()  # room for a waiting request
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows, JSON-ready: the totals of :meth:`stats`, plus per-name counts and
@@ -170,7 +196,7 @@ class BackgroundRunner:
         with self._lock:
             detail = self.metrics.snapshot()
             running = sorted((
-                (batch.since, batch.tasks[batch.index].name, batch.method, batch.path, batch.attempt,
+                (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt,
                  batch.tasks[batch.index]._id if batch.tasks[batch.index].tracker is not None else None)
                 for batch in self._batches() if batch.running
             ), key=lambda row: row[0]) if self.metrics.per_name else []
@@ -181,6 +207,7 @@ class BackgroundRunner:
             {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt, "id": task_id}
             for since, name, method, path, attempt, task_id in running
         ]
+        detail["delayed"] = self._delayed.rows()
         return {"totals": totals, **detail}
 
     @property
@@ -239,10 +266,12 @@ class BackgroundRunner:
 
     @property
     def full(self) -> bool:
-        """True when a new batch would have to wait for room (see :meth:`admit`)."""
+        """True when a new batch would have to wait for room (see :meth:`admit`). Delayed tasks take room too:
+        memory stays bounded however far ahead they are asked for."""
         return (
             self.started and not self._closed
-            and len(self._active) + len(self._threaded) + len(self._pending) >= self.concurrency + self.queue_size
+            and len(self._active) + len(self._threaded) + len(self._pending) + len(self._delayed)
+            >= self.concurrency + self.queue_size
         )
 
     def submit(
@@ -258,15 +287,39 @@ class BackgroundRunner:
         if self._closed:
             self._drop(tasks, method, path, "the app is shutting down")
             return None
+        for task in tasks:
+            if task.delay is not None or task.at is not None:
+                if not self.started:  # nobody owns a timer: the caller waits for them
+                    return run_when_due(tasks, lambda now: self.run_batch(now, method, path))
+                tasks = self._defer(tasks, method, path)
+                if not tasks:
+                    return None
+                break
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
             return self.run_batch(tasks, method, path, batch)
         self._launch_or_queue(batch)
         return None
 
+    def _defer(self, tasks: list[BackgroundTask], method: str, path: str) -> list[BackgroundTask]:
+        """Put the delayed tasks of a request on timers, each with its own copy of the request's context;
+        return the others."""
+        rest = []
+        for task in tasks:
+            due = due_time(task)
+            if due is None:
+                rest.append(task)
+                continue
+            batch = _Batch([task], method, path, contextvars.copy_context())
+            self._delayed.add(task, method, path, due, lambda batch=batch: self._launch_or_queue(batch))
+        return rest
+
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
         self._closed = True
+        for task, method, path, due in self._delayed.take_all():  # they would start after the drain began
+            when = dt.datetime.fromtimestamp(due, dt.timezone.utc).isoformat()
+            self._drop([task], method, path, f"delayed until {when}, not run: the app is shutting down")
         for waiter in self._room_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -377,7 +430,8 @@ class BackgroundRunner:
             self._launch_or_queue(batch)
         if self._room_waiters:  # as many waiting requests as there is room for (each takes one batch's room)
             if self.started and not self._closed:
-                room = self.concurrency + self.queue_size - len(self._active) - len(self._threaded) - len(self._pending)
+                room = (self.concurrency + self.queue_size - len(self._active) - len(self._threaded)
+                        - len(self._pending) - len(self._delayed))
             else:
                 room = len(self._room_waiters)
             while self._room_waiters and room > 0:
@@ -402,14 +456,18 @@ class BackgroundRunner:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
             if task.tracker is not None:
                 task.tracker.lost(reason)
+            if task.on_end is not None:
+                task.on_end("lost")
 
     def _cancelled_waiting(self, task: BackgroundTask, batch: _Batch) -> None:
-        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running.
-        Call it under the lock."""
-        batch.running = False
-        batch.index += 1
-        self.metrics.count(task.name, CANCELLED)
-        task.tracker.end(records.CANCELLED)
+        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running."""
+        with self._lock:
+            batch.running = False
+            batch.index += 1
+            self.metrics.count(task.name, CANCELLED)
+            task.tracker.end(records.CANCELLED)
+        if task.on_end is not None:
+            task.on_end("cancelled")
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -434,9 +492,10 @@ class BackgroundRunner:
                     if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                         return
                     batch.index, batch.since, batch.running = index, started, True
-                    if tracker is not None and not tracker.begin(started):  # cancelled while it waited
-                        self._cancelled_waiting(task, batch)
-                        continue
+                    skip = tracker is not None and not tracker.begin(started)
+                if skip:  # cancelled while it waited
+                    self._cancelled_waiting(task, batch)
+                    continue
                 error: BaseException | None = None
                 result = None
                 span = task_span(task.name, 1, method, path)
@@ -508,6 +567,8 @@ class BackgroundRunner:
                 self.metrics.failure(  # the id only of a task that has a status record: ids are capabilities
                     task.name, batch.method, batch.path, attempt, error, None if tracker is None else tracker.id  # type: ignore[arg-type]
                 )
+        if task.on_end is not None and outcome != RETRIED:
+            task.on_end(OUTCOMES[outcome])
         if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)
@@ -530,8 +591,7 @@ class BackgroundRunner:
                 # watcher) runs on the loop too, and the task's own progress reports start after this.
                 if tracker is not None:
                     if not tracker.begin(batch.since):  # cancelled while it waited
-                        with self._lock:
-                            self._cancelled_waiting(task, batch)
+                        self._cancelled_waiting(task, batch)
                         return
                     if task.is_async:
                         tracker.interrupt = current
@@ -574,8 +634,7 @@ class BackgroundRunner:
                     except asyncio.CancelledError:
                         if tracker is None or not tracker.cancel_requested or self._cancelling:
                             raise
-                        with self._lock:
-                            self._cancelled_waiting(task, batch)
+                        self._cancelled_waiting(task, batch)
                         return
                 else:
                     self._attempt_ended(task, batch, attempt, None, result=result)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TaskFailure", "TaskStats", "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED",
-    "TIMED_OUT", "DROPPED", "CANCELLED",
+    "TIMED_OUT", "DROPPED", "CANCELLED", "MAX_NAME_LENGTH", "stat_name",
 ]
 
 
@@ -45,6 +45,7 @@ class TaskStats(msgspec.Struct, frozen=True):
     duration_total: float
     duration_max: float
     waiting: int = 0  # tasks between two attempts (retry backoff): neither running nor queued, not done either
+    delayed: int = 0  # in-process tasks waiting for their delay= or at= (a timer of the runner), not yet queued
     cancelled: int = 0  # tasks that ended cancelled on request (app.tasks.cancel, DELETE /tasks/{id})
 
     @property
@@ -58,6 +59,14 @@ class TaskStats(msgspec.Struct, frozen=True):
 DURATION_BOUNDS: tuple[float, ...] = tuple(0.00005 * 2 ** (i / 4) for i in range(97))
 OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped", "cancelled")
 _OTHER_NAMES = "(other)"
+# Task names longer than this are cut (ending in "...") in statistics and metrics: a name built from request data
+# would otherwise make every dashboard read and Prometheus scrape as large as the client wants.
+MAX_NAME_LENGTH = 100
+
+
+def stat_name(name: str) -> str:
+    """``name`` as statistics and metrics show it: cut to ``MAX_NAME_LENGTH`` characters."""
+    return name if len(name) <= MAX_NAME_LENGTH else name[: MAX_NAME_LENGTH - 3] + "..."
 
 
 # Outcome indexes into the count lists below (the order of OUTCOMES).
@@ -99,7 +108,7 @@ class TaskMetrics:
     here; the runner reads them from its batches when asked (:meth:`BackgroundRunner.snapshot`). Memory is
     bounded: at most ``max_names`` names are tracked (later ones are counted under ``"(other)"``; task names
     come from code or ``with_options(name=...)``, so a name built from request data would otherwise grow
-    without limit) and the last ``max_failures`` failures are kept.
+    without limit), each cut to ``MAX_NAME_LENGTH`` characters, and the last ``max_failures`` failures are kept.
     """
 
     def __init__(self, max_names: int = 500, max_failures: int = 50, *, per_name: bool = True) -> None:
@@ -112,6 +121,7 @@ class TaskMetrics:
         self.failures: deque[dict[str, Any]] = deque(maxlen=max_failures)
 
     def _of(self, name: str) -> _NameMetrics:
+        name = stat_name(name)
         metrics = self.by_name.get(name)
         if metrics is None:
             if len(self.by_name) >= self.max_names:
@@ -146,7 +156,7 @@ class TaskMetrics:
         if not self.per_name:
             return
         self.failures.append({
-            "name": name,
+            "name": stat_name(name),
             "id": task_id,
             "method": method,
             "path": path,

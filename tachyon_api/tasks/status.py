@@ -16,6 +16,7 @@ the store first, then the durable backend, so callers never need to know which t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Iterable, Proto
 
 from ..exceptions import TaskNotFound
 from . import handles  # the module, read at call time: handles imports the runner, which imports this module
-from .records import MemoryTaskStore, TaskRecord, check_progress
+from .records import QUEUED, SCHEDULED, MemoryTaskStore, TaskRecord, check_progress
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -151,7 +152,12 @@ class TaskControl:
                 if task_id is None:
                     task_id = task._id = handles.new_id()
                 store = self.store
-                task.tracker = tracker = store.create(task_id, task.name, task.owner, keep, task.is_async)
+                delayed = task.delay is not None or task.at is not None
+                task.tracker = tracker = store.create(
+                    task_id, task.name, task.owner, keep, task.is_async, SCHEDULED if delayed else QUEUED
+                )
+                if delayed:  # cancelling it takes it off the runner's timer
+                    tracker.interrupt = _Unschedule(self.app.background, task)
                 if store.shared:
                     created = [*(created or ()), tracker]
         return None if created is None else self.store.publish(created)
@@ -235,6 +241,20 @@ class TaskControl:
                 "Tachyon(task_store=RedisTaskStore(redis_url)) (durable tasks' records are in Redis already)",
                 processes,
             )
+
+
+class _Unschedule:
+    """A delayed in-process task's ``interrupt``: cancelling its record takes it off the runner's timer, on the
+    next turn of the loop (``Tracker.cancel`` runs under the lock the runner takes)."""
+
+    __slots__ = ("runner", "task")
+
+    def __init__(self, runner: Any, task: "BackgroundTask") -> None:
+        self.runner = runner
+        self.task = task
+
+    def cancel(self) -> None:
+        asyncio.get_running_loop().call_soon(self.runner.cancel, self.task)
 
 
 def _web_processes() -> int:
