@@ -26,18 +26,14 @@ import asyncio
 import collections.abc
 import contextlib
 import dataclasses
-import datetime
 import decimal
 import enum
 import inspect
 import logging
 import math
 import re
-import sys
-import types
 import typing
-import uuid
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional
 
 import msgspec
 
@@ -45,6 +41,24 @@ from ._utils import callable_name, is_async_callable
 from .datastructures import Headers, QueryParams, UploadFile
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
 from .exceptions import HTTPException
+from .introspection import (
+    EMPTY,
+    UNION_TYPES,
+    bare_type,
+    is_background_type,
+    is_http_only,
+    is_model,
+    is_request_type,
+    is_scalar,
+    is_upload,
+    is_websocket_type,
+    list_item,
+    split_annotated,
+    strip_annotated,
+    type_hints,
+    type_name,
+    unwrap_optional,
+)
 from .params import Param
 from .requests import HTTPConnection, Request, json_error_message
 from .tasks import BackgroundTasks
@@ -60,9 +74,6 @@ __all__ = [
 
 logger = logging.getLogger("tachyon_api.errors")
 
-_EMPTY = inspect.Parameter.empty
-_SCALARS = (str, int, float, bool, decimal.Decimal, uuid.UUID, datetime.date, datetime.datetime, datetime.time)
-_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
@@ -71,7 +82,6 @@ MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any 
 # and "nan", so that several URLs name one resource and a NaN slips past every bound (stricter than pydantic,
 # which takes "1_000" and spaces: see docs/migration.md).
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
 
 
 class FieldError(Exception):
@@ -146,95 +156,6 @@ def describe_validation_error(message: str) -> tuple[str, str]:
     return message, "validation_error"
 
 
-# --- types -----------------------------------------------------------------------------------------------
-def _strip(tp: Any) -> tuple[Any, tuple[Any, ...]]:
-    """``Annotated[T, x, y]`` -> ``(T, (x, y))``; any other type -> ``(tp, ())``."""
-    if typing.get_origin(tp) is Annotated:
-        return tp.__origin__, tp.__metadata__
-    return tp, ()
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in _UNION_TYPES:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) < len(typing.get_args(tp)):
-            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
-    return tp, False
-
-
-def _list_item(tp: Any) -> Any:
-    tp = _strip(tp)[0]
-    if typing.get_origin(tp) in (list, tuple, set, frozenset, typing.Sequence) or tp in (list, tuple, set):
-        args = typing.get_args(tp)
-        return args[0] if args else str
-    return None
-
-
-def _is_scalar(tp: Any) -> bool:
-    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
-    if tp in _SCALARS or tp is Any:
-        return True
-    if typing.get_origin(tp) is typing.Literal:
-        return True
-    return isinstance(tp, type) and issubclass(tp, (enum.Enum, *_SCALARS))
-
-
-def _is_model(tp: Any) -> bool:
-    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
-    item = _list_item(tp)
-    if item is not None:
-        tp, _ = _unwrap_optional(item)
-    tp = _strip(tp)[0]
-    origin = typing.get_origin(tp) or tp
-    return (
-        (isinstance(origin, type) and issubclass(origin, (msgspec.Struct, dict)))
-        or dataclasses.is_dataclass(origin)
-        or typing.is_typeddict(origin)
-    )
-
-
-def _is_upload(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
-    tp = _strip(_list_item(tp) or tp)[0]
-    return isinstance(tp, type) and issubclass(tp, UploadFile)
-
-
-def _is_request_type(tp: Any) -> bool:
-    if not isinstance(tp, type):
-        return False
-    if issubclass(tp, HTTPConnection):
-        return True
-    # Starlette's Request (or a subclass), which code written for the existing framework annotates with.
-    return any(c.__module__.startswith("starlette.") and c.__name__ in ("Request", "HTTPConnection") for c in tp.__mro__)
-
-
-def _is_http_only(tp: Any) -> bool:
-    """A request type with a body (ours or Starlette's ``Request``), as opposed to a bare ``HTTPConnection``."""
-    if tp is _EMPTY or not isinstance(tp, type):
-        return True
-    if issubclass(tp, HTTPConnection):
-        return issubclass(tp, Request)
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "Request" for c in tp.__mro__)
-
-
-def _is_websocket_type(tp: Any) -> bool:
-    if not isinstance(tp, type):
-        return False
-    if issubclass(tp, WebSocket):
-        return True
-    # Starlette's WebSocket, which code written for tachyon-api 1.3 annotates with.
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "WebSocket" for c in tp.__mro__)
-
-
-def _is_background_type(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
-    return isinstance(tp, type) and issubclass(tp, BackgroundTasks)
-
-
-def _type_name(tp: Any) -> str:
-    return _TYPE_NAMES.get(tp) or getattr(tp, "__name__", None) or str(tp)
-
-
 # --- constraints -----------------------------------------------------------------------------------------
 _CHECKS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "tz")
 _MARKER_META = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "title", "description",
@@ -256,9 +177,9 @@ def effective_type(tp: Any, marker: Param | None) -> Any:
     Meta from the annotation (``Annotated[int, Meta(ge=1)]``, also inside ``Optional``) and from the marker's
     keywords are merged, so validation and whatever describes the API (OpenAPI) read one type.
     """
-    tp, extras = _strip(tp)
-    inner, optional = _unwrap_optional(tp)
-    inner, inner_extras = _strip(inner)
+    tp, extras = split_annotated(tp)
+    inner, optional = unwrap_optional(tp)
+    inner, inner_extras = split_annotated(inner)
     metas = [m for m in (*extras, *inner_extras) if isinstance(m, msgspec.Meta)]
     meta = _marker_meta(marker) if marker is not None else None
     if meta is not None:
@@ -271,12 +192,12 @@ def effective_type(tp: Any, marker: Param | None) -> Any:
 def _constraint_check(tp: Any) -> Callable[[Any], Any] | None:
     """For ``Annotated[T, Meta(...)]``: a function that validates a converted value against the constraints
     and raises :class:`ConstraintError`. None when ``tp`` declares no constraint: nothing runs per request."""
-    base, extras = _strip(tp)
+    base, extras = split_annotated(tp)
     metas = [m for m in extras if isinstance(m, msgspec.Meta) and any(getattr(m, c) is not None for c in _CHECKS)]
     if not metas:
         return None
     # A list's own constraints are about its length; its items are checked one by one as they convert.
-    target = Annotated[(list if _list_item(base) is not None else base, *metas)]  # type: ignore[valid-type]
+    target = Annotated[(list if list_item(base) is not None else base, *metas)]  # type: ignore[valid-type]
     msgspec.json.Decoder(target)  # an impossible constraint (max_length on an int) fails at registration
 
     def check(value: Any) -> Any:
@@ -290,7 +211,7 @@ def _constraint_check(tp: Any) -> Callable[[Any], Any] | None:
 
 def _converter(tp: Any) -> Callable[[str], Any] | None:
     """:func:`string_converter` for a type that may carry constraints: convert, then check."""
-    convert = string_converter(_strip(tp)[0])
+    convert = string_converter(strip_annotated(tp))
     check = _constraint_check(tp)
     if check is None:
         return convert
@@ -301,7 +222,7 @@ def _converter(tp: Any) -> Callable[[str], Any] | None:
 
 def string_converter(tp: Any) -> Callable[[str], Any] | None:
     """A converter from a query/path/header/cookie/form string to ``tp`` (None: keep the string)."""
-    if tp is str or tp is Any or tp is _EMPTY:
+    if tp is str or tp is Any or tp is EMPTY:
         return None
     if tp is int:
         def convert(value: str) -> Any:
@@ -331,16 +252,6 @@ def string_converter(tp: Any) -> Callable[[str], Any] | None:
         def convert(value: str) -> Any:
             return msgspec.convert(value, tp, strict=False)
     return convert
-
-
-def _hints(func: Any) -> dict[str, Any]:
-    target = func.__init__ if isinstance(func, type) else func
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(func), "__call__", target)
-    try:
-        return typing.get_type_hints(target, include_extras=True)  # keep Annotated[T, Meta(...)]
-    except Exception as exc:  # an annotation that cannot be evaluated
-        raise TypeError(f"Cannot evaluate the annotations of {callable_name(func)}: {exc}") from exc
 
 
 # --- the request-time context ---------------------------------------------------------------------------
@@ -575,21 +486,21 @@ def _missing(loc: list[Any]) -> FieldError:
 def _invalid(loc: list[Any], tp: Any, exc: Exception | None = None) -> FieldError:
     if isinstance(exc, ConstraintError):
         return FieldError(loc, exc.msg, exc.type)
-    tp = _strip(tp)[0]
+    tp = strip_annotated(tp)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         choices = [member.value for member in tp]
     elif typing.get_origin(tp) is typing.Literal:
         choices = list(typing.get_args(tp))
     else:
-        name = _type_name(tp)
+        name = type_name(tp)
         return FieldError(loc, f"Input should be a valid {name}", f"{name.lower()}_parsing")
     return FieldError(loc, f"Input should be one of {', '.join(repr(c) for c in choices)}", "enum")
 
 
 def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
     """Read one string (or the list of a repeated key) from query, header or cookie, and convert it."""
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
+    inner, _ = unwrap_optional(tp)
+    item = list_item(inner)
     values_of = _SOURCES[source]
     required = default is ...
     loc = [source, key]
@@ -598,7 +509,7 @@ def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
         # Query lists also come as CSV (``?ids=1,2,3``), as in the existing framework. String items keep their
         # commas when the key is repeated (``?q=a,b&q=c`` is ``["a,b", "c"]``); other items are always split.
         csv = source == "query"
-        split_repeated = _strip(_unwrap_optional(item)[0])[0] not in (str, Any, _EMPTY)
+        split_repeated = bare_type(item) not in (str, Any, EMPTY)
 
         def extract_list(ctx: Context) -> Any:
             raw = values_of(ctx).getlist(key)
@@ -653,7 +564,7 @@ def _list_converter(list_tp: Any, loc: list[Any]) -> Callable[[list[str]], list[
     The first bad item is located by index. For ``Optional`` items, an empty string or ``null`` (any case)
     is None.
     """
-    item_inner, item_optional = _unwrap_optional(_list_item(list_tp))
+    item_inner, item_optional = unwrap_optional(list_item(list_tp))
     convert = _converter(item_inner)
     check_list = _constraint_check(list_tp)
 
@@ -693,8 +604,8 @@ _SOURCES: dict[str, Callable[[Context], Any]] = {
 
 
 def _path_extractor(key: str, tp: Any) -> Extractor:
-    inner = _unwrap_optional(tp)[0]
-    if _list_item(inner) is not None:  # a CSV segment: /items/1,2,3
+    inner = unwrap_optional(tp)[0]
+    if list_item(inner) is not None:  # a CSV segment: /items/1,2,3
         loc = ["path", key]
         convert_list = _list_converter(inner, loc)
 
@@ -726,10 +637,10 @@ def _path_extractor(key: str, tp: Any) -> Extractor:
 def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extractor:
     """A form field (the last value of its key) or a list of them, converted as the same type in a query is;
     or the uploaded file(s) of the key."""
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
+    inner, _ = unwrap_optional(tp)
+    item = list_item(inner)
     # `data: bytes = File()` gets the content
-    as_bytes = want_file and _strip(_unwrap_optional(inner if item is None else item)[0])[0] is bytes
+    as_bytes = want_file and bare_type(inner if item is None else item) is bytes
     loc = ["body", key]
     convert_list = None if want_file or item is None else _list_converter(inner, loc)
     convert = None if want_file or item is not None else _converter(inner)
@@ -843,9 +754,9 @@ def _shape_for(tp: Any, raw: Any) -> Any:
         origin = typing.get_origin(tp)
         if origin is typing.Annotated:
             tp = typing.get_args(tp)[0]
-        elif origin in _UNION_TYPES:
+        elif origin in UNION_TYPES:
             want_array = isinstance(raw, list)
-            tp = next((a for a in typing.get_args(tp) if _is_model(a) and (_list_item(a) is not None) == want_array), Any)
+            tp = next((a for a in typing.get_args(tp) if is_model(a) and (list_item(a) is not None) == want_array), Any)
         else:
             return tp
 
@@ -1073,7 +984,7 @@ def _compile_plan(
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"Cannot read the signature of {callable_name(func)}: {exc}") from exc
-    hints = _hints(func)
+    hints = type_hints(func)
     where = callable_name(func)
     steps: list[tuple[str, Extractor, bool]] = []
     params: list[Parameter] = []
@@ -1086,7 +997,7 @@ def _compile_plan(
             continue
         name = param.name
         annotation = hints.get(name, param.annotation)
-        tp, extras = _strip(annotation)  # classify on T; Meta in Annotated[T, ...] is kept in `annotation`
+        tp, extras = split_annotated(annotation)  # classify on T; Meta in Annotated[T, ...] is kept in `annotation`
         default = param.default
         # FastAPI's spelling: `q: Annotated[str, Query(max_length=3)] = "x"`, `db: Annotated[DB, Depends(get_db)]`.
         annotated_marker = next((e for e in extras if isinstance(e, (Param, Depends))), None)
@@ -1095,35 +1006,35 @@ def _compile_plan(
                 default = annotated_marker
         else:
             annotated_marker = None
-        if _is_websocket_type(tp) or (websocket and tp is _EMPTY and name == "websocket" and default is _EMPTY):
+        if is_websocket_type(tp) or (websocket and tp is EMPTY and name == "websocket" and default is EMPTY):
             if not websocket:
                 raise TypeError(f"{where}: parameter '{name}' asks for a WebSocket, but this is an HTTP route")
-            if tp is not _EMPTY and not issubclass(tp, WebSocket):
+            if tp is not EMPTY and not issubclass(tp, WebSocket):
                 steps.append((name, _foreign_websocket(tp), False))
             else:
                 steps.append((name, lambda ctx: ctx.websocket, False))
             continue
-        if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
-            if websocket and _is_http_only(tp):
+        if is_request_type(tp) or (tp is EMPTY and name == "request" and default is EMPTY):
+            if websocket and is_http_only(tp):
                 raise TypeError(
                     f"{where}: parameter '{name}' asks for a Request, but this is a WebSocket route; annotate it "
                     f"WebSocket, or HTTPConnection to serve both kinds of route"
                 )
-            if tp is not _EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
+            if tp is not EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
                 steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
             else:
                 steps.append((name, lambda ctx: ctx.request, False))
             continue
-        if _is_background_type(tp):
+        if is_background_type(tp):
             steps.append((name, Context.tasks, False))
             continue
         if isinstance(default, Depends) or (
-            default is _EMPTY and injectable_scope(tp) is not None
+            default is EMPTY and injectable_scope(tp) is not None
         ):
             target = default.dependency if isinstance(default, Depends) else None
             if target is None:
-                target = _unwrap_optional(tp)[0]
-                if not callable(target) or tp is _EMPTY:
+                target = unwrap_optional(tp)[0]
+                if not callable(target) or tp is EMPTY:
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache, exit_scope = (default.use_cache, default.scope) if isinstance(default, Depends) else (True, None)
             dep = compile_dependency(
@@ -1138,10 +1049,10 @@ def _compile_plan(
             value_default = default.default
         elif annotated_marker is not None:
             marker = annotated_marker
-            value_default = annotated_marker.default if default is _EMPTY else default
+            value_default = annotated_marker.default if default is EMPTY else default
         else:
             marker = None
-            value_default = ... if default is _EMPTY else default
+            value_default = ... if default is EMPTY else default
         key = marker.alias if marker is not None else None
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
         if websocket and source in ("form", "file", "body"):
@@ -1149,11 +1060,11 @@ def _compile_plan(
                 f"{where}: parameter '{name}' would be read from a request body ({source}), but a WebSocket route "
                 f"has none; receive messages with websocket.receive_json() and friends"
             )
-        if tp is _EMPTY:
+        if tp is EMPTY:
             annotation = Any if source == "body" else str
         try:
             tp = effective_type(annotation, marker)
-            if _strip(_unwrap_optional(tp)[0])[1]:
+            if split_annotated(unwrap_optional(tp)[0])[1]:
                 msgspec.json.Decoder(tp)  # msgspec checks the constraints fit the type (no max_length on int)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{where}: the constraints of parameter '{name}' do not fit its type: {exc}") from exc
@@ -1167,7 +1078,7 @@ def _compile_plan(
             steps.append((name, _value_extractor(source, key, tp, value_default), False))
         elif source in ("form", "file"):
             key = key or name
-            want_file = source == "file" or _is_upload(tp)
+            want_file = source == "file" or is_upload(tp)
             steps.append((name, _form_extractor(key, tp, value_default, want_file), True))
             has_form = True
         elif source == "body":
@@ -1197,18 +1108,18 @@ def _compile_plan(
 def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str) -> str:
     if name in path_names:
         return "path"
-    if tp is _EMPTY:
+    if tp is EMPTY:
         return "query"
-    if _is_upload(tp):
+    if is_upload(tp):
         return "file"
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
-    if _is_scalar(inner) or (item is not None and _is_scalar(item)):
+    inner, _ = unwrap_optional(tp)
+    item = list_item(inner)
+    if is_scalar(inner) or (item is not None and is_scalar(item)):
         return "query"
-    if _is_model(tp):
+    if is_model(tp):
         return "body"
     raise TypeError(
-        f"{where}: cannot tell where parameter '{name}: {_type_name(tp)}' comes from. Annotate it with a scalar "
+        f"{where}: cannot tell where parameter '{name}: {type_name(tp)}' comes from. Annotate it with a scalar "
         f"(query), a Struct/dataclass/dict (JSON body), UploadFile, Request or BackgroundTasks, or give it a "
         f"marker such as Query(), Header(), Body() or Depends()"
     )
