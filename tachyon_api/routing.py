@@ -21,7 +21,6 @@ from ._utils import is_async_callable
 from .compiler import (
     Context,
     Dependency,
-    PathNotFound,
     Plan,
     WebSocketContext,
     compile_dependency,
@@ -29,6 +28,7 @@ from .compiler import (
 )
 from .dependencies import Depends
 from .exceptions import HTTPException, RequestError, RequestValidationError
+from .extractors import PathNotFound
 from .idempotency import Credentials, credentials_of
 from .requests import HTTPConnection, Request
 from .responses import PLAIN_DATA, JSONResponse, Response, is_foreign_response, make_renderer, send_any
