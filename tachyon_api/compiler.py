@@ -31,9 +31,9 @@ from typing import Any, Callable
 import msgspec
 
 from ._utils import callable_name, is_async_callable
+from .converters import describe_validation_error, effective_type
 from .datastructures import Headers, QueryParams
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
-from .converters import describe_validation_error, effective_type
 from .extractors import (
     MAX_LIST_ITEMS,
     Extractor,
@@ -109,8 +109,7 @@ class Context:
     @property
     def request(self) -> Request:
         if self._request is None:
-            request = self._request = Request(self.scope, self.receive)
-            request._query, request._headers = self._query, self._headers  # parsed already, or None
+            self._request = Request(self.scope, self.receive, query=self._query, headers=self._headers)
         return self._request
 
     # Query and header parameters read these, not ``request``: no Request object (and nothing to close) for an
@@ -173,7 +172,7 @@ class Context:
     def needs_close(self) -> bool:
         """Whether :meth:`close` has anything to do (cleanups, or uploaded files: a request without them skips
         its await)."""
-        return self.stack is not None or (self._request is not None and self._request._form is not None)
+        return self.stack is not None or (self._request is not None and self._request.needs_close)
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.

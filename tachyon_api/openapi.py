@@ -372,7 +372,7 @@ class OpenAPIGenerator:
         return scalar_html(self.config, openapi_url, title)
 
 
-class _Operation:
+class OperationInputs:
     """What an operation's plans contain, gathered by walking its guards, endpoint and dependencies."""
 
     def __init__(self) -> None:
@@ -451,7 +451,7 @@ class _Builder:
 
     # --- one operation ---------------------------------------------------------------------------------
     def operation(self, route: Route, method: str) -> dict[str, Any]:
-        found = _Operation()
+        found = OperationInputs()
         for guard in route.guards:
             found.add_dependency(guard)
         found.add_plan(route.plan)  # type: ignore[arg-type]
@@ -519,7 +519,7 @@ class _Builder:
         parameter["schema"] = self.types.of(param.type, **extra)
         return parameter
 
-    def request_body(self, found: _Operation) -> dict[str, Any] | None:
+    def request_body(self, found: OperationInputs) -> dict[str, Any] | None:
         if found.form:
             return self.form_body(found.form)
         if not found.bodies:
@@ -571,7 +571,7 @@ class _Builder:
         media = ["application/x-www-form-urlencoded", "multipart/form-data"] if plain else ["multipart/form-data"]
         return {"content": {m: {"schema": schema} for m in media}, "required": bool(required)}
 
-    def responses(self, route: Route, found: _Operation, validated: bool) -> dict[str, Any]:
+    def responses(self, route: Route, found: OperationInputs, validated: bool) -> dict[str, Any]:
         status = route.status_code or 200
         options = route.options
         success: dict[str, Any] = {"description": options.get("response_description") or _phrase(status)}

@@ -90,11 +90,20 @@ class Request(HTTPConnection):
 
     __slots__ = ("_receive", "_body", "_json", "_form", "_consumed", "_first")
 
-    def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        receive: Any = None,
+        *,
+        query: QueryParams | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """``query`` and ``headers``: this scope's query string and headers parsed already (the framework
+        passes what its parameters read, so nothing is parsed twice); None parses them on first use."""
         self.scope = scope
         self._receive = receive
-        self._headers: Headers | None = None
-        self._query: QueryParams | None = None
+        self._headers = headers
+        self._query = query
         self._cookies: dict[str, str] | None = None
         self._body: bytes | None = None
         self._json: Any = None
@@ -214,6 +223,11 @@ class Request(HTTPConnection):
                     f"Unsupported content type for a form: {content_type.decode('latin-1')}",
                 )
         return self._form
+
+    @property
+    def needs_close(self) -> bool:
+        """Whether :meth:`close` has anything to do: a form was parsed, and it may hold uploaded files."""
+        return self._form is not None
 
     async def close(self) -> None:
         """Close uploaded files. Called by the framework after the response."""
