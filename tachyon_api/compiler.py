@@ -62,7 +62,7 @@ from .introspection import (
     unwrap_optional,
 )
 from .params import Param
-from .requests import HTTPConnection, Request
+from .requests import HTTPConnection, Request, parsed_request
 from .tasks import BackgroundTasks
 from .websockets import WebSocket
 
@@ -109,7 +109,7 @@ class Context:
     @property
     def request(self) -> Request:
         if self._request is None:
-            self._request = Request(self.scope, self.receive, query=self._query, headers=self._headers)
+            self._request = parsed_request(self.scope, self.receive, self._query, self._headers)
         return self._request
 
     # Query and header parameters read these, not ``request``: no Request object (and nothing to close) for an
@@ -172,7 +172,7 @@ class Context:
     def needs_close(self) -> bool:
         """Whether :meth:`close` has anything to do (cleanups, or uploaded files: a request without them skips
         its await)."""
-        return self.stack is not None or (self._request is not None and self._request.needs_close)
+        return self.stack is not None or (self._request is not None and self._request.parsed_form is not None)
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.
