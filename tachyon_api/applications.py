@@ -20,6 +20,7 @@ from .datastructures import State
 from .dependencies import SCOPE_SINGLETON, Depends, injectable_scope
 from .docs import docs_routes
 from .exceptions import HTTPException, RequestError, ResponseValidationError
+from .handlers import build_handler, build_websocket_handler
 from .middlewares.core import create_decorated_middleware_class
 from .openapi import OpenAPIConfig, OpenAPIGenerator
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
@@ -38,8 +39,6 @@ from .routing import (
     RouteDecorators,
     Router,
     WebSocketRoute,
-    build_handler,
-    build_websocket_handler,
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook, TaskControl

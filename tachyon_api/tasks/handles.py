@@ -277,6 +277,12 @@ class BackgroundTask:
             BackgroundTask.held = True
         return self._id
 
+    @property
+    def known_id(self) -> str | None:
+        """The task's id if it has one already (read, or given as ``job_id``), else None: asking does not make
+        one."""
+        return self._id
+
     async def __call__(self) -> None:
         """Run the task now, in the caller's context, with its options (Starlette compatibility)."""
         await standalone_runner().run_batch([self], "", "")

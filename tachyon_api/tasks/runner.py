@@ -39,6 +39,11 @@ __all__ = ["BackgroundRunner", "ErrorHook", "standalone_runner"]
 logger = logging.getLogger("tachyon_api.background")
 
 
+def _id_of(task: BackgroundTask) -> str | None:
+    """A task's id for the dashboard: only a task with a status record has one to show (ids are capabilities)."""
+    return None if task.tracker is None else task.tracker.id
+
+
 # The record's state for each outcome of an attempt (see records.py and stats.py).
 _STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING,
           CANCELLED: records.CANCELLED}
@@ -197,7 +202,7 @@ class BackgroundRunner:
             detail = self.metrics.snapshot()
             running = sorted((
                 (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt,
-                 batch.tasks[batch.index]._id if batch.tasks[batch.index].tracker is not None else None)
+                 _id_of(batch.tasks[batch.index]))
                 for batch in self._batches() if batch.running
             ), key=lambda row: row[0]) if self.metrics.per_name else []
         stats = self.stats()

@@ -24,7 +24,6 @@ import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Iterable, Protocol
 
 from ..exceptions import TaskNotFound
-from . import handles  # the module, read at call time: handles imports the runner, which imports this module
 from .records import QUEUED, SCHEDULED, MemoryTaskStore, TaskRecord, check_progress
 
 if TYPE_CHECKING:
@@ -147,10 +146,10 @@ class TaskControl:
             if task.backend is not None or task.tracker is not None:
                 continue
             keep = keep_all if task.keep_result is None else task.keep_result
-            task_id = task._id
+            task_id = task.known_id
             if track_all or keep or task_id is not None or task.owner is not None:
                 if task_id is None:
-                    task_id = task._id = handles.new_id()
+                    task_id = task.id
                 store = self.store
                 delayed = task.delay is not None or task.at is not None
                 task.tracker = tracker = store.create(
