@@ -104,9 +104,10 @@ def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
 _DURABLE_ONLY = ("job_id", "result_ttl", "failure_ttl")
 
 
-def new_id() -> str:
-    """A new task id: 128 bits from the operating system's random source, as 32 hex characters."""
-    return os.urandom(16).hex()
+def _taken() -> None:
+    """A task's handle was taken: from now on requests look for held tasks (``BackgroundTask.held``). Set once:
+    writing a class attribute invalidates the interpreter's caches of the class's attributes."""
+    BackgroundTask.held = True
 
 
 class BackgroundTask:
@@ -259,12 +260,14 @@ class BackgroundTask:
             if not isinstance(keep_result, bool):
                 raise TypeError(f"keep_result must be a bool, got {keep_result!r}")
             self.keep_result = keep_result
-            BackgroundTask.held = True
+            if not BackgroundTask.held:
+                _taken()
         if owner is not None:
             if isinstance(owner, bool) or not isinstance(owner, (str, int)):
                 raise TypeError(f"owner must be a str or an int (the principal's id), got {type(owner).__name__}")
             self.owner = str(owner)
-            BackgroundTask.held = True
+            if not BackgroundTask.held:
+                _taken()
         return self
 
     @property
@@ -273,8 +276,9 @@ class BackgroundTask:
         given to :meth:`with_options` is used as is). Reading it makes an in-process task one you can hold:
         it gets a status record when its request hands it over."""
         if self._id is None:
-            self._id = new_id()
-            BackgroundTask.held = True
+            self._id = os.urandom(16).hex()  # 128 bits from the operating system's random source
+            if not BackgroundTask.held:
+                _taken()
         return self._id
 
     @property
