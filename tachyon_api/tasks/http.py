@@ -28,6 +28,7 @@ from ..exceptions import TaskAlreadyFinished, TaskNotFound
 from ..requests import Request
 from ..responses import JSONResponse, Response, StreamingResponse, encode_json
 from ..routing import Router
+from ..schemas import REF_TEMPLATE
 from .records import TaskRecord
 
 __all__ = ["task_status_router", "status_url"]
@@ -93,14 +94,33 @@ def task_status_router(
         return JSONResponse(record, status_code=202, headers=_NO_STORE)
 
     task_status.__tachyon_task_status__ = True  # type: ignore[attr-defined]  # found by status_url()
-    responses = {404: {"description": "No such task (unknown, expired, or not yours)"}}
-    router.add_api_route("/{task_id}", task_status, ["GET"], name="task_status", responses=responses)
-    router.add_api_route("/{task_id}/events", task_events, ["GET"], name="task_events", responses=responses)
+    missing = {404: {"description": "No such task (unknown, expired, or not yours)", "content": _ERROR_BODY}}
+    router.add_api_route(
+        "/{task_id}", task_status, ["GET"], name="task_status",
+        responses={200: {"description": "The task's status record", "model": TaskRecord}, **missing},
+    )
+    router.add_api_route(
+        "/{task_id}/events", task_events, ["GET"], name="task_events",
+        responses={
+            200: {"description": "Server-Sent Events: one status record (JSON) per event, until a final state",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            204: {"description": "The task has ended and the client reconnected (Last-Event-ID): stop"},
+            **missing,
+        },
+    )
     router.add_api_route(
         "/{task_id}", cancel_task, ["DELETE"], name="cancel_task", status_code=202,
-        responses={**responses, 409: {"description": "The task had already finished"}},
+        responses={
+            202: {"description": "Cancellation requested: the record as it is now", "model": TaskRecord},
+            409: {"description": "The task had already finished", "content": _ERROR_BODY},
+            **missing,
+        },
     )
     return router
+
+
+# The framework's error body (``RequestError.body()``), as the OpenAPI document names it.
+_ERROR_BODY = {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(name="ErrorResponse")}}}
 
 
 def _no_principal() -> None:
