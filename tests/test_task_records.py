@@ -179,7 +179,7 @@ def test_stores_and_the_durable_backend_answer_the_status_protocol() -> None:
     import inspect
 
     from tachyon_api.backends.base import TaskBackend
-    from tachyon_api.backends.redis_status import RedisTaskStore
+    from tachyon_api.tasks import RedisTaskStore
     from tachyon_api.backends.rq import RQBackend
     from tachyon_api.tasks.status import StatusSource
 

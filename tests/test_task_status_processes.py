@@ -21,7 +21,7 @@ WEB_APP = '''
 import asyncio, os, time
 from tachyon_api import Tachyon
 from tachyon_api.background import BackgroundTasks
-from tachyon_api.backends.redis_status import RedisTaskStore
+from tachyon_api.tasks import RedisTaskStore
 from tachyon_api.responses import Accepted
 from tachyon_api.tasks import cancelled, report_progress, task_status_router
 

@@ -54,15 +54,19 @@ __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "ErrorHook", "TaskFailure", "TaskOptions", "TaskStats",
     "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED", "TIMED_OUT", "DROPPED", "collect",
     "has_durable", "store_durable", "STATES", "MemoryTaskStore", "Progress", "TaskError", "TaskRecord", "TaskControl", "cancelled",
-    "current_task_id", "report_progress", "task_status_router",
+    "current_task_id", "report_progress", "task_status_router", "RedisTaskStore",
 ]
 
 
 def __getattr__(name: str) -> object:
-    """``task_status_router`` is imported when asked for: the routes pull in the routing machinery, which
-    imports this package."""
+    """Imported when asked for: ``task_status_router`` (the routes pull in the routing machinery, which imports
+    this package) and ``RedisTaskStore`` (it lives with the Redis backends, which need the ``rq`` extra)."""
     if name == "task_status_router":
         from .http import task_status_router
 
         return task_status_router
+    if name == "RedisTaskStore":
+        from ..backends.redis_store import RedisTaskStore
+
+        return RedisTaskStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
