@@ -126,9 +126,13 @@ CONTENDERS = {
     "ours-inline": ("ours", "tachyon_inline"),
     # Without gc.freeze() after startup (Tachyon(gc_freeze=False)): what the frozen heap does to the p99.
     "ours-nofreeze": ("ours", "tachyon_nofreeze"),
+    # Task status (docs/task-status.md): an app that serves it, where the scenarios' tasks are fire-and-forget
+    # (ours-held), and one that keeps a record for every task, Tachyon(task_status=True) (ours-status).
+    "ours-held": ("ours", "tachyon_held"),
+    "ours-status": ("ours", "tachyon_status"),
 }
 CONTENDER_ORDER = ["raw", "ours", "upstream", "fastapi"]
-EXTRA_CONTENDERS = ["ours-bare", "ours-observed", "ours-inline", "ours-nofreeze"]
+EXTRA_CONTENDERS = ["ours-bare", "ours-observed", "ours-inline", "ours-nofreeze", "ours-held", "ours-status"]
 
 VERSION_SNIPPET = r"""
 import json, sys, importlib.metadata as md

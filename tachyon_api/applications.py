@@ -41,7 +41,7 @@ from .routing import (
     WebSocketRoute,
     prefixed_route,
 )
-from .tasks import BackgroundRunner, ErrorHook
+from .tasks import BackgroundRunner, ErrorHook, TaskControl
 from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
@@ -105,6 +105,11 @@ class Tachyon(RouteDecorators):
     ``thread_pool_size`` bounds the threads of sync endpoints and dependencies. The ``background_*`` options
     and ``shutdown_timeout`` configure the in-process task runner, ``app.background`` (see ``tasks/runner.py``);
     ``task_backend=RQBackend(...)`` makes every background task of the app durable instead.
+    ``app.tasks`` reads, watches and cancels tasks by id (see ``tasks/status.py`` and docs/task-status.md):
+    ``task_status=True`` keeps a status record for every in-process task (otherwise only for tasks whose
+    handle an endpoint took), ``task_results=True`` keeps every task's return value in it, and
+    ``task_store`` says where in-process records live (``MemoryTaskStore()`` by default; a
+    ``RedisTaskStore`` shares them between web processes).
     ``strict=False`` decodes JSON bodies laxly (msgspec's ``strict=False``: ``"9.5"`` for a float), for apps
     moving over from FastAPI; a route can choose for itself with ``@app.post(..., strict=False)``.
     ``cache_config`` becomes the active configuration of ``@cache`` (process-wide, see ``cache.py``).
@@ -140,6 +145,9 @@ class Tachyon(RouteDecorators):
         task_backend: TaskBackend | None = None,
         strict: bool = True,
         task_statistics: bool = True,
+        task_status: bool = False,
+        task_results: bool = False,
+        task_store: Any = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
@@ -163,6 +171,7 @@ class Tachyon(RouteDecorators):
         self.singletons_pending: dict[Any, Any] = {}  # futures of singletons being built
         self.dependencies = list(dependencies or ())
         self.task_backend = task_backend
+        self.tasks = TaskControl(self, track_all=task_status, keep_results=task_results, store=task_store)
         self.endpoint_pool = ThreadPool(thread_pool_size, "tachyon-endpoint")
         self.background = BackgroundRunner(
             concurrency=background_concurrency,
@@ -171,6 +180,7 @@ class Tachyon(RouteDecorators):
             threads=background_threads,
             shutdown_timeout=shutdown_timeout,
             statistics=task_statistics,
+            lock=self.tasks.store.lock,
         )
         self.scheduler = Scheduler(self, schedule_lease)
         self._lifespan = lifespan
@@ -505,6 +515,7 @@ class Tachyon(RouteDecorators):
                 for key, item in value.items():
                     setattr(self.state, key, item)
         self.background.start()
+        self.tasks.start()
         self.scheduler.start()
         if self._websocket_routes:
             self.open_websockets.install()
@@ -534,12 +545,12 @@ class Tachyon(RouteDecorators):
         except Exception as exc:
             errors.append(exc)
         await self.scheduler.release()  # drained: another process may take the periodic jobs over now
-        close = getattr(self.task_backend, "aclose", None)
-        if close is not None:  # every request has been answered: its Redis connection can go
-            try:
-                await close()
-            except Exception as exc:
-                errors.append(exc)
+        for close in (getattr(self.task_backend, "aclose", None), self.tasks.aclose):
+            if close is not None:  # every request has been answered: its Redis connections can go
+                try:
+                    await close()
+                except Exception as exc:
+                    errors.append(exc)
         if self._lifespan_context is not None:
             context, self._lifespan_context = self._lifespan_context, None
             try:

@@ -90,6 +90,8 @@ def _run(args: argparse.Namespace) -> None:
         "access_log": not args.no_access_log,
         "timeout_graceful_shutdown": args.graceful_timeout,
     }
+    if args.workers > 1:  # each process learns it has siblings (in-process task status warns at startup)
+        os.environ["TACHYON_WORKERS"] = str(args.workers)
     # ServerConfig: the app's largest WebSocket message limit becomes uvicorn's ws_max_size (see server.py)
     if args.reload or args.workers > 1:  # uvicorn's supervisors build a server in each child
         serve(ServerConfig(args.app, **options))

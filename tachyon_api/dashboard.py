@@ -19,6 +19,11 @@ Routes, relative to the router's prefix:
   scheme and host included. The origin check holds even if the app's CORS middleware lets other sites send
   custom headers. Behind a proxy that terminates TLS, run uvicorn with ``--proxy-headers`` (and
   ``--forwarded-allow-ips``) so the app sees the scheme the browser used.
+- ``POST /cancel/{task_id}``: cancel a task by its id (``app.tasks.cancel``): a running in-process task that has
+  a status record, or a durable job. The same header (``X-Tachyon-Dashboard: cancel``) and origin checks.
+
+The page shows the ids of the tasks it lists (running in-process tasks that have a status record, running
+durable jobs, failures), so an operator can find a task a client asks about, and cancel it.
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ async def dashboard_data(app: Any) -> dict[str, Any]:
     backend = getattr(app, "task_backend", None)
     if backend is not None and hasattr(backend, "failed_jobs"):
         try:
-            counts, failed = await run_in_threadpool(lambda: (backend.stats(), backend.failed_jobs(50)))
+            counts, running, failed = await run_in_threadpool(
+                lambda: (backend.stats(), backend.started_jobs(50), backend.failed_jobs(50))
+            )
         except Exception as exc:  # Redis down: the in-process view still works, and says why the rest is missing
             data["durable"] = {"queue": backend.queue_name, "error": f"{type(exc).__name__}: {exc}"}
         else:
-            data["durable"] = {"queue": backend.queue_name, "counts": counts, "failed": failed}
+            data["durable"] = {"queue": backend.queue_name, "counts": counts, "running": running, "failed": failed}
     return data
 
 
@@ -99,10 +106,7 @@ def task_dashboard(
 
     @router.post("/requeue/{job_id}", include_in_schema=False)
     async def dashboard_requeue(job_id: str, request: Request) -> dict[str, Any]:
-        if request.headers.get("x-tachyon-dashboard") != "requeue":
-            raise HTTPException(403, "Missing the X-Tachyon-Dashboard: requeue header")
-        if not _same_origin(request):
-            raise HTTPException(403, "Cross-origin requests are refused")
+        _check_action(request, "requeue")
         backend = getattr(request.app, "task_backend", None)
         if backend is None or not hasattr(backend, "requeue"):
             raise HTTPException(404, "This app has no durable task backend")
@@ -110,7 +114,22 @@ def task_dashboard(
             raise HTTPException(404, f"No failed job {job_id!r}")
         return {"requeued": job_id}
 
+    @router.post("/cancel/{task_id}", include_in_schema=False)
+    async def dashboard_cancel(task_id: str, request: Request) -> dict[str, Any]:
+        _check_action(request, "cancel")
+        if not await request.app.tasks.cancel(task_id):  # TaskNotFound: the framework's 404
+            raise HTTPException(409, "The task has already finished")
+        return {"cancelled": task_id}
+
     return router
+
+
+def _check_action(request: Request, action: str) -> None:
+    """A button of the page, not a cross-site form: the custom header, and the page's own origin."""
+    if request.headers.get("x-tachyon-dashboard") != action:
+        raise HTTPException(403, f"Missing the X-Tachyon-Dashboard: {action} header")
+    if not _same_origin(request):
+        raise HTTPException(403, "Cross-origin requests are refused")
 
 
 def _same_origin(request: Request) -> bool:
@@ -186,8 +205,9 @@ pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padd
 <h1>{{title}}</h1><div id="status" class="muted">connecting...</div>
 <h2>Totals</h2><div class="totals" id="totals"></div>
 <h2>By task name</h2><table><thead><tr><th>name</th><th>succeeded</th><th>failed</th><th>retried</th>
-<th>timed out</th><th>dropped</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody id="names"></tbody></table>
-<h2>Running now</h2><table><thead><tr><th>name</th><th>request</th><th>attempt</th><th>age</th></tr></thead>
+<th>timed out</th><th>dropped</th><th>cancelled</th><th>p50</th><th>p95</th><th>p99</th></tr></thead>
+<tbody id="names"></tbody></table>
+<h2>Running now</h2><table><thead><tr><th>name</th><th>request</th><th>attempt</th><th>age</th><th>id</th></tr></thead>
 <tbody id="running"></tbody></table>
 <h2>Delayed</h2><table><thead><tr><th>name</th><th>request</th><th>due</th></tr></thead>
 <tbody id="delayed"></tbody></table>
@@ -205,24 +225,38 @@ function el(tag, text, cls) { const e = document.createElement(tag); if (text !=
 function ms(s) { return s === null || s === undefined ? "-" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
 function row(cells) { const tr = el("tr"); for (const [v, cls] of cells) tr.append(el("td", String(v), cls)); return tr; }
 function note(text, span) { const tr = el("tr"); const td = el("td", text, "muted"); td.colSpan = span; tr.append(td); return tr; }
+function cancelButton(id) {
+  const b = el("button", "Cancel"); b.dataset.task = id;
+  b.onclick = async (ev) => { ev.preventDefault(); b.disabled = true;
+    const r = await fetch(base + "/cancel/" + encodeURIComponent(id),
+                          {method: "POST", headers: {"X-Tachyon-Dashboard": "cancel"}});
+    b.textContent = r.ok ? "cancelling" : "failed: " + r.status; };
+  return b;
+}
+function idCell(id) {
+  const td = el("td"); if (!id) { td.textContent = "-"; td.className = "muted"; return td; }
+  td.append(el("code", id + " "), cancelButton(id)); return td;
+}
 function failureBlock(f) {
   const d = el("details"); const s = el("summary");
-  s.append(el("b", f.name + " "), el("span", f.error, "bad"),
+  s.append(el("b", f.name + " "), el("span", f.error, "bad"), el("code", f.id ? " " + f.id : "", "muted"),
            el("span", "  " + f.method + " " + f.path + ", attempts " + f.attempts + ", " +
               new Date(f.time * 1000).toLocaleTimeString(), "muted"));
   d.append(s, el("pre", f.traceback)); return d;
 }
 function render(data) {
   const t = $("totals"); t.replaceChildren();
-  const keys = ["scheduled", "delayed", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"];
+  const keys = ["scheduled", "delayed", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped",
+                "cancelled"];
   for (const k of keys) {
     const box = el("div", k.replace("_", " ")); box.prepend(el("b", String(data.totals[k]))); t.append(box); }
   $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"], [r.failed, r.failed ? "n bad" : "n"],
-    [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"], [ms(r.p99), "n"]])));
-  $("running").replaceChildren(...data.running.map((r) => row([[r.name], [r.method + " " + r.path], [r.attempt, "n"],
-    [r.age.toFixed(0) + " s", "n"]])));
-  if (!data.running.length) $("running").append(note("nothing running", 4));
-  if (!data.names.length) $("names").append(note("no task has run yet", 9));
+    [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [r.cancelled, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"],
+    [ms(r.p99), "n"]])));
+  $("running").replaceChildren(...data.running.map((r) => { const tr = row([[r.name], [r.method + " " + r.path],
+    [r.attempt, "n"], [r.age.toFixed(0) + " s", "n"]]); tr.append(idCell(r.id)); return tr; }));
+  if (!data.running.length) $("running").append(note("nothing running", 5));
+  if (!data.names.length) $("names").append(note("no task has run yet", 10));
   $("delayed").replaceChildren(...data.delayed.map((d) => row([[d.name], [d.method + " " + d.path], [d.due]])));
   if (!data.delayed.length) $("delayed").append(note("no task waits for its time", 3));
   $("periodic").replaceChildren(...data.periodic.map((p) => row([[p.name], [p.schedule], [p.last_run || "-"],
@@ -237,7 +271,10 @@ function render(data) {
     if (data.durable.error) { dv.append(el("p", data.durable.error, "bad")); return; }
     const c = el("div"); c.className = "totals";
     for (const [k, v] of Object.entries(data.durable.counts)) { const box = el("div", k); box.prepend(el("b", String(v))); c.append(box); }
-    dv.append(c, el("h2", "Failed jobs"));
+    const running = el("table"); running.id = "durable-running";
+    for (const job of data.durable.running) { const tr = row([[job.name]]); tr.append(idCell(job.id)); running.append(tr); }
+    if (!data.durable.running.length) running.append(note("no job running", 2));
+    dv.append(c, el("h2", "Running jobs"), running, el("h2", "Failed jobs"));
     if (!data.durable.failed.length) dv.append(el("p", "no failed jobs", "muted"));
     for (const job of data.durable.failed) {
       const d = el("details"); const s = el("summary"); const b = el("button", "Requeue");

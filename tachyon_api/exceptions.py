@@ -13,6 +13,8 @@ __all__ = [
     "RequestError",
     "RequestValidationError",
     "ResponseValidationError",
+    "TaskNotFound",
+    "TaskAlreadyFinished",
 ]
 
 
@@ -119,6 +121,27 @@ class TaskOutcomeUnknown(RequestError):
             "Background task may or may not have been stored (the task backend did not answer); "
             "retry with the same Idempotency-Key header"
         )
+
+
+class TaskNotFound(RequestError):
+    """No task with this id: unknown, expired, or another principal's. One answer for the three, so an id
+    cannot be probed."""
+
+    status_code = 404
+    code = "TASK_NOT_FOUND"
+
+    def __init__(self) -> None:
+        super().__init__("No such task")
+
+
+class TaskAlreadyFinished(RequestError):
+    """Cancelling a task that had already finished (409): nothing was changed."""
+
+    status_code = 409
+    code = "TASK_FINISHED"
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"The task has already finished ({state}); nothing to cancel")
 
 
 class ResponseValidationError(Exception):

@@ -99,6 +99,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     tasks_param = plan.steps[0][0] if tasks_only else ""
     pool = app.endpoint_pool
     runner = app.background
+    holds = app.tasks
     credentials = credentials_of(plan, guards)  # where its requests carry credentials: an idempotency key's scope
 
     async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
@@ -146,6 +147,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 tasks = await store_durable(durable, request, scope["method"], credentials)
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
+            if tasks and (holds.always or BackgroundTask.held) and (pending := holds.accept(tasks)) is not None:
+                await pending  # held tasks get their status record before the response
             if tasks and runner.full and not await runner.admit(tasks, scope["method"], scope["path"]):
                 tasks = []  # dropped by the overflow policy (logged)
         except Exception as exc:
@@ -176,6 +179,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
             else:
                 await send_response(app, response, scope, receive, send)
         except ResponseFailed:  # logged or answered already; the request failed, so its tasks do not run
+            if tasks:
+                holds.abandon(tasks, "its request's response could not be sent")
             tasks = None
         finally:
             try:
@@ -292,6 +297,11 @@ async def _hand_over(runner: Any, tasks: list, scope: dict, credentials: Credent
     try:
         if has_durable(tasks):
             tasks = await store_durable(tasks, HTTPConnection(scope), "WEBSOCKET", credentials)
+        holds = scope["app"].tasks
+        if holds.always or BackgroundTask.held:
+            pending = holds.accept(tasks)
+            if pending is not None:
+                await pending
         if runner.full and not await runner.admit(tasks, "WEBSOCKET", path):
             return
     except Exception as exc:  # the socket is closed: nobody to answer, so log it

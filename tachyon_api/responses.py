@@ -33,6 +33,7 @@ __all__ = [
     "FileResponse",
     "TachyonJSONResponse",
     "TachyonBytesResponse",
+    "Accepted",
     "success_response",
     "error_response",
     "not_found_response",
@@ -204,6 +205,45 @@ class JSONResponse(Response):
 
 
 TachyonJSONResponse = JSONResponse  # the existing framework's name; ours also takes headers and background
+
+
+class Accepted(JSONResponse):
+    """202 Accepted for a task the client can follow: ``return Accepted(task)`` is the whole endpoint.
+
+    The body is ``{"id": ..., "status_url": ...}`` and ``Location`` is the status URL: the task's
+    ``GET /tasks/{id}`` under the prefix of the app's ``task_status_router`` (found when the response is sent,
+    so the router may be included after the route). Give ``status_url`` to point elsewhere. Without a status
+    router and without ``status_url``, ``status_url`` is null and there is no ``Location`` (logged once).
+
+    Reading ``task.id`` is what makes an in-process task holdable: it gets a status record.
+    """
+
+    def __init__(
+        self,
+        task: BackgroundTask | str,
+        *,
+        status_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        background: Background = None,
+    ) -> None:
+        self.task_id = task if isinstance(task, str) else task.id
+        self.status_url = status_url
+        super().__init__(None, 202, headers, background=background)
+
+    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+        url = self.status_url
+        if url is None:
+            from .tasks.http import status_url
+
+            app = scope.get("app")
+            url = status_url(app, self.task_id, scope.get("root_path", "")) if app is not None else None
+        body = encode_json({"id": self.task_id, "status_url": url})
+        headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        headers.append((b"content-length", b"%d" % len(body)))
+        if url is not None:
+            headers.append((b"location", quote(url, safe="/%:@!$&'()*+,;=").encode("latin-1")))
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
 
 
 class TachyonBytesResponse(Response):

@@ -208,20 +208,32 @@ def products_csv(rows: int, broken: dict[int, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def test_csv_import_runs_in_the_background_and_reports_broken_lines(shop: Shop) -> None:
+def follow(shop: Shop, status_url: str, **headers: str) -> dict[str, Any]:
+    """The task's record once it has ended (it must never be seen in another state than these)."""
+    def ended() -> dict[str, Any] | None:
+        record = shop.http.get(status_url, headers=headers).json()
+        assert record["state"] in ("queued", "running", "succeeded", "failed"), record
+        return record if record["state"] in ("succeeded", "failed") else None
+
+    return eventually(ended, what=f"the task {status_url} to end")
+
+
+def test_csv_import_is_accepted_with_a_status_url_and_reports_progress_and_broken_lines(shop: Shop) -> None:
     data = products_csv(3000, {1000: "IMP-01000,Broken,12,50,1", 2500: "IMP-02500,Negative,3.00,-3"})
     response = shop.http.post("/import", files={"file": ("products.csv", data, "text/csv")})
     assert response.status_code == 202, response.text
-    started = response.json()
-    assert started["status"] == "import_started"
-    import_id = started["import_id"]
+    accepted = response.json()
+    assert set(accepted) == {"id", "status_url"} and response.headers["location"] == accepted["status_url"]
 
-    def finished() -> dict[str, Any] | None:
-        progress = shop.http.get(f"/imports/{import_id}").json()
-        assert progress["status"] in ("queued", "running", "completed"), progress
-        return progress if progress["status"] == "completed" else None
-
-    result = eventually(finished, what="the import to complete")
+    record = follow(shop, accepted["status_url"])
+    assert record["state"] == "succeeded" and record["name"] == "csv-import" and record["error"] is None
+    assert record["progress"] == {"done": 1.0, "message": "3,000 of 3,000 rows"}
+    summary = record["result"]
+    import_id = summary["import_id"]
+    assert summary == {"import_id": import_id, "total_rows": 3000, "imported_rows": 2998, "error_count": 2,
+                       "details": f"/imports/{import_id}"}
+    result = shop.http.get(summary["details"]).json()
+    assert result["status"] == "completed"
     assert (result["total_rows"], result["processed_rows"], result["imported_rows"]) == (3000, 3000, 2998)
     assert result["error_count"] == 2
     assert result["filename"] == "products.csv"
@@ -239,11 +251,39 @@ def test_csv_import_runs_in_the_background_and_reports_broken_lines(shop: Shop) 
     assert list((shop.data / "uploads").iterdir()) == []  # the saved upload is removed when done
 
     bad = shop.http.post("/import", files={"file": ("bad.csv", b"sku,title\nA,B\n", "text/csv")})
-    failed = eventually(
-        lambda: (p := shop.http.get(f"/imports/{bad.json()['import_id']}").json())["status"] == "failed" and p
-    )
-    assert failed["failure"] == "missing column(s): name, price, stock (expected sku,name,price,stock)"
+    shop.expected_task_failures += 1  # an unusable file fails its task (logged with its traceback)
+    failed = follow(shop, bad.json()["status_url"])
+    message = "missing column(s): name, price, stock (expected sku,name,price,stock)"
+    assert failed["state"] == "failed" and failed["error"] == {"type": "ImportFailed", "message": message}
+    assert shop.query("SELECT failure FROM imports WHERE filename = 'bad.csv'")[0][0] == message
     assert shop.http.get("/imports/does-not-exist").status_code == 404
+
+
+def test_an_import_started_by_a_browser_session_is_only_that_sessions(shop: Shop) -> None:
+    files = {"file": ("p.csv", b"sku,name,price,stock\nOWN-1,Owned,1.00,1\n", "text/csv")}
+    status_url = shop.http.post("/import", files=files, headers={"Cookie": "shop_session=alice"}).json()["status_url"]
+    assert follow(shop, status_url, Cookie="shop_session=alice")["state"] == "succeeded"
+    for headers in ({}, {"Cookie": "shop_session=bob"}):
+        for method in ("GET", "DELETE"):
+            response = shop.http.request(method, status_url, headers=headers)
+            assert response.status_code == 404 and response.json()["code"] == "TASK_NOT_FOUND"
+
+
+def test_the_import_page_follows_the_progress_bar_to_done(shop: Shop, page: Any, tmp_path: Path) -> None:
+    csv_file = tmp_path / "catalogue.csv"
+    csv_file.write_bytes(products_csv(2000, {5: "PAGE-BROKEN,Broken,x,1"}).replace(b"IMP-", b"PAGE-"))
+    page.goto(f"{shop.url}/imports/new")
+    assert any(cookie["name"] == "shop_session" for cookie in page.context.cookies())
+    assert page.locator("#bar").evaluate("bar => bar.value") == 0
+    page.set_input_files("#file", str(csv_file))
+    page.click("#start")
+    page.wait_for_selector("body[data-state=succeeded]", timeout=15000)
+    assert page.locator("#bar").evaluate("bar => bar.value") == 1
+    assert page.locator("#state").inner_text() == "succeeded"
+    assert page.locator("#message").inner_text() == "2,000 of 2,000 rows"
+    summary = json.loads(page.locator("#result").inner_text())
+    assert (summary["imported_rows"], summary["error_count"]) == (1999, 1)
+    assert page.locator("#cancel").is_hidden()
 
 
 # --- webhooks ----------------------------------------------------------------------------------------------
@@ -292,7 +332,8 @@ def test_ids_and_limits_beyond_sqlite_integers_are_a_422_not_a_500(shop: Shop) -
     """SQLite integers are 64-bit: a larger order id or ``max_errors`` made the query raise OverflowError (a
     500, found by schemathesis). The app declares the range, so the schema shows it and the server refuses
     the value with a 422."""
-    import_id = shop.http.post("/import", files={"file": ("p.csv", b"sku,name,price,stock\n")}).json()["import_id"]
+    status_url = shop.http.post("/import", files={"file": ("p.csv", b"sku,name,price,stock\n")}).json()["status_url"]
+    import_id = follow(shop, status_url)["result"]["import_id"]
     for url in ("/orders/210869809585473248559104", "/orders/9223372036854775808/complete",
                 f"/imports/{import_id}?max_errors=9223372036854775808"):
         response = shop.http.get(url) if "complete" not in url else shop.http.post(url)
@@ -414,10 +455,16 @@ def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: s
         assert running.http.post("/signup", json={"email": "carol@example.com", "name": "Carol"}).status_code == 201
         order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
         assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
+        files = {"file": ("p.csv", products_csv(1200, {}), "text/csv")}
+        imported = running.http.post("/import", files=files)
+        assert imported.status_code == 202
+        status_url = imported.json()["status_url"]
+        assert status_url == f"/tasks/{imported.json()['id']}"  # the id is the RQ job's id
+        assert running.http.get(status_url).json()["state"] == "queued"
 
         stats = running.http.get("/stats").json()
         assert stats["task_backend"] == "rq"
-        assert stats["durable"]["queued"] == 2  # stored in Redis before the responses were sent
+        assert stats["durable"]["queued"] == 3  # stored in Redis before the responses were sent
         assert stats["background"]["scheduled"] == 0  # nothing runs in the web process
         assert running.mails() == []
 
@@ -440,7 +487,10 @@ def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: s
         assert received is not None and received["attempts"] == 2, output  # one 503, one RQ retry
         stats = running.http.get("/stats").json()
         assert stats["durable"]["queued"] == 0 and stats["durable"]["failed"] == 0
-        assert stats["durable"]["finished"] == 2
+        assert stats["durable"]["finished"] == 3
+        record = running.http.get(status_url).json()  # progress and result, written by the worker
+        assert record["state"] == "succeeded" and record["progress"] == {"done": 1.0, "message": "1,200 of 1,200 rows"}
+        assert record["result"]["imported_rows"] == 1200
         running.stop()
     finally:
         running.server.stop()

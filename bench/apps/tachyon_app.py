@@ -34,6 +34,9 @@ from tachyon_api.background import BackgroundTasks
 _INLINE = bool(os.environ.get("TACHYON_BENCH_INLINE"))
 # tachyon_nofreeze.py: the same app without gc.freeze() after startup (ours only, like the variable above).
 _OPTIONS = {"gc_freeze": False} if os.environ.get("TACHYON_BENCH_NO_GC_FREEZE") else {}
+# tachyon_status.py: the same app with a status record for every background task (ours only, likewise).
+if os.environ.get("TACHYON_BENCH_TASK_STATUS"):
+    _OPTIONS["task_status"] = True
 app = Tachyon(sync_to_thread=False, **_OPTIONS) if _INLINE else Tachyon(**_OPTIONS)
 
 

@@ -17,6 +17,7 @@ import datetime as dt
 import errno
 import json
 import logging
+import secrets
 import shutil
 import sqlite3
 import uuid
@@ -25,13 +26,15 @@ from typing import Annotated, Any, AsyncIterator, Iterator
 
 from msgspec import Meta
 
-from tachyon_api import Depends, Header, HTTPException, Request, Struct, Tachyon, UploadFile
+from tachyon_api import Cookie, Depends, Header, HTTPException, Request, Struct, Tachyon, UploadFile
 from tachyon_api.background import BackgroundTasks, RQBackend
 from tachyon_api.exceptions import RequestValidationError
-from tachyon_api.responses import JSONResponse
+from tachyon_api.responses import Accepted, HTMLResponse, JSONResponse
+from tachyon_api.tasks import task_status_router
 
 from . import tasks
 from .db import connect, now
+from .pages import IMPORT_PAGE
 from .mailserver import start_mailbox_server
 from .settings import get_settings
 from .webhooks import verify
@@ -209,10 +212,42 @@ def verify_reset_token(body: TokenIn, db: sqlite3.Connection = Depends(get_db)):
     return {"valid": True, "email": row["email"], "expires_at": row["expires_at"]}
 
 
-# --- 3. CSV import: answered at once, imported in the background ---------------------------------------------
+# --- 3. CSV import: answered at once, imported in the background, followed live ------------------------------
+def session(shop_session: str | None = Cookie(None)) -> str | None:
+    """Who is asking: the browser session of the import page (its cookie), or nobody (curl without cookies).
+
+    The guard of the task status routes, and the owner of the imports started with it: a browser sees only its
+    own imports; an import started without a session is followed by whoever holds its id (the id is a 128-bit
+    capability, returned only to the client that started it).
+    """
+    return shop_session
+
+
+app.include_router(task_status_router(prefix="/tasks", dependencies=[Depends(session)]))
+
+
+@app.get("/imports/new", include_in_schema=False)
+def import_page(shop_session: str | None = Cookie(None)) -> HTMLResponse:
+    """A small page: pick a CSV file, watch its import's progress bar fill from the task's event stream."""
+    response = HTMLResponse(IMPORT_PAGE)
+    if shop_session is None:
+        response.set_cookie("shop_session", secrets.token_urlsafe(16), httponly=True, samesite="strict")
+    return response
+
+
 @app.post("/import", status_code=202)
-def import_products(file: UploadFile, background_tasks: BackgroundTasks, db: sqlite3.Connection = Depends(get_db)):
-    """Save the upload to a file of our own (the upload is deleted after the response), then import it later."""
+def import_products(
+    file: UploadFile,
+    background_tasks: BackgroundTasks,
+    db: sqlite3.Connection = Depends(get_db),
+    owner: str | None = Depends(session),
+):
+    """Save the upload to a file of our own (the upload is deleted after the response), then import it later.
+
+    Answers 202 with the task's id and status URL (``Location``): ``GET /tasks/{id}`` for the status,
+    ``/tasks/{id}/events`` to follow it live, ``DELETE /tasks/{id}`` to cancel it. Its result, when it
+    succeeds, is the import's summary with the id of ``GET /imports/{import_id}`` (the broken lines).
+    """
     import_id = uuid.uuid4().hex
     path = settings.upload_dir / f"{import_id}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +262,10 @@ def import_products(file: UploadFile, background_tasks: BackgroundTasks, db: sql
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    background_tasks.add_task(tasks.import_products_csv, import_id, str(path)).with_options(
-        name="csv-import", timeout=600
+    task = background_tasks.add_task(tasks.import_products_csv, import_id, str(path)).with_options(
+        name="csv-import", timeout=600, keep_result=True, owner=owner
     )
-    return {"status": "import_started", "import_id": import_id}
+    return Accepted(task)
 
 
 @app.get("/imports/{import_id}")

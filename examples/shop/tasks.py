@@ -34,6 +34,8 @@ from typing import Callable
 
 import httpx
 
+from tachyon_api.tasks import report_progress
+
 from . import mail
 from .db import now, transaction
 from .settings import get_settings
@@ -175,12 +177,14 @@ def _count_records(path: Path) -> int:
         return max(0, sum(1 for record in csv.reader(handle) if record) - 1)  # minus the header
 
 
-def import_products_csv(import_id: str, path: str) -> None:
+def import_products_csv(import_id: str, path: str) -> dict:
     """Import (upsert by SKU) the products of a CSV file with the columns ``sku,name,price,stock``.
 
     A broken row is recorded with its line number (the header is line 1) and skipped; the other rows are
-    imported. Progress is written every ``CHUNK`` rows, so ``GET /imports/{id}`` can show it. The file is
-    deleted once the import has ended.
+    imported. Progress is written every ``CHUNK`` rows, both to the ``imports`` row (``GET /imports/{id}``) and
+    to the task's status (``report_progress``: ``GET /tasks/{id}`` and its event stream, which the import page
+    shows as a progress bar). A file that cannot be imported at all ends the task ``failed`` with the reason.
+    Returns the summary, kept as the task's result. The file is deleted once the import has ended.
     """
     file = Path(path)
     with transaction() as conn:
@@ -191,19 +195,22 @@ def import_products_csv(import_id: str, path: str) -> None:
         )
         conn.execute("DELETE FROM import_errors WHERE import_id = ?", (import_id,))  # a retried run starts over
     try:
-        _import(import_id, file)
+        total, imported, errors = _import(import_id, file)
     except ImportFailed as exc:  # the file is unusable: retrying would not help
         _finish(import_id, "failed", str(exc))
         file.unlink(missing_ok=True)
-        return
+        raise
     except Exception as exc:  # e.g. the database is unavailable: fail this attempt, retries may follow
         _finish(import_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     _finish(import_id, "completed", None)
     file.unlink(missing_ok=True)
+    return {"import_id": import_id, "total_rows": total, "imported_rows": imported, "error_count": errors,
+            "details": f"/imports/{import_id}"}
 
 
-def _import(import_id: str, file: Path) -> None:
+def _import(import_id: str, file: Path) -> tuple[int, int, int]:
+    """Import the file; returns (rows, rows imported, rows with an error)."""
     try:
         total = _count_records(file)
     except FileNotFoundError:
@@ -212,6 +219,7 @@ def _import(import_id: str, file: Path) -> None:
         raise ImportFailed(f"not a UTF-8 CSV file: {exc}") from None
     with transaction() as conn:
         conn.execute("UPDATE imports SET total_rows = ? WHERE id = ?", (total, import_id))
+    report_progress(0.0, f"0 of {total:,} rows")
 
     with file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -224,7 +232,7 @@ def _import(import_id: str, file: Path) -> None:
             raise ImportFailed(f"missing column(s): {', '.join(missing)} (expected {','.join(COLUMNS)})")
         rows: list[tuple[str, str, int, int, str]] = []
         errors: list[tuple[str, int, str]] = []
-        processed = 0
+        processed = imported = failed = 0
         last_line = reader.line_num
         try:
             for record in reader:
@@ -240,10 +248,13 @@ def _import(import_id: str, file: Path) -> None:
                     rows.append((sku, name, price_cents, stock, now()))
                 if processed % CHUNK == 0:
                     _flush(import_id, rows, errors, processed)
-                    rows, errors = [], []
+                    imported, failed, rows, errors = imported + len(rows), failed + len(errors), [], []
+                    report_progress(processed / total, f"{processed:,} of {total:,} rows")
         except csv.Error as exc:
             raise ImportFailed(f"line {reader.line_num}: {exc}") from None
         _flush(import_id, rows, errors, processed)
+        report_progress(1.0, f"{processed:,} of {total:,} rows")
+        return processed, imported + len(rows), failed + len(errors)
 
 
 def _flush(import_id: str, rows: list, errors: list, processed: int) -> None:

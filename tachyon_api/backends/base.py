@@ -16,20 +16,24 @@ Where a call happens, and why it is shaped so:
 - :meth:`store` runs after the endpoint returned and before the response is sent, so a 2xx means every durable
   task of the request is stored. It stores them all or none.
 - :meth:`aclose` runs at shutdown, on the app's event loop.
-- :meth:`stats`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
+- :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
 - Periodic jobs (``tasks/schedule.py``): :meth:`schedule_lease` elects, among every process sharing the
   backend, the one that enqueues a job's ticks; a tick is enqueued with :meth:`store`, with a job id and an
   idempotency key made of the tick, so that a tick stored twice is stored once; :meth:`job_state` tells
   whether the previous tick's job still runs (overlap). ``job_state`` may block.
 
-Status records (read and watch one task) and cancellation will be added to this protocol as the engine grows
-them; until then a backend offers nothing more than what is listed here.
+- ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the status routes
+  (see ``tasks/status.py``): a durable task's status record lives with the job, in the backend. They run on the
+  event loop and must not block it. A backend reads and writes the one record shape of ``tasks/records.py``,
+  following its state machine (a final state is never left).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from ..tasks.status import StatusSource
 
 if TYPE_CHECKING:
     from ..tasks.handles import BackgroundTask
@@ -38,8 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["TaskBackend"]
 
 
-class TaskBackend(Protocol):
-    """A durable store of background tasks, run by workers in other processes."""
+class TaskBackend(StatusSource, Protocol):
+    """A durable store of background tasks, run by workers in other processes; also where their status records
+    live (:class:`~tachyon_api.tasks.status.StatusSource`: ``read_status``, ``watch_status``, ``cancel_status``)."""
 
     #: The name of the queue this backend stores into (shown on the dashboard, default of ``tachyon worker``).
     queue_name: str
@@ -86,6 +91,10 @@ class TaskBackend(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counts of the backend's jobs by state (for example ``queued``, ``started``, ``failed``); may block."""
+        ...
+
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs running now: ``id`` and ``name``; may block."""
         ...
 
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:

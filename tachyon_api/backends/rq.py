@@ -22,18 +22,20 @@ import hashlib
 import importlib
 import inspect
 import logging
-import os
 import re
 import sys
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
+from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, TaskRecord, encode_result
+from ..tasks.status import running_task
 from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
+from .redis_status import JobTracker, RedisStatus
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -130,7 +132,8 @@ class RQBackend(TaskBackend):
     path and client's scope) for ``idempotency_ttl`` seconds (an int, at least 1); the same key with another
     request (method, path, query or body) is refused (422). The client's scope is every credential the request
     carries (see ``idempotency.py``), or what ``idempotency_scope(connection) -> str`` (sync or async) returns:
-    for example the authenticated user's id, so that a retry with a refreshed token is still a retry.
+    for example the authenticated user's id, so that a retry with a refreshed token is still a retry. A task's
+    return value kept in its status record (``keep_result``) is limited to ``result_limit`` bytes of JSON.
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class RQBackend(TaskBackend):
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
         idempotency_scope: "IdempotencyScope | None" = None,
+        result_limit: int = 64 * 1024,
     ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
@@ -156,12 +160,14 @@ class RQBackend(TaskBackend):
             raise ValueError(f"RQBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
         self.idempotency_scope = idempotency_scope
+        self.result_limit = result_limit
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
         self._lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
         self._verified: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+        self._status: RedisStatus | None = None
 
     # --- connection ------------------------------------------------------------------------------------
     @property
@@ -353,6 +359,8 @@ class RQBackend(TaskBackend):
         leases = self._lease_clients.pop(loop, None)
         if leases is not None:
             await leases.aclose()
+        if self._status is not None:
+            await self._status.aclose()
 
     # --- periodic jobs ---------------------------------------------------------------------------------
     def schedule_lease(self, name: str, ttl: float) -> "ScheduleLease":
@@ -395,25 +403,34 @@ class RQBackend(TaskBackend):
         for task in tasks:
             when = _when(task)
             template = self._template(task, when is not None)
-            job_id = task.job_id if task.job_id is not None else os.urandom(16).hex()
+            job_id = task.id  # the task's id is its job id (made now if nobody read it)
             data = _compress(template.dumps((template.func_name, None, task.args, task.kwargs)))
+            extra = []  # the status record's options (see redis_status.py), written only when set
+            if task.owner is not None:
+                extra += (b"$13\r\ntachyon_owner\r\n", bulk(task.owner.encode()))
+            if task.keep_result:
+                extra += (b"$12\r\ntachyon_keep\r\n", bulk(b"%d" % self.result_limit))
+            field_count = template.field_count if parent is None and not extra else bulk(
+                b"%d" % (template.pair_count * 2 + len(extra) + (2 if parent is not None else 0))
+            )
             chunks += (
                 bulk(template.key_prefix + job_id.encode()),
                 bulk(job_id.encode()),
                 b"$1\r\n1\r\n" if task.job_id is not None else b"$1\r\n0\r\n",
                 template.target,
                 bulk(b"" if when is None else b"%d" % calendar.timegm(_next_second(when).utctimetuple())),
-                template.field_count if parent is None else template.traced_field_count,
+                field_count,
                 b"$4\r\ndata\r\n", bulk(data),
                 b"$10\r\ncreated_at\r\n", stamp,
             )
             if when is None:
                 chunks += (b"$11\r\nenqueued_at\r\n", stamp)
             chunks.append(template.fields)
-            count += template.arg_count
+            count += template.arg_count + len(extra)
             if parent is not None:  # the worker continues the request's trace (see tracing.py)
                 chunks += (b"$4\r\nmeta\r\n", bulk(template.dumps({"traceparent": parent})))
                 count += 2
+            chunks += extra
         return chunks, count
 
     def _template(self, task: "BackgroundTask", scheduled: bool) -> "_JobTemplate":
@@ -449,6 +466,56 @@ class RQBackend(TaskBackend):
             )
         return {key: value for key, value in options.items() if value is not None}
 
+    # --- status records (see redis_status.py): read, watch, cancel ---------------------------------------
+    @property
+    def status(self) -> RedisStatus:
+        if self._status is None:
+            from rq.job import Job
+
+            self._status = RedisStatus(self.redis_url, Job.redis_job_namespace_prefix,
+                                       socket_timeout=self.socket_timeout)
+        return self._status
+
+    async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
+        """The job's record and owner, or None (no such job, or its time to live passed)."""
+        if not _JOB_ID.fullmatch(task_id):
+            return None
+        return await self.status.read(task_id)
+
+    def watch_status(self, task_id: str) -> AsyncIterator[TaskRecord]:
+        return self.status.watch(task_id)
+
+    async def cancel_status(self, task_id: str) -> bool | None:
+        """Cancel the job: one waiting in the queue (or for its time, or for a retry) is cancelled with RQ's
+        ``Job.cancel`` and never runs; a running one is stopped with RQ's ``send_stop_job_command`` (the
+        forking worker kills its work horse; a sync task in a worker that cannot be killed sees
+        ``cancelled()`` turn true). True when asked, False when it had already ended, None when unknown."""
+        if not _JOB_ID.fullmatch(task_id):
+            return None
+        outcome = await self.status.cancel(task_id)
+        if outcome == "unknown":
+            return None
+        if outcome.startswith("final:"):
+            return False
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_job, task_id, outcome == "cancelled")
+        return True
+
+    def _stop_job(self, job_id: str, waiting: bool) -> None:
+        """RQ's side of a cancellation (blocking): out of its queue or registry, or its worker told to stop."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+        from rq.job import Job
+
+        try:
+            if waiting:
+                Job.fetch(job_id, connection=self.redis).cancel()
+            else:
+                send_stop_job_command(self.redis, job_id)
+        except (InvalidJobOperation, NoSuchJobError):  # it ended or moved on meanwhile: the record says how
+            pass
+        except Exception:
+            logger.exception("Could not stop durable job %s in %s", job_id, self.redis_url)
+
     # --- watching --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Counts of the queue and its registries (blocking: call it from a sync endpoint or a thread).
@@ -465,6 +532,14 @@ class RQBackend(TaskBackend):
             "finished": queue.finished_job_registry.count,
             "failed": queue.failed_job_registry.count,
         }
+
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The jobs running now (RQ's started registry): id and task name (blocking)."""
+        from rq.job import Job, parse_job_id
+
+        ids = [parse_job_id(entry) for entry in self.queue.started_job_registry.get_job_ids(0, limit - 1)]
+        jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=self.redis)
+        return [{"id": job.id, "name": job.description} for job in jobs if job is not None]
 
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The failed job registry: id, task name and the worker's traceback of each failed job."""
@@ -509,17 +584,16 @@ class _JobTemplate:
     and the timestamps change. Taken from ``Job.to_dict()`` of the installed RQ, so the fields follow RQ."""
 
     __slots__ = (
-        "fields", "field_count", "traced_field_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
+        "fields", "field_count", "pair_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
     )
 
     def __init__(self, job: Any, target: str, scheduled: bool) -> None:
         fields = job.to_dict()
         for varying in ("data", "created_at", "enqueued_at"):
             fields.pop(varying, None)
-        pairs = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
+        pairs = self.pair_count = len(fields) + (2 if scheduled else 3)  # + data, created_at (+ enqueued_at)
         self.fields = b"".join(bulk(_encode(k)) + bulk(_encode(v)) for k, v in fields.items())
         self.field_count = bulk(b"%d" % (2 * pairs))
-        self.traced_field_count = bulk(b"%d" % (2 * pairs + 2))  # + meta: {"traceparent": ...}
         self.arg_count = 6 + 2 * pairs
         self.func_name = job.func_name
         self.dumps = job.serializer.dumps
@@ -568,16 +642,45 @@ _traced_job: Any = None
 
 
 def traced_job_class() -> Any:
-    """RQ's ``Job``, whose ``perform`` runs in a span continuing the trace of the request that stored it
-    (``meta["traceparent"]``, see ``tracing.py``); without OpenTelemetry installed it is RQ's ``Job`` exactly."""
+    """RQ's ``Job`` made a task you can hold: ``perform`` keeps the job's status record (running, progress,
+    the end with its error or kept result; see ``redis_status.py``), lets ``report_progress`` and
+    ``cancelled`` reach the job, skips a job cancelled while it waited, and runs in a span continuing the
+    trace of the request that stored it (``meta["traceparent"]``, see ``tracing.py``).
+
+    The return value goes into the record (JSON, size-limited) when the task asked to keep it; RQ's own
+    result then holds None, so a return value is never stored unless asked for."""
     global _traced_job
     if _traced_job is None:
         from rq.job import Job
 
         class TracedJob(Job):
             def perform(self) -> Any:
-                with job_span(self.description or self.func_name, self.meta.get("traceparent"), self.id):
-                    return super().perform()
+                tracker = JobTracker(self.id, self.key, self.connection)
+                if not tracker.start():
+                    logger.info("Durable task %s (job %s) was cancelled before it started: not run",
+                                self.description, self.id)
+                    return None
+                token = running_task.set(tracker)
+                try:
+                    with job_span(self.description or self.func_name, self.meta.get("traceparent"), self.id):
+                        value = super().perform()
+                except BaseException as exc:
+                    if tracker.cancel_requested:
+                        tracker.end(CANCELLED)
+                    else:
+                        tracker.end(RETRYING if self.should_retry else FAILED, TaskError.of(exc))
+                    raise
+                finally:
+                    running_task.reset(token)
+                if tracker.cancel_seen:
+                    tracker.end(CANCELLED)
+                elif tracker.keep is not None:
+                    data, error = encode_result(value, tracker.keep)
+                    tracker.end(SUCCEEDED, error, data)
+                else:
+                    tracker.end(SUCCEEDED)
+                self._result = None
+                return None
 
         _traced_job = TracedJob
     return _traced_job

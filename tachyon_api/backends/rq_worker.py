@@ -49,10 +49,10 @@ import time
 import traceback
 import uuid
 import zlib
-from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import msgspec
 import redis.exceptions
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
@@ -65,7 +65,10 @@ from rq.utils import import_attribute, parse_timeout, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
+from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, encode_result
+from ..tasks.status import running_task
 from ..tracing import job_span
+from .redis_status import END_LUA, START_LUA, JobTracker, changes
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -85,8 +88,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 # now (RQ's time format), now (a Unix timestamp), the lease (seconds), the executions' time-to-live, the
 # worker key's time-to-live, then one new execution id per job that may be claimed. Returns per claimed job:
 # the index of its queue (1-based), its id, its execution id, 1 if its success can be recorded by _FINISH (no
-# success callback, repeat, rate limit, webhook or dependents, and a result kept), and the fields the worker
-# needs to run it: data, description, timeout, meta, result_ttl, retries_left.
+# success callback, repeat, rate limit, webhook or dependents, and a result kept), whether to run it ("0": it was
+# cancelled while it waited) and its status record's result limit ("" when not kept; START_LUA of
+# redis_status.py marks the record running), and the fields the worker needs to run it: data, description,
+# timeout, meta, result_ttl, retries_left.
 _CLAIM = """
 local q = tonumber(ARGV[1])
 local a = 2 + 2 * q
@@ -114,13 +119,15 @@ while e <= #ARGV and qi <= q do
       redis.call('SADD', wexec, composite)
       redis.call('HSET', key, 'last_heartbeat', iso, 'status', 'started', 'started_at', iso, 'worker_name', worker)
       redis.call('PERSIST', key)
+      local tnow = ARGV[a + 5]
+""" + START_LUA + """
       local f = redis.call('HMGET', key, 'data', 'description', 'timeout', 'meta', 'result_ttl', 'retries_left',
         'success_callback_name', 'repeats_left', 'rate_limit_key', 'webhooks')
       local plain = 1
       if (f[7] and f[7] ~= '') or f[8] or f[9] or f[10] or f[5] == '0' or redis.call('EXISTS', key .. ':dependents') == 1 then
         plain = 0
       end
-      out[#out + 1] = {qi, id, eid, plain, f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
+      out[#out + 1] = {qi, id, eid, plain, trun, tkeep, f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
     end
   end
 end
@@ -134,20 +141,24 @@ return out
 
 # Record successes. ARGV: the job key prefix, the worker's key, its executions key, now (RQ's format), now (Unix
 # timestamp, integer), now (Unix timestamp, float), the total working time of the batch, the worker's name, then
-# per job 7 values:
+# per job 11 values:
 # job id, execution id, started registry key, finished registry key, result ttl (-1: forever), the encoded return
-# value ("" for None) and when the execution started (Unix timestamp). Returns per job 1 (recorded) or 0 (its
+# value ("" for None), when the execution started (Unix timestamp), and for its status record (END_LUA of
+# redis_status.py): its state (succeeded, or cancelled), the kept result, the error and the latest progress
+# (JSON, "" for none). Returns per job 1 (recorded) or 0 (its
 # execution is no longer in the started registry: its lease was taken over, nothing written).
 _FINISH = """
 local prefix, wkey, wexec, iso, nowi, nowf = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local out, done = {}, 0
-for a = 9, #ARGV, 7 do
+for a = 9, #ARGV, 11 do
   local id, eid, wip, finished, ttl, value, started = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
+  local tstate, tresult, terror, tprogress, tnow = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], nowf
   local composite = id .. ':' .. eid
   if redis.call('ZSCORE', wip, composite) then
     local key = prefix .. id
     if redis.call('EXISTS', key) == 1 then  -- not deleted while it ran
       redis.call('HSET', key, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso)
+""" + END_LUA + """
       local rkey = 'rq:results:' .. id
       if value == '' then
         redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
@@ -307,7 +318,7 @@ class _Running:
 
     __slots__ = (
         "job", "queue", "execution", "composite", "plain", "started", "task", "thread", "pid", "lock", "lost",
-        "stopped", "tries",
+        "stopped", "tries", "tracker", "skip",
     )
 
     def __init__(self, job: _Spec, queue: Queue, execution: Execution, plain: bool) -> None:
@@ -324,10 +335,12 @@ class _Running:
         self.lost = False  # its lease was taken over (a warning was logged)
         self.stopped = False  # stopped by RQ's stop-job command
         self.tries = 0  # attempts at recording its outcome (more than one after a lost reply)
+        self.tracker: JobTracker | None = None  # its status record (report_progress, cancelled, its end)
+        self.skip = False  # cancelled while it waited (its record says so): not run
 
 
 class _Outcome:
-    __slots__ = ("running", "value", "error", "exc_string")
+    __slots__ = ("running", "value", "error", "exc_string", "state", "result", "failure")
 
     def __init__(self, running: _Running, value: Any = None, error: BaseException | None = None,
                  exc_string: str = "") -> None:
@@ -335,6 +348,32 @@ class _Outcome:
         self.value = value
         self.error = error
         self.exc_string = exc_string
+        # For the status record: the state the job ends in, its kept result and its error (JSON, b"" for none).
+        self.state = SUCCEEDED
+        self.result = self.failure = b""
+
+    def settle(self) -> None:
+        """Decide what the job's status record says of this outcome (see ``tasks/records.py``)."""
+        running = self.running
+        tracker = running.tracker
+        error = self.error
+        if error is None:
+            self.state = CANCELLED if tracker is not None and tracker.cancel_seen else SUCCEEDED
+            if self.state == SUCCEEDED and tracker is not None and tracker.keep is not None:
+                data, failure = encode_result(self.value, tracker.keep)
+                self.result = data or b""
+                self.failure = msgspec.json.encode(failure) if failure is not None else b""
+            return
+        if running.stopped or (tracker is not None and tracker.cancel_requested):
+            self.state = CANCELLED
+            return
+        self.state = RETRYING if running.job.retries_left else FAILED
+        if self.exc_string:  # a child's traceback: only its last line (the exception) leaves the logs
+            kind, _, message = self.exc_string.strip().splitlines()[-1].partition(": ")
+            failure = TaskError(kind.rsplit(".", 1)[-1], message)
+        else:
+            failure = TaskError.of(error)
+        self.failure = msgspec.json.encode(failure)
 
 
 def _flush_pending() -> None:
@@ -610,12 +649,15 @@ class TachyonWorker(BaseWorker):
         ])
         self._reconcile = False
         claimed = []
-        for index, job_id, eid, plain, *fields in reply:
+        for index, job_id, eid, plain, run, keep, *fields in reply:
             queue = self.queues[int(index) - 1]
             spec = _Spec(job_id.decode(), queue.name, fields, self.serializer)
             execution = Execution(eid.decode(), spec.id, self.connection, worker_name=self.name)
             execution.created_at = now
             running = _Running(spec, queue, execution, bool(plain))
+            running.skip = run == b"0"
+            running.tracker = JobTracker(spec.id, Job.redis_job_namespace_prefix + spec.id, self.connection,
+                                         keep=int(keep) if keep else None, send=self._redis_pool.submit)
             self._running[running.composite] = running
             claimed.append(running)
         return claimed
@@ -635,6 +677,13 @@ class TachyonWorker(BaseWorker):
         timeout = job.timeout if job.timeout is not None else Queue.DEFAULT_TIMEOUT
         limit = None if timeout == -1 else float(timeout)
         outcome: _Outcome
+        if running.skip:
+            logger.info("Worker %s: job %s was cancelled before it started: not run", self.name, job.id)
+            outcome = _Outcome(running)
+            outcome.state = CANCELLED
+            self._outcomes.append(outcome)
+            self._finished.set()
+            return
         try:
             if self.fork:
                 value = await self._in_child(running, limit)
@@ -651,7 +700,8 @@ class TachyonWorker(BaseWorker):
             outcome = _Outcome(running, error=_Stopped("Job stopped by user"))
         except Exception as exc:
             outcome = _Outcome(running, error=exc, exc_string=getattr(exc, "exc_string", ""))
-        if outcome.error is not None:
+        outcome.settle()
+        if outcome.error is not None and outcome.state != CANCELLED:
             retries = job.retries_left or 0
             logger.error(
                 "Worker %s: task %s (job %s) failed%s%s",
@@ -669,6 +719,7 @@ class TachyonWorker(BaseWorker):
         job = running.job
 
         async def call() -> Any:
+            running_task.set(running.tracker)  # report_progress and cancelled() in the job (its own task)
             with job_span(job.name, job.meta.get("traceparent"), job.id):
                 return await func(*job.args, **job.kwargs)
 
@@ -700,6 +751,7 @@ class TachyonWorker(BaseWorker):
         """A sync job in a pool thread. A timeout raises ``_Overrun`` in it (see ``_overrun``); past the job, an
         overrun raised late is absorbed here, never in the next job of this thread."""
         job = running.job
+        token = running_task.set(running.tracker)  # report_progress and cancelled() in the job
         try:
             try:
                 with running.lock:
@@ -709,6 +761,7 @@ class TachyonWorker(BaseWorker):
             finally:
                 with running.lock:
                     running.thread = None
+                running_task.reset(token)
                 _flush_pending()
         except _Overrun:
             logger.warning("Worker %s: job %s was interrupted in its thread after its timeout", self.name, job.id)
@@ -778,10 +831,15 @@ class TachyonWorker(BaseWorker):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             job = running.job
+            parent = running.tracker
+            tracker = None if parent is None else JobTracker(job.id, parent.key, parent.redis, keep=parent.keep)
+            running_task.set(tracker)  # in the child, its own blocking writes (no Redis thread was forked)
             with job_span(job.name, job.meta.get("traceparent"), job.id):
                 value = job.func(*job.args, **job.kwargs)
                 if inspect.isawaitable(value):
                     value = asyncio.run(_awaited(value))
+            if tracker is not None and (progress := tracker.pending_progress()):
+                tracker.advance("", ["tachyon_progress", progress])
             try:
                 payload = pickle.dumps((True, value))
             except Exception:  # an unpicklable return value: the job still succeeded
@@ -836,11 +894,13 @@ class TachyonWorker(BaseWorker):
         ]
         for outcome in outcomes:
             running = outcome.running
+            # The return value is kept in the status record when asked (keep_result), never in RQ's result.
             args += [
                 running.job.id, running.execution.id, running.queue.started_job_registry.key,
                 running.queue.finished_job_registry.key,
                 self.default_result_ttl if running.job.result_ttl is None else running.job.result_ttl,
-                self._encode(outcome.value), repr(running.started),
+                "", repr(running.started), outcome.state, outcome.result, outcome.failure,
+                running.tracker.pending_progress() if running.tracker is not None else b"",
             ]
         for outcome in outcomes:
             outcome.running.tries += 1
@@ -858,16 +918,6 @@ class TachyonWorker(BaseWorker):
                 "Worker %s: job %s ran, but its lease had been taken over (the worker could not renew it in time): "
                 "another worker may run it again", self.name, running.job.id,
             )
-
-    def _encode(self, value: Any) -> str:
-        if value is None:
-            return ""
-        try:
-            return b64encode(self.serializer.dumps(value)).decode()
-        except Exception:
-            from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
-
-            return b64encode(self.serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)).decode()
 
     def _record_with_rq(self, outcome: _Outcome) -> None:
         """A failure, a retry or a success with callbacks, dependents, repeats or a rate limit: RQ's own code,
@@ -888,7 +938,9 @@ class TachyonWorker(BaseWorker):
         execution._job = job
         job.started_at = dt.datetime.fromtimestamp(running.started, dt.timezone.utc)
         if outcome.error is None:
-            self._finalize_success(job, queue, execution, outcome.value)
+            value = outcome.value if isinstance(outcome.value, Retry) else None  # kept only in the status record
+            self._finalize_success(job, queue, execution, value)
+            self._record_status(outcome)
             return
         job.ended_at = dt.datetime.now(dt.timezone.utc)
         job._status = JobStatus.FAILED
@@ -908,6 +960,18 @@ class TachyonWorker(BaseWorker):
         )
         if self.connection.zscore(wip, running.composite) is not None:  # RQ logged why
             raise redis.exceptions.ConnectionError(f"the failure of job {job.id} was not recorded")
+        self._record_status(outcome)
+
+    @staticmethod
+    def _record_status(outcome: _Outcome) -> None:
+        """The end of a job recorded with RQ's code, in its status record too (redis_status.py's ADVANCE)."""
+        tracker = outcome.running.tracker
+        if tracker is None:
+            return
+        fields = changes(outcome.state)
+        fields += [name for pair in (("tachyon_result", outcome.result), ("tachyon_error", outcome.failure),
+                                     ("tachyon_progress", tracker.pending_progress())) if pair[1] for name in pair]
+        tracker.advance(outcome.state, fields)
 
     # --- heartbeats, leases, recovery -----------------------------------------------------------------------
     async def _heartbeats(self) -> None:
@@ -1106,6 +1170,8 @@ class TachyonWorker(BaseWorker):
                 if running.job.id == payload.get("job_id") and running.task is not None and not running.task.done():
                     logger.info("Worker %s: stopping job %s on request", self.name, running.job.id)
                     running.stopped = True
+                    if running.tracker is not None:  # a sync job's thread cannot be stopped: cancelled() says so
+                        running.tracker.cancel_requested = True
                     self._kill_child(running)
                     running.task.cancel()
         else:

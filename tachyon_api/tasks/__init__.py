@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from .durable import has_durable, store_durable
 from .handles import BackgroundTask, BackgroundTasks, TaskOptions, collect
+from .records import STATES, MemoryTaskStore, Progress, TaskError, TaskRecord
 from .runner import BackgroundRunner, ErrorHook
 from .stats import (
     DROPPED,
@@ -47,9 +48,21 @@ from .stats import (
     TaskMetrics,
     TaskStats,
 )
+from .status import TaskControl, cancelled, current_task_id, report_progress
 
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "ErrorHook", "TaskFailure", "TaskOptions", "TaskStats",
     "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED", "TIMED_OUT", "DROPPED", "collect",
-    "has_durable", "store_durable",
+    "has_durable", "store_durable", "STATES", "MemoryTaskStore", "Progress", "TaskError", "TaskRecord", "TaskControl", "cancelled",
+    "current_task_id", "report_progress", "task_status_router",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``task_status_router`` is imported when asked for: the routes pull in the routing machinery, which
+    imports this package."""
+    if name == "task_status_router":
+        from .http import task_status_router
+
+        return task_status_router
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

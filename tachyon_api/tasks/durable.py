@@ -40,10 +40,14 @@ async def store_durable(
     """
     durable: dict[TaskBackend, list[BackgroundTask]] = {}
     local: list[BackgroundTask] = []
+    app = connection.scope.get("app")
+    keep = app is not None and app.tasks.keep_results  # Tachyon(task_results=True): kept unless a task says no
     for task in tasks:
         if task.backend is None:
             local.append(task)
         else:
+            if task.keep_result is None:
+                task.keep_result = keep
             durable.setdefault(task.backend, []).append(task)
     key = connection.headers.get("idempotency-key")
     client, digest = "", b""

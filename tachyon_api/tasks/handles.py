@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import os
 import types
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -103,15 +104,27 @@ def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
 _DURABLE_ONLY = ("job_id", "result_ttl", "failure_ttl")
 
 
+def _taken() -> None:
+    """A task's handle was taken: from now on requests look for held tasks (``BackgroundTask.held``). Set once:
+    writing a class attribute invalidates the interpreter's caches of the class's attributes."""
+    BackgroundTask.held = True
+
+
 class BackgroundTask:
-    """One call to make after the response: ``func(*args, **kwargs)``, with its options.
+    """One call to make after the response: ``func(*args, **kwargs)``, with its options; also the handle of a
+    task you can hold (:attr:`id`, see ``status.py``).
 
     Options are set with :meth:`with_options`, never through ``**kwargs``, so they cannot collide with the
     task's own keyword arguments.
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
-                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end")
+                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end", "_id", "owner", "keep_result",
+                 "tracker")
+
+    # Set once any task's handle is taken (its id read, keep_result or owner set): until then no request needs
+    # to look for held tasks before its response (see TaskControl.accept).
+    held = False
 
     def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self._setup(func, args, kwargs, None)
@@ -152,6 +165,10 @@ class BackgroundTask:
         # Told the task's final outcome ("succeeded", "failed" or "lost"), from the loop or a worker thread: how
         # the scheduler follows a periodic run (see schedule.py).
         self.on_end: Callable[[str], None] | None = None
+        self._id: str | None = None  # made when first read: a task whose id nobody reads never gets one
+        self.owner: str | None = None
+        self.keep_result: bool | None = None  # None: the app's default (Tachyon(task_results=...))
+        self.tracker: Any = None  # its in-process status record, once it has one (see status.py)
         marked = getattr(func, "__tachyon_backend__", None)
         if marked is not None and not local:
             backend = marked[0]
@@ -173,6 +190,8 @@ class BackgroundTask:
         job_id: str | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
+        keep_result: bool | None = None,
+        owner: str | int | None = None,
         durable: bool | None = None,
     ) -> "BackgroundTask":
         """Set per-task options and return the task, so they chain onto ``add_task(...)``.
@@ -191,8 +210,12 @@ class BackgroundTask:
         than that. In-process, a timer of the runner holds the task until then (see ``timers.py``); durable, the
         backend's scheduler does.
 
-        Durable tasks only (see ``backends/rq.py``): ``job_id`` to de-duplicate, ``result_ttl`` and
-        ``failure_ttl`` in seconds.
+        Durable tasks only (see ``backends/rq.py``): ``job_id`` to de-duplicate (and the task's :attr:`id`),
+        ``result_ttl`` and ``failure_ttl`` in seconds.
+
+        Status (see docs/task-status.md): ``keep_result=True`` keeps the return value in the task's status
+        record (JSON, size-limited); ``owner`` binds the task to a principal (a ``str`` or an ``int``): the
+        status routes then show it only to that principal. Either gives an in-process task a status record.
         """
         if durable is not None:
             if durable and self.backend is None:
@@ -231,7 +254,38 @@ class BackgroundTask:
             if retry_delay < 0:
                 raise ValueError("retry_delay cannot be negative")
             self.retry_delay = retry_delay
+        if job_id is not None:
+            self._id = job_id
+        if keep_result is not None:
+            if not isinstance(keep_result, bool):
+                raise TypeError(f"keep_result must be a bool, got {keep_result!r}")
+            self.keep_result = keep_result
+            if not BackgroundTask.held:
+                _taken()
+        if owner is not None:
+            if isinstance(owner, bool) or not isinstance(owner, (str, int)):
+                raise TypeError(f"owner must be a str or an int (the principal's id), got {type(owner).__name__}")
+            self.owner = str(owner)
+            if not BackgroundTask.held:
+                _taken()
         return self
+
+    @property
+    def id(self) -> str:
+        """The task's id: 128 random bits as 32 hex characters (in durable mode the RQ job id; a ``job_id``
+        given to :meth:`with_options` is used as is). Reading it makes an in-process task one you can hold:
+        it gets a status record when its request hands it over."""
+        if self._id is None:
+            self._id = os.urandom(16).hex()  # 128 bits from the operating system's random source
+            if not BackgroundTask.held:
+                _taken()
+        return self._id
+
+    @property
+    def known_id(self) -> str | None:
+        """The task's id if it has one already (read, or given as ``job_id``), else None: asking does not make
+        one."""
+        return self._id
 
     async def __call__(self) -> None:
         """Run the task now, in the caller's context, with its options (Starlette compatibility)."""

@@ -22,9 +22,13 @@ import msgspec
 from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
+from . import records
+from .calls import being_cancelled, call_in_thread, execute, on_loop, uncancel
 from .stats import (
-    DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats, stat_name,
+    CANCELLED, DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats,
+    stat_name,
 )
+from .status import running_task, thread_slot
 from .timers import DelayedTasks, due_time, run_when_due
 
 if TYPE_CHECKING:
@@ -35,48 +39,14 @@ __all__ = ["BackgroundRunner", "ErrorHook", "standalone_runner"]
 logger = logging.getLogger("tachyon_api.background")
 
 
-def _on_loop(loop: Any, coro: Any) -> Any:
-    """From a worker thread: run ``coro`` on ``loop`` and wait for it (nothing to do if the loop is gone)."""
-    try:
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-    except RuntimeError:  # the loop is closed
-        coro.close()
-        return None
-    return future.result()
+def _id_of(task: BackgroundTask) -> str | None:
+    """A task's id for the dashboard: only a task with a status record has one to show (ids are capabilities)."""
+    return None if task.tracker is None else task.tracker.id
 
 
-def _being_cancelled() -> bool:
-    """Whether the current asyncio task was asked to cancel (not just hit by a CancelledError from inside)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return bool(cancelling()) if cancelling is not None else False
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-def _call_in_thread(task: BackgroundTask, loop: Any) -> None:
-    """Call a sync task in a worker thread; what a sync callable returns to be awaited is run on ``loop``."""
-    result = task.func(*task.args, **task.kwargs)
-    if result is not None and inspect.isawaitable(result):
-        _on_loop(loop, _awaited(result))
-
-
-async def _captured(call: Awaitable[Any]) -> BaseException | None:
-    """Await ``call`` and return its exception instead of raising it.
-
-    ``wait_for`` may run the awaitable as a Task of its own, and a Task lets ``KeyboardInterrupt`` and
-    ``SystemExit`` escape to the event loop, which would stop the server; captured here, they are handled
-    like any other task failure.
-    """
-    try:
-        await call
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        return exc
-    return None
+# The record's state for each outcome of an attempt (see records.py and stats.py).
+_STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING,
+          CANCELLED: records.CANCELLED}
 
 
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
@@ -131,6 +101,7 @@ class BackgroundRunner:
         threads: int = 16,
         shutdown_timeout: float = 25.0,
         statistics: bool = True,
+        lock: Any = None,
     ) -> None:
         if overflow not in ("wait", "drop"):
             raise ValueError("overflow must be 'wait' or 'drop'")
@@ -153,7 +124,9 @@ class BackgroundRunner:
         self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
         self._delayed = DelayedTasks()  # tasks waiting for their delay= or at= (one batch each when they start)
         self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
-        self._lock = threading.Lock()  # for what worker threads touch (see the class docstring)
+        # For what worker threads touch (see the class docstring). The app gives the lock of its task store, so
+        # that an attempt's start and end reach the task's status record inside the same critical sections.
+        self._lock = lock if lock is not None else threading.Lock()
         self._scheduled = self._queued = self._waiting = 0
         self._deadline: float | None = None  # loop time at which shutdown cancels what is left
         self._closing: asyncio.Future | None = None  # resolved when shutdown starts: wakes retry backoffs
@@ -187,6 +160,7 @@ class BackgroundRunner:
             duration_max=longest,
             waiting=self._waiting,
             delayed=len(self._delayed),
+            cancelled=totals[CANCELLED],
         )
 
     def metric_rows(self) -> list[tuple[str, list[int], list[int], float]]:
@@ -211,6 +185,10 @@ class BackgroundRunner:
         if request is None:
             return False
         logger.info("Background task %s (request %s %s) cancelled before its time", task.name, *request)
+        with self._lock:
+            self.metrics.count(task.name, CANCELLED)
+            if task.tracker is not None:  # cancelled through the runner: its status record says so too
+                task.tracker.end(records.CANCELLED)
         if task.on_end is not None:
             task.on_end("cancelled")
         self._after_batch()  # room for a waiting request
@@ -222,16 +200,17 @@ class BackgroundRunner:
         now = time.perf_counter()
         with self._lock:
             detail = self.metrics.snapshot()
-            running = sorted(
-                (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt)
+            running = sorted((
+                (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt,
+                 _id_of(batch.tasks[batch.index]))
                 for batch in self._batches() if batch.running
-            ) if self.metrics.per_name else []
+            ), key=lambda row: row[0]) if self.metrics.per_name else []
         stats = self.stats()
         totals = msgspec.structs.asdict(stats)
         totals["duration_mean"] = stats.duration_mean
         detail["running"] = [
-            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
-            for since, name, method, path, attempt in running
+            {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt, "id": task_id}
+            for since, name, method, path, attempt, task_id in running
         ]
         detail["delayed"] = self._delayed.rows()
         return {"totals": totals, **detail}
@@ -480,8 +459,20 @@ class BackgroundRunner:
                 self.metrics.count(task.name, DROPPED)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+            if task.tracker is not None:
+                task.tracker.lost(reason)
             if task.on_end is not None:
                 task.on_end("lost")
+
+    def _cancelled_waiting(self, task: BackgroundTask, batch: _Batch) -> None:
+        """``task`` was cancelled while it waited (queued, or between two attempts): it ends without running."""
+        with self._lock:
+            batch.running = False
+            batch.index += 1
+            self.metrics.count(task.name, CANCELLED)
+            task.tracker.end(records.CANCELLED)
+        if task.on_end is not None:
+            task.on_end("cancelled")
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -497,28 +488,41 @@ class BackgroundRunner:
         """In a worker thread, in the batch's context: run a batch of plain sync tasks, in order."""
         lock = self._lock
         method, path = batch.method, batch.path
+        slot = None  # this thread's slot, through which report_progress and cancelled() reach the record
         try:
             for index, task in enumerate(batch.tasks):
                 started = time.perf_counter()
+                tracker = task.tracker
                 with lock:
                     if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                         return
                     batch.index, batch.since, batch.running = index, started, True
+                    skip = tracker is not None and not tracker.begin(started)
+                if skip:  # cancelled while it waited
+                    self._cancelled_waiting(task, batch)
+                    continue
                 error: BaseException | None = None
+                result = None
                 span = task_span(task.name, 1, method, path)
+                if tracker is not None:
+                    if slot is None:
+                        slot = thread_slot()
+                    slot[0] = tracker
                 try:
                     if span is None:
-                        _call_in_thread(task, batch.loop)
+                        result = call_in_thread(task, batch.loop)
                     else:
                         with span:
-                            _call_in_thread(task, batch.loop)
+                            result = call_in_thread(task, batch.loop)
                 except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
                     error = exc
-                failure = self._attempt_ended(task, batch, 1, error)
+                if tracker is not None:
+                    slot[0] = None  # type: ignore[index]
+                failure = self._attempt_ended(task, batch, 1, error, result=result)
                 if batch.abandoned:  # the shutdown deadline passed; shutdown logged the rest
                     return
                 if failure is not None and self.hooks:  # part of the batch: join() and shutdown wait for the hooks
-                    _on_loop(batch.loop, self._notify(failure))
+                    on_loop(batch.loop, self._notify(failure))
         finally:
             with lock:
                 self._threaded.discard(batch)
@@ -532,22 +536,42 @@ class BackgroundRunner:
                     pass
 
     def _attempt_ended(
-        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True
+        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True,
+        result: Any = None,
     ) -> TaskFailure | None:
-        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), and log it
-        if it finally failed. Nothing is counted for a batch abandoned at the shutdown deadline: shutdown
-        counted its tasks as lost."""
-        duration = time.perf_counter() - batch.since
-        outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+        """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), record it
+        in the task's status record if it has one, and log it if it finally failed. Nothing is counted for a
+        batch abandoned at the shutdown deadline: shutdown counted its tasks as lost.
+
+        A task whose cancellation was requested ends cancelled if it stopped (it raised, or it is async: its
+        await was interrupted) or if it returned after seeing ``cancelled()``; a sync task that never looked
+        ran to its end and ends as it would have."""
+        now = time.perf_counter()
+        tracker = task.tracker
+        if tracker is None:
+            outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+        else:
+            if tracker.cancel_requested and (error is not None or tracker.cancel_seen or task.is_async):
+                outcome = CANCELLED
+            else:
+                outcome = SUCCEEDED if error is None else FAILED if final else RETRIED
+            if outcome == SUCCEEDED and not tracker.keep_result:
+                failure = kept = None
+            else:
+                failure, kept = tracker.outcome(_STATE[outcome], error, result)
         with self._lock:
             batch.running = False
             if batch.abandoned:
                 return None
             if outcome != RETRIED:
                 batch.index += 1  # done with it: neither running nor lost any more
-            self.metrics.record(task.name, outcome, duration)
+            self.metrics.record(task.name, outcome, now - batch.since)
+            if tracker is not None:
+                tracker.end(_STATE[outcome], now, failure, kept)
             if outcome == FAILED:
-                self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+                self.metrics.failure(  # the id only of a task that has a status record: ids are capabilities
+                    task.name, batch.method, batch.path, attempt, error, None if tracker is None else tracker.id  # type: ignore[arg-type]
+                )
         if task.on_end is not None and outcome != RETRIED:
             task.on_end(OUTCOMES[outcome])
         if outcome != FAILED:
@@ -556,42 +580,75 @@ class BackgroundRunner:
         return TaskFailure(task, error, attempt, batch.method, batch.path)  # type: ignore[arg-type]
 
     async def _run_task(self, task: BackgroundTask, batch: _Batch) -> None:
+        """Run ``task``'s attempts on the loop. With a status record, each attempt is recorded, and a
+        cancellation interrupts an async task (and any task waiting to retry) through the asyncio task running
+        the batch: its ``CancelledError`` then ends this task, not the batch."""
+        tracker = task.tracker
+        if tracker is not None:
+            current = asyncio.current_task()
+            token = running_task.set(tracker)  # report_progress and cancelled() reach the record
         attempt = 0
-        while True:
-            attempt += 1
-            batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
-            span = task_span(task.name, attempt, batch.method, batch.path)
-            try:
-                if span is not None:
-                    with span:
-                        await self._execute(task)
-                elif task.is_async and task.timeout is None:  # the common case, without a layer
-                    await task.func(*task.args, **task.kwargs)
-                else:
-                    await self._execute(task)
-            except asyncio.CancelledError as exc:
-                if self._cancelling or _being_cancelled():  # the batch itself: _run logs what is lost
-                    batch.running = False
-                    raise
-                failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
-                await self._notify(failure)  # type: ignore[arg-type]
-                return
-            except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
-                final = attempt > task.retries
-                failure = self._attempt_ended(task, batch, attempt, exc, final)
-                if final:
+        try:
+            while True:
+                attempt += 1
+                batch.attempt, batch.since, batch.running = attempt, time.perf_counter(), True
+                # On the loop the record needs no lock to start: what else changes it here (a cancellation, a
+                # watcher) runs on the loop too, and the task's own progress reports start after this.
+                if tracker is not None:
+                    if not tracker.begin(batch.since):  # cancelled while it waited
+                        self._cancelled_waiting(task, batch)
+                        return
+                    if task.is_async:
+                        tracker.interrupt = current
+                span = task_span(task.name, attempt, batch.method, batch.path)
+                try:
+                    if span is not None:
+                        with span:
+                            result = await self._execute(task)
+                    elif task.is_async and task.timeout is None:  # the common case, without a layer
+                        result = await task.func(*task.args, **task.kwargs)
+                    else:
+                        result = await self._execute(task)
+                except asyncio.CancelledError as exc:
+                    if tracker is not None and tracker.cancel_requested and not self._cancelling:
+                        self._attempt_ended(task, batch, attempt, exc)  # cancelled on request: this task only
+                        return
+                    if self._cancelling or being_cancelled():  # the batch itself: _run logs what is lost
+                        batch.running = False
+                        raise
+                    failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
                     await self._notify(failure)  # type: ignore[arg-type]
                     return
-                delay = task.retry_delay * 2 ** (attempt - 1)
-                delay = random.uniform(delay / 2, delay)
-                logger.warning(
-                    "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
-                    task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
-                )
-                await self._backoff(delay)
-            else:
-                self._attempt_ended(task, batch, attempt, None)
-                return
+                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                    final = attempt > task.retries
+                    failure = self._attempt_ended(task, batch, attempt, exc, final)
+                    if failure is not None:
+                        await self._notify(failure)
+                    if final or (tracker is not None and tracker.final):  # failed, or cancelled
+                        return
+                    delay = task.retry_delay * 2 ** (attempt - 1)
+                    delay = random.uniform(delay / 2, delay)
+                    logger.warning(
+                        "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
+                        task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
+                    )
+                    if tracker is not None:
+                        tracker.interrupt = current  # a cancellation ends the wait
+                    try:
+                        await self._backoff(delay)
+                    except asyncio.CancelledError:
+                        if tracker is None or not tracker.cancel_requested or self._cancelling:
+                            raise
+                        self._cancelled_waiting(task, batch)
+                        return
+                else:
+                    self._attempt_ended(task, batch, attempt, None, result=result)
+                    return
+        finally:
+            if tracker is not None:
+                running_task.reset(token)
+                if tracker.cancel_requested and not self._cancelling:
+                    uncancel(current)
 
     async def _backoff(self, delay: float) -> None:
         """Wait ``delay`` before a retry, counted as waiting. During shutdown a wait never outlasts the drain
@@ -610,34 +667,13 @@ class BackgroundRunner:
         finally:
             self._waiting -= 1
 
-    async def _execute(self, task: BackgroundTask) -> None:
-        if task.is_async:
-            call = task.func(*task.args, **task.kwargs)
-            if task.timeout is None:
-                await call
-                return
-            try:
-                error = await asyncio.wait_for(_captured(call), task.timeout)
-            except asyncio.TimeoutError:
-                with self._lock:
-                    self.metrics.count(task.name, TIMED_OUT)
-                raise asyncio.TimeoutError(f"{task.name} timed out after {task.timeout}s") from None
-            if error is not None:
-                raise error
-            return
-        future = self.pool.submit(contextvars.copy_context(), task.func, task.args, task.kwargs)
-        if task.timeout is not None:
-            done, _ = await asyncio.wait({future}, timeout=task.timeout)
-            if not done:
-                with self._lock:
-                    self.metrics.count(task.name, TIMED_OUT)
-                logger.warning(
-                    "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
-                    task.name, task.timeout,
-                )
-        result = await future
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            await result
+    async def _execute(self, task: BackgroundTask) -> Any:
+        """Run one attempt of ``task`` (see ``calls.execute``); returns its return value."""
+        return await execute(task, self.pool, self._timed_out)
+
+    def _timed_out(self, task: BackgroundTask) -> None:
+        with self._lock:
+            self.metrics.count(task.name, TIMED_OUT)
 
     async def _notify(self, failure: TaskFailure) -> None:
         for hook in self.hooks:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TaskFailure", "TaskStats", "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED",
-    "TIMED_OUT", "DROPPED", "MAX_NAME_LENGTH", "stat_name",
+    "TIMED_OUT", "DROPPED", "CANCELLED", "MAX_NAME_LENGTH", "stat_name",
 ]
 
 
@@ -46,6 +46,7 @@ class TaskStats(msgspec.Struct, frozen=True):
     duration_max: float
     waiting: int = 0  # tasks between two attempts (retry backoff): neither running nor queued, not done either
     delayed: int = 0  # in-process tasks waiting for their delay= or at= (a timer of the runner), not yet queued
+    cancelled: int = 0  # tasks that ended cancelled on request (app.tasks.cancel, DELETE /tasks/{id})
 
     @property
     def duration_mean(self) -> float:
@@ -56,7 +57,7 @@ class TaskStats(msgspec.Struct, frozen=True):
 # read from the histogram is within 10% of the true value. Fixed bounds keep memory per task name constant
 # whatever the traffic.
 DURATION_BOUNDS: tuple[float, ...] = tuple(0.00005 * 2 ** (i / 4) for i in range(97))
-OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped")
+OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "dropped", "cancelled")
 _OTHER_NAMES = "(other)"
 # Task names longer than this are cut (ending in "...") in statistics and metrics: a name built from request data
 # would otherwise make every dashboard read and Prometheus scrape as large as the client wants.
@@ -69,7 +70,7 @@ def stat_name(name: str) -> str:
 
 
 # Outcome indexes into the count lists below (the order of OUTCOMES).
-SUCCEEDED, FAILED, RETRIED, TIMED_OUT, DROPPED = range(len(OUTCOMES))
+SUCCEEDED, FAILED, RETRIED, TIMED_OUT, DROPPED, CANCELLED = range(len(OUTCOMES))
 
 
 class _NameMetrics:
@@ -144,16 +145,19 @@ class TaskMetrics:
             metrics.total += duration
 
     def count(self, name: str, outcome: int, n: int = 1) -> None:
-        """An outcome without a duration of its own (``timed_out``, ``dropped``)."""
+        """An outcome without a duration of its own (``timed_out``, ``dropped``, ``cancelled`` before a start)."""
         self.totals[outcome] += n
         if self.per_name:
             self._of(name).counts[outcome] += n
 
-    def failure(self, name: str, method: str, path: str, attempts: int, exc: BaseException) -> None:
+    def failure(
+        self, name: str, method: str, path: str, attempts: int, exc: BaseException, task_id: str | None = None
+    ) -> None:
         if not self.per_name:
             return
         self.failures.append({
             "name": stat_name(name),
+            "id": task_id,
             "method": method,
             "path": path,
             "attempts": attempts,

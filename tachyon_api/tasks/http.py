@@ -1,0 +1,193 @@
+"""The HTTP contract of tasks you can hold: the status routes, their event stream, and where ``Accepted``
+points.
+
+``app.include_router(task_status_router(prefix="/tasks", dependencies=[Depends(current_user)]))`` adds, under
+the prefix:
+
+- ``GET /{id}``: the task's record as JSON (200), or 404 ``TASK_NOT_FOUND``;
+- ``GET /{id}/events``: Server-Sent Events, the current record first, then one event per change of state or
+  progress, ending after the final state;
+- ``DELETE /{id}``: ask the task to stop: 202 (with the record as it is now), 409 ``TASK_FINISHED`` when it had
+  already ended, 404 as above.
+
+Ids are capabilities, and the routes treat them so: an unknown id, an expired one and another principal's all
+get the same 404, so answers cannot tell them apart. The router refuses to be built without a guard
+(``dependencies``) unless ``public=True``; the first guard's return value, when it is a ``str`` or an ``int``,
+is the principal that ``with_options(owner=...)`` is compared with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Sequence
+from urllib.parse import quote
+
+from ..dependencies import Depends
+from ..exceptions import TaskAlreadyFinished, TaskNotFound
+from ..requests import Request
+from ..responses import JSONResponse, Response, StreamingResponse, encode_json
+from ..routing import Router
+from .records import TaskRecord
+
+__all__ = ["task_status_router", "status_url"]
+
+logger = logging.getLogger("tachyon_api.background")
+
+KEEPALIVE_SECONDS = 15.0
+_NO_STORE = {"cache-control": "no-store"}
+_warned: set[str] = set()
+
+
+def task_status_router(
+    *,
+    prefix: str = "/tasks",
+    dependencies: Sequence[Depends] | None = None,
+    public: bool = False,
+    keepalive: float = KEEPALIVE_SECONDS,
+) -> Router:
+    """The status routes under ``prefix``, guarded by ``dependencies``.
+
+    Raises ``ValueError`` without ``dependencies`` unless ``public=True``: whoever holds an id could otherwise
+    read the task's result and cancel it, so exposing them to everyone must be a decision. With
+    ``public=True`` and no guard there is no principal: tasks with an owner are not found.
+    """
+    if not dependencies and not public:
+        raise ValueError(
+            "task_status_router() needs dependencies=[Depends(your_auth)] to guard it (the first one may return "
+            "the current principal, compared with with_options(owner=...)); pass public=True to serve task "
+            "status without a guard on purpose"
+        )
+    router = Router(prefix=prefix, dependencies=dependencies)
+    # The first guard again, as a parameter: resolved once per request (cached), its value is the principal.
+    principal_of = Depends(dependencies[0].dependency if dependencies else _no_principal)
+
+    async def task_status(task_id: str, request: Request, principal: Any = principal_of) -> Response:
+        """The task's status record (404 ``TASK_NOT_FOUND`` for an unknown, expired or not-yours id)."""
+        _, record = await _find(request, task_id, principal)
+        return JSONResponse(record, headers=_NO_STORE)
+
+    async def task_events(task_id: str, request: Request, principal: Any = principal_of) -> Response:
+        """Server-Sent Events: the record now, then one event per change, until the final state."""
+        source, record = await _find(request, task_id, principal)
+        if record.final and request.headers.get("last-event-id") is not None:
+            # A browser's EventSource reconnects by itself when a stream ends; 204 tells it to stop.
+            return Response(status_code=204, headers=_NO_STORE)
+        return StreamingResponse(
+            _events(source.watch_status(task_id), keepalive),
+            media_type="text/event-stream",
+            headers={**_NO_STORE, "x-accel-buffering": "no"},
+        )
+
+    async def cancel_task(task_id: str, request: Request, principal: Any = principal_of) -> Response:
+        """Ask the task to stop: 202 with its record, or 409 ``TASK_FINISHED`` if it had already ended."""
+        source, record = await _find(request, task_id, principal)
+        outcome = await source.cancel_status(task_id)
+        if outcome is None:
+            raise TaskNotFound()
+        found = await source.read_status(task_id)
+        if found is not None:
+            record = found[0]
+        if not outcome:
+            raise TaskAlreadyFinished(record.state)
+        return JSONResponse(record, status_code=202, headers=_NO_STORE)
+
+    task_status.__tachyon_task_status__ = True  # type: ignore[attr-defined]  # found by status_url()
+    responses = {404: {"description": "No such task (unknown, expired, or not yours)"}}
+    router.add_api_route("/{task_id}", task_status, ["GET"], name="task_status", responses=responses)
+    router.add_api_route("/{task_id}/events", task_events, ["GET"], name="task_events", responses=responses)
+    router.add_api_route(
+        "/{task_id}", cancel_task, ["DELETE"], name="cancel_task", status_code=202,
+        responses={**responses, 409: {"description": "The task had already finished"}},
+    )
+    return router
+
+
+def _no_principal() -> None:
+    return None
+
+
+def principal_id(value: Any) -> str | None:
+    """The guard's return value as a principal id: a ``str``, or an ``int`` as text. Anything else (None, a
+    bool from a yes/no check, an object) is no principal: tasks with an owner are then not found."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, bool):
+        kind = type(value).__qualname__
+        if kind not in _warned:
+            _warned.add(kind)
+            logger.warning(
+                "The task status router's guard returned a %s: only a str or an int is a principal (compared with "
+                "with_options(owner=...)); return the principal's id to see owned tasks", kind,
+            )
+    return None
+
+
+async def _find(request: Request, task_id: str, principal: Any) -> tuple[Any, TaskRecord]:
+    """The task's source and record, if the principal may see it; else the one 404 for every reason."""
+    found = await request.app.tasks.lookup(task_id)
+    if found is None:
+        raise TaskNotFound()
+    source, record, owner = found
+    if owner is not None and owner != principal_id(principal):
+        raise TaskNotFound()
+    return source, record
+
+
+async def _events(records: AsyncIterator[TaskRecord], keepalive: float) -> AsyncIterator[bytes]:
+    """One ``data:`` event per record (numbered, so a reconnecting browser says where it was), a comment line
+    every ``keepalive`` seconds of silence so proxies keep the stream open; ends after the final record."""
+    iterator = records.__aiter__()
+    number = 0
+    try:
+        while True:
+            step = asyncio.ensure_future(iterator.__anext__())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({step}, timeout=keepalive)
+                    if done:
+                        break
+                    yield b": keep-alive\n\n"
+            except BaseException:  # the client left (the stream is cancelled): stop the pending read first
+                step.cancel()
+                await asyncio.wait({step})
+                raise
+            try:
+                record = step.result()
+            except StopAsyncIteration:
+                return
+            number += 1
+            yield b"id: %d\ndata: %s\n\n" % (number, encode_json(record))
+            if record.final:
+                return
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def status_url(app: Any, task_id: str, root_path: str = "") -> str | None:
+    """The URL path of ``task_id``'s status (``/tasks/{id}`` under the status router's prefix), or None when
+    the app serves no status routes (logged once)."""
+    control = app.tasks
+    path = control.status_path or find_status_path(app)
+    if path is None:
+        if not control.warned_no_router:
+            control.warned_no_router = True
+            logger.warning(
+                "Accepted(task) has no status URL to give: include task_status_router() in the app, or pass "
+                "Accepted(task, status_url=...)"
+            )
+        return None
+    return root_path + path.replace("{task_id}", quote(task_id, safe=""))
+
+
+def find_status_path(app: Any) -> str | None:
+    """The path template of the app's status route (``/tasks/{task_id}``), remembered once found."""
+    for route in getattr(app, "_routes", ()):
+        if getattr(route.endpoint, "__tachyon_task_status__", False):
+            app.tasks.status_path = route.path
+            return route.path
+    return None
