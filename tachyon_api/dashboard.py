@@ -44,7 +44,7 @@ _KEEPALIVE_SECONDS = 15.0
 
 async def dashboard_data(app: Any) -> dict[str, Any]:
     """The dashboard's data for ``app``: the runner's snapshot, plus the durable queue when there is one."""
-    data = app.background.snapshot()
+    data: dict[str, Any] = app.background.snapshot()
     backend = getattr(app, "task_backend", None)
     if backend is not None and hasattr(backend, "failed_jobs"):
         try:

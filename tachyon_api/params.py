@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._utils import DefaultMarker
+
 __all__ = ["Param", "Query", "Path", "Body", "Header", "Cookie", "Form", "File"]
 
 
-class Param:
+class Param(DefaultMarker):  # type: ignore[misc]  # see DefaultMarker
     """Base of every marker. ``source`` names the part of the request the value is read from.
 
     The keywords are FastAPI's, so a ported signature keeps working and keeps its checks: ``gt``, ``ge``,

@@ -17,6 +17,8 @@ from .datastructures import URL, Address, FormData, Headers, QueryParams, State,
 from .exceptions import RequestError, RequestTooLarge, RequestValidationError
 
 if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
     from .applications import Tachyon
 
 __all__ = ["HTTPConnection", "Request"]
@@ -46,7 +48,8 @@ class HTTPConnection:
 
     @property
     def app(self) -> "Tachyon":
-        return self.scope["app"]
+        app: Tachyon = self.scope["app"]
+        return app
 
     @property
     def url(self) -> URL:
@@ -54,7 +57,8 @@ class HTTPConnection:
 
     @property
     def path_params(self) -> dict[str, Any]:
-        return self.scope.get("path_params", {})
+        params: dict[str, Any] = self.scope.get("path_params", {})
+        return params
 
     @property
     def query_params(self) -> QueryParams:
@@ -100,11 +104,12 @@ class Request(HTTPConnection):
         self._json: Any = None
         self._form: FormData | None = None
         self._consumed = False
-        self._first: dict | None = None
+        self._first: dict[str, Any] | None = None
 
     @property
     def method(self) -> str:
-        return self.scope["method"]
+        method: str = self.scope["method"]
+        return method
 
     @property
     def max_body_size(self) -> int:
@@ -178,7 +183,7 @@ class Request(HTTPConnection):
             return self._receive
         pending = [{"type": "http.request", "body": self._body, "more_body": False}]
 
-        async def receive() -> dict:
+        async def receive() -> dict[str, Any]:
             return pending.pop() if pending else await self._receive()
 
         return receive
@@ -276,7 +281,7 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
     def on_end() -> None:
         state["ended"] = True
 
-    callbacks = {
+    callbacks: MultipartCallbacks = {
         "on_header_field": on_header_field,
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,

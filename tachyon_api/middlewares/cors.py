@@ -82,7 +82,7 @@ class CORSMiddleware:
     def _allow_origin(self, origin: str) -> bytes:
         return b"*" if self.any_origin else origin.encode("latin-1")
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -100,14 +100,14 @@ class CORSMiddleware:
         else:
             extra = [(b"access-control-allow-origin", self._allow_origin(origin)), *self.simple_headers]
 
-        async def send_with_cors(message: dict) -> None:
+        async def send_with_cors(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message = with_headers(message, extra, self.vary)
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _preflight(self, scope: dict, receive: Any, send: Any, origin: str, method: str) -> None:
+    async def _preflight(self, scope: dict[str, Any], receive: Any, send: Any, origin: str, method: str) -> None:
         asked = scope_header(scope, b"access-control-request-headers") or ""
         requested = [h for h in (part.strip().lower() for part in asked.split(",")) if h]
         vary = ["Origin"] if self.vary else []
