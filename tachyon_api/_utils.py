@@ -29,7 +29,7 @@ def is_async_callable(obj: Any) -> bool:
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
         return True
-    call = getattr(type(obj), "__call__", None)
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself: is it async?
     return not inspect.isroutine(obj) and not isinstance(obj, type) and inspect.iscoroutinefunction(call)
 
 

@@ -14,7 +14,8 @@ import contextvars
 import logging
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _MISSING = object()

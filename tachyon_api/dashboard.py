@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import html
 import weakref
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 

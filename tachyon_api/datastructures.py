@@ -6,8 +6,8 @@ All of them parse lazily from the ASGI scope, so a request pays only for what it
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, Generic, NamedTuple, TypeVar, overload
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 from urllib.parse import unquote_plus
 
 from .concurrency import run_in_threadpool
@@ -183,7 +183,7 @@ class URL(str):
     path: str
     query: str
 
-    def __new__(cls, scope: Mapping[str, Any]) -> "URL":
+    def __new__(cls, scope: Mapping[str, Any]) -> URL:
         scheme = scope.get("scheme", "http")
         server = scope.get("server")
         host = scope_header(scope, b"host")
@@ -236,7 +236,7 @@ def safe_filename(filename: str | None) -> str | None:
         stem, dot, extension = name.rpartition(".")
         if not stem or len(extension.encode("utf-8")) > 32:
             stem, dot, extension = name, "", ""
-        room = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode("utf-8"))
+        room = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode())
         name = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip() + dot + extension
     return name
 
@@ -258,7 +258,8 @@ class UploadFile:
         headers: Headers | None = None,
         content_type: str | None = None,
     ) -> None:
-        self.file = file if file is not None else tempfile.SpooledTemporaryFile(max_size=self.spool_max_size)
+        # The upload owns its file until close(): no context manager fits that lifetime.
+        self.file = file if file is not None else tempfile.SpooledTemporaryFile(max_size=self.spool_max_size)  # noqa: SIM115
         self.filename = safe_filename(filename)
         self.size = size
         self.headers = headers or Headers()

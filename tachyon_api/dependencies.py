@@ -6,7 +6,8 @@ registered, and :class:`tachyon_api.compiler.Dependency` resolves it per request
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, overload
 
 from ._utils import DefaultMarker
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -148,7 +149,7 @@ class _TaskCollector(Collector):
             "tachyon_task_duration_seconds", "Duration of background task attempts", labels=["name"]
         )
         for name, counts, buckets, total in rows:
-            for outcome, count in zip(OUTCOMES, counts):
+            for outcome, count in zip(OUTCOMES, counts, strict=True):
                 tasks.add_metric([name, outcome], count)
             upto = list(itertools.accumulate(buckets))  # upto[i]: attempts that took at most DURATION_BOUNDS[i]
             cumulative = [(_go_float(DURATION_BOUNDS[i]), upto[i]) for i in _EXPORTED]

@@ -69,7 +69,7 @@ class Param(DefaultMarker):  # type: ignore[misc]  # see DefaultMarker
                 f"{type(self).__name__}() takes at most {1 + len(self._positional)} positional arguments "
                 f"({', '.join(('default', *self._positional))}); pass the others by keyword"
             )
-        for name, value in zip(self._positional, positional):
+        for name, value in zip(self._positional, positional, strict=False):  # checked above: not longer
             if getattr(self, name) is not None:
                 raise TypeError(f"{type(self).__name__}() got multiple values for argument '{name}'")
             setattr(self, name, value)

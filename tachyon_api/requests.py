@@ -6,7 +6,8 @@ buffering), and cached: a ``Body()`` parameter and ``await request.body()`` in t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import msgspec
@@ -47,7 +48,7 @@ class HTTPConnection:
         self._cookies: dict[str, str] | None = None
 
     @property
-    def app(self) -> "Tachyon":
+    def app(self) -> Tachyon:
         app: Tachyon = self.scope["app"]
         return app
 

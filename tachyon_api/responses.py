@@ -13,8 +13,9 @@ import logging
 import mimetypes
 import os
 import stat
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from email.utils import formatdate
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import msgspec

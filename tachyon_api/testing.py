@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -55,7 +56,10 @@ class WebSocketDenialResponse(httpx.Response, Exception):  # type: ignore[misc] 
 
 
 def _websocket_scope(
-    client: httpx.Client | httpx.AsyncClient, path: str, subprotocols: Sequence[str] | None, headers: dict[str, str] | None
+    client: httpx.Client | httpx.AsyncClient,
+    path: str,
+    subprotocols: Sequence[str] | None,
+    headers: dict[str, str] | None,
 ) -> dict[str, Any]:
     url = client.base_url.join(path)
     request = client.build_request("GET", url, headers=headers)  # the client's headers and cookies
@@ -107,7 +111,7 @@ class AsyncWebSocketTestSession:
         self.accepted = False
         self._closed = False
 
-    async def __aenter__(self) -> "AsyncWebSocketTestSession":
+    async def __aenter__(self) -> AsyncWebSocketTestSession:
         self._task = asyncio.ensure_future(self.app(self.scope, self._to_app.get, self._app_send))
         await self._to_app.put({"type": "websocket.connect"})
         message = await self._next()
@@ -204,11 +208,11 @@ class AsyncWebSocketTestSession:
 class WebSocketTestSession:
     """The sync form of :class:`AsyncWebSocketTestSession`, driven through the test client's event loop."""
 
-    def __init__(self, client: "TachyonTestClient", session: AsyncWebSocketTestSession) -> None:
+    def __init__(self, client: TachyonTestClient, session: AsyncWebSocketTestSession) -> None:
         self._call = client._portal_call
         self._session = session
 
-    def __enter__(self) -> "WebSocketTestSession":
+    def __enter__(self) -> WebSocketTestSession:
         self._call(self._session.__aenter__())
         return self
 
@@ -304,7 +308,7 @@ class _Portal:
 
 
 class _PortalTransport(httpx.BaseTransport):
-    def __init__(self, client: "TachyonTestClient", transport: httpx.ASGITransport) -> None:
+    def __init__(self, client: TachyonTestClient, transport: httpx.ASGITransport) -> None:
         self.client = client
         self.transport = transport
 
@@ -356,7 +360,7 @@ class TachyonTestClient(httpx.Client):
             self._portal = _Portal()
         return self._portal.call(coro)
 
-    def __enter__(self) -> "TachyonTestClient":
+    def __enter__(self) -> TachyonTestClient:
         super().__enter__()
         self._lifespan = _Lifespan(self.app)
         try:

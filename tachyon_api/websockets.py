@@ -21,7 +21,8 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -234,7 +235,7 @@ class WebSocket(HTTPConnection):
             self.application_state = DISCONNECTED
             try:
                 await self._send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
-            except Exception:  # noqa: BLE001 - gone already: nothing to tell it
+            except Exception:  # gone already: nothing to tell it
                 pass
 
     # --- data -------------------------------------------------------------------------------------------
@@ -462,7 +463,7 @@ class OpenSockets:
     async def _close_then(self, previous: Callable[..., Any], signum: int, frame: Any) -> None:
         try:
             await asyncio.wait_for(self.close_all(), 5)
-        except Exception:  # noqa: BLE001 - the server must hear the signal whatever happened here
+        except Exception:  # the server must hear the signal whatever happened here
             logger.exception("Closing the open WebSockets at shutdown failed")
         finally:
             previous(signum, frame)

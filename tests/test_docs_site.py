@@ -39,7 +39,8 @@ PUBLIC_MODULES = [
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # the theme's end-of-life banner, not a build problem
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config), "--site-dir", str(site)]
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config)]
+    command += ["--site-dir", str(site)]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=config.parent, timeout=120)
 
 

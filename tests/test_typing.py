@@ -7,10 +7,14 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # mypy brings tomli on 3.10
+    import tomli as tomllib
 
 from .conftest import ROOT
 

@@ -19,7 +19,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..datastructures import scope_header
 from ..responses import JSONResponse
@@ -131,5 +132,6 @@ class CORSMiddleware:
             await send(with_headers(message, headers, ", ".join(vary)))
             await send({"type": "http.response.body", "body": b""})
             return
-        response = JSONResponse({"detail": f"Disallowed CORS {problem}"}, 400, {"Vary": ", ".join(vary)} if vary else None)
+        vary_header = {"Vary": ", ".join(vary)} if vary else None
+        response = JSONResponse({"detail": f"Disallowed CORS {problem}"}, 400, vary_header)
         await response.send(scope, receive, send)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import msgspec
