@@ -1,5 +1,6 @@
-"""Decisions about user callables that several modules make (tasks, dependencies, endpoints, exception
-handlers, lifespan hooks), made once here so that every kind of callable is treated alike everywhere."""
+"""Decisions that several modules make about user objects, made once here so that they are made alike
+everywhere: about callables (tasks, dependencies, endpoints, exception handlers, lifespan hooks), and whether
+an object is one of Starlette's (code written for tachyon-api 1.3 uses Starlette's classes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["DefaultMarker", "callable_name", "is_async_callable"]
+__all__ = ["DefaultMarker", "callable_name", "is_async_callable", "is_starlette_class"]
 
 if TYPE_CHECKING:
     # The base of the markers written as a parameter's default (``q: str = Query()``, ``db: Session =
@@ -40,3 +41,13 @@ def callable_name(obj: Any) -> str:
         obj = obj.func
     name = getattr(obj, "__qualname__", None) or getattr(type(obj), "__qualname__", None)
     return name or repr(obj)
+
+
+def is_starlette_class(cls: type, *names: str) -> bool:
+    """Whether ``cls`` is, or derives from, one of Starlette's classes named ``names`` (any of Starlette's
+    classes when none is named).
+
+    Read from the class's MRO by module and name, so Starlette is never imported for the check (it is not a
+    dependency) and a user's subclass counts too.
+    """
+    return any(c.__module__.startswith("starlette.") and (not names or c.__name__ in names) for c in cls.__mro__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import inspect
 import logging
@@ -19,6 +20,7 @@ from .datastructures import State
 from .dependencies import SCOPE_SINGLETON, Depends, injectable_scope
 from .docs import docs_routes
 from .exceptions import HTTPException, RequestError, ResponseValidationError
+from .handlers import build_handler, build_websocket_handler
 from .middlewares.core import create_decorated_middleware_class
 from .openapi import OpenAPIConfig, OpenAPIGenerator
 from .requests import DEFAULT_MAX_BODY_SIZE, ClientDisconnect, Request
@@ -30,14 +32,13 @@ from .responses import (
     response_validation_error_response,
     send_any,
 )
+from .tasks.schedule import PeriodicJob, Scheduler
 from .routing import (
     PathTree,
     Route,
     RouteDecorators,
     Router,
     WebSocketRoute,
-    build_handler,
-    build_websocket_handler,
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook
@@ -118,6 +119,8 @@ class Tachyon(RouteDecorators):
     ``cache_config``, ``lifespan``, ``max_body_size``); the others are keyword-only.
     ``gc_freeze=False`` keeps the objects alive at startup under the cyclic garbage collector's full scans (see
     :func:`_freeze_startup_heap` for why the default moves them out of its way).
+    ``schedule_lease`` (seconds) is how long a process holds a periodic job's lease in Redis without renewing
+    it: the bound on a takeover when it dies (see :meth:`periodic` and ``tasks/schedule.py``).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class Tachyon(RouteDecorators):
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
+        schedule_lease: float = 10.0,
     ) -> None:
         if cache_config is not None:
             set_cache_config(cache_config)  # process-wide, as in 1.3: @cache has no app to look at
@@ -168,6 +172,7 @@ class Tachyon(RouteDecorators):
             shutdown_timeout=shutdown_timeout,
             statistics=task_statistics,
         )
+        self.scheduler = Scheduler(self, schedule_lease)
         self._lifespan = lifespan
         self._lifespan_context: AsyncContextManager[Any] | None = None
         self._on_startup: list[Callable[[], Any]] = []
@@ -425,6 +430,44 @@ class Tachyon(RouteDecorators):
         """Register ``hook(failure)`` (sync or async), called for every background task that finally fails."""
         return self.background.on_error(hook)
 
+    def periodic(
+        self,
+        every: float | dt.timedelta | None = None,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+        overlap: bool = False,
+        catch_up: bool = False,
+        jitter: float | dt.timedelta | None = None,
+        durable: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Run the decorated function (sync or async, no arguments) at every tick of a schedule, once per tick
+        for the whole deployment: ``every=timedelta(minutes=5)`` (ticks on multiples of the interval since the
+        Unix epoch) or ``cron="0 3 * * *"`` read in ``timezone`` (UTC by default; cron needs the ``cron`` extra).
+
+        Each run is a background task with the task options ``name``, ``timeout``, ``retries`` and
+        ``retry_delay``: in this app's runner, or a durable job when the app has a ``task_backend`` (unless
+        ``durable=False``). A tick is skipped (logged, counted) while the previous run still runs, unless
+        ``overlap=True``; ticks missed while no process ran the schedule are not run later unless
+        ``catch_up=True`` (which runs the latest one); ``jitter`` delays each tick by up to that many seconds.
+        Mistakes raise here, at declaration. See docs/scheduling.md for the guarantees.
+        """
+        options = {key: value for key, value in
+                   dict(timeout=timeout, retries=retries, retry_delay=retry_delay).items() if value is not None}
+
+        def decorator(func: F) -> F:
+            self.scheduler.add(PeriodicJob.declare(
+                func, every=every, cron=cron, timezone=timezone, name=name, options=options, overlap=overlap,
+                catch_up=catch_up, jitter=jitter, durable=durable,
+            ))
+            return func
+
+        return decorator
+
     # --- lifespan --------------------------------------------------------------------------------------
     def on_event(self, event_type: str) -> Callable[[F], F]:
         """Register a sync or async ``startup`` or ``shutdown`` handler."""
@@ -462,6 +505,7 @@ class Tachyon(RouteDecorators):
                 for key, item in value.items():
                     setattr(self.state, key, item)
         self.background.start()
+        self.scheduler.start()
         if self._websocket_routes:
             self.open_websockets.install()
             warn_if_the_server_cannot_serve(route.path for route in self._websocket_routes)
@@ -474,6 +518,7 @@ class Tachyon(RouteDecorators):
         the lifespan exit or another handler fails; the first failure is re-raised at the end.
         """
         errors: list[BaseException] = []
+        await self.scheduler.stop()  # no tick starts from now on
         if self._websocket_routes:
             await self.open_websockets.shutdown()
         unfinished = self.background.unfinished()
@@ -488,6 +533,7 @@ class Tachyon(RouteDecorators):
             await self.background.shutdown()
         except Exception as exc:
             errors.append(exc)
+        await self.scheduler.release()  # drained: another process may take the periodic jobs over now
         close = getattr(self.task_backend, "aclose", None)
         if close is not None:  # every request has been answered: its Redis connection can go
             try:

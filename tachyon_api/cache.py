@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._utils import is_starlette_class
 from .concurrency import run_in_threadpool
 from .requests import HTTPConnection
 from .responses import Response, StreamingResponse, is_foreign_response
@@ -282,17 +283,13 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _key_part(name: str, value: Any) -> str:
-    if isinstance(value, HTTPConnection) or _is_starlette_connection(value):
+    # Starlette's Request and WebSocket too (whose ``repr`` is not needed to refuse them).
+    if isinstance(value, HTTPConnection) or is_starlette_class(type(value), "HTTPConnection"):
         raise UncacheableArgument(name, value)
     text = repr(value)
     if _ADDRESS.search(text):
         raise UncacheableArgument(name, value)
     return text
-
-
-def _is_starlette_connection(value: Any) -> bool:
-    """A Starlette ``Request``/``WebSocket`` (whose ``repr`` is not needed to refuse it)."""
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "HTTPConnection" for c in type(value).__mro__)
 
 
 def _default_key_builder(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -163,6 +163,42 @@ def _routes(args: argparse.Namespace) -> None:
         print(f"{method:<{width}}  {path:<{path_width}}  {name}")
 
 
+def _schedule(args: argparse.Namespace) -> None:
+    """List the periodic jobs of module:app with their next run times (computed here, nothing is started)."""
+    import time
+
+    from .tasks.schedule import iso
+
+    app = load_app(args.app)
+    scheduler = getattr(app, "scheduler", None)
+    jobs = list(scheduler) if scheduler is not None else []
+    if not jobs:
+        print(f"{args.app} declares no periodic jobs (@app.periodic)")
+        return
+    now = time.time()
+    rows = []
+    for job in jobs:
+        marked = hasattr(job.func, "__tachyon_backend__")
+        durable = job.durable is not False and (app.task_backend is not None or marked)
+        options = [f"{key}={value}" for key, value in job.options.items()]
+        options += [name for name in ("overlap", "catch_up") if getattr(job, name)]
+        options += [f"jitter={job.jitter:g}s"] if job.jitter else []
+        ticks = [iso(tick, job.schedule.zone()) for tick in job.upcoming(now, args.next)]
+        where = "durable" if durable else "in-process"
+        rows.append((job.name, job.schedule.describe(), where, ticks, ", ".join(options)))
+    titles = ("NAME", "SCHEDULE", "RUNS", "NEXT RUN")
+    widths = [max(len(title), *(len(row[i] if i < 3 else row[3][0]) for row in rows)) for i, title in enumerate(titles)]
+
+    def line(*cells: str) -> str:
+        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)) + "  " + cells[-1]
+
+    print(line(*titles, "OPTIONS"))
+    for name, schedule, where, ticks, options in rows:
+        print(line(name, schedule, where, ticks[0], options).rstrip())
+        for tick in ticks[1:]:
+            print(" " * (sum(widths[:3]) + 6) + tick)
+
+
 def _worker(args: argparse.Namespace) -> None:
     """``tachyon worker``: the app's durable jobs, run in this process (docs/durable-tasks.md, "Running workers")."""
     from .backends.rq import RQBackend
@@ -383,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser("routes", help="list the routes of module:app")
     routes.add_argument("app", nargs="?", default="app:app")
     routes.set_defaults(handler=_routes)
+
+    schedule = commands.add_parser("schedule", help="list the periodic jobs of module:app and their next runs")
+    schedule.add_argument("app", nargs="?", default="app:app")
+    schedule.add_argument("--next", "-n", type=int, default=1, help="how many upcoming run times per job (default 1)")
+    schedule.set_defaults(handler=_schedule)
 
     worker = commands.add_parser(
         "worker", help="run the durable tasks of module:app (many at once, in this process; survives Redis restarts)"

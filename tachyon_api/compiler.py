@@ -21,326 +21,62 @@ Classification of a parameter, first rule that matches:
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import collections.abc
 import contextlib
-import dataclasses
-import datetime
-import decimal
-import enum
 import inspect
 import logging
-import math
-import re
-import sys
-import types
 import typing
-import uuid
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Any, Callable
 
 import msgspec
 
 from ._utils import callable_name, is_async_callable
-from .datastructures import Headers, QueryParams, UploadFile
+from .converters import describe_validation_error, effective_type
+from .datastructures import Headers, QueryParams
 from .dependencies import SCOPE_FUNCTION, SCOPE_REQUEST, SCOPE_SINGLETON, SCOPE_TRANSIENT, Depends, injectable_scope
-from .exceptions import HTTPException
+from .extractors import (
+    MAX_LIST_ITEMS,
+    Extractor,
+    FieldError,
+    PathNotFound,
+    body_extractor,
+    foreign_websocket,
+    form_extractor,
+    form_json_extractor,
+    path_extractor,
+    value_extractor,
+)
+from .introspection import (
+    EMPTY,
+    is_background_type,
+    is_http_only,
+    is_model,
+    is_request_type,
+    is_scalar,
+    is_upload,
+    is_websocket_type,
+    list_item,
+    split_annotated,
+    type_hints,
+    type_name,
+    unwrap_optional,
+)
 from .params import Param
-from .requests import HTTPConnection, Request, json_error_message
+from .requests import HTTPConnection, Request, parsed_request
 from .tasks import BackgroundTasks
 from .websockets import WebSocket
 
 if typing.TYPE_CHECKING:
     from .applications import Tachyon
 
+# describe_validation_error, MAX_LIST_ITEMS and PathNotFound live in converters.py and extractors.py; they stay
+# importable from here, where they were (the docs name tachyon_api.compiler.PathNotFound).
 __all__ = [
-    "Plan", "Parameter", "Context", "WebSocketContext", "compile_endpoint", "compile_dependency",
-    "describe_validation_error",
+    "Plan", "Parameter", "Context", "WebSocketContext", "Dependency", "compile_endpoint", "compile_dependency",
+    "describe_validation_error", "MAX_LIST_ITEMS", "PathNotFound",
 ]
 
 logger = logging.getLogger("tachyon_api.errors")
-
-_EMPTY = inspect.Parameter.empty
-_SCALARS = (str, int, float, bool, decimal.Decimal, uuid.UUID, datetime.date, datetime.datetime, datetime.time)
-_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
-_FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
-MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
-# Numbers in a URL, header or form: ASCII digits and an optional sign; for float/Decimal also a fraction and
-# an exponent (_NUMBER), and a float must be finite. Python's int()/float() would also take "٣", "1_000", " 1"
-# and "nan", so that several URLs name one resource and a NaN slips past every bound (stricter than pydantic,
-# which takes "1_000" and spaces: see docs/migration.md).
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_UNION_TYPES = (Union, types.UnionType) if sys.version_info >= (3, 10) else (Union,)
-
-
-class FieldError(Exception):
-    """One invalid field; collected so that every failing field is reported at once."""
-
-    def __init__(self, loc: list[Any], msg: str, type_: str) -> None:
-        self.error = {"loc": loc, "msg": msg, "type": type_}
-
-
-class PathNotFound(HTTPException):
-    """A path segment that does not convert to its parameter's type: the route does not exist (404).
-
-    An ``HTTPException``, so 404 handlers (``@app.exception_handler(404)``) apply as to unknown paths.
-    """
-
-    def __init__(self, name: str) -> None:
-        super().__init__(404, "Not Found")
-        self.parameter = name
-
-
-class ConstraintError(ValueError):
-    """A value that converted but breaks a declared constraint (``ge``, ``max_length``, ``pattern``...): a 422
-    with its own ``type``, where a value that does not convert at all is a ``*_parsing`` error (or a 404)."""
-
-    def __init__(self, msg: str, type_: str) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.type = type_
-
-
-# msgspec's wording of a broken constraint, and ours (pydantic's types, so FastAPI clients keep matching).
-_BOUND_RE = re.compile(r"Expected `\w+` (>=|>|<=|<) (.+)$")
-_LENGTH_RE = re.compile(r"Expected `(\w+)` of length (>=|<=) (\d+)$")
-_PATTERN_RE = re.compile(r"Expected `str` matching regex (.+)$")
-_MULTIPLE_RE = re.compile(r"Expected `\w+` that's a multiple of (.+)$")
-_BOUNDS = {
-    ">=": ("greater_than_equal", "greater than or equal to"),
-    ">": ("greater_than", "greater than"),
-    "<=": ("less_than_equal", "less than or equal to"),
-    "<": ("less_than", "less than"),
-}
-_SIZED = {"str": ("string_", "String", "character"), "bytes": ("bytes_", "Data", "byte"), "object": ("", "Object", "item")}
-
-
-def describe_validation_error(message: str) -> tuple[str, str]:
-    """``(msg, type)`` for one msgspec validation message (without its `` - at `$...` `` suffix).
-
-    Constraint failures get a sentence for people and a pydantic-style type (``greater_than_equal``,
-    ``string_too_long``, ``string_pattern_mismatch``...); the pattern is shown as written, not escaped again.
-    Anything else keeps msgspec's message, with the type ``validation_error``.
-    """
-    if found := _BOUND_RE.match(message):
-        type_, words = _BOUNDS[found.group(1)]
-        return f"Input should be {words} {found.group(2)}", type_
-    if found := _LENGTH_RE.match(message):
-        prefix, noun, unit = _SIZED.get(found.group(1), ("", "List", "item"))
-        count = int(found.group(3))
-        least = found.group(2) == ">="
-        plural = "" if count == 1 else "s"
-        return (
-            f"{noun} should have {'at least' if least else 'at most'} {count} {unit}{plural}",
-            f"{prefix}too_{'short' if least else 'long'}",
-        )
-    if found := _PATTERN_RE.match(message):
-        try:
-            pattern = ast.literal_eval(found.group(1))  # msgspec shows the pattern's repr
-        except (ValueError, SyntaxError):
-            pattern = found.group(1)
-        return f"String should match pattern '{pattern}'", "string_pattern_mismatch"
-    if found := _MULTIPLE_RE.match(message):
-        return f"Input should be a multiple of {found.group(1)}", "multiple_of"
-    return message, "validation_error"
-
-
-# --- types -----------------------------------------------------------------------------------------------
-def _strip(tp: Any) -> tuple[Any, tuple[Any, ...]]:
-    """``Annotated[T, x, y]`` -> ``(T, (x, y))``; any other type -> ``(tp, ())``."""
-    if typing.get_origin(tp) is Annotated:
-        return tp.__origin__, tp.__metadata__
-    return tp, ()
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in _UNION_TYPES:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) < len(typing.get_args(tp)):
-            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
-    return tp, False
-
-
-def _list_item(tp: Any) -> Any:
-    tp = _strip(tp)[0]
-    if typing.get_origin(tp) in (list, tuple, set, frozenset, typing.Sequence) or tp in (list, tuple, set):
-        args = typing.get_args(tp)
-        return args[0] if args else str
-    return None
-
-
-def _is_scalar(tp: Any) -> bool:
-    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
-    if tp in _SCALARS or tp is Any:
-        return True
-    if typing.get_origin(tp) is typing.Literal:
-        return True
-    return isinstance(tp, type) and issubclass(tp, (enum.Enum, *_SCALARS))
-
-
-def _is_model(tp: Any) -> bool:
-    tp = _strip(_unwrap_optional(_strip(tp)[0])[0])[0]
-    item = _list_item(tp)
-    if item is not None:
-        tp, _ = _unwrap_optional(item)
-    tp = _strip(tp)[0]
-    origin = typing.get_origin(tp) or tp
-    return (
-        (isinstance(origin, type) and issubclass(origin, (msgspec.Struct, dict)))
-        or dataclasses.is_dataclass(origin)
-        or typing.is_typeddict(origin)
-    )
-
-
-def _is_upload(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
-    tp = _strip(_list_item(tp) or tp)[0]
-    return isinstance(tp, type) and issubclass(tp, UploadFile)
-
-
-def _is_request_type(tp: Any) -> bool:
-    if not isinstance(tp, type):
-        return False
-    if issubclass(tp, HTTPConnection):
-        return True
-    # Starlette's Request (or a subclass), which code written for the existing framework annotates with.
-    return any(c.__module__.startswith("starlette.") and c.__name__ in ("Request", "HTTPConnection") for c in tp.__mro__)
-
-
-def _is_http_only(tp: Any) -> bool:
-    """A request type with a body (ours or Starlette's ``Request``), as opposed to a bare ``HTTPConnection``."""
-    if tp is _EMPTY or not isinstance(tp, type):
-        return True
-    if issubclass(tp, HTTPConnection):
-        return issubclass(tp, Request)
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "Request" for c in tp.__mro__)
-
-
-def _is_websocket_type(tp: Any) -> bool:
-    if not isinstance(tp, type):
-        return False
-    if issubclass(tp, WebSocket):
-        return True
-    # Starlette's WebSocket, which code written for tachyon-api 1.3 annotates with.
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "WebSocket" for c in tp.__mro__)
-
-
-def _is_background_type(tp: Any) -> bool:
-    tp, _ = _unwrap_optional(tp)
-    return isinstance(tp, type) and issubclass(tp, BackgroundTasks)
-
-
-def _type_name(tp: Any) -> str:
-    return _TYPE_NAMES.get(tp) or getattr(tp, "__name__", None) or str(tp)
-
-
-# --- constraints -----------------------------------------------------------------------------------------
-_CHECKS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "tz")
-_MARKER_META = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length", "title", "description",
-                "examples")
-
-
-def _marker_meta(marker: Param) -> msgspec.Meta | None:
-    """The marker's FastAPI keywords (``Query(max_length=3)``) as the ``Meta`` msgspec enforces and documents."""
-    kwargs = {key: value for key in _MARKER_META if (value := getattr(marker, key)) is not None}
-    if marker.deprecated:
-        kwargs["extra_json_schema"] = {"deprecated": True}
-    return msgspec.Meta(**kwargs) if kwargs else None
-
-
-def effective_type(tp: Any, marker: Param | None) -> Any:
-    """The parameter's type with all its constraints folded in: ``Annotated[T, Meta(...), ...]``, inside
-    ``Optional`` when the value may be None (a bound applies to the value, not to the None).
-
-    Meta from the annotation (``Annotated[int, Meta(ge=1)]``, also inside ``Optional``) and from the marker's
-    keywords are merged, so validation and whatever describes the API (OpenAPI) read one type.
-    """
-    tp, extras = _strip(tp)
-    inner, optional = _unwrap_optional(tp)
-    inner, inner_extras = _strip(inner)
-    metas = [m for m in (*extras, *inner_extras) if isinstance(m, msgspec.Meta)]
-    meta = _marker_meta(marker) if marker is not None else None
-    if meta is not None:
-        metas.append(meta)
-    if metas:
-        inner = Annotated[(inner, *metas)]  # type: ignore[valid-type]
-    return Optional[inner] if optional else inner
-
-
-def _constraint_check(tp: Any) -> Callable[[Any], Any] | None:
-    """For ``Annotated[T, Meta(...)]``: a function that validates a converted value against the constraints
-    and raises :class:`ConstraintError`. None when ``tp`` declares no constraint: nothing runs per request."""
-    base, extras = _strip(tp)
-    metas = [m for m in extras if isinstance(m, msgspec.Meta) and any(getattr(m, c) is not None for c in _CHECKS)]
-    if not metas:
-        return None
-    # A list's own constraints are about its length; its items are checked one by one as they convert.
-    target = Annotated[(list if _list_item(base) is not None else base, *metas)]  # type: ignore[valid-type]
-    msgspec.json.Decoder(target)  # an impossible constraint (max_length on an int) fails at registration
-
-    def check(value: Any) -> Any:
-        try:
-            return msgspec.convert(value, target)
-        except msgspec.ValidationError as exc:
-            raise ConstraintError(*describe_validation_error(str(exc))) from None
-
-    return check
-
-
-def _converter(tp: Any) -> Callable[[str], Any] | None:
-    """:func:`string_converter` for a type that may carry constraints: convert, then check."""
-    convert = string_converter(_strip(tp)[0])
-    check = _constraint_check(tp)
-    if check is None:
-        return convert
-    if convert is None:
-        return check
-    return lambda value: check(convert(value))
-
-
-def string_converter(tp: Any) -> Callable[[str], Any] | None:
-    """A converter from a query/path/header/cookie/form string to ``tp`` (None: keep the string)."""
-    if tp is str or tp is Any or tp is _EMPTY:
-        return None
-    if tp is int:
-        def convert(value: str) -> Any:
-            # ASCII digits, an optional sign: str methods cost half as much as a regex on this hot path
-            if not (value.isascii() and (value.isdigit() or (value[1:].isdigit() and value[0] in "+-"))):
-                raise ValueError(value)
-            return int(value)
-    elif tp is float:
-        def convert(value: str) -> Any:
-            if _NUMBER.fullmatch(value) is None or not math.isfinite(number := float(value)):  # "1e999": inf
-                raise ValueError(value)
-            return number
-    elif tp is decimal.Decimal:
-        def convert(value: str) -> Any:
-            if _NUMBER.fullmatch(value) is None:
-                raise ValueError(value)
-            return decimal.Decimal(value)
-    elif tp is bool:
-        def convert(value: str) -> Any:
-            lowered = value.lower()
-            if lowered in _TRUE:
-                return True
-            if lowered in _FALSE:
-                return False
-            raise ValueError(value)
-    else:
-        def convert(value: str) -> Any:
-            return msgspec.convert(value, tp, strict=False)
-    return convert
-
-
-def _hints(func: Any) -> dict[str, Any]:
-    target = func.__init__ if isinstance(func, type) else func
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(func), "__call__", target)
-    try:
-        return typing.get_type_hints(target, include_extras=True)  # keep Annotated[T, Meta(...)]
-    except Exception as exc:  # an annotation that cannot be evaluated
-        raise TypeError(f"Cannot evaluate the annotations of {callable_name(func)}: {exc}") from exc
 
 
 # --- the request-time context ---------------------------------------------------------------------------
@@ -373,8 +109,7 @@ class Context:
     @property
     def request(self) -> Request:
         if self._request is None:
-            request = self._request = Request(self.scope, self.receive)
-            request._query, request._headers = self._query, self._headers  # parsed already, or None
+            self._request = parsed_request(self.scope, self.receive, self._query, self._headers)
         return self._request
 
     # Query and header parameters read these, not ``request``: no Request object (and nothing to close) for an
@@ -437,7 +172,7 @@ class Context:
     def needs_close(self) -> bool:
         """Whether :meth:`close` has anything to do (cleanups, or uploaded files: a request without them skips
         its await)."""
-        return self.stack is not None or (self._request is not None and self._request._form is not None)
+        return self.stack is not None or (self._request is not None and self._request.parsed_form is not None)
 
     async def close(self, exc: BaseException | None = None) -> None:
         """Run dependency cleanups (after the response), then close uploaded files.
@@ -478,9 +213,6 @@ class WebSocketContext(Context):
         return self.websocket
 
 
-Extractor = Callable[[Context], Any]
-
-
 class Parameter:
     """What registration decided about one request parameter, for code that describes the API (OpenAPI).
 
@@ -505,22 +237,6 @@ class Parameter:
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, source={self.source!r}, key={self.key!r}, type={self.type!r})"
 
-
-def _foreign_websocket(cls: type) -> Extractor:
-    """Starlette's WebSocket over our socket's receive/send, so our state, size limit and shutdown apply.
-    One per connection, shared by every parameter that asks for it."""
-
-    def extract(ctx: Context) -> Any:
-        cache = ctx.cache
-        if cache is None:
-            cache = ctx.cache = {}
-        socket = cache.get(cls)
-        if socket is None:
-            ws = ctx.websocket  # type: ignore[attr-defined]
-            socket = cache[cls] = cls(ctx.scope, ws.receive, ws.send)
-        return socket
-
-    return extract
 
 
 class Plan:
@@ -567,123 +283,6 @@ class Plan:
         return values
 
 
-# --- extractors ------------------------------------------------------------------------------------------
-def _missing(loc: list[Any]) -> FieldError:
-    return FieldError(loc, "Field required", "missing")
-
-
-def _invalid(loc: list[Any], tp: Any, exc: Exception | None = None) -> FieldError:
-    if isinstance(exc, ConstraintError):
-        return FieldError(loc, exc.msg, exc.type)
-    tp = _strip(tp)[0]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        choices = [member.value for member in tp]
-    elif typing.get_origin(tp) is typing.Literal:
-        choices = list(typing.get_args(tp))
-    else:
-        name = _type_name(tp)
-        return FieldError(loc, f"Input should be a valid {name}", f"{name.lower()}_parsing")
-    return FieldError(loc, f"Input should be one of {', '.join(repr(c) for c in choices)}", "enum")
-
-
-def _value_extractor(source: str, key: str, tp: Any, default: Any) -> Extractor:
-    """Read one string (or the list of a repeated key) from query, header or cookie, and convert it."""
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
-    values_of = _SOURCES[source]
-    required = default is ...
-    loc = [source, key]
-    if item is not None:
-        convert_list = _list_converter(inner, loc)
-        # Query lists also come as CSV (``?ids=1,2,3``), as in the existing framework. String items keep their
-        # commas when the key is repeated (``?q=a,b&q=c`` is ``["a,b", "c"]``); other items are always split.
-        csv = source == "query"
-        split_repeated = _strip(_unwrap_optional(item)[0])[0] not in (str, Any, _EMPTY)
-
-        def extract_list(ctx: Context) -> Any:
-            raw = values_of(ctx).getlist(key)
-            if not raw:
-                if required:
-                    raise _missing(loc)
-                return default
-            if csv and (split_repeated or len(raw) == 1):
-                raw = _split_csv(raw, loc)
-            elif len(raw) > MAX_LIST_ITEMS:
-                raise _too_many(loc)
-            return convert_list(raw)
-
-        return extract_list
-
-    convert = _converter(inner)
-
-    def extract(ctx: Context) -> Any:
-        value = values_of(ctx).get(key)
-        if value is None:
-            if required:
-                raise _missing(loc)
-            return default
-        if convert is None:
-            return value
-        try:
-            return convert(value)
-        except (ValueError, TypeError, msgspec.ValidationError) as exc:
-            raise _invalid(loc, inner, exc) from None
-
-    return extract
-
-
-def _too_many(loc: list[Any]) -> FieldError:
-    return FieldError(loc, f"List should have at most {MAX_LIST_ITEMS} items", "too_long")
-
-
-def _split_csv(values: list[str], loc: list[Any]) -> list[str]:
-    """Split every value on commas; the item count is checked before any splitting or conversion."""
-    if len(values) + sum(value.count(",") for value in values) > MAX_LIST_ITEMS:
-        raise _too_many(loc)
-    return [part for value in values for part in value.split(",")]
-
-
-class _UnconvertibleItem(FieldError):
-    """A list item that is not of its type: a 422 in a query; in a path, the route does not exist (404)."""
-
-
-def _list_converter(list_tp: Any, loc: list[Any]) -> Callable[[list[str]], list[Any]]:
-    """Convert the strings of a list to its item type, then check the list's own constraints (its length).
-
-    The first bad item is located by index. For ``Optional`` items, an empty string or ``null`` (any case)
-    is None.
-    """
-    item_inner, item_optional = _unwrap_optional(_list_item(list_tp))
-    convert = _converter(item_inner)
-    check_list = _constraint_check(list_tp)
-
-    def convert_list(values: list[str]) -> list[Any]:
-        out: list[Any] = values
-        if convert is not None or item_optional:
-            out = []
-            for index, value in enumerate(values):
-                if item_optional and (not value or value.lower() == "null"):
-                    out.append(None)
-                elif convert is None:
-                    out.append(value)
-                else:
-                    try:
-                        out.append(convert(value))
-                    except ConstraintError as exc:
-                        raise _invalid([*loc, index], item_inner, exc) from None
-                    except (ValueError, TypeError, msgspec.ValidationError) as exc:
-                        error = _invalid([*loc, index], item_inner, exc).error
-                        raise _UnconvertibleItem(error["loc"], error["msg"], error["type"]) from None
-        if check_list is not None:
-            try:
-                check_list(out)
-            except ConstraintError as exc:
-                raise _invalid(loc, list_tp, exc) from None
-        return out
-
-    return convert_list
-
-
 # Where each source's values are: a multi-dict with ``get(key)`` (the last value) and ``getlist(key)``.
 _SOURCES: dict[str, Callable[[Context], Any]] = {
     "query": Context.query_params,
@@ -691,240 +290,6 @@ _SOURCES: dict[str, Callable[[Context], Any]] = {
     "cookie": Context.cookies,
 }
 
-
-def _path_extractor(key: str, tp: Any) -> Extractor:
-    inner = _unwrap_optional(tp)[0]
-    if _list_item(inner) is not None:  # a CSV segment: /items/1,2,3
-        loc = ["path", key]
-        convert_list = _list_converter(inner, loc)
-
-        def extract_list(ctx: Context) -> Any:
-            values = _split_csv([ctx.path_params[key]], loc)
-            try:
-                return convert_list(values)
-            except _UnconvertibleItem:
-                raise PathNotFound(key) from None
-
-        return extract_list
-
-    convert = _converter(inner)
-
-    def extract(ctx: Context) -> Any:
-        value = ctx.path_params[key]
-        if convert is None:
-            return value
-        try:
-            return convert(value)
-        except ConstraintError as exc:  # the route exists; the value is out of range (422)
-            raise FieldError(["path", key], exc.msg, exc.type) from None
-        except (ValueError, TypeError, msgspec.ValidationError):
-            raise PathNotFound(key) from None
-
-    return extract
-
-
-def _form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extractor:
-    """A form field (the last value of its key) or a list of them, converted as the same type in a query is;
-    or the uploaded file(s) of the key."""
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
-    # `data: bytes = File()` gets the content
-    as_bytes = want_file and _strip(_unwrap_optional(inner if item is None else item)[0])[0] is bytes
-    loc = ["body", key]
-    convert_list = None if want_file or item is None else _list_converter(inner, loc)
-    convert = None if want_file or item is not None else _converter(inner)
-    required = default is ...
-
-    async def extract(ctx: Context) -> Any:
-        form = await ctx.request.form()
-        values = form.getlist(key)
-        if want_file:
-            values = [v for v in values if isinstance(v, UploadFile)]
-            if as_bytes:
-                values = [await v.read() for v in values]
-        elif any(isinstance(v, UploadFile) for v in values):
-            raise FieldError(loc, "Expected a form field, got a file", "value_error")
-        if not values:
-            if required:
-                raise _missing(loc)
-            return default
-        if item is not None:
-            if convert_list is None:
-                return values
-            if len(values) > MAX_LIST_ITEMS:
-                raise _too_many(loc)
-            return convert_list(values)
-        value = values[-1]
-        if convert is None:
-            return value
-        try:
-            return convert(value)
-        except (ValueError, TypeError, msgspec.ValidationError) as exc:
-            raise _invalid(loc, inner, exc) from None
-
-    return extract
-
-
-_AT = re.compile(r" - at (`key` in )?`\$(.*)`$")
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[(\.\.\.)\]")
-
-
-def _body_error(exc: Exception, body: bytes, tp: Any) -> dict[str, Any]:
-    """Turn msgspec's message (``Expected `int`, got `str` - at `$.lines[0].qty```) into a located error."""
-    if not isinstance(exc, msgspec.ValidationError):
-        return {"loc": ["body"], "msg": f"Invalid JSON: {json_error_message(exc)}", "type_": "json_invalid"}
-    message = str(exc)
-    loc: list[Any] = ["body"]
-    found = _AT.search(message)
-    if found:
-        message = message[: found.start()]
-        parts = [int(index) if index else name or ... for name, index, _ in _PATH_PART.findall(found.group(2))]
-        if found.group(1):  # the key of a dict is invalid: msgspec names the dict, not the key
-            parts.append(...)
-        loc += _name_members(parts, body, tp) if ... in parts else parts
-    missing = re.match(r"Object missing required field `(.+)`", message)
-    if missing:
-        return {"loc": [*loc, missing.group(1)], "msg": "Field required", "type_": "missing"}
-    msg, type_ = describe_validation_error(message)
-    return {"loc": loc, "msg": msg, "type_": type_}
-
-
-def _name_members(parts: list[Any], body: bytes, tp: Any) -> list[Any]:
-    """Replace each ``...`` (msgspec's ``[...]``, a member of a dict it does not name) by the member's key.
-
-    The body is decoded again without a type and walked along ``parts`` with ``tp``; in each dict the key is
-    the first member that does not convert (msgspec stops at the first error, in document order). Runs only
-    for an invalid body, so valid requests pay nothing. A key that cannot be found is left out.
-    """
-    try:
-        raw = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        raw = None
-    named: list[Any] = []
-    for step, part in enumerate(parts):
-        tp = _shape_for(tp, raw)
-        if part is ...:
-            member = _failing_member(tp, raw)
-            if member is None:
-                return [*named, *(p for p in parts[step:] if p is not ...)]
-            key, raw, tp = member
-            named.append(key)
-        elif isinstance(part, int):
-            named.append(part)
-            args = typing.get_args(tp)
-            if typing.get_origin(tp) is tuple and ... not in args:
-                tp = args[part] if part < len(args) else Any
-            else:
-                tp = args[0] if args else Any
-            raw = raw[part] if isinstance(raw, list) and part < len(raw) else None
-        else:
-            named.append(part)
-            tp, raw = _field_type(tp, part), raw.get(part) if isinstance(raw, dict) else None
-    return named
-
-
-def _failing_member(tp: Any, raw: Any) -> tuple[str, Any, Any] | None:
-    """The first ``(key, value, value type)`` of the dict ``raw`` that does not convert to the mapping ``tp``."""
-    origin = typing.get_origin(tp) or tp
-    if not (isinstance(raw, dict) and isinstance(origin, type) and issubclass(origin, collections.abc.Mapping)):
-        return None
-    key_type, value_type = typing.get_args(tp) or (Any, Any)
-    for key, value in raw.items():
-        try:
-            msgspec.convert({key: value}, dict[key_type, value_type], str_keys=True)  # type: ignore[valid-type]
-        except msgspec.ValidationError:
-            return key, value, value_type
-    return None
-
-
-def _shape_for(tp: Any, raw: Any) -> Any:
-    """``tp`` without ``Annotated``; of a union, the member msgspec decodes ``raw`` (an object or array) with."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in _UNION_TYPES:
-            want_array = isinstance(raw, list)
-            tp = next((a for a in typing.get_args(tp) if _is_model(a) and (_list_item(a) is not None) == want_array), Any)
-        else:
-            return tp
-
-
-def _field_type(tp: Any, name: str) -> Any:
-    """The type of the member encoded as ``name`` in a Struct, dataclass or TypedDict (Any if unknown)."""
-    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return next((f.type for f in msgspec.structs.fields(tp) if f.encode_name == name), Any)
-    if dataclasses.is_dataclass(tp) or typing.is_typeddict(tp):
-        try:
-            return typing.get_type_hints(tp).get(name, Any)
-        except (NameError, TypeError):  # msgspec resolved it, this may not (a class local to a function)
-            return Any
-    return Any
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type or content_type == "application/json":
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
-def _body_extractor(params: list[tuple[str, Any, Any]], strict: bool = True) -> Extractor:
-    """One extractor for all body parameters: the whole body for one, members of an object for several.
-
-    ``strict=False`` is msgspec's lax decoding (``"9.5"`` for a float, ``1`` for a bool), for apps that
-    move over from pydantic's coercion.
-    """
-    embed = len(params) > 1
-    if embed:
-        fields = [(name, tp) if default is ... else (name, tp, default) for name, tp, default in params]
-        decoder = msgspec.json.Decoder(msgspec.defstruct("Body", fields, kw_only=True), strict=strict)
-    else:
-        name, tp, default = params[0]
-        decoder = msgspec.json.Decoder(tp, strict=strict)
-    required = embed or params[0][2] is ...
-
-    async def extract(ctx: Context) -> Any:
-        request = ctx.request
-        if not _is_json(request.headers.get("content-type")):
-            raise FieldError(["body"], "Expected content type application/json", "content_type")
-        body = await request.body()
-        if not body or body.isspace():  # no copy of the body, unlike strip()
-            if required:
-                raise _missing(["body"])
-            return {name: default}
-        try:
-            value = decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            raise FieldError(**_body_error(exc, body, decoder.type)) from None
-        if embed:
-            return {field: getattr(value, field) for field, _, _ in params}
-        return {name: value}
-
-    return extract
-
-
-def _form_json_extractor(key: str, tp: Any, default: Any, strict: bool = True) -> Extractor:
-    """A model sent as a JSON-valued field of a multipart form, beside files (as OpenAPI documents it)."""
-    decoder = msgspec.json.Decoder(tp, strict=strict)
-    required = default is ...
-
-    async def extract(ctx: Context) -> Any:
-        form = await ctx.request.form()
-        value = form.get(key)
-        if value is None:
-            if required:
-                raise _missing(["body", key])
-            return default
-        if isinstance(value, UploadFile):
-            value = await value.read()
-        try:
-            return decoder.decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            error = _body_error(exc, value.encode() if isinstance(value, str) else value, tp)
-            raise FieldError(["body", key, *error["loc"][1:]], error["msg"], error["type_"]) from None
-
-    return extract
 
 
 # --- dependencies ----------------------------------------------------------------------------------------
@@ -1073,7 +438,7 @@ def _compile_plan(
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"Cannot read the signature of {callable_name(func)}: {exc}") from exc
-    hints = _hints(func)
+    hints = type_hints(func)
     where = callable_name(func)
     steps: list[tuple[str, Extractor, bool]] = []
     params: list[Parameter] = []
@@ -1086,7 +451,7 @@ def _compile_plan(
             continue
         name = param.name
         annotation = hints.get(name, param.annotation)
-        tp, extras = _strip(annotation)  # classify on T; Meta in Annotated[T, ...] is kept in `annotation`
+        tp, extras = split_annotated(annotation)  # classify on T; Meta in Annotated[T, ...] is kept in `annotation`
         default = param.default
         # FastAPI's spelling: `q: Annotated[str, Query(max_length=3)] = "x"`, `db: Annotated[DB, Depends(get_db)]`.
         annotated_marker = next((e for e in extras if isinstance(e, (Param, Depends))), None)
@@ -1095,35 +460,35 @@ def _compile_plan(
                 default = annotated_marker
         else:
             annotated_marker = None
-        if _is_websocket_type(tp) or (websocket and tp is _EMPTY and name == "websocket" and default is _EMPTY):
+        if is_websocket_type(tp) or (websocket and tp is EMPTY and name == "websocket" and default is EMPTY):
             if not websocket:
                 raise TypeError(f"{where}: parameter '{name}' asks for a WebSocket, but this is an HTTP route")
-            if tp is not _EMPTY and not issubclass(tp, WebSocket):
-                steps.append((name, _foreign_websocket(tp), False))
+            if tp is not EMPTY and not issubclass(tp, WebSocket):
+                steps.append((name, foreign_websocket(tp), False))
             else:
                 steps.append((name, lambda ctx: ctx.websocket, False))
             continue
-        if _is_request_type(tp) or (tp is _EMPTY and name == "request" and default is _EMPTY):
-            if websocket and _is_http_only(tp):
+        if is_request_type(tp) or (tp is EMPTY and name == "request" and default is EMPTY):
+            if websocket and is_http_only(tp):
                 raise TypeError(
                     f"{where}: parameter '{name}' asks for a Request, but this is a WebSocket route; annotate it "
                     f"WebSocket, or HTTPConnection to serve both kinds of route"
                 )
-            if tp is not _EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
+            if tp is not EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
                 steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
             else:
                 steps.append((name, lambda ctx: ctx.request, False))
             continue
-        if _is_background_type(tp):
+        if is_background_type(tp):
             steps.append((name, Context.tasks, False))
             continue
         if isinstance(default, Depends) or (
-            default is _EMPTY and injectable_scope(tp) is not None
+            default is EMPTY and injectable_scope(tp) is not None
         ):
             target = default.dependency if isinstance(default, Depends) else None
             if target is None:
-                target = _unwrap_optional(tp)[0]
-                if not callable(target) or tp is _EMPTY:
+                target = unwrap_optional(tp)[0]
+                if not callable(target) or tp is EMPTY:
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache, exit_scope = (default.use_cache, default.scope) if isinstance(default, Depends) else (True, None)
             dep = compile_dependency(
@@ -1138,10 +503,10 @@ def _compile_plan(
             value_default = default.default
         elif annotated_marker is not None:
             marker = annotated_marker
-            value_default = annotated_marker.default if default is _EMPTY else default
+            value_default = annotated_marker.default if default is EMPTY else default
         else:
             marker = None
-            value_default = ... if default is _EMPTY else default
+            value_default = ... if default is EMPTY else default
         key = marker.alias if marker is not None else None
         source = marker.source if marker is not None else _implicit_source(name, tp, path_names, where)
         if websocket and source in ("form", "file", "body"):
@@ -1149,11 +514,11 @@ def _compile_plan(
                 f"{where}: parameter '{name}' would be read from a request body ({source}), but a WebSocket route "
                 f"has none; receive messages with websocket.receive_json() and friends"
             )
-        if tp is _EMPTY:
+        if tp is EMPTY:
             annotation = Any if source == "body" else str
         try:
             tp = effective_type(annotation, marker)
-            if _strip(_unwrap_optional(tp)[0])[1]:
+            if split_annotated(unwrap_optional(tp)[0])[1]:
                 msgspec.json.Decoder(tp)  # msgspec checks the constraints fit the type (no max_length on int)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{where}: the constraints of parameter '{name}' do not fit its type: {exc}") from exc
@@ -1161,14 +526,14 @@ def _compile_plan(
             key = key or name
             if key not in path_names:
                 raise TypeError(f"{where}: path parameter '{key}' is not in the route's path")
-            steps.append((name, _path_extractor(key, tp), False))
+            steps.append((name, path_extractor(key, tp), False))
         elif source in _SOURCES:
             key = (key or name.replace("_", "-")).lower() if source == "header" else key or name
-            steps.append((name, _value_extractor(source, key, tp, value_default), False))
+            steps.append((name, value_extractor(source, key, tp, value_default, _SOURCES[source]), False))
         elif source in ("form", "file"):
             key = key or name
-            want_file = source == "file" or _is_upload(tp)
-            steps.append((name, _form_extractor(key, tp, value_default, want_file), True))
+            want_file = source == "file" or is_upload(tp)
+            steps.append((name, form_extractor(key, tp, value_default, want_file), True))
             has_form = True
         elif source == "body":
             key = name
@@ -1184,31 +549,31 @@ def _compile_plan(
     if body_params and has_form:
         # Files and a model together: the model travels as a JSON-valued field of the same multipart form.
         steps[body_index : body_index + 1] = [
-            (name, _form_json_extractor(name, tp, default, strict), True) for name, tp, default in body_params
+            (name, form_json_extractor(name, tp, default, strict), True) for name, tp, default in body_params
         ]
         for parameter in params:
             if parameter.source == "body":
                 parameter.source = "form"
     elif body_params:
-        steps[body_index] = ("", _body_extractor(body_params, strict), True)
+        steps[body_index] = ("", body_extractor(body_params, strict), True)
     return Plan(steps, params, dependencies)
 
 
 def _implicit_source(name: str, tp: Any, path_names: frozenset[str], where: str) -> str:
     if name in path_names:
         return "path"
-    if tp is _EMPTY:
+    if tp is EMPTY:
         return "query"
-    if _is_upload(tp):
+    if is_upload(tp):
         return "file"
-    inner, _ = _unwrap_optional(tp)
-    item = _list_item(inner)
-    if _is_scalar(inner) or (item is not None and _is_scalar(item)):
+    inner, _ = unwrap_optional(tp)
+    item = list_item(inner)
+    if is_scalar(inner) or (item is not None and is_scalar(item)):
         return "query"
-    if _is_model(tp):
+    if is_model(tp):
         return "body"
     raise TypeError(
-        f"{where}: cannot tell where parameter '{name}: {_type_name(tp)}' comes from. Annotate it with a scalar "
+        f"{where}: cannot tell where parameter '{name}: {type_name(tp)}' comes from. Annotate it with a scalar "
         f"(query), a Struct/dataclass/dict (JSON body), UploadFile, Request or BackgroundTasks, or give it a "
         f"marker such as Query(), Header(), Body() or Depends()"
     )
@@ -1219,5 +584,5 @@ def compile_endpoint(
 ) -> Plan:
     """Compile an endpoint whose route has the parameters ``path_names`` (a WebSocket handler with
     ``websocket``); TypeError for a parameter it cannot serve. ``strict=False`` decodes JSON bodies laxly
-    (see :func:`_body_extractor`)."""
+    (see :func:`body_extractor`)."""
     return _compile_plan(func, path_names, (func,), strict, websocket)

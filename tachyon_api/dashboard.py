@@ -44,8 +44,11 @@ _KEEPALIVE_SECONDS = 15.0
 
 
 async def dashboard_data(app: Any) -> dict[str, Any]:
-    """The dashboard's data for ``app``: the runner's snapshot, plus the durable queue when there is one."""
+    """The dashboard's data for ``app``: the runner's snapshot, the periodic jobs, plus the durable queue when
+    there is one."""
     data: dict[str, Any] = app.background.snapshot()
+    scheduler = getattr(app, "scheduler", None)
+    data["periodic"] = await scheduler.snapshot() if scheduler is not None else []
     backend = getattr(app, "task_backend", None)
     if backend is not None and hasattr(backend, "failed_jobs"):
         try:
@@ -187,6 +190,11 @@ pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padd
 <th>timed out</th><th>dropped</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody id="names"></tbody></table>
 <h2>Running now</h2><table><thead><tr><th>name</th><th>request</th><th>attempt</th><th>age</th></tr></thead>
 <tbody id="running"></tbody></table>
+<h2>Delayed</h2><table><thead><tr><th>name</th><th>request</th><th>due</th></tr></thead>
+<tbody id="delayed"></tbody></table>
+<h2>Periodic jobs</h2><table><thead><tr><th>name</th><th>schedule</th><th>last run</th><th>last outcome</th>
+<th>next run</th><th>runs here</th><th>skipped</th><th>missed</th><th>held here</th></tr></thead>
+<tbody id="periodic"></tbody></table>
 <h2>Recent failures</h2><div id="failures"></div>
 <div id="durable"></div>
 <script>
@@ -207,7 +215,8 @@ function failureBlock(f) {
 }
 function render(data) {
   const t = $("totals"); t.replaceChildren();
-  for (const k of ["scheduled", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"]) {
+  const keys = ["scheduled", "delayed", "queued", "running", "succeeded", "failed", "retried", "timed_out", "dropped"];
+  for (const k of keys) {
     const box = el("div", k.replace("_", " ")); box.prepend(el("b", String(data.totals[k]))); t.append(box); }
   $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"], [r.failed, r.failed ? "n bad" : "n"],
     [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"], [ms(r.p99), "n"]])));
@@ -215,6 +224,12 @@ function render(data) {
     [r.age.toFixed(0) + " s", "n"]])));
   if (!data.running.length) $("running").append(note("nothing running", 4));
   if (!data.names.length) $("names").append(note("no task has run yet", 9));
+  $("delayed").replaceChildren(...data.delayed.map((d) => row([[d.name], [d.method + " " + d.path], [d.due]])));
+  if (!data.delayed.length) $("delayed").append(note("no task waits for its time", 3));
+  $("periodic").replaceChildren(...data.periodic.map((p) => row([[p.name], [p.schedule], [p.last_run || "-"],
+    [p.last_outcome || "-", p.last_outcome === "failed" || p.last_outcome === "lost" ? "bad" : ""], [p.next_run],
+    [p.runs, "n"], [p.skipped, "n"], [p.missed, p.missed ? "n bad" : "n"], [p.held_here ? "yes" : "no"]])));
+  if (!data.periodic.length) $("periodic").append(note("no periodic jobs", 9));
   $("failures").replaceChildren(...data.failures.map(failureBlock));
   if (!data.failures.length) $("failures").append(el("p", "no failures", "muted"));
   const dv = $("durable"); dv.replaceChildren();

@@ -45,9 +45,9 @@ DEFAULT_CREDENTIALS = Credentials(frozenset(CREDENTIAL_HEADERS), frozenset())
 def credentials_of(plan: Plan, guards: Iterable[Dependency] = ()) -> Credentials:
     """The credential places of a route: the defaults plus what the API-key schemes among its dependencies
     (at any depth, guards included) read. Computed once, when the route is compiled."""
-    from .openapi import _Operation  # the walk the OpenAPI schema makes to find a route's security schemes
+    from .openapi import OperationInputs  # the walk the OpenAPI schema makes to find a route's security schemes
 
-    found = _Operation()
+    found = OperationInputs()
     found.add_plan(plan)
     for guard in guards:
         found.add_dependency(guard)

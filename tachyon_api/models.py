@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 from msgspec import Meta, Struct
 
-from .responses import _enc_hook
+from .responses import enc_hook
 from .responses import encode_json as _encode
 
 __all__ = ["Struct", "Meta", "encode_json", "decode_json"]
@@ -15,7 +15,7 @@ __all__ = ["Struct", "Meta", "encode_json", "decode_json"]
 # (int keys become strings), UTC_Z (UTC datetimes end in "Z"); SERIALIZE_DATACLASS and SERIALIZE_UUID are 0.
 _INDENT_2, _SORT_KEYS, _APPEND_NEWLINE = 1, 32, 1024
 _SUPPORTED = _INDENT_2 | _SORT_KEYS | _APPEND_NEWLINE | 4 | 128
-_sorted_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number", order="sorted")
+_sorted_encoder = msgspec.json.Encoder(enc_hook=enc_hook, decimal_format="number", order="sorted")
 
 
 def encode_json(obj: Any, option: int | None = None) -> bytes:

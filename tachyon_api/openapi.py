@@ -28,20 +28,16 @@ from .compiler import (
     Dependency,
     Parameter,
     Plan,
-    _is_model,
-    _is_upload,
-    _list_item,
-    _unwrap_optional,
     compile_dependency,
     compile_endpoint,
 )
+from .introspection import is_model, is_upload, list_item, strip_annotated, unwrap_optional
 from .schemas import (
     REF_TEMPLATE,
     TypeSchemas,
     build_components_for_struct,
     build_param_schema,
     document_to_30,
-    strip_annotated,
     to_builtin,
 )
 from .routing import Route
@@ -376,7 +372,7 @@ class OpenAPIGenerator:
         return scalar_html(self.config, openapi_url, title)
 
 
-class _Operation:
+class OperationInputs:
     """What an operation's plans contain, gathered by walking its guards, endpoint and dependencies."""
 
     def __init__(self) -> None:
@@ -455,7 +451,7 @@ class _Builder:
 
     # --- one operation ---------------------------------------------------------------------------------
     def operation(self, route: Route, method: str) -> dict[str, Any]:
-        found = _Operation()
+        found = OperationInputs()
         for guard in route.guards:
             found.add_dependency(guard)
         found.add_plan(route.plan)  # type: ignore[arg-type]
@@ -523,7 +519,7 @@ class _Builder:
         parameter["schema"] = self.types.of(param.type, **extra)
         return parameter
 
-    def request_body(self, found: _Operation) -> dict[str, Any] | None:
+    def request_body(self, found: OperationInputs) -> dict[str, Any] | None:
         if found.form:
             return self.form_body(found.form)
         if not found.bodies:
@@ -559,14 +555,14 @@ class _Builder:
         for param in fields:
             if param.key in properties:
                 continue
-            if param.source == "file" or _is_upload(param.type):
+            if param.source == "file" or is_upload(param.type):
                 plain = False
                 binary = {"type": "string", "format": "binary"}
-                inner = _unwrap_optional(param.type)[0]
-                properties[param.key] = {"type": "array", "items": binary} if _list_item(inner) else binary
+                inner = unwrap_optional(param.type)[0]
+                properties[param.key] = {"type": "array", "items": binary} if list_item(inner) else binary
             else:
                 properties[param.key] = self.types.of(param.type, **_schema_extras(param, param.required))
-                plain = plain and not _is_model(strip_annotated(param.type))
+                plain = plain and not is_model(strip_annotated(param.type))
             if param.required:
                 required.append(param.key)
         schema: dict[str, Any] = {"type": "object", "properties": properties}
@@ -575,7 +571,7 @@ class _Builder:
         media = ["application/x-www-form-urlencoded", "multipart/form-data"] if plain else ["multipart/form-data"]
         return {"content": {m: {"schema": schema} for m in media}, "required": bool(required)}
 
-    def responses(self, route: Route, found: _Operation, validated: bool) -> dict[str, Any]:
+    def responses(self, route: Route, found: OperationInputs, validated: bool) -> dict[str, Any]:
         status = route.status_code or 200
         options = route.options
         success: dict[str, Any] = {"description": options.get("response_description") or _phrase(status)}
@@ -617,7 +613,7 @@ def _schema_extras(param: Parameter, required: bool) -> dict[str, Any]:
         extra["examples"] = list(examples)
     if not required:
         default = to_builtin(param.default)
-        if default is not ... and (default is not None or _unwrap_optional(strip_annotated(param.type))[1]):
+        if default is not ... and (default is not None or unwrap_optional(strip_annotated(param.type))[1]):
             extra["default"] = default
     return extra
 

@@ -91,9 +91,12 @@ class HTTPConnection:
 
 
 class Request(HTTPConnection):
-    """An HTTP request: a lazy view of the ASGI scope plus the body stream."""
+    """An HTTP request: a lazy view of the ASGI scope plus the body stream.
 
-    __slots__ = ("_receive", "_body", "_json", "_form", "_consumed", "_first")
+    ``parsed_form`` is the form once :meth:`form` parsed it (None before): what :meth:`close` closes.
+    """
+
+    __slots__ = ("_receive", "_body", "_json", "parsed_form", "_consumed", "_first")
 
     def __init__(self, scope: dict[str, Any], receive: Any = None) -> None:
         self.scope = scope
@@ -103,7 +106,7 @@ class Request(HTTPConnection):
         self._cookies: dict[str, str] | None = None
         self._body: bytes | None = None
         self._json: Any = None
-        self._form: FormData | None = None
+        self.parsed_form: FormData | None = None
         self._consumed = False
         self._first: dict[str, Any] | None = None
 
@@ -203,28 +206,37 @@ class Request(HTTPConnection):
 
     async def form(self) -> FormData:
         """Parse an urlencoded or multipart body (python-multipart), files spooled to disk past 1 MiB."""
-        if self._form is None:
+        if self.parsed_form is None:
             content_type, params = parse_options_header(self.headers.get("content-type", ""))
             if content_type == b"multipart/form-data":
-                self._form = await _parse_multipart(self.stream(), params.get(b"boundary"))
+                self.parsed_form = await _parse_multipart(self.stream(), params.get(b"boundary"))
             elif content_type in (b"application/x-www-form-urlencoded", b""):
                 # Browsers send raw (not %-escaped) UTF-8 as often as escapes; both decode as UTF-8, bytes
                 # that are not UTF-8 as U+FFFD, as parse_query does for escapes.
                 text = (await self.body()).decode("utf-8", "replace")
                 if text.count("&") >= MAX_FORM_PARTS:
                     raise RequestError(f"Invalid form body: more than {MAX_FORM_PARTS} fields")
-                self._form = FormData(parse_query(text))
+                self.parsed_form = FormData(parse_query(text))
             else:
                 raise RequestValidationError(
                     [{"loc": ["body"], "msg": "Expected a form content type", "type": "content_type"}],
                     f"Unsupported content type for a form: {content_type.decode('latin-1')}",
                 )
-        return self._form
+        return self.parsed_form
 
     async def close(self) -> None:
         """Close uploaded files. Called by the framework after the response."""
-        if self._form is not None:
-            await self._form.close()
+        if self.parsed_form is not None:
+            await self.parsed_form.close()
+
+
+def parsed_request(scope: dict[str, Any], receive: Any, query: QueryParams | None, headers: Headers | None) -> Request:
+    """A :class:`Request` over a scope whose query string and headers were parsed already (None: not yet), so
+    that they are not parsed twice. A function, not keywords of ``Request``: it is called per request, and
+    a class call with keywords costs twice as much."""
+    request = Request(scope, receive)
+    request._query, request._headers = query, headers
+    return request
 
 
 def json_error_message(exc: Exception) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from ._utils import is_starlette_class
 from .concurrency import run_in_threadpool
 from .tasks import BackgroundTask, BackgroundTasks
 
@@ -47,7 +48,7 @@ logger = logging.getLogger("tachyon_api.errors")
 Background = BackgroundTask | BackgroundTasks | None
 
 
-def _enc_hook(obj: Any) -> Any:
+def enc_hook(obj: Any) -> Any:
     """Fallback for types msgspec does not encode natively: anything with ``__json__``/``model_dump``."""
     for attr in ("model_dump", "dict", "__json__"):
         method = getattr(obj, attr, None)
@@ -56,7 +57,7 @@ def _enc_hook(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
 
 
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number")
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook, decimal_format="number")
 encode_json: Callable[[Any], bytes] = _encoder.encode
 
 JSON_TYPE = (b"content-type", b"application/json")
@@ -429,7 +430,7 @@ def is_foreign_response(value: Any) -> bool:
     return (
         callable(value)
         and hasattr(value, "background")
-        and any(cls.__module__.startswith("starlette.") for cls in type(value).__mro__)
+        and is_starlette_class(type(value))
     )
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import copy
 import datetime
-import typing
 from typing import Any
 
 import msgspec
 
-from .compiler import _list_item, _unwrap_optional
+from .introspection import bare_type, list_item
 
 __all__ = ["REF_TEMPLATE", "TypeSchemas", "build_param_schema", "build_components_for_struct", "document_to_30"]
 
@@ -83,18 +82,12 @@ class TypeSchemas:
 _STRING_FORMATS = {datetime.datetime: "date-time", datetime.time: "time"}
 
 
-def strip_annotated(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
 def _add_format(schema: dict[str, Any], tp: Any) -> None:
     """msgspec leaves naive-or-aware datetimes and times without a ``format``; parameters accept RFC 3339
     values, so say so (the generated clients and the docs pages then offer a date-time input)."""
-    inner = strip_annotated(_unwrap_optional(strip_annotated(tp))[0])
-    item = _list_item(inner)
-    fmt = _STRING_FORMATS.get(strip_annotated(_unwrap_optional(item)[0]) if item is not None else inner)
+    inner = bare_type(tp)
+    item = list_item(inner)
+    fmt = _STRING_FORMATS.get(bare_type(item) if item is not None else inner)
     if fmt is None:
         return
     target = schema.get("items", schema) if item is not None else schema

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from ._utils import is_starlette_class
 from .requests import HTTPConnection
 from .responses import send_any
 
@@ -335,7 +336,7 @@ DISCONNECTS: tuple[type[BaseException], ...] = (WebSocketDisconnect, _ForeignDis
 
 def is_foreign_websocket_exception(exc: BaseException) -> bool:
     """Starlette's ``WebSocketException`` (code written for 1.3 raises it), without importing Starlette."""
-    return any(c.__module__.startswith("starlette.") and c.__name__ == "WebSocketException" for c in type(exc).__mro__)
+    return is_starlette_class(type(exc), "WebSocketException")
 
 
 def warn_if_the_server_cannot_serve(paths: Iterable[str]) -> None:

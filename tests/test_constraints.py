@@ -10,7 +10,8 @@ import pytest
 from msgspec import Meta
 
 from tachyon_api import Body, Cookie, Form, Header, Path, Query, Struct, Tachyon
-from tachyon_api.compiler import _constraint_check, compile_endpoint
+from tachyon_api.compiler import compile_endpoint
+from tachyon_api.converters import constraint_check
 
 from .conftest import assert_validation_error, client_for
 
@@ -122,9 +123,9 @@ def test_the_compiled_parameter_type_carries_the_constraints_for_the_schema() ->
 
 
 def test_parameters_without_constraints_get_no_check() -> None:
-    assert _constraint_check(int) is None
-    assert _constraint_check(Annotated[int, Meta(description="documentation only")]) is None
-    assert _constraint_check(Annotated[int, Meta(ge=1)]) is not None
+    assert constraint_check(int) is None
+    assert constraint_check(Annotated[int, Meta(description="documentation only")]) is None
+    assert constraint_check(Annotated[int, Meta(ge=1)]) is not None
 
 
 def test_a_constraint_that_does_not_fit_the_type_fails_at_registration() -> None:

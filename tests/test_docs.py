@@ -50,6 +50,7 @@ PAGES = [
     "security-model.md",
     "openapi.md",
     "websockets.md",
+    "scheduling.md",
 ]
 DOC_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # A complete program of a page whose other blocks are fragments: it needs a Redis (its URL in REDIS_URL).

@@ -297,7 +297,8 @@ def test_add_task_refuses_what_a_worker_could_not_run(redis_url: str) -> None:
 
 def test_durable_only_options_need_a_durable_task() -> None:
     with pytest.raises(ValueError, match="need a durable task"):
-        BackgroundTasks().add_task(local_function, 1).with_options(delay=5)
+        BackgroundTasks().add_task(local_function, 1).with_options(job_id="a")
+    assert BackgroundTasks().add_task(local_function, 1).with_options(delay=5).delay == 5  # both tiers
 
 
 def test_marked_function_is_durable_without_an_app_backend(

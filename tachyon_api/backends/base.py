@@ -18,9 +18,13 @@ Where a call happens, and why it is shaped so:
 - :meth:`aclose` runs at shutdown, on the app's event loop.
 - :meth:`stats`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
+- Periodic jobs (``tasks/schedule.py``): :meth:`schedule_lease` elects, among every process sharing the
+  backend, the one that enqueues a job's ticks; a tick is enqueued with :meth:`store`, with a job id and an
+  idempotency key made of the tick, so that a tick stored twice is stored once; :meth:`job_state` tells
+  whether the previous tick's job still runs (overlap). ``job_state`` may block.
 
-Status records (read and watch one task), cancellation and scheduled ticks will be added to this protocol as
-the engine grows them; until then a backend offers nothing more than what is listed here.
+Status records (read and watch one task) and cancellation will be added to this protocol as the engine grows
+them; until then a backend offers nothing more than what is listed here.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 if TYPE_CHECKING:
     from ..tasks.handles import BackgroundTask
+    from ..tasks.leases import ScheduleLease
 
 __all__ = ["TaskBackend"]
 
@@ -89,4 +94,14 @@ class TaskBackend(Protocol):
 
     def requeue(self, job_id: str) -> bool:
         """Put a failed job back on its queue; False if no failed job has that id. May block."""
+        ...
+
+    def schedule_lease(self, name: str, ttl: float) -> ScheduleLease:
+        """The lease of the periodic job ``name`` among every process sharing this backend, whatever its host:
+        held by one process at a time, lost ``ttl`` seconds after its holder stops renewing it."""
+        ...
+
+    def job_state(self, job_id: str) -> str | None:
+        """The state of a stored job (``"queued"``, ``"scheduled"``, ``"started"``, ``"finished"``,
+        ``"failed"``, ...), None for an unknown id. May block."""
         ...

@@ -30,6 +30,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
+from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
+    from ..tasks.leases import ScheduleLease
 
 __all__ = ["RQBackend"]
 
@@ -155,6 +157,7 @@ class RQBackend(TaskBackend):
         self.idempotency_ttl = idempotency_ttl
         self.idempotency_scope = idempotency_scope
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
+        self._lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
@@ -225,8 +228,8 @@ class RQBackend(TaskBackend):
     def check_options(options: dict[str, Any]) -> None:
         """Refuse, at ``with_options``, a value RQ would refuse at every enqueue (a 503 no retry could fix).
 
-        ``options`` holds the durable-only options that were given: ``delay``, ``at``, ``job_id``,
-        ``result_ttl``, ``failure_ttl``.
+        ``options`` holds the options that were given among ``delay``, ``at`` (whose types the task checked
+        already: both tiers take them), ``job_id``, ``result_ttl`` and ``failure_ttl``.
         """
         job_id = options.get("job_id")
         if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
@@ -238,13 +241,6 @@ class RQBackend(TaskBackend):
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"with_options({key}={value!r}): whole seconds (an int; -1 keeps the job forever)")
-        delay = options.get("delay")
-        if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta)):
-                raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
-        at = options.get("at")
-        if at is not None and not isinstance(at, dt.datetime):
-            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
 
     @staticmethod
     def _check_reference(func: Any) -> None:
@@ -349,10 +345,30 @@ class RQBackend(TaskBackend):
         return commit
 
     async def aclose(self) -> None:
-        """Close this event loop's Redis connection (the app calls it at shutdown for its ``task_backend``)."""
-        commit = self._commits.pop(asyncio.get_running_loop(), None)
+        """Close this event loop's Redis connections (the app calls it at shutdown for its ``task_backend``)."""
+        loop = asyncio.get_running_loop()
+        commit = self._commits.pop(loop, None)
         if commit is not None:
             await commit.aclose()
+        leases = self._lease_clients.pop(loop, None)
+        if leases is not None:
+            await leases.aclose()
+
+    # --- periodic jobs ---------------------------------------------------------------------------------
+    def schedule_lease(self, name: str, ttl: float) -> "ScheduleLease":
+        """The lease of the periodic job ``name`` in this Redis, shared by every app on this queue: a key with a
+        time to live (see ``tasks/leases.py``), on one ``redis.asyncio`` connection per event loop."""
+        from redis.asyncio import Redis
+
+        from ..tasks.leases import RedisLease
+
+        loop = asyncio.get_running_loop()
+        client = self._lease_clients.get(loop)
+        if client is None:
+            client = self._lease_clients[loop] = Redis.from_url(
+                self.redis_url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
+            )
+        return RedisLease(client, f"tachyon:periodic:{self.queue_name}:{name}", ttl)
 
     def _entry(
         self,
@@ -462,6 +478,18 @@ class RQBackend(TaskBackend):
             if job is not None
         ]
 
+    def job_state(self, job_id: str) -> str | None:
+        """The RQ status of a job (``"queued"``, ``"started"``, ``"finished"``, ...; None if unknown), blocking:
+        how the scheduler tells whether a periodic job's last run still runs."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status(refresh=False)
+        except NoSuchJobError:
+            return None
+        return None if status is None else str(getattr(status, "value", status))
+
     def requeue(self, job_id: str) -> bool:
         """Put a failed job back on its queue (blocking); False if no failed job has that id."""
         from rq.exceptions import InvalidJobOperationError, NoSuchJobError
@@ -518,11 +546,9 @@ def _encode(value: Any) -> bytes:
 
 
 def _when(task: "BackgroundTask") -> dt.datetime | None:
-    """When a delayed task is due (None: run as soon as a worker is free)."""
-    if task.delay is not None:
-        delay = task.delay if isinstance(task.delay, dt.timedelta) else dt.timedelta(seconds=task.delay)
-        return dt.datetime.now(dt.timezone.utc) + delay
-    return task.at
+    """When a delayed task is due (None: run as soon as a worker is free), as the in-process tier counts it."""
+    due = due_time(task)
+    return None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
 
 
 def _next_second(when: dt.datetime) -> dt.datetime:

@@ -8,6 +8,7 @@ to the function's signature raise ``TypeError`` where the mistake is, rather tha
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import types
@@ -101,7 +102,7 @@ def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
     table.pop(ref, None)
 
 
-_DURABLE_ONLY = ("delay", "at", "job_id", "result_ttl", "failure_ttl")
+_DURABLE_ONLY = ("job_id", "result_ttl", "failure_ttl")
 
 
 class BackgroundTask:
@@ -112,7 +113,7 @@ class BackgroundTask:
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
-                 "delay", "at", "job_id", "result_ttl", "failure_ttl")
+                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end")
 
     def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         self._setup(func, args, kwargs, None)
@@ -150,6 +151,9 @@ class BackgroundTask:
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
+        # Told the task's final outcome ("succeeded", "failed" or "lost"), from the loop or a worker thread: how
+        # the scheduler follows a periodic run (see schedule.py).
+        self.on_end: Callable[[str], None] | None = None
         marked = getattr(func, "__tachyon_backend__", None)
         if marked is not None and not local:
             backend = marked[0]
@@ -185,8 +189,12 @@ class BackgroundTask:
         attempts a failing task gets, after ``retry_delay * 2**n`` seconds with jitter. ``name``: used in logs,
         error hooks and stats instead of the function's qualified name.
 
-        Durable tasks only (see ``backends/rq.py``): ``delay`` (seconds or timedelta) or ``at`` (a datetime)
-        to run later, ``job_id`` to de-duplicate, ``result_ttl`` and ``failure_ttl`` in seconds.
+        ``delay`` (seconds or a timedelta) or ``at`` (a datetime; a naive one is local time): start no earlier
+        than that. In-process, a timer of the runner holds the task until then (see ``timers.py``); durable, the
+        backend's scheduler does.
+
+        Durable tasks only (see ``backends/rq.py``): ``job_id`` to de-duplicate, ``result_ttl`` and
+        ``failure_ttl`` in seconds.
         """
         if durable is not None:
             if durable and self.backend is None:
@@ -195,12 +203,17 @@ class BackgroundTask:
                 self.backend = None
                 for key in _DURABLE_ONLY:  # they mean nothing in-process (given with durable=False: an error below)
                     setattr(self, key, None)
-        durable_only = zip(_DURABLE_ONLY, (delay, at, job_id, result_ttl, failure_ttl))
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float, dt.timedelta))):
+            raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
+        if at is not None and not isinstance(at, dt.datetime):
+            raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
+        durable_only = zip(_DURABLE_ONLY, (job_id, result_ttl, failure_ttl))
         given = {key: value for key, value in durable_only if value is not None}
-        if given:
-            if self.backend is None:
-                need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
-                raise ValueError(f"{', '.join(given)} {need}")
+        if given and self.backend is None:
+            need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
+            raise ValueError(f"{', '.join(given)} {need}")
+        given.update((key, value) for key, value in (("delay", delay), ("at", at)) if value is not None)
+        if given and self.backend is not None:
             self.backend.check_options(given)
         for key, value in given.items():
             setattr(self, key, value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as dt
 import inspect
 import logging
 import random
@@ -21,7 +22,10 @@ import msgspec
 from .._utils import callable_name, is_async_callable
 from ..concurrency import ThreadPool
 from ..tracing import task_span
-from .stats import DROPPED, FAILED, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats, stat_name
+from .stats import (
+    DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats, stat_name,
+)
+from .timers import DelayedTasks, due_time, run_when_due
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -147,6 +151,7 @@ class BackgroundRunner:
         self._idle_waiters: list[asyncio.Future] = []
         self._inline: set[_Batch] = set()  # batches running in their request (no lifespan, or a test client)
         self._threaded: set[_Batch] = set()  # batches posted to the thread pool and not finished
+        self._delayed = DelayedTasks()  # tasks waiting for their delay= or at= (one batch each when they start)
         self._drain_scheduled = False  # a worker asked the loop to run _drain and it has not run yet
         self._lock = threading.Lock()  # for what worker threads touch (see the class docstring)
         self._scheduled = self._queued = self._waiting = 0
@@ -181,6 +186,7 @@ class BackgroundRunner:
             duration_total=total,
             duration_max=longest,
             waiting=self._waiting,
+            delayed=len(self._delayed),
         )
 
     def metric_rows(self) -> list[tuple[str, list[int], list[int], float]]:
@@ -190,10 +196,25 @@ class BackgroundRunner:
             return self.metrics.rows()
 
     def unfinished(self) -> list[str]:
-        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued."""
+        """``"name (METHOD /path)"`` for every task admitted and not done: running, waiting to retry, queued,
+        delayed."""
         with self._lock:
             batches = [*self._active.values(), *self._threaded, *self._pending]
-        return [f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]]
+        started = [f"{task.name} ({batch.method} {batch.path})"
+                   for batch in batches for task in batch.tasks[batch.index :]]
+        return started + self._delayed.labels()
+
+    def cancel(self, task: BackgroundTask) -> bool:
+        """Cancel a delayed task that has not started: it will not run. False if it is not waiting (it started
+        or ended already, or was never delayed)."""
+        request = self._delayed.cancel(task)
+        if request is None:
+            return False
+        logger.info("Background task %s (request %s %s) cancelled before its time", task.name, *request)
+        if task.on_end is not None:
+            task.on_end("cancelled")
+        self._after_batch()  # room for a waiting request
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows, JSON-ready: the totals of :meth:`stats`, plus per-name counts and
@@ -212,6 +233,7 @@ class BackgroundRunner:
             {"name": name, "method": method, "path": path, "age": now - since, "attempt": attempt}
             for since, name, method, path, attempt in running
         ]
+        detail["delayed"] = self._delayed.rows()
         return {"totals": totals, **detail}
 
     @property
@@ -270,10 +292,12 @@ class BackgroundRunner:
 
     @property
     def full(self) -> bool:
-        """True when a new batch would have to wait for room (see :meth:`admit`)."""
+        """True when a new batch would have to wait for room (see :meth:`admit`). Delayed tasks take room too:
+        memory stays bounded however far ahead they are asked for."""
         return (
             self.started and not self._closed
-            and len(self._active) + len(self._threaded) + len(self._pending) >= self.concurrency + self.queue_size
+            and len(self._active) + len(self._threaded) + len(self._pending) + len(self._delayed)
+            >= self.concurrency + self.queue_size
         )
 
     def submit(
@@ -289,15 +313,39 @@ class BackgroundRunner:
         if self._closed:
             self._drop(tasks, method, path, "the app is shutting down")
             return None
+        for task in tasks:
+            if task.delay is not None or task.at is not None:
+                if not self.started:  # nobody owns a timer: the caller waits for them
+                    return run_when_due(tasks, lambda now: self.run_batch(now, method, path))
+                tasks = self._defer(tasks, method, path)
+                if not tasks:
+                    return None
+                break
         batch = _Batch(tasks, method, path, contextvars.copy_context())
         if wait or not self.started:
             return self.run_batch(tasks, method, path, batch)
         self._launch_or_queue(batch)
         return None
 
+    def _defer(self, tasks: list[BackgroundTask], method: str, path: str) -> list[BackgroundTask]:
+        """Put the delayed tasks of a request on timers, each with its own copy of the request's context;
+        return the others."""
+        rest = []
+        for task in tasks:
+            due = due_time(task)
+            if due is None:
+                rest.append(task)
+                continue
+            batch = _Batch([task], method, path, contextvars.copy_context())
+            self._delayed.add(task, method, path, due, lambda batch=batch: self._launch_or_queue(batch))
+        return rest
+
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking tasks, let the others finish until the deadline, then cancel and log what is lost."""
         self._closed = True
+        for task, method, path, due in self._delayed.take_all():  # they would start after the drain began
+            when = dt.datetime.fromtimestamp(due, dt.timezone.utc).isoformat()
+            self._drop([task], method, path, f"delayed until {when}, not run: the app is shutting down")
         for waiter in self._room_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -408,7 +456,8 @@ class BackgroundRunner:
             self._launch_or_queue(batch)
         if self._room_waiters:  # as many waiting requests as there is room for (each takes one batch's room)
             if self.started and not self._closed:
-                room = self.concurrency + self.queue_size - len(self._active) - len(self._threaded) - len(self._pending)
+                room = (self.concurrency + self.queue_size - len(self._active) - len(self._threaded)
+                        - len(self._pending) - len(self._delayed))
             else:
                 room = len(self._room_waiters)
             while self._room_waiters and room > 0:
@@ -431,6 +480,8 @@ class BackgroundRunner:
                 self.metrics.count(task.name, DROPPED)
         for task in tasks:
             logger.error("Background task %s lost (request %s %s): %s", task.name, method, path, reason)
+            if task.on_end is not None:
+                task.on_end("lost")
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -497,6 +548,8 @@ class BackgroundRunner:
             self.metrics.record(task.name, outcome, duration)
             if outcome == FAILED:
                 self.metrics.failure(task.name, batch.method, batch.path, attempt, error)  # type: ignore[arg-type]
+        if task.on_end is not None and outcome != RETRIED:
+            task.on_end(OUTCOMES[outcome])
         if outcome != FAILED:
             return None
         logger.error("Background task %s failed (request %s %s)", task.name, batch.method, batch.path, exc_info=error)

@@ -45,6 +45,7 @@ class TaskStats(msgspec.Struct, frozen=True):
     duration_total: float
     duration_max: float
     waiting: int = 0  # tasks between two attempts (retry backoff): neither running nor queued, not done either
+    delayed: int = 0  # in-process tasks waiting for their delay= or at= (a timer of the runner), not yet queued
 
     @property
     def duration_mean(self) -> float:
