@@ -231,7 +231,7 @@ class Accepted(JSONResponse):
         self.status_url = status_url
         super().__init__(None, 202, headers, background=background)
 
-    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         url = self.status_url
         if url is None:
             from .tasks.http import status_url

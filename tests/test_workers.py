@@ -440,7 +440,9 @@ def test_a_job_leaves_the_keys_rq_leaves(tmp_path: Path, redis_url: str) -> None
                 if "JOB" in text or "QUEUE" in text:
                     kind = connection.type(key).decode()
                     # The job's status record (tachyon_* fields, docs/task-status.md) sits beside RQ's fields.
-                    fields = sorted(f for f in connection.hkeys(key) if not f.startswith(b"tachyon_")) if kind == "hash" else None
+                    fields = None
+                    if kind == "hash":
+                        fields = sorted(f for f in connection.hkeys(key) if not f.startswith(b"tachyon_"))
                     if kind == "stream":
                         fields = sorted(connection.xrange(key)[-1][1])
                     keys[text] = (kind, fields)
