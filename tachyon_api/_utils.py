@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["callable_name", "is_async_callable", "is_starlette_class"]
+__all__ = ["DefaultMarker", "callable_name", "is_async_callable", "is_starlette_class"]
+
+if TYPE_CHECKING:
+    # The base of the markers written as a parameter's default (``q: str = Query()``, ``db: Session =
+    # Depends(get_db)``): type checkers let an instance of a class derived from Any stand for any type, so the
+    # default fits the annotation, while the marker's own arguments are still checked. A plain object at run time.
+    DefaultMarker = Any
+else:
+    DefaultMarker = object
 
 
 def is_async_callable(obj: Any) -> bool:
@@ -22,7 +30,7 @@ def is_async_callable(obj: Any) -> bool:
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
         return True
-    call = getattr(type(obj), "__call__", None)
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself: is it async?
     return not inspect.isroutine(obj) and not isinstance(obj, type) and inspect.iscoroutinefunction(call)
 
 

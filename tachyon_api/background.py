@@ -9,7 +9,6 @@ from .tasks import (  # noqa: F401 - re-exported
     DROPPED,
     DURATION_BOUNDS,
     FAILED,
-    MAX_NAME_LENGTH,
     OUTCOMES,
     RETRIED,
     SUCCEEDED,
@@ -26,6 +25,7 @@ from .tasks import (  # noqa: F401 - re-exported
     has_durable,
     store_durable,
 )
+from .tasks.stats import MAX_NAME_LENGTH  # noqa: F401 - re-exported (tasks/ does not list it)
 
 __all__ = [  # noqa: F822 - RQBackend comes from __getattr__ below
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",

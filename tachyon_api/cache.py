@@ -34,8 +34,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ._utils import is_starlette_class
 from .concurrency import run_in_threadpool
@@ -57,8 +58,8 @@ __all__ = [
 logger = logging.getLogger("tachyon_api.cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
-KeyBuilder = Callable[[Callable[..., Any], tuple, dict], str]
-Unless = Callable[[tuple, dict], bool]
+KeyBuilder = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], str]
+Unless = Callable[[tuple[Any, ...], dict[str, Any]], bool]
 
 
 # --- backends ---------------------------------------------------------------------------------------------
@@ -162,9 +163,8 @@ class RedisCacheBackend(BaseCacheBackend):
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         # Milliseconds, at least 1: a TTL under a second must not become "no expiry" or an error.
         expiry = {"px": max(1, int(ttl * 1000))} if ttl and ttl > 0 else {}
-        data: bytes | str = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        if self._as_text:
-            data = base64.b64encode(data).decode("ascii")
+        raw = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        data: bytes | str = base64.b64encode(raw).decode("ascii") if self._as_text else raw
         self.client.set(self.prefix + key, data, **expiry)
 
     def delete(self, key: str) -> None:
@@ -292,7 +292,7 @@ def _key_part(name: str, value: Any) -> str:
     return text
 
 
-def _default_key_builder(func: Callable[..., Any], args: tuple, kwargs: dict) -> str:
+def _default_key_builder(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """sha256 of the function's module and qualified name and the ``repr`` of its arguments.
 
     An argument that has no value of its own to key on raises :class:`UncacheableArgument` (the call is then a
@@ -363,7 +363,7 @@ def cache(
     def decorator(func: F) -> F:
         warned: set[str] = set()
 
-        def settings(args: tuple, kwargs: dict) -> tuple[BaseCacheBackend, str, float] | None:
+        def settings(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[BaseCacheBackend, str, float] | None:
             """The backend, key and TTL of this call; None to bypass the cache."""
             config = get_cache_config()
             if not config.enabled or (unless is not None and unless(args, kwargs)):
@@ -386,7 +386,7 @@ def cache(
         # unwrap: an async function under a sync decorator (functools.wraps) still returns a coroutine,
         # which the sync path would cache and hand out again, already awaited.
         if inspect.iscoroutinefunction(inspect.unwrap(func)):
-            flights: dict[tuple[Any, str], asyncio.Future] = {}
+            flights: dict[tuple[Any, str], asyncio.Future[Any]] = {}
 
             async def call(store: BaseCacheBackend, method: str, *args: Any) -> Any:
                 operation = getattr(store, method)
@@ -400,7 +400,7 @@ def cache(
                     return _MISS
 
             async def compute(
-                store: BaseCacheBackend, key: str, seconds: float, args: tuple, kwargs: dict
+                store: BaseCacheBackend, key: str, seconds: float, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> tuple[Any, int]:
                 found = await lookup(store, key)  # filled by a flight that ended since our first look
                 if found is not _MISS:

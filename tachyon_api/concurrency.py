@@ -14,7 +14,8 @@ import contextvars
 import logging
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _MISSING = object()
@@ -23,7 +24,7 @@ logger = logging.getLogger("tachyon_api.errors")
 __all__ = ["ThreadPool", "run_in_threadpool"]
 
 
-def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if future.cancelled():
         return
     if ok:
@@ -45,7 +46,7 @@ class ThreadPool:
         self.max_workers = max_workers
         self.name = name
         self._idle_timeout = idle_timeout
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         # Threads that finished their work and wait for more, not yet promised to a caller. A caller that takes
@@ -55,11 +56,11 @@ class ThreadPool:
         self._idle = 0
 
     def submit(
-        self, context: contextvars.Context, func: Callable[..., Any], args: tuple, kwargs: dict
-    ) -> asyncio.Future:
+        self, context: contextvars.Context, func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[T]:
         """Schedule ``context.run(func, *args, **kwargs)`` in a worker; return a future of the running loop."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._put((loop, future, context, func, args, kwargs))
         return future
 
@@ -71,7 +72,7 @@ class ThreadPool:
         """
         self._put((None, None, context, func, args, {}))
 
-    def _put(self, item: tuple) -> None:
+    def _put(self, item: tuple[Any, ...]) -> None:
         self._queue.put(item)
         with self._lock:
             if self._idle:  # a thread that finished its work waits for more: it takes this item

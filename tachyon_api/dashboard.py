@@ -31,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import html
 import weakref
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 
@@ -50,7 +51,7 @@ _KEEPALIVE_SECONDS = 15.0
 async def dashboard_data(app: Any) -> dict[str, Any]:
     """The dashboard's data for ``app``: the runner's snapshot, the periodic jobs, plus the durable queue when
     there is one."""
-    data = app.background.snapshot()
+    data: dict[str, Any] = app.background.snapshot()
     scheduler = getattr(app, "scheduler", None)
     data["periodic"] = await scheduler.snapshot() if scheduler is not None else []
     backend = getattr(app, "task_backend", None)

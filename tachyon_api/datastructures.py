@@ -6,27 +6,33 @@ All of them parse lazily from the ASGI scope, so a request pays only for what it
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 from urllib.parse import unquote_plus
 
 from .concurrency import run_in_threadpool
 
 __all__ = ["Address", "FormData", "Headers", "QueryParams", "State", "UploadFile", "URL"]
+T = TypeVar("T")
+V = TypeVar("V")
 
 
-class _MultiDict(Mapping[str, Any]):
+class _MultiDict(Mapping[str, V], Generic[V]):
     """An immutable multi-dict: ``d[key]`` is the last value, ``d.getlist(key)`` all of them."""
 
     __slots__ = ("_items", "_dict")
 
-    def __init__(self, items: list[tuple[str, Any]]) -> None:
+    def __init__(self, items: Sequence[tuple[str, V]]) -> None:
         self._items = items
         self._dict = dict(items)
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> V:
         return self._dict[key]
 
+    @overload
+    def get(self, key: str) -> V | None: ...
+    @overload
+    def get(self, key: str, default: V | T) -> V | T: ...
     def get(self, key: str, default: Any = None) -> Any:  # Mapping's get goes through __getitem__ and a KeyError
         return self._dict.get(key, default)
 
@@ -39,10 +45,10 @@ class _MultiDict(Mapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         return key in self._dict
 
-    def getlist(self, key: str) -> list[Any]:
+    def getlist(self, key: str) -> list[V]:
         return [v for k, v in self._items if k == key]
 
-    def multi_items(self) -> list[tuple[str, Any]]:
+    def multi_items(self) -> list[tuple[str, V]]:
         return list(self._items)
 
     def __repr__(self) -> str:
@@ -66,7 +72,7 @@ def parse_query(query: str) -> list[tuple[str, str]]:
     return items
 
 
-class QueryParams(_MultiDict):
+class QueryParams(_MultiDict[str]):
     """The parsed query string. Blank values are kept (``?a=`` gives ``""``)."""
 
     __slots__ = ()
@@ -77,7 +83,7 @@ class QueryParams(_MultiDict):
         super().__init__(parse_query(query_string) if isinstance(query_string, str) else query_string)
 
 
-class FormData(_MultiDict):
+class FormData(_MultiDict["str | UploadFile"]):
     """Fields of a submitted form: ``str`` values and :class:`UploadFile` objects."""
 
     __slots__ = ()
@@ -94,6 +100,8 @@ def scope_header(scope: Mapping[str, Any], name: bytes) -> str | None:
     For code that reads one header per request (middlewares, background-task routing): a plain scan, without
     building a ``Headers`` mapping.
     """
+    key: bytes
+    value: bytes
     for key, value in scope.get("headers") or ():
         if key == name:
             return value.decode("latin-1")
@@ -119,12 +127,16 @@ class Headers(Mapping[str, str]):
         return self._dict
 
     def __getitem__(self, key: str) -> str:
-        value = self.get(key, _ABSENT)
-        if value is _ABSENT:
+        value = self.get(key)
+        if value is None:
             raise KeyError(key)
         return value
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    @overload
+    def get(self, key: str) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str | T) -> str | T: ...
+    def get(self, key: str, default: Any = None) -> Any:
         if self._dict is not None:
             return self._dict.get(key.lower(), default)
         # One lookup (the usual case) scans the raw list instead of decoding every header into a dict; the last
@@ -132,11 +144,11 @@ class Headers(Mapping[str, str]):
         # name is lower-cased only when its length matches (a hand-made scope with other spellings).
         name = key.lower().encode("latin-1")
         size = len(name)
-        found = _ABSENT
+        found: bytes | None = None
         for raw_name, raw_value in self.raw:
             if raw_name == name or (len(raw_name) == size and raw_name.lower() == name):
                 found = raw_value
-        return default if found is _ABSENT else found.decode("latin-1")
+        return default if found is None else found.decode("latin-1")
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key, _ABSENT) is not _ABSENT
@@ -171,7 +183,7 @@ class URL(str):
     path: str
     query: str
 
-    def __new__(cls, scope: Mapping[str, Any]) -> "URL":
+    def __new__(cls, scope: Mapping[str, Any]) -> URL:
         scheme = scope.get("scheme", "http")
         server = scope.get("server")
         host = scope_header(scope, b"host")
@@ -224,7 +236,7 @@ def safe_filename(filename: str | None) -> str | None:
         stem, dot, extension = name.rpartition(".")
         if not stem or len(extension.encode("utf-8")) > 32:
             stem, dot, extension = name, "", ""
-        room = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode("utf-8"))
+        room = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode())
         name = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip() + dot + extension
     return name
 
@@ -246,7 +258,8 @@ class UploadFile:
         headers: Headers | None = None,
         content_type: str | None = None,
     ) -> None:
-        self.file = file if file is not None else tempfile.SpooledTemporaryFile(max_size=self.spool_max_size)
+        # The upload owns its file until close(): no context manager fits that lifetime.
+        self.file = file if file is not None else tempfile.SpooledTemporaryFile(max_size=self.spool_max_size)  # noqa: SIM115
         self.filename = safe_filename(filename)
         self.size = size
         self.headers = headers or Headers()
@@ -256,7 +269,7 @@ class UploadFile:
     def _in_memory(self) -> bool:
         return not getattr(self.file, "_rolled", True)
 
-    async def _io(self, func: Any, *args: Any) -> Any:
+    async def _io(self, func: Callable[..., T], *args: Any) -> T:
         if self._in_memory:
             return func(*args)
         return await run_in_threadpool(func, *args)

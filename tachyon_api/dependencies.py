@@ -6,7 +6,10 @@ registered, and :class:`tachyon_api.compiler.Dependency` resolves it per request
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, overload
+
+from ._utils import DefaultMarker
 
 __all__ = ["Depends", "injectable", "SCOPE_SINGLETON", "SCOPE_REQUEST", "SCOPE_TRANSIENT", "SCOPE_FUNCTION"]
 
@@ -23,7 +26,7 @@ _EXIT_SCOPES = (SCOPE_FUNCTION, SCOPE_REQUEST)
 C = TypeVar("C", bound=type)
 
 
-class Depends:
+class Depends(DefaultMarker):  # type: ignore[misc]  # see DefaultMarker
     """Inject the result of ``dependency`` (a function, generator, class or callable object).
 
     ``Depends()`` without an argument injects the parameter's annotated class. ``use_cache=False`` calls the

@@ -14,8 +14,9 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .exceptions import HTTPException
@@ -74,7 +75,7 @@ def _attr(value: str) -> str:
     return html.escape(value, quote=True)
 
 
-def _local_swagger(config: "OpenAPIConfig", root_path: str) -> str | None:
+def _local_swagger(config: OpenAPIConfig, root_path: str) -> str | None:
     """The URL prefix of the Swagger UI files served by the app, or None when they come from elsewhere."""
     if config.swagger_url is None or swagger_ui_assets() is None:
         return None
@@ -89,7 +90,7 @@ def _page(title: str, head: str, body: str) -> str:
     )
 
 
-def _offline_notice(config: "OpenAPIConfig", openapi_url: str, root_path: str, script: str) -> tuple[str, str]:
+def _offline_notice(config: OpenAPIConfig, openapi_url: str, root_path: str, script: str) -> tuple[str, str]:
     """A page whose script comes from another host is blank without internet (or with scripts off): a line
     of text, shown by the script's ``onerror`` and in ``<noscript>``, says so and links to what works
     offline. Returns the notice and the ``onerror`` attribute of the script tag; nothing for a script the
@@ -108,7 +109,7 @@ def _offline_notice(config: "OpenAPIConfig", openapi_url: str, root_path: str, s
     return notice, " onerror=\"document.getElementById('docs-offline').hidden = false\""
 
 
-def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
+def swagger_ui_html(config: OpenAPIConfig, openapi_url: str, title: str, root_path: str = "") -> str:
     """The Swagger UI page for the schema at ``openapi_url``; ``swagger_ui_parameters`` are passed to
     ``SwaggerUIBundle`` as they are (JSON values)."""
     local = _local_swagger(config, root_path)
@@ -139,7 +140,7 @@ def swagger_ui_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_
     return _page(title, head, body)
 
 
-def redoc_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
+def redoc_html(config: OpenAPIConfig, openapi_url: str, title: str, root_path: str = "") -> str:
     """The ReDoc page for the schema at ``openapi_url``."""
     js = config.redoc_js_url or REDOC_JS_URL
     notice, onerror = _offline_notice(config, openapi_url, root_path, js)
@@ -150,7 +151,7 @@ def redoc_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path:
     return _page(title, "", body)
 
 
-def scalar_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path: str = "") -> str:
+def scalar_html(config: OpenAPIConfig, openapi_url: str, title: str, root_path: str = "") -> str:
     """The Scalar API reference page for the schema at ``openapi_url`` (``docs_url``, as in tachyon-api 1.3)."""
     js = config.scalar_js_url or SCALAR_JS_URL
     head = f"<link rel=\"icon\" href=\"{_attr(config.scalar_favicon_url)}\">\n" if config.scalar_favicon_url else ""
@@ -162,7 +163,7 @@ def scalar_html(config: "OpenAPIConfig", openapi_url: str, title: str, root_path
     return _page(title, head, body)
 
 
-def _html_page(config: "OpenAPIConfig", render: Callable[..., str]) -> Callable[[Request], Any]:
+def _html_page(config: OpenAPIConfig, render: Callable[..., str]) -> Callable[[Request], Any]:
     """An endpoint serving ``render``'s page, rendered once per ``root_path`` (the app may be mounted)."""
     rendered: dict[str, bytes] = {}
 
@@ -193,7 +194,7 @@ def _assets_endpoint(folder: Path) -> Callable[[str], Any]:
     return swagger_ui_asset
 
 
-def docs_routes(app: "Tachyon") -> list[Route]:
+def docs_routes(app: Tachyon) -> list[Route]:
     """The GET routes of the configured docs pages (left out of the schema); a page whose URL is None is
     not served, and without ``openapi_url`` there is no page at all. ``/openapi.json`` sends the bytes of
     ``app.openapi()``, encoded once per schema."""

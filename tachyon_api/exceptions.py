@@ -6,7 +6,8 @@ handle_exception`, chosen by class hierarchy.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "HTTPException",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .compiler import Dependency, Plan
@@ -29,7 +29,7 @@ __all__ = ["CREDENTIAL_HEADERS", "Credentials", "IdempotencyScope", "client_scop
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key")
 
 # A backend's explicit scope: the connection in, the client's identity out (sync or async).
-IdempotencyScope = Callable[["HTTPConnection"], Union[str, Awaitable[str]]]
+IdempotencyScope = Callable[["HTTPConnection"], str | Awaitable[str]]
 
 
 class Credentials(NamedTuple):
@@ -42,7 +42,7 @@ class Credentials(NamedTuple):
 DEFAULT_CREDENTIALS = Credentials(frozenset(CREDENTIAL_HEADERS), frozenset())
 
 
-def credentials_of(plan: "Plan", guards: Iterable["Dependency"] = ()) -> Credentials:
+def credentials_of(plan: Plan, guards: Iterable[Dependency] = ()) -> Credentials:
     """The credential places of a route: the defaults plus what the API-key schemes among its dependencies
     (at any depth, guards included) read. Computed once, when the route is compiled."""
     from .openapi import OperationInputs  # the walk the OpenAPI schema makes to find a route's security schemes
@@ -68,7 +68,7 @@ def _frame(*parts: bytes) -> bytes:
 
 
 async def client_scope(
-    connection: "HTTPConnection", credentials: Credentials | None, scope: IdempotencyScope | None = None
+    connection: HTTPConnection, credentials: Credentials | None, scope: IdempotencyScope | None = None
 ) -> str:
     """Who sent the request, for its idempotency key: ``scope(connection)`` when given, else a hash of every
     credential it carries (empty when it carries none: anonymous requests share one scope)."""
@@ -92,7 +92,7 @@ async def client_scope(
     return hashlib.sha256(_frame(*found)).hexdigest()
 
 
-async def fingerprint(connection: "HTTPConnection", method: str) -> bytes:
+async def fingerprint(connection: HTTPConnection, method: str) -> bytes:
     """A hash of what the request asks: method, path, query string, content type and body (read now if the
     endpoint did not). A body parsed as a stream (multipart) is not kept: its declared length stands in for it.
     A WebSocket's handshake has no body."""

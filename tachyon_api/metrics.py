@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -23,6 +24,12 @@ from prometheus_client.utils import floatToGoString
 from .dependencies import Depends
 from .responses import Response
 from .tasks.stats import DURATION_BOUNDS, OUTCOMES
+
+if TYPE_CHECKING:
+    from .applications import Tachyon
+
+# Prometheus' own formatting of bucket bounds ("+Inf", "0.005"); the function has no annotations there.
+_go_float: Callable[[float], str] = floatToGoString
 
 __all__ = ["PrometheusMetrics", "instrument"]
 
@@ -75,14 +82,14 @@ class _HTTPMetrics:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500  # if the app fails before answering, the server answers 500
 
-        def send_status(message: dict) -> Any:
+        def send_status(message: dict[str, Any]) -> Any:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -120,7 +127,7 @@ class _HTTPCollector(Collector):
                 merged[index] += value
         for (method, route), row in by_route.items():
             upto = list(itertools.accumulate(row[1:]))
-            buckets = [(floatToGoString(bound), upto[i]) for i, bound in enumerate(HTTP_BUCKETS)]
+            buckets = [(_go_float(bound), upto[i]) for i, bound in enumerate(HTTP_BUCKETS)]
             latency.add_metric([method, route], [*buckets, ("+Inf", upto[-1])], row[0])
         yield requests
         yield latency
@@ -142,10 +149,10 @@ class _TaskCollector(Collector):
             "tachyon_task_duration_seconds", "Duration of background task attempts", labels=["name"]
         )
         for name, counts, buckets, total in rows:
-            for outcome, count in zip(OUTCOMES, counts):
+            for outcome, count in zip(OUTCOMES, counts, strict=True):
                 tasks.add_metric([name, outcome], count)
             upto = list(itertools.accumulate(buckets))  # upto[i]: attempts that took at most DURATION_BOUNDS[i]
-            cumulative = [(floatToGoString(DURATION_BOUNDS[i]), upto[i]) for i in _EXPORTED]
+            cumulative = [(_go_float(DURATION_BOUNDS[i]), upto[i]) for i in _EXPORTED]
             durations.add_metric([name], [*cumulative, ("+Inf", upto[-1])], total)
         yield tasks
         yield durations
@@ -154,7 +161,7 @@ class _TaskCollector(Collector):
 
 
 def instrument(
-    app: Any,
+    app: Tachyon,
     *,
     path: str = "/metrics",
     dependencies: Sequence[Depends] | None = None,

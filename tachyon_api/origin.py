@@ -63,7 +63,7 @@ def origin() -> Origin:
         if found.editable:
             runs_here = found.folder is not None and _PACKAGE.is_relative_to(found.folder.resolve())
         else:
-            runs_here = Path(dist.locate_file("tachyon_api/__init__.py")).resolve() == _PACKAGE / "__init__.py"
+            runs_here = Path(str(dist.locate_file("tachyon_api/__init__.py"))).resolve() == _PACKAGE / "__init__.py"
         if runs_here:
             return found
     checkout = _PACKAGE.parent

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._utils import DefaultMarker
+
 __all__ = ["Param", "Query", "Path", "Body", "Header", "Cookie", "Form", "File"]
 
 
-class Param:
+class Param(DefaultMarker):  # type: ignore[misc]  # see DefaultMarker
     """Base of every marker. ``source`` names the part of the request the value is read from.
 
     The keywords are FastAPI's, so a ported signature keeps working and keeps its checks: ``gt``, ``ge``,
@@ -67,7 +69,7 @@ class Param:
                 f"{type(self).__name__}() takes at most {1 + len(self._positional)} positional arguments "
                 f"({', '.join(('default', *self._positional))}); pass the others by keyword"
             )
-        for name, value in zip(self._positional, positional):
+        for name, value in zip(self._positional, positional, strict=False):  # checked above: not longer
             if getattr(self, name) is not None:
                 raise TypeError(f"{type(self).__name__}() got multiple values for argument '{name}'")
             setattr(self, name, value)

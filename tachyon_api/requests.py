@@ -6,7 +6,8 @@ buffering), and cached: a ``Body()`` parameter and ``await request.body()`` in t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import msgspec
@@ -17,6 +18,8 @@ from .datastructures import URL, Address, FormData, Headers, QueryParams, State,
 from .exceptions import RequestError, RequestTooLarge, RequestValidationError
 
 if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
     from .applications import Tachyon
 
 __all__ = ["HTTPConnection", "Request"]
@@ -45,8 +48,9 @@ class HTTPConnection:
         self._cookies: dict[str, str] | None = None
 
     @property
-    def app(self) -> "Tachyon":
-        return self.scope["app"]
+    def app(self) -> Tachyon:
+        app: Tachyon = self.scope["app"]
+        return app
 
     @property
     def url(self) -> URL:
@@ -54,7 +58,8 @@ class HTTPConnection:
 
     @property
     def path_params(self) -> dict[str, Any]:
-        return self.scope.get("path_params", {})
+        params: dict[str, Any] = self.scope.get("path_params", {})
+        return params
 
     @property
     def query_params(self) -> QueryParams:
@@ -103,11 +108,12 @@ class Request(HTTPConnection):
         self._json: Any = None
         self.parsed_form: FormData | None = None
         self._consumed = False
-        self._first: dict | None = None
+        self._first: dict[str, Any] | None = None
 
     @property
     def method(self) -> str:
-        return self.scope["method"]
+        method: str = self.scope["method"]
+        return method
 
     @property
     def max_body_size(self) -> int:
@@ -181,7 +187,7 @@ class Request(HTTPConnection):
             return self._receive
         pending = [{"type": "http.request", "body": self._body, "more_body": False}]
 
-        async def receive() -> dict:
+        async def receive() -> dict[str, Any]:
             return pending.pop() if pending else await self._receive()
 
         return receive
@@ -288,7 +294,7 @@ async def _parse_multipart(stream: AsyncIterator[bytes], boundary: bytes | None)
     def on_end() -> None:
         state["ended"] = True
 
-    callbacks = {
+    callbacks: MultipartCallbacks = {
         "on_header_field": on_header_field,
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,

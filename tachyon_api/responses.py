@@ -13,8 +13,9 @@ import logging
 import mimetypes
 import os
 import stat
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from email.utils import formatdate
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -43,7 +44,7 @@ __all__ = [
     "internal_server_error_response",
 ]
 
-Send = Callable[[dict], Any]
+Send = Callable[[dict[str, Any]], Any]
 logger = logging.getLogger("tachyon_api.errors")
 Background = BackgroundTask | BackgroundTasks | None
 
@@ -182,13 +183,13 @@ class Response:
     def delete_cookie(self, key: str, path: str = "/", domain: str | None = None) -> None:
         self.set_cookie(key, max_age=0, expires=0, path=path, domain=domain)
 
-    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         """Send start and body; the body is left out for HEAD requests."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
         body = b"" if scope.get("method") == "HEAD" else self.body
         await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope: dict, receive: Any, send: Send) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         """Plain ASGI use, outside a Tachyon app: send, then run ``background`` inline."""
         await self.send(scope, receive, send)
         if self.background is not None:
@@ -230,7 +231,7 @@ class Accepted(JSONResponse):
         self.status_url = status_url
         super().__init__(None, 202, headers, background=background)
 
-    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         url = self.status_url
         if url is None:
             from .tasks.http import status_url
@@ -313,10 +314,10 @@ class StreamingResponse(Response):
 
     async def _chunks(self) -> AsyncIterator[Any]:
         if hasattr(self.content, "__aiter__"):
-            async for chunk in self.content:  # type: ignore[union-attr]
+            async for chunk in self.content:
                 yield chunk
             return
-        iterator = iter(self.content)  # type: ignore[arg-type]
+        iterator = iter(self.content)
         done = object()
         while (chunk := await run_in_threadpool(next, iterator, done)) is not done:
             yield chunk
@@ -328,7 +329,7 @@ class StreamingResponse(Response):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         """Stream until the iterable ends or the client disconnects (an endless event stream stops then)."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
         try:
@@ -389,7 +390,7 @@ class FileResponse(Response):
             disposition = f"attachment; filename*=utf-8''{quote(filename)}"
             self.raw_headers.append((b"content-disposition", disposition.encode("latin-1")))
 
-    async def send(self, scope: dict, receive: Any, send: Send) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         try:
             info = await run_in_threadpool(os.stat, self.path)
         except FileNotFoundError:
@@ -473,7 +474,7 @@ def is_foreign_response(value: Any) -> bool:
     )
 
 
-async def send_any(response: Any, scope: dict, receive: Any, send: Send) -> None:
+async def send_any(response: Any, scope: dict[str, Any], receive: Any, send: Send) -> None:
     """Send one of our responses, or a Starlette one (whose own tasks the caller has taken over)."""
     if isinstance(response, Response):
         await response.send(scope, receive, send)
@@ -485,7 +486,7 @@ async def send_any(response: Any, scope: dict, receive: Any, send: Send) -> None
 _OCTET = (b"content-type", b"application/octet-stream")
 
 
-def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any], tuple[list, bytes]]:
+def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any], tuple[list[Any], bytes]]:
     """Build, at registration, the function that turns an endpoint's return value into headers and body.
 
     Data (dict, list, Struct, dataclass, str, None...) becomes compact JSON; ``bytes`` are sent as
@@ -505,7 +506,7 @@ def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any
         except msgspec.ValidationError as exc:
             raise ResponseValidationError(f"Return value does not match response_model: {exc}") from exc
 
-    def render(value: Any) -> tuple[list, bytes]:
+    def render(value: Any) -> tuple[list[Any], bytes]:
         if response_model is not None:
             value = convert(value)
         if empty:
@@ -515,7 +516,7 @@ def make_renderer(status_code: int, response_model: Any = None) -> Callable[[Any
         body = encode_json(value)
         return [JSON_TYPE, (b"content-length", str(len(body)).encode())], body
 
-    def render_data(value: Any) -> tuple[list, bytes]:
+    def render_data(value: Any) -> tuple[list[Any], bytes]:
         # The common case, decided at registration: no model, a status with a body, data rather than bytes.
         if type(value) in _BYTES:
             return render(value)

@@ -114,7 +114,8 @@ class HTTPBearer(SecurityBase):
     async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
         found = _authorization(request, "bearer")
         if found is None:
-            return self._reject(request, 403, NOT_AUTHENTICATED)
+            self._reject(request, 403, NOT_AUTHENTICATED)
+            return None
         return HTTPAuthorizationCredentials(scheme=found[0], credentials=found[1])
 
 
@@ -140,7 +141,8 @@ class OAuth2PasswordBearer(SecurityBase):
     async def __call__(self, request: HTTPConnection) -> str | None:
         found = _authorization(request, "bearer")
         if found is None:
-            return self._reject(request, 401, NOT_AUTHENTICATED, {"WWW-Authenticate": "Bearer"})
+            self._reject(request, 401, NOT_AUTHENTICATED, {"WWW-Authenticate": "Bearer"})
+            return None
         return found[1]
 
 
@@ -169,7 +171,8 @@ class HTTPBasic(SecurityBase):
 
     async def __call__(self, request: HTTPConnection) -> HTTPBasicCredentials | None:
         if not request.headers.get("authorization"):
-            return self._reject(request, 401, NOT_AUTHENTICATED, self._challenge)
+            self._reject(request, 401, NOT_AUTHENTICATED, self._challenge)
+            return None
         found = _authorization(request, "basic")
         try:
             if found is None:
@@ -178,7 +181,8 @@ class HTTPBasic(SecurityBase):
             if not colon:
                 raise ValueError("no colon")
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            return self._reject(request, 401, INVALID_CREDENTIALS, self._challenge)
+            self._reject(request, 401, INVALID_CREDENTIALS, self._challenge)
+            return None
         return HTTPBasicCredentials(username=username, password=password)
 
 
@@ -204,7 +208,8 @@ class _APIKey(SecurityBase):
     async def __call__(self, request: HTTPConnection) -> str | None:
         key = self._read(request)
         if not key:
-            return self._reject(request, 403, NOT_AUTHENTICATED)
+            self._reject(request, 403, NOT_AUTHENTICATED)
+            return None
         return key
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,13 +35,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-def _waiting_for_tasks(app: ASGIApp) -> ASGIApp:
-    """Mark each HTTP request so the app finishes its background tasks before the call returns."""
+def _waiting_for_tasks(app: ASGIApp) -> Callable[[Any, Any, Any], Awaitable[None]]:
+    """Mark each HTTP request so the app finishes its background tasks before the call returns. (For httpx's
+    ``ASGITransport``, whose declared scope type is a ``MutableMapping``: the scope it sends is a dict.)"""
 
-    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope["extensions"] = {**(scope.get("extensions") or {}), WAIT_FOR_TASKS: True}
         await app(scope, receive, send)
@@ -48,13 +50,16 @@ def _waiting_for_tasks(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-class WebSocketDenialResponse(httpx.Response, Exception):
+class WebSocketDenialResponse(httpx.Response, Exception):  # type: ignore[misc]  # both have a __setstate__
     """Raised by ``websocket_connect`` when the app refused the handshake with an HTTP response (a guard's
     401, say): an ``httpx.Response`` (``status_code``, ``json()``) and an exception."""
 
 
 def _websocket_scope(
-    client: httpx.Client | httpx.AsyncClient, path: str, subprotocols: Sequence[str] | None, headers: dict[str, str] | None
+    client: httpx.Client | httpx.AsyncClient,
+    path: str,
+    subprotocols: Sequence[str] | None,
+    headers: dict[str, str] | None,
 ) -> dict[str, Any]:
     url = client.base_url.join(path)
     request = client.build_request("GET", url, headers=headers)  # the client's headers and cookies
@@ -100,13 +105,13 @@ class AsyncWebSocketTestSession:
         self.scope = scope
         self.accepted_subprotocol: str | None = None
         self.extra_headers: list[tuple[bytes, bytes]] = []
-        self._to_app: asyncio.Queue = asyncio.Queue()
-        self._from_app: asyncio.Queue = asyncio.Queue()
-        self._task: asyncio.Task | None = None
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[Any] | None = None
         self.accepted = False
         self._closed = False
 
-    async def __aenter__(self) -> "AsyncWebSocketTestSession":
+    async def __aenter__(self) -> AsyncWebSocketTestSession:
         self._task = asyncio.ensure_future(self.app(self.scope, self._to_app.get, self._app_send))
         await self._to_app.put({"type": "websocket.connect"})
         message = await self._next()
@@ -188,10 +193,12 @@ class AsyncWebSocketTestSession:
         return message
 
     async def receive_text(self) -> str:
-        return (await self.receive())["text"]
+        text: str = (await self.receive())["text"]
+        return text
 
     async def receive_bytes(self) -> bytes:
-        return (await self.receive())["bytes"]
+        data: bytes = (await self.receive())["bytes"]
+        return data
 
     async def receive_json(self, mode: str = "text") -> Any:
         message = await self.receive()
@@ -201,11 +208,11 @@ class AsyncWebSocketTestSession:
 class WebSocketTestSession:
     """The sync form of :class:`AsyncWebSocketTestSession`, driven through the test client's event loop."""
 
-    def __init__(self, client: "TachyonTestClient", session: AsyncWebSocketTestSession) -> None:
+    def __init__(self, client: TachyonTestClient, session: AsyncWebSocketTestSession) -> None:
         self._call = client._portal_call
         self._session = session
 
-    def __enter__(self) -> "WebSocketTestSession":
+    def __enter__(self) -> WebSocketTestSession:
         self._call(self._session.__aenter__())
         return self
 
@@ -251,26 +258,27 @@ class WebSocketTestSession:
 class _Lifespan:
     """Drive an ASGI app's lifespan protocol from the outside, as a server does."""
 
+    task: asyncio.Task[None]  # the app's lifespan call, from startup() on
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.task: asyncio.Task | None = None
 
     async def _next(self, expected: str) -> None:
         get = asyncio.ensure_future(self._from_app.get())
-        done, _ = await asyncio.wait({get, self.task}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({get, self.task}, return_when=asyncio.FIRST_COMPLETED)
         if get not in done:
             get.cancel()
-            self.task.result()  # type: ignore[union-attr]  # re-raise the app's error
+            self.task.result()  # re-raise the app's error
             raise RuntimeError("The app's lifespan returned early")
         message = get.result()
         if message["type"] != expected:
             with contextlib.suppress(Exception):  # the app re-raises after reporting: collect it
-                await self.task  # type: ignore[misc]
+                await self.task
             raise RuntimeError(f"Lifespan failed: {message.get('message', message['type'])}")
 
     async def startup(self) -> None:
-        self._to_app: asyncio.Queue = asyncio.Queue()
-        self._from_app: asyncio.Queue = asyncio.Queue()
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
         self.task = asyncio.ensure_future(self.app(scope, self._to_app.get, self._from_app.put))
         await self._to_app.put({"type": "lifespan.startup"})
@@ -279,7 +287,7 @@ class _Lifespan:
     async def shutdown(self) -> None:
         await self._to_app.put({"type": "lifespan.shutdown"})
         await self._next("lifespan.shutdown.complete")
-        await self.task  # type: ignore[misc]
+        await self.task
 
 
 class _Portal:
@@ -300,7 +308,7 @@ class _Portal:
 
 
 class _PortalTransport(httpx.BaseTransport):
-    def __init__(self, client: "TachyonTestClient", transport: httpx.ASGITransport) -> None:
+    def __init__(self, client: TachyonTestClient, transport: httpx.ASGITransport) -> None:
         self.client = client
         self.transport = transport
 
@@ -309,7 +317,9 @@ class _PortalTransport(httpx.BaseTransport):
 
         async def call() -> tuple[int, httpx.Headers, bytes]:
             response = await self.transport.handle_async_request(request)
-            raw = b"".join([chunk async for chunk in response.stream])  # still encoded: httpx decodes it once
+            stream = response.stream
+            assert isinstance(stream, httpx.AsyncByteStream)  # what an ASGITransport answers with
+            raw = b"".join([chunk async for chunk in stream])  # still encoded: httpx decodes it once
             return response.status_code, response.headers, raw
 
         status, headers, content = self.client._portal_call(call())
@@ -350,7 +360,7 @@ class TachyonTestClient(httpx.Client):
             self._portal = _Portal()
         return self._portal.call(coro)
 
-    def __enter__(self) -> "TachyonTestClient":
+    def __enter__(self) -> TachyonTestClient:
         super().__enter__()
         self._lifespan = _Lifespan(self.app)
         try:
@@ -400,7 +410,7 @@ def _async_client(
     follow_redirects: bool,
     timeout: float,
     kwargs: dict[str, Any],
-) -> httpx.AsyncClient:
+) -> TachyonAsyncClient:
     options: dict[str, Any] = {"base_url": base_url, "follow_redirects": follow_redirects, "timeout": timeout}
     if headers:
         options["headers"] = headers

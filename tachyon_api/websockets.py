@@ -21,7 +21,8 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -55,7 +56,7 @@ DISCONNECTED = WebSocketState.DISCONNECTED
 RESPONSE = WebSocketState.RESPONSE
 
 
-class WebSocketDisconnect(_ForeignDisconnect):  # type: ignore[valid-type,misc]
+class WebSocketDisconnect(_ForeignDisconnect):
     """The connection is over: the client closed it (``code`` is its close code), vanished (1006), the app
     closed it for the handler (1009 message too big, 1001 server going away).
 
@@ -129,7 +130,7 @@ class WebSocket(HTTPConnection):
         """The next ASGI message. A data message over ``max_size`` closes the socket with 1009 and comes back
         as a ``websocket.disconnect`` message with that code."""
         if self.client_state is CONNECTED:
-            message = await self._receive()
+            message: dict[str, Any] = await self._receive()
             kind = message["type"]
             if kind == "websocket.receive":
                 if self.max_size is not None and self._too_big(message):
@@ -235,14 +236,14 @@ class WebSocket(HTTPConnection):
             self.application_state = DISCONNECTED
             try:
                 await self._send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
-            except Exception:  # noqa: BLE001 - gone already: nothing to tell it
+            except Exception:  # gone already: nothing to tell it
                 pass
 
     # --- data -------------------------------------------------------------------------------------------
     async def _data(self) -> dict[str, Any]:
         """The next data message, or ``WebSocketDisconnect``. The usual case inline, without receive()."""
         if self.client_state is CONNECTED and self.application_state is CONNECTED:
-            message = await self._receive()
+            message: dict[str, Any] = await self._receive()
             if message["type"] == "websocket.receive":
                 limit = self.max_size
                 if limit is None:
@@ -265,13 +266,13 @@ class WebSocket(HTTPConnection):
         return message
 
     async def receive_text(self) -> str:
-        text = (await self._data()).get("text")
+        text: str | None = (await self._data()).get("text")
         if text is None:
             raise WebSocketException(WebSocketClose.UNSUPPORTED_DATA, "Expected a text message")
         return text
 
     async def receive_bytes(self) -> bytes:
-        data = (await self._data()).get("bytes")
+        data: bytes | None = (await self._data()).get("bytes")
         if data is None:
             raise WebSocketException(WebSocketClose.UNSUPPORTED_DATA, "Expected a binary message")
         return data
@@ -372,7 +373,7 @@ class OpenSockets:
 
     def __init__(self, shutdown_timeout: float) -> None:
         self.shutdown_timeout = shutdown_timeout
-        self.sockets: dict[WebSocket, asyncio.Task | None] = {}
+        self.sockets: dict[WebSocket, asyncio.Task[Any] | None] = {}
         self.going_away = False
         self._previous: dict[int, tuple[Any, Any]] = {}
         self._cancel_timer: asyncio.TimerHandle | None = None
@@ -463,7 +464,7 @@ class OpenSockets:
     async def _close_then(self, previous: Callable[..., Any], signum: int, frame: Any) -> None:
         try:
             await asyncio.wait_for(self.close_all(), 5)
-        except Exception:  # noqa: BLE001 - the server must hear the signal whatever happened here
+        except Exception:  # the server must hear the signal whatever happened here
             logger.exception("Closing the open WebSockets at shutdown failed")
         finally:
             previous(signum, frame)

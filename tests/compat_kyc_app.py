@@ -284,7 +284,7 @@ app.add_middleware(LoggerMiddleware, include_headers=True)
 
 
 @app.middleware("http")
-async def process_time(scope, receive, send, app):  # noqa: ANN001 - 1.3's decorated middleware form
+async def process_time(scope, receive, send, app):  # 1.3's decorated middleware form
     started = time.perf_counter()
 
     async def timed_send(message: dict) -> None:
@@ -297,7 +297,7 @@ async def process_time(scope, receive, send, app):  # noqa: ANN001 - 1.3's decor
 
 
 @app.exception_handler(KYCError)
-async def kyc_error(request, exc: KYCError):  # noqa: ANN001 - 1.3 handlers took the request un-annotated
+async def kyc_error(request, exc: KYCError):  # 1.3 handlers took the request un-annotated
     return error_response(exc.message, status_code=409, code="KYC_CONFLICT")
 
 

@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -61,7 +61,7 @@ def raw_exchange(url: str, payload: bytes, timeout: float = 3.0) -> bytes:
         while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break

@@ -93,7 +93,9 @@ def create_app(upload_dir: FilePath | None = None) -> Tachyon:
         return {"n": n, "x": x, "d": str(d), "flag": flag, "day": day, "color": color, "tags": tags, "text": text}
 
     @app.get("/headers")
-    def headers(x_count: int = Header(), x_ratio: float = Header(1.0), x_tags: list[str] = Header([])) -> dict[str, Any]:
+    def headers(
+        x_count: int = Header(), x_ratio: float = Header(1.0), x_tags: list[str] = Header([])
+    ) -> dict[str, Any]:
         return {"count": x_count, "ratio": x_ratio, "tags": x_tags}
 
     @app.get("/cookies")

@@ -221,8 +221,9 @@ def test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked(caplog: 
     assert "sync task broke" in caplog.text and "Traceback" in caplog.text
 
     for failures in (sync_failures, async_failures):
-        assert [f.task.name for f in failures] == ["test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked"
-                                                   ".<locals>.explode_sync", "broken-async"]
+        assert [f.task.name for f in failures] == [
+            "test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked.<locals>.explode_sync", "broken-async"
+        ]
         assert [type(f.exception) for f in failures] == [ValueError, RuntimeError]
         assert all(f.method == "POST" and f.path == "/orders/42" and f.attempts == 1 for f in failures)
 
@@ -407,7 +408,8 @@ def test_sync_tasks_never_block_the_loop_nor_sync_endpoints() -> None:
     with serve(app) as url:
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda i: timed("POST", f"{url}/work/{i}"), range(8)))
-        assert all(r.status_code == 200 and t < 0.3 for r, t in responses), [(r.status_code, round(t, 3)) for r, t in responses]
+        seen = [(r.status_code, round(t, 3)) for r, t in responses]
+        assert all(r.status_code == 200 and t < 0.3 for r, t in responses), seen
         assert wait_until(lambda: state["active"] == 2, 2)
         for _ in range(3):
             r_async, t_async = timed("GET", f"{url}/ping")
@@ -485,7 +487,9 @@ def test_context_variables_are_visible_in_sync_and_async_tasks(endpoint_kind: st
     if endpoint_kind == "sync":
 
         @app.get("/ctx")
-        def ctx_sync(background_tasks: BackgroundTasks, a: str = Depends(set_async_dep), s: str = Depends(set_sync_dep)):
+        def ctx_sync(
+            background_tasks: BackgroundTasks, a: str = Depends(set_async_dep), s: str = Depends(set_sync_dep)
+        ):
             endpoint_var.set("from-sync-endpoint")
             background_tasks.add_task(sync_task)
             background_tasks.add_task(async_task)

@@ -371,7 +371,12 @@ def test_a_second_ctrl_c_exits_non_zero_with_one_line_naming_what_is_lost(serve_
     server = serve_process(SECOND_SIGINT_APP)
     assert httpx.post(f"{server.url}/export", timeout=5).status_code == 200
     assert wait_until(lambda: (tmp_path / "export.started").exists(), 3)
-    slow = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, httpx.post, f"{server.url}/slow", timeout=20))
+
+    def slow_request() -> None:
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"{server.url}/slow", timeout=20)
+
+    slow = threading.Thread(target=slow_request)
     slow.start()
     assert wait_until(lambda: (tmp_path / "slow.started").exists(), 3)
 

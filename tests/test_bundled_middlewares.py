@@ -49,7 +49,8 @@ def test_cors_preflight_and_simple_requests_over_http():
         max_age=120,
     )
     with serve(app) as url:
-        ok = httpx.options(url + "/data", headers={**PREFLIGHT, "Access-Control-Request-Headers": "x-token, content-type"})
+        asked = {**PREFLIGHT, "Access-Control-Request-Headers": "x-token, content-type"}
+        ok = httpx.options(url + "/data", headers=asked)
         assert ok.status_code == 200 and ok.content == b""
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         assert ok.headers["access-control-allow-methods"] == "GET, PUT"
@@ -201,7 +202,7 @@ def test_middlewares_never_mutate_the_header_list_they_are_sent():
             response = httpx.get(url, headers={"Origin": "https://app.example"})
             assert response.headers.get_list("access-control-allow-origin") == ["https://app.example"]
             assert response.headers.get_list("x-frame-options") == ["DENY"]
-    assert SHARED_HEADERS == before
+    assert before == SHARED_HEADERS
 
 
 # --- security headers ---------------------------------------------------------------------------------------
@@ -338,8 +339,8 @@ def test_logger_escapes_what_the_client_sent_over_http(caplog):
         ("application/json", b'{"user": "ada", "password": "hunter2", "profile": {"api_key": "k-hunter2"}}'),
         ("application/x-www-form-urlencoded", b"user=ada&password=hunter2&apiKey=k-hunter2"),
         ("multipart/form-data; boundary=XX",
-         b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
-         b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--XX--\r\n'),
+         (b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
+          b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--XX--\r\n')),
         ("text/plain", b'{"user": "ada", "password": "hunter2"'),  # not parsed: redacted by pattern
         ("application/json", b'{"user": "ada", "password": "hunter2", "pad": "' + b"x" * 70_000 + b'"}'),
     ],

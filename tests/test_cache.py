@@ -450,7 +450,7 @@ def test_two_users_never_get_each_others_cached_answer_over_http(caplog):
             for start in range(0, n, 50):
                 users = ["ada" if (start + i) % 2 else "bob" for i in range(50)]
                 answers = await asyncio.gather(*(client.get(path, headers={"X-User": u}) for u in users))
-                crossed += sum(a.json() != {"user": u} for a, u in zip(answers, users))
+                crossed += sum(a.json() != {"user": u} for a, u in zip(answers, users, strict=True))
         return crossed
 
     with serve(_two_users_app(calls)) as url:

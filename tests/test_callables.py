@@ -62,7 +62,7 @@ def test_lifespan_hooks_of_every_kind_run() -> None:
 def test_a_sync_websocket_handler_is_refused_at_registration() -> None:
     app = Tachyon()
 
-    def handler(websocket) -> None:  # noqa: ANN001
+    def handler(websocket) -> None:
         pass
 
     with pytest.raises(TypeError, match="must be an 'async def' function"):
@@ -100,7 +100,7 @@ def test_an_exception_handler_object_with_an_async_call_is_awaited() -> None:
         pass
 
     class Handler:
-        async def __call__(self, request, exc):  # noqa: ANN001, ANN204
+        async def __call__(self, request, exc):
             return JSONResponse({"handled": type(exc).__name__}, status_code=418)
 
     app = Tachyon()

@@ -50,7 +50,6 @@ from tachyon_api.testing import TachyonTestClient
 
 from .conftest import client_for, wait_until
 
-
 # --- 1. security schemes guard WebSocket routes ----------------------------------------------------------------
 BASIC = "Basic " + base64.b64encode(b"ann:pw").decode()
 SCHEMES: list[tuple[Any, dict[str, Any], str]] = [

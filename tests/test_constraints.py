@@ -47,9 +47,13 @@ def test_marker_keywords_are_accepted_and_enforced_on_every_source() -> None:
     client = client_for(app)
     assert client.get("/q?a=abc&ids=1&ids=2").json() == {"a": "abc", "ids": [1, 2]}
     assert client.get("/q").json() == {"a": None, "ids": []}  # defaults are not checked
-    assert error(client.get("/q?a=abcd"), ["query", "a"]) == ("string_too_long", "String should have at most 3 characters")
+    assert error(client.get("/q?a=abcd"), ["query", "a"]) == (
+        "string_too_long", "String should have at most 3 characters"
+    )
     assert error(client.get("/q?ids=1"), ["query", "ids"]) == ("too_short", "List should have at least 2 items")
-    assert error(client.get("/p/0"), ["path", "n"]) == ("greater_than_equal", "Input should be greater than or equal to 1")
+    assert error(client.get("/p/0"), ["path", "n"]) == (
+        "greater_than_equal", "Input should be greater than or equal to 1"
+    )
     assert client.get("/p/x").status_code == 404  # not an int: no such route, as before
     assert client.get("/p/1").json() == {"n": 1}
     assert error(client.get("/h", headers={"x-size": "10"}), ["header", "x-size"]) == (
@@ -126,7 +130,7 @@ def test_parameters_without_constraints_get_no_check() -> None:
 
 def test_a_constraint_that_does_not_fit_the_type_fails_at_registration() -> None:
     app = Tachyon()
-    with pytest.raises(TypeError, match="parameter 'n'.*max_length"):
+    with pytest.raises(TypeError, match=r"parameter 'n'.*max_length"):
         @app.get("/bad")
         def bad(n: int = Query(0, max_length=3)):
             return {}

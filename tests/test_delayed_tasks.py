@@ -78,7 +78,7 @@ def test_delayed_tasks_run_no_earlier_than_asked_and_are_counted_and_shown_while
 
 
 def test_a_delayed_task_can_be_cancelled_before_it_starts() -> None:
-    app, ran, handles = delayed_app()
+    app, ran, _handles = delayed_app()
     with serve(app) as url:
         httpx.post(url + "/cancellable")
         assert wait_until(lambda: app.background.stats().delayed == 1, 3)
@@ -110,7 +110,7 @@ def test_delay_and_at_are_checked_at_with_options() -> None:
     task: Any = tasks.add_task(print, "x")
     with pytest.raises(TypeError, match="seconds"):
         task.with_options(delay="5")
-    with pytest.raises(TypeError, match="a datetime.datetime"):
+    with pytest.raises(TypeError, match=r"a datetime\.datetime"):
         task.with_options(at=time.time())
     with pytest.raises(ValueError, match="job_id need a durable task"):
         task.with_options(job_id="a")

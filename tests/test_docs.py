@@ -35,6 +35,7 @@ def blocks(name: str, section: str | None = None) -> list[tuple[str, str]]:
 
 
 PAGES = [
+    "index.md",
     "background-tasks.md",
     "getting-started.md",
     "routing-and-parameters.md",

@@ -116,7 +116,11 @@ class Project:
     def _start(self, *args: str) -> subprocess.Popen:
         log = open(self.dir / f"proc-{len(self.procs)}.log", "w+b")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tachyon_api", *args], cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "tachyon_api", *args],
+            cwd=self.dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         proc.log = log  # type: ignore[attr-defined]
         self.procs.append(proc)

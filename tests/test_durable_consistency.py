@@ -324,7 +324,7 @@ def test_exit_code_of_the_function_scope_chooses_the_response() -> None:
 
 
 def test_scope_is_checked_at_registration() -> None:
-    with pytest.raises(ValueError, match="use 'function' or 'request' .singleton and transient are scopes of"):
+    with pytest.raises(ValueError, match=r"use 'function' or 'request' .singleton and transient are scopes of"):
         Depends(print, scope="singleton")  # type: ignore[arg-type]
 
     def session():
@@ -334,8 +334,8 @@ def test_scope_is_checked_at_registration() -> None:
         yield s  # its exit code runs after the response, when the session is closed already
 
     app = Tachyon()
-    with pytest.raises(TypeError, match="audit has exit code that runs after the response .scope 'request'., so it "
-                                        "cannot depend on .*session, whose exit code runs before the response"):
+    with pytest.raises(TypeError, match=r"audit has exit code that runs after the response .scope 'request'., so it "
+                                        r"cannot depend on .*session, whose exit code runs before the response"):
         app.post("/a")(lambda a=Depends(audit): a)
 
     # The other way round is fine, and the same generator in both scopes gives two values, as in FastAPI.
@@ -391,7 +391,7 @@ def test_options_rq_would_refuse_are_a_type_error_at_with_options(redis_url: str
     with pytest.raises(TypeError, match="retries must be an int"):
         task.with_options(retries=2.5)  # type: ignore[arg-type]
     assert task.with_options(job_id="order_1-completed").job_id == "order_1-completed"
-    with pytest.raises(TypeError, match="unexpected option.s.: colour"):
+    with pytest.raises(TypeError, match=r"unexpected option.s.: colour"):
         tasks.with_options(colour="red")
 
 

@@ -95,7 +95,8 @@ def test_a_paused_redis_delays_only_the_request_that_stores_a_task(
     during = [took for started, took in pings if started < result["end"]]
     assert len(during) >= 4, "the other requests were not served while the durable one waited"
     assert max(during) < 0.4, f"a request that stores nothing took {max(during):.2f}s while Redis was paused"
-    failures = [r for r in caplog.records if "durable task(s) durable_job of request POST /order/during" in r.getMessage()]
+    wanted = "durable task(s) durable_job of request POST /order/during"
+    failures = [r for r in caplog.records if wanted in r.getMessage()]
     assert failures and failures[0].exc_info is not None
     # The 2xx before the pause means stored. This 503 says the outcome is unknown: the write already sent
     # waits in the paused server's socket and may still run when it resumes.
@@ -142,8 +143,9 @@ def test_the_durable_tasks_of_one_request_are_stored_all_or_none(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis refuses writes past ``maxmemory`` (policy ``noeviction``): with 1 MB of room, a request storing
-    a small task and then one with a 2 MB argument (random, so RQ's compression keeps it big) gets a 503, and the small task is not stored either, so a
-    client that retries makes no duplicate. The same small task alone is then stored: the room was there.
+    a small task and then one with a 2 MB argument (random, so RQ's compression keeps it big) gets a 503, and the
+    small task is not stored either, so a client that retries makes no duplicate. The same small task alone is
+    then stored: the room was there.
 
     Mutant caught: ``RQBackend.store`` storing a request's tasks one by one instead of in one write (one
     script run): the small task is stored, the big one refused, and the client gets a 503 for a request half

@@ -12,7 +12,6 @@ from tachyon_api.responses import JSONResponse, PlainTextResponse
 
 from .conftest import client_for, serve
 
-
 INTERNAL = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
 
 

@@ -139,7 +139,8 @@ def test_signup_stores_the_user_and_emails_a_welcome(shop: Shop) -> None:
     assert message["From"] == "Tachyon Shop <shop@example.com>"
     assert "Your account for ada@example.com is ready" in message.get_content()
 
-    rows = eventually(lambda: shop.query("SELECT * FROM users WHERE welcome_sent_at IS NOT NULL AND id = ?", user["id"]))
+    sent = "SELECT * FROM users WHERE welcome_sent_at IS NOT NULL AND id = ?"
+    rows = eventually(lambda: shop.query(sent, user["id"]))
     assert rows[0]["email"] == "ada@example.com" and rows[0]["name"] == "Ada"
 
     again = shop.http.post("/signup", json={"email": "ada@example.com", "name": "Ada"})
@@ -414,7 +415,11 @@ def test_product_views_are_counted_in_the_background(shop: Shop) -> None:
     invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1.234})
     assert invalid.status_code == 422
     assert invalid.json()["errors"] == [
-        {"loc": ["body", "price"], "msg": "Expected a non-negative amount with at most 2 decimals", "type": "value_error"}
+        {
+            "loc": ["body", "price"],
+            "msg": "Expected a non-negative amount with at most 2 decimals",
+            "type": "value_error",
+        }
     ]
 
 
@@ -423,7 +428,7 @@ class Collect:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], bytes]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
         self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
         return "250 OK"
 

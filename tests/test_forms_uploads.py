@@ -46,7 +46,9 @@ def test_urlencoded_form_fields_typed():
     app = Tachyon()
 
     @app.post("/login")
-    def login(username: str = Form(), age: int = Form(), remember: bool = Form(False), note: Optional[str] = Form(None)):
+    def login(
+        username: str = Form(), age: int = Form(), remember: bool = Form(False), note: Optional[str] = Form(None)
+    ):
         return {"username": username, "age": age, "remember": remember, "note": note}
 
     with TachyonTestClient(app) as client:
@@ -135,7 +137,9 @@ def test_multipart_fields_and_file_together():
         }
         # with httpx's own multipart encoder
         response = client.post(
-            "/upload", data={"title": "T", "count": "1"}, files={"file": ("a.bin", b"\x00\x01\x02", "application/x-bin")}
+            "/upload",
+            data={"title": "T", "count": "1"},
+            files={"file": ("a.bin", b"\x00\x01\x02", "application/x-bin")},
         )
         assert response.status_code == 200
         assert response.json()["size"] == 3
@@ -203,7 +207,10 @@ def test_filename_sanitised_against_path_traversal(sent, expected):
 
 @pytest.mark.parametrize(
     ("sent", "expected"),
-    [("../../etc/passwd", "passwd"), ("..\\..\\x.txt", "x.txt"), ("a/b/c.txt", "c.txt"), ("..", None), ("x.txt", "x.txt")],
+    [
+        ("../../etc/passwd", "passwd"), ("..\\..\\x.txt", "x.txt"), ("a/b/c.txt", "c.txt"), ("..", None),
+        ("x.txt", "x.txt"),
+    ],
 )
 def test_upload_file_constructor_sanitises_filename(sent, expected):
     upload = UploadFile(filename=sent)
@@ -373,7 +380,8 @@ def test_implicit_list_of_upload_files():
         return {"sizes": [f.size for f in images]}
 
     with TachyonTestClient(app) as client:
-        response = client.post("/many", files=[("images", ("a", b"aa", "image/png")), ("images", ("b", b"b", "image/png"))])
+        images = [("images", ("a", b"aa", "image/png")), ("images", ("b", b"b", "image/png"))]
+        response = client.post("/many", files=images)
     assert response.json() == {"sizes": [2, 1]}
 
 
@@ -455,7 +463,8 @@ def test_truncated_multipart_without_closing_boundary_is_400(upload_client):
         b"garbage without any boundary",
         b"--" + BOUNDARY.encode() + b"\r\nno headers end",
         b"--wrong-boundary\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--wrong-boundary--\r\n",
-        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: text/plain\r\n\r\nnameless\r\n--" + BOUNDARY.encode() + b"--\r\n",
+        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: text/plain\r\n\r\nnameless\r\n--"
+        + BOUNDARY.encode() + b"--\r\n",
     ],
 )
 def test_garbage_multipart_is_400_not_500(upload_client, raw):

@@ -101,9 +101,14 @@ def multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> byte
 MULTIPART = st.builds(
     lambda boundary, parts, cut: (boundary, multipart(boundary, parts)[: cut or None]),
     st.integers(1, 300).flatmap(  # the parser takes boundaries of at most 256 bytes
-        lambda size: st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters='";'), min_size=size, max_size=size)
+        lambda size: st.text(
+            st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters='";'), min_size=size, max_size=size
+        )
     ),
-    st.lists(st.tuples(st.sampled_from(["file", "note", "files", "x"]) | TEXT, st.none() | TEXT, st.binary(max_size=50)), max_size=3),
+    st.lists(
+        st.tuples(st.sampled_from(["file", "note", "files", "x"]) | TEXT, st.none() | TEXT, st.binary(max_size=50)),
+        max_size=3,
+    ),
     st.integers(0, 400),
 )
 
@@ -134,7 +139,9 @@ def test_sink_query_parameters(sink: httpx.Client, params: list[tuple[str, str]]
 
 @FUZZ
 @given(
-    headers=st.dictionaries(st.sampled_from(["x-count", "x-ratio", "x-tags", "cookie", "content-length-x"]), HEADER_TEXT),
+    headers=st.dictionaries(
+        st.sampled_from(["x-count", "x-ratio", "x-tags", "cookie", "content-length-x"]), HEADER_TEXT
+    ),
     path=st.sampled_from(["/headers", "/cookies"]),
 )
 def test_sink_headers_and_cookies(sink: httpx.Client, headers: dict[str, str], path: str) -> None:
@@ -142,10 +149,15 @@ def test_sink_headers_and_cookies(sink: httpx.Client, headers: dict[str, str], p
 
 
 ORDER = st.fixed_dictionaries(
-    {"customer": JSON, "lines": st.lists(st.fixed_dictionaries({"sku": TEXT, "qty": st.integers() | JSON}), max_size=3)},
+    {
+        "customer": JSON,
+        "lines": st.lists(st.fixed_dictionaries({"sku": TEXT, "qty": st.integers() | JSON}), max_size=3),
+    },
     optional={
         "meta": st.dictionaries(TEXT, st.integers() | JSON, max_size=4),
-        "groups": st.dictionaries(TEXT, st.lists(st.dictionaries(TEXT, st.floats(allow_nan=False) | JSON, max_size=3), max_size=3)),
+        "groups": st.dictionaries(
+            TEXT, st.lists(st.dictionaries(TEXT, st.floats(allow_nan=False) | JSON, max_size=3), max_size=3)
+        ),
         "counts": st.dictionaries(st.integers().map(str) | TEXT, st.integers() | JSON, max_size=4),
         "extra": JSON,
         "note": JSON,
@@ -155,7 +167,9 @@ ORDER = st.fixed_dictionaries(
 
 @FUZZ
 @given(
-    path=st.sampled_from(["/json/order", "/json/dict", "/json/any", "/json/embed", "/request/body", "/request/json", "/request/stream"]),
+    path=st.sampled_from(
+        ["/json/order", "/json/dict", "/json/any", "/json/embed", "/request/body", "/request/json", "/request/stream"]
+    ),
     body=st.one_of(BODIES, ORDER.map(json_bytes)),
     content_type=CONTENT_TYPES,
 )
@@ -185,7 +199,9 @@ def test_sink_urlencoded_forms(sink: httpx.Client, path: str, fields: list[tuple
     note=st.none() | TEXT,
     raw=st.none() | MULTIPART,
 )
-def test_sink_multipart(sink: httpx.Client, path: str, filename: str, content: bytes, note: str | None, raw: Any) -> None:
+def test_sink_multipart(
+    sink: httpx.Client, path: str, filename: str, content: bytes, note: str | None, raw: Any
+) -> None:
     if raw is not None:
         boundary, body = raw
         response = sink.post(path, content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
@@ -223,10 +239,13 @@ SHOP_BODIES = st.one_of(
     BODIES,
     st.fixed_dictionaries(
         {},
-        optional={
-            name: TEXT | JSON
-            for name in ("email", "name", "token", "id", "price", "stock", "customer_email", "total", "webhook_url", "delivery_id")
-        },
+        optional=dict.fromkeys(
+            (
+                "email", "name", "token", "id", "price", "stock", "customer_email", "total", "webhook_url",
+                "delivery_id",
+            ),
+            TEXT | JSON,
+        ),
     ).map(json_bytes),
 )
 
@@ -240,7 +259,15 @@ SHOP_BODIES = st.one_of(
     content_type=CONTENT_TYPES,
     signature=st.none() | HEADER_TEXT,
 )
-def test_shop(shop: httpx.Client, route: tuple[str, str], path_value: str, params: list, body: bytes, content_type: str, signature: str | None) -> None:
+def test_shop(
+    shop: httpx.Client,
+    route: tuple[str, str],
+    path_value: str,
+    params: list,
+    body: bytes,
+    content_type: str,
+    signature: str | None,
+) -> None:
     method, template = route
     headers = {"content-type": content_type}
     if signature is not None:
@@ -254,7 +281,8 @@ def test_shop(shop: httpx.Client, route: tuple[str, str], path_value: str, param
 def test_shop_uploads(shop: httpx.Client, filename: str, content: bytes, raw: Any) -> None:
     if raw is not None:
         boundary, body = raw
-        response = shop.post("/import", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        response = shop.post("/import", content=body, headers=headers)
     else:
         response = shop.post("/import", files={"file": (filename, content)})
     assert_clean(response)

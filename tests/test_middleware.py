@@ -184,7 +184,7 @@ def test_cors_headers_on_error_responses():
 
 async def test_gzip_middleware():
     app = Tachyon()
-    big = {"items": ["value-%d" % i for i in range(500)]}
+    big = {"items": [f"value-{i}" for i in range(500)]}
 
     @app.get("/big")
     def big_route():
@@ -270,9 +270,9 @@ def test_base_http_middleware_subclass():
     assert echoed.json() == {"a": [1, 2]}
     assert echoed.headers["x-processed"] == "yes"
 
-    blocked = client.get("/blocked")
-    assert blocked.status_code == 403
-    assert blocked.text == "blocked by middleware"
+    refused = client.get("/blocked")
+    assert refused.status_code == 403
+    assert refused.text == "blocked by middleware"
 
     crashed = client.get("/crash")
     assert crashed.status_code == 500

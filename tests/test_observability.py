@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from tachyon_api.metrics import instrument
 from tachyon_api.requests import Request
 
 from .conftest import ARTIFACTS, ROOT, client_for, free_port, serve, wait_for_port, wait_until
-
 
 
 # --- statistics --------------------------------------------------------------------------------------------
@@ -144,7 +144,8 @@ def test_the_guard_covers_every_dashboard_route() -> None:
     app = Tachyon()
     app.include_router(task_dashboard(dependencies=[Depends(admin_only)]))
     client = client_for(app)
-    for method, path in (("GET", "/tasks"), ("GET", "/tasks/data"), ("GET", "/tasks/events"), ("POST", "/tasks/requeue/x")):
+    routes = (("GET", "/tasks"), ("GET", "/tasks/data"), ("GET", "/tasks/events"), ("POST", "/tasks/requeue/x"))
+    for method, path in routes:
         assert client.request(method, path).status_code == 401, path
     assert client.get("/tasks/data", headers={"x-admin-token": "s3cret"}).status_code == 200
 
@@ -211,7 +212,8 @@ def test_prometheus_metrics_match_requests_and_tasks() -> None:
     assert samples[(req, (("method", "POST"), ("route", "/items/{item_id}"), ("status", "200")))] == 5
     assert samples[(req, (("method", "POST"), ("route", "/items/{item_id}"), ("status", "404")))] == 1
     assert samples[(req, (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 3
-    assert samples[("tachyon_http_request_duration_seconds_count", (("method", "POST"), ("route", "/items/{item_id}")))] == 6
+    post_item = (("method", "POST"), ("route", "/items/{item_id}"))
+    assert samples[("tachyon_http_request_duration_seconds_count", post_item)] == 6
     fine_name, bad_name = fine.__qualname__, bad.__qualname__
     assert samples[("tachyon_tasks_total", (("name", fine_name), ("outcome", "succeeded")))] == 5
     assert samples[("tachyon_tasks_total", (("name", bad_name), ("outcome", "failed")))] == 2

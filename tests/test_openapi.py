@@ -15,12 +15,13 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import httpx
 import msgspec
 import pytest
-from openapi_schema_validator import OAS31Validator, validate as validate_instance
+from openapi_schema_validator import OAS31Validator
+from openapi_schema_validator import validate as validate_instance
 from openapi_spec_validator import validate as validate_spec
 
 from tachyon_api import (
@@ -68,7 +69,7 @@ class Address(Struct):
 class Item(Struct):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
     price: Annotated[float, msgspec.Meta(gt=0)]
-    tags: list[str] = []
+    tags: list[str] = []  # noqa: RUF012 - msgspec gives each instance its own copy
     address: Optional[Address] = None
 
 
@@ -81,7 +82,7 @@ class BearerScheme:
     """A security scheme following FastAPI's convention (``model``: the securityScheme object,
     ``scheme_name``), as ``tachyon_api.security``'s classes do."""
 
-    model = {"type": "http", "scheme": "bearer"}
+    model: ClassVar[dict[str, str]] = {"type": "http", "scheme": "bearer"}
     scheme_name = "BearerAuth"
 
     async def __call__(self, request: Request, x_unused: str = Header("")) -> str:
@@ -92,7 +93,7 @@ class BearerScheme:
 
 
 class KeyScheme:
-    model = {"type": "apiKey", "in": "header", "name": "x-key"}
+    model: ClassVar[dict[str, str]] = {"type": "apiKey", "in": "header", "name": "x-key"}
     scheme_name = "ApiKey"
 
     def __call__(self, request: Request) -> str:
@@ -134,7 +135,9 @@ def build_app(**config: Any) -> Tachyon:
         With a longer description."""
         return {"id": item_id, "name": f"{who}:{color.value if color else '-'}:{kind}"}
 
-    @app.post("/items", status_code=201, response_model=ItemOut, summary="Create", responses={409: {"description": "Exists"}})
+    @app.post(
+        "/items", status_code=201, response_model=ItemOut, summary="Create", responses={409: {"description": "Exists"}}
+    )
     def create_item(item: Item, background: BackgroundTasks) -> dict:
         return {"id": uuid.UUID(int=1), "name": item.name}
 
@@ -281,14 +284,18 @@ def test_parameters_of_every_source_with_dependencies(doc: dict[str, Any]) -> No
 def test_documented_parameters_are_the_ones_served(app: Tachyon, doc: dict[str, Any]) -> None:
     client = client_for(app)
     url = f"/items/{uuid.UUID(int=5)}"
-    ok = client.get(url, params={"color": "red", "kind": "b"}, headers={"x-tenant": "t1", "authorization": "Bearer good"})
+    ok = client.get(
+        url, params={"color": "red", "kind": "b"}, headers={"x-tenant": "t1", "authorization": "Bearer good"}
+    )
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"id": str(uuid.UUID(int=5)), "name": "t1:red:b"}
     assert_documented(doc, "get", "/items/{item_id}", ok)
     # Every documented required parameter is required by the server, under the documented name.
     invalid = client.get(url, params={"color": "blue", "limit": "0", "code": "abcd"},
                          headers={"authorization": "Bearer good"})
-    assert_validation_error(invalid, [["query", "color"], ["header", "x-tenant"], ["query", "limit"], ["query", "code"]])
+    assert_validation_error(
+        invalid, [["query", "color"], ["header", "x-tenant"], ["query", "limit"], ["query", "code"]]
+    )
     assert_documented(doc, "get", "/items/{item_id}", invalid)
     not_found = client.get("/items/not-a-uuid", headers={"x-tenant": "t", "authorization": "Bearer good"})
     assert not_found.status_code == 404
@@ -324,7 +331,8 @@ def test_several_body_parameters_are_one_object(app: Tachyon, doc: dict[str, Any
                        "address": {"$ref": "#/components/schemas/Address"}},
         "required": ["item", "address"],
     }
-    response = client_for(app).put("/embed", json={"item": {"name": "a", "price": 1}, "address": {"street": "s", "zip": "12345"}})
+    body = {"item": {"name": "a", "price": 1}, "address": {"street": "s", "zip": "12345"}}
+    response = client_for(app).put("/embed", json=body)
     assert response.json() == {"zip": "12345"}
 
 
@@ -380,7 +388,8 @@ def test_form_fields_alone_accept_both_form_encodings(app: Tachyon, doc: dict[st
     assert list(content) == ["application/x-www-form-urlencoded", "multipart/form-data"]
     client = client_for(app)
     assert client.post("/login", data={"username": "ada", "password": "x"}).json() == {"user": "ada"}
-    assert client.post("/login", data={"username": "ada", "password": "x"}, files={"f": ("a", b"")}).json() == {"user": "ada"}
+    answer = client.post("/login", data={"username": "ada", "password": "x"}, files={"f": ("a", b"")})
+    assert answer.json() == {"user": "ada"}
 
 
 def test_a_model_beside_files_is_a_json_field_of_the_multipart_form(app: Tachyon, doc: dict[str, Any]) -> None:
@@ -648,7 +657,9 @@ def test_info_contact_license_servers_and_manual_additions() -> None:
     assert isinstance(app.openapi_generator, OpenAPIGenerator)
     assert config.info.contact == Contact("Ada", None, "ada@example.com")
     app.openapi_generator.add_schema("Extra", {"type": "string"})
-    app.openapi_generator.add_path("/external", "GET", {"summary": "Served elsewhere", "responses": {"200": {"description": "OK"}}})
+    app.openapi_generator.add_path(
+        "/external", "GET", {"summary": "Served elsewhere", "responses": {"200": {"description": "OK"}}}
+    )
     doc = app.openapi()
     validate_spec(doc)
     assert doc["info"] == {"title": "T", "version": "1", "termsOfService": "https://t.example/terms",

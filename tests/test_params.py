@@ -29,7 +29,6 @@ from tachyon_api.testing import TachyonTestClient
 
 from .conftest import assert_validation_error
 
-
 # --- 1. markers ------------------------------------------------------------------------------------------
 MARKERS = ["Query", "Path", "Body", "Header", "Cookie", "Form", "File"]
 

@@ -25,7 +25,6 @@ from tachyon_api.responses import (
 
 from .conftest import client_for, serve
 
-
 INTERNAL = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
 RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"}
 
@@ -497,8 +496,8 @@ def test_set_cookie_and_delete_cookie():
     assert "samesite=lax" in theme.lower()
     assert client.cookies.get("theme") == "dark"
 
-    logout = client.get("/logout")
-    deleted = logout.headers["set-cookie"].lower()
+    logged_out = client.get("/logout")
+    deleted = logged_out.headers["set-cookie"].lower()
     assert deleted.startswith("session=")
     assert "max-age=0" in deleted
 

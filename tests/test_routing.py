@@ -12,7 +12,6 @@ from tachyon_api.responses import PlainTextResponse
 
 from .conftest import client_for
 
-
 VERBS = ["get", "post", "put", "patch", "delete", "options"]
 
 

@@ -7,6 +7,7 @@ tick: none twice, none missing except within the documented takeover bound aroun
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -218,12 +219,12 @@ async def row():
         row = httpx.get(web.url + "/row").json()
         lines = [line.split() for line in log.read_text().splitlines()]
         spans: dict[int, list[float]] = {}
-        for kind, tick, when in lines:
+        for _kind, tick, when in lines:
             spans.setdefault(int(tick), []).append(float(when))
         finished = sorted(span for span in spans.values() if len(span) == 2)
-        assert all(end <= begin for (_, end), (begin, _) in zip(finished, finished[1:]))  # never two at once
+        assert all(end <= begin for (_, end), (begin, _) in itertools.pairwise(finished))  # never two at once
         ticks = sorted(spans)
-        assert all(later - earlier >= 2 for earlier, later in zip(ticks, ticks[1:]))  # the ticks between: skipped
+        assert all(later - earlier >= 2 for earlier, later in itertools.pairwise(ticks))  # the ticks between: skipped
         assert row["skipped"] >= 2 and row["held_here"] is True
         seen = set()  # the last tick's job as the worker moves it along
         assert wait_until(lambda: seen.add(httpx.get(web.url + "/row").json()["last_outcome"]) or len(seen) >= 2, 8)

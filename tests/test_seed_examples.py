@@ -31,7 +31,9 @@ class PrintRecorder:
         self.lines: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+    def __call__(
+        self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+    ) -> None:
         if file is None:
             with self._lock:
                 self.lines.append((time.perf_counter(), (" " if sep is None else sep).join(map(str, args))))
@@ -84,7 +86,9 @@ def build_basic_app() -> Any:
     return app
 
 
-def test_basic_signup_sends_the_email_after_the_response(stdout: PrintRecorder, capsys: pytest.CaptureFixture[str]) -> None:
+def test_basic_signup_sends_the_email_after_the_response(
+    stdout: PrintRecorder, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = build_basic_app()
     calls: list[dict[str, Any]] = []
     app.add_middleware(CallTimer, calls=calls)
@@ -262,7 +266,7 @@ def build_chapter_app(sink: dict[str, list[Any]], base: dict[str, str], tmp_dir:
         try:
             func(*args, **kwargs)
         except Exception as e:
-            logger.error(f"Background task failed: {e}")
+            logger.error("Background task failed: %s", e)
 
     @app.post("/safe")
     def safe_endpoint(background_tasks: BackgroundTasks):
@@ -298,7 +302,6 @@ def build_chapter_app(sink: dict[str, list[Any]], base: dict[str, str], tmp_dir:
         return product
 
     # seed, verbatim (⚡ Opcional con Default)
-    from typing import Optional
 
     @app.get("/data")
     def get_data(background_tasks: BackgroundTasks = None):

@@ -61,14 +61,25 @@ def assert_still_serving(url: str) -> None:
 # never reach the app: uvicorn answers them itself, so they are not tested here.)
 ODD_REQUESTS = {
     "invalid-escape-in-path": (b"GET /ok%zz HTTP/1.1\r\nHost: t\r\n", 404, {"detail": "Not Found"}),
-    "non-utf8-path-value": (b"GET /echo/%ff%fe HTTP/1.1\r\nHost: t\r\n", 200, {"name": "\ufffd\ufffd", "q": "", "tag": ""}),
+    "non-utf8-path-value": (
+        b"GET /echo/%ff%fe HTTP/1.1\r\nHost: t\r\n", 200, {"name": "\ufffd\ufffd", "q": "", "tag": ""}
+    ),
     "nul-in-path-value": (b"GET /echo/a%00b HTTP/1.1\r\nHost: t\r\n", 200, {"name": "a\x00b", "q": "", "tag": ""}),
     "encoded-slash-in-path-value": (b"GET /echo/a%2fb HTTP/1.1\r\nHost: t\r\n", 404, {"detail": "Not Found"}),
-    "invalid-escapes-in-query": (b"GET /echo/x?q=%ff%zz&%fe=1 HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "\ufffd%zz", "tag": ""}),
-    "plus-and-escaped-space-in-query": (b"GET /echo/x?q=a+b%20c HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "a b c", "tag": ""}),
-    "latin1-header-value": (b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Tag: caf\xe9\r\n", 200, {"name": "x", "q": "", "tag": "caf\xe9"}),
+    "invalid-escapes-in-query": (
+        b"GET /echo/x?q=%ff%zz&%fe=1 HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "\ufffd%zz", "tag": ""}
+    ),
+    "plus-and-escaped-space-in-query": (
+        b"GET /echo/x?q=a+b%20c HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "a b c", "tag": ""}
+    ),
+    "latin1-header-value": (
+        b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Tag: caf\xe9\r\n", 200, {"name": "x", "q": "", "tag": "caf\xe9"}
+    ),
     "chunk-extension": (
-        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n", 200, {"length": 5}, b"5;ext=1\r\nhello\r\n0\r\n\r\n"
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n",
+        200,
+        {"length": 5},
+        b"5;ext=1\r\nhello\r\n0\r\n\r\n",
     ),
 }
 
@@ -94,7 +105,7 @@ def test_client_disconnecting_mid_body_never_hands_a_partial_body_to_the_endpoin
     assert_still_serving(server_url)
     response = httpx.post(f"{server_url}/body", content=b"x" * 1000, timeout=5)
     assert response.json() == {"length": 1000}
-    assert app.state.bodies == before + [1000]
+    assert app.state.bodies == [*before, 1000]
 
 
 def test_keep_alive_connection_after_error_responses(server_url):

@@ -11,8 +11,21 @@ import msgspec
 import pytest
 
 from tachyon_api.tasks.records import (
-    CANCELLED, FAILED, FINAL, QUEUED, RETRYING, RUNNING, SCHEDULED, STATES, SUCCEEDED, TRANSITIONS,
-    MemoryTaskStore, TaskError, TaskRecord, check_progress, encode_result,
+    CANCELLED,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    SCHEDULED,
+    STATES,
+    SUCCEEDED,
+    TRANSITIONS,
+    MemoryTaskStore,
+    TaskError,
+    TaskRecord,
+    check_progress,
+    encode_result,
 )
 
 
@@ -21,7 +34,7 @@ def test_every_state_has_its_transitions_and_final_states_have_none() -> None:
     for state, targets in TRANSITIONS.items():
         assert targets <= set(STATES)
         assert (not targets) == (state in FINAL)
-    assert FINAL == {SUCCEEDED, FAILED, CANCELLED}
+    assert {SUCCEEDED, FAILED, CANCELLED} == FINAL
 
 
 def test_a_task_moves_through_its_states_and_a_final_state_sticks() -> None:
@@ -179,8 +192,8 @@ def test_stores_and_the_durable_backend_answer_the_status_protocol() -> None:
     import inspect
 
     from tachyon_api.backends.base import TaskBackend
-    from tachyon_api.tasks import RedisTaskStore
     from tachyon_api.backends.rq import RQBackend
+    from tachyon_api.tasks import RedisTaskStore
     from tachyon_api.tasks.status import StatusSource
 
     assert StatusSource in TaskBackend.__mro__

@@ -98,9 +98,11 @@ def test_two_web_processes_answer_the_same_record_and_cancel_each_others_tasks(
     # A cancellation served by the other process reaches the one running the task: sync (cooperative) and async.
     for path in ("/slow", "/sleep"):
         location = httpx.post(f"{first.url}{path}").json()["status_url"]
-        assert wait_until(lambda: get(second, location)["state"] == "running", 10)
+        assert wait_until(lambda location=location: get(second, location)["state"] == "running", 10)
         assert httpx.delete(second.url + location).status_code == 202
-        assert wait_until(lambda: get(second, location)["state"] == "cancelled", 10), get(second, location)
+        assert wait_until(lambda location=location: get(second, location)["state"] == "cancelled", 10), get(
+            second, location
+        )
         assert get(first, location)["state"] == "cancelled"
         assert_error_shape(httpx.delete(second.url + location), {409}, "TASK_FINISHED")
     assert_error_shape(httpx.get(f"{second.url}/tasks/{'f' * 32}"), {404}, "TASK_NOT_FOUND")

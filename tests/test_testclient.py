@@ -14,7 +14,6 @@ from tachyon_api.testing import AsyncTachyonTestClient, TachyonTestClient, creat
 
 from .conftest import client_for
 
-
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 

@@ -121,7 +121,8 @@ def test_connection_details_and_iterators() -> None:
         ws.send_text("one")
         ws.send_text("two")
     assert seen == {
-        "url": f"ws://{client.base_url.host}/rooms/blue?since=5", "name": "blue", "path_params": {"name": "blue"}, "query": "5",
+        "url": f"ws://{client.base_url.host}/rooms/blue?since=5", "name": "blue", "path_params": {"name": "blue"},
+        "query": "5",
         "header": "t", "cookie": "s1", "client": "testclient", "app": True, "texts": ["one", "two"],
         "state": "ann",
     }
@@ -541,7 +542,9 @@ def test_unexpected_errors_are_logged_and_give_1011_or_an_http_500(caplog: pytes
     assert denied.value.json()["code"] == "INTERNAL_SERVER_ERROR"
     assert closed.value.code == 1011
     records = [r for r in caplog.records if r.name == WS_LOGGER]
-    assert [r.getMessage() for r in records] == ["Unhandled error in WEBSOCKET /early", "Unhandled error in WEBSOCKET /late"]
+    assert [r.getMessage() for r in records] == [
+        "Unhandled error in WEBSOCKET /early", "Unhandled error in WEBSOCKET /late"
+    ]
     assert [type(r.exc_info[1]) for r in records] == [KeyError, ZeroDivisionError]  # type: ignore[index]
 
 
@@ -681,7 +684,10 @@ async def test_lifespan_shutdown_closes_open_sockets_with_1001_and_cancels_stubb
         await asyncio.sleep(3600)
 
     async with AsyncTachyonTestClient(app, lifespan=True) as client:
-        async with client.websocket_connect("/polite") as polite_ws, client.websocket_connect("/stubborn") as stubborn_ws:
+        async with (
+            client.websocket_connect("/polite") as polite_ws,
+            client.websocket_connect("/stubborn") as stubborn_ws,
+        ):
             await app.shutdown()  # what the server's lifespan shutdown calls
             for ws in (polite_ws, stubborn_ws):
                 with pytest.raises(WebSocketDisconnect) as closed:

@@ -121,7 +121,8 @@ class Site:
         self.web: ServerProcess | None = None
 
     def serve(self) -> str:
-        self.web = ServerProcess("app_module:app", self.dir, {k: self.env[k] for k in ("TASK_OUT", "REDIS_URL", "QUEUE")})
+        web_env = {k: self.env[k] for k in ("TASK_OUT", "REDIS_URL", "QUEUE")}
+        self.web = ServerProcess("app_module:app", self.dir, web_env)
         return self.web.url
 
     def worker(self, *args: str, group: bool = False) -> subprocess.Popen:
@@ -243,7 +244,7 @@ def test_sigkilled_worker_jobs_are_taken_over_within_two_heartbeats(site: Site) 
         assert site.post(f"/record/after{i}").status_code == 200
     wait_for(lambda: site.stats()["failed"] == 2 and len(site.runs()) == 42, "the others failed, the rest ran")
     assert site.runs() == Counter({**{f"before{i}": 1 for i in range(20)}, **{f"after{i}": 1 for i in range(20)},
-                                   **{tag: 1 for tag in retried}})
+                                   **dict.fromkeys(retried, 1)})
     assert site.starts() == Counter({"held0": 1, "held1": 2, "held2": 1, "held3": 2})
     assert taken_over < 2 * 1 + 1.5, taken_over  # two heartbeats of 1 s, and time to run them on a busy machine
     survivor.send_signal(signal.SIGTERM)
@@ -439,13 +440,16 @@ def test_a_job_leaves_the_keys_rq_leaves(tmp_path: Path, redis_url: str) -> None
                 if "JOB" in text or "QUEUE" in text:
                     kind = connection.type(key).decode()
                     # The job's status record (tachyon_* fields, docs/task-status.md) sits beside RQ's fields.
-                    fields = sorted(f for f in connection.hkeys(key) if not f.startswith(b"tachyon_")) if kind == "hash" else None
+                    fields = None
+                    if kind == "hash":
+                        fields = sorted(f for f in connection.hkeys(key) if not f.startswith(b"tachyon_"))
                     if kind == "stream":
                         fields = sorted(connection.xrange(key)[-1][1])
                     keys[text] = (kind, fields)
             layouts.append(keys)
         assert layouts[0] == layouts[1]
-        assert Queue("layout-tachyon", connection=connection).fetch_job(job.id).latest_result().type.name == "SUCCESSFUL"
+        stored = Queue("layout-tachyon", connection=connection).fetch_job(job.id)
+        assert stored.latest_result().type.name == "SUCCESSFUL"
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("app_module", None)

@@ -38,7 +38,17 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
 import msgspec
 
 from ..tasks.records import (
-    CANCELLED, FAILED, FINAL, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TRANSITIONS, Progress, TaskError, TaskRecord,
+    CANCELLED,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    SUCCEEDED,
+    TRANSITIONS,
+    Progress,
+    TaskError,
+    TaskRecord,
     iso,
 )
 

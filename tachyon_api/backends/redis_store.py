@@ -47,6 +47,7 @@ class RedisTaskStore(MemoryTaskStore):
         self._dirty: dict[str, Tracker] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
+        self._flush_task: "asyncio.Future[None] | None" = None
         self._listener: asyncio.Task | None = None
 
     @classmethod
@@ -103,7 +104,8 @@ class RedisTaskStore(MemoryTaskStore):
                 self._flushing = False
 
     def _schedule_flush(self) -> None:
-        asyncio.ensure_future(self._flush())
+        # The loop keeps only a weak reference to a task: hold it until it ends, or it may vanish mid-flush.
+        self._flush_task = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         while True:

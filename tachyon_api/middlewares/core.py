@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..requests import Request
 from ..responses import Response
@@ -27,7 +28,7 @@ SCOPE_TYPES = ("http", "websocket", "lifespan", "*")
 _END = object()
 
 
-def with_headers(message: dict, extra: list[tuple[bytes, bytes]], vary: str = "") -> dict:
+def with_headers(message: dict[str, Any], extra: list[tuple[bytes, bytes]], vary: str = "") -> dict[str, Any]:
     """A copy of an ``http.response.start`` message with ``extra`` headers appended and ``vary`` merged into its
     ``Vary`` header. The message's own list is never changed: the response that sent it may send it again."""
     headers = list(message.get("headers", ()))
@@ -82,7 +83,7 @@ class _ASGIFunctionMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.kind == "*" or scope["type"] == self.kind:
             await self.func(scope, receive, send, self.app)
         else:
@@ -93,13 +94,13 @@ class _InnerResponse(Response):
     """The inner app's response as ``call_next`` returns it: status and headers (editable, a copy), and the
     body as ``body_iterator``, forwarded as the inner app produces it."""
 
-    def __init__(self, status_code: int, raw_headers: list, body_iterator: Any) -> None:
+    def __init__(self, status_code: int, raw_headers: list[Any], body_iterator: Any) -> None:
         self.status_code = status_code
         self.raw_headers = list(raw_headers)
         self.body_iterator = body_iterator
         self.background = None
 
-    async def send(self, scope: dict, receive: Any, send: Any) -> None:
+    async def send(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)})
         async for chunk in self.body_iterator:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -112,19 +113,19 @@ class _CallNextMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        inner: list[asyncio.Task] = []
-        read_to_end: set[asyncio.Task] = set()  # inner apps whose last body message the middleware received
+        inner: list[asyncio.Task[Any]] = []
+        read_to_end: set[asyncio.Task[Any]] = set()  # inner apps whose last body message the middleware received
         started = False
 
         async def call_next(request: Request) -> Response:
-            queue: asyncio.Queue = asyncio.Queue(maxsize=1)  # the inner app waits for the client: backpressure
-            start: asyncio.Future = asyncio.get_running_loop().create_future()
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)  # the inner app waits for the client: backpressure
+            start: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-            async def capture(message: dict) -> None:
+            async def capture(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     start.set_result(message)
                 elif message["type"] == "http.response.body":
@@ -167,7 +168,7 @@ class _CallNextMiddleware:
 
             return _InnerResponse(message["status"], message.get("headers", []), body())
 
-        async def tracking_send(message: dict) -> None:
+        async def tracking_send(message: dict[str, Any]) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -177,7 +178,7 @@ class _CallNextMiddleware:
             response = await self.func(request, call_next)
             await response(scope, receive, tracking_send)
         except Exception as exc:
-            app = scope.get("app")
+            app: Any = scope.get("app")
             if started or not hasattr(app, "send_error"):
                 raise
             # Before the response: the app's exception handlers answer (an HTTPException keeps its status),

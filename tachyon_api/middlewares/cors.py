@@ -19,7 +19,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..datastructures import scope_header
 from ..responses import JSONResponse
@@ -82,7 +83,7 @@ class CORSMiddleware:
     def _allow_origin(self, origin: str) -> bytes:
         return b"*" if self.any_origin else origin.encode("latin-1")
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -100,14 +101,14 @@ class CORSMiddleware:
         else:
             extra = [(b"access-control-allow-origin", self._allow_origin(origin)), *self.simple_headers]
 
-        async def send_with_cors(message: dict) -> None:
+        async def send_with_cors(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message = with_headers(message, extra, self.vary)
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _preflight(self, scope: dict, receive: Any, send: Any, origin: str, method: str) -> None:
+    async def _preflight(self, scope: dict[str, Any], receive: Any, send: Any, origin: str, method: str) -> None:
         asked = scope_header(scope, b"access-control-request-headers") or ""
         requested = [h for h in (part.strip().lower() for part in asked.split(",")) if h]
         vary = ["Origin"] if self.vary else []
@@ -131,5 +132,6 @@ class CORSMiddleware:
             await send(with_headers(message, headers, ", ".join(vary)))
             await send({"type": "http.response.body", "body": b""})
             return
-        response = JSONResponse({"detail": f"Disallowed CORS {problem}"}, 400, {"Vary": ", ".join(vary)} if vary else None)
+        vary_header = {"Vary": ", ".join(vary)} if vary else None
+        response = JSONResponse({"detail": f"Disallowed CORS {problem}"}, 400, vary_header)
         await response.send(scope, receive, send)

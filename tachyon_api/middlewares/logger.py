@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import msgspec
@@ -61,10 +62,10 @@ _MULTIPART_FIELD = re.compile(r'(name="([^"]*)"[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r
 
 
 def _redact_text(text: str) -> str:
-    def json_field(match: re.Match) -> str:
+    def json_field(match: re.Match[str]) -> str:
         return match.group(1) + f'"{REDACTED}"' if is_secret_name(match.group(2)) else match.group(0)
 
-    def field(match: re.Match) -> str:  # form and multipart: the name is group 2, the value follows group 1
+    def field(match: re.Match[str]) -> str:  # form and multipart: the name is group 2, the value follows group 1
         return match.group(1) + REDACTED if is_secret_name(match.group(2)) else match.group(0)
 
     text = _JSON_FIELD.sub(json_field, text)
@@ -136,7 +137,7 @@ class LoggerMiddleware:
             out.append((name, REDACTED if secret else value.decode("latin-1")))
         return out
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.logger.isEnabledFor(self.level):
             await self.app(scope, receive, send)
             return
@@ -156,9 +157,9 @@ class LoggerMiddleware:
             inner_receive = receive
             content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-type"), "")
 
-            async def receive() -> dict:
+            async def receive() -> dict[str, Any]:
                 nonlocal complete
-                message = await inner_receive()
+                message: dict[str, Any] = await inner_receive()
                 if message["type"] == "http.request":
                     chunk = message.get("body", b"")
                     room = BODY_PARSED - len(kept)
@@ -169,7 +170,7 @@ class LoggerMiddleware:
                         log(level, "    req body: %s", redact_body(bytes(kept), content_type, complete))
                 return message
 
-        async def logging_send(message: dict) -> None:
+        async def logging_send(message: dict[str, Any]) -> None:
             nonlocal status, response_headers
             if message["type"] == "http.response.start":
                 status = message["status"]

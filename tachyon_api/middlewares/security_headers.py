@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .core import with_headers
 
@@ -45,12 +46,12 @@ class SecurityHeadersMiddleware:
                 raise ValueError(f"The value of {name} must not contain line breaks or NUL")
         self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items() if v is not None]
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: dict) -> None:
+        async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 present = {key.lower() for key, _ in message.get("headers", ())}
                 message = with_headers(message, [h for h in self.headers if h[0] not in present])

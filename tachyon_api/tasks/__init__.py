@@ -53,8 +53,8 @@ from .status import TaskControl, cancelled, current_task_id, report_progress
 __all__ = [
     "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "ErrorHook", "TaskFailure", "TaskOptions", "TaskStats",
     "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED", "TIMED_OUT", "DROPPED", "collect",
-    "has_durable", "store_durable", "STATES", "MemoryTaskStore", "Progress", "TaskError", "TaskRecord", "TaskControl", "cancelled",
-    "current_task_id", "report_progress", "task_status_router", "RedisTaskStore",
+    "has_durable", "store_durable", "STATES", "MemoryTaskStore", "Progress", "TaskError", "TaskRecord", "TaskControl",
+    "cancelled", "current_task_id", "report_progress", "task_status_router", "RedisTaskStore",
 ]
 
 

@@ -14,7 +14,7 @@ import inspect
 import os
 import types
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, ParamSpec, Sequence
 
 from .._utils import callable_name, is_async_callable
 from .runner import standalone_runner
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ..backends.base import TaskBackend
 
 __all__ = ["BackgroundTask", "BackgroundTasks", "TaskOptions", "collect"]
+
+P = ParamSpec("P")  # add_task(func, *args, **kwargs): type checkers hold the arguments to func's parameters
 
 
 class _Callee:
@@ -126,7 +128,7 @@ class BackgroundTask:
     # to look for held tasks before its response (see TaskControl.accept).
     held = False
 
-    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         self._setup(func, args, kwargs, None)
 
     @classmethod
@@ -308,7 +310,7 @@ class BackgroundTasks:
         self._tasks: list[BackgroundTask] = [] if tasks is None else list(tasks)
         self._backend = backend
 
-    def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
+    def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> BackgroundTask:
         """Queue ``func(*args, **kwargs)`` to run after the response; returns the task for ``with_options``.
 
         With a durable backend (the app's ``task_backend``, or a function marked ``@backend.task()``) the
@@ -368,7 +370,7 @@ class TaskOptions:
         self._durable = durable
         self._options = options
 
-    def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
+    def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> BackgroundTask:
         """Add ``func(*args, **kwargs)`` to the request's tasks with these options; returns the task."""
         task = BackgroundTask.create(func, args, kwargs, self._tasks._backend, self._durable)
         task.with_options(durable=self._durable, **self._options)
