@@ -245,8 +245,10 @@ class RQBackend(TaskBackend):
         *,
         client: str = "",
         fingerprint: bytes = b"",
+        within: Sequence[Any] = (),
     ) -> None:
-        """Store one request's tasks in Redis, all or none, before its response is sent.
+        """Store one request's tasks in Redis, all or none, before its response is sent (Redis cannot join the
+        transaction of the request's database session, ``within``: see docs/durable-tasks.md).
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
