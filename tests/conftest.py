@@ -346,11 +346,12 @@ class PostgresServer:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [postgres_bin() / "postgres", "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
-             "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self._user,
-        )
+        with open(self.data.parent / "postgres.log", "ab") as log:  # kept beside the data, for a failing test
+            self.proc = subprocess.Popen(
+                [postgres_bin() / "postgres", "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
+                 "-c", "fsync=off", "-c", "max_connections=200"],
+                stdout=log, stderr=subprocess.STDOUT, **self._user,
+            )
         import psycopg
 
         deadline = time.monotonic() + 30

@@ -95,3 +95,56 @@ async def plain(order_id: int, background_tasks: BackgroundTasks, delay: float |
 async def add_flaky(key: str, failures: int, retries: int, background_tasks: BackgroundTasks) -> dict[str, Any]:
     background_tasks.add_task(flaky, key, failures).with_options(retries=retries, retry_delay=0)
     return {"key": key}
+
+
+class Unknown:
+    """A wrapper the backend does not recognise: the tasks of ``/unjoined`` are stored on their own, before the
+    commit, as the Redis tier stores them (what the tests contrast the joined path with)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+
+
+async def wrapped_transaction(pause: float = 0) -> AsyncIterator[Unknown]:
+    async for conn in transaction(pause):
+        yield Unknown(conn)
+
+
+@app.post("/unjoined/{order_id}", status_code=201)
+async def create_unjoined(
+    order_id: int, background_tasks: BackgroundTasks, db: Unknown = Depends(wrapped_transaction, scope="function")
+) -> dict[str, Any]:
+    await db.conn.execute("INSERT INTO orders (id) VALUES (%s)", (order_id,))
+    background_tasks.add_task(record, order_id)
+    return {"id": order_id}
+
+
+async def session() -> AsyncIterator[Any]:
+    """A SQLAlchemy ``AsyncSession`` on psycopg, committed after the tasks are stored."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(DSN.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        async with AsyncSession(engine) as db:
+            try:
+                yield db
+            except BaseException:
+                await db.rollback()
+                raise
+            else:
+                await db.commit()
+    finally:
+        await engine.dispose()
+
+
+@app.post("/sqlalchemy/{order_id}", status_code=201)
+async def create_with_sqlalchemy(
+    order_id: int, background_tasks: BackgroundTasks, db: Any = Depends(session, scope="function"), fail: bool = False
+) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    await db.execute(text("INSERT INTO orders (id) VALUES (:id)"), {"id": order_id})
+    background_tasks.add_task(record, order_id)
+    if fail:
+        raise HTTPException(409, "refused after the write")
+    return {"id": order_id}
