@@ -175,9 +175,10 @@ class PostgresBackend(TaskBackend):
         (``within``) when one is on this database: the jobs then commit or roll back with the request's data
         (returns True). Otherwise in a transaction of their own, committed here (returns False).
 
-        Raises ``TaskBackendUnavailable`` when nothing was stored, ``TaskOutcomeUnknown`` when the connection
-        was lost while committing (only without a transaction to join), ``IdempotencyKeyReused`` (422) when
-        the key was used before for another payload.
+        Raises ``TaskBackendUnavailable`` when nothing was stored (the server refused, or could not be
+        reached), ``TaskOutcomeUnknown`` when the connection was lost after the jobs were sent and before the
+        server confirmed them (only without a transaction to join), ``IdempotencyKeyReused`` (422) when the key
+        was used before for another payload.
         """
         names = ", ".join(task.name for task in tasks)
         marker = None
@@ -207,9 +208,14 @@ class PostgresBackend(TaskBackend):
         try:
             pool = await self._pool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
-                async with conn.transaction():
-                    await self._insert(conn, tasks, marker, fingerprint)
+                if marker is None and all(task.job_id is None for task in tasks):
+                    # One statement inserts every job, and commits them (autocommit): one round trip.
                     committing = True
+                    await self._insert(conn, tasks, None, b"")
+                else:
+                    async with conn.transaction():
+                        await self._insert(conn, tasks, marker, fingerprint)
+                        committing = True
         except _StoredBefore:
             return False
         except IdempotencyKeyReused:
@@ -316,7 +322,7 @@ class PostgresBackend(TaskBackend):
 
             pool = self._pools[loop] = AsyncConnectionPool(
                 self.dsn, min_size=1, max_size=self.pool_size, open=False, timeout=self.connect_timeout,
-                kwargs={"connect_timeout": max(1, math.ceil(self.connect_timeout))},
+                kwargs={"connect_timeout": max(1, math.ceil(self.connect_timeout)), "autocommit": True},
                 check=AsyncConnectionPool.check_connection, name=f"tachyon-{self.queue_name}",
             )
             await pool.open(wait=False)
