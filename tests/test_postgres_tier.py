@@ -257,3 +257,12 @@ def test_job_id_and_idempotency_key_store_once(db: str) -> None:
         reused = client.post("/once/2?other=payload", headers=headers)
         assert reused.status_code == 422 and reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
     assert [job[1]["args"][0] for job in jobs(db)] == [1, -1, -1, 2, -2]
+
+
+def test_the_worker_command_refuses_rq_only_options_for_postgres(db: str) -> None:
+    for option in ("--fork", "--with-scheduler", "--threads=4"):
+        done = subprocess.run(
+            [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app", "--burst", option],
+            cwd=TESTS, env=env(db), capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode != 0 and "is for RQBackend workers only" in done.stderr
