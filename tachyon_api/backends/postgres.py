@@ -20,6 +20,7 @@ procrastinate's queueing lock (one waiting job per id).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import math
@@ -27,8 +28,9 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
+from ..tasks.timers import due_time
 from .base import TaskBackend
-from .calls import check_reference, check_schedule_options, due, function_path
+from .calls import check_job_id, check_reference, function_path
 
 if TYPE_CHECKING:
     import psycopg
@@ -149,7 +151,7 @@ class PostgresBackend(TaskBackend):
     def check_options(options: dict[str, Any]) -> None:
         """Refuse, at ``with_options``, what this backend could never store (see ``calls.py``); procrastinate
         keeps finished jobs until they are deleted, so ``result_ttl``/``failure_ttl`` have no meaning here."""
-        check_schedule_options(options)
+        check_job_id(options.get("job_id"))
         for key in ("result_ttl", "failure_ttl"):
             if options.get(key) is not None:
                 raise TypeError(
@@ -278,7 +280,9 @@ class PostgresBackend(TaskBackend):
             args["retries"], args["retry_delay"] = task.retries, task.retry_delay
         if task.name != task.func.__qualname__:
             args["name"] = task.name
-        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, jsonb(args), due(task))
+        due = due_time(task)
+        when = None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
+        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, jsonb(args), when)
 
     async def _joinable(self, within: Sequence[Any]) -> "psycopg.AsyncConnection | None":
         """The connection among ``within`` whose transaction the jobs can join: an async psycopg connection (or
@@ -394,6 +398,18 @@ class PostgresBackend(TaskBackend):
                 (int(job_id), self.queue_name),
             ).fetchone()
         return row is not None
+
+    # --- periodic jobs: not on this tier yet --------------------------------------------------------------
+    def schedule_lease(self, name: str, ttl: float) -> Any:
+        """Periodic durable jobs need a lease shared by every process: not offered on PostgreSQL yet."""
+        raise NotImplementedError(
+            f"periodic job {name!r}: durable periodic jobs are not available on PostgresBackend yet; declare it "
+            f"with durable=False, or use an RQBackend"
+        )
+
+    def job_state(self, job_id: str) -> str | None:
+        """Periodic durable jobs only (see :meth:`schedule_lease`)."""
+        raise NotImplementedError("durable periodic jobs are not available on PostgresBackend yet")
 
     def __repr__(self) -> str:
         host, port, dbname = self._where
