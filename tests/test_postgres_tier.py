@@ -266,3 +266,14 @@ def test_the_worker_command_refuses_rq_only_options_for_postgres(db: str) -> Non
             cwd=TESTS, env=env(db), capture_output=True, text=True, timeout=60,
         )
         assert done.returncode != 0 and "is for RQBackend workers only" in done.stderr
+
+
+async def test_concurrent_requests_are_each_stored_once(db: str) -> None:
+    """Requests ready together share one insert (a group commit): each one's jobs are there, once."""
+    import asyncio
+
+    with serve(pg_app.app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            answers = await asyncio.gather(*(client.post(f"/plain/{i}") for i in range(40)))
+    assert [answer.status_code for answer in answers] == [201] * 40
+    assert sorted(job[1]["args"][0] for job in jobs(db)) == list(range(40))

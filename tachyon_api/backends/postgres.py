@@ -113,6 +113,7 @@ class PostgresBackend(TaskBackend):
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
             weakref.WeakKeyDictionary()
         )
+        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupInsert] = weakref.WeakKeyDictionary()
         self._schema_ready = False
         self._warned_elsewhere = False
 
@@ -206,32 +207,59 @@ class PostgresBackend(TaskBackend):
                 )
                 raise TaskBackendUnavailable() from exc
             return True
-        committing = False
         try:
-            pool = await self._pool()
-            async with pool.connection(timeout=self.connect_timeout) as conn:
-                if marker is None and all(task.job_id is None for task in tasks):
-                    # One statement inserts every job, and commits them (autocommit): one round trip.
-                    committing = True
-                    await self._insert(conn, tasks, None, b"")
-                else:
-                    async with conn.transaction():
-                        await self._insert(conn, tasks, marker, fingerprint)
-                        committing = True
+            if marker is None and all(task.job_id is None for task in tasks):
+                await self._group(asyncio.get_running_loop()).add([self._job(task) for task in tasks])
+            else:  # a marker to check, or job ids to skip: a transaction of its own
+                await self._store_alone(tasks, marker, fingerprint)
         except _StoredBefore:
             return False
         except IdempotencyKeyReused:
             self._log_reused(method, path, idempotency_key, names)
             raise
-        except Exception as exc:
-            unknown = committing and getattr(exc, "sqlstate", None) is None  # lost at COMMIT, not refused by it
+        except _NotStored as failure:
+            exc = failure.__cause__
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
-                "Outcome unknown for" if unknown else "Could not store", names, method, path, self, exc,
-                exc_info=True,
+                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, exc,
+                exc_info=exc,
             )
-            raise (TaskOutcomeUnknown() if unknown else TaskBackendUnavailable()) from exc
+            raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from exc
         return False
+
+    async def _store_alone(self, tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes) -> None:
+        committing = False
+        try:
+            pool = await self._pool()
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                async with conn.transaction():
+                    await self._insert(conn, tasks, marker, fingerprint)
+                    committing = True
+        except (_StoredBefore, IdempotencyKeyReused):
+            raise
+        except Exception as exc:
+            raise _NotStored(committing and getattr(exc, "sqlstate", None) is None) from exc
+
+    def _group(self, loop: asyncio.AbstractEventLoop) -> "_GroupInsert":
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _GroupInsert(self)
+        return group
+
+    async def _insert_jobs(self, jobs: list[tuple]) -> None:
+        """Insert ``jobs`` in one autocommitted statement (atomic: all or none); raise ``_NotStored``."""
+        from procrastinate import sql
+
+        sent = False
+        try:
+            pool = await self._pool()
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                sent = True
+                await conn.execute(sql.queries["defer_jobs"], {"jobs": jobs})
+        except Exception as exc:
+            # Lost after the statement was sent and before its answer: it may have committed. Refused by the
+            # server (an SQLSTATE), or never sent: nothing was stored.
+            raise _NotStored(sent and getattr(exc, "sqlstate", None) is None) from exc
 
     async def _insert(
         self, conn: "psycopg.AsyncConnection", tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes
@@ -239,7 +267,6 @@ class PostgresBackend(TaskBackend):
         """The request's idempotency marker, then its jobs, in order, on ``conn`` (in a transaction)."""
         from procrastinate import sql
         from psycopg.errors import UniqueViolation
-        from psycopg.types.json import Jsonb
 
         if marker is not None:
             cursor = await conn.execute(_CLAIM_KEY, (marker, fingerprint, self.idempotency_ttl))
@@ -252,7 +279,7 @@ class PostgresBackend(TaskBackend):
         query = sql.queries["defer_jobs"]
         batch: list[tuple] = []
         for task in tasks:
-            job = self._job(task, Jsonb)
+            job = self._job(task)
             if task.job_id is None:
                 batch.append(job)
                 continue
@@ -267,10 +294,11 @@ class PostgresBackend(TaskBackend):
         if batch:
             await conn.execute(query, {"jobs": batch})
 
-    def _job(self, task: "BackgroundTask", jsonb: Any) -> tuple:
+    def _job(self, task: "BackgroundTask") -> tuple:
         """procrastinate's ``JobToDefer`` for ``task``: queue, task name, priority, lock, queueing lock, args,
         scheduled time."""
         from procrastinate.types import JobToDefer
+        from psycopg.types.json import Jsonb
 
         args: dict[str, Any] = {"args": list(task.args), "kwargs": task.kwargs}
         timeout = task.timeout if task.timeout is not None else self.default_timeout
@@ -282,7 +310,7 @@ class PostgresBackend(TaskBackend):
             args["name"] = task.name
         due = due_time(task)
         when = None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
-        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, jsonb(args), when)
+        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, Jsonb(args), when)
 
     async def _joinable(self, within: Sequence[Any]) -> "psycopg.AsyncConnection | None":
         """The connection among ``within`` whose transaction the jobs can join: an async psycopg connection (or
@@ -418,6 +446,55 @@ class PostgresBackend(TaskBackend):
 
 class _StoredBefore(Exception):
     """The request's idempotency key was stored before with the same payload: nothing to store again."""
+
+
+class _NotStored(Exception):
+    """The jobs could not be stored (``unknown``: or maybe they were, the answer was lost); the cause says why."""
+
+    def __init__(self, unknown: bool) -> None:
+        super().__init__()
+        self.unknown = unknown
+
+
+class _GroupInsert:
+    """A group commit, as the Redis tier's: the requests of one event loop whose jobs are ready in the same turn
+    share one statement, and while it runs the next ones gather for the following one. The statement is atomic,
+    so each request's jobs are stored all or none, and every request of a failed statement gets its 503."""
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+        self.pending: list[tuple[list[tuple], asyncio.Future]] = []
+        self.running: asyncio.Task | None = None
+
+    async def add(self, jobs: list[tuple]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((jobs, future))
+        if self.running is None:
+            self.running = asyncio.ensure_future(self._run())
+        await asyncio.shield(future)  # a request cancelled meanwhile leaves the group's statement whole
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                await asyncio.sleep(0)  # the requests ready in this turn join
+                group, self.pending = self.pending, []
+                try:
+                    await self.backend._insert_jobs([job for jobs, _ in group for job in jobs])
+                except BaseException as failure:  # _NotStored, or cancelled (shutdown): every request learns it
+                    for _, future in group:
+                        error: BaseException = failure
+                        if isinstance(failure, _NotStored):  # one exception per request: each logs its own
+                            error = _NotStored(failure.unknown)
+                            error.__cause__ = failure.__cause__
+                        future.set_exception(error)
+                        future.exception()  # retrieved: a request cancelled meanwhile is not around to await it
+                    if not isinstance(failure, _NotStored):
+                        raise
+                else:
+                    for _, future in group:
+                        future.set_result(None)
+        finally:
+            self.running = None
 
 
 async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
