@@ -33,9 +33,14 @@ def create_tables(dsn: str = DSN) -> None:
         conn.execute(SCHEMA)
 
 
-async def transaction(pause: float = 0) -> AsyncIterator[psycopg.AsyncConnection]:
-    """One request's writes: committed after its durable tasks are stored (``pause`` seconds later: a window
-    in which a worker could look too early), rolled back when anything failed."""
+async def transaction(
+    order_id: int = 0, pause: float = 0, await_run: float = 0
+) -> AsyncIterator[psycopg.AsyncConnection]:
+    """One request's writes: committed after its durable tasks are stored, rolled back when anything failed.
+
+    Before the commit it waits ``pause`` seconds (a window in which the web process may die), and up to
+    ``await_run`` seconds for a worker to have run the order's task (a window in which a worker could look
+    too early: it ends as soon as one did)."""
     conn = await psycopg.AsyncConnection.connect(DSN)
     try:
         yield conn
@@ -44,9 +49,19 @@ async def transaction(pause: float = 0) -> AsyncIterator[psycopg.AsyncConnection
         raise
     else:
         await asyncio.sleep(pause)
+        deadline = asyncio.get_running_loop().time() + await_run
+        while asyncio.get_running_loop().time() < deadline and not await ran(order_id):
+            await asyncio.sleep(0.05)
         await conn.commit()
     finally:
         await conn.close()
+
+
+async def ran(order_id: int) -> bool:
+    """Whether a task of the order has run (seen from another connection)."""
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as other:
+        cursor = await other.execute("SELECT 1 FROM runs WHERE order_id = %s", (order_id,))
+        return await cursor.fetchone() is not None
 
 
 def record(order_id: int) -> None:
@@ -105,8 +120,8 @@ class Unknown:
         self.conn = conn
 
 
-async def wrapped_transaction(pause: float = 0) -> AsyncIterator[Unknown]:
-    async for conn in transaction(pause):
+async def wrapped_transaction(order_id: int = 0, await_run: float = 0) -> AsyncIterator[Unknown]:
+    async for conn in transaction(order_id, 0, await_run):
         yield Unknown(conn)
 
 

@@ -134,10 +134,10 @@ def test_a_web_process_killed_between_the_insert_and_the_commit_leaves_neither(d
 
 
 def test_a_worker_never_runs_a_job_before_its_commit(db: str, tmp_path: Path) -> None:
-    """Each request commits 1.5 s after its job is stored, while a worker waits for jobs. Joined, the job
-    becomes visible with the commit, so it finds its order. Stored on its own (the Redis tier's way, as for a
-    dependency the backend does not recognise), the same worker runs it before the commit and finds nothing:
-    what this test would catch."""
+    """Each request holds its commit until a worker ran its order's task (for a few seconds at most), while a
+    worker waits for jobs. Joined, the job becomes visible only with the commit: the wait runs out, then the task finds its
+    order. Stored on its own (the Redis tier's way, as for a dependency the backend does not recognise), the
+    same worker runs it before the commit and finds nothing: what this test would catch."""
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
@@ -147,8 +147,10 @@ def test_a_worker_never_runs_a_job_before_its_commit(db: str, tmp_path: Path) ->
     try:
         assert wait_until(lambda: b"Starting worker on queues" in log.read_bytes(), timeout=30), log.read_text()
         with TachyonTestClient(pg_app.app) as client:
-            assert client.post("/orders/1?pause=1.5").status_code == 201
-            assert client.post("/unjoined/2?pause=1.5").status_code == 201
+            # Unjoined first: it waits until the worker ran it (at once when woken, within procrastinate's 5 s
+            # polling otherwise); then the joined one, whose wait can only run out.
+            assert client.post("/unjoined/2?await_run=15").status_code == 201
+            assert client.post("/orders/1?await_run=3").status_code == 201
         assert wait_until(lambda: len(rows(db, "SELECT 1 FROM runs")) == 2, timeout=20)
     finally:
         worker.send_signal(signal.SIGTERM)
