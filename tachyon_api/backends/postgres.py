@@ -193,8 +193,9 @@ class PostgresBackend(TaskBackend):
             try:
                 if not self._schema_ready:  # created on a connection of its own, never in the request's
                     await self._pool()
-                async with joined.transaction():  # a savepoint: a failure here leaves the request's writes whole
-                    await self._insert(joined, tasks, marker, fingerprint)
+                # No savepoint (two more round trips): a failure is raised at the dependency's yield, which rolls
+                # the whole transaction back; the one outcome that goes on (stored before) leaves it healthy.
+                await self._insert(joined, tasks, marker, fingerprint)
             except _StoredBefore:
                 return True
             except IdempotencyKeyReused:
