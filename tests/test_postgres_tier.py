@@ -279,3 +279,15 @@ async def test_concurrent_requests_are_each_stored_once(db: str) -> None:
             answers = await asyncio.gather(*(client.post(f"/plain/{i}") for i in range(40)))
     assert [answer.status_code for answer in answers] == [201] * 40
     assert sorted(job[1]["args"][0] for job in jobs(db)) == list(range(40))
+
+
+def nightly() -> None:
+    """A periodic job (never run: the app refuses to start)."""
+
+
+def test_periodic_jobs_are_refused_at_startup_until_this_tier_has_a_lease() -> None:
+    app = Tachyon(task_backend=PostgresBackend("postgresql://postgres@127.0.0.1:1/none"))
+    app.periodic(every=60, durable=False)(nightly)
+    with pytest.raises(RuntimeError, match="NotImplementedError.*not available yet .* PostgresBackend"):
+        with TachyonTestClient(app):
+            pass

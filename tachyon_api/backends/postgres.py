@@ -430,15 +430,17 @@ class PostgresBackend(TaskBackend):
 
     # --- periodic jobs: not on this tier yet --------------------------------------------------------------
     def schedule_lease(self, name: str, ttl: float) -> Any:
-        """Periodic durable jobs need a lease shared by every process: not offered on PostgreSQL yet."""
+        """Periodic jobs of an app with a durable backend are elected through the backend's lease, shared by
+        every process: PostgreSQL's is not written yet, so the app refuses to start rather than run a job's
+        ticks in every process."""
         raise NotImplementedError(
-            f"periodic job {name!r}: durable periodic jobs are not available on PostgresBackend yet; declare it "
-            f"with durable=False, or use an RQBackend"
+            f"periodic job {name!r}: periodic jobs are not available yet in an app whose task_backend is a "
+            f"PostgresBackend (their lease across processes is missing); use an RQBackend for them"
         )
 
     def job_state(self, job_id: str) -> str | None:
         """Periodic durable jobs only (see :meth:`schedule_lease`)."""
-        raise NotImplementedError("durable periodic jobs are not available on PostgresBackend yet")
+        raise NotImplementedError("periodic jobs are not available yet with a PostgresBackend")
 
     def __repr__(self) -> str:
         host, port, dbname = self._where
