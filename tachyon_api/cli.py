@@ -203,10 +203,9 @@ def _schedule(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     """``tachyon worker``: the app's durable jobs, run in this process (docs/durable-tasks.md, "Running workers")."""
+    from .backends.postgres import PostgresBackend
     from .backends.rq import RQBackend
     from .backends.rq_worker import TachyonWorker
-
-    from .backends.postgres import PostgresBackend
 
     app = load_app(args.app)
     backend = getattr(app, "task_backend", None)

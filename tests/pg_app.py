@@ -14,8 +14,8 @@ from typing import Any, AsyncIterator
 import psycopg
 
 from tachyon_api import Depends, HTTPException, Tachyon
-from tachyon_api.background import BackgroundTasks
 from tachyon_api.backends.postgres import PostgresBackend
+from tachyon_api.background import BackgroundTasks
 
 DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:1/postgres")
 backend = PostgresBackend(DSN, connect_timeout=2)

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from tachyon_api import Tachyon
-from tachyon_api.background import BackgroundTasks
 from tachyon_api.backends.postgres import PostgresBackend
+from tachyon_api.background import BackgroundTasks
 from tachyon_api.testing import TachyonTestClient
 
 from .conftest import ROOT, ServerProcess, serve, wait_until
@@ -134,10 +134,10 @@ def test_a_web_process_killed_between_the_insert_and_the_commit_leaves_neither(d
 
 
 def test_a_worker_never_runs_a_job_before_its_commit(db: str, tmp_path: Path) -> None:
-    """Each request holds its commit until a worker ran its order's task (for a few seconds at most), while a
-    worker waits for jobs. Joined, the job becomes visible only with the commit: the wait runs out, then the task finds its
-    order. Stored on its own (the Redis tier's way, as for a dependency the backend does not recognise), the
-    same worker runs it before the commit and finds nothing: what this test would catch."""
+    """Each request holds its commit until a worker ran its order's task (for a few seconds at most), while
+    a worker waits for jobs. Joined, the job becomes visible only with the commit: the wait runs out, then the
+    task finds its order. Stored on its own (the Redis tier's way, as for a dependency the backend does not
+    recognise), the same worker runs it before the commit and finds nothing: what this test would catch."""
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
@@ -288,6 +288,14 @@ def nightly() -> None:
 def test_periodic_jobs_are_refused_at_startup_until_this_tier_has_a_lease() -> None:
     app = Tachyon(task_backend=PostgresBackend("postgresql://postgres@127.0.0.1:1/none"))
     app.periodic(every=60, durable=False)(nightly)
-    with pytest.raises(RuntimeError, match="NotImplementedError.*not available yet .* PostgresBackend"):
+    with pytest.raises(RuntimeError, match=r"NotImplementedError.*not available yet .* PostgresBackend"):
         with TachyonTestClient(app):
             pass
+
+
+async def test_app_tasks_knows_no_durable_id_on_this_tier_yet() -> None:
+    """No status records in PostgreSQL yet: an id is unknown to the backend, and app.tasks says so."""
+    app = Tachyon(task_backend=PostgresBackend("postgresql://postgres@127.0.0.1:1/none"))
+    assert await app.tasks.get("12") is None
+    assert [record async for record in app.task_backend.watch_status("12")] == []
+    assert await app.task_backend.cancel_status("12") is None

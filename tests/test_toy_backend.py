@@ -10,8 +10,8 @@ import inspect
 from typing import Any, Sequence
 
 from tachyon_api import Depends, HTTPException, Tachyon
-from tachyon_api.background import BackgroundTasks
 from tachyon_api.backends.calls import check_reference
+from tachyon_api.background import BackgroundTasks
 from tachyon_api.dashboard import task_dashboard
 from tachyon_api.testing import TachyonTestClient
 
@@ -55,6 +55,9 @@ class ToyBackend:
 
     def stats(self) -> dict[str, int]:
         return {"queued": len(self.jobs), "failed": len(self.failed)}
+
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        return []
 
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.failed[:limit]
@@ -102,7 +105,8 @@ def test_a_toy_backend_stores_joins_a_transaction_and_serves_the_dashboard() -> 
         assert client.post("/refused").status_code == 500  # a TypeError in the endpoint, where the mistake is
         assert [job[1] for job in backend.jobs] == [("a",), ("b",)]  # c rolled back with its transaction
         durable = client.get("/tasks/data").json()["durable"]
-        assert durable == {"queue": "toy", "counts": {"queued": 2, "failed": 1}, "failed": backend.failed}
+        counts = {"queued": 2, "failed": 1}
+        assert durable == {"queue": "toy", "counts": counts, "running": [], "failed": backend.failed}
         requeue = {"x-tachyon-dashboard": "requeue"}
         assert client.post("/tasks/requeue/f1", headers=requeue).status_code == 200
         assert client.post("/tasks/requeue/f2", headers=requeue).status_code == 404

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tasks.timers import due_time
@@ -405,6 +405,16 @@ class PostgresBackend(TaskBackend):
             counts[key] = counts.get(key, 0) + count
         return counts
 
+    def started_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The jobs of this queue a worker runs now: id and task name (blocking)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT id, coalesce(args->>'name', task_name) FROM procrastinate_jobs WHERE queue_name = %s "
+                "AND status = 'doing' ORDER BY id LIMIT %s",
+                (self.queue_name, limit),
+            ).fetchall()
+        return [{"id": str(job_id), "name": name} for job_id, name in rows]
+
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest failed jobs of this queue: id, task name and the worker's traceback (blocking)."""
         with self._connect() as conn:
@@ -427,6 +437,20 @@ class PostgresBackend(TaskBackend):
                 (int(job_id), self.queue_name),
             ).fetchone()
         return row is not None
+
+    # --- status records: not on this tier yet (every id is unknown here, so app.tasks asks the other sources) --
+    async def read_status(self, task_id: str) -> None:
+        """No status records on PostgreSQL yet: every id is unknown to this backend."""
+        return None
+
+    async def watch_status(self, task_id: str) -> AsyncIterator[Any]:
+        """No status records on PostgreSQL yet: nothing to watch."""
+        return
+        yield  # an async generator that ends at once
+
+    async def cancel_status(self, task_id: str) -> None:
+        """No status records on PostgreSQL yet: unknown."""
+        return None
 
     # --- periodic jobs: not on this tier yet --------------------------------------------------------------
     def schedule_lease(self, name: str, ttl: float) -> Any:

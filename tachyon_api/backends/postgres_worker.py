@@ -55,7 +55,7 @@ async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, 
         try:
             await backend.create_schema()
             break
-        except Exception as exc:  # noqa: BLE001 - any connection failure means "not yet"
+        except Exception as exc:  # any connection failure means "not yet"
             if getattr(exc, "sqlstate", None) is not None:  # the server answered and refused: not transient
                 raise
             logger.warning("Cannot reach %s (%s); trying again in %.1f s", backend, exc, delay)
@@ -124,7 +124,7 @@ def _task(app: App, name: str, func: Any, queue: str) -> Task:
                 await app.connector.execute_query_async(
                     _RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
                 )
-            except Exception:  # noqa: BLE001 - the job's own failure is what matters; this one is logged
+            except Exception:  # the job's own failure is what matters; this one is logged
                 logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
             raise
 

@@ -68,7 +68,7 @@ async def store_durable(
     for backend, group in durable.items():
         if key is not None:
             client = await client_scope(connection, credentials, getattr(backend, "idempotency_scope", None))
-        if await backend.store(group, method, path, key, client=client, fingerprint=digest, within=held):
-            if joined is not None:
-                joined.extend(group)
+        stored_in_held = await backend.store(group, method, path, key, client=client, fingerprint=digest, within=held)
+        if stored_in_held and joined is not None:
+            joined.extend(group)
     return local
