@@ -267,6 +267,12 @@ class Tachyon(RouteDecorators):
         self._add(route)
         return route
 
+    def route_for(self, method: str, path: str) -> Route | None:
+        """The HTTP route that serves ``method`` on ``path``, or None: what the app's own dispatch would pick,
+        for code that sees a request without its matched route (the metrics middleware, outside the app)."""
+        route: Route | None = self._tree.lookup(method, path)[0]
+        return route
+
     def _add(self, route: Route | WebSocketRoute) -> None:
         if isinstance(route, WebSocketRoute):
             route.handler = build_websocket_handler(route, self)

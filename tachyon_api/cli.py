@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .scaffold import ScaffoldError
 
@@ -203,20 +203,26 @@ def _schedule(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     """``tachyon worker``: the app's durable jobs, run in this process (docs/durable-tasks.md, "Running workers")."""
+    from .backends.postgres import PostgresBackend
     from .backends.rq import RQBackend
     from .backends.rq_worker import TachyonWorker
 
     app = load_app(args.app)
     backend = getattr(app, "task_backend", None)
     if args.url:
-        backend = RQBackend(args.url, args.queue[0] if args.queue else "tachyon")
-    if not isinstance(backend, RQBackend):
-        raise SystemExit(f"{args.app} has no RQBackend task_backend; pass --url redis://... (and --queue)")
+        tier = PostgresBackend if args.url.startswith(("postgres://", "postgresql://")) else RQBackend
+        backend = tier(args.url, args.queue[0] if args.queue else "tachyon")
+    if not isinstance(backend, (RQBackend, PostgresBackend)):
+        raise SystemExit(
+            f"{args.app} has no RQBackend or PostgresBackend task_backend; pass --url redis://... or postgresql://..."
+        )
     for name, value, least in (("--concurrency", args.concurrency, 1), ("--threads", args.threads, 1),
                                ("--heartbeat", args.heartbeat, 0.1), ("--shutdown-timeout", args.shutdown_timeout, 0)):
         if value is not None and value < least:
             raise SystemExit(f"tachyon worker: {name} must be at least {least}, got {value}")
     _worker_logging(args.log_level)
+    if isinstance(backend, PostgresBackend):
+        _postgres_worker(args, backend)
     worker = TachyonWorker(
         args.queue or [backend.queue_name], backend.redis_url, concurrency=args.concurrency, threads=args.threads,
         fork=args.fork, heartbeat=args.heartbeat, shutdown_timeout=args.shutdown_timeout,
@@ -230,11 +236,24 @@ def _worker(args: argparse.Namespace) -> None:
     raise SystemExit(status)
 
 
+def _postgres_worker(args: argparse.Namespace, backend: Any) -> NoReturn:
+    """``tachyon worker`` for a PostgresBackend: procrastinate's worker (``backends/postgres_worker.py``)."""
+    from .backends.postgres_worker import run_worker
+
+    for option in ("fork", "with_scheduler", "threads"):  # RQ's worker's; procrastinate has its own ways
+        if getattr(args, option) not in (None, False):
+            raise SystemExit(f"tachyon worker: --{option.replace('_', '-')} is for RQBackend workers only")
+    raise SystemExit(
+        run_worker(backend, args.queue or [backend.queue_name], concurrency=args.concurrency, burst=args.burst,
+                   shutdown_timeout=args.shutdown_timeout)
+    )
+
+
 def _worker_logging(level: str) -> None:
     """The worker's lines (``tachyon_api.*``) and RQ's (``rq.*``) on stderr, dated and named as ``tachyon run``'s."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("tachyon_api", "rq"):
+    for name in ("tachyon_api", "rq", "procrastinate"):
         named = logging.getLogger(name)
         named.handlers[:] = [handler]
         named.setLevel(level.upper())
@@ -436,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-scheduler", action="store_true", help="also move delayed tasks and retries with a delay to the queue"
     )
     worker.add_argument("--queue", "-q", action="append", help="queue name (repeatable; default: the app's)")
-    worker.add_argument("--url", help="Redis URL (default: the app's RQBackend)")
+    worker.add_argument("--url", help="redis:// or postgresql:// URL (default: the app's task_backend)")
     worker.add_argument(
         "--concurrency", "-c", type=int, default=16,
         help="jobs running at once: async tasks on the event loop, sync tasks in threads (default 16)",

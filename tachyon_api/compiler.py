@@ -84,11 +84,13 @@ class Context:
     """What one request's plan works with: the request, its errors, its dependency cache and cleanups.
 
     ``stack`` holds the exit code that runs after the response; ``early`` that of the dependencies declared
-    ``Depends(..., scope="function")``, which runs before it (see :meth:`exit_function_scope`).
+    ``Depends(..., scope="function")``, which runs before it (see :meth:`exit_function_scope`); ``held`` the
+    values those dependencies yielded (a database session whose transaction they commit on exit), so that a
+    durable backend can store the request's tasks in that same transaction.
     """
 
     __slots__ = ("app", "scope", "receive", "path_params", "_request", "_query", "_headers", "errors", "cache",
-                 "stack", "early", "background")
+                 "stack", "early", "held", "background")
     is_websocket = False
 
     def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
@@ -104,6 +106,7 @@ class Context:
         self.cache: dict[Any, Any] | None = None
         self.stack: contextlib.AsyncExitStack | None = None
         self.early: contextlib.AsyncExitStack | None = None
+        self.held: list[Any] | None = None
         self.background: BackgroundTasks | None = None
 
     @property
@@ -153,6 +156,14 @@ class Context:
             self.stack = contextlib.AsyncExitStack()
         return self.stack
 
+    def hold(self, value: Any) -> None:
+        """Keep what a ``scope="function"`` dependency yielded: its exit (a commit) runs after the durable
+        store, so a backend may store the request's tasks in that transaction (see ``tasks/durable.py``)."""
+        if self.held is None:
+            self.held = [value]
+        else:
+            self.held.append(value)
+
     async def exit_function_scope(self, exc: BaseException | None) -> None:
         """Run the exit code of the ``scope="function"`` dependencies, before the response is chosen for good.
 
@@ -160,7 +171,7 @@ class Context:
         Whatever their exit code raises (a failed commit, an ``HTTPException`` it translates to) propagates:
         the response has not been sent, so the client gets it.
         """
-        stack, self.early = self.early, None
+        stack, self.early, self.held = self.early, None, None
         if stack is None:
             return
         if exc is None:
@@ -387,7 +398,10 @@ class Dependency:
     async def _call(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
         if self.is_asyncgen:
             stack = ctx.exit_stack(self.early)
-            return await stack.enter_async_context(contextlib.asynccontextmanager(self.call)(**kwargs))
+            value = await stack.enter_async_context(contextlib.asynccontextmanager(self.call)(**kwargs))
+            if self.early:
+                ctx.hold(value)
+            return value
         if self.is_gen:
             stack = ctx.exit_stack(self.early)
             manager = contextlib.contextmanager(self.call)(**kwargs)
@@ -398,6 +412,8 @@ class Dependency:
                 return bool(await pool.run(manager.__exit__, *exc_info))
 
             stack.push_async_exit(exit_in_thread)
+            if self.early:
+                ctx.hold(value)
             return value
         if self.is_async:
             return await self.call(**kwargs)

@@ -142,9 +142,13 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                 response = result
                 tasks = collect(result.background, background)
             durable = tasks if tasks and has_durable(tasks) else None
-            if durable:  # stored now, before the response: a 2xx means they are in Redis
+            if durable:  # stored now, before the response: a 2xx means they are stored
+                joined: list[BackgroundTask] = []
                 request = ctx.request if ctx is not None else Request(scope, receive)
-                tasks = await store_durable(durable, request, scope["method"], credentials)
+                held = ctx.held if ctx is not None and ctx.held else ()  # the request's transaction, to join
+                tasks = await store_durable(durable, request, scope["method"], credentials, held=held, joined=joined)
+                if joined:  # they commit or roll back with the data: nothing to warn about below
+                    durable = [task for task in durable if task not in joined]
             if ctx is not None and ctx.early is not None:  # commit, now that the tasks are safe
                 await _exit_function_scope(ctx, durable)
             if tasks and (holds.always or BackgroundTask.held) and (pending := holds.accept(tasks)) is not None:

@@ -100,7 +100,7 @@ class _HTTPMetrics:
         finally:
             route = scope.get("route")
             if route is None:  # not matched, or an inner middleware passed the app a copy of the scope
-                route = self.metrics.app._tree.lookup(scope["method"], scope["path"])[0]
+                route = self.metrics.app.route_for(scope["method"], scope["path"])
             self.metrics.observe(
                 scope["method"], "unmatched" if route is None else route.path, status, time.perf_counter() - started
             )

@@ -503,3 +503,34 @@ def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: s
         running.stop()
     finally:
         running.server.stop()
+
+
+# --- durable mode: PostgreSQL + procrastinate's worker ---------------------------------------------------------
+def test_postgres_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, postgres_url: str) -> None:
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=postgres_url, SHOP_WEBHOOK_RETRY_DELAY="0")
+    try:
+        assert running.http.post("/signup", json={"email": "dave@example.com", "name": "Dave"}).status_code == 201
+        order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
+        assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
+
+        stats = running.http.get("/stats").json()
+        assert stats["task_backend"] == "postgres"
+        assert stats["durable"]["queued"] == 2  # stored in PostgreSQL before the responses were sent
+        assert running.mails() == []
+
+        worker = subprocess.run(
+            [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert worker.returncode == 0, worker.stderr
+        message = running.wait_for_mail("dave@example.com", "Welcome to the shop, Dave!")
+        assert "dave@example.com" in message.get_content()
+        received = delivery(running, order_id)
+        assert received is not None and received["attempts"] == 2, worker.stderr  # one 503, one retry
+        stats = running.http.get("/stats").json()
+        assert stats["durable"]["queued"] == 0 and stats["durable"]["failed"] == 0
+        assert stats["durable"]["finished"] == 2
+        running.stop()
+    finally:
+        running.server.stop()

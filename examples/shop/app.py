@@ -2,7 +2,8 @@
 
 Endpoints write to SQLite and return at once; the slow parts (SMTP, the CSV import, the webhook, the view
 counter) are background tasks from ``tasks.py``. With ``SHOP_TASK_BACKEND=rq`` the same tasks are stored in
-Redis and run by ``tachyon worker examples.shop.app:app`` instead; nothing else changes.
+Redis, with ``SHOP_TASK_BACKEND=postgresql://...`` in that PostgreSQL database, and run by ``tachyon worker
+examples.shop.app:app`` instead; nothing else changes.
 
 Signup, password reset and order completion write through :func:`transaction`, declared
 ``Depends(transaction, scope="function")``: their rows are committed only once their tasks are stored, so a
@@ -28,6 +29,7 @@ from msgspec import Meta
 
 from tachyon_api import Cookie, Depends, Header, HTTPException, Request, Struct, Tachyon, UploadFile
 from tachyon_api.background import BackgroundTasks, RQBackend
+from tachyon_api.backends.base import TaskBackend
 from tachyon_api.exceptions import RequestValidationError
 from tachyon_api.responses import Accepted, HTMLResponse, JSONResponse
 from tachyon_api.tasks import task_status_router
@@ -70,11 +72,22 @@ async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
         await server.wait_closed()
 
 
-backend = RQBackend(settings.redis_url, queue=settings.queue) if settings.task_backend == "rq" else None
+def make_backend() -> TaskBackend | None:
+    """The durable backend the settings ask for (None: in-process tasks)."""
+    if settings.task_backend == "rq":
+        return RQBackend(settings.redis_url, queue=settings.queue)
+    if settings.task_backend == "postgres":
+        from tachyon_api.backends.postgres import PostgresBackend
+
+        return PostgresBackend(settings.postgres_url, queue=settings.queue)
+    return None
+
+
+backend = make_backend()
 
 app = Tachyon(
     lifespan=lifespan,
-    task_backend=backend,  # None: in-process tasks; an RQBackend: every task is stored in Redis
+    task_backend=backend,  # None: in-process tasks; otherwise every task is stored in Redis or PostgreSQL
     max_body_size=settings.max_upload_bytes,  # CSV uploads can be large
     shutdown_timeout=settings.shutdown_timeout,
 )
@@ -335,8 +348,8 @@ def stats(db: sqlite3.Connection = Depends(get_db)):
     }
     if backend is not None:
         try:
-            result["durable"] = backend.stats()  # blocking Redis calls: fine in a def endpoint
-        except Exception as exc:  # Redis down: the rest of the page is still useful
+            result["durable"] = backend.stats()  # blocking calls: fine in a def endpoint
+        except Exception as exc:  # Redis or PostgreSQL down: the rest of the page is still useful
             result["durable"] = {"error": f"{type(exc).__name__}: {exc}"}
     return result
 

@@ -34,7 +34,8 @@ class Settings:
     webhook_retry_delay: float
     reset_token_ttl: int
     max_upload_bytes: int
-    task_backend: str  # "inprocess" or "rq"
+    task_backend: str  # "inprocess", "rq" or "postgres"
+    postgres_url: str | None  # the task queue's database, for "postgres"
     redis_url: str
     queue: str
     shutdown_timeout: float
@@ -51,9 +52,13 @@ class Settings:
         smtp_tls = _env("SHOP_SMTP_TLS", "none").lower()
         if smtp_tls not in ("none", "starttls", "ssl"):
             raise ValueError(f"SHOP_SMTP_TLS must be none, starttls or ssl, not {smtp_tls!r}")
-        backend = _env("SHOP_TASK_BACKEND", "inprocess").lower()
-        if backend not in ("inprocess", "rq"):
-            raise ValueError(f"SHOP_TASK_BACKEND must be inprocess or rq, not {backend!r}")
+        backend = _env("SHOP_TASK_BACKEND", "inprocess")
+        postgres_url = None
+        if backend.startswith(("postgres://", "postgresql://")):  # the URL of the database to queue tasks in
+            backend, postgres_url = "postgres", backend
+        backend = backend.lower()
+        if backend not in ("inprocess", "rq", "postgres"):
+            raise ValueError(f"SHOP_TASK_BACKEND must be inprocess, rq or a postgresql:// URL, not {backend!r}")
         return cls(
             data_dir=data_dir,
             db_path=Path(_env("SHOP_DB", str(data_dir / "shop.sqlite3"))).resolve(),
@@ -71,6 +76,7 @@ class Settings:
             reset_token_ttl=int(_env("SHOP_RESET_TOKEN_TTL", "3600")),
             max_upload_bytes=int(_env("SHOP_MAX_UPLOAD_BYTES", str(20 * 1024 * 1024))),
             task_backend=backend,
+            postgres_url=postgres_url,
             redis_url=_env("SHOP_REDIS_URL", "redis://127.0.0.1:6379/0"),
             queue=_env("SHOP_QUEUE", "shop"),
             shutdown_timeout=float(_env("SHOP_SHUTDOWN_TIMEOUT", "25")),

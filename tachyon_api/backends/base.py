@@ -14,7 +14,10 @@ Where a call happens, and why it is shaped so:
 - :meth:`check` and :meth:`check_options` run inside the request, in ``add_task`` and ``with_options``: a task
   that could never be stored must fail there, as a ``TypeError`` at the line that added it, not as a 503 later.
 - :meth:`store` runs after the endpoint returned and before the response is sent, so a 2xx means every durable
-  task of the request is stored. It stores them all or none.
+  task of the request is stored. It stores them all or none. When the request has ``Depends(...,
+  scope="function")`` dependencies, their exit code (the commit) runs after it, and it is given what they
+  yielded (``within``): a backend on the same database as the app's data may store the tasks in that
+  transaction, so they commit or roll back with the data. A backend that cannot join one ignores ``within``.
 - :meth:`aclose` runs at shutdown, on the app's event loop.
 - :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
   calls them in a thread).
@@ -72,12 +75,18 @@ class TaskBackend(StatusSource, Protocol):
         *,
         client: str = "",
         fingerprint: bytes = b"",
-    ) -> None:
+        within: Sequence[Any] = (),
+    ) -> bool | None:
         """Store one request's durable tasks, all or none, before its response is sent.
 
         ``method`` and ``path`` are the request's (``"WEBSOCKET"`` for a WebSocket). With ``idempotency_key``
         (the request's ``Idempotency-Key`` header), a request stored before under the same key, method, path and
         ``client`` (its credentials) with the same ``fingerprint`` (a hash of its payload) stores nothing again.
+
+        ``within`` holds the values the request's ``scope="function"`` dependencies yielded (empty without them; a
+        backend that cannot join a transaction ignores it). Return True when the tasks were written in the open transaction of one of them: they are then
+        stored only if that transaction commits (after this call). Return None or False when they were stored on
+        their own.
 
         Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown`` when the
         tasks may have been stored but the answer was lost, ``IdempotencyKeyReused`` when the key was used before

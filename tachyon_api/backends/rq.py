@@ -19,11 +19,7 @@ import asyncio
 import calendar
 import datetime as dt
 import hashlib
-import importlib
-import inspect
 import logging
-import re
-import sys
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
@@ -34,6 +30,7 @@ from ..tasks.status import running_task
 from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
+from .calls import JOB_ID, check_job_id, check_reference
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 from .redis_status import JobTracker, RedisStatus
 
@@ -49,8 +46,6 @@ __all__ = ["RQBackend"]
 
 logger = logging.getLogger("tachyon_api.background")
 F = TypeVar("F", bound=Callable[..., Any])
-# The job ids RQ accepts (rq.job.validate_job_id); anything else would fail at every enqueue, as a 503.
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 # One run stores the jobs of every request of a group commit. ARGV: the key of RQ's set of queues, this queue's
 # key, the number of requests, then per request: its idempotency marker key ("" for none), the request's
@@ -166,7 +161,6 @@ class RQBackend(TaskBackend):
         self._templates: dict[tuple, _JobTemplate] = {}
         self._redis: Redis | None = None
         self._queue: Queue | None = None
-        self._verified: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
         self._status: RedisStatus | None = None
 
     # --- connection ------------------------------------------------------------------------------------
@@ -218,9 +212,7 @@ class RQBackend(TaskBackend):
 
     def check(self, func: Any, args: tuple, kwargs: dict) -> None:
         """Refuse, at ``add_task``, what a worker in another process could not run."""
-        if func not in self._verified:
-            self._check_reference(func)
-            self._verified.add(func)
+        check_reference(func)
         from rq.serializers import DefaultSerializer
 
         try:
@@ -237,39 +229,11 @@ class RQBackend(TaskBackend):
         ``options`` holds the options that were given among ``delay``, ``at`` (whose types the task checked
         already: both tiers take them), ``job_id``, ``result_ttl`` and ``failure_ttl``.
         """
-        job_id = options.get("job_id")
-        if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
-            raise TypeError(
-                f"with_options(job_id={job_id!r}): a job id is a non-empty string of letters (A-Z, a-z), digits "
-                f"(0-9), underscores (_) and dashes (-) only"
-            )
+        check_job_id(options.get("job_id"))
         for key in ("result_ttl", "failure_ttl"):
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"with_options({key}={value!r}): whole seconds (an int; -1 keeps the job forever)")
-
-    @staticmethod
-    def _check_reference(func: Any) -> None:
-        name = getattr(func, "__qualname__", repr(func))
-        if not (inspect.isfunction(func) or inspect.isbuiltin(func)):
-            raise TypeError(
-                f"add_task({name}): a durable task must be a module-level function (not a partial, method or object)"
-            )
-        module = getattr(func, "__module__", None)
-        if module in (None, "__main__") or "<" in name:
-            raise TypeError(
-                f"add_task({name}): a durable task must be importable by reference (no lambdas, closures or "
-                f"functions of __main__); define it at the top level of a module the workers can import"
-            )
-        # A module already in sys.modules is taken from there without the import lock: it may still be being
-        # imported by another thread (a script that serves requests at import time), and import_module would
-        # wait for that thread, which waits for this request: a deadlock. Its top-level functions are defined
-        # by the time one of them is added, so the check below still holds.
-        target: Any = sys.modules.get(module) or importlib.import_module(module)
-        for part in name.split("."):
-            target = getattr(target, part, None)
-        if target is not func:
-            raise TypeError(f"add_task({name}): {module}.{name} does not import back to this function")
 
     # --- storing ---------------------------------------------------------------------------------------
     async def store(
@@ -281,8 +245,10 @@ class RQBackend(TaskBackend):
         *,
         client: str = "",
         fingerprint: bytes = b"",
+        within: Sequence[Any] = (),
     ) -> None:
-        """Store one request's tasks in Redis, all or none, before its response is sent.
+        """Store one request's tasks in Redis, all or none, before its response is sent (Redis cannot join the
+        transaction of the request's database session, ``within``: see docs/durable-tasks.md).
 
         The request joins the group commit of its event loop (see ``commit.py``): one round trip for every
         request ready at the same moment. With ``idempotency_key`` (the request's ``Idempotency-Key`` header),
@@ -478,7 +444,7 @@ class RQBackend(TaskBackend):
 
     async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
         """The job's record and owner, or None (no such job, or its time to live passed)."""
-        if not _JOB_ID.fullmatch(task_id):
+        if not JOB_ID.fullmatch(task_id):
             return None
         return await self.status.read(task_id)
 
@@ -490,7 +456,7 @@ class RQBackend(TaskBackend):
         ``Job.cancel`` and never runs; a running one is stopped with RQ's ``send_stop_job_command`` (the
         forking worker kills its work horse; a sync task in a worker that cannot be killed sees
         ``cancelled()`` turn true). True when asked, False when it had already ended, None when unknown."""
-        if not _JOB_ID.fullmatch(task_id):
+        if not JOB_ID.fullmatch(task_id):
             return None
         outcome = await self.status.cancel(task_id)
         if outcome == "unknown":

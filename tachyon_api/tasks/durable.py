@@ -3,7 +3,7 @@ of a request's tasks, with what identifies the request for its ``Idempotency-Key
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..idempotency import client_scope, fingerprint
 
@@ -24,12 +24,23 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
 
 
 async def store_durable(
-    tasks: list[BackgroundTask], connection: "HTTPConnection", method: str, credentials: "Credentials | None" = None
+    tasks: list[BackgroundTask],
+    connection: "HTTPConnection",
+    method: str,
+    credentials: "Credentials | None" = None,
+    *,
+    held: Sequence[Any] = (),
+    joined: list[BackgroundTask] | None = None,
 ) -> list[BackgroundTask]:
     """Store the durable tasks in their backends (before the response is sent); return the in-process rest.
 
     ``connection`` is the request (or the WebSocket, whose ``method`` is ``"WEBSOCKET"``) that added them;
     ``credentials`` says where its route's requests carry credentials (see ``idempotency.py``).
+
+    ``held`` are the values the request's ``scope="function"`` dependencies yielded, whose exit (the commit)
+    runs after this store: a backend that can write its tasks in one of their transactions does (see
+    :meth:`~tachyon_api.backends.base.TaskBackend.store`), and those tasks are appended to ``joined``: they
+    commit or roll back with the request's data.
 
     The request's ``Idempotency-Key`` header, if any, is passed on with what makes the request this one: its
     client's scope (every credential it carries, or the backend's ``idempotency_scope``: other clients' keys are
@@ -57,5 +68,7 @@ async def store_durable(
     for backend, group in durable.items():
         if key is not None:
             client = await client_scope(connection, credentials, getattr(backend, "idempotency_scope", None))
-        await backend.store(group, method, path, key, client=client, fingerprint=digest)
+        stored_in_held = await backend.store(group, method, path, key, client=client, fingerprint=digest, within=held)
+        if stored_in_held and joined is not None:
+            joined.extend(group)
     return local

@@ -1,0 +1,141 @@
+"""``tachyon worker module:app`` for a :class:`~tachyon_api.backends.postgres.PostgresBackend`: procrastinate's
+worker, running the jobs the backend stored.
+
+A job names its function by reference (``module:qualname``), so the worker needs no registry of tasks: the
+first job of a function imports it and wraps it in a procrastinate task, kept for the next ones. The wrapper
+runs ``async def`` functions on the worker's event loop and sync ones in threads (so ``--concurrency`` jobs run
+at once either way), applies the job's ``timeout``, logs a failure with its traceback on
+``tachyon_api.worker`` and records the traceback for the dashboard (``failed_jobs``). Retries follow the job's
+own ``retries`` and ``retry_delay`` (delays double: ``s, 2s, 4s, ...``), as in the Redis tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from procrastinate import App, PsycopgConnector
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from procrastinate.tasks import Task
+
+from .calls import import_function
+
+if TYPE_CHECKING:
+    from .postgres import PostgresBackend
+
+__all__ = ["run_worker"]
+
+logger = logging.getLogger("tachyon_api.worker")
+
+_RECORD_FAILURE = (
+    "INSERT INTO tachyon_job_failures (job_id, exc_info) VALUES (%(job_id)s, %(exc_info)s) "
+    "ON CONFLICT (job_id) DO UPDATE SET exc_info = EXCLUDED.exc_info, failed_at = now()"
+)
+
+_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE queue_name = ANY(%(queues)s) AND status = 'todo' "
+    "AND (scheduled_at IS NULL OR scheduled_at <= now())) AS due"
+)
+
+
+def run_worker(
+    backend: "PostgresBackend", queues: list[str], *, concurrency: int, burst: bool, shutdown_timeout: float
+) -> int:
+    """Run the worker until SIGTERM/SIGINT (or, with ``burst``, until no job is due); the exit status."""
+    return asyncio.run(_run(backend, queues, concurrency, burst, shutdown_timeout))
+
+
+async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, burst: bool, shutdown: float) -> int:
+    delay = 0.5
+    while True:  # the database may still be starting: wait for it, one line per attempt, no traceback
+        try:
+            await backend.create_schema()
+            break
+        except Exception as exc:  # any connection failure means "not yet"
+            if getattr(exc, "sqlstate", None) is not None:  # the server answered and refused: not transient
+                raise
+            logger.warning("Cannot reach %s (%s); trying again in %.1f s", backend, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    app = App(connector=PsycopgConnector(conninfo=backend.dsn, min_size=1, max_size=max(2, min(concurrency, 10))))
+    app.tasks = _Tasks(app, app.tasks, backend.queue_name)
+    logger.info("Worker for %s, queues %s, concurrency %d", backend, ", ".join(queues), concurrency)
+    async with app.open_async():
+        while True:
+            await app.run_worker_async(
+                queues=queues, concurrency=concurrency, wait=not burst, shutdown_graceful_timeout=shutdown,
+                install_signal_handlers=True,
+            )
+            # procrastinate's burst stops at the first empty fetch, while jobs still ran: one of them may have
+            # been put back for a retry. Burst means "until nothing is due".
+            if not burst or not (await app.connector.execute_query_one_async(_DUE, queues=queues))["due"]:
+                return 0
+
+
+class _Tasks(dict):
+    """procrastinate's task registry, filled on demand: a job's ``task_name`` is ``module:qualname``."""
+
+    def __init__(self, app: App, builtin: dict, queue: str) -> None:
+        super().__init__(builtin)
+        self.app = app
+        self.queue = queue
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __missing__(self, name: str) -> Any:
+        if ":" not in name:
+            raise KeyError(name)
+        try:
+            func = import_function(name)
+        except Exception as exc:
+            logger.error("Cannot import the task %s: %s", name, exc, exc_info=True)
+            raise KeyError(name) from exc
+        task = self[name] = _task(self.app, name, func, self.queue)
+        return task
+
+
+def _task(app: App, name: str, func: Any, queue: str) -> Task:
+    """A procrastinate task that runs ``func`` with a job's arguments and options."""
+    is_async = inspect.iscoroutinefunction(func)
+
+    async def run(context: Any, args: list, kwargs: dict, timeout: float | None = None, **options: Any) -> Any:
+        job = context.job
+        call = func(*args, **kwargs) if is_async else asyncio.to_thread(func, *args, **kwargs)
+        try:
+            if not timeout:
+                return await call
+            try:
+                return await asyncio.wait_for(call, timeout)
+            except asyncio.TimeoutError:  # a sync task's thread cannot be stopped: it runs on, unawaited
+                raise TimeoutError(f"{options.get('name', name)} ran longer than its timeout of {timeout} s") from None
+        except Exception as exc:
+            logger.error(
+                "Job %s (%s) failed on attempt %d", job.id, options.get("name", name), job.attempts + 1, exc_info=exc
+            )
+            try:
+                await app.connector.execute_query_async(
+                    _RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
+                )
+            except Exception:  # the job's own failure is what matters; this one is logged
+                logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
+            raise
+
+    return Task(run, blueprint=app, name=name, retry=_JobRetry(), pass_context=True, queue=queue)
+
+
+class _JobRetry(BaseRetryStrategy):
+    """The job's own ``retries`` and ``retry_delay`` (doubling), read from its arguments."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        retries = job.task_kwargs.get("retries") or 0
+        if job.attempts >= retries:
+            return None
+        return RetryDecision(retry_in={"seconds": float(job.task_kwargs.get("retry_delay") or 0) * 2**job.attempts})
