@@ -479,8 +479,10 @@ def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Pat
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-durable-failed.png"), full_page=True)
         (tmp_path / "uploaded").touch()
-        page.click("#durable button:has-text('Requeue')")
-        page.wait_for_selector("#durable button:has-text('requeued')")
+        # The answer, not the button's new label: the page may redraw the list (the job requeued, then run) first.
+        with page.expect_response(lambda response: "/requeue/" in response.url) as requeued:
+            page.click("#durable button:has-text('Requeue')")
+        assert requeued.value.status == 200
         out = tmp_path / "out.txt"  # created by open() before the line is written: wait for the line
         assert wait_until(lambda: out.exists() and out.read_text().endswith("\n"), 15)
         assert out.read_text() == "prices.csv\n"

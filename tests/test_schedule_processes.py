@@ -134,12 +134,18 @@ def here(tick):
     (tmp_path / "app_module.py").write_text(source)
     log = tmp_path / "ticks.log"
     env = app_env(tmp_path)
-    apps = [ServerProcess("app_module:app", tmp_path, env) for _ in range(2)]
     worker = subprocess.Popen(
         [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--log-level", "warning"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    # The worker listens before the first tick is stored: a tick whose predecessor still waits for a worker that
+    # is starting would be skipped (the previous run "still running"), which is not what this test counts.
+    from redis import Redis
+
+    with Redis.from_url(redis_url) as redis:
+        assert wait_until(lambda: redis.scard(f"rq:workers:{queue}") > 0, 20)
+    apps = [ServerProcess("app_module:app", tmp_path, env) for _ in range(2)]
     try:
         def holders() -> list[ServerProcess]:
             return [app for app in apps if app.proc.poll() is None and httpx.get(app.url + "/holder").json()["held"]]

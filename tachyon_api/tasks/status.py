@@ -172,7 +172,7 @@ class TaskControl:
     def _sources(self) -> list[Any]:
         sources = [self.store]
         backend = getattr(self.app, "task_backend", None)
-        if backend is not None:
+        if backend is not None and hasattr(backend, "read_status"):  # a backend written before status records
             sources.append(backend)
         return sources
 
