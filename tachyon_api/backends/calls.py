@@ -12,7 +12,7 @@ import inspect
 import re
 import sys
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 __all__ = ["check_reference", "check_job_id", "function_path", "import_function", "JOB_ID"]
 
@@ -75,3 +75,18 @@ def check_job_id(job_id: Any) -> None:
             f"with_options(job_id={job_id!r}): a job id is a non-empty string of letters (A-Z, a-z), digits "
             f"(0-9), underscores (_) and dashes (-) only"
         )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def durable_mark(backend: Any, **options: Any) -> Callable[[F], F]:
+    """The decorator of a backend's ``task(...)``: marks a function durable on ``backend``, with the options
+    given (those not None) as its defaults, which the task engine reads when the function is added."""
+    defaults = {key: value for key, value in options.items() if value is not None}
+
+    def mark(func: F) -> F:
+        func.__tachyon_backend__ = (backend, defaults)  # type: ignore[attr-defined]
+        return func
+
+    return mark

@@ -25,12 +25,12 @@ import hashlib
 import logging
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tasks.timers import due_time
 from .base import TaskBackend
-from .calls import check_job_id, check_reference, function_path
+from .calls import F, check_job_id, check_reference, durable_mark, function_path
 
 if TYPE_CHECKING:
     import psycopg
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger("tachyon_api.background")
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Tables of this module beside procrastinate's: idempotency markers, and the traceback of each failed job
 # (procrastinate keeps a job's status, not why it failed). Created with procrastinate's schema, if absent.
@@ -125,17 +124,7 @@ class PostgresBackend(TaskBackend):
 
         The options are the task's defaults; ``add_task(...).with_options(...)`` still overrides them.
         """
-        defaults = {
-            key: value
-            for key, value in dict(retries=retries, retry_delay=retry_delay, timeout=timeout).items()
-            if value is not None
-        }
-
-        def mark(func: F) -> F:
-            func.__tachyon_backend__ = (self, defaults)  # type: ignore[attr-defined]
-            return func
-
-        return mark
+        return durable_mark(self, retries=retries, retry_delay=retry_delay, timeout=timeout)
 
     def check(self, func: Any, args: tuple, kwargs: dict) -> None:
         """Refuse, at ``add_task``, what a worker in another process could not run: a function that does not

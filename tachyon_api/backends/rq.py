@@ -22,7 +22,7 @@ import hashlib
 import logging
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, TaskRecord, encode_result
@@ -30,7 +30,7 @@ from ..tasks.status import running_task
 from ..tasks.timers import due_time
 from ..tracing import job_span, traceparent
 from .base import TaskBackend
-from .calls import JOB_ID, check_job_id, check_reference
+from .calls import JOB_ID, F, check_job_id, check_reference, durable_mark
 from .commit import GroupCommit, NotStored, OutcomeUnknown, bulk
 from .redis_status import JobTracker, RedisStatus
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["RQBackend"]
 
 logger = logging.getLogger("tachyon_api.background")
-F = TypeVar("F", bound=Callable[..., Any])
 
 # One run stores the jobs of every request of a group commit. ARGV: the key of RQ's set of queues, this queue's
 # key, the number of requests, then per request: its idempotency marker key ("" for none), the request's
@@ -196,19 +195,10 @@ class RQBackend(TaskBackend):
 
         The options are the task's defaults; ``add_task(...).with_options(...)`` still overrides them.
         """
-        defaults = {
-            key: value
-            for key, value in dict(
-                retries=retries, retry_delay=retry_delay, timeout=timeout, result_ttl=result_ttl, failure_ttl=failure_ttl
-            ).items()
-            if value is not None
-        }
-
-        def mark(func: F) -> F:
-            func.__tachyon_backend__ = (self, defaults)  # type: ignore[attr-defined]
-            return func
-
-        return mark
+        return durable_mark(
+            self, retries=retries, retry_delay=retry_delay, timeout=timeout, result_ttl=result_ttl,
+            failure_ttl=failure_ttl,
+        )
 
     def check(self, func: Any, args: tuple, kwargs: dict) -> None:
         """Refuse, at ``add_task``, what a worker in another process could not run."""
