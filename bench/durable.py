@@ -32,9 +32,22 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 
 def wrk(url: str, duration: int) -> tuple[float, str, int]:
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s",
-         str(HERE / "lua" / "post_empty.lua"), url],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c64",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(HERE / "lua" / "post_empty.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+(\S+)", out).group(1)
@@ -47,6 +60,7 @@ def wrk(url: str, duration: int) -> tuple[float, str, int]:
 
 def venv(code: str, env: dict) -> str:
     return subprocess.run([str(PYTHON), "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
 
 ENQUEUE_COST = """
 import asyncio, os, time
@@ -90,18 +104,50 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = venv(SERVER, dict(os.environ)).strip()
     redis = subprocess.Popen(
-        ["taskset", "-c", "1", server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "taskset",
+            "-c",
+            "1",
+            server,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PYTHONPATH": str(HERE / "apps")}
     web = None
     try:
         wait_port(redis_port)
         web = subprocess.Popen(
-            ["taskset", "-c", "0", str(PYTHON), "-m", "uvicorn", "durable_app:app", "--port", str(web_port),
-             "--loop", "uvloop", "--http", "httptools", "--log-level", "error", "--no-access-log"],
-            cwd=HERE / "apps", env=env,
+            [
+                "taskset",
+                "-c",
+                "0",
+                str(PYTHON),
+                "-m",
+                "uvicorn",
+                "durable_app:app",
+                "--port",
+                str(web_port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--log-level",
+                "error",
+                "--no-access-log",
+            ],
+            cwd=HERE / "apps",
+            env=env,
         )
         wait_port(web_port)
         results: dict[str, list[tuple[float, str, int]]] = {"inprocess": [], "durable": []}
@@ -115,9 +161,17 @@ def main() -> None:
                 if name == "durable":
                     stored.append((int(venv(QUEUED, env)), results[name][-1][2]))
                 venv(FLUSH, env)
-        grouped, single = map(float, subprocess.run(
-            [str(PYTHON), "-c", ENQUEUE_COST], cwd=HERE / "apps", env=env, capture_output=True, text=True, check=True
-        ).stdout.split())
+        grouped, single = map(
+            float,
+            subprocess.run(
+                [str(PYTHON), "-c", ENQUEUE_COST],
+                cwd=HERE / "apps",
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split(),
+        )
     finally:
         if web is not None:
             web.terminate()
@@ -136,21 +190,32 @@ def main() -> None:
     lines = [
         "# Durable vs in-process background tasks",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/durable.py --duration {args.duration}"
-        f" --rounds {args.rounds}`",
-        f"- machine: nproc={os.cpu_count()}; server on CPU 0, wrk and Redis ({Path(server).name}) on CPU 1; wrk -t1 -c64",
+        (
+            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/durable.py "
+            f"--duration {args.duration} --rounds {args.rounds}`"
+        ),
+        (
+            f"- machine: nproc={os.cpu_count()}; server on CPU 0, wrk and Redis ({Path(server).name}) on CPU 1; "
+            "wrk -t1 -c64"
+        ),
         "",
         "| endpoint | req/s (median) | p99 (last round) | vs in-process |",
         "|---|---:|---:|---:|",
         f"| `POST /inprocess` (one in-process sync task) | {inproc:,.0f} | {results['inprocess'][-1][1]} | 1.00x |",
-        f"| `POST /durable` (one task stored in Redis before the response) | {durable:,.0f} | "
-        f"{results['durable'][-1][1]} | {durable / inproc:.2f}x |",
+        (
+            f"| `POST /durable` (one task stored in Redis before the response) | {durable:,.0f} | "
+            f"{results['durable'][-1][1]} | {durable / inproc:.2f}x |"
+        ),
         "",
-        f"Jobs stored in Redis by one web process under load (median of the durable runs): {jobs_per_second:,.0f}/s"
-        f" (jobs found / requests answered per run: {', '.join(f'{j}/{r}' for j, r in stored)}).",
+        (
+            f"Jobs stored in Redis by one web process under load (median of the durable runs): {jobs_per_second:,.0f}/s"
+            f" (jobs found / requests answered per run: {', '.join(f'{j}/{r}' for j, r in stored)})."
+        ),
         "",
-        f"Cost of one durable task, in process, loopback Redis: {grouped:.0f} us with the group commit (64 requests"
-        f" at once), {single:.0f} us with RQ's own enqueue one at a time (`Queue.enqueue`).",
+        (
+            f"Cost of one durable task, in process, loopback Redis: {grouped:.0f} us with the group commit (64 requests"
+            f" at once), {single:.0f} us with RQ's own enqueue one at a time (`Queue.enqueue`)."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -41,10 +41,20 @@ if not UPSTREAM:
 SCENARIOS = {
     "hello": ("GET", "/hello", b"", [], b""),
     "items": ("GET", "/items/42", b"q=test&limit=5", [], b""),
-    "create-item": ("POST", "/items", b"", [(b"content-type", b"application/json")],
-                    b'{"name":"Widget","price":9.99,"in_stock":true}'),
-    "orders": ("POST", "/orders", b"", [(b"content-type", b"application/json")],
-               b'{"customer":"Alice","lines":[{"item_id":1,"qty":2},{"item_id":2,"qty":1}]}'),
+    "create-item": (
+        "POST",
+        "/items",
+        b"",
+        [(b"content-type", b"application/json")],
+        b'{"name":"Widget","price":9.99,"in_stock":true}',
+    ),
+    "orders": (
+        "POST",
+        "/orders",
+        b"",
+        [(b"content-type", b"application/json")],
+        b'{"customer":"Alice","lines":[{"item_id":1,"qty":2},{"item_id":2,"qty":1}]}',
+    ),
     "user": ("GET", "/users/1", b"", [], b""),
     "auth": ("GET", "/auth", b"", [(b"x-api-key", b"secret")], b""),
     "profile": ("GET", "/users/1/profile", b"", [], b""),
@@ -58,9 +68,17 @@ SCENARIOS = {
 
 def scope_for(method: str, path: str, query: bytes, headers: list) -> dict:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000"), *headers], "client": ("127.0.0.1", 50000),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), *headers],
+        "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
 
@@ -96,8 +114,7 @@ async def drive(app, names: list[str], warmup: int, n: int) -> dict[str, float]:
         if message["type"] == "lifespan.startup.complete":
             started.set()
 
-    lifespan = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, messages.get,
-                                         lifespan_send))
+    lifespan = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, messages.get, lifespan_send))
     await started.wait()
     timings = {}
     for name in names:
@@ -146,9 +163,25 @@ def run_inprocess(args) -> None:
 def run_callgrind(args) -> None:
     out = Path(tempfile.mkdtemp(prefix="tachyon-callgrind-"))
     python = str(BENCH / ".venvs" / "upstream" / "bin" / "python") if args.upstream else sys.executable
-    cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}/cg.out",
-           python, __file__, "--scenarios", ",".join(args.scenarios), "--warmup", str(args.warmup),
-           "--requests", str(args.requests), "--loop", args.loop, "--app", args.app, "--quiet"]
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-before=getppid",
+        f"--callgrind-out-file={out}/cg.out",
+        python,
+        __file__,
+        "--scenarios",
+        ",".join(args.scenarios),
+        "--warmup",
+        str(args.warmup),
+        "--requests",
+        str(args.requests),
+        "--loop",
+        args.loop,
+        "--app",
+        args.app,
+        "--quiet",
+    ]
     cmd += (["--inline"] if args.inline else []) + (["--upstream"] if args.upstream else [])
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     parts = sorted(glob.glob(f"{out}/cg.out.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
@@ -159,9 +192,11 @@ def run_callgrind(args) -> None:
         totals.append(int(found.group(1)) if found else 0)
     # Part 1 ends at the first getppid (imports, startup, first warm-up); then measured, warm-up, measured...
     measured = totals[1::2]
-    print(f"loop={args.loop} app={args.app} inline={args.inline} upstream={args.upstream} warmup={args.warmup} "
-          f"N={args.requests} (Ir per request)")
-    for name, ir in zip(args.scenarios, measured):
+    print(
+        f"loop={args.loop} app={args.app} inline={args.inline} upstream={args.upstream} warmup={args.warmup} "
+        f"N={args.requests} (Ir per request)"
+    )
+    for name, ir in zip(args.scenarios, measured, strict=False):
         print(f"{name:12s} {ir / args.requests:10,.0f}")
 
 
@@ -172,10 +207,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--inline", action="store_true", help="the app with sync_to_thread=False (tachyon_inline)")
-    parser.add_argument("--app", default="tachyon_app",
-                        help="the app module in bench/apps: tachyon_bare, tachyon_observed (observability overhead)")
-    parser.add_argument("--upstream", action="store_true",
-                        help="with --callgrind: the app on tachyon-api 1.3 (bench/.venvs/upstream, made by bench/run.py)")
+    parser.add_argument(
+        "--app",
+        default="tachyon_app",
+        help="the app module in bench/apps: tachyon_bare, tachyon_observed (observability overhead)",
+    )
+    parser.add_argument(
+        "--upstream",
+        action="store_true",
+        help="with --callgrind: the app on tachyon-api 1.3 (bench/.venvs/upstream, made by bench/run.py)",
+    )
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

@@ -53,61 +53,127 @@ JSON_CT = {"Content-Type": "application/json"}
 # Scenarios and contenders
 # ---------------------------------------------------------------------------
 class Scenario:
-    def __init__(self, name, method, path, expect, lua=None, body=None,
-                 headers=None, task=None, probe=False, title="", neighbour=None):
+    def __init__(
+        self,
+        name,
+        method,
+        path,
+        expect,
+        lua=None,
+        body=None,
+        headers=None,
+        task=None,
+        probe=False,
+        title="",
+        neighbour=None,
+    ):
         self.name = name
         self.method = method
         self.path = path
-        self.expect = expect          # dict that must be a subset of the JSON reply
-        self.lua = lua                # wrk script in bench/lua (POST bodies / headers)
-        self.body = body              # body for the one-off correctness check
+        self.expect = expect  # dict that must be a subset of the JSON reply
+        self.lua = lua  # wrk script in bench/lua (POST bodies / headers)
+        self.body = body  # body for the one-off correctness check
         self.headers = headers or {}  # headers for the one-off correctness check
-        self.task = task              # /stats counter a background task increments
-        self.probe = probe            # measure GET /ping latency while loading
+        self.task = task  # /stats counter a background task increments
+        self.probe = probe  # measure GET /ping latency while loading
         self.title = title
-        self.neighbour = neighbour    # (path, connections): a second wrk that loads it meanwhile
+        self.neighbour = neighbour  # (path, connections): a second wrk that loads it meanwhile
 
 
 SCENARIOS = [
-    Scenario("hello", "GET", "/hello", {"message": "Hello, World!"},
-             title="1 GET /hello"),
-    Scenario("items", "GET", "/items/42?q=test&limit=5",
-             {"item_id": 42, "q": "test", "limit": 5},
-             title="2 path+query params"),
-    Scenario("create-item", "POST", "/items", {"created": "Widget", "price": 9.99},
-             lua="post_item.lua", body=ITEM_BODY, headers=JSON_CT,
-             title="3 POST Struct body"),
-    Scenario("orders", "POST", "/orders", {"customer": "Alice", "total_items": 3},
-             lua="post_order.lua", body=ORDER_BODY, headers=JSON_CT,
-             title="4 POST nested body"),
-    Scenario("user", "GET", "/users/1",
-             {"id": 1, "username": "user_1", "email": "user_1@example.com"},
-             title="5 response_model"),
-    Scenario("auth", "GET", "/auth", {"authenticated": True},
-             lua="auth.lua", headers={"x-api-key": "secret"},
-             title="6 Header + HTTPException"),
-    Scenario("profile", "GET", "/users/1/profile", {"id": 1, "source": "db"},
-             title="7 Depends(@injectable)"),
-    Scenario("search", "GET", "/search?q=foo&page=1&size=20&active=true",
-             {"q": "foo", "page": 1, "size": 20, "active": True, "tags": []},
-             title="8 four query params"),
-    Scenario("hello-async", "GET", "/hello-async", {"message": "Hello, World!"},
-             title="9 async def hello"),
-    Scenario("task-sync", "POST", "/task-sync", {"ok": True},
-             lua="post_empty.lua", body="", task="sync",
-             title="10 BackgroundTasks sync"),
-    Scenario("notask", "POST", "/notask", {"ok": True},
-             lua="post_empty.lua", body="",
-             title="11 same, no task"),
-    Scenario("task-async", "POST", "/task-async", {"ok": True},
-             lua="post_empty.lua", body="", task="async",
-             title="12 BackgroundTasks async"),
-    Scenario("task-slow", "POST", "/task-slow", {"ok": True},
-             lua="post_empty.lua", body="", task="slow_done", probe=True,
-             title="13 50 ms sync task + /ping probe"),
-    Scenario("blocking-neighbour", "GET", "/hello", {"message": "Hello, World!"},
-             neighbour=("/block", 4),
-             title="14 /hello while 4 connections call a def endpoint that sleeps 50 ms"),
+    Scenario("hello", "GET", "/hello", {"message": "Hello, World!"}, title="1 GET /hello"),
+    Scenario(
+        "items",
+        "GET",
+        "/items/42?q=test&limit=5",
+        {"item_id": 42, "q": "test", "limit": 5},
+        title="2 path+query params",
+    ),
+    Scenario(
+        "create-item",
+        "POST",
+        "/items",
+        {"created": "Widget", "price": 9.99},
+        lua="post_item.lua",
+        body=ITEM_BODY,
+        headers=JSON_CT,
+        title="3 POST Struct body",
+    ),
+    Scenario(
+        "orders",
+        "POST",
+        "/orders",
+        {"customer": "Alice", "total_items": 3},
+        lua="post_order.lua",
+        body=ORDER_BODY,
+        headers=JSON_CT,
+        title="4 POST nested body",
+    ),
+    Scenario(
+        "user",
+        "GET",
+        "/users/1",
+        {"id": 1, "username": "user_1", "email": "user_1@example.com"},
+        title="5 response_model",
+    ),
+    Scenario(
+        "auth",
+        "GET",
+        "/auth",
+        {"authenticated": True},
+        lua="auth.lua",
+        headers={"x-api-key": "secret"},
+        title="6 Header + HTTPException",
+    ),
+    Scenario("profile", "GET", "/users/1/profile", {"id": 1, "source": "db"}, title="7 Depends(@injectable)"),
+    Scenario(
+        "search",
+        "GET",
+        "/search?q=foo&page=1&size=20&active=true",
+        {"q": "foo", "page": 1, "size": 20, "active": True, "tags": []},
+        title="8 four query params",
+    ),
+    Scenario("hello-async", "GET", "/hello-async", {"message": "Hello, World!"}, title="9 async def hello"),
+    Scenario(
+        "task-sync",
+        "POST",
+        "/task-sync",
+        {"ok": True},
+        lua="post_empty.lua",
+        body="",
+        task="sync",
+        title="10 BackgroundTasks sync",
+    ),
+    Scenario("notask", "POST", "/notask", {"ok": True}, lua="post_empty.lua", body="", title="11 same, no task"),
+    Scenario(
+        "task-async",
+        "POST",
+        "/task-async",
+        {"ok": True},
+        lua="post_empty.lua",
+        body="",
+        task="async",
+        title="12 BackgroundTasks async",
+    ),
+    Scenario(
+        "task-slow",
+        "POST",
+        "/task-slow",
+        {"ok": True},
+        lua="post_empty.lua",
+        body="",
+        task="slow_done",
+        probe=True,
+        title="13 50 ms sync task + /ping probe",
+    ),
+    Scenario(
+        "blocking-neighbour",
+        "GET",
+        "/hello",
+        {"message": "Hello, World!"},
+        neighbour=("/block", 4),
+        title="14 /hello while 4 connections call a def endpoint that sleeps 50 ms",
+    ),
 ]
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK_SCENARIOS = ["hello", "hello-async", "items", "task-sync", "notask"]
@@ -200,16 +266,22 @@ def import_check(python, modules, env=None, inside=None):
     With `inside`, tachyon_api must also come from that directory."""
     code = "import " + ", ".join(modules)
     if inside is not None:
-        code += ("\nimport os, tachyon_api\n"
-                 "p = os.path.realpath(tachyon_api.__file__)\n"
-                 "assert p.startswith(%r), p" % (str(Path(inside).resolve()) + os.sep))
-    res = subprocess.run([str(python), "-c", code], cwd=APPS, env=env or clean_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        code += "\nimport os, tachyon_api\np = os.path.realpath(tachyon_api.__file__)\nassert p.startswith(%r), p" % (
+            str(Path(inside).resolve()) + os.sep
+        )
+    res = subprocess.run(
+        [str(python), "-c", code],
+        cwd=APPS,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return res.returncode == 0, res.stdout.strip()
 
 
 def pip_install(python, packages):
-    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"] + packages
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *packages]
     log("  $ " + shlex.join(cmd))
     return subprocess.call(cmd, env=clean_env()) == 0
 
@@ -220,25 +292,30 @@ def ensure_venv(name, packages, modules, inside=None):
         ok, _ = import_check(py, modules, inside=inside)
         if ok:
             return py
-        log("venv bench/.venvs/%s is incomplete: (re)installing %s" % (name, " ".join(packages)))
+        log("venv bench/.venvs/{} is incomplete: (re)installing {}".format(name, " ".join(packages)))
     else:
-        log("creating venv bench/.venvs/%s ..." % name)
+        log(f"creating venv bench/.venvs/{name} ...")
         VENVS.mkdir(parents=True, exist_ok=True)
         rc = subprocess.call([sys.executable, "-m", "venv", str(VENVS / name)], env=clean_env())
         if rc != 0 or not py.exists():
             raise SetupError("python -m venv %s failed" % (VENVS / name))
     if not pip_install(py, packages):
-        raise SetupError("pip install into bench/.venvs/%s failed" % name)
+        raise SetupError(f"pip install into bench/.venvs/{name} failed")
     ok, out = import_check(py, modules, inside=inside)
     if not ok:
-        raise SetupError("bench/.venvs/%s: import check failed after install:\n%s" % (name, out))
+        raise SetupError(f"bench/.venvs/{name}: import check failed after install:\n{out}")
     return py
 
 
 def dist_version(python, dist, env=None):
-    res = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version(%r))" % dist],
-                         cwd=APPS, env=env or clean_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    res = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+        cwd=APPS,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     return res.stdout.strip() if res.returncode == 0 else None
 
 
@@ -251,12 +328,12 @@ def ensure_uvicorn(python, name, uv_pin):
     have = dist_version(python, "uvicorn")
     if have == uv_pin:
         return
-    log("bench/.venvs/%s: uvicorn %s -> %s (same server for every contender)" % (name, have, uv_pin))
+    log(f"bench/.venvs/{name}: uvicorn {have} -> {uv_pin} (same server for every contender)")
     # A resolver complaint about the framework's own uvicorn pin is expected here.
-    pip_install(python, ["uvicorn==%s" % uv_pin])
+    pip_install(python, [f"uvicorn=={uv_pin}"])
     have = dist_version(python, "uvicorn")
     if have != uv_pin:
-        warn("bench/.venvs/%s: could not install uvicorn==%s (has %s)" % (name, uv_pin, have))
+        warn(f"bench/.venvs/{name}: could not install uvicorn=={uv_pin} (has {have})")
 
 
 def setup_ours(uv_pin):
@@ -268,28 +345,32 @@ def setup_ours(uv_pin):
     if (ROOT / "pyproject.toml").exists() or (ROOT / "setup.py").exists():
         try:
             # The metrics extra: the ours-observed contender mounts Prometheus metrics.
-            py = ensure_venv("ours", ["-e", "%s[metrics]" % ROOT] + SERVER_PKGS,
-                             ["uvicorn", "uvloop", "httptools", "tachyon_api", "prometheus_client"], inside=ROOT)
+            py = ensure_venv(
+                "ours",
+                ["-e", f"{ROOT}[metrics]", *SERVER_PKGS],
+                ["uvicorn", "uvloop", "httptools", "tachyon_api", "prometheus_client"],
+                inside=ROOT,
+            )
             ensure_uvicorn(py, "ours", uv_pin)
             return py, clean_env(), "bench/.venvs/ours (pip install -e .)"
         except SetupError as exc:
-            warn("ours: editable install failed, falling back to PYTHONPATH: %s" % exc)
+            warn(f"ours: editable install failed, falling back to PYTHONPATH: {exc}")
     else:
-        warn("ours: no pyproject.toml at the repo root yet: using the fallback "
-             "(repo .venv python + PYTHONPATH=%s)" % ROOT)
+        warn(
+            f"ours: no pyproject.toml at the repo root yet: using the fallback (repo .venv python + PYTHONPATH={ROOT})"
+        )
     py = ROOT / ".venv" / "bin" / "python"
     if not py.exists():
         py = Path(sys.executable)
     env = clean_env()
     env["PYTHONPATH"] = str(ROOT)
-    ok, out = import_check(py, ["uvicorn", "uvloop", "httptools", "tachyon_api"],
-                           env=env, inside=ROOT)
+    ok, out = import_check(py, ["uvicorn", "uvloop", "httptools", "tachyon_api"], env=env, inside=ROOT)
     if not ok:
-        warn("ours: `import tachyon_api` from %s fails: %s" % (ROOT, out.splitlines()[-1:] or out))
+        warn(f"ours: `import tachyon_api` from {ROOT} fails: {out.splitlines()[-1:] or out}")
     have = dist_version(py, "uvicorn", env)
     if uv_pin and uv_pin != "native" and have != uv_pin:
-        warn("ours (fallback %s) has uvicorn %s, the other contenders get %s" % (py, have, uv_pin))
-    return py, env, "fallback: %s with PYTHONPATH=%s" % (py, ROOT)
+        warn(f"ours (fallback {py}) has uvicorn {have}, the other contenders get {uv_pin}")
+    return py, env, f"fallback: {py} with PYTHONPATH={ROOT}"
 
 
 def setup_contenders(names, uv_pin):
@@ -305,36 +386,47 @@ def setup_contenders(names, uv_pin):
                 py, env, how = cache[venv]
             elif venv == "upstream":
                 if venv not in cache:
-                    cache[venv] = ensure_venv("upstream", [UPSTREAM_SPEC] + SERVER_PKGS,
-                                              ["uvicorn", "uvloop", "httptools", "tachyon_api"])
+                    cache[venv] = ensure_venv(
+                        "upstream", [UPSTREAM_SPEC, *SERVER_PKGS], ["uvicorn", "uvloop", "httptools", "tachyon_api"]
+                    )
                     ensure_uvicorn(cache[venv], "upstream", uv_pin)
                 py, env, how = cache[venv], clean_env(), "bench/.venvs/upstream"
             else:
                 if venv not in cache:
-                    cache[venv] = ensure_venv("fastapi", ["fastapi", "msgspec"] + SERVER_PKGS,
-                                              ["uvicorn", "uvloop", "httptools", "fastapi", "msgspec"])
+                    cache[venv] = ensure_venv(
+                        "fastapi",
+                        ["fastapi", "msgspec", *SERVER_PKGS],
+                        ["uvicorn", "uvloop", "httptools", "fastapi", "msgspec"],
+                    )
                     ensure_uvicorn(cache[venv], "fastapi", uv_pin)
                 py, env, how = cache[venv], clean_env(), "bench/.venvs/fastapi"
         except SetupError as exc:
-            warn("%s: setup failed, all its cells will be FAIL: %s" % (name, exc))
-            out[name] = {"python": None, "env": None, "module": module, "how": "setup failed",
-                         "error": str(exc)}
+            warn(f"{name}: setup failed, all its cells will be FAIL: {exc}")
+            out[name] = {"python": None, "env": None, "module": module, "how": "setup failed", "error": str(exc)}
             continue
-        res = subprocess.run([str(py), "-c", VERSION_SNIPPET], cwd=APPS, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        res = subprocess.run(
+            [str(py), "-c", VERSION_SNIPPET],
+            cwd=APPS,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             versions = json.loads(res.stdout.strip().splitlines()[-1])
         except Exception:
             versions = {"error": res.stdout.strip()[-300:]}
         if name in ("raw", "fastapi"):
             versions.pop("tachyon_api file", None)
-        out[name] = {"python": py, "env": env, "module": module, "how": how,
-                     "versions": versions}
+        out[name] = {"python": py, "env": env, "module": module, "how": how, "versions": versions}
     for dist in ("uvicorn", "uvloop", "httptools"):
         seen = {n: s["versions"].get(dist) for n, s in out.items() if s.get("versions")}
         if len(set(seen.values())) > 1:
-            warn("contenders run different %s versions: %s" % (
-                dist, ", ".join("%s=%s" % kv for kv in seen.items())))
+            warn(
+                "contenders run different {} versions: {}".format(
+                    dist, ", ".join("{}={}".format(*kv) for kv in seen.items())
+                )
+            )
     return out
 
 
@@ -374,24 +466,44 @@ class Server:
         self.port = None
         self.error = None
         self.cmd = None
-        self.logfile = LOGS / ("%s.log" % name)
+        self.logfile = LOGS / (f"{name}.log")
 
     def start(self, append=False):
         if self.spec.get("python") is None:
             self.error = self.spec.get("error", "setup failed")
             return
         self.port = free_port()
-        self.cmd = pin(self.cpu) + [
-            str(self.spec["python"]), "-m", "uvicorn", "%s:app" % self.spec["module"],
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-            "--log-level", "error", "--no-access-log",
+        self.cmd = [
+            *pin(self.cpu),
+            str(self.spec["python"]),
+            "-m",
+            "uvicorn",
+            f"{self.spec['module']}:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "error",
+            "--no-access-log",
         ]
         LOGS.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.logfile, "a" if append else "w")
-        self.proc = subprocess.Popen(self.cmd, cwd=APPS, env=self.spec["env"],
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self._log = open(self.logfile, "a" if append else "w")  # noqa: SIM115 - the server's log, open while it runs
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=APPS,
+            env=self.spec["env"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout=30.0):
         if self.proc is None:
@@ -399,14 +511,14 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.error = "server exited with code %s: %s" % (self.proc.returncode, self.log_tail())
+                self.error = f"server exited with code {self.proc.returncode}: {self.log_tail()}"
                 return False
             try:
                 http_request(self.port, "GET", "/hello", timeout=2.0)
                 return True  # any HTTP answer means the port answers
             except (OSError, http.client.HTTPException):
                 time.sleep(0.1)
-        self.error = "port %d did not answer within %.0f s: %s" % (self.port, timeout, self.log_tail())
+        self.error = f"port {self.port} did not answer within {timeout:.0f} s: {self.log_tail()}"
         return False
 
     def log_tail(self, n=8):
@@ -447,7 +559,7 @@ class Server:
 
 
 def read_status_kib(pid, field):
-    with open("/proc/%d/status" % pid) as fh:
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -475,8 +587,11 @@ def same(expected, got):
     if isinstance(expected, dict):
         return isinstance(got, dict) and all(k in got and same(v, got[k]) for k, v in expected.items())
     if isinstance(expected, list):
-        return isinstance(got, list) and len(expected) == len(got) and all(
-            same(a, b) for a, b in zip(expected, got))
+        return (
+            isinstance(got, list)
+            and len(expected) == len(got)
+            and all(same(a, b) for a, b in zip(expected, got, strict=False))
+        )
     return type(expected) is type(got) and expected == got
 
 
@@ -487,20 +602,22 @@ def check_scenario(server, sc):
     notes = []
     before = get_stats(server.port) if sc.task else None
     try:
-        status, data = http_request(server.port, sc.method, sc.path, body=sc.body,
-                                    headers=sc.headers, timeout=10.0)
+        status, data = http_request(server.port, sc.method, sc.path, body=sc.body, headers=sc.headers, timeout=10.0)
     except Exception as exc:
-        return False, "request failed: %s" % exc, notes
+        return False, f"request failed: {exc}", notes
     snippet = data[:160].decode("utf-8", "replace")
     if status != 200:
-        return False, "HTTP %d, body %s" % (status, snippet), notes
+        return False, f"HTTP {status}, body {snippet}", notes
     try:
         got = json.loads(data)
     except ValueError:
-        return False, "body is not JSON: %s" % snippet, notes
+        return False, f"body is not JSON: {snippet}", notes
     if not same(sc.expect, got):
-        return False, "expected %s in the body, got %s" % (
-            json.dumps(sc.expect, separators=(",", ":")), snippet), notes
+        return (
+            False,
+            "expected {} in the body, got {}".format(json.dumps(sc.expect, separators=(",", ":")), snippet),
+            notes,
+        )
 
     if sc.neighbour:
         try:
@@ -508,18 +625,26 @@ def check_scenario(server, sc):
         except Exception as exc:
             st, body = None, str(exc).encode()
         if st != 200:
-            return False, "the neighbour %s answered %s: %s" % (
-                sc.neighbour[0], st, body[:100].decode("utf-8", "replace")), notes
+            return (
+                False,
+                "the neighbour {} answered {}: {}".format(sc.neighbour[0], st, body[:100].decode("utf-8", "replace")),
+                notes,
+            )
     if sc.name == "auth":
-        for hdrs, want, label in (({"x-api-key": "wrong"}, (403,), "wrong key"),
-                                  ({}, (400, 401, 403, 422), "missing header")):
+        for hdrs, want, label in (
+            ({"x-api-key": "wrong"}, (403,), "wrong key"),
+            ({}, (400, 401, 403, 422), "missing header"),
+        ):
             try:
                 st, body = http_request(server.port, "GET", "/auth", headers=hdrs)
             except Exception as exc:
                 st, body = None, str(exc).encode()
             if st not in want:
-                notes.append("/auth with %s answered %s (expected %s): %s"
-                             % (label, st, "/".join(map(str, want)), body[:100].decode("utf-8", "replace")))
+                notes.append(
+                    "/auth with {} answered {} (expected {}): {}".format(
+                        label, st, "/".join(map(str, want)), body[:100].decode("utf-8", "replace")
+                    )
+                )
     if sc.task:
         if before is None:
             notes.append("GET /stats unavailable: cannot verify that the background task runs")
@@ -532,8 +657,11 @@ def check_scenario(server, sc):
                     break
                 time.sleep(0.05)
             if not after.get(sc.task, 0) > before.get(sc.task, 0):
-                return False, "200 OK but the background task never ran (/stats %s stayed %s)" % (
-                    sc.task, before.get(sc.task)), notes
+                return (
+                    False,
+                    f"200 OK but the background task never ran (/stats {sc.task} stayed {before.get(sc.task)})",
+                    notes,
+                )
     return True, "", notes
 
 
@@ -556,7 +684,7 @@ def parse_wrk(text):
     if m:
         res["requests"] = int(m.group(1))
     for pct, val, unit in re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M):
-        res["p%s" % pct] = to_ms(val, unit)
+        res[f"p{pct}"] = to_ms(val, unit)
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if m:
         res["non2xx"] = int(m.group(1))
@@ -572,19 +700,24 @@ def parse_wrk(text):
 
 
 def wrk_cmd(args, port, path, duration, lua=None, connections=None, extra=()):
-    cmd = pin(args.client_cpu) + [
-        args.wrk, "-t1", "-c%d" % (connections or args.connections), "-d%ds" % duration,
-        "--timeout", "%ds" % args.wrk_timeout, "--latency",
+    cmd = [
+        *pin(args.client_cpu),
+        args.wrk,
+        "-t1",
+        f"-c{connections or args.connections}",
+        f"-d{duration}s",
+        "--timeout",
+        f"{args.wrk_timeout}s",
+        "--latency",
     ]
     if lua:
         cmd += ["-s", str(LUA / lua)]
-    cmd.append("http://127.0.0.1:%d%s" % (port, path))
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     return cmd + list(extra)
 
 
 def run_wrk(cmd, timeout):
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         timeout=timeout)
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     out = parse_wrk(res.stdout)
     out["raw"] = res.stdout
     return out
@@ -633,7 +766,7 @@ def percentile(values, pct):
     if not values:
         return None
     vals = sorted(values)
-    k = max(0, min(len(vals) - 1, int(round(pct / 100.0 * len(vals) + 0.5)) - 1))
+    k = max(0, min(len(vals) - 1, round(pct / 100.0 * len(vals) + 0.5) - 1))
     return vals[k]
 
 
@@ -667,8 +800,12 @@ def measure(args, server, sc):
     neighbour = None
     if sc.neighbour:  # keeps loading its path from before the measurement starts to after it ends
         path, conns = sc.neighbour
-        neighbour = subprocess.Popen(wrk_cmd(args, server.port, path, args.duration + 2, connections=conns),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        neighbour = subprocess.Popen(
+            wrk_cmd(args, server.port, path, args.duration + 2, connections=conns),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(0.5)
     cmd = wrk_cmd(args, server.port, sc.path, args.duration, sc.lua)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -712,21 +849,21 @@ def measure(args, server, sc):
 # ---------------------------------------------------------------------------
 def one_line(text, limit=160):
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fmt_rps(v):
-    return "{:,.0f}".format(v) if v is not None else "-"
+    return f"{v:,.0f}" if v is not None else "-"
 
 
 def fmt_ms(v):
     if v is None:
         return "-"
     if v >= 100:
-        return "%.0f ms" % v
+        return f"{v:.0f} ms"
     if v >= 10:
-        return "%.1f ms" % v
-    return "%.2f ms" % v
+        return f"{v:.1f} ms"
+    return f"{v:.2f} ms"
 
 
 def fmt_ratio(a, b):
@@ -754,15 +891,26 @@ def machine_info(args):
     except OSError:
         nproc = str(os.cpu_count())
     try:
-        wrkv = subprocess.run([args.wrk, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True).stdout.strip().splitlines()[0]
+        wrkv = (
+            subprocess.run([args.wrk, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except Exception:
         wrkv = "?"
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "tachyon_api"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tachyon_api"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ).stdout.strip()
         rev = (rev or "no commit yet") + (" (tachyon_api/ has uncommitted changes)" if dirty else "")
     except OSError:
         rev = "?"
@@ -775,7 +923,7 @@ def machine_info(args):
         "nproc": nproc,
         "cpu": cpu,
         "kernel": platform.release(),
-        "python": "%s (%s)" % (platform.python_version(), sys.executable),
+        "python": f"{platform.python_version()} ({sys.executable})",
         "wrk": wrkv,
         "git": rev,
     }
@@ -783,44 +931,51 @@ def machine_info(args):
 
 def command_line():
     script = os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())
-    return shlex.join(["python", script] + sys.argv[1:])
+    return shlex.join(["python", script, *sys.argv[1:]])
 
 
 def header_md(args, info, specs, mode):
     lines = [
-        "# tachyon_api benchmark (%s)" % mode,
+        f"# tachyon_api benchmark ({mode})",
         "",
-        "- date: %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-        "- command: `%s` (cwd %s)" % (command_line(), os.getcwd()),
-        "- machine: nproc=%s, CPU: %s, kernel %s" % (info["nproc"], info["cpu"], info["kernel"]),
-        "- harness python: %s" % info["python"],
-        "- load average (1/5/15 min) before starting: %s (the servers and wrk share the 2 cores with "
-        "nothing else only if this is near 0)" % info["load"],
-        "- %s; repo HEAD %s" % (info["wrk"], info["git"]),
+        "- date: {}".format(datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")),
+        f"- command: `{command_line()}` (cwd {os.getcwd()})",
+        "- machine: nproc={}, CPU: {}, kernel {}".format(info["nproc"], info["cpu"], info["kernel"]),
+        "- harness python: {}".format(info["python"]),
+        "- load average (1/5/15 min) before starting: {} (the servers and wrk share the 2 cores with "
+        "nothing else only if this is near 0)".format(info["load"]),
+        "- {}; repo HEAD {}".format(info["wrk"], info["git"]),
     ]
     if mode == "throughput":
         lines += [
-            "- settings: %d round(s) x %d s (after %d s warm-up), wrk -t1 -c%d --timeout %ds --latency, "
-            "server on CPU %s, wrk on CPU %s; contenders alternate round-robin per scenario"
-            % (args.rounds, args.duration, args.warmup, args.connections, args.wrk_timeout,
-               args.server_cpu, args.client_cpu),
+            (
+                f"- settings: {args.rounds} round(s) x {args.duration} s (after {args.warmup} s warm-up), wrk -t1 "
+                f"-c{args.connections} --timeout {args.wrk_timeout}s --latency, server on CPU {args.server_cpu}, "
+                f"wrk on CPU {args.client_cpu}; contenders alternate round-robin per scenario"
+            ),
         ]
     lines += ["", "Contenders:", ""]
     for name, spec in specs.items():
         v = dict(spec.get("versions") or {})
         tfile = v.pop("tachyon_api file", None)
-        vs = ", ".join("%s %s" % (k, val) for k, val in v.items())
-        lines.append("- **%s** (`%s`): %s; %s%s" % (
-            name, spec["module"], spec["how"], vs,
-            ("; tachyon_api from %s" % tfile) if tfile else ""))
+        vs = ", ".join(f"{k} {val}" for k, val in v.items())
+        lines.append(
+            "- **{}** (`{}`): {}; {}{}".format(
+                name, spec["module"], spec["how"], vs, (f"; tachyon_api from {tfile}") if tfile else ""
+            )
+        )
     return lines
 
 
 def report(args, info, specs, scenarios, contenders, results, failures, notes):
     lines = header_md(args, info, specs, "throughput")
-    lines += ["", "## Results (median over rounds)", "",
-              "| scenario | contender | req/s | p99 | vs raw | vs upstream | req/s per round |",
-              "|---|---|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "## Results (median over rounds)",
+        "",
+        "| scenario | contender | req/s | p99 | vs raw | vs upstream | req/s per round |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     medians = {}
     for sc in scenarios:
         for c in contenders:
@@ -832,95 +987,157 @@ def report(args, info, specs, scenarios, contenders, results, failures, notes):
         raw = medians.get((sc.name, "raw"), (None, None))[0]
         up = medians.get((sc.name, "upstream"), (None, None))[0]
         for c in contenders:
-            label = "%s `%s %s`" % (sc.name, sc.method, sc.path)
+            label = f"{sc.name} `{sc.method} {sc.path}`"
             if (sc.name, c) in failures:
-                lines.append("| %s | %s | FAIL | FAIL | - | - | %s |" % (
-                    label, c, one_line(failures[(sc.name, c)], 120).replace("|", "/")))
+                lines.append(
+                    "| {} | {} | FAIL | FAIL | - | - | {} |".format(
+                        label, c, one_line(failures[(sc.name, c)], 120).replace("|", "/")
+                    )
+                )
                 continue
             if (sc.name, c) not in medians:
-                lines.append("| %s | %s | - | - | - | - | not run |" % (label, c))
+                lines.append(f"| {label} | {c} | - | - | - | - | not run |")
                 continue
             runs = results[(sc.name, c)]
             rps, p99 = medians[(sc.name, c)]
             flag = ""
             if any(r["non2xx"] or r["errors"] or not r["rps"] for r in runs):
                 flag = " (!)"
-            lines.append("| %s | %s | %s%s | %s | %s | %s | %s |" % (
-                label, c, fmt_rps(rps), flag, fmt_ms(p99), fmt_ratio(rps, raw), fmt_ratio(rps, up),
-                " / ".join(fmt_rps(r["rps"]) for r in runs)))
+            lines.append(
+                "| {} | {} | {}{} | {} | {} | {} | {} |".format(
+                    label,
+                    c,
+                    fmt_rps(rps),
+                    flag,
+                    fmt_ms(p99),
+                    fmt_ratio(rps, raw),
+                    fmt_ratio(rps, up),
+                    " / ".join(fmt_rps(r["rps"]) for r in runs),
+                )
+            )
 
     # Derived numbers.
     names = {sc.name for sc in scenarios}
     derived = []
     if {"task-sync", "notask"} <= names or {"task-async", "notask"} <= names:
-        derived += ["", "### Background-task overhead (task endpoint req/s / `notask` req/s; target >= 0.80)", "",
-                    "| contender | task-sync / notask | task-async / notask |", "|---|---:|---:|"]
+        derived += [
+            "",
+            "### Background-task overhead (task endpoint req/s / `notask` req/s; target >= 0.80)",
+            "",
+            "| contender | task-sync / notask | task-async / notask |",
+            "|---|---:|---:|",
+        ]
         for c in contenders:
             nt = medians.get(("notask", c), (None,))[0]
             ts = medians.get(("task-sync", c), (None,))[0]
             ta = medians.get(("task-async", c), (None,))[0]
-            derived.append("| %s | %s | %s |" % (c, fmt_ratio(ts, nt), fmt_ratio(ta, nt)))
+            derived.append(f"| {c} | {fmt_ratio(ts, nt)} | {fmt_ratio(ta, nt)} |")
     if {"ours-bare", "ours-observed"} <= set(contenders):
-        derived += ["", "### Observability overhead (ours-observed req/s / ours-bare req/s; target >= 0.95)", "",
-                    "| scenario | ours-bare | ours-observed | ratio |", "|---|---:|---:|---:|"]
+        derived += [
+            "",
+            "### Observability overhead (ours-observed req/s / ours-bare req/s; target >= 0.95)",
+            "",
+            "| scenario | ours-bare | ours-observed | ratio |",
+            "|---|---:|---:|---:|",
+        ]
         for sc in scenarios:
             bare = medians.get((sc.name, "ours-bare"), (None,))[0]
             observed = medians.get((sc.name, "ours-observed"), (None,))[0]
-            derived.append("| %s | %s | %s | %s |" % (sc.name, fmt_rps(bare), fmt_rps(observed),
-                                                     fmt_ratio(observed, bare)))
+            derived.append(f"| {sc.name} | {fmt_rps(bare)} | {fmt_rps(observed)} | {fmt_ratio(observed, bare)} |")
     if {"hello", "hello-async"} <= names:
-        derived += ["", "### hello vs hello-async (ratio to raw)", "",
-                    "| contender | hello / raw | hello-async / raw |", "|---|---:|---:|"]
+        derived += [
+            "",
+            "### hello vs hello-async (ratio to raw)",
+            "",
+            "| contender | hello / raw | hello-async / raw |",
+            "|---|---:|---:|",
+        ]
         for c in contenders:
             h = medians.get(("hello", c), (None,))[0]
             ha = medians.get(("hello-async", c), (None,))[0]
-            derived.append("| %s | %s | %s |" % (
-                c, fmt_ratio(h, medians.get(("hello", "raw"), (None,))[0]),
-                fmt_ratio(ha, medians.get(("hello-async", "raw"), (None,))[0])))
+            derived.append(
+                "| {} | {} | {} |".format(
+                    c,
+                    fmt_ratio(h, medians.get(("hello", "raw"), (None,))[0]),
+                    fmt_ratio(ha, medians.get(("hello-async", "raw"), (None,))[0]),
+                )
+            )
     if "blocking-neighbour" in names:
-        derived += ["", "### blocking-neighbour: /hello at %d connections while 4 connections call a `def` "
-                        "endpoint sleeping 50 ms (medians; target: /hello p99 < 10 ms)" % args.connections, "",
-                    "| contender | /hello req/s | /hello p99 | /block req/s | /block p99 |",
-                    "|---|---:|---:|---:|---:|"]
+        derived += [
+            "",
+            (
+                f"### blocking-neighbour: /hello at {args.connections} connections while 4 connections call a "
+                "`def` endpoint sleeping 50 ms (medians; target: /hello p99 < 10 ms)"
+            ),
+            "",
+            "| contender | /hello req/s | /hello p99 | /block req/s | /block p99 |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for c in contenders:
             runs = results.get(("blocking-neighbour", c), [])
             if ("blocking-neighbour", c) in failures or not runs:
-                derived.append("| %s | FAIL | - | - | - |" % c)
+                derived.append(f"| {c} | FAIL | - | - | - |")
                 continue
-            derived.append("| %s | %s | %s | %s | %s |" % (
-                c, fmt_rps(med([r["rps"] for r in runs])), fmt_ms(med([r.get("p99") for r in runs])),
-                fmt_rps(med([r.get("neighbour_rps") for r in runs])),
-                fmt_ms(med([r.get("neighbour_p99") for r in runs]))))
+            derived.append(
+                "| {} | {} | {} | {} | {} |".format(
+                    c,
+                    fmt_rps(med([r["rps"] for r in runs])),
+                    fmt_ms(med([r.get("p99") for r in runs])),
+                    fmt_rps(med([r.get("neighbour_rps") for r in runs])),
+                    fmt_ms(med([r.get("neighbour_p99") for r in runs])),
+                )
+            )
     if "task-slow" in names:
-        derived += ["", "### task-slow: GET /ping latency while /task-slow is loaded (medians over rounds)", "",
-                    "| contender | /task-slow req/s | /ping p50 | /ping p99 | /ping samples (errors) "
-                    "| tasks pending at end of run | backlog drained after |",
-                    "|---|---:|---:|---:|---:|---:|---:|"]
+        derived += [
+            "",
+            "### task-slow: GET /ping latency while /task-slow is loaded (medians over rounds)",
+            "",
+            (
+                "| contender | /task-slow req/s | /ping p50 | /ping p99 | /ping samples (errors) "
+                "| tasks pending at end of run | backlog drained after |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for c in contenders:
             runs = results.get(("task-slow", c), [])
             if ("task-slow", c) in failures or not runs:
-                derived.append("| %s | FAIL | - | - | - | - | - |" % c)
+                derived.append(f"| {c} | FAIL | - | - | - | - | - |")
                 continue
             drains = [r.get("drain_s") for r in runs]
             drain = med(drains)
             backlog = med([r.get("backlog") for r in runs])
-            derived.append("| %s | %s | %s | %s | %s (%s) | %s | %s |" % (
-                c, fmt_rps(med([r["rps"] for r in runs])),
-                fmt_ms(med([r.get("ping_p50") for r in runs])),
-                fmt_ms(med([r.get("ping_p99") for r in runs])),
-                sum(r.get("ping_n", 0) for r in runs), sum(r.get("ping_errors", 0) for r in runs),
-                "n/a" if backlog is None else "{:,.0f}".format(backlog),
-                "n/a" if drain is None else ("not within %ds (server restarted)" % args.settle_timeout
-                                            if drain == float("inf") else "%.1f s" % drain)))
+            derived.append(
+                "| {} | {} | {} | {} | {} ({}) | {} | {} |".format(
+                    c,
+                    fmt_rps(med([r["rps"] for r in runs])),
+                    fmt_ms(med([r.get("ping_p50") for r in runs])),
+                    fmt_ms(med([r.get("ping_p99") for r in runs])),
+                    sum(r.get("ping_n", 0) for r in runs),
+                    sum(r.get("ping_errors", 0) for r in runs),
+                    "n/a" if backlog is None else f"{backlog:,.0f}",
+                    "n/a"
+                    if drain is None
+                    else (
+                        f"not within {args.settle_timeout}s (server restarted)"
+                        if drain == float("inf")
+                        else f"{drain:.1f} s"
+                    ),
+                )
+            )
     lines += derived
     if any(r["non2xx"] or r["errors"] or not r["rps"] for runs in results.values() for r in runs):
-        lines += ["", "`(!)`: some responses were non-2xx, hit socket errors/timeouts, or no request "
-                      "completed in a round (see notes)."]
+        lines += [
+            "",
+            (
+                "`(!)`: some responses were non-2xx, hit socket errors/timeouts, or no request "
+                "completed in a round (see notes)."
+            ),
+        ]
     lines.append("")
     if failures or notes:
         lines += ["## Warnings and notes", ""]
         for (s, c), why in failures.items():
-            lines.append("- FAIL %s / %s: %s" % (c, s, one_line(why, 400)))
+            lines.append(f"- FAIL {c} / {s}: {one_line(why, 400)}")
         for n in notes:
             lines.append("- " + n)
         lines.append("")
@@ -930,9 +1147,9 @@ def report(args, info, specs, scenarios, contenders, results, failures, notes):
 def write_results(text, data, stem):
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (RESULTS / ("%s.md" % stem)).write_text(text)
-    (RESULTS / ("%s-%s.md" % (stem.replace("latest", "run"), stamp))).write_text(text)
-    (RESULTS / ("%s.json" % stem)).write_text(json.dumps(data, indent=1, default=str))
+    (RESULTS / (f"{stem}.md")).write_text(text)
+    (RESULTS / ("{}-{}.md".format(stem.replace("latest", "run"), stamp))).write_text(text)
+    (RESULTS / (f"{stem}.json")).write_text(json.dumps(data, indent=1, default=str))
 
 
 # ---------------------------------------------------------------------------
@@ -944,9 +1161,9 @@ def start_servers(specs, cpu):
         s.start()
     for name, s in servers.items():
         if s.proc is not None and s.wait_ready():
-            log("  %-9s ready on port %d (pid %d)" % (name, s.port, s.proc.pid))
+            log(f"  {name:<9} ready on port {s.port} (pid {s.proc.pid})")
         else:
-            warn("%s: server not available: %s" % (name, s.error))
+            warn(f"{name}: server not available: {s.error}")
     return servers
 
 
@@ -955,7 +1172,7 @@ def throughput_mode(args, specs, info):
     contenders = list(specs)
     failures, notes = {}, []
     results = {}
-    log("starting servers (uvicorn, 1 worker, pinned to CPU %s) ..." % args.server_cpu)
+    log(f"starting servers (uvicorn, 1 worker, pinned to CPU {args.server_cpu}) ...")
     servers = start_servers(specs, args.server_cpu)
     try:
         log("checking every scenario once per contender ...")
@@ -967,14 +1184,14 @@ def throughput_mode(args, specs, info):
                     continue
                 ok, why, extra = check_scenario(srv, sc)
                 for n in extra:
-                    notes.append("%s / %s: %s" % (c, sc.name, n))
-                    warn("%s / %s: %s" % (c, sc.name, n))
+                    notes.append(f"{c} / {sc.name}: {n}")
+                    warn(f"{c} / {sc.name}: {n}")
                 if not ok:
                     failures[(sc.name, c)] = why
-                    warn("%s FAILS scenario %s: %s" % (c, sc.name, why))
+                    warn(f"{c} FAILS scenario {sc.name}: {why}")
         todo = sum(1 for sc in scenarios for c in contenders if (sc.name, c) not in failures)
         est = todo * args.rounds * (args.warmup + args.duration + 0.3)
-        log("measuring %d cells x %d round(s), about %.0f s ..." % (todo, args.rounds, est))
+        log(f"measuring {todo} cells x {args.rounds} round(s), about {est:.0f} s ...")
         for rnd in range(args.rounds):
             for sc in scenarios:
                 k = rnd % len(contenders)
@@ -984,58 +1201,72 @@ def throughput_mode(args, specs, info):
                         continue
                     srv = servers[c]
                     if not srv.alive():
-                        failures[(sc.name, c)] = "server died: %s" % srv.log_tail()
-                        warn("%s: server died during %s" % (c, sc.name))
+                        failures[(sc.name, c)] = f"server died: {srv.log_tail()}"
+                        warn(f"{c}: server died during {sc.name}")
                         continue
                     res = measure(args, srv, sc)
                     results.setdefault((sc.name, c), []).append(res)
                     extra = ""
                     if res["non2xx"] or res["errors"]:
-                        extra = "  non-2xx=%d socket-errors=%d" % (res["non2xx"], res["errors"])
-                        notes.append("%s / %s round %d: %d non-2xx responses, %d socket errors "
-                                     "(%d timeouts) out of %d requests" % (
-                                         c, sc.name, rnd + 1, res["non2xx"], res["errors"],
-                                         res["timeouts"], res["requests"]))
+                        extra = f"  non-2xx={res['non2xx']} socket-errors={res['errors']}"
+                        notes.append(
+                            f"{c} / {sc.name} round {rnd + 1}: {res['non2xx']} non-2xx responses, "
+                            f"{res['errors']} socket errors ({res['timeouts']} timeouts) out of "
+                            f"{res['requests']} requests"
+                        )
                     if sc.probe:
-                        extra += "  /ping p50=%s p99=%s (n=%d)" % (
-                            fmt_ms(res.get("ping_p50")), fmt_ms(res.get("ping_p99")), res.get("ping_n", 0))
+                        extra += (
+                            f"  /ping p50={fmt_ms(res.get('ping_p50'))} p99={fmt_ms(res.get('ping_p99'))} "
+                            f"(n={res.get('ping_n', 0)})"
+                        )
                     if res.get("backlog") is not None:
-                        extra += "  pending tasks %s" % "{:,}".format(res["backlog"])
+                        extra += f"  pending tasks {res['backlog']:,}"
                     if res.get("drain_s") is not None:
-                        extra += ", drained in %s" % ("> %ds" % args.settle_timeout
-                                                     if res["drain_s"] == float("inf")
-                                                     else "%.1f s" % res["drain_s"])
-                    log("  round %d  %-12s %-9s %10s req/s  p99 %9s%s" % (
-                        rnd + 1, sc.name, c, fmt_rps(res["rps"]), fmt_ms(res.get("p99")), extra))
+                        extra += ", drained in " + (
+                            f"> {args.settle_timeout}s" if res["drain_s"] == float("inf") else f"{res['drain_s']:.1f} s"
+                        )
+                    log(
+                        f"  round {rnd + 1}  {sc.name:<12} {c:<9} {fmt_rps(res['rps']):>10} req/s  "
+                        f"p99 {fmt_ms(res.get('p99')):>9}{extra}"
+                    )
                     if res["rps"] == 0:
-                        notes.append("%s / %s round %d: no request completed during the %d s run "
-                                     "(wrk timeout %d s)" % (c, sc.name, rnd + 1, args.duration,
-                                                             args.wrk_timeout))
+                        notes.append(
+                            f"{c} / {sc.name} round {rnd + 1}: no request completed during the {args.duration} s "
+                            f"run (wrk timeout {args.wrk_timeout} s)"
+                        )
                     if res.get("drain_s") == float("inf"):
-                        notes.append("%s / %s round %d: %s background tasks still pending after %d s: "
-                                     "server restarted so the next measurement starts clean" % (
-                                         c, sc.name, rnd + 1,
-                                         "{:,}".format(res.get("backlog") or 0), args.settle_timeout))
-                        log("  %s: background backlog not drained after %d s, restarting the server"
-                            % (c, args.settle_timeout))
+                        notes.append(
+                            f"{c} / {sc.name} round {rnd + 1}: {res.get('backlog') or 0:,} background tasks still "
+                            f"pending after {args.settle_timeout} s: server restarted so the next "
+                            "measurement starts clean"
+                        )
+                        log(
+                            f"  {c}: background backlog not drained after {args.settle_timeout} s, "
+                            "restarting the server"
+                        )
                         if not srv.restart(kill=True):
-                            warn("%s: restart failed: %s" % (c, srv.error))
+                            warn(f"{c}: restart failed: {srv.error}")
     finally:
         for s in servers.values():
             s.stop()
     for c in contenders:
         tail = servers[c].log_tail(3)
         if tail and "Traceback" in servers[c].logfile.read_text(errors="replace"):
-            notes.append("%s: its server log has tracebacks, see bench/results/logs/%s.log" % (c, c))
+            notes.append(f"{c}: its server log has tracebacks, see bench/results/logs/{c}.log")
     text = report(args, info, specs, scenarios, contenders, results, failures, notes)
-    data = {"info": info, "command": command_line(),
-            "settings": {k: getattr(args, k) for k in ("rounds", "duration", "warmup", "connections",
-                                                       "server_cpu", "client_cpu")},
-            "contenders": {k: {kk: vv for kk, vv in v.items() if kk != "env"} for k, v in specs.items()},
-            "failures": {"%s/%s" % k: v for k, v in failures.items()},
-            "results": {"%s/%s" % k: [{kk: vv for kk, vv in r.items() if kk != "raw"} for r in v]
-                        for k, v in results.items()},
-            "notes": notes}
+    data = {
+        "info": info,
+        "command": command_line(),
+        "settings": {
+            k: getattr(args, k) for k in ("rounds", "duration", "warmup", "connections", "server_cpu", "client_cpu")
+        },
+        "contenders": {k: {kk: vv for kk, vv in v.items() if kk != "env"} for k, v in specs.items()},
+        "failures": {"{}/{}".format(*k): v for k, v in failures.items()},
+        "results": {
+            "{}/{}".format(*k): [{kk: vv for kk, vv in r.items() if kk != "raw"} for r in v] for k, v in results.items()
+        },
+        "notes": notes,
+    }
     write_results(text, data, "latest")
     return text
 
@@ -1069,14 +1300,14 @@ def wrk_count(args, server, count, connections):
 
 
 def memory_mode(args, specs, info):
-    name = list(specs)[0]
-    log("memory mode: contender %s" % name)
+    name = next(iter(specs))
+    log(f"memory mode: contender {name}")
     servers = start_servers({name: specs[name]}, args.server_cpu)
     srv = servers[name]
     lines = header_md(args, info, {name: specs[name]}, "memory")
     try:
         if not srv.alive():
-            raise SetupError("%s server not available: %s" % (name, srv.error))
+            raise SetupError(f"{name} server not available: {srv.error}")
         bad = []
         for sc in SCENARIOS:
             if sc.name == "task-slow":
@@ -1084,78 +1315,102 @@ def memory_mode(args, specs, info):
             ok, why, _ = check_scenario(srv, sc)
             if not ok:
                 bad.append(sc.name)
-                warn("%s FAILS scenario %s: %s (its requests are still sent)" % (name, sc.name, why))
-        log("phase 1: %d mixed requests ..." % args.memory_first)
+                warn(f"{name} FAILS scenario {sc.name}: {why} (its requests are still sent)")
+        log(f"phase 1: {args.memory_first} mixed requests ...")
         r1 = wrk_count(args, srv, args.memory_first, args.memory_connections)
         time.sleep(1.0)
         rss1 = srv.rss_kib()
-        log("  %d requests in %.1f s, VmRSS %d KiB" % (r1["requests"], r1["elapsed"], rss1))
-        log("phase 2: %d more mixed requests ..." % args.memory_requests)
+        log(f"  {r1['requests']} requests in {r1['elapsed']:.1f} s, VmRSS {rss1} KiB")
+        log(f"phase 2: {args.memory_requests} more mixed requests ...")
         r2 = wrk_count(args, srv, args.memory_requests, args.memory_connections)
         time.sleep(1.0)
         if not srv.alive():
-            raise SetupError("server died during phase 2: %s" % srv.log_tail())
+            raise SetupError(f"server died during phase 2: {srv.log_tail()}")
         rss2 = srv.rss_kib()
         hwm = read_status_kib(srv.proc.pid, "VmHWM")
-        log("  %d requests in %.1f s, VmRSS %d KiB" % (r2["requests"], r2["elapsed"], rss2))
+        log(f"  {r2['requests']} requests in {r2['elapsed']:.1f} s, VmRSS {rss2} KiB")
     finally:
         srv.stop()
     ratio = rss2 / rss1
     verdict = "PASS" if ratio <= 1.10 else "FAIL"
     lines += [
-        "- settings: wrk -t1 -c%d with bench/lua/mixed.lua (12 routes in turn, task endpoints included, "
-        "not /task-slow); server on CPU %s, wrk on CPU %s"
-        % (args.memory_connections, args.server_cpu, args.client_cpu),
+        (
+            f"- settings: wrk -t1 -c{args.memory_connections} with bench/lua/mixed.lua (12 routes in turn, task "
+            f"endpoints included, not /task-slow); server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}"
+        ),
         "",
         "| phase | requests (wrk count) | non-2xx | socket errors | req/s | VmRSS after |",
         "|---|---:|---:|---:|---:|---:|",
-        "| warm-up | %d | %d | %d | %s | %.1f MiB |" % (r1["requests"], r1["non2xx"], r1["errors"],
-                                                     fmt_rps(r1["rps"]), rss1 / 1024.0),
-        "| load | %d | %d | %d | %s | %.1f MiB |" % (r2["requests"], r2["non2xx"], r2["errors"],
-                                                  fmt_rps(r2["rps"]), rss2 / 1024.0),
+        (
+            f"| warm-up | {r1['requests']} | {r1['non2xx']} | {r1['errors']} | {fmt_rps(r1['rps'])} | "
+            f"{rss1 / 1024.0:.1f} MiB |"
+        ),
+        (
+            f"| load | {r2['requests']} | {r2['non2xx']} | {r2['errors']} | {fmt_rps(r2['rps'])} | "
+            f"{rss2 / 1024.0:.1f} MiB |"
+        ),
         "",
-        "RSS ratio after/before: **%.3f** (target <= 1.10): **%s**; VmHWM %.1f MiB" % (
-            ratio, verdict, hwm / 1024.0),
+        f"RSS ratio after/before: **{ratio:.3f}** (target <= 1.10): **{verdict}**; VmHWM {hwm / 1024.0:.1f} MiB",
         "",
     ]
     if bad:
-        lines.append("Scenarios failing their check (their requests were non-2xx): %s" % ", ".join(bad))
+        lines.append("Scenarios failing their check (their requests were non-2xx): {}".format(", ".join(bad)))
         lines.append("")
     text = "\n".join(lines)
-    write_results(text, {"info": info, "command": command_line(), "contender": name,
-                         "rss_kib": [rss1, rss2], "hwm_kib": hwm, "ratio": ratio,
-                         "phases": [{k: v for k, v in r.items() if k != "raw"} for r in (r1, r2)]},
-                  "memory-latest")
+    write_results(
+        text,
+        {
+            "info": info,
+            "command": command_line(),
+            "contender": name,
+            "rss_kib": [rss1, rss2],
+            "hwm_kib": hwm,
+            "ratio": ratio,
+            "phases": [{k: v for k, v in r.items() if k != "raw"} for r in (r1, r2)],
+        },
+        "memory-latest",
+    )
     return text
 
 
 # ---------------------------------------------------------------------------
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="1 round x 3 s on %s" % ",".join(QUICK_SCENARIOS))
-    p.add_argument("--contenders", help="comma list from %s (default: %s)" % (
-        ",".join(CONTENDER_ORDER + EXTRA_CONTENDERS), ",".join(CONTENDER_ORDER)))
+    p.add_argument("--quick", action="store_true", help="1 round x 3 s on {}".format(",".join(QUICK_SCENARIOS)))
+    p.add_argument(
+        "--contenders",
+        help="comma list from {} (default: {})".format(
+            ",".join(CONTENDER_ORDER + EXTRA_CONTENDERS), ",".join(CONTENDER_ORDER)
+        ),
+    )
     p.add_argument("--scenarios", help="comma list (default: all 14; --quick: its 5)")
     p.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per measurement (default 8, --quick 3)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each measurement (2)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     p.add_argument("--wrk-timeout", type=int, default=10, help="wrk --timeout in seconds (10)")
-    p.add_argument("--settle-timeout", type=int, default=20,
-                   help="max seconds to wait for /task-slow background work to drain; after that "
-                        "the server is restarted (20)")
+    p.add_argument(
+        "--settle-timeout",
+        type=int,
+        default=20,
+        help="max seconds to wait for /task-slow background work to drain; after that the server is restarted (20)",
+    )
     p.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to (0)")
     p.add_argument("--client-cpu", type=int, default=1, help="CPU wrk and the probe are pinned to (1)")
-    p.add_argument("--memory", action="store_true",
-                   help="memory mode: RSS after 10,000 then after 1,000,000 more requests (contender: ours)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="memory mode: RSS after 10,000 then after 1,000,000 more requests (contender: ours)",
+    )
     p.add_argument("--memory-first", type=int, default=10000, help="memory mode: first phase (10000)")
-    p.add_argument("--memory-requests", type=int, default=1000000,
-                   help="memory mode: second phase (1000000)")
+    p.add_argument("--memory-requests", type=int, default=1000000, help="memory mode: second phase (1000000)")
     p.add_argument("--memory-connections", type=int, default=64, help="memory mode: wrk connections (64)")
-    p.add_argument("--uvicorn", default=UVICORN_PIN,
-                   help="uvicorn version installed in every bench venv (%s); 'native' keeps what "
-                        "pip resolved for each venv" % UVICORN_PIN)
+    p.add_argument(
+        "--uvicorn",
+        default=UVICORN_PIN,
+        help=f"uvicorn version installed in every bench venv ({UVICORN_PIN}); 'native' keeps what "
+        "pip resolved for each venv",
+    )
     p.add_argument("--list", action="store_true", help="list scenarios and contenders and exit")
     args = p.parse_args(argv)
 
@@ -1166,14 +1421,14 @@ def parse_args(argv):
         args.contenders = split(args.contenders)
         bad = [c for c in args.contenders if c not in CONTENDERS]
         if bad:
-            p.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(CONTENDERS)))
+            p.error("unknown contender(s) {}; known: {}".format(",".join(bad), ",".join(CONTENDERS)))
     else:
         args.contenders = ["ours"] if args.memory else list(CONTENDER_ORDER)
     if args.scenarios:
         args.scenarios = split(args.scenarios)
         bad = [s for s in args.scenarios if s not in SCENARIO_BY_NAME]
         if bad:
-            p.error("unknown scenario(s) %s; known: %s" % (",".join(bad), ",".join(SCENARIO_BY_NAME)))
+            p.error("unknown scenario(s) {}; known: {}".format(",".join(bad), ",".join(SCENARIO_BY_NAME)))
     else:
         args.scenarios = list(QUICK_SCENARIOS) if args.quick else [s.name for s in SCENARIOS]
     if args.rounds is None:
@@ -1193,7 +1448,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         for sc in SCENARIOS:
-            log("%-12s %-4s %-42s %s" % (sc.name, sc.method, sc.path, sc.title))
+            log(f"{sc.name:<12} {sc.method:<4} {sc.path:<42} {sc.title}")
         log("contenders: " + ", ".join(CONTENDERS))
         return 0
     # Make SIGTERM behave like Ctrl-C so that the servers get stopped.
@@ -1209,8 +1464,10 @@ def main(argv=None):
     info = machine_info(args)  # before narrowing our affinity (nproc would say 1)
     try:
         if float(info["load"].split()[0]) > 0.5:
-            warn("load average is %s before starting: other processes compete for the 2 cores, "
-                 "expect noisy numbers" % info["load"])
+            warn(
+                "load average is {} before starting: other processes compete for the 2 cores, "
+                "expect noisy numbers".format(info["load"])
+            )
     except ValueError:
         pass
     try:  # keep the harness (and the probe) off the server CPU
@@ -1232,8 +1489,7 @@ def main(argv=None):
         return 130
     log("")
     log(text)
-    log("written to %s (setup %.0f s, total %.0f s)" % (
-        os.path.relpath(out), t_setup, time.monotonic() - t0))
+    log(f"written to {os.path.relpath(out)} (setup {t_setup:.0f} s, total {time.monotonic() - t0:.0f} s)")
     return 0
 
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from ports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,16 +80,43 @@ def main() -> None:
     (folder / "events_app.py").write_text(APP)
     redis_port, web_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
-    procs = [subprocess.Popen([redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+    ]
     try:
         wait_port(redis_port)
         log = open(folder / "processes.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen([sys.executable, "-m", "tachyon_api", "run", "events_app:app", "--port",
-                                       str(web_port), "--log-level", "warning"], cwd=folder, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tachyon_api", "worker", "events_app:app"], cwd=folder,
-                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tachyon_api",
+                    "run",
+                    "events_app:app",
+                    "--port",
+                    str(web_port),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tachyon_api", "worker", "events_app:app"],
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_port(web_port)
         latencies = []
         with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=30) as client:
@@ -101,9 +127,11 @@ def main() -> None:
                 assert record["state"] == "succeeded", record
                 latencies.append((arrived - record["result"]) * 1000)
         latencies.sort()
-        print(f"{len(latencies)} durable jobs: completion to final SSE event, ms: "
-              f"median {statistics.median(latencies):.1f}, p90 {latencies[int(len(latencies) * 0.9) - 1]:.1f}, "
-              f"max {latencies[-1]:.1f} (target: median < 100)")
+        print(
+            f"{len(latencies)} durable jobs: completion to final SSE event, ms: "
+            f"median {statistics.median(latencies):.1f}, p90 {latencies[int(len(latencies) * 0.9) - 1]:.1f}, "
+            f"max {latencies[-1]:.1f} (target: median < 100)"
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tachyon_api import Tachyon  # noqa: E402
-from tachyon_api.background import BackgroundTasks  # noqa: E402
+from tachyon_api import Tachyon
+from tachyon_api.background import BackgroundTasks
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -51,9 +51,17 @@ def add_one(background_tasks: BackgroundTasks) -> dict:
 
 
 SCOPE = {
-    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-    "path": "/task", "raw_path": b"/task", "query_string": b"", "root_path": "",
-    "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"0")], "client": ("127.0.0.1", 50000),
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "POST",
+    "scheme": "http",
+    "path": "/task",
+    "raw_path": b"/task",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"0")],
+    "client": ("127.0.0.1", 50000),
     "server": ("127.0.0.1", 8000),
 }
 
@@ -85,7 +93,7 @@ async def main(tasks: int, baseline: int, every: int) -> float:
     print(f"{'tasks':>10} {'records':>8} {'RSS MiB':>8} {'ratio':>6}")
     for done in range(1, tasks + 1):
         await request()
-        if done == baseline or (done > baseline and done % every == 0) or done == tasks:
+        if done in (baseline, tasks) or (done > baseline and done % every == 0):
             await app.background.join()
             gc.collect()
             rss = rss_mib()

@@ -42,8 +42,9 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 class EchoClient(asyncio.Protocol):
-    def __init__(self, host: str, port: int, frame: bytes, reply_size: int, counter: list[int],
-                 ready: asyncio.Future) -> None:
+    def __init__(
+        self, host: str, port: int, frame: bytes, reply_size: int, counter: list[int], ready: asyncio.Future
+    ) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
         self.handshake = (
             f"GET /echo HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -122,18 +123,59 @@ def client_main(args: argparse.Namespace) -> None:
 def one_round(target: str, args: argparse.Namespace) -> float:
     port = free_port()
     server = subprocess.Popen(
-        ["taskset", "-c", "0", str(PYTHON), "-m", "uvicorn", target, "--port", str(port), "--workers", "1",
-         "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio", "--ws-ping-interval", "600",
-         "--log-level", "error", "--no-access-log", "--app-dir", str(HERE / "apps")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "taskset",
+            "-c",
+            "0",
+            str(PYTHON),
+            "-m",
+            "uvicorn",
+            target,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets-sansio",
+            "--ws-ping-interval",
+            "600",
+            "--log-level",
+            "error",
+            "--no-access-log",
+            "--app-dir",
+            str(HERE / "apps"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_port(port)
         out = subprocess.run(
-            ["taskset", "-c", "1", str(PYTHON), __file__, "--client", "--port", str(port),
-             "--connections", str(args.connections), "--size", str(args.size),
-             "--duration", str(args.duration), "--warmup", str(args.warmup)],
-            capture_output=True, text=True, check=True,
+            [
+                "taskset",
+                "-c",
+                "1",
+                str(PYTHON),
+                __file__,
+                "--client",
+                "--port",
+                str(port),
+                "--connections",
+                str(args.connections),
+                "--size",
+                str(args.size),
+                "--duration",
+                str(args.duration),
+                "--warmup",
+                str(args.warmup),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return json.loads(out)["per_second"]
     finally:
@@ -163,16 +205,20 @@ def main() -> None:
             results[name].append(figure)
             print(f"round {index + 1}: {name:<9} {figure:>10,.0f} round trips/s", flush=True)
     ours, theirs = (statistics.median(results[name]) for name in CONTENDERS)
-    table = "\n".join([
-        f"WebSocket echo, {args.connections} connections, {args.size}-byte text messages, "
-        f"{args.rounds} rounds x {args.duration:g} s, median round trips per second",
-        "",
-        "| ours | Starlette WebSocket | ours / Starlette |",
-        "|---:|---:|---:|",
-        f"| **{ours:,.0f}** | {theirs:,.0f} | {ours / theirs:.2f}x |",
-        "",
-        f"Command: python bench/websocket.py {' '.join(sys.argv[1:])}",
-    ])
+    table = "\n".join(
+        [
+            (
+                f"WebSocket echo, {args.connections} connections, {args.size}-byte text messages, "
+                f"{args.rounds} rounds x {args.duration:g} s, median round trips per second"
+            ),
+            "",
+            "| ours | Starlette WebSocket | ours / Starlette |",
+            "|---:|---:|---:|",
+            f"| **{ours:,.0f}** | {theirs:,.0f} | {ours / theirs:.2f}x |",
+            "",
+            f"Command: python bench/websocket.py {' '.join(sys.argv[1:])}",
+        ]
+    )
     print(table)
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)

@@ -68,14 +68,24 @@ print(first[0], first[1], end, done)
 
 
 def python(code: str, env: dict, *args: str, timeout: float = 600) -> str:
-    return subprocess.run([str(PYTHON), "-c", code, *args], env=env, cwd=HERE / "apps", capture_output=True,
-                          text=True, check=True, timeout=timeout).stdout
+    return subprocess.run(
+        [str(PYTHON), "-c", code, *args],
+        env=env,
+        cwd=HERE / "apps",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    ).stdout
 
 
 def workers(env: dict, count: int, *args: str) -> list[subprocess.Popen]:
     return [
-        subprocess.Popen([str(PYTHON), "-m", "tachyon_api", "worker", "worker_app:app", "--log-level", "warning",
-                          *args], cwd=HERE / "apps", env=env)
+        subprocess.Popen(
+            [str(PYTHON), "-m", "tachyon_api", "worker", "worker_app:app", "--log-level", "warning", *args],
+            cwd=HERE / "apps",
+            env=env,
+        )
         for _ in range(count)
     ]
 
@@ -108,20 +118,45 @@ def under_load(env: dict, duration: int) -> tuple[float, float, int]:
     """(requests accepted/s by one web process, jobs executed/s by 2 workers meanwhile, backlog at the end)."""
     python("import os, redis; redis.Redis.from_url(os.environ['BENCH_REDIS_URL']).flushall()", env)
     port = free_port()
-    web = subprocess.Popen([str(PYTHON), "-m", "tachyon_api", "run", "worker_app:app", "--port", str(port),
-                            "--no-access-log", "--log-level", "warning"], cwd=HERE / "apps", env=env)
+    web = subprocess.Popen(
+        [
+            str(PYTHON),
+            "-m",
+            "tachyon_api",
+            "run",
+            "worker_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=HERE / "apps",
+        env=env,
+    )
     procs = workers(env, 2)
     try:
         wait_port(port)
         time.sleep(2)  # the workers are listening
         out = subprocess.run(
-            ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(HERE / "lua" / "post_empty.lua"),
-             f"http://127.0.0.1:{port}/durable"], capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                "-t1",
+                "-c32",
+                f"-d{duration}s",
+                "-s",
+                str(HERE / "lua" / "post_empty.lua"),
+                f"http://127.0.0.1:{port}/durable",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         counts = python(
             "import os; from redis import Redis; from rq import Queue; q = Queue('bench-workers', connection="
             "Redis.from_url(os.environ['BENCH_REDIS_URL'])); print(q.finished_job_registry.get_job_count(cleanup="
-            "False), q.count)", env,
+            "False), q.count)",
+            env,
         ).split()
     finally:
         stop(procs)
@@ -141,8 +176,21 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = python(SERVER, dict(os.environ)).strip()
     redis = subprocess.Popen(
-        [server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            server,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PYTHONPATH": f"{HERE / 'apps'}"}
     rows = []
@@ -150,7 +198,9 @@ def main() -> None:
         wait_port(redis_port)
         for processes in (1, 2):
             rate = drain(env, "trivial", args.jobs, processes)
-            rows.append((f"trivial sync jobs, {processes} worker process(es), --concurrency 16", rate, rate / processes))
+            rows.append(
+                (f"trivial sync jobs, {processes} worker process(es), --concurrency 16", rate, rate / processes)
+            )
         rate = drain(env, "io_second", args.io_jobs, 1, "--concurrency", "500")
         rows.append(("async jobs awaiting 1 s, 1 worker process, --concurrency 500", rate, rate))
         loaded = under_load(env, args.duration) if shutil.which("wrk") else None
@@ -162,10 +212,14 @@ def main() -> None:
     lines = [
         "# tachyon worker throughput",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/workers.py --jobs {args.jobs} "
-        f"--io-jobs {args.io_jobs} --duration {args.duration}`",
-        f"- machine: nproc={os.cpu_count()}, load average at the end {load:.2f}; Redis: {Path(server).name}, "
-        f"no persistence; python {sys.version.split()[0]}",
+        (
+            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/workers.py --jobs {args.jobs} "
+            f"--io-jobs {args.io_jobs} --duration {args.duration}`"
+        ),
+        (
+            f"- machine: nproc={os.cpu_count()}, load average at the end {load:.2f}; Redis: {Path(server).name}, "
+            f"no persistence; python {sys.version.split()[0]}"
+        ),
         "",
         "| scenario | jobs/s | jobs/s per process |",
         "|---|---:|---:|",
@@ -175,9 +229,11 @@ def main() -> None:
         accepted, executed, backlog = loaded
         lines += [
             "",
-            f"Under load (`tachyon run`, 1 process, wrk -t1 -c32 for {args.duration} s on POST /durable, 2 workers "
-            f"running meanwhile): {accepted:,.0f} requests accepted/s, {executed:,.0f} jobs executed/s, "
-            f"{backlog:,} jobs still queued at the end.",
+            (
+                f"Under load (`tachyon run`, 1 process, wrk -t1 -c32 for {args.duration} s on POST /durable, 2 workers "
+                f"running meanwhile): {accepted:,.0f} requests accepted/s, {executed:,.0f} jobs executed/s, "
+                f"{backlog:,} jobs still queued at the end."
+            ),
         ]
     text = "\n".join(lines) + "\n"
     print(text)

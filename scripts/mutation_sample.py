@@ -51,8 +51,10 @@ def main() -> None:
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     share = killed / checked if checked else 0.0
     margin = 1.96 * math.sqrt(share * (1 - share) / checked) if checked else 0.0  # normal approximation
-    print(f"{args.module}: {killed} / {checked} = {share:.1%} (95% interval +-{margin:.1%}) "
-          f"of a sample of {len(sample)} among {len(names)} mutants; {counts}")
+    print(
+        f"{args.module}: {killed} / {checked} = {share:.1%} (95% interval +-{margin:.1%}) "
+        f"of a sample of {len(sample)} among {len(names)} mutants; {counts}"
+    )
 
 
 if __name__ == "__main__":

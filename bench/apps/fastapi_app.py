@@ -11,7 +11,6 @@ a class would build a new instance per request in the thread pool).
 import collections
 import threading
 import time
-from typing import List, Optional
 
 from fastapi import BackgroundTasks, Body, Depends, FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel
@@ -32,7 +31,7 @@ class OrderLine(BaseModel):
 
 class Order(BaseModel):
     customer: str
-    lines: List[OrderLine]
+    lines: list[OrderLine]
 
 
 class UserOut(BaseModel):
@@ -59,7 +58,7 @@ def hello():
 
 
 @app.get("/items/{item_id}")
-def get_item(item_id: int, q: Optional[str] = Query(None), limit: int = Query(10)):
+def get_item(item_id: int, q: str | None = Query(None), limit: int = Query(10)):
     return {"item_id": item_id, "q": q, "limit": limit}
 
 

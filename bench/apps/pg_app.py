@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from tachyon_api import Depends, Tachyon
-from tachyon_api.background import BackgroundTasks, RQBackend
 from tachyon_api.backends.postgres import PostgresBackend
+from tachyon_api.background import BackgroundTasks, RQBackend
 
 DSN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 backend = PostgresBackend(DSN, queue="bench", pool_size=20)

@@ -17,7 +17,6 @@ import asyncio
 import collections
 import threading
 import time
-from typing import List, Optional
 from urllib.parse import unquote_plus
 
 import msgspec
@@ -36,7 +35,7 @@ class OrderLine(msgspec.Struct):
 
 class Order(msgspec.Struct):
     customer: str
-    lines: List[OrderLine]
+    lines: list[OrderLine]
 
 
 class UserOut(msgspec.Struct):
@@ -62,7 +61,7 @@ def _start(status: int, body: bytes):
     return {
         "type": "http.response.start",
         "status": status,
-        "headers": _JSON_HEADERS + [(b"content-length", str(len(body)).encode())],
+        "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
     }
 
 
@@ -197,7 +196,7 @@ async def app(scope, receive, send):
             try:
                 item_id = int(path[7:])
                 qs = _parse_qs(scope["query_string"])
-                q: Optional[str] = qs.get("q")
+                q: str | None = qs.get("q")
                 limit = int(qs.get("limit", 10))
             except ValueError:
                 return await _unprocessable(send, "bad parameter")
@@ -239,7 +238,7 @@ async def app(scope, receive, send):
                 return await _unprocessable(send, str(exc))
             return await _send_json(
                 send,
-                {"customer": order.customer, "total_items": sum(l.qty for l in order.lines)},
+                {"customer": order.customer, "total_items": sum(line.qty for line in order.lines)},
             )
         if path == "/notask":
             return await _send_bytes(send, _OK)

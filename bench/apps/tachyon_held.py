@@ -2,10 +2,11 @@
 ``Accepted(task)``, so some tasks are held: the task-sync and task-async scenarios measure what a
 fire-and-forget task costs in an app that serves task status (contender ``ours-held``, bench/README.md)."""
 
+from tachyon_app import app, record_sync
+
 from tachyon_api.background import BackgroundTasks
 from tachyon_api.responses import Accepted
 from tachyon_api.tasks import task_status_router
-from tachyon_app import app, record_sync
 
 app.include_router(task_status_router(public=True))
 
