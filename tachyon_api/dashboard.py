@@ -6,8 +6,8 @@ unless ``public=True`` says so explicitly: task names, request paths and traceba
 
 Routes, relative to the router's prefix:
 
-- ``GET /`` (the prefix itself): the page. Server-rendered HTML with its CSS and JavaScript inline (no build step, no CDN, so it
-  works on an air-gapped host); it updates itself from the event stream without a reload.
+- ``GET /`` (the prefix itself): the page. Server-rendered HTML with its CSS and JavaScript inline (no build step,
+  no CDN, so it works on an air-gapped host); it updates itself from the event stream without a reload.
 - ``GET /data``: the same data as JSON, for scripts.
 - ``GET /events``: Server-Sent Events, one ``data:`` line of that JSON whenever it changes (checked every
   ``refresh`` seconds) and a comment line every 15 s to keep proxies from closing an idle stream. The open
@@ -199,7 +199,8 @@ table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:.3rem .6
 text-align:left;vertical-align:top}th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .totals{display:flex;flex-wrap:wrap;gap:.6rem}.totals div{background:#fff;border:1px solid #e3e3e3;padding:.4rem .7rem}
 .totals b{display:block;font-size:1.2rem}.bad{color:#b00020}.muted{color:#777}
-pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padding:.4rem;max-height:18rem;overflow:auto}
+pre{white-space:pre-wrap;margin:.3rem 0 0;font-size:12px;background:#f6f6f6;padding:.4rem;max-height:18rem;
+overflow:auto}
 #status{font-size:12px}button{cursor:pointer}
 </style></head>
 <body>
@@ -223,9 +224,15 @@ const base = location.pathname.replace(/\\/$/, "");
 const $ = (id) => document.getElementById(id);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
   if (cls) e.className = cls; return e; }
-function ms(s) { return s === null || s === undefined ? "-" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
-function row(cells) { const tr = el("tr"); for (const [v, cls] of cells) tr.append(el("td", String(v), cls)); return tr; }
-function note(text, span) { const tr = el("tr"); const td = el("td", text, "muted"); td.colSpan = span; tr.append(td); return tr; }
+function ms(s) {
+  return s === null || s === undefined ? "-" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s";
+}
+function row(cells) {
+  const tr = el("tr"); for (const [v, cls] of cells) tr.append(el("td", String(v), cls)); return tr;
+}
+function note(text, span) {
+  const tr = el("tr"); const td = el("td", text, "muted"); td.colSpan = span; tr.append(td); return tr;
+}
 function cancelButton(id) {
   const b = el("button", "Cancel"); b.dataset.task = id;
   b.onclick = async (ev) => { ev.preventDefault(); b.disabled = true;
@@ -251,9 +258,9 @@ function render(data) {
                 "cancelled"];
   for (const k of keys) {
     const box = el("div", k.replace("_", " ")); box.prepend(el("b", String(data.totals[k]))); t.append(box); }
-  $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"], [r.failed, r.failed ? "n bad" : "n"],
-    [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"], [r.cancelled, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"],
-    [ms(r.p99), "n"]])));
+  $("names").replaceChildren(...data.names.map((r) => row([[r.name], [r.succeeded, "n"],
+    [r.failed, r.failed ? "n bad" : "n"], [r.retried, "n"], [r.timed_out, "n"], [r.dropped, "n"],
+    [r.cancelled, "n"], [ms(r.p50), "n"], [ms(r.p95), "n"], [ms(r.p99), "n"]])));
   $("running").replaceChildren(...data.running.map((r) => { const tr = row([[r.name], [r.method + " " + r.path],
     [r.attempt, "n"], [r.age.toFixed(0) + " s", "n"]]); tr.append(idCell(r.id)); return tr; }));
   if (!data.running.length) $("running").append(note("nothing running", 5));
@@ -271,9 +278,13 @@ function render(data) {
     dv.append(el("h2", "Durable queue " + data.durable.queue));
     if (data.durable.error) { dv.append(el("p", data.durable.error, "bad")); return; }
     const c = el("div"); c.className = "totals";
-    for (const [k, v] of Object.entries(data.durable.counts)) { const box = el("div", k); box.prepend(el("b", String(v))); c.append(box); }
+    for (const [k, v] of Object.entries(data.durable.counts)) {
+      const box = el("div", k); box.prepend(el("b", String(v))); c.append(box);
+    }
     const running = el("table"); running.id = "durable-running";
-    for (const job of data.durable.running) { const tr = row([[job.name]]); tr.append(idCell(job.id)); running.append(tr); }
+    for (const job of data.durable.running) {
+      const tr = row([[job.name]]); tr.append(idCell(job.id)); running.append(tr);
+    }
     if (!data.durable.running.length) running.append(note("no job running", 2));
     dv.append(c, el("h2", "Running jobs"), running, el("h2", "Failed jobs"));
     if (!data.durable.failed.length) dv.append(el("p", "no failed jobs", "muted"));
