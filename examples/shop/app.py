@@ -25,14 +25,15 @@ import secrets
 import shutil
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
 from msgspec import Meta
 
 from tachyon_api import Cookie, Depends, Header, HTTPException, Request, Struct, Tachyon, UploadFile
-from tachyon_api.background import BackgroundTasks, RQBackend
 from tachyon_api.backends.base import TaskBackend
+from tachyon_api.background import BackgroundTasks, RQBackend
 from tachyon_api.exceptions import RequestValidationError
 from tachyon_api.responses import Accepted, HTMLResponse, JSONResponse, validation_error_response
 from tachyon_api.tasks import task_status_router
@@ -108,7 +109,7 @@ def database_error(request: Request, exc: Exception) -> JSONResponse:
     """
     if not isinstance(exc, sqlite3.OperationalError) or "locked" in str(exc) or "busy" in str(exc):
         logger.warning("Database unavailable in %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "The database is busy, try again"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": "The database is busy, try again"}, 503, headers={"Retry-After": "1"})
     logger.error("Database error in %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}, 500)
 

@@ -21,7 +21,8 @@ import contextlib
 import datetime as dt
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Union
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .settings import get_settings
 
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import AsyncConnectionPool
 
-    Connection = Union[sqlite3.Connection, psycopg.Connection[Row]]
-    AsyncConnection = Union[sqlite3.Connection, psycopg.AsyncConnection[Row]]
+    Connection = sqlite3.Connection | psycopg.Connection[Row]
+    AsyncConnection = sqlite3.Connection | psycopg.AsyncConnection[Row]
 else:  # psycopg is only installed for PostgreSQL, and the framework reads the endpoints' annotations at run time
     Connection = AsyncConnection = Any
 
@@ -124,7 +125,7 @@ def now() -> str:
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {column[0]: value for column, value in zip(cursor.description, row)}
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
 
 class _SqliteCursor(sqlite3.Cursor):

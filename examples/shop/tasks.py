@@ -28,9 +28,9 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
