@@ -62,6 +62,8 @@ async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
     for folder in (settings.data_dir, settings.upload_dir, settings.mailbox_dir):
         folder.mkdir(parents=True, exist_ok=True)
     await database.open_pool()
+    if settings.task_backend == "postgres":  # the job tables too, so /stats can count jobs before the first one
+        await backend.create_schema()  # type: ignore[union-attr]  # a PostgresBackend
     await asyncio.to_thread(database.connect().close)  # creates the tables
     server = None
     if settings.local_smtp:
