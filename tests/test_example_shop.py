@@ -421,15 +421,18 @@ def test_product_views_are_counted_in_the_background(shop: Shop) -> None:
     assert background["succeeded"] >= 3 and background["scheduled"] >= 3
     assert set(background) >= {"scheduled", "queued", "running", "succeeded", "failed", "retried", "dropped"}
 
-    invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1.234})
-    assert invalid.status_code == 422
-    assert invalid.json()["errors"] == [
-        {
-            "loc": ["body", "price"],
-            "msg": "Expected a non-negative amount with at most 2 decimals",
-            "type": "value_error",
-        }
-    ]
+    for price in (1.234, "1e30", "92233720368547758.08"):  # the last one is 2**63 cents: beyond 64-bit integers
+        invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": price})
+        assert invalid.status_code == 422, (price, invalid.text)
+        assert invalid.json()["errors"] == [
+            {
+                "loc": ["body", "price"],
+                "msg": "Expected a non-negative amount with at most 2 decimals",
+                "type": "value_error",
+            }
+        ]
+    too_many = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1, "stock": 2**63})
+    assert too_many.status_code == 422 and too_many.json()["errors"][0]["loc"] == ["body", "stock"]
 
 
 # --- a real SMTP host instead of the built-in one ------------------------------------------------------------
@@ -549,6 +552,11 @@ def test_postgres_mode_keeps_the_data_and_its_tasks_in_one_database(tmp_path: Pa
         order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
         assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
         assert [job["args"]["args"] for job in jobs(running, "send_order_webhook")] == [[order_id]]
+
+        # PostgreSQL refuses a NUL character in a text (SQLite takes it): the client's mistake, a 422, not a 500.
+        for response in (running.http.get("/products/A%00B"),
+                         running.http.post("/reset-password", params={"email": "dave@example.com\x00"})):
+            assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR", response.text
 
         stats = running.http.get("/stats").json()
         assert stats["task_backend"] == "postgres" and stats["totals"]["users"] == 1

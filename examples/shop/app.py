@@ -145,13 +145,18 @@ async def transaction() -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+MAX_INT = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT store
+
+
 def validation_error(field: str, message: str) -> RequestValidationError:
     """A 422 with the framework's error body, for a rule the type annotations cannot express."""
     return RequestValidationError([{"loc": ["body", field], "msg": message, "type": "value_error"}])
 
 
 def to_cents(amount: Decimal, field: str) -> int:
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+    """An amount as whole cents, which the database stores as a 64-bit integer (larger ones are refused here:
+    the database would fail on them, and quantizing one of more than 28 digits raises)."""
+    if not amount.is_finite() or not 0 <= amount * 100 <= MAX_INT or amount != amount.quantize(Decimal("0.01")):
         raise validation_error(field, "Expected a non-negative amount with at most 2 decimals")
     return int(amount * 100)
 
@@ -163,8 +168,9 @@ Email = Annotated[str, Meta(pattern=NO_CONTROL + r"[^@\s]+@[^@\s]+\.[^@\s]+$", m
 Name = Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_CONTROL)]
 Sku = Annotated[str, Meta(pattern=tasks.SKU.pattern)]
 Url = Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)]
-# SQLite integers are 64-bit: a larger value makes the query raise OverflowError, so it is refused (422) first.
-RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+# The databases' integers are 64-bit: a larger value makes the query fail (SQLite: OverflowError, PostgreSQL:
+# out of range), so it is refused (422) first.
+RowId = Annotated[int, Meta(ge=1, le=MAX_INT)]
 
 
 @app.get("/")
@@ -304,7 +310,7 @@ async def import_products(
 @app.get("/imports/{import_id}")
 async def import_status(
     import_id: str,
-    max_errors: Annotated[int, Meta(le=2**63 - 1)] = 100,
+    max_errors: Annotated[int, Meta(le=MAX_INT)] = 100,
     db: AsyncConnection = Depends(transaction, scope="function"),
 ):
     """Progress and outcome: ``status`` is queued, running, completed or failed."""
@@ -323,7 +329,7 @@ class ProductIn(Struct):
     id: Sku
     name: Name
     price: Decimal
-    stock: Annotated[int, Meta(ge=0)] = 0
+    stock: Annotated[int, Meta(ge=0, le=MAX_INT)] = 0
 
 
 def product_out(row: Row) -> dict[str, Any]:
