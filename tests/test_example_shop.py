@@ -29,6 +29,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from .conftest import ROOT, ServerProcess, free_port
+from .postgres_server import PostgresServer
 
 APP = "examples.shop.app:app"
 SECRET = "test-webhook-secret"
@@ -665,6 +666,28 @@ def test_postgres_mode_imports_a_csv_and_its_progress_shows_while_it_runs(tmp_pa
         assert result["errors"] == [{"line": 702, "message": "invalid price 'x'"}]
         assert running.query("SELECT count(*) AS n FROM products")[0]["n"] == 1199
         assert running.query("SELECT name FROM products WHERE id = 'IMP-00600'") == [{"name": "Product 600"}]
+        running.stop()
+    finally:
+        running.server.stop()
+
+
+def test_postgres_mode_answers_503_while_the_database_is_down_and_recovers(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=own_postgres.url)
+    try:
+        assert running.http.post("/signup", json={"email": "gil@example.com", "name": "Gil"}).status_code == 201
+        own_postgres.stop()
+        down = running.http.post("/signup", json={"email": "hana@example.com", "name": "Hana"})
+        assert (down.status_code, down.json()) == (503, {"detail": "The database is unavailable"})
+        assert down.headers["retry-after"] == "1"
+        own_postgres.start()
+        again = running.http.post("/signup", json={"email": "hana@example.com", "name": "Hana"})
+        assert again.status_code == 201, again.text  # the pool replaced the connections that died
+        assert [row["email"] for row in running.query("SELECT email FROM users ORDER BY id")] == [
+            "gil@example.com", "hana@example.com"
+        ]
+        assert len(jobs(running, "send_welcome_email")) == 2
         running.stop()
     finally:
         running.server.stop()

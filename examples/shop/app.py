@@ -61,10 +61,9 @@ async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
     """
     for folder in (settings.data_dir, settings.upload_dir, settings.mailbox_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    await database.open_pool()
+    await database.open_database()
     if settings.task_backend == "postgres":  # the job tables too, so /stats can count jobs before the first one
         await backend.create_schema()  # type: ignore[union-attr]  # a PostgresBackend
-    await asyncio.to_thread(database.connect().close)  # creates the tables
     server = None
     if settings.local_smtp:
         try:
@@ -79,7 +78,7 @@ async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
     if server is not None:
         server.close()
         await server.wait_closed()
-    await database.close_pool()
+    await database.close_database()
 
 
 def make_backend() -> TaskBackend | None:
@@ -104,21 +103,22 @@ app = Tachyon(
 
 
 def database_error(request: Request, exc: Exception) -> JSONResponse:
-    """A locked database, or a PostgreSQL that cannot be reached, is a temporary condition: 503 and a hint to
-    retry. Anything else is a plain 500.
+    """A locked SQLite database, or a PostgreSQL that cannot be reached, is a temporary condition: 503 and a
+    hint to retry. Anything else is a plain 500.
 
     A handler replaces the framework's logging of the error, so it logs what it handles itself.
     """
     if not isinstance(exc, sqlite3.OperationalError) or "locked" in str(exc) or "busy" in str(exc):
         logger.warning("Database unavailable in %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "The database is busy, try again"}, 503, headers={"Retry-After": "1"})
+        detail = "The database is busy, try again" if isinstance(exc, sqlite3.Error) else "The database is unavailable"
+        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1"})
     logger.error("Database error in %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}, 500)
 
 
 def invalid_value(request: Request, exc: Exception) -> JSONResponse:
-    """A value PostgreSQL refuses (a NUL character in a text, a number beyond BIGINT): the client's error, a 422
-    with the framework's validation body. SQLite accepts the same values, or refuses them the same way."""
+    """A value PostgreSQL refuses (a NUL character in a text, which SQLite stores): the client's error, a 422
+    with the framework's validation body."""
     logger.info("Value refused by the database in %s %s: %s", request.method, request.url.path, exc)
     return validation_error_response(f"Value refused by the database: {exc}")
 

@@ -206,22 +206,29 @@ def transaction() -> Iterator[Connection]:
 
 
 # --- the endpoints' side -----------------------------------------------------------------------------------
-async def open_pool() -> None:
-    """Open the web process's pool of PostgreSQL connections (nothing to do on SQLite); the app's lifespan
-    calls it, and :func:`close_pool` at the end."""
+async def open_database() -> None:
+    """Create the tables, and on PostgreSQL open the web process's pool of connections (the app's lifespan
+    calls it, and :func:`close_database` at the end).
+
+    The pool waits up to 5 seconds for a connection (then the request is a 503), and checks each one as it is
+    taken, so the connections that died with a restarted server are replaced, not used.
+    """
     global _pool
+    await asyncio.to_thread(_create_tables)
     url = get_settings().postgres_url
     if url is None:
         return
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
-    await asyncio.to_thread(_create_tables)
-    _pool = AsyncConnectionPool(url, kwargs={"row_factory": dict_row}, open=False, timeout=5, name="shop")
+    _pool = AsyncConnectionPool(
+        url, kwargs={"row_factory": dict_row}, min_size=1, max_size=10, timeout=5, open=False,
+        check=AsyncConnectionPool.check_connection, name="shop",
+    )
     await _pool.open()
 
 
-async def close_pool() -> None:
+async def close_database() -> None:
     global _pool
     if _pool is not None:
         await _pool.close()
@@ -236,7 +243,6 @@ async def connection() -> AsyncIterator[AsyncConnection]:
             yield conn
         return
     conn = await asyncio.to_thread(connect)
-    assert isinstance(conn, sqlite3.Connection)
     try:
         yield conn
     except BaseException:
