@@ -550,6 +550,8 @@ def test_postgres_mode_keeps_the_data_and_its_tasks_in_one_database(tmp_path: Pa
             ("todo", [user_id])
         ]
         assert not running.db_path.exists()
+        assert running.http.post("/reset-password", params={"email": "dave@example.com"}).status_code == 200
+        assert len(jobs(running, "send_password_reset")) == 1
         order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
         assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
         assert [job["args"]["args"] for job in jobs(running, "send_order_webhook")] == [[order_id]]
@@ -561,18 +563,23 @@ def test_postgres_mode_keeps_the_data_and_its_tasks_in_one_database(tmp_path: Pa
 
         stats = running.http.get("/stats").json()
         assert stats["task_backend"] == "postgres" and stats["totals"]["users"] == 1
-        assert stats["durable"]["queued"] == 2
+        assert stats["durable"]["queued"] == 3
         assert running.mails() == []
 
         output = burst_worker(running)
         message = running.wait_for_mail("dave@example.com", "Welcome to the shop, Dave!")
         assert "dave@example.com" in message.get_content()
         assert running.query("SELECT welcome_sent_at FROM users WHERE id = %s", user_id)[0]["welcome_sent_at"]
+        reset = running.wait_for_mail("dave@example.com", "Reset your password")
+        token = re.search(r"Your reset token: (\S+)", reset.get_content())
+        assert token is not None
+        verified = running.http.post("/reset-password/verify", json={"token": token.group(1)})
+        assert verified.status_code == 200 and verified.json()["email"] == "dave@example.com"
         received = delivery(running, order_id)
         assert received is not None and received["attempts"] == 2, output  # one 503, one retry
         stats = running.http.get("/stats").json()
         assert stats["durable"]["queued"] == 0 and stats["durable"]["failed"] == 0
-        assert stats["durable"]["finished"] == 2
+        assert stats["durable"]["finished"] == 3
         running.stop()
     finally:
         running.server.stop()
