@@ -188,7 +188,8 @@ class SignupIn(Struct):
 async def signup(
     user: SignupIn, background_tasks: BackgroundTasks, db: AsyncConnection = Depends(transaction, scope="function")
 ):
-    """The user row is committed with its welcome email task (or after it is stored): no user without it.
+    """The user row is committed with its welcome email task (PostgreSQL), or once that task is stored (Redis):
+    no user without it.
 
     The address is unique: a second signup is a 409, found by the database (no race between two requests).
     """
@@ -218,10 +219,9 @@ async def reset_password(
     """
     user = await query_one(db, "SELECT id FROM users WHERE email = %s", email.strip().lower())
     if user is not None:
-        reset = await query_one(
+        (reset,) = await query(
             db, "INSERT INTO password_resets (user_id, created_at) VALUES (%s, %s) RETURNING id", user["id"], now()
         )
-        assert reset is not None
         background_tasks.add_task(tasks.send_password_reset, reset["id"]).with_options(
             name="password-reset-email", retries=3, retry_delay=1, timeout=30
         )
@@ -340,14 +340,13 @@ def product_out(row: Row) -> dict[str, Any]:
 @app.post("/products", status_code=201)
 async def create_product(product: ProductIn, db: AsyncConnection = Depends(transaction, scope="function")):
     cents = to_cents(product.price, "price")
-    row = await query_one(
+    (row,) = await query(
         db,
         "INSERT INTO products (id, name, price_cents, stock, updated_at) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents, "
         "stock = excluded.stock, updated_at = excluded.updated_at RETURNING *",
         product.id, product.name, cents, product.stock, now(),
     )
-    assert row is not None
     return product_out(row)
 
 
@@ -400,13 +399,12 @@ def order_out(row: Row) -> dict[str, Any]:
 @app.post("/orders", status_code=201)
 async def create_order(order: OrderIn, db: AsyncConnection = Depends(transaction, scope="function")):
     cents = to_cents(order.total, "total")
-    row = await query_one(
+    (row,) = await query(
         db,
         "INSERT INTO orders (customer_email, total_cents, webhook_url, status, created_at) "
         "VALUES (%s, %s, %s, 'pending', %s) RETURNING *",
         order.customer_email, cents, order.webhook_url, now(),
     )
-    assert row is not None
     return order_out(row)
 
 
@@ -478,13 +476,12 @@ async def receive_webhook(
         order_id = order.get("id") if isinstance(order, dict) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise HTTPException(400, "Expected a JSON object with a delivery_id") from None
-    counted = await query_one(
+    (counted,) = await query(
         db,
         "INSERT INTO receiver_attempts (delivery_id, attempts) VALUES (%s, 1) "
         "ON CONFLICT (delivery_id) DO UPDATE SET attempts = receiver_attempts.attempts + 1 RETURNING attempts",
         delivery_id,
     )
-    assert counted is not None
     attempt = counted["attempts"]
     if attempt <= fail_times:
         detail = f"Simulated failure (attempt {attempt}, failing the first {fail_times})"
