@@ -161,9 +161,9 @@ def _create_tables() -> None:
         if settings.postgres_url is not None:
             import psycopg
 
-            with psycopg.connect(settings.postgres_url, autocommit=True) as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                conn.execute(SCHEMA.format(id=POSTGRES_ID))  # type: ignore[arg-type]  # built from constants
+            with psycopg.connect(settings.postgres_url, autocommit=True) as pg, pg.transaction():
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                pg.execute(SCHEMA.format(id=POSTGRES_ID))
         else:
             settings.db_path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(settings.db_path, timeout=10)
@@ -258,7 +258,7 @@ async def query(conn: AsyncConnection, sql: str, *params: Any) -> list[Row]:
     """Run one statement on an endpoint's connection: the rows it returns (none for a write without RETURNING)."""
     if isinstance(conn, sqlite3.Connection):
         return await asyncio.to_thread(lambda: conn.execute(sql, params).fetchall())
-    cursor = await conn.execute(sql, params)  # type: ignore[arg-type]  # the shop's queries are constants
+    cursor = await conn.execute(sql, params)
     return await cursor.fetchall() if cursor.description else []
 
 
