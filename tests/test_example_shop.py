@@ -3,7 +3,7 @@
 The app runs as ``python -m tachyon_api run examples.shop.app:app`` in a subprocess, configured only through
 its ``SHOP_*`` environment variables, and every check goes through real parts: HTTP to uvicorn, the app's
 own SMTP server (aiosmtpd) writing .eml files, the SQLite file, the webhook receiver, and, for the durable
-mode, a real redis-server and a ``tachyon worker --burst`` process.
+modes, a real redis-server or PostgreSQL (embedded) and a ``tachyon worker --burst`` process.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from .conftest import ROOT, ServerProcess, free_port
+from .postgres_server import PostgresServer
 
 APP = "examples.shop.app:app"
 SECRET = "test-webhook-secret"
@@ -65,6 +66,7 @@ class Shop:
             **env,
         }
         self.expected_task_failures = 0  # a test that makes a task fail for good on purpose counts it here
+        self.expected_errors = 0  # and a request it makes fail with a 500 on purpose (logged with its traceback)
         # Fuzzers upload files that cannot be imported: each fails its import task (on purpose, logged as such).
         self.unusable_imports_expected = False
         self.server = ServerProcess(APP, base, self.env)
@@ -79,7 +81,7 @@ class Shop:
         code = self.server.wait(30)
         output = self.server.output()
         assert code in (0, -15) and "Application shutdown complete." in output, output
-        assert "Unhandled error" not in output and " lost (request" not in output, output
+        assert output.count("Unhandled error") == self.expected_errors and " lost (request" not in output, output
         failures = len(re.findall(r"Background task \S+ failed \(request", output))
         if self.unusable_imports_expected:
             failures -= output.count("examples.shop.tasks.ImportFailed: ")
@@ -105,7 +107,15 @@ class Shop:
         return eventually(find, what=f"an email to {to} with subject {subject!r}")
 
     # --- database ---
-    def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+    def query(self, sql: str, *params: Any) -> list[Any]:
+        """Rows of the shop's database: SQLite (``?`` placeholders), or PostgreSQL (``%s``, rows as dicts)."""
+        url = self.env["SHOP_TASK_BACKEND"]
+        if url.startswith("postgresql://"):
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(url, row_factory=dict_row) as pg:
+                return pg.execute(sql, params).fetchall()
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
         conn.row_factory = sqlite3.Row
         try:
@@ -412,15 +422,18 @@ def test_product_views_are_counted_in_the_background(shop: Shop) -> None:
     assert background["succeeded"] >= 3 and background["scheduled"] >= 3
     assert set(background) >= {"scheduled", "queued", "running", "succeeded", "failed", "retried", "dropped"}
 
-    invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1.234})
-    assert invalid.status_code == 422
-    assert invalid.json()["errors"] == [
-        {
-            "loc": ["body", "price"],
-            "msg": "Expected a non-negative amount with at most 2 decimals",
-            "type": "value_error",
-        }
-    ]
+    for price in (1.234, "1e30", "92233720368547758.08"):  # the last one is 2**63 cents: beyond 64-bit integers
+        invalid = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": price})
+        assert invalid.status_code == 422, (price, invalid.text)
+        assert invalid.json()["errors"] == [
+            {
+                "loc": ["body", "price"],
+                "msg": "Expected a non-negative amount with at most 2 decimals",
+                "type": "value_error",
+            }
+        ]
+    too_many = shop.http.post("/products", json={"id": "VIEW-2", "name": "Lamp", "price": 1, "stock": 2**63})
+    assert too_many.status_code == 422 and too_many.json()["errors"][0]["loc"] == ["body", "stock"]
 
 
 # --- a real SMTP host instead of the built-in one ------------------------------------------------------------
@@ -505,32 +518,183 @@ def test_durable_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, redis_url: s
         running.server.stop()
 
 
-# --- durable mode: PostgreSQL + procrastinate's worker ---------------------------------------------------------
-def test_postgres_mode_tasks_run_in_a_tachyon_worker(tmp_path: Path, postgres_url: str) -> None:
+# --- PostgreSQL: the shop's data and its tasks in one database, run by procrastinate's worker -------------------
+def burst_worker(shop: Shop) -> str:
+    """``tachyon worker --burst`` with the shop's settings, until no job is due; what it printed."""
+    worker = subprocess.run(
+        [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
+        cwd=shop.data.parent, env={**os.environ, "PYTHONPATH": str(ROOT), **shop.env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    return worker.stdout + worker.stderr
+
+
+def jobs(shop: Shop, task: str) -> list[dict[str, Any]]:
+    """The jobs of one of the shop's task functions in procrastinate's table: status and arguments."""
+    return shop.query(
+        "SELECT status::text AS status, args FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
+        f"examples.shop.tasks:{task}",
+    )
+
+
+def test_postgres_mode_keeps_the_data_and_its_tasks_in_one_database(tmp_path: Path, postgres_url: str) -> None:
     running = Shop(tmp_path, SHOP_TASK_BACKEND=postgres_url, SHOP_WEBHOOK_RETRY_DELAY="0")
     try:
-        assert running.http.post("/signup", json={"email": "dave@example.com", "name": "Dave"}).status_code == 201
+        signup = running.http.post("/signup", json={"email": "dave@example.com", "name": "Dave"})
+        assert signup.status_code == 201
+        user_id = signup.json()["id"]
+        # The row and its job, both committed when the 201 was sent; nothing in SQLite.
+        assert [row["name"] for row in running.query("SELECT * FROM users WHERE id = %s", user_id)] == ["Dave"]
+        assert [(job["status"], job["args"]["args"]) for job in jobs(running, "send_welcome_email")] == [
+            ("todo", [user_id])
+        ]
+        assert not running.db_path.exists()
+        assert running.http.post("/reset-password", params={"email": "dave@example.com"}).status_code == 200
+        assert len(jobs(running, "send_password_reset")) == 1
         order_id = create_order(running, f"{running.url}/webhooks/receiver?fail_times=1")
         assert running.http.post(f"/orders/{order_id}/complete").status_code == 200
+        assert [job["args"]["args"] for job in jobs(running, "send_order_webhook")] == [[order_id]]
+
+        # PostgreSQL refuses a NUL character in a text (SQLite takes it): the client's mistake, a 422, not a 500.
+        for response in (running.http.get("/products/A%00B"),
+                         running.http.post("/reset-password", params={"email": "dave@example.com\x00"})):
+            assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR", response.text
 
         stats = running.http.get("/stats").json()
-        assert stats["task_backend"] == "postgres"
-        assert stats["durable"]["queued"] == 2  # stored in PostgreSQL before the responses were sent
+        assert stats["task_backend"] == "postgres" and stats["totals"]["users"] == 1
+        assert stats["durable"]["queued"] == 3
         assert running.mails() == []
 
-        worker = subprocess.run(
-            [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
-            capture_output=True, text=True, timeout=60,
-        )
-        assert worker.returncode == 0, worker.stderr
+        output = burst_worker(running)
         message = running.wait_for_mail("dave@example.com", "Welcome to the shop, Dave!")
         assert "dave@example.com" in message.get_content()
+        assert running.query("SELECT welcome_sent_at FROM users WHERE id = %s", user_id)[0]["welcome_sent_at"]
+        reset = running.wait_for_mail("dave@example.com", "Reset your password")
+        token = re.search(r"Your reset token: (\S+)", reset.get_content())
+        assert token is not None
+        verified = running.http.post("/reset-password/verify", json={"token": token.group(1)})
+        assert verified.status_code == 200 and verified.json()["email"] == "dave@example.com"
         received = delivery(running, order_id)
-        assert received is not None and received["attempts"] == 2, worker.stderr  # one 503, one retry
+        assert received is not None and received["attempts"] == 2, output  # one 503, one retry
         stats = running.http.get("/stats").json()
         assert stats["durable"]["queued"] == 0 and stats["durable"]["failed"] == 0
-        assert stats["durable"]["finished"] == 2
+        assert stats["durable"]["finished"] == 3
+        running.stop()
+    finally:
+        running.server.stop()
+
+
+def test_postgres_mode_a_signup_that_fails_after_its_insert_leaves_neither_user_nor_job(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two failures after the user's row is inserted: the job's insert is refused (a trigger on procrastinate's
+    table), and the commit itself fails (a deferred constraint trigger on ``users``). Either way the answer is
+    an error, and neither the user nor the welcome job is left: the same address signs up afterwards."""
+    import psycopg
+
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=postgres_url)
+    try:
+        assert running.http.get("/stats").json()["durable"]["queued"] == 0  # the tables exist
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+            )
+            conn.execute("CREATE TRIGGER refuse_jobs BEFORE INSERT ON procrastinate_jobs EXECUTE FUNCTION refuse()")
+            refused = running.http.post("/signup", json={"email": "erin@example.com", "name": "Erin"})
+            assert refused.status_code == 503 and refused.json()["code"] == "TASK_BACKEND_UNAVAILABLE", refused.text
+            conn.execute("DROP TRIGGER refuse_jobs ON procrastinate_jobs")
+
+            conn.execute(
+                "CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON users DEFERRABLE INITIALLY DEFERRED "
+                "FOR EACH ROW WHEN (NEW.email = 'frank@example.com') EXECUTE FUNCTION refuse()"
+            )
+            running.expected_errors += 1  # a commit that fails is the server's error, logged with its traceback
+            failed = running.http.post("/signup", json={"email": "frank@example.com", "name": "Frank"})
+            assert failed.status_code == 500 and failed.json()["code"] == "INTERNAL_SERVER_ERROR", failed.text
+            conn.execute("DROP TRIGGER refuse_commit ON users")
+
+        assert running.query("SELECT email FROM users") == []
+        assert jobs(running, "send_welcome_email") == []
+        for name in ("Erin", "Frank"):
+            again = running.http.post("/signup", json={"email": f"{name.lower()}@example.com", "name": name})
+            assert again.status_code == 201, again.text
+        assert [job["status"] for job in jobs(running, "send_welcome_email")] == ["todo", "todo"]
+        burst_worker(running)
+        for name in ("Erin", "Frank"):
+            running.wait_for_mail(f"{name.lower()}@example.com", f"Welcome to the shop, {name}!")
+        assert len(running.mails()) == 2
+        running.stop()
+    finally:
+        running.server.stop()
+
+
+def test_postgres_mode_imports_a_csv_and_its_progress_shows_while_it_runs(tmp_path: Path, postgres_url: str) -> None:
+    """The import row commits with its job; the worker writes the progress every 500 rows. The test holds a
+    lock on a product of the second chunk, so the import is seen halfway (first chunk committed) until the
+    test lets it go on."""
+    import psycopg
+
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=postgres_url)
+    try:
+        product = {"id": "IMP-00600", "name": "Old name", "price": "1.00", "stock": 1}
+        assert running.http.post("/products", json=product).status_code == 201
+        data = products_csv(1200, {700: "IMP-00700,Broken,x,1"})
+        accepted = running.http.post("/import", files={"file": ("catalogue.csv", data, "text/csv")})
+        assert accepted.status_code == 202, accepted.text
+        (queued,) = running.query("SELECT id, status FROM imports WHERE filename = 'catalogue.csv'")
+        assert queued["status"] == "queued"
+        assert [job["args"]["args"][0] for job in jobs(running, "import_products_csv")] == [queued["id"]]
+        url = f"/imports/{queued['id']}"
+
+        with psycopg.connect(postgres_url) as lock:
+            lock.execute("SELECT * FROM products WHERE id = 'IMP-00600' FOR UPDATE")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
+                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            try:
+                halfway = eventually(lambda: (i := running.http.get(url).json())["processed_rows"] and i,
+                                     what="the first chunk")
+                assert (halfway["status"], halfway["total_rows"], halfway["processed_rows"]) == ("running", 1200, 500)
+                assert running.query("SELECT name FROM products WHERE id = 'IMP-00600'") == [{"name": "Old name"}]
+                lock.rollback()  # the second chunk goes on
+                output, _ = worker.communicate(timeout=60)
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+        assert worker.returncode == 0, output
+        result = running.http.get(url).json()
+        assert result["status"] == "completed" and result["failure"] is None
+        assert (result["total_rows"], result["processed_rows"], result["imported_rows"]) == (1200, 1200, 1199)
+        assert result["errors"] == [{"line": 702, "message": "invalid price 'x'"}]
+        assert running.query("SELECT count(*) AS n FROM products")[0]["n"] == 1199
+        assert running.query("SELECT name FROM products WHERE id = 'IMP-00600'") == [{"name": "Product 600"}]
+        running.stop()
+    finally:
+        running.server.stop()
+
+
+def test_postgres_mode_answers_503_while_the_database_is_down_and_recovers(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=own_postgres.url)
+    try:
+        assert running.http.post("/signup", json={"email": "gil@example.com", "name": "Gil"}).status_code == 201
+        own_postgres.stop()
+        down = running.http.post("/signup", json={"email": "hana@example.com", "name": "Hana"})
+        assert (down.status_code, down.json()) == (503, {"detail": "The database is unavailable"})
+        assert down.headers["retry-after"] == "1"
+        own_postgres.start()
+        again = running.http.post("/signup", json={"email": "hana@example.com", "name": "Hana"})
+        assert again.status_code == 201, again.text  # the pool replaced the connections that died
+        assert [row["email"] for row in running.query("SELECT email FROM users ORDER BY id")] == [
+            "gil@example.com", "hana@example.com"
+        ]
+        assert len(jobs(running, "send_welcome_email")) == 2
         running.stop()
     finally:
         running.server.stop()

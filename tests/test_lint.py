@@ -1,4 +1,4 @@
-"""The package and the tests are lint-clean under the repository's ruff configuration (pyproject.toml)."""
+"""The package, the tests and the examples are lint-clean under the repository's ruff configuration (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ else:  # mypy brings tomli on 3.10
 
 from .conftest import ROOT
 
-PATHS = ["tachyon_api", "tests"]
+PATHS = ["tachyon_api", "tests", "examples"]
 # Per-file ignores that are meant to stay (the tests' deliberate typing spellings); the others are temporary.
 PERMANENT = {"tests/**"}
 

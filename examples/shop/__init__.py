@@ -1,6 +1,6 @@
 """The example shop: the four use cases of the background-tasks chapter, with real parts.
 
-- ``POST /signup`` stores a user in SQLite and sends a welcome email over SMTP;
+- ``POST /signup`` stores a user (in SQLite, or PostgreSQL) and sends a welcome email over SMTP;
 - ``POST /reset-password?email=...`` emails a reset token (stored hashed);
 - ``POST /import`` imports a CSV of products in the background and answers ``202 Accepted`` with the task's
   status URL (``GET /tasks/{id}``, live at ``/tasks/{id}/events``; the page ``/imports/new`` shows a progress

@@ -1,33 +1,54 @@
-"""SQLite storage: the schema and a connection helper.
+"""The shop's storage: a SQLite file by default, or the PostgreSQL database that holds the task queue
+(``SHOP_TASK_BACKEND=postgresql://...``). One schema, and every query written once for both.
 
-Every unit of work opens its own short-lived connection (SQLite connections are cheap), so the web process,
-its background threads and RQ workers in other processes can all use the same file. The database runs in WAL
-mode, so readers never wait for the writer, and a busy timeout makes concurrent writers queue up instead of
-failing.
+- Queries use psycopg's ``%s`` placeholders; the SQLite connection translates them to ``?``. Rows are dicts
+  on both, and new ids come back from ``INSERT ... RETURNING id`` (SQLite has it since 3.35).
+- Tasks are plain ``def`` functions (run in threads, in the web process or in a worker): they use
+  :func:`transaction`, a blocking connection committed at the end of its ``with`` block.
+- Endpoints use :func:`connection`, an async connection committed when the request succeeds, and
+  :func:`query` on it. On PostgreSQL it is a psycopg ``AsyncConnection`` from a pool: the task backend sees
+  it among the request's ``scope="function"`` dependencies and inserts the request's tasks in its
+  transaction, so data and tasks commit together. On SQLite its calls run in a thread.
+
+SQLite runs in WAL mode (readers never wait for the writer) with a busy timeout (concurrent writers queue up
+instead of failing), so web processes, their task threads and RQ workers share the file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
 import threading
-from pathlib import Path
-from typing import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .settings import get_settings
 
+Row = dict[str, Any]
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+    Connection = sqlite3.Connection | psycopg.Connection[Row]
+    AsyncConnection = sqlite3.Connection | psycopg.AsyncConnection[Row]
+else:  # psycopg is only installed for PostgreSQL, and the framework reads the endpoints' annotations at run time
+    Connection = AsyncConnection = Any
+
+# {id}: the auto-numbered primary key, the one column whose type differs (SQLite numbers only an INTEGER
+# PRIMARY KEY). BIGINT: the 64-bit integers of SQLite, which the endpoints' id ranges are declared for.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
-    id              INTEGER PRIMARY KEY,
+    id              {id},
     email           TEXT NOT NULL UNIQUE,
     name            TEXT NOT NULL,
     created_at      TEXT NOT NULL,
     welcome_sent_at TEXT
 );
 CREATE TABLE IF NOT EXISTS password_resets (
-    id          INTEGER PRIMARY KEY,
-    user_id     INTEGER NOT NULL REFERENCES users(id),
+    id          {id},
+    user_id     BIGINT NOT NULL REFERENCES users(id),
     token_hash  TEXT UNIQUE,            -- set by the email task, with expires_at and sent_at
     created_at  TEXT NOT NULL,
     expires_at  TEXT,
@@ -36,22 +57,22 @@ CREATE TABLE IF NOT EXISTS password_resets (
 CREATE TABLE IF NOT EXISTS products (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
-    price_cents INTEGER NOT NULL,
-    stock       INTEGER NOT NULL,
+    price_cents BIGINT NOT NULL,
+    stock       BIGINT NOT NULL,
     updated_at  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS product_views (
     product_id  TEXT PRIMARY KEY,
-    views       INTEGER NOT NULL
+    views       BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS imports (
     id             TEXT PRIMARY KEY,
     filename       TEXT,
     status         TEXT NOT NULL,
-    total_rows     INTEGER,
-    processed_rows INTEGER NOT NULL DEFAULT 0,
-    imported_rows  INTEGER NOT NULL DEFAULT 0,
-    error_count    INTEGER NOT NULL DEFAULT 0,
+    total_rows     BIGINT,
+    processed_rows BIGINT NOT NULL DEFAULT 0,
+    imported_rows  BIGINT NOT NULL DEFAULT 0,
+    error_count    BIGINT NOT NULL DEFAULT 0,
     failure        TEXT,
     created_at     TEXT NOT NULL,
     started_at     TEXT,
@@ -59,38 +80,43 @@ CREATE TABLE IF NOT EXISTS imports (
 );
 CREATE TABLE IF NOT EXISTS import_errors (
     import_id   TEXT NOT NULL REFERENCES imports(id),
-    line        INTEGER NOT NULL,
+    line        BIGINT NOT NULL,
     message     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS import_errors_by_import ON import_errors (import_id, line);
 CREATE TABLE IF NOT EXISTS orders (
-    id                   INTEGER PRIMARY KEY,
+    id                   {id},
     customer_email       TEXT NOT NULL,
-    total_cents          INTEGER NOT NULL,
+    total_cents          BIGINT NOT NULL,
     webhook_url          TEXT NOT NULL,
     status               TEXT NOT NULL,
     created_at           TEXT NOT NULL,
     completed_at         TEXT,
-    webhook_attempts     INTEGER NOT NULL DEFAULT 0,
+    webhook_attempts     BIGINT NOT NULL DEFAULT 0,
     webhook_last_error   TEXT,
     webhook_delivered_at TEXT
 );
 CREATE TABLE IF NOT EXISTS received_webhooks (
-    id          INTEGER PRIMARY KEY,
+    id          {id},
     delivery_id TEXT NOT NULL UNIQUE,
     event       TEXT NOT NULL,
-    order_id    INTEGER,
+    order_id    BIGINT,
     payload     TEXT NOT NULL,
     received_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS receiver_attempts (
     delivery_id TEXT PRIMARY KEY,
-    attempts    INTEGER NOT NULL
+    attempts    BIGINT NOT NULL
 );
 """
+SQLITE_ID = "INTEGER PRIMARY KEY"
+POSTGRES_ID = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+# The web process and a worker starting at once would both create the tables: they take turns on this lock.
+SCHEMA_LOCK = 0x73686F70  # "shop"
 
-_ready: set[Path] = set()
+_ready: set[str] = set()
 _ready_lock = threading.Lock()
+_pool: AsyncConnectionPool[Any] | None = None
 
 
 def now() -> str:
@@ -98,36 +124,145 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def connect(path: Path | None = None) -> sqlite3.Connection:
-    """A new connection to the shop database, creating the file and its tables on first use in this process.
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
-    ``check_same_thread=False``: a connection opened by a sync dependency is used by the endpoint in another
-    thread of the pool; it is still used by one request at a time.
+
+class _SqliteCursor(sqlite3.Cursor):
+    """A cursor that reads psycopg's ``%s`` placeholders as SQLite's ``?``."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _SqliteCursor:
+        return super().execute(sql.replace("%s", "?"), parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _SqliteCursor:
+        return super().executemany(sql.replace("%s", "?"), seq_of_parameters)
+
+
+class _SqliteConnection(sqlite3.Connection):
+    """A connection whose cursors (``execute`` included) take the queries as written for psycopg."""
+
+    def cursor(self, factory: Any = _SqliteCursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _SqliteCursor:
+        cursor: _SqliteCursor = self.cursor()
+        return cursor.execute(sql, parameters)
+
+
+def _create_tables() -> None:
+    """Create the tables unless they exist, once per process."""
+    settings = get_settings()
+    where = settings.postgres_url or str(settings.db_path)
+    if where in _ready:
+        return
+    with _ready_lock:
+        if where in _ready:
+            return
+        if settings.postgres_url is not None:
+            import psycopg
+
+            with psycopg.connect(settings.postgres_url, autocommit=True) as pg, pg.transaction():
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                pg.execute(SCHEMA.format(id=POSTGRES_ID))
+        else:
+            settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(settings.db_path, timeout=10)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(SCHEMA.format(id=SQLITE_ID))
+            finally:
+                conn.close()
+        _ready.add(where)
+
+
+def connect() -> Connection:
+    """A new blocking connection to the shop's database (its tables created on first use in this process).
+
+    SQLite's ``check_same_thread=False``: an endpoint's connection is opened in one thread and used in others,
+    by one request at a time.
     """
-    path = path or get_settings().db_path
-    if path not in _ready:
-        with _ready_lock:
-            if path not in _ready:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(path, timeout=10)
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.executescript(SCHEMA)
-                finally:
-                    conn.close()
-                _ready.add(path)
-    conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
+    _create_tables()
+    url = get_settings().postgres_url
+    if url is not None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        return psycopg.connect(url, row_factory=dict_row)
+    conn = sqlite3.connect(get_settings().db_path, timeout=10, check_same_thread=False, factory=_SqliteConnection)
+    conn.row_factory = _dict_row
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
 
 @contextlib.contextmanager
-def transaction(path: Path | None = None) -> Iterator[sqlite3.Connection]:
+def transaction() -> Iterator[Connection]:
     """``with transaction() as conn:`` commits at the end of the block (rolls back on error) and closes."""
-    conn = connect(path)
+    conn = connect()
     try:
         with conn:
             yield conn
     finally:
         conn.close()
+
+
+# --- the endpoints' side -----------------------------------------------------------------------------------
+async def open_database() -> None:
+    """Create the tables, and on PostgreSQL open the web process's pool of connections (the app's lifespan
+    calls it, and :func:`close_database` at the end).
+
+    The pool waits up to 5 seconds for a connection (then the request is a 503), and checks each one as it is
+    taken, so the connections that died with a restarted server are replaced, not used.
+    """
+    global _pool
+    await asyncio.to_thread(_create_tables)
+    url = get_settings().postgres_url
+    if url is None:
+        return
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    _pool = AsyncConnectionPool(
+        url, kwargs={"row_factory": dict_row}, min_size=1, max_size=10, timeout=5, open=False,
+        check=AsyncConnectionPool.check_connection, name="shop",
+    )
+    await _pool.open()
+
+
+async def close_database() -> None:
+    global _pool
+    if _pool is not None:
+        await _pool.close()
+        _pool = None
+
+
+@contextlib.asynccontextmanager
+async def connection() -> AsyncIterator[AsyncConnection]:
+    """A connection whose writes commit at the end of the block, or roll back if it raises."""
+    if _pool is not None:
+        async with _pool.connection() as conn:  # the pool commits or rolls back, then takes the connection back
+            yield conn
+        return
+    conn = await asyncio.to_thread(connect)
+    try:
+        yield conn
+    except BaseException:
+        await asyncio.to_thread(conn.rollback)
+        raise
+    else:
+        await asyncio.to_thread(conn.commit)
+    finally:
+        conn.close()
+
+
+async def query(conn: AsyncConnection, sql: str, *params: Any) -> list[Row]:
+    """Run one statement on an endpoint's connection: the rows it returns (none for a write without RETURNING)."""
+    if isinstance(conn, sqlite3.Connection):
+        return await asyncio.to_thread(lambda: conn.execute(sql, params).fetchall())
+    cursor = await conn.execute(sql, params)
+    return await cursor.fetchall() if cursor.description else []
+
+
+async def query_one(conn: AsyncConnection, sql: str, *params: Any) -> Row | None:
+    """The first row of :func:`query`, or None."""
+    rows = await query(conn, sql, *params)
+    return rows[0] if rows else None

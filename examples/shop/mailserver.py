@@ -39,7 +39,7 @@ class MailboxHandler:
         os.replace(partial, self.folder / name)  # readers never see a half-written file
         return self.folder / name
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's name
         content = envelope.original_content or envelope.content
         assert isinstance(content, bytes)
         path = await asyncio.to_thread(self._write, content, list(envelope.rcpt_tos))

@@ -36,7 +36,10 @@ function render(record) {
   if (record.progress.done !== null) $("bar").value = record.progress.done;
   if (record.state === "succeeded") $("bar").value = 1;
   if (record.error) $("message").textContent = record.error.type + ": " + record.error.message;
-  if (record.result !== null) { $("result").hidden = false; $("result").textContent = JSON.stringify(record.result, null, 2); }
+  if (record.result !== null) {
+    $("result").hidden = false;
+    $("result").textContent = JSON.stringify(record.result, null, 2);
+  }
   $("cancel").hidden = FINAL.includes(record.state);
 }
 $("form").onsubmit = async (event) => {
@@ -45,7 +48,11 @@ $("form").onsubmit = async (event) => {
   body.append("file", $("file").files[0]);
   $("start").disabled = true;
   const response = await fetch("/import", {method: "POST", body});
-  if (response.status !== 202) { $("state").textContent = "refused (" + response.status + ")"; $("start").disabled = false; return; }
+  if (response.status !== 202) {
+    $("state").textContent = "refused (" + response.status + ")";
+    $("start").disabled = false;
+    return;
+  }
   statusUrl = (await response.json()).status_url;
   const events = new EventSource(statusUrl + "/events");
   events.onmessage = (message) => {

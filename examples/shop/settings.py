@@ -1,7 +1,9 @@
 """Every setting of the shop, read from ``SHOP_*`` environment variables.
 
-The web process and the RQ workers (durable mode) read the same variables, so both find the same database,
-mailbox and SMTP server. Relative paths are resolved against the current directory when first read.
+The web process and the workers (durable mode) read the same variables, so both find the same database,
+mailbox and SMTP server. ``SHOP_TASK_BACKEND=postgresql://...`` puts the task queue *and* the shop's tables
+in that PostgreSQL database (``SHOP_DB``, the SQLite file, is then unused). Relative paths are resolved
+against the current directory when first read.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ class Settings:
     reset_token_ttl: int
     max_upload_bytes: int
     task_backend: str  # "inprocess", "rq" or "postgres"
-    postgres_url: str | None  # the task queue's database, for "postgres"
+    postgres_url: str | None  # for "postgres": the database of the task queue and of the shop's data
     redis_url: str
     queue: str
     shutdown_timeout: float
-    commit_grace: float  # seconds a task waits for the row of its request's commit before giving up
+    commit_grace: float  # seconds a task waits for the row of its request's commit (not on PostgreSQL)
 
     @property
     def local_smtp(self) -> bool:
@@ -47,7 +49,7 @@ class Settings:
         return self.smtp_host is None
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         data_dir = Path(_env("SHOP_DATA_DIR", "var")).resolve()
         smtp_tls = _env("SHOP_SMTP_TLS", "none").lower()
         if smtp_tls not in ("none", "starttls", "ssl"):

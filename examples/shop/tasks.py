@@ -1,20 +1,21 @@
 """The shop's background tasks.
 
 Every task is a module-level function that takes only ids, paths and strings, and loads what it needs from
-the database when it runs. That is what lets the same functions run in-process (the default) or in an RQ
-worker in another process (``SHOP_TASK_BACKEND=rq``): a durable task is stored in Redis by reference and with
-pickled arguments, and an id still means the same row when the worker picks the job up minutes later.
+the database when it runs. That is what lets the same functions run in-process (the default) or in a worker
+in another process (``SHOP_TASK_BACKEND=rq`` or ``postgresql://...``): a durable task is stored by reference
+with its arguments, and an id still means the same row when the worker picks the job up minutes later.
 
 Delivery of durable tasks is at least once, so each task is safe to run twice: the welcome email checks a
 "sent" marker, the import upserts by SKU, the webhook carries a stable delivery id that the receiver
 de-duplicates on.
 
-A durable task is stored before the request's transaction commits (``Depends(transaction,
+On Redis, a durable task is stored before the request's transaction commits (``Depends(transaction,
 scope="function")`` in ``app.py``). So a worker may pick it up a few milliseconds before that commit is
 visible, and in the rare case where the commit fails the task runs anyway and finds nothing. Every task loads
 its row by id through :func:`committed_row`, which waits up to ``SHOP_COMMIT_GRACE`` seconds for the row (in
 the state the request committed); when it is still absent, the task logs it and returns normally, so it is
-neither retried nor reported as failed.
+neither retried nor reported as failed. On PostgreSQL the task is inserted in the request's transaction: it
+exists only if the row does, and no worker sees it before the commit, so there is no grace period.
 """
 
 from __future__ import annotations
@@ -26,18 +27,17 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from tachyon_api.tasks import report_progress
 
 from . import mail
-from .db import now, transaction
+from .db import Row, now, transaction
 from .settings import get_settings
 from .webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 
@@ -53,16 +53,19 @@ def format_cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
-def committed_row(
-    sql: str, params: tuple, ready: Callable[[sqlite3.Row], bool] = lambda row: True
-) -> sqlite3.Row | None:
+def committed_row(sql: str, params: tuple, ready: Callable[[Row], bool] = lambda row: True) -> Row | None:
     """The row a task was given the id of, once the request that stored the task has committed it.
 
-    The task was stored just *before* that commit, so a fast worker may look first: re-check until the row is
-    there and ``ready`` (in the state the request committed), for up to ``commit_grace`` seconds. None (or
-    the row as it is) after that: the commit failed, and the task has nothing to do.
+    On Redis (or in-process) the task was stored just *before* that commit, so a fast worker may look first:
+    re-check until the row is there and ``ready`` (in the state the request committed), for up to
+    ``commit_grace`` seconds. None (or the row as it is) after that: the commit failed, and the task has
+    nothing to do.
     """
-    deadline = time.monotonic() + get_settings().commit_grace
+    settings = get_settings()
+    # On PostgreSQL the grace period is skipped: the task was inserted in the request's own transaction, so a
+    # worker sees it only once the row is committed, and never if the commit failed. One read is enough.
+    grace = 0.0 if settings.postgres_url is not None else settings.commit_grace
+    deadline = time.monotonic() + grace
     while True:
         with transaction() as conn:
             row = conn.execute(sql, params).fetchone()
@@ -74,7 +77,7 @@ def committed_row(
 # --- emails ------------------------------------------------------------------------------------------------
 def send_welcome_email(user_id: int) -> None:
     """Email the welcome message to a new user, once (the ``welcome_sent_at`` marker makes a re-run a no-op)."""
-    user = committed_row("SELECT * FROM users WHERE id = ?", (user_id,))
+    user = committed_row("SELECT * FROM users WHERE id = %s", (user_id,))
     if user is None:
         logger.warning("Welcome email: user %s does not exist", user_id)
         return
@@ -89,7 +92,7 @@ def send_welcome_email(user_id: int) -> None:
     )
     mail.send(message)
     with transaction() as conn:
-        conn.execute("UPDATE users SET welcome_sent_at = ? WHERE id = ?", (now(), user_id))
+        conn.execute("UPDATE users SET welcome_sent_at = %s WHERE id = %s", (now(), user_id))
     logger.info("Welcome email sent to %s", user["email"])
 
 
@@ -103,7 +106,7 @@ def send_password_reset(reset_id: int) -> None:
     settings = get_settings()
     user = committed_row(
         "SELECT users.*, password_resets.sent_at FROM password_resets JOIN users ON users.id = user_id "
-        "WHERE password_resets.id = ?",
+        "WHERE password_resets.id = %s",
         (reset_id,),
     )
     if user is None:
@@ -115,7 +118,7 @@ def send_password_reset(reset_id: int) -> None:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=settings.reset_token_ttl)
     with transaction() as conn:
         conn.execute(
-            "UPDATE password_resets SET token_hash = ?, expires_at = ? WHERE id = ?",
+            "UPDATE password_resets SET token_hash = %s, expires_at = %s WHERE id = %s",
             (hash_token(token), expires.isoformat(), reset_id),
         )
     minutes = settings.reset_token_ttl // 60
@@ -130,7 +133,7 @@ def send_password_reset(reset_id: int) -> None:
     )
     mail.send(message)
     with transaction() as conn:
-        conn.execute("UPDATE password_resets SET sent_at = ? WHERE id = ?", (now(), reset_id))
+        conn.execute("UPDATE password_resets SET sent_at = %s WHERE id = %s", (now(), reset_id))
     logger.info("Password reset email sent to %s", user["email"])
 
 
@@ -177,7 +180,7 @@ def _count_records(path: Path) -> int:
         return max(0, sum(1 for record in csv.reader(handle) if record) - 1)  # minus the header
 
 
-def import_products_csv(import_id: str, path: str) -> dict:
+def import_products_csv(import_id: str, path: str) -> dict | None:
     """Import (upsert by SKU) the products of a CSV file with the columns ``sku,name,price,stock``.
 
     A broken row is recorded with its line number (the header is line 1) and skipped; the other rows are
@@ -187,13 +190,17 @@ def import_products_csv(import_id: str, path: str) -> dict:
     Returns the summary, kept as the task's result. The file is deleted once the import has ended.
     """
     file = Path(path)
+    if committed_row("SELECT id FROM imports WHERE id = %s", (import_id,)) is None:
+        logger.warning("CSV import: import %s does not exist", import_id)
+        file.unlink(missing_ok=True)
+        return None
     with transaction() as conn:
         conn.execute(
-            "UPDATE imports SET status = 'running', started_at = ?, finished_at = NULL, failure = NULL, "
-            "total_rows = NULL, processed_rows = 0, imported_rows = 0, error_count = 0 WHERE id = ?",
+            "UPDATE imports SET status = 'running', started_at = %s, finished_at = NULL, failure = NULL, "
+            "total_rows = NULL, processed_rows = 0, imported_rows = 0, error_count = 0 WHERE id = %s",
             (now(), import_id),
         )
-        conn.execute("DELETE FROM import_errors WHERE import_id = ?", (import_id,))  # a retried run starts over
+        conn.execute("DELETE FROM import_errors WHERE import_id = %s", (import_id,))  # a retried run starts over
     try:
         total, imported, errors = _import(import_id, file)
     except ImportFailed as exc:  # the file is unusable: retrying would not help
@@ -218,7 +225,7 @@ def _import(import_id: str, file: Path) -> tuple[int, int, int]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ImportFailed(f"not a UTF-8 CSV file: {exc}") from None
     with transaction() as conn:
-        conn.execute("UPDATE imports SET total_rows = ? WHERE id = ?", (total, import_id))
+        conn.execute("UPDATE imports SET total_rows = %s WHERE id = %s", (total, import_id))
     report_progress(0.0, f"0 of {total:,} rows")
 
     with file.open(newline="", encoding="utf-8-sig") as handle:
@@ -259,16 +266,16 @@ def _import(import_id: str, file: Path) -> tuple[int, int, int]:
 
 def _flush(import_id: str, rows: list, errors: list, processed: int) -> None:
     with transaction() as conn:
-        conn.executemany(
-            "INSERT INTO products (id, name, price_cents, stock, updated_at) VALUES (?, ?, ?, ?, ?) "
+        conn.cursor().executemany(
+            "INSERT INTO products (id, name, price_cents, stock, updated_at) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents, "
             "stock = excluded.stock, updated_at = excluded.updated_at",
             rows,
         )
-        conn.executemany("INSERT INTO import_errors (import_id, line, message) VALUES (?, ?, ?)", errors)
+        conn.cursor().executemany("INSERT INTO import_errors (import_id, line, message) VALUES (%s, %s, %s)", errors)
         conn.execute(
-            "UPDATE imports SET processed_rows = ?, imported_rows = imported_rows + ?, "
-            "error_count = error_count + ? WHERE id = ?",
+            "UPDATE imports SET processed_rows = %s, imported_rows = imported_rows + %s, "
+            "error_count = error_count + %s WHERE id = %s",
             (processed, len(rows), len(errors), import_id),
         )
 
@@ -276,7 +283,7 @@ def _flush(import_id: str, rows: list, errors: list, processed: int) -> None:
 def _finish(import_id: str, status: str, failure: str | None) -> None:
     with transaction() as conn:
         conn.execute(
-            "UPDATE imports SET status = ?, failure = ?, finished_at = ? WHERE id = ?",
+            "UPDATE imports SET status = %s, failure = %s, finished_at = %s WHERE id = %s",
             (status, failure, now(), import_id),
         )
 
@@ -299,14 +306,14 @@ def send_order_webhook(order_id: int) -> None:
     the order (``webhook_attempts``, ``webhook_last_error``). The delivery id is the same on every attempt,
     so the receiver can ignore a duplicate.
     """
-    row = committed_row("SELECT * FROM orders WHERE id = ?", (order_id,), lambda row: row["status"] == "completed")
+    row = committed_row("SELECT * FROM orders WHERE id = %s", (order_id,), lambda row: row["status"] == "completed")
     if row is None or row["status"] != "completed":
         logger.warning("Webhook: order %s does not exist or is not completed", order_id)
         return
     if row["webhook_delivered_at"] is not None:
         return  # already delivered (a re-run of a durable job)
     with transaction() as conn:
-        conn.execute("UPDATE orders SET webhook_attempts = webhook_attempts + 1 WHERE id = ?", (order_id,))
+        conn.execute("UPDATE orders SET webhook_attempts = webhook_attempts + 1 WHERE id = %s", (order_id,))
     order = dict(row)
     delivery_id = f"order-{order_id}-completed"
     body = json.dumps(
@@ -326,11 +333,11 @@ def send_order_webhook(order_id: int) -> None:
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
         with transaction() as conn:
-            conn.execute("UPDATE orders SET webhook_last_error = ? WHERE id = ?", (error, order_id))
+            conn.execute("UPDATE orders SET webhook_last_error = %s WHERE id = %s", (error, order_id))
         raise
     with transaction() as conn:
         conn.execute(
-            "UPDATE orders SET webhook_delivered_at = ?, webhook_last_error = NULL WHERE id = ?", (now(), order_id)
+            "UPDATE orders SET webhook_delivered_at = %s, webhook_last_error = NULL WHERE id = %s", (now(), order_id)
         )
     logger.info("Webhook for order %s delivered to %s", order_id, order["webhook_url"])
 
@@ -340,7 +347,7 @@ def track_view(product_id: str) -> None:
     """Count one view of a product."""
     with transaction() as conn:
         conn.execute(
-            "INSERT INTO product_views (product_id, views) VALUES (?, 1) "
-            "ON CONFLICT (product_id) DO UPDATE SET views = views + 1",
+            "INSERT INTO product_views (product_id, views) VALUES (%s, 1) "
+            "ON CONFLICT (product_id) DO UPDATE SET views = product_views.views + 1",
             (product_id,),
         )
