@@ -41,7 +41,7 @@ from .routing import (
     WebSocketRoute,
     prefixed_route,
 )
-from .tasks import BackgroundRunner, ErrorHook, TaskControl
+from .tasks import BackgroundRunner, ErrorHook, MemoryTaskStore, TaskControl
 from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
@@ -150,7 +150,7 @@ class Tachyon(RouteDecorators):
         task_statistics: bool = True,
         task_status: bool = False,
         task_results: bool = False,
-        task_store: Any = None,
+        task_store: MemoryTaskStore | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
