@@ -17,7 +17,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, ParamSpec, Sequence
 
 from .._utils import callable_name, is_async_callable
-from .runner import standalone_runner
+from .runner import BackgroundRunner
 
 if TYPE_CHECKING:
     from ..backends.base import TaskBackend
@@ -111,6 +111,17 @@ def _taken() -> None:
     """A task's handle was taken: from now on requests look for held tasks (``BackgroundTask.held``). Set once:
     writing a class attribute invalidates the interpreter's caches of the class's attributes."""
     BackgroundTask.held = True
+
+
+_standalone: BackgroundRunner | None = None
+
+
+def standalone_runner() -> BackgroundRunner:
+    """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``, ``await task()``)."""
+    global _standalone
+    if _standalone is None:
+        _standalone = BackgroundRunner()
+    return _standalone
 
 
 class BackgroundTask:

@@ -35,7 +35,7 @@ from .timers import DelayedTasks, due_time, run_when_due
 if TYPE_CHECKING:
     from .handles import BackgroundTask
 
-__all__ = ["BackgroundRunner", "ErrorHook", "standalone_runner"]
+__all__ = ["BackgroundRunner", "ErrorHook"]
 
 logger = logging.getLogger("tachyon_api.background")
 
@@ -690,14 +690,3 @@ class BackgroundRunner:
                         await result
             except Exception:
                 logger.exception("Background task error hook %s failed", callable_name(hook))
-
-
-_standalone: BackgroundRunner | None = None
-
-
-def standalone_runner() -> BackgroundRunner:
-    """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``)."""
-    global _standalone
-    if _standalone is None:
-        _standalone = BackgroundRunner()
-    return _standalone
