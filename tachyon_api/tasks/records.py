@@ -165,8 +165,8 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     cancel_requested: bool = False
     cancel_seen: bool = False
     version: int = 0
-    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None  # watchers waiting for the
-    # next change, as (loop, future)
+    # Watchers waiting for the next change, as (loop, future).
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
     # What ``cancel`` stops (its ``cancel()``): while an async task runs or waits to retry, the asyncio task running
     # it; while a delayed task waits for its time, its timer (see status.py).
     interrupt: Any = None
