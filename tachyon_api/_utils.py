@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 __all__ = ["DefaultMarker", "callable_name", "is_async_callable", "is_starlette_class"]
 
@@ -19,7 +20,7 @@ else:
     DefaultMarker = object
 
 
-def is_async_callable(obj: Any) -> bool:
+def is_async_callable(obj: Any) -> TypeGuard[Callable[..., Awaitable[Any]]]:
     """Whether calling ``obj`` returns an awaitable by declaration: an ``async def`` function or method, a
     ``functools.partial`` of one (however nested), or an object whose class's ``__call__`` is ``async def``.
 

@@ -9,7 +9,7 @@ import inspect
 import logging
 import sys
 import time
-from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from ._utils import is_async_callable
 from .backends.base import TaskBackend
@@ -41,7 +41,7 @@ from .routing import (
     WebSocketRoute,
     prefixed_route,
 )
-from .tasks import BackgroundRunner, ErrorHook, TaskControl
+from .tasks import BackgroundRunner, ErrorHook, MemoryTaskStore, TaskControl
 from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
@@ -51,8 +51,11 @@ docs_logger = logging.getLogger("tachyon_api.docs")
 lifespan_logger = logging.getLogger("tachyon_api.lifespan")
 
 F = TypeVar("F", bound=Callable[..., Any])
-ExceptionHandler = Callable[[Request, Exception], Any]
-Lifespan = Callable[["Tachyon"], AsyncContextManager[Any]]
+# ``handler(request, exc)``: ``exc`` is an instance of the class it was registered for (Any: no static type says
+# which), or the HTTPException of a status code; it returns a response, or an awaitable of one.
+ExceptionHandler = Callable[[Request, Any], Any]
+# An ``@asynccontextmanager`` function, or an undecorated ``async def`` generator function (as 1.3 accepted).
+Lifespan = Callable[["Tachyon"], AsyncContextManager[Any] | AsyncIterator[Any]]
 
 
 
@@ -147,7 +150,7 @@ class Tachyon(RouteDecorators):
         task_statistics: bool = True,
         task_status: bool = False,
         task_results: bool = False,
-        task_store: Any = None,
+        task_store: MemoryTaskStore | None = None,
         websocket_max_size: int = DEFAULT_MAX_BODY_SIZE,
         sync_to_thread: bool = True,
         gc_freeze: bool = True,
@@ -193,7 +196,7 @@ class Tachyon(RouteDecorators):
         self._websocket_tree = PathTree()
         self._middleware: list[tuple[type, dict[str, Any]]] = []
         self._stack: Callable[..., Any] | None = None
-        self._overrides: dict[tuple[Any, bool], Dependency] = {}
+        self._overrides: dict[tuple[Callable[..., Any], str | None, bool], Dependency] = {}
         self._exception_handlers: dict[Any, ExceptionHandler] = {
             HTTPException: _http_exception,
             RequestError: _request_error,
@@ -207,7 +210,7 @@ class Tachyon(RouteDecorators):
             self._docs_routes[(_normal(route.path), "GET")] = route
 
     # --- ASGI ------------------------------------------------------------------------------------------
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope["app"] = self
         if self._stack is None:
             self._stack = self._build_stack()
@@ -219,7 +222,9 @@ class Tachyon(RouteDecorators):
             app = cls(app, **options)
         return app
 
-    def _dispatch(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
+    def _dispatch(
+        self, scope: dict[str, Any], receive: Any, send: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> Awaitable[None]:
         """The innermost ASGI app. A plain function returning the handler's coroutine: one frame less per
         request than awaiting it here."""
         kind = scope["type"]
@@ -432,7 +437,7 @@ class Tachyon(RouteDecorators):
             logger.error("Exception handler failed while handling %r", exc, exc_info=error)
             return internal_server_error_response()
 
-    async def send_error(self, scope: dict, receive: Any, send: Any, exc: Exception) -> None:
+    async def send_error(self, scope: dict[str, Any], receive: Any, send: Any, exc: Exception) -> None:
         if isinstance(exc, ClientDisconnect):
             return
         response = await self.handle_exception(Request(scope, receive), exc)
@@ -512,9 +517,11 @@ class Tachyon(RouteDecorators):
         for func in self._on_startup:
             await self._call_hook(func)
         if self._lifespan is not None:
-            context = self._lifespan(self)
-            if inspect.isasyncgen(context):
-                context = contextlib.asynccontextmanager(lambda: context)()
+            made = self._lifespan(self)
+            if inspect.isasyncgen(made):  # an undecorated ``async def`` generator function's generator
+                context: AsyncContextManager[Any] = contextlib.asynccontextmanager(lambda: made)()
+            else:
+                context = made  # type: ignore[assignment]  # not an async generator: a context manager
             value = await context.__aenter__()
             self._lifespan_context = context
             if isinstance(value, dict):

@@ -195,8 +195,8 @@ def _schedule(args: argparse.Namespace) -> None:
         return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)) + "  " + cells[-1]
 
     print(line(*titles, "OPTIONS"))
-    for name, schedule, where, ticks, options in rows:
-        print(line(name, schedule, where, ticks[0], options).rstrip())
+    for name, schedule, where, ticks, listed in rows:
+        print(line(name, schedule, where, ticks[0], listed).rstrip())
         for tick in ticks[1:]:
             print(" " * (sum(widths[:3]) + 6) + tick)
 

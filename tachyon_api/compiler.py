@@ -93,7 +93,7 @@ class Context:
                  "stack", "early", "held", "background")
     is_websocket = False
 
-    def __init__(self, app: "Tachyon", scope: dict, receive: Any, path_params: dict[str, str]) -> None:
+    def __init__(self, app: "Tachyon", scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
         self.app = app
         self.scope = scope
         self.receive = receive
@@ -314,6 +314,7 @@ class Dependency:
 
     __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name", "exit_scope",
                  "early", "uses_early", "cache_key")
+    uses_early: bool  # set at the end of __init__, after the plan's dependencies were read
 
     def __init__(
         self, call: Any, plan: Plan, scope: str | None, use_cache: bool, exit_scope: str | None = None
@@ -482,7 +483,8 @@ def _compile_plan(
             if tp is not EMPTY and not issubclass(tp, WebSocket):
                 steps.append((name, foreign_websocket(tp), False))
             else:
-                steps.append((name, lambda ctx: ctx.websocket, False))
+                # A WebSocket route's plan (``websocket`` true here) is only ever solved with a WebSocketContext.
+                steps.append((name, lambda ctx: ctx.websocket, False))  # type: ignore[attr-defined]
             continue
         if is_request_type(tp) or (tp is EMPTY and name == "request" and default is EMPTY):
             if websocket and is_http_only(tp):
@@ -491,7 +493,11 @@ def _compile_plan(
                     f"WebSocket, or HTTPConnection to serve both kinds of route"
                 )
             if tp is not EMPTY and isinstance(tp, type) and not issubclass(tp, HTTPConnection):
-                steps.append((name, lambda ctx, cls=tp: cls(ctx.scope, ctx.receive), False))
+
+                def connection(ctx: Context, cls: type = tp) -> Any:  # the user's HTTPConnection-like class
+                    return cls(ctx.scope, ctx.receive)
+
+                steps.append((name, connection, False))
             else:
                 steps.append((name, lambda ctx: ctx.request, False))
             continue
@@ -559,9 +565,12 @@ def _compile_plan(
                 raise TypeError(f"{where}: body parameter '{name}' has a type msgspec cannot decode: {exc}") from exc
             if body_index < 0:
                 body_index = len(steps)
-                steps.append(("", None, True))  # placeholder: one step for all body parameters
+                # A placeholder: the one step of all body parameters, put in its place below.
+                steps.append(("", None, True))  # type: ignore[arg-type]
             body_params.append((name, tp, value_default))
-        params.append(Parameter(name, source, key, tp, value_default, value_default is ... or source == "path", marker))
+        required = value_default is ... or source == "path"
+        # Each source above set key (a str); "or name" only says so to mypy, once per parameter at registration.
+        params.append(Parameter(name, source, key or name, tp, value_default, required, marker))
     if body_params and has_form:
         # Files and a model together: the model travels as a JSON-valued field of the same multipart form.
         steps[body_index : body_index + 1] = [

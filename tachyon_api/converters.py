@@ -116,7 +116,7 @@ def effective_type(tp: Any, marker: Param | None) -> Any:
     if meta is not None:
         metas.append(meta)
     if metas:
-        inner = Annotated[(inner, *metas)]  # type: ignore[valid-type]
+        inner = Annotated[(inner, *metas)]
     return Optional[inner] if optional else inner
 
 

@@ -14,12 +14,12 @@ import dataclasses
 import enum
 import re
 import typing
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import msgspec
 
 from .converters import ConstraintError, constraint_check, converter, describe_validation_error
-from .datastructures import UploadFile
+from .datastructures import FormData, UploadFile
 from .exceptions import HTTPException
 from .introspection import (
     EMPTY,
@@ -44,13 +44,14 @@ __all__ = [
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion
 
 Extractor = Callable[["Context"], Any]
+Source = TypeVar("Source")  # what a value extractor is called with: the request's Context, or a parsed form
 
 
 class FieldError(Exception):
     """One invalid field; collected so that every failing field is reported at once."""
 
     def __init__(self, loc: list[Any], msg: str, type_: str) -> None:
-        self.error = {"loc": loc, "msg": msg, "type": type_}
+        self.error: dict[str, Any] = {"loc": loc, "msg": msg, "type": type_}
 
 
 class PathNotFound(HTTPException):
@@ -99,7 +100,9 @@ def _invalid(loc: list[Any], tp: Any, exc: Exception | None = None) -> FieldErro
     return FieldError(loc, f"Input should be one of {', '.join(repr(c) for c in choices)}", "enum")
 
 
-def value_extractor(source: str, key: str, tp: Any, default: Any, values_of: Callable[[Any], Any]) -> Extractor:
+def value_extractor(
+    source: str, key: str, tp: Any, default: Any, values_of: Callable[[Source], Any]
+) -> Callable[[Source], Any]:
     """Read one string (or the list of a repeated key) from query, header, cookie or form fields, and convert it.
 
     ``values_of`` gives the multi-dict the values are in (``get(key)``: the last value; ``getlist(key)``) from
@@ -116,7 +119,7 @@ def value_extractor(source: str, key: str, tp: Any, default: Any, values_of: Cal
         csv = source == "query"
         split_repeated = bare_type(item) not in (str, Any, EMPTY)
 
-        def extract_list(ctx: Context) -> Any:
+        def extract_list(ctx: Source) -> Any:
             raw = values_of(ctx).getlist(key)
             if not raw:
                 if required:
@@ -132,7 +135,7 @@ def value_extractor(source: str, key: str, tp: Any, default: Any, values_of: Cal
 
     convert = converter(inner)
 
-    def extract(ctx: Context) -> Any:
+    def extract(ctx: Source) -> Any:
         value = values_of(ctx).get(key)
         if value is None:
             if required:
@@ -254,9 +257,8 @@ def form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extracto
 
     async def extract_files(ctx: Context) -> Any:
         form = await ctx.request.form()
-        values = [v for v in form.getlist(key) if isinstance(v, UploadFile)]
-        if as_bytes:
-            values = [await v.read() for v in values]
+        files = [v for v in form.getlist(key) if isinstance(v, UploadFile)]
+        values: list[UploadFile] | list[bytes] = [await v.read() for v in files] if as_bytes else files
         if not values:
             if required:
                 raise _missing(loc)
@@ -266,7 +268,7 @@ def form_extractor(key: str, tp: Any, default: Any, want_file: bool) -> Extracto
     return extract_files
 
 
-def _the_form(form: Any) -> Any:
+def _the_form(form: FormData) -> FormData:
     return form
 
 
@@ -416,7 +418,7 @@ def form_json_extractor(key: str, tp: Any, default: Any, strict: bool = True) ->
 
     async def extract(ctx: Context) -> Any:
         form = await ctx.request.form()
-        value = form.get(key)
+        value: str | bytes | UploadFile | None = form.get(key)
         if value is None:
             if required:
                 raise _missing(["body", key])

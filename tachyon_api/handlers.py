@@ -43,6 +43,7 @@ from .websockets import (
 
 if TYPE_CHECKING:
     from .applications import Tachyon
+    from .tasks import BackgroundRunner
 
 __all__ = ["build_handler", "build_websocket_handler", "send_response", "ResponseFailed"]
 
@@ -54,12 +55,12 @@ class ResponseFailed(Exception):
     """Sending a response object failed; the failure has been answered (500) or logged."""
 
 
-async def send_response(app: "Tachyon", response: Any, scope: dict, receive: Any, send: Any) -> None:
+async def send_response(app: "Tachyon", response: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Send a response object (ours or Starlette's). A failure before the first byte becomes an error
     response through the app's exception handlers; a failure after it can only be logged."""
     started = False
 
-    async def tracking_send(message: dict) -> None:
+    async def tracking_send(message: dict[str, Any]) -> None:
         nonlocal started
         if message["type"] == "http.response.start":
             started = True
@@ -102,7 +103,7 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
     holds = app.tasks
     credentials = credentials_of(plan, guards)  # where its requests carry credentials: an idempotency key's scope
 
-    async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
+    async def handle(scope: dict[str, Any], receive: Any, send: Any, values: Sequence[str]) -> None:
         ctx: Context | None = None
         background: BackgroundTasks | None = None
         try:
@@ -248,7 +249,7 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     runner = app.background
     credentials = credentials_of(plan, guards)
 
-    async def handle(scope: dict, receive: Any, send: Any, values: Sequence[str]) -> None:
+    async def handle(scope: dict[str, Any], receive: Any, send: Any, values: Sequence[str]) -> None:
         scope["path_params"] = path_params = dict(zip(names, values))
         websocket = WebSocket(scope, receive, send, max_size)
         ctx = WebSocketContext(app, websocket, path_params)
@@ -295,7 +296,9 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     return handle
 
 
-async def _hand_over(runner: Any, tasks: list, scope: dict, credentials: Credentials) -> None:
+async def _hand_over(
+    runner: BackgroundRunner, tasks: list[BackgroundTask], scope: dict[str, Any], credentials: Credentials
+) -> None:
     """The handler's injected background tasks, after the socket is closed and cleanups ran."""
     path = scope["path"]
     try:
@@ -370,13 +373,13 @@ async def _close_after(app: "Tachyon", websocket: WebSocket, exc: BaseException)
     elif isinstance(exc, HTTPException) or (
         (starlette := sys.modules.get("starlette.exceptions")) is not None and isinstance(exc, starlette.HTTPException)
     ):
-        status = exc.status_code  # type: ignore[union-attr]
+        status = exc.status_code
         if state is CONNECTING and await _deny(app, websocket, exc):
             return
         if status >= 500:
             ws_logger.error("HTTPException %d in WEBSOCKET %s", status, path, exc_info=exc)
         code = WebSocketClose.POLICY_VIOLATION if status < 500 else WebSocketClose.INTERNAL_ERROR
-        reason = str(exc.detail)  # type: ignore[union-attr]
+        reason = str(exc.detail)
     else:
         ws_logger.error("Unhandled error in WEBSOCKET %s", path, exc_info=exc)
         if state is CONNECTING and isinstance(exc, Exception) and await _deny(app, websocket, None):

@@ -151,7 +151,8 @@ def type_name(tp: Any) -> str:
 def type_hints(func: Any) -> dict[str, Any]:
     """The evaluated annotations of a function, of a class's ``__init__`` or of a callable object's
     ``__call__``, ``Annotated`` metadata kept; a TypeError naming the callable when one cannot be evaluated."""
-    target = func.__init__ if isinstance(func, type) else func
+    # A class's own __init__, read for its annotations (mypy warns against reading it from an instance).
+    target = func.__init__ if isinstance(func, type) else func  # type: ignore[misc]
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = getattr(type(func), "__call__", target)
     try:

@@ -622,7 +622,8 @@ def _scheme_object(model: Any) -> dict[str, Any]:
     """A scheme's ``model`` as a Security Scheme Object: a dict, a Struct, or a Pydantic model (FastAPI's)."""
     dump = getattr(model, "model_dump", None)
     if callable(dump):
-        return dump(by_alias=True, exclude_none=True)
+        dumped: dict[str, Any] = dump(by_alias=True, exclude_none=True)  # a Pydantic model dumps to a dict
+        return dumped
     value = to_builtin(model)
     return value if isinstance(value, dict) else {}
 

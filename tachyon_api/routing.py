@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Route", "WebSocketRoute", "Router", "PathTree"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[[dict, Any, Any, Sequence[str]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Any, Any, Sequence[str]], Awaitable[None]]
 logger = logging.getLogger("tachyon_api.errors")
 WAIT_FOR_TASKS = "tachyon.wait_for_background"  # scope["extensions"] key our test clients set
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -107,7 +107,7 @@ class Route(_ReadsLikeADict):
         path: str,
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
-        responses: dict | None = None,
+        responses: dict[int | str, Any] | None = None,
     ) -> "Route":
         """This route at another path, with the tags, dependencies and extra OpenAPI ``responses`` of the
         routers it was included through (the route's own responses win)."""
@@ -173,7 +173,7 @@ class WebSocketRoute(_ReadsLikeADict):
         path: str,
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
-        responses: dict | None = None,
+        responses: dict[int | str, Any] | None = None,
     ) -> "WebSocketRoute":
         """This route at another path, behind the dependencies of the routers it was included through (tags
         and OpenAPI ``responses`` do not apply to a WebSocket)."""
@@ -195,7 +195,15 @@ class RouteDecorators:
     def add_api_route(self, path: str, endpoint: Callable[..., Any], methods: Sequence[str], **kwargs: Any) -> Route:
         raise NotImplementedError
 
-    def add_websocket_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> WebSocketRoute:
+    def add_websocket_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        max_message_size: int | None = None,
+    ) -> WebSocketRoute:
         raise NotImplementedError
 
     def websocket(
@@ -260,7 +268,7 @@ class Router(RouteDecorators):
         prefix: str = "",
         tags: Sequence[str] | str | None = None,
         dependencies: Sequence[Depends] | None = None,
-        responses: dict | None = None,
+        responses: dict[int | str, Any] | None = None,
     ) -> None:
         prefix = prefix or ""
         if prefix and not prefix.startswith("/"):
@@ -278,8 +286,18 @@ class Router(RouteDecorators):
         self.routes.append(route)
         return route
 
-    def add_websocket_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> WebSocketRoute:
-        route = WebSocketRoute(path, endpoint, **kwargs)
+    def add_websocket_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        max_message_size: int | None = None,
+    ) -> WebSocketRoute:
+        route = WebSocketRoute(
+            path, endpoint, name=name, dependencies=dependencies, max_message_size=max_message_size
+        )
         self.routes.append(route)
         return route
 
@@ -295,11 +313,15 @@ class Router(RouteDecorators):
         return self.prefix.rstrip("/") + ("" if path.startswith("/") else "/") + path
 
 
-AnyRoute = TypeVar("AnyRoute", Route, WebSocketRoute)
-
-
-def prefixed_route(router: Router, route: AnyRoute, prefix: str = "", tags: Sequence[str] | str = (),
-              dependencies: Sequence[Depends] = ()) -> AnyRoute:
+def prefixed_route(
+    router: Router,
+    route: Route | WebSocketRoute,
+    prefix: str = "",
+    tags: Sequence[str] | str = (),
+    dependencies: Sequence[Depends] = (),
+) -> Route | WebSocketRoute:
+    """``route`` as included through ``router`` (and ``prefix``): its full path, the router's tags, dependencies
+    and OpenAPI ``responses`` added."""
     path = router.get_full_path(route.path)
     if prefix:
         prefix = prefix if prefix.startswith("/") else "/" + prefix
@@ -350,11 +372,12 @@ class PathTree:
 
     def remove(self, route: Route) -> None:
         """Stop serving ``route`` (a docs page giving way to a user's route on the same URL)."""
-        node: _Node | None = self.root
+        node = self.root
         for segment in _segments(route.path):
-            node = node.param if _PARAM.match(segment) else node.static.get(segment)  # type: ignore[union-attr]
-            if node is None:
+            found = node.param if _PARAM.match(segment) else node.static.get(segment)
+            if found is None:
                 return
+            node = found
         for method in route.methods:
             if node.routes.get(method) is route:
                 del node.routes[method]

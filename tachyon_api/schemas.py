@@ -24,7 +24,8 @@ def build_param_schema(python_type: Any, openapi_version: str = "3.1.0") -> dict
     """The schema of one type as a parameter or property (models as ``$ref``s; see
     :func:`build_components_for_struct` for what they point to)."""
     (schema,), _ = _schemas([python_type])
-    return for_version(schema, openapi_version)
+    converted: dict[str, Any] = for_version(schema, openapi_version)  # a schema dict stays one
+    return converted
 
 
 def build_components_for_struct(struct_class: Any, openapi_version: str = "3.1.0") -> dict[str, dict[str, Any]]:

@@ -80,7 +80,7 @@ def call_in_thread(task: BackgroundTask, loop: Any) -> Any:
     return result
 
 
-def uncancel(task: asyncio.Task | None) -> None:
+def uncancel(task: asyncio.Task[Any] | None) -> None:
     """The cancellation of one task of a batch was handled: the batch's asyncio task goes on (Python 3.11+
     counts cancellation requests; before, catching the error was enough)."""
     undo = getattr(task, "uncancel", None)

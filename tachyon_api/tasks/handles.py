@@ -17,10 +17,11 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, ParamSpec, Sequence
 
 from .._utils import callable_name, is_async_callable
-from .runner import standalone_runner
+from .runner import BackgroundRunner
 
 if TYPE_CHECKING:
     from ..backends.base import TaskBackend
+    from .records import Tracker
 
 __all__ = ["BackgroundTask", "BackgroundTasks", "TaskOptions", "collect"]
 
@@ -52,7 +53,7 @@ class _Callee:
                 self.max_args = len(params) - offset
                 self.min_args = sum(1 for p in params if p.default is p.empty) - offset
 
-    def check(self, func: Any, args: tuple, kwargs: dict) -> None:
+    def check(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.sig is None or (not kwargs and self.min_args <= len(args) <= self.max_args):
             return
         try:
@@ -98,7 +99,7 @@ def _callee(func: Any) -> _Callee:
     return _Callee(func, func, 0)
 
 
-def _forget(table: dict, ref: "weakref.ref[Any]") -> None:
+def _forget(table: dict["weakref.ref[Any]", _Callee], ref: "weakref.ref[Any]") -> None:
     """Drop a collected function's entry (a weak reference's callback)."""
     table.pop(ref, None)
 
@@ -110,6 +111,17 @@ def _taken() -> None:
     """A task's handle was taken: from now on requests look for held tasks (``BackgroundTask.held``). Set once:
     writing a class attribute invalidates the interpreter's caches of the class's attributes."""
     BackgroundTask.held = True
+
+
+_standalone: BackgroundRunner | None = None
+
+
+def standalone_runner() -> BackgroundRunner:
+    """The runner for tasks run outside an app (``await BackgroundTasks().run_tasks()``, ``await task()``)."""
+    global _standalone
+    if _standalone is None:
+        _standalone = BackgroundRunner()
+    return _standalone
 
 
 class BackgroundTask:
@@ -135,8 +147,8 @@ class BackgroundTask:
     def create(
         cls,
         func: Callable[..., Any],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         backend: TaskBackend | None,
         durable: bool | None = None,
     ) -> "BackgroundTask":
@@ -147,7 +159,12 @@ class BackgroundTask:
         return task
 
     def _setup(
-        self, func: Callable[..., Any], args: tuple, kwargs: dict, backend: TaskBackend | None, local: bool = False
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        backend: TaskBackend | None,
+        local: bool = False,
     ) -> None:
         callee = _callee(func)
         callee.check(func, args, kwargs)
@@ -159,8 +176,8 @@ class BackgroundTask:
         self.timeout: float | None = None
         self.retries = 0
         self.retry_delay = 0.5
-        self.delay: float | Any = None
-        self.at: Any = None
+        self.delay: float | dt.timedelta | None = None
+        self.at: dt.datetime | None = None
         self.job_id: str | None = None
         self.result_ttl: int | None = None
         self.failure_ttl: int | None = None
@@ -170,7 +187,7 @@ class BackgroundTask:
         self._id: str | None = None  # made when first read: a task whose id nobody reads never gets one
         self.owner: str | None = None
         self.keep_result: bool | None = None  # None: the app's default (Tachyon(task_results=...))
-        self.tracker: Any = None  # its in-process status record, once it has one (see status.py)
+        self.tracker: Tracker | None = None  # its in-process status record, once it has one (see status.py)
         marked = getattr(func, "__tachyon_backend__", None)
         if marked is not None and not local:
             backend = marked[0]
@@ -187,8 +204,8 @@ class BackgroundTask:
         timeout: float | None = None,
         retries: int | None = None,
         retry_delay: float | None = None,
-        delay: float | Any = None,
-        at: Any = None,
+        delay: float | dt.timedelta | None = None,
+        at: dt.datetime | None = None,
         job_id: str | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
@@ -231,7 +248,7 @@ class BackgroundTask:
         if at is not None and not isinstance(at, dt.datetime):
             raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
         durable_only = zip(_DURABLE_ONLY, (job_id, result_ttl, failure_ttl))
-        given = {key: value for key, value in durable_only if value is not None}
+        given: dict[str, Any] = {key: value for key, value in durable_only if value is not None}
         if given and self.backend is None:
             need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
             raise ValueError(f"{', '.join(given)} {need}")
@@ -381,7 +398,7 @@ class TaskOptions:
 _TASK_OPTIONS = frozenset(inspect.signature(BackgroundTask.with_options).parameters) - {"self", "durable"}
 
 
-def collect(*sources: BackgroundTask | BackgroundTasks | None) -> list[BackgroundTask]:
+def collect(*sources: BackgroundTask | BackgroundTasks | Callable[[], Any] | None) -> list[BackgroundTask]:
     """Flatten response and injected tasks, in that order, into one batch."""
     batch: list[BackgroundTask] = []
     for source in sources:

@@ -208,6 +208,7 @@ def find_status_path(app: Any) -> str | None:
     """The path template of the app's status route (``/tasks/{task_id}``), remembered once found."""
     for route in getattr(app, "_routes", ()):
         if getattr(route.endpoint, "__tachyon_task_status__", False):
-            app.tasks.status_path = route.path
-            return route.path
+            path: str = route.path
+            app.tasks.status_path = path
+            return path
     return None

@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, overload
 
 import msgspec
 
@@ -94,6 +94,12 @@ class TaskRecord(msgspec.Struct, kw_only=True):
         return self.state in FINAL
 
 
+@overload
+def iso(timestamp: float) -> dt.datetime: ...
+@overload
+def iso(timestamp: None) -> None: ...
+@overload
+def iso(timestamp: float | None) -> dt.datetime | None: ...
 def iso(timestamp: float | None) -> dt.datetime | None:
     """A ``time.time()`` value as an aware UTC datetime (None stays None)."""
     return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
@@ -159,7 +165,8 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     cancel_requested: bool = False
     cancel_seen: bool = False
     version: int = 0
-    waiters: list | None = None  # (loop, future) of watchers waiting for the next change
+    # Watchers waiting for the next change, as (loop, future).
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
     # What ``cancel`` stops (its ``cancel()``): while an async task runs or waits to retry, the asyncio task running
     # it; while a delayed task waits for its time, its timer (see status.py).
     interrupt: Any = None
@@ -251,7 +258,9 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     def tell(self) -> None:
         """Wake the watchers (from any thread) and, for a shared store, mirror the change."""
         if self.store.shared:
-            self.store.mirror(self)
+            # A store is shared (``shared = True``) exactly when it is one that mirrors its records elsewhere
+            # (``RedisTaskStore``, which defines ``mirror``); the flag, not an isinstance check, keeps this cheap.
+            self.store.mirror(self)  # type: ignore[attr-defined]
         waiters = self.waiters
         if waiters is not None:
             self.waiters = None
@@ -296,23 +305,24 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
         lock = self.store.lock
         loop = asyncio.get_running_loop()
         while True:
+            future: asyncio.Future[None] | None = None
             with lock:
                 if self.version != seen:
-                    seen, record, future = self.version, self.record(), None
+                    seen, record = self.version, self.record()
                 else:
-                    record, future = None, loop.create_future()
+                    future = loop.create_future()
                     if self.waiters is None:
                         self.waiters = []
                     self.waiters.append((loop, future))
-            if record is not None:
-                yield record
-                if record.final:
-                    return
-            else:
+            if future is not None:
                 await future
+                continue
+            yield record
+            if record.final:
+                return
 
 
-def _wake(future: asyncio.Future) -> None:
+def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 

@@ -294,9 +294,9 @@ class Scheduler:
         self.app = app
         self.lease_ttl = lease_ttl
         self.jobs: dict[str, PeriodicJob] = {}
-        self._loops: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task[None]] = []
         self._leases: dict[str, ScheduleLease] = {}
-        self._runs: set[asyncio.Task] = set()
+        self._runs: set[asyncio.Task[None]] = set()
 
     def add(self, job: PeriodicJob) -> None:
         if job.name in self.jobs:
@@ -472,7 +472,7 @@ class Scheduler:
         task.on_end = on_end
         self.app.background.submit([task], "PERIODIC", iso(tick, job.schedule.zone()))
 
-    def _recorded(self, record: asyncio.Task) -> None:
+    def _recorded(self, record: asyncio.Task[None]) -> None:
         self._runs.discard(record)
         if not record.cancelled() and record.exception() is not None:
             logger.warning("Could not record a periodic run's outcome: %s", record.exception())

@@ -119,7 +119,9 @@ class TaskControl:
     (``Tachyon(task_results=True)``; per task: ``with_options(keep_result=True)``).
     """
 
-    def __init__(self, app: Any, *, track_all: bool = False, keep_results: bool = False, store: Any = None) -> None:
+    def __init__(
+        self, app: Any, *, track_all: bool = False, keep_results: bool = False, store: MemoryTaskStore | None = None
+    ) -> None:
         self.app = app
         self.track_all = track_all
         self.keep_results = keep_results
@@ -159,7 +161,8 @@ class TaskControl:
                     tracker.interrupt = _Unschedule(self.app.background, task)
                 if store.shared:
                     created = [*(created or ()), tracker]
-        return None if created is None else self.store.publish(created)
+        # ``created`` is only made for a shared store (``RedisTaskStore``, whose ``publish`` writes the records).
+        return None if created is None else self.store.publish(created)  # type: ignore[attr-defined]
 
     @staticmethod
     def abandon(tasks: Iterable["BackgroundTask"], reason: str) -> None:
@@ -169,14 +172,14 @@ class TaskControl:
                 task.tracker.lost(reason)
 
     # --- reading and cancelling --------------------------------------------------------------------------
-    def _sources(self) -> list[Any]:
-        sources = [self.store]
+    def _sources(self) -> list[StatusSource]:
+        sources: list[StatusSource] = [self.store]
         backend = getattr(self.app, "task_backend", None)
         if backend is not None and hasattr(backend, "read_status"):  # a backend written before status records
             sources.append(backend)
         return sources
 
-    async def lookup(self, task_id: str) -> tuple[Any, TaskRecord, str | None] | None:
+    async def lookup(self, task_id: str) -> tuple[StatusSource, TaskRecord, str | None] | None:
         """Where ``task_id`` lives, its record and its owner; None when no source knows it."""
         if not task_id or len(task_id) > MAX_ID:
             return None
@@ -219,13 +222,13 @@ class TaskControl:
     def start(self) -> None:
         """At startup: a shared store starts listening (cancellations from other processes); warn about a
         deployment whose status answers would be wrong."""
-        if self.store.shared:
-            self.store.start()
+        if self.store.shared:  # a shared store is one that has these (``RedisTaskStore``)
+            self.store.start()  # type: ignore[attr-defined]
         self.check_deployment()
 
     async def aclose(self) -> None:
         if self.store.shared:
-            await self.store.aclose()
+            await self.store.aclose()  # type: ignore[attr-defined]
 
     def check_deployment(self) -> None:
         """At startup: with several web processes and records kept in each process's memory, a status

@@ -7,6 +7,8 @@ be reported with that error code, and no other line may be reported.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 from typing_extensions import assert_type
@@ -31,7 +33,7 @@ from tachyon_api import (
 from tachyon_api.background import BackgroundTasks as BackgroundTasks13
 from tachyon_api.responses import JSONResponse, Response
 from tachyon_api.security import HTTPAuthorizationCredentials, HTTPBearer
-from tachyon_api.tasks import TaskOptions
+from tachyon_api.tasks import MemoryTaskStore, TaskOptions
 from tachyon_api.testing import TachyonTestClient
 
 app = Tachyon()
@@ -91,6 +93,14 @@ async def on_value_error(request: Request, exc: ValueError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
+def on_key_error(request: Request, exc: KeyError) -> JSONResponse:  # the exception's own type, as users write it
+    return JSONResponse({"detail": f"missing {exc}"}, status_code=404)
+
+
+app.add_exception_handler(KeyError, on_key_error)
+app.add_exception_handler("KeyError", on_key_error)  # error: arg-type
+
+
 @app.middleware("http")
 async def timing(request: Request, call_next: Any) -> Response:
     response: Response = await call_next(request)
@@ -127,6 +137,9 @@ def signup(background_tasks: BackgroundTasks, credentials: HTTPAuthorizationCred
     task = background_tasks.add_task(send_email, "ada@example.com", "Welcome!", urgent=True)
     assert_type(task, BackgroundTask)
     assert_type(task.with_options(retries=3, timeout=10), BackgroundTask)
+    task.with_options(delay=dt.timedelta(minutes=5)).with_options(delay=30.0).with_options(at=dt.datetime(2030, 1, 1))
+    task.with_options(delay="5 minutes")  # error: arg-type
+    task.with_options(at="2030-01-01")  # error: arg-type
     background_tasks.add_task(notify, 42)
     background_tasks.add_task(send_email, "ada@example.com")  # error: call-arg
     background_tasks.add_task(send_email, "ada@example.com", 2)  # error: arg-type
@@ -145,6 +158,18 @@ def legacy(background_tasks: BackgroundTasks13) -> Response:
     assert_type(background_tasks, BackgroundTasks)
     BackgroundTask(send_email, "ada@example.com", subject=3)  # error: arg-type
     return Response(b"ok", background=BackgroundTask(notify, 1))
+
+
+# --- the app's options, and a WebSocket route added without the decorator ---------------------------------
+async def lifespan(app: Tachyon) -> AsyncIterator[None]:  # an undecorated async generator function
+    yield
+
+
+Tachyon(lifespan=lifespan, task_store=MemoryTaskStore(ttl=60))
+Tachyon(task_store="redis://localhost")  # error: arg-type
+app.add_websocket_route("/ws2", chat, max_message_size=1 << 20)
+router.add_websocket_route("/ws", chat, max_message_size="1MB")  # error: arg-type
+router.add_websocket_route("/ws", chat, nmae="chat")  # error: call-arg
 
 
 # --- the test client takes the app -----------------------------------------------------------------------
