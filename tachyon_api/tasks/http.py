@@ -206,9 +206,9 @@ def status_url(app: Any, task_id: str, root_path: str = "") -> str | None:
 
 def find_status_path(app: Any) -> str | None:
     """The path template of the app's status route (``/tasks/{task_id}``), remembered once found."""
-    for route in getattr(app, "_routes", ()):
-        if getattr(route.endpoint, "__tachyon_task_status__", False):
-            path: str = route.path
+    for route in app.routes:
+        if getattr(route["func"], "__tachyon_task_status__", False):
+            path: str = route["path"]
             app.tasks.status_path = path
             return path
     return None
