@@ -68,6 +68,14 @@ UPDATE procrastinate_jobs
               queue_name, attempts, worker_id
 """
 
+# After a fetch whose answer was lost (the connection dropped), jobs this worker took may be "doing" with nobody
+# running them: back to the queue, untouched (no attempt counted: they never ran).
+_RELEASE_UNSTARTED = """
+UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL
+    WHERE worker_id = %(worker_id)s AND status = 'doing' AND NOT (id = ANY(%(running)s::bigint[]))
+    RETURNING id
+"""
+
 _FINISH_JOBS = (
     "SELECT procrastinate_finish_job_v1(outcome.id, outcome.status, false) "
     "FROM unnest(%(ids)s::bigint[], %(statuses)s::procrastinate_job_status[]) WITH ORDINALITY "
@@ -138,6 +146,7 @@ class BatchWorker(Worker):
             update_heartbeat_interval=stalled_after / 3, stalled_worker_timeout=stalled_after, **options
         )
         self._outcomes: list[tuple[int, str, asyncio.Future[None]]] = []
+        self._fetch_lost = False
         self._recording: asyncio.Task[None] | None = None
 
     @property
@@ -163,10 +172,13 @@ class BatchWorker(Worker):
                 while not self._job_semaphore.locked():
                     await self._job_semaphore.acquire()  # free: returns at once
                     slots += 1
+                if self._fetch_lost:
+                    await self._release_unstarted()
                 fetched = await self._fetch_jobs(slots)
             except Exception as exc:
                 if not _lost_connection(exc):
                     raise
+                self._fetch_lost = True
                 pause = next(pauses)
                 logger.warning("Cannot fetch jobs (%s); trying again in %.1f s", exc, pause)
                 await utils.wait_any(asyncio.sleep(pause), self._stop_event.wait())
@@ -188,6 +200,18 @@ class BatchWorker(Worker):
             limit=limit,
         )
         return sorted((jobs.Job.from_row(row) for row in rows), key=lambda job: (-job.priority, job.id or 0))
+
+    async def _release_unstarted(self) -> None:
+        """Put back the jobs a lost fetch may have taken (called by the fetch loop itself, between two fetches:
+        every job of this worker that is "doing" and not running is such a job)."""
+        assert self.worker_id is not None
+        running = [context.job.id for context in self._running_jobs.values() if context.job.id is not None]
+        rows = await self._connector.execute_query_all_async(
+            _RELEASE_UNSTARTED, worker_id=self.worker_id, running=running
+        )
+        self._fetch_lost = False
+        if rows:
+            logger.warning("Put back %d job(s) taken by a fetch whose answer was lost", len(rows))
 
     def _start(self, job: jobs.Job) -> None:
         """Run ``job`` in a task of its own, as procrastinate's loop does; its slot is freed when it ends."""
