@@ -118,6 +118,25 @@ def test_a_killed_workers_jobs_are_retried_or_failed_by_a_live_worker(db: str, t
     assert "is retried: the worker running job" in text and "has no retry left" in text
 
 
+def test_a_worker_taken_for_dead_registers_again_and_goes_on(db: str, tmp_path: Path) -> None:
+    """A live worker whose row was deleted (what another worker does to one silent for ``stalled_after``, for
+    example while its event loop was blocked) cannot take jobs under that id: it registers again and runs
+    them."""
+    path, log = str(tmp_path / "runs"), tmp_path / "worker.log"
+    running = worker(db, log)
+    try:
+        assert wait_until(lambda: b"Starting worker on queues" in log.read_bytes(), timeout=30), log.read_text()
+        assert rows(db, "SELECT count(*) FROM procrastinate_workers") == [(1,)]
+        rows(db, "DELETE FROM procrastinate_workers RETURNING id")
+        with TachyonTestClient(pg_worker_app.app) as client:
+            assert client.post("/note/after", params={"path": path}).status_code == 201
+        assert wait_until(lambda: runs(path) == ["after"], timeout=30), log.read_text()
+        assert wait_until(lambda: statuses(db) == {"after": "succeeded"}, timeout=10), log.read_text()
+    finally:
+        stop(running)
+    assert "was taken for dead" in log.read_text()
+
+
 def test_a_worker_outlives_a_postgres_restart_and_drains_the_queue(
     own_postgres: PostgresServer, own_db: str, tmp_path: Path
 ) -> None:

@@ -98,6 +98,9 @@ SELECT job.id, status, task_name, priority, lock, queueing_lock, args, scheduled
     FOR UPDATE OF job
 """
 
+# procrastinate_update_heartbeat_v1, saying whether the worker's row was still there.
+_HEARTBEAT = "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %(worker_id)s RETURNING id"
+
 _RETRY_JOB = "SELECT procrastinate_retry_job_v2(%(id)s, %(retry_at)s, %(priority)s, %(queue)s, %(lock)s)"
 _FAIL_JOB = "SELECT procrastinate_finish_job_v1(%(id)s, 'failed', false)"
 
@@ -176,6 +179,9 @@ class BatchWorker(Worker):
                     await self._release_unstarted()
                 fetched = await self._fetch_jobs(slots)
             except Exception as exc:
+                if getattr(exc.__cause__, "sqlstate", None) == "23503":  # our worker row is gone (see _heartbeat)
+                    await self._register_again()
+                    continue
                 if not _lost_connection(exc):
                     raise
                 self._fetch_lost = True
@@ -347,8 +353,19 @@ class BatchWorker(Worker):
                     logger.error("%s failed", action.__name__.strip("_"), exc_info=exc)
 
     async def _heartbeat(self) -> None:
-        assert self.worker_id is not None
-        await self.app.job_manager.update_heartbeat(self.worker_id)
+        rows = await self._connector.execute_query_all_async(_HEARTBEAT, worker_id=self.worker_id)
+        if not rows:
+            await self._register_again()
+
+    async def _register_again(self) -> None:
+        """This worker was taken for dead (silent for longer than ``stalled_after``: its event loop was blocked)
+        and its row deleted; its jobs are being put back by another worker. It goes on under a new id, since a
+        job cannot be taken under a worker id that no longer exists."""
+        old, self.worker_id = self.worker_id, await self.app.job_manager.register_worker()
+        logger.warning(
+            "This worker (id %s) sent no heartbeat for over %g s and was taken for dead: its running jobs may run "
+            "again elsewhere; registered again as worker %s", old, self.stalled_worker_timeout, self.worker_id,
+        )
 
     async def _listen(self) -> None:
         """procrastinate's LISTEN for new jobs, reconnected after an outage; a job may have come meanwhile, so
