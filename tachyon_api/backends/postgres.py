@@ -81,6 +81,8 @@ class PostgresBackend(TaskBackend):
     otherwise. Connections time out after ``connect_timeout`` seconds, so an outage costs a request at most
     about that long; ``pool_size`` connections per event loop store the tasks of requests that have no
     transaction of their own to join. ``idempotency_ttl`` and ``idempotency_scope`` work as in ``RQBackend``.
+    A worker that sent no heartbeat for ``stalled_after`` seconds counts as dead: a live worker puts its jobs back
+    on the queue (or fails those out of retries); every worker of the app reads it from here, so they agree.
     The tables (procrastinate's, and two of this backend) are created on first use when they are missing, or
     by :meth:`create_schema`.
     """
@@ -95,6 +97,7 @@ class PostgresBackend(TaskBackend):
         pool_size: int = 10,
         idempotency_ttl: int = 86_400,
         idempotency_scope: "IdempotencyScope | None" = None,
+        stalled_after: float = 30.0,
     ) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -108,6 +111,9 @@ class PostgresBackend(TaskBackend):
             raise ValueError(f"PostgresBackend(idempotency_ttl={idempotency_ttl!r}): whole seconds, at least 1")
         self.idempotency_ttl = idempotency_ttl
         self.idempotency_scope = idempotency_scope
+        if isinstance(stalled_after, bool) or not isinstance(stalled_after, (int, float)) or not stalled_after > 0:
+            raise ValueError(f"PostgresBackend(stalled_after={stalled_after!r}): seconds, above 0")
+        self.stalled_after = float(stalled_after)
         self._where = _where(params.get("host"), params.get("port"), params.get("dbname"))
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
             weakref.WeakKeyDictionary()

@@ -6,7 +6,9 @@ first job of a function imports it and wraps it in a procrastinate task, kept fo
 runs ``async def`` functions on the worker's event loop and sync ones in threads (so ``--concurrency`` jobs run
 at once either way), applies the job's ``timeout``, logs a failure with its traceback on
 ``tachyon_api.worker`` and records the traceback for the dashboard (``failed_jobs``). Retries follow the job's
-own ``retries`` and ``retry_delay`` (delays double: ``s, 2s, 4s, ...``), as in the Redis tier.
+own ``retries`` and ``retry_delay`` (delays double: ``s, 2s, 4s, ...``), as in the Redis tier. The loop that
+fetches jobs and records their outcomes in batches, and puts back the jobs of dead workers, is
+``postgres_batch.py``'s.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from procrastinate import App, PsycopgConnector
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.tasks import Task
+from psycopg_pool import AsyncConnectionPool
 
 from .calls import import_function
+from .postgres_batch import RECORD_FAILURE, BatchWorker
 
 if TYPE_CHECKING:
     from .postgres import PostgresBackend
@@ -30,11 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["run_worker"]
 
 logger = logging.getLogger("tachyon_api.worker")
-
-_RECORD_FAILURE = (
-    "INSERT INTO tachyon_job_failures (job_id, exc_info) VALUES (%(job_id)s, %(exc_info)s) "
-    "ON CONFLICT (job_id) DO UPDATE SET exc_info = EXCLUDED.exc_info, failed_at = now()"
-)
 
 _DUE = (
     "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE queue_name = ANY(%(queues)s) AND status = 'todo' "
@@ -61,19 +60,33 @@ async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, 
             logger.warning("Cannot reach %s (%s); trying again in %.1f s", backend, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-    app = App(connector=PsycopgConnector(conninfo=backend.dsn, min_size=1, max_size=max(2, min(concurrency, 10))))
+    # Every query of the worker is one statement: autocommit spares the BEGIN and COMMIT round trips around it.
+    # No check of each connection as it is taken (procrastinate's default, one more round trip per query): the
+    # worker's loops retry what a dead connection fails, and the pool replaces a connection found broken.
+    pool = AsyncConnectionPool(
+        backend.dsn, min_size=2, max_size=max(4, min(concurrency, 10)), open=False, configure=_autocommit
+    )
+    app = App(connector=PsycopgConnector())
     app.tasks = _Tasks(app, app.tasks, backend.queue_name)
     logger.info("Worker for %s, queues %s, concurrency %d", backend, ", ".join(queues), concurrency)
-    async with app.open_async():
+    await pool.open()
+    async with pool, app.open_async(pool):
         while True:
-            await app.run_worker_async(
-                queues=queues, concurrency=concurrency, wait=not burst, shutdown_graceful_timeout=shutdown,
-                install_signal_handlers=True,
+            worker = BatchWorker(
+                app=app, queues=queues, concurrency=concurrency, wait=not burst, shutdown_graceful_timeout=shutdown,
+                install_signal_handlers=True, stalled_after=backend.stalled_after,
             )
+            await worker.run()
             # procrastinate's burst stops at the first empty fetch, while jobs still ran: one of them may have
             # been put back for a retry. Burst means "until nothing is due".
             if not burst or not (await app.connector.execute_query_one_async(_DUE, queues=queues))["due"]:
                 return 0
+
+
+async def _autocommit(conn: Any) -> None:
+    """Each new connection of the worker's pool (not a ``kwargs`` entry of the pool: procrastinate opens its
+    LISTEN connection with the pool's ``kwargs`` and an ``autocommit`` of its own)."""
+    await conn.set_autocommit(True)
 
 
 class _Tasks(dict):
@@ -122,7 +135,7 @@ def _task(app: App, name: str, func: Any, queue: str) -> Task:
             )
             try:
                 await app.connector.execute_query_async(
-                    _RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
+                    RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
                 )
             except Exception:  # the job's own failure is what matters; this one is logged
                 logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
