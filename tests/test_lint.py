@@ -15,7 +15,7 @@ else:  # mypy brings tomli on 3.10
 
 from .conftest import ROOT
 
-PATHS = ["tachyon_api", "tests", "examples"]
+PATHS = ["tachyon_api", "tests", "examples", "bench", "scripts"]
 # Per-file ignores that are meant to stay (the tests' deliberate typing spellings); the others are temporary.
 PERMANENT = {"tests/**"}
 

@@ -1,6 +1,7 @@
 """Benchmark app for the Postgres tier (bench/postgres.py): the same trivial task added in-process, stored
-in PostgreSQL on its own, stored in the transaction of the request's own connection (with a row of data),
-and stored in Redis (when ``BENCH_REDIS_URL`` is set)."""
+in PostgreSQL on its own, stored in the transaction of the request's own connection (with a row of data; its
+baseline is the same transaction and row with an in-process task), and stored in Redis (when
+``BENCH_REDIS_URL`` is set)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ async def inprocess(background_tasks: BackgroundTasks) -> dict:
 @app.post("/durable")
 async def durable(background_tasks: BackgroundTasks) -> dict:
     background_tasks.add_task(trivial, 1)
+    return {"ok": True}
+
+
+@app.post("/inprocess-tx")
+async def inprocess_tx(background_tasks: BackgroundTasks, db: Any = Depends(transaction, scope="function")) -> dict:
+    """The same work as ``/durable-tx`` (a transaction, a row) with an in-process task: its baseline."""
+    await db.execute("INSERT INTO bench_rows (value) VALUES (1)")
+    background_tasks.add_task(trivial, 1).with_options(durable=False)
     return {"ok": True}
 
 
