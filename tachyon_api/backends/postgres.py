@@ -316,7 +316,7 @@ class PostgresBackend(TaskBackend):
         from procrastinate.types import JobToDefer
         from psycopg.types.json import Jsonb
 
-        args: dict[str, Any] = {"args": list(task.args), "kwargs": task.kwargs, "id": task.id}
+        args: dict[str, Any] = {"args": tag(list(task.args)), "kwargs": tag(task.kwargs), "id": task.id}
         if task.owner is not None:
             args["owner"] = task.owner
         if task.keep_result:
@@ -587,8 +587,9 @@ def _same_unknown(where: tuple[str, int, str], info: Any) -> bool:
 
 def _not_json(value: Any, at: str = "arguments") -> str | None:
     """Why ``value`` would not come back the same from a JSON column (None: it would): only None, bool,
-    int, float (finite), str, list, tuple (read back as a list) and dict with str keys."""
-    if value is None or isinstance(value, (bool, int, str)):
+    int, float (finite), str, list, tuple (read back as a list), dict with str keys, and datetime (stored
+    tagged, see :func:`tag`: a periodic job's ``tick`` is one)."""
+    if value is None or isinstance(value, (bool, int, str, dt.datetime)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{at} is {value!r} (JSON has no NaN or infinity)"
@@ -599,6 +600,8 @@ def _not_json(value: Any, at: str = "arguments") -> str | None:
                 return problem
         return None
     if isinstance(value, dict):
+        if _DATETIME in value:
+            return f"{at} has the key {_DATETIME!r} (reserved: it marks a datetime)"
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{at} has the key {key!r} (JSON keys are strings)"
@@ -608,3 +611,32 @@ def _not_json(value: Any, at: str = "arguments") -> str | None:
         return None
     return f"{at} holds a {type(value).__name__} (JSON holds None, bool, int, float, str, list and dict)"
 
+
+
+# A datetime argument, in JSON: ``{"$datetime": "<ISO 8601>"}`` (a key that ``_not_json`` refuses in user dicts).
+_DATETIME = "$datetime"
+
+
+def tag(value: Any) -> Any:
+    """``value`` (checked by ``_not_json``) with each datetime as ``{"$datetime": iso}``, for the JSON column;
+    the same object when it holds none."""
+    if isinstance(value, dt.datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, (list, tuple)):
+        items = [tag(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        tagged = {key: tag(item) for key, item in value.items()}
+        return value if all(tagged[key] is item for key, item in value.items()) else tagged
+    return value
+
+
+def untag(value: Any) -> Any:
+    """The worker's side of :func:`tag`: the datetimes back."""
+    if isinstance(value, list):
+        return [untag(item) for item in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_DATETIME), str):
+            return dt.datetime.fromisoformat(value[_DATETIME])
+        return {key: untag(item) for key, item in value.items()}
+    return value

@@ -487,7 +487,7 @@ class JobTracker:
         failure: TaskError | None = None
         if error is not None:
             failure = TaskError.of(error)
-        elif self.keep is not None:
+        elif self.keep is not None and not self.cancel_seen:  # a task that stopped when asked keeps no result
             result, failure = encode_result(value, self.keep)
         if result is None and failure is None and pending is None:
             return

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..tasks.status import running_task
 from .calls import import_function
+from .postgres import untag
 from .postgres_batch import RECORD_FAILURE, BatchWorker
 from .postgres_status import JobTracker, purge
 
@@ -127,7 +128,8 @@ def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
         job = context.job
         tracker = _tracker(app, context, options)
         running_task.set(tracker)  # report_progress and cancelled() in the job (procrastinate's task of its own)
-        call = func(*args, **kwargs) if is_async else asyncio.to_thread(func, *args, **kwargs)
+        args, kwargs = untag(args), untag(kwargs)  # datetimes back (a periodic job's tick)
+        call = func(*args, **kwargs) if is_async else _in_thread(context, func, args, kwargs)
         try:
             if not timeout:
                 value = await call
@@ -164,6 +166,19 @@ def _tracker(app: App, context: Any, options: dict[str, Any]) -> JobTracker | No
         options["id"], context.job.id, app.connector.execute_query_async,
         lambda: context.abort_reason() == AbortReason.USER_REQUEST, options.get("keep"),
     )
+
+
+async def _in_thread(context: Any, func: Any, args: list, kwargs: dict) -> Any:
+    """A sync task in a thread. procrastinate answers a user's abort by cancelling the job's asyncio task, which
+    cannot stop a thread: the job would be recorded aborted while its thread runs on. So that cancellation is
+    absorbed here; the task sees ``cancelled()`` turn true and returns, and the job ends then (cancelled)."""
+    thread = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    while True:
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if thread.done() or context.abort_reason() != AbortReason.USER_REQUEST:
+                raise
 
 
 async def _ended(
