@@ -21,11 +21,15 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from tachyon_api import Tachyon
 from tachyon_api.backends import postgres_status
 from tachyon_api.backends.postgres import PostgresBackend
+from tachyon_api.background import BackgroundTasks
+from tachyon_api.tasks import task_status_router
 from tachyon_api.testing import TachyonTestClient
 
 from .conftest import ROOT, ServerProcess, serve, wait_until
+from .postgres_server import PostgresServer
 from .test_postgres_tier import TESTS, burst, db, env, pg_app, rows  # noqa: F401  (db: the fixture, used below)
 from .test_schedule_processes import JOB, app_env, check_once_per_tick, read
 
@@ -155,6 +159,24 @@ def test_a_rolled_back_requests_tasks_have_no_record(postgres_url: str) -> None:
         assert client.get(f"/tasks/{pg_app.held_ids[-1]}").status_code == 404
         assert client.post("/orders/6").status_code == 201  # committed: its record is there
     assert rows(postgres_url, "SELECT name, state FROM tachyon_task_status") == [("record", "queued")]
+
+
+def test_an_owned_record_is_hidden_from_others_and_postgres_down_is_a_503(own_postgres: PostgresServer) -> None:
+    app = Tachyon(task_backend=PostgresBackend(own_postgres.url, connect_timeout=1))
+    app.include_router(task_status_router(public=True))
+
+    @app.post("/owned", status_code=202)
+    async def owned(background_tasks: BackgroundTasks) -> dict[str, str]:
+        return {"id": background_tasks.add_task(pg_app.record, 1).with_options(owner="alice").id}
+
+    with TachyonTestClient(app) as client:
+        task_id = client.post("/owned").json()["id"]
+        assert rows(own_postgres.url, "SELECT owner, state FROM tachyon_task_status") == [("alice", "queued")]
+        assert client.get(f"/tasks/{task_id}").status_code == 404  # no principal: not alice's
+        own_postgres.stop()
+        for answer in (client.get(f"/tasks/{task_id}"), client.delete(f"/tasks/{task_id}")):
+            assert answer.status_code == 503 and answer.json()["code"] == "TASK_BACKEND_UNAVAILABLE"
+            assert "status could not be" in answer.json()["error"]
 
 
 def test_ended_records_expire_like_the_redis_tiers(postgres_url: str) -> None:

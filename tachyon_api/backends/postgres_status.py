@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import msgspec
 
+from ..exceptions import TaskBackendUnavailable
 from ..tasks.records import FINAL, TRANSITIONS, Progress, TaskError, TaskRecord, encode_result
 
 if TYPE_CHECKING:
@@ -130,7 +131,8 @@ BEGIN
             ended_at = CASE WHEN _target IN ({_FINAL}) THEN clock_timestamp() ELSE ended_at END
         WHERE id = _id AND job_id = NEW.id AND tachyon_task_move(state, _target);
     END IF;
-    IF FOUND THEN
+    -- a new record has no watcher yet (a watcher of an unknown id stops at once): only changes are announced
+    IF FOUND AND TG_OP = 'UPDATE' THEN
         PERFORM pg_notify('{CHANNEL}', _id);
     END IF;
     RETURN NULL;
@@ -306,10 +308,13 @@ class PostgresStatus:
         self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StatusHub] = weakref.WeakKeyDictionary()
 
     async def read(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
-        pool: AsyncConnectionPool[Any] = await self.pool()
-        async with pool.connection(timeout=self.connect_timeout) as conn:
-            cursor = await conn.execute(_READ, (task_id, self.failure_ttl, self.result_ttl))
-            row = await cursor.fetchone()
+        try:
+            pool: AsyncConnectionPool[Any] = await self.pool()
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                cursor = await conn.execute(_READ, (task_id, self.failure_ttl, self.result_ttl))
+                row = await cursor.fetchone()
+        except Exception as exc:
+            raise _unavailable("read", task_id, exc) from exc
         return None if row is None else _record(task_id, row)
 
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
@@ -337,10 +342,13 @@ class PostgresStatus:
     async def cancel(self, task_id: str) -> bool | None:
         """True when asked (a waiting job is cancelled, a running one told to stop), False when it had ended,
         None when unknown."""
-        pool: AsyncConnectionPool[Any] = await self.pool()
-        async with pool.connection(timeout=self.connect_timeout) as conn:
-            cursor = await conn.execute("SELECT tachyon_cancel_task(%s)", (task_id,))
-            row = await cursor.fetchone()
+        try:
+            pool: AsyncConnectionPool[Any] = await self.pool()
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                cursor = await conn.execute("SELECT tachyon_cancel_task(%s)", (task_id,))
+                row = await cursor.fetchone()
+        except Exception as exc:
+            raise _unavailable("cancel", task_id, exc) from exc
         outcome = str(row[0]) if row else "unknown"
         if outcome == "unknown":
             return None
@@ -350,6 +358,14 @@ class PostgresStatus:
         hub = self._hubs.pop(asyncio.get_running_loop(), None)
         if hub is not None:
             await hub.aclose()
+
+
+def _unavailable(action: str, task_id: str, exc: Exception) -> TaskBackendUnavailable:
+    """PostgreSQL could not be reached (or refused): logged with its traceback, answered 503 with the error body."""
+    logger.error("Could not %s the status of task %s in PostgreSQL: %s", action, task_id, exc, exc_info=exc)
+    error = TaskBackendUnavailable()
+    error.error = f"Task status could not be {'read' if action == 'read' else 'changed'}; try again later"
+    return error
 
 
 def job_state(conn: psycopg.Connection[Any], task_id: str) -> str | None:
