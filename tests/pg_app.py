@@ -173,11 +173,14 @@ async def create_with_sqlalchemy(
 held_ids: list[str] = []  # ids of tasks added by requests that then failed (the test client runs in-process)
 
 
-def compute(steps: int, pause: float) -> dict[str, int]:
-    """Reports its progress at each step; stops early (and says so) when its cancellation was requested."""
+def compute(steps: int, pause: float, raise_when_cancelled: bool = False) -> dict[str, int]:
+    """Reports its progress at each step; stops early (and says so) when its cancellation was requested,
+    returning or raising."""
     for step in range(steps):
         if cancelled():
             note(f"compute stopped at {step}")
+            if raise_when_cancelled:
+                raise RuntimeError("stopped: cancelled")
             return {"steps": step}
         time.sleep(pause)
         report_progress((step + 1) / steps, f"step {step + 1} of {steps}")
@@ -206,9 +209,13 @@ def note(text: str) -> None:
 
 @app.post("/status/compute", status_code=202)
 async def start_compute(
-    background_tasks: BackgroundTasks, steps: int = 3, pause: float = 0.0, owner: str | None = None
+    background_tasks: BackgroundTasks,
+    steps: int = 3,
+    pause: float = 0.0,
+    owner: str | None = None,
+    raising: bool = False,
 ) -> dict[str, Any]:
-    task = background_tasks.add_task(compute, steps, pause).with_options(keep_result=True, owner=owner)
+    task = background_tasks.add_task(compute, steps, pause, raising).with_options(keep_result=True, owner=owner)
     return {"id": task.id}
 
 

@@ -137,19 +137,23 @@ def test_cancelling_running_jobs_stops_them(postgres_url: str, worker: subproces
     with TachyonTestClient(pg_app.app) as client:
         sleeper = client.post("/status/wait?seconds=60").json()["id"]  # async def: cancelled by the worker
         stepper = client.post("/status/compute?steps=600&pause=0.1").json()["id"]  # sync: reads cancelled()
+        raiser = client.post("/status/compute?steps=600&pause=0.1&raising=true").json()["id"]  # and raises
+        jobs = (sleeper, stepper, raiser)
 
-        def state(task_id: str) -> str:
-            return str(client.get(f"/tasks/{task_id}").json()["state"])
+        def states() -> list[str]:
+            return [client.get(f"/tasks/{task_id}").json()["state"] for task_id in jobs]
 
-        assert wait_until(lambda: state(sleeper) == state(stepper) == "running", timeout=30)
-        for task_id in (sleeper, stepper):
+        assert wait_until(lambda: states() == ["running"] * 3, timeout=30)
+        for task_id in jobs:
             answer = client.delete(f"/tasks/{task_id}")
             assert answer.status_code == 202
-        assert wait_until(lambda: state(sleeper) == state(stepper) == "cancelled", timeout=30)
-        stopped = client.get(f"/tasks/{stepper}").json()
-    assert stopped["result"] is None and stopped["ended_at"] is not None
+        assert wait_until(lambda: states() == ["cancelled"] * 3, timeout=30)
+        stopped = [client.get(f"/tasks/{task_id}").json() for task_id in (stepper, raiser)]
+    assert all(record["result"] is None and record["error"] is None for record in stopped)
     assert "wait_async cancelled" in notes(postgres_url)
-    assert any(note.startswith("compute stopped at") for note in notes(postgres_url))
+    assert len([note for note in notes(postgres_url) if note.startswith("compute stopped at")]) == 2
+    # stopped on request: never retried
+    assert rows(postgres_url, "SELECT DISTINCT status::text FROM procrastinate_jobs") == [("aborted",)]
     assert not {"wait_async finished", "compute finished"} & set(notes(postgres_url))
 
 

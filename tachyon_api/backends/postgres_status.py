@@ -463,6 +463,7 @@ class JobTracker:
         self.loop = asyncio.get_running_loop()
         self._pending: tuple[float | None, str | None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._ending = asyncio.Event()  # set by end(): the writer stops after the write in flight
 
     def report(self, done: float | None, message: str | None) -> None:
         self._pending = (done, message)
@@ -477,13 +478,14 @@ class JobTracker:
             self._writer = self.loop.create_task(self._write())
 
     async def _write(self) -> None:
-        while self._pending is not None:
+        while self._pending is not None and not self._ending.is_set():
             (done, message), self._pending = self._pending, None
             try:
                 await self.execute(_PROGRESS, id=self.id, job=self.job_id, done=done, message=message)
             except Exception as exc:  # the database away: the job goes on; its end carries the latest progress
                 logger.warning("Could not record the progress of job %s: %r", self.job_id, exc)
-            await asyncio.sleep(self.PROGRESS_INTERVAL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ending.wait(), self.PROGRESS_INTERVAL)
 
     def is_cancelled(self) -> bool:
         if self.abort_requested():
@@ -494,16 +496,17 @@ class JobTracker:
     async def end(self, value: Any = None, error: BaseException | None = None) -> None:
         """The attempt ended (before procrastinate records it): write its error, or its kept result, and the
         progress not written yet. Nothing to write: no round trip."""
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        self._ending.set()
+        if self._writer is not None:
+            await self._writer  # its write in flight lands first (it never raises); what is pending comes here
         pending, self._pending = self._pending, None
         result: bytes | None = None
         failure: TaskError | None = None
-        if error is not None:
+        if self.cancel_seen:  # it stopped when asked: it ends cancelled, with neither result nor error
+            pass
+        elif error is not None:
             failure = TaskError.of(error)
-        elif self.keep is not None and not self.cancel_seen:  # a task that stopped when asked keeps no result
+        elif self.keep is not None:
             result, failure = encode_result(value, self.keep)
         if result is None and failure is None and pending is None:
             return

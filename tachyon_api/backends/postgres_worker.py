@@ -185,13 +185,14 @@ async def _ended(
     app: App, backend: "PostgresBackend", tracker: JobTracker | None, value: Any = None, error: Exception | None = None
 ) -> None:
     """The attempt ended: its record gets the error or kept result (procrastinate then moves its state); a sync
-    task that saw ``cancelled()`` and returned ends cancelled (procrastinate's aborted). Expired records go."""
+    task that saw ``cancelled()`` and then returned or raised ends cancelled (procrastinate's aborted, never
+    retried). Expired records go."""
     if tracker is None:
         return
     await tracker.end(value, error)
     await purge(app.connector.execute_query_async, backend.dsn, backend.result_ttl, backend.failure_ttl)
-    if error is None and tracker.cancel_seen:
-        raise JobAborted(f"job {tracker.job_id} stopped after its cancellation was requested")
+    if tracker.cancel_seen:
+        raise JobAborted(f"job {tracker.job_id} stopped after its cancellation was requested") from error
 
 
 class _JobRetry(BaseRetryStrategy):
