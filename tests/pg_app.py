@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, AsyncIterator
 
 import psycopg
@@ -16,15 +17,18 @@ import psycopg
 from tachyon_api import Depends, HTTPException, Tachyon
 from tachyon_api.backends.postgres import PostgresBackend
 from tachyon_api.background import BackgroundTasks
+from tachyon_api.tasks import cancelled, report_progress, task_status_router
 
 DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:1/postgres")
 backend = PostgresBackend(DSN, connect_timeout=2)
 app = Tachyon(task_backend=backend)
+app.include_router(task_status_router(public=True))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS runs (order_id bigint, found boolean, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS attempts (key text PRIMARY KEY, count int NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (text text, at timestamptz DEFAULT clock_timestamp());
 """
 
 
@@ -163,3 +167,74 @@ async def create_with_sqlalchemy(
     if fail:
         raise HTTPException(409, "refused after the write")
     return {"id": order_id}
+
+
+# --- status records (tests/test_postgres_status.py) ----------------------------------------------------------
+held_ids: list[str] = []  # ids of tasks added by requests that then failed (the test client runs in-process)
+
+
+def compute(steps: int, pause: float, raise_when_cancelled: bool = False) -> dict[str, int]:
+    """Reports its progress at each step; stops early (and says so) when its cancellation was requested,
+    returning or raising."""
+    for step in range(steps):
+        if cancelled():
+            note(f"compute stopped at {step}")
+            if raise_when_cancelled:
+                raise RuntimeError("stopped: cancelled")
+            return {"steps": step}
+        time.sleep(pause)
+        report_progress((step + 1) / steps, f"step {step + 1} of {steps}")
+    note("compute finished")
+    return {"steps": steps}
+
+
+async def wait_async(seconds: float) -> None:
+    """Sleeps; notes whether it was cancelled or ran to its end."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        note("wait_async cancelled")
+        raise
+    note("wait_async finished")
+
+
+def broken(message: str) -> None:
+    raise ValueError(message)
+
+
+def note(text: str) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("INSERT INTO notes (text) VALUES (%s)", (text,))
+
+
+@app.post("/status/compute", status_code=202)
+async def start_compute(
+    background_tasks: BackgroundTasks,
+    steps: int = 3,
+    pause: float = 0.0,
+    owner: str | None = None,
+    raising: bool = False,
+) -> dict[str, Any]:
+    task = background_tasks.add_task(compute, steps, pause, raising).with_options(keep_result=True, owner=owner)
+    return {"id": task.id}
+
+
+@app.post("/status/wait", status_code=202)
+async def start_wait(background_tasks: BackgroundTasks, seconds: float, delay: float | None = None) -> dict[str, Any]:
+    return {"id": background_tasks.add_task(wait_async, seconds).with_options(delay=delay).id}
+
+
+@app.post("/status/broken", status_code=202)
+async def start_broken(background_tasks: BackgroundTasks, message: str) -> dict[str, Any]:
+    return {"id": background_tasks.add_task(broken, message).id}
+
+
+@app.post("/status/rolled-back/{order_id}", status_code=201)
+async def rolled_back(
+    order_id: int,
+    background_tasks: BackgroundTasks,
+    db: psycopg.AsyncConnection = Depends(transaction, scope="function"),
+) -> dict[str, Any]:
+    await db.execute("INSERT INTO orders (id) VALUES (%s)", (order_id,))
+    held_ids.append(background_tasks.add_task(record, order_id).id)
+    raise HTTPException(409, "refused after the write")

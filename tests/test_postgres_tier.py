@@ -77,7 +77,9 @@ def test_a_2xx_commits_the_data_and_its_job_together(db: str) -> None:
     with TachyonTestClient(pg_app.app) as client:
         assert client.post("/orders/1").status_code == 201
     assert rows(db, "SELECT id FROM orders") == [(1,)]
-    assert jobs(db) == [("pg_app:record", {"args": [1], "kwargs": {}}, "todo")]
+    [(name, args, status)] = jobs(db)
+    assert (name, status) == ("pg_app:record", "todo")
+    assert args == {"args": [1], "kwargs": {}, "id": args["id"]} and len(args["id"]) == 32  # + its record's id
     burst(db)
     assert rows(db, "SELECT order_id, found FROM runs") == [(1, True)]
     assert jobs(db)[0][2] == "succeeded"
@@ -279,23 +281,3 @@ async def test_concurrent_requests_are_each_stored_once(db: str) -> None:
             answers = await asyncio.gather(*(client.post(f"/plain/{i}") for i in range(40)))
     assert [answer.status_code for answer in answers] == [201] * 40
     assert sorted(job[1]["args"][0] for job in jobs(db)) == list(range(40))
-
-
-def nightly() -> None:
-    """A periodic job (never run: the app refuses to start)."""
-
-
-def test_periodic_jobs_are_refused_at_startup_until_this_tier_has_a_lease() -> None:
-    app = Tachyon(task_backend=PostgresBackend("postgresql://postgres@127.0.0.1:1/none"))
-    app.periodic(every=60, durable=False)(nightly)
-    with pytest.raises(RuntimeError, match=r"NotImplementedError.*not available yet .* PostgresBackend"):
-        with TachyonTestClient(app):
-            pass
-
-
-async def test_app_tasks_knows_no_durable_id_on_this_tier_yet() -> None:
-    """No status records in PostgreSQL yet: an id is unknown to the backend, and app.tasks says so."""
-    app = Tachyon(task_backend=PostgresBackend("postgresql://postgres@127.0.0.1:1/none"))
-    assert await app.tasks.get("12") is None
-    assert [record async for record in app.task_backend.watch_status("12")] == []
-    assert await app.task_backend.cancel_status("12") is None

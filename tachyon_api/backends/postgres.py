@@ -13,8 +13,9 @@ its transaction. They commit with the data or roll back with it, and no worker s
 transaction of their own before the response, as in the Redis tier.
 
 A job row names its function by reference (``module:qualname``, procrastinate's ``task_name``) and carries
-``{"args": [...], "kwargs": {...}}`` plus the task's options as its JSON ``args``; a ``job_id`` is
-procrastinate's queueing lock (one waiting job per id).
+``{"args": [...], "kwargs": {...}}`` plus the task's options and its status record's id as its JSON ``args``; a
+``job_id`` is procrastinate's queueing lock (one waiting job per id). Status records and periodic jobs' leases
+are in ``postgres_status.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutco
 from ..tasks.timers import due_time
 from .base import TaskBackend
 from .calls import F, check_job_id, check_reference, durable_mark, function_path
+from .postgres_status import SCHEMA as STATUS_SCHEMA
+from .postgres_status import PostgresLease, PostgresStatus, job_state
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
     from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
+    from ..tasks.records import TaskRecord
 
 __all__ = ["PostgresBackend"]
 
@@ -83,8 +87,12 @@ class PostgresBackend(TaskBackend):
     transaction of their own to join. ``idempotency_ttl`` and ``idempotency_scope`` work as in ``RQBackend``.
     A worker that sent no heartbeat for ``stalled_after`` seconds counts as dead: a live worker puts its jobs back
     on the queue (or fails those out of retries); every worker of the app reads it from here, so they agree.
-    The tables (procrastinate's, and two of this backend) are created on first use when they are missing, or
-    by :meth:`create_schema`.
+
+    Every job has a status record (``app.tasks``, the status routes): an ended one stays ``result_ttl`` seconds
+    (succeeded or cancelled) or ``failure_ttl`` seconds (failed), RQ's defaults; a result kept with
+    ``with_options(keep_result=True)`` is limited to ``result_limit`` bytes of JSON.
+    The tables (procrastinate's, and this backend's) are created on first use when they are missing, or by
+    :meth:`create_schema`.
     """
 
     def __init__(
@@ -98,6 +106,9 @@ class PostgresBackend(TaskBackend):
         idempotency_ttl: int = 86_400,
         idempotency_scope: "IdempotencyScope | None" = None,
         stalled_after: float = 30.0,
+        result_ttl: int = 500,
+        failure_ttl: int = 31_536_000,
+        result_limit: int = 64 * 1024,
     ) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -114,6 +125,14 @@ class PostgresBackend(TaskBackend):
         if isinstance(stalled_after, bool) or not isinstance(stalled_after, (int, float)) or not stalled_after > 0:
             raise ValueError(f"PostgresBackend(stalled_after={stalled_after!r}): seconds, above 0")
         self.stalled_after = float(stalled_after)
+        for label, value in (("result_ttl", result_ttl), ("failure_ttl", failure_ttl), ("result_limit", result_limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PostgresBackend({label}={value!r}): a whole number, at least 1")
+        self.result_ttl, self.failure_ttl, self.result_limit = result_ttl, failure_ttl, result_limit
+        self._status = PostgresStatus(
+            dsn, self._pool, connect_timeout=max(1, math.ceil(connect_timeout)), result_ttl=result_ttl,
+            failure_ttl=failure_ttl,
+        )
         self._where = _where(params.get("host"), params.get("port"), params.get("dbname"))
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
             weakref.WeakKeyDictionary()
@@ -146,13 +165,14 @@ class PostgresBackend(TaskBackend):
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
         """Refuse, at ``with_options``, what this backend could never store (see ``calls.py``); procrastinate
-        keeps finished jobs until they are deleted, so ``result_ttl``/``failure_ttl`` have no meaning here."""
+        keeps finished jobs until they are deleted, and status records follow the backend's ``result_ttl`` and
+        ``failure_ttl``: per task they have no meaning here."""
         check_job_id(options.get("job_id"))
         for key in ("result_ttl", "failure_ttl"):
             if options.get(key) is not None:
                 raise TypeError(
-                    f"with_options({key}=...): PostgresBackend keeps jobs until they are deleted (procrastinate's "
-                    f"remove_old_jobs); {key} is an RQBackend option"
+                    f"with_options({key}=...): per task, {key} is an RQBackend option; PostgresBackend({key}=...) "
+                    f"sets how long every ended task's status record stays (jobs stay until deleted)"
                 )
 
     # --- storing ---------------------------------------------------------------------------------------
@@ -296,7 +316,11 @@ class PostgresBackend(TaskBackend):
         from procrastinate.types import JobToDefer
         from psycopg.types.json import Jsonb
 
-        args: dict[str, Any] = {"args": list(task.args), "kwargs": task.kwargs}
+        args: dict[str, Any] = {"args": tag(list(task.args)), "kwargs": tag(task.kwargs), "id": task.id}
+        if task.owner is not None:
+            args["owner"] = task.owner
+        if task.keep_result:
+            args["keep"] = self.result_limit
         timeout = task.timeout if task.timeout is not None else self.default_timeout
         if timeout is not None:
             args["timeout"] = timeout
@@ -373,6 +397,7 @@ class PostgresBackend(TaskBackend):
 
     async def aclose(self) -> None:
         """Close this event loop's connection pool (the app calls it at shutdown for its ``task_backend``)."""
+        await self._status.aclose()
         pool = self._pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
             await pool.close()
@@ -433,33 +458,30 @@ class PostgresBackend(TaskBackend):
             ).fetchone()
         return row is not None
 
-    # --- status records: not on this tier yet (every id is unknown here, so app.tasks asks the other sources) --
-    async def read_status(self, task_id: str) -> None:
-        """No status records on PostgreSQL yet: every id is unknown to this backend."""
-        return None
+    # --- status records (postgres_status.py) ----------------------------------------------------------------
+    async def read_status(self, task_id: str) -> "tuple[TaskRecord, str | None] | None":
+        """The job's status record and owner; None for an unknown or expired id."""
+        return await self._status.read(task_id)
 
-    async def watch_status(self, task_id: str) -> AsyncIterator[Any]:
-        """No status records on PostgreSQL yet: nothing to watch."""
-        return
-        yield  # an async generator that ends at once
+    def watch_status(self, task_id: str) -> "AsyncIterator[TaskRecord]":
+        """The current record, then one per change (``LISTEN/NOTIFY``), until a final one."""
+        return self._status.watch(task_id)
 
-    async def cancel_status(self, task_id: str) -> None:
-        """No status records on PostgreSQL yet: unknown."""
-        return None
+    async def cancel_status(self, task_id: str) -> bool | None:
+        """Cancel the job: a waiting one never runs, a running one is told to stop (procrastinate's abort)."""
+        return await self._status.cancel(task_id)
 
-    # --- periodic jobs: not on this tier yet --------------------------------------------------------------
-    def schedule_lease(self, name: str, ttl: float) -> Any:
-        """Periodic jobs of an app with a durable backend are elected through the backend's lease, shared by
-        every process: PostgreSQL's is not written yet, so the app refuses to start rather than run a job's
-        ticks in every process."""
-        raise NotImplementedError(
-            f"periodic job {name!r}: periodic jobs are not available yet in an app whose task_backend is a "
-            f"PostgresBackend (their lease across processes is missing); use an RQBackend for them"
-        )
+    # --- periodic jobs -----------------------------------------------------------------------------------
+    def schedule_lease(self, name: str, ttl: float) -> PostgresLease:
+        """The lease of the periodic job ``name``, shared by every app on this database and queue: a row of
+        ``tachyon_schedule`` with its holder and expiry (see ``postgres_status.py``)."""
+        return PostgresLease(self._pool, f"{self.queue_name}:{name}", ttl, self.connect_timeout)
 
     def job_state(self, job_id: str) -> str | None:
-        """Periodic durable jobs only (see :meth:`schedule_lease`)."""
-        raise NotImplementedError("periodic jobs are not available yet with a PostgresBackend")
+        """The state of the job of the task ``job_id`` (RQ's words: ``queued``, ``started``, ``finished``,
+        ...), None if unknown or expired (blocking): how the scheduler tells whether a periodic run still runs."""
+        with self._connect() as conn:
+            return job_state(conn, job_id)
 
     def __repr__(self) -> str:
         host, port, dbname = self._where
@@ -529,6 +551,7 @@ async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
         if not (row and row[0]):
             await conn.execute(SchemaManager.get_schema())
         await conn.execute(_SCHEMA)
+        await conn.execute(STATUS_SCHEMA)
 
 
 async def _driver_connection(value: Any) -> "psycopg.AsyncConnection | None":
@@ -564,8 +587,9 @@ def _same_unknown(where: tuple[str, int, str], info: Any) -> bool:
 
 def _not_json(value: Any, at: str = "arguments") -> str | None:
     """Why ``value`` would not come back the same from a JSON column (None: it would): only None, bool,
-    int, float (finite), str, list, tuple (read back as a list) and dict with str keys."""
-    if value is None or isinstance(value, (bool, int, str)):
+    int, float (finite), str, list, tuple (read back as a list), dict with str keys, and datetime (stored
+    tagged, see :func:`tag`: a periodic job's ``tick`` is one)."""
+    if value is None or isinstance(value, (bool, int, str, dt.datetime)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{at} is {value!r} (JSON has no NaN or infinity)"
@@ -576,6 +600,8 @@ def _not_json(value: Any, at: str = "arguments") -> str | None:
                 return problem
         return None
     if isinstance(value, dict):
+        if _DATETIME in value:
+            return f"{at} has the key {_DATETIME!r} (reserved: it marks a datetime)"
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{at} has the key {key!r} (JSON keys are strings)"
@@ -585,3 +611,32 @@ def _not_json(value: Any, at: str = "arguments") -> str | None:
         return None
     return f"{at} holds a {type(value).__name__} (JSON holds None, bool, int, float, str, list and dict)"
 
+
+
+# A datetime argument, in JSON: ``{"$datetime": "<ISO 8601>"}`` (a key that ``_not_json`` refuses in user dicts).
+_DATETIME = "$datetime"
+
+
+def tag(value: Any) -> Any:
+    """``value`` (checked by ``_not_json``) with each datetime as ``{"$datetime": iso}``, for the JSON column;
+    the same object when it holds none."""
+    if isinstance(value, dt.datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, (list, tuple)):
+        items = [tag(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        tagged = {key: tag(item) for key, item in value.items()}
+        return value if all(tagged[key] is item for key, item in value.items()) else tagged
+    return value
+
+
+def untag(value: Any) -> Any:
+    """The worker's side of :func:`tag`: the datetimes back."""
+    if isinstance(value, list):
+        return [untag(item) for item in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_DATETIME), str):
+            return dt.datetime.fromisoformat(value[_DATETIME])
+        return {key: untag(item) for key, item in value.items()}
+    return value

@@ -20,13 +20,18 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from procrastinate import App, PsycopgConnector
+from procrastinate.exceptions import JobAborted
+from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.tasks import Task
 from psycopg_pool import AsyncConnectionPool
 
+from ..tasks.status import running_task
 from .calls import import_function
+from .postgres import untag
 from .postgres_batch import RECORD_FAILURE, BatchWorker
+from .postgres_status import JobTracker, purge
 
 if TYPE_CHECKING:
     from .postgres import PostgresBackend
@@ -67,7 +72,7 @@ async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, 
         backend.dsn, min_size=2, max_size=max(4, min(concurrency, 10)), open=False, configure=_autocommit
     )
     app = App(connector=PsycopgConnector())
-    app.tasks = _Tasks(app, app.tasks, backend.queue_name)
+    app.tasks = _Tasks(app, app.tasks, backend)
     logger.info("Worker for %s, queues %s, concurrency %d", backend, ", ".join(queues), concurrency)
     await pool.open()
     async with pool, app.open_async(pool):
@@ -92,10 +97,10 @@ async def _autocommit(conn: Any) -> None:
 class _Tasks(dict):
     """procrastinate's task registry, filled on demand: a job's ``task_name`` is ``module:qualname``."""
 
-    def __init__(self, app: App, builtin: dict, queue: str) -> None:
+    def __init__(self, app: App, builtin: dict, backend: "PostgresBackend") -> None:
         super().__init__(builtin)
         self.app = app
-        self.queue = queue
+        self.backend = backend
 
     def get(self, name: str, default: Any = None) -> Any:
         try:
@@ -111,24 +116,28 @@ class _Tasks(dict):
         except Exception as exc:
             logger.error("Cannot import the task %s: %s", name, exc, exc_info=True)
             raise KeyError(name) from exc
-        task = self[name] = _task(self.app, name, func, self.queue)
+        task = self[name] = _task(self.app, name, func, self.backend)
         return task
 
 
-def _task(app: App, name: str, func: Any, queue: str) -> Task:
+def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
     """A procrastinate task that runs ``func`` with a job's arguments and options."""
     is_async = inspect.iscoroutinefunction(func)
 
     async def run(context: Any, args: list, kwargs: dict, timeout: float | None = None, **options: Any) -> Any:
         job = context.job
-        call = func(*args, **kwargs) if is_async else asyncio.to_thread(func, *args, **kwargs)
+        tracker = _tracker(app, context, options)
+        running_task.set(tracker)  # report_progress and cancelled() in the job (procrastinate's task of its own)
+        args, kwargs = untag(args), untag(kwargs)  # datetimes back (a periodic job's tick)
+        call = func(*args, **kwargs) if is_async else _in_thread(context, func, args, kwargs)
         try:
             if not timeout:
-                return await call
-            try:
-                return await asyncio.wait_for(call, timeout)
-            except asyncio.TimeoutError:  # a sync task's thread cannot be stopped: it runs on, unawaited
-                raise TimeoutError(f"{options.get('name', name)} ran longer than its timeout of {timeout} s") from None
+                value = await call
+            else:
+                try:
+                    value = await asyncio.wait_for(call, timeout)
+                except asyncio.TimeoutError:  # a sync task's thread cannot be stopped: it runs on, unawaited
+                    raise TimeoutError(f"{options.get('name', name)} ran longer than its timeout of {timeout} s") from None
         except Exception as exc:
             logger.error(
                 "Job %s (%s) failed on attempt %d", job.id, options.get("name", name), job.attempts + 1, exc_info=exc
@@ -139,9 +148,51 @@ def _task(app: App, name: str, func: Any, queue: str) -> Task:
                 )
             except Exception:  # the job's own failure is what matters; this one is logged
                 logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
+            await _ended(app, backend, tracker, error=exc)
             raise
+        await _ended(app, backend, tracker, value)
+        return value
 
-    return Task(run, blueprint=app, name=name, retry=_JobRetry(), pass_context=True, queue=queue)
+    return Task(run, blueprint=app, name=name, retry=_JobRetry(), pass_context=True, queue=backend.queue_name)
+
+
+# --- status records (postgres_status.py): the worker writes progress, a kept result, an error ---------------
+def _tracker(app: App, context: Any, options: dict[str, Any]) -> JobTracker | None:
+    """The running job's status record (None for a job stored without one); ``cancelled()`` in the job is
+    procrastinate's abort requested by a user (``app.tasks.cancel``), not the worker's own shutdown."""
+    if "id" not in options:
+        return None
+    return JobTracker(
+        options["id"], context.job.id, app.connector.execute_query_async,
+        lambda: context.abort_reason() == AbortReason.USER_REQUEST, options.get("keep"),
+    )
+
+
+async def _in_thread(context: Any, func: Any, args: list, kwargs: dict) -> Any:
+    """A sync task in a thread. procrastinate answers a user's abort by cancelling the job's asyncio task, which
+    cannot stop a thread: the job would be recorded aborted while its thread runs on. So that cancellation is
+    absorbed here; the task sees ``cancelled()`` turn true and returns, and the job ends then (cancelled)."""
+    thread = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    while True:
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if thread.done() or context.abort_reason() != AbortReason.USER_REQUEST:
+                raise
+
+
+async def _ended(
+    app: App, backend: "PostgresBackend", tracker: JobTracker | None, value: Any = None, error: Exception | None = None
+) -> None:
+    """The attempt ended: its record gets the error or kept result (procrastinate then moves its state); a sync
+    task that saw ``cancelled()`` and then returned or raised ends cancelled (procrastinate's aborted, never
+    retried). Expired records go."""
+    if tracker is None:
+        return
+    await tracker.end(value, error)
+    await purge(app.connector.execute_query_async, backend.dsn, backend.result_ttl, backend.failure_ttl)
+    if tracker.cancel_seen:
+        raise JobAborted(f"job {tracker.job_id} stopped after its cancellation was requested") from error
 
 
 class _JobRetry(BaseRetryStrategy):
