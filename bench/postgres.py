@@ -42,10 +42,12 @@ from procrastinate.types import JobToDefer
 from psycopg.types.json import Jsonb
 n = int(sys.argv[1])
 # Each job carries a task id, as jobs stored by the app do, so each gets its status record (and its cost).
+def job(i):
+    args = Jsonb({"args": [i], "kwargs": {}, "id": os.urandom(16).hex()})
+    return JobToDefer("bench", "pg_app:trivial", 0, None, None, args, None)
 with psycopg.connect(os.environ["BENCH_PG_URL"]) as conn:
     for start in range(0, n, 2000):
-        jobs = [JobToDefer("bench", "pg_app:trivial", 0, None, None, Jsonb({"args": [i], "kwargs": {}, "id": os.urandom(16).hex()}), None)
-                for i in range(start, min(n, start + 2000))]
+        jobs = [job(i) for i in range(start, min(n, start + 2000))]
         conn.execute(sql.queries["defer_jobs"], {"jobs": jobs})
 """
 
