@@ -678,6 +678,25 @@ def test_postgres_mode_imports_a_csv_and_its_progress_shows_while_it_runs(tmp_pa
         running.server.stop()
 
 
+def test_postgres_mode_the_import_task_status_follows_the_job(tmp_path: Path, postgres_url: str) -> None:
+    """The import's status URL (from ``Accepted``) is served from the PostgreSQL tier's status records: queued
+    when answered, then succeeded with the task's last progress report and its result once a worker ran it."""
+    running = Shop(tmp_path, SHOP_TASK_BACKEND=postgres_url)
+    try:
+        accepted = running.http.post("/import", files={"file": ("p.csv", products_csv(600, {}), "text/csv")})
+        assert accepted.status_code == 202, accepted.text
+        status_url = accepted.json()["status_url"]
+        assert running.http.get(status_url).json()["state"] == "queued"
+        burst_worker(running)
+        record = running.http.get(status_url).json()
+        assert record["state"] == "succeeded", record
+        assert record["progress"] == {"done": 1.0, "message": "600 of 600 rows"}
+        assert record["result"]["imported_rows"] == 600
+        running.stop()
+    finally:
+        running.server.stop()
+
+
 def test_postgres_mode_answers_503_while_the_database_is_down_and_recovers(
     tmp_path: Path, own_postgres: PostgresServer
 ) -> None:
