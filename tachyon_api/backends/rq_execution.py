@@ -20,7 +20,7 @@ import signal
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, Awaitable, Callable, Iterable, NoReturn
 
 from rq.timeouts import JobTimeoutException
 
@@ -180,7 +180,7 @@ class Executor:
         return result
 
 
-def _child(running: RunningJob, write_fd: int, mask: set[signal.Signals]) -> NoReturn:
+def _child(running: RunningJob, write_fd: int, mask: Iterable[int]) -> NoReturn:
     """The forked child: run the job, write (ok, value or traceback) to the pipe, exit without cleanup."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
@@ -65,8 +65,7 @@ class Leases:
             if not self.connection.set(lock, self.name, nx=True, px=max(int(self.heartbeat_interval * 450), 1)):
                 continue
             self.requeue_intermediate(queue)
-            info: dict[str, Any] = self.connection.info("server")  # type: ignore[assignment]
-            if not settled or info.get("uptime_in_seconds", 0) < self.guard:
+            if not settled or self.connection.info("server").get("uptime_in_seconds", 0) < self.guard:
                 continue
             registry = queue.started_job_registry
             expired = registry.get_expired_job_ids()
@@ -85,8 +84,8 @@ class Leases:
         ids = intermediate.get_job_ids()
         if not ids:
             return
-        started = {StartedJobRegistry.parse_job_id(entry) for entry in self.connection.zrange(  # type: ignore[union-attr]
-            queue.started_job_registry.key, 0, -1)}
+        entries: list[bytes] = self.connection.zrange(queue.started_job_registry.key, 0, -1)  # type: ignore[assignment]
+        started = {StartedJobRegistry.parse_job_id(entry.decode()) for entry in entries}
         for job_id in ids:
             if job_id in started or intermediate.set_first_seen(job_id):
                 continue  # first seen now

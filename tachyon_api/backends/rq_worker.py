@@ -31,14 +31,13 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import re
 import signal
 import socket
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import redis.exceptions
 from rq.exceptions import NoSuchJobError
@@ -55,6 +54,7 @@ from .rq_execution import Executor, kill_child
 from .rq_jobs import Outcome, RunningJob, Stopped, WorkHorseKilled
 from .rq_leases import Leases
 from .rq_ledger import Ledger
+from .rq_redis import TRANSIENT, RedisCalls, connect, safe_url
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -62,17 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["TachyonWorker", "WorkHorseKilled"]
 
 logger = logging.getLogger("tachyon_api.worker")
-
-# What a Redis call can fail with when Redis is away, restarting or loading its data: retried with backoff.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, OSError,
-)
-
-
-def _safe_url(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
 
 class TachyonWorker(BaseWorker):
     """Run the jobs of ``queues`` (names) in this process: see the module docstring.
@@ -98,17 +87,9 @@ class TachyonWorker(BaseWorker):
         socket_timeout: float = 5.0,
         name: str | None = None,
     ) -> None:
-        from redis import Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry as RedisRetry
-
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        # No retries inside redis-py: a retried script could claim twice; the loop retries, knowing what it sent.
-        connection = Redis.from_url(
-            redis_url, socket_connect_timeout=socket_timeout, socket_timeout=socket_timeout,
-            retry=RedisRetry(NoBackoff(), 0),
-        )
+        connection = connect(redis_url, socket_timeout)
         self.redis_url = redis_url
         self.heartbeat_interval = float(heartbeat)
         self.lease = 1.5 * self.heartbeat_interval
@@ -138,15 +119,12 @@ class TachyonWorker(BaseWorker):
         self._forced = False
         self._stop_signal_at = 0.0
         self._suspended = False
-        self._outage_since: float | None = None
-        self._outage_logged = 0.0
-        self._healthy_since = time.monotonic()
+        self._redis = RedisCalls(self.name, redis_url)  # every Redis call of the loop
         # Made by run(), on its loop.
         self._loop: asyncio.AbstractEventLoop
         self._wake: asyncio.Event  # a stop was requested
         self._slot: asyncio.Event  # a job ended (a slot is free) or its outcome was recorded
         self._finished: asyncio.Event  # an outcome waits to be recorded
-        self._redis_pool: ThreadPoolExecutor  # the Redis thread: every Redis call of the loop, one at a time
         self._wait_pool: ThreadPoolExecutor  # the blocking wait for a job
         self._pool: ThreadPoolExecutor  # sync jobs (or the threads waiting for forked children)
         self._executor: Executor
@@ -160,6 +138,7 @@ class TachyonWorker(BaseWorker):
     # --- running --------------------------------------------------------------------------------------------
     def run(self, burst: bool = False, with_scheduler: bool = False) -> int:
         """Work until stopped (or, with ``burst``, until the queues are empty); returns the exit status."""
+        loop: asyncio.AbstractEventLoop
         try:
             import uvloop
 
@@ -177,7 +156,6 @@ class TachyonWorker(BaseWorker):
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._finished = asyncio.Event()
-        self._redis_pool = ThreadPoolExecutor(1, thread_name_prefix="tachyon-worker-redis")
         self._wait_pool = ThreadPoolExecutor(1, thread_name_prefix="tachyon-worker-wait")
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tachyon-worker-task")
         self._executor = Executor(self.name, loop, self._pool, fork=self.fork, overruns=self._overruns)
@@ -202,28 +180,28 @@ class TachyonWorker(BaseWorker):
         while True:
             attempt += 1
             try:
-                await self._loop.run_in_executor(self._redis_pool, self._register)
+                await self._loop.run_in_executor(self._redis.pool, self._register)
                 break
             except TRANSIENT as exc:
                 if self._stopping:
                     raise SystemExit(0) from None
                 logger.warning(
                     "Redis at %s is not reachable (%s: %s); attempt %d, next in %.1fs",
-                    _safe_url(self.redis_url), type(exc).__name__, exc, attempt, delay,
+                    safe_url(self.redis_url), type(exc).__name__, exc, attempt, delay,
                 )
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._healthy_since = time.monotonic()
+        self._redis.healthy_since = time.monotonic()
         logger.info(
             "Worker %s (pid %d) started on %s: queues %s, concurrency %d, %s, heartbeat %.1fs",
-            self.name, self.pid, _safe_url(self.redis_url), ", ".join(self.queue_names()), self.concurrency,
+            self.name, self.pid, safe_url(self.redis_url), ", ".join(self.queue_names()), self.concurrency,
             "a forked child per job" if self.fork else f"sync tasks in {self.threads} threads",
             self.heartbeat_interval,
         )
         self._listener = threading.Thread(target=self._listen, name="tachyon-worker-commands", daemon=True)
         self._listener.start()
         if with_scheduler:
-            await self._call(self._start_scheduler, burst, logging.getLevelName(logger.getEffectiveLevel()))
+            await self._redis.call(self._start_scheduler, burst, logging.getLevelName(logger.getEffectiveLevel()))
 
     def _register(self) -> None:
         self.connection.ping()
@@ -231,7 +209,7 @@ class TachyonWorker(BaseWorker):
             self._set_ip_address(self.connection)
         except redis.exceptions.ResponseError:
             self.ip_address = "unknown"
-        self.register_birth()
+        self.register_birth()  # type: ignore[no-untyped-call]
         self.set_state(WorkerStatus.STARTED)
 
     async def _sleep(self, seconds: float) -> None:
@@ -270,12 +248,12 @@ class TachyonWorker(BaseWorker):
                 await self._wait_slot(1.0)
                 continue
             try:
-                claimed = await self._call(self._claim, min(free, 256))
+                claimed = await self._redis.call(self._claim, min(free, 256))
             except Exception:  # logged by _call (a bug or an unexpected reply): try again in a moment
                 await self._sleep(1.0)
                 continue
-            if self._stopping and claimed:
-                await self._call(self._unclaim, [r.composite for r in claimed])
+            if claimed and self._wake.is_set():  # a stop was requested while they were claimed
+                await self._redis.call(self._ledger.unclaim, [r.composite for r in claimed])
                 break
             for running in claimed:
                 self._start_job(running)
@@ -308,25 +286,20 @@ class TachyonWorker(BaseWorker):
             await self._sleep(0.5)  # the claim's call will report the outage and back off
 
     def _block(self, key: str) -> None:
-        self._waiter.execute_command("BLMOVE", key, key, "LEFT", "LEFT", 1)
+        self._waiter.execute_command("BLMOVE", key, key, "LEFT", "LEFT", 1)  # type: ignore[no-untyped-call]
 
     @property
     def _waiter(self) -> "Redis":
         waiter = self.__dict__.get("_waiter_connection")
         if waiter is None:
-            from redis import Redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry as RedisRetry
-
-            waiter = self.__dict__["_waiter_connection"] = Redis.from_url(
-                self.redis_url, socket_connect_timeout=self.socket_timeout, socket_timeout=self.socket_timeout + 2,
-                retry=RedisRetry(NoBackoff(), 0),
+            waiter = self.__dict__["_waiter_connection"] = connect(
+                self.redis_url, self.socket_timeout, self.socket_timeout + 2
             )
         return waiter
 
     def _claim(self, count: int) -> list[RunningJob]:
         """Claim up to ``count`` jobs (in the Redis thread); they are this worker's from the moment they are."""
-        claimed = self._ledger.claim(self.queues, count, self._running, self._redis_pool.submit)
+        claimed = self._ledger.claim(self.queues, count, self._running, self._redis.pool.submit)
         for running in claimed:
             self._running[running.composite] = running
         return claimed
@@ -337,7 +310,7 @@ class TachyonWorker(BaseWorker):
         running.task = self._loop.create_task(self._run(running))
         running.task.add_done_callback(self._job_done)
 
-    def _job_done(self, task: asyncio.Task) -> None:
+    def _job_done(self, task: asyncio.Task[None]) -> None:
         self._active -= 1
         self._slot.set()
 
@@ -386,11 +359,11 @@ class TachyonWorker(BaseWorker):
                 continue
             batch, self._outcomes = self._outcomes, []
             try:
-                await self._call(self._record, batch)
+                await self._redis.call(self._record, batch)
             except Exception:  # logged by _call; record them one by one, so one bad job cannot block the others
                 for outcome in batch:
                     try:
-                        await self._call(self._record, [outcome])
+                        await self._redis.call(self._record, [outcome])
                     except Exception:
                         logger.error(
                             "Worker %s: the outcome of job %s could not be recorded; its lease will expire and it "
@@ -475,11 +448,11 @@ class TachyonWorker(BaseWorker):
             try:
                 now = time.monotonic()
                 if now - renewed >= self.heartbeat_interval * 0.9:
-                    await self._call(self._renew)
+                    await self._redis.call(self._renew)
                     renewed = time.monotonic()
-                await self._call(self._recover)
+                await self._redis.call(self._recover)
                 if now - maintained >= self.maintenance_interval:
-                    await self._call(self._maintain)
+                    await self._redis.call(self._maintain)
                     maintained = now
             except asyncio.CancelledError:
                 raise
@@ -493,7 +466,7 @@ class TachyonWorker(BaseWorker):
 
     def _recover(self) -> None:
         if not self._stopping:
-            self._leases.recover(time.monotonic() - self._healthy_since)
+            self._leases.recover(time.monotonic() - self._redis.healthy_since)
 
     def _maintain(self) -> None:
         """RQ's periodic maintenance: expired entries of the registries, dead workers, the scheduler."""
@@ -501,49 +474,10 @@ class TachyonWorker(BaseWorker):
             if queue.acquire_maintenance_lock():
                 clean_registries(queue, self._exc_handlers)
                 clean_worker_registry(queue)
-                queue.release_maintenance_lock()
-        if self.scheduler and (not self.scheduler._process or not self.scheduler._process.is_alive()):
-            self.scheduler.acquire_locks(auto_start=True)
-
-    def _unclaim(self, composites: list[str]) -> None:
-        self._ledger.unclaim(composites)
-
-    # --- Redis calls ----------------------------------------------------------------------------------------
-    async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
-        """``func(*args)`` in the Redis thread, again and again with capped backoff while Redis is unreachable."""
-        delay = 0.1
-        while True:
-            try:
-                result = await self._loop.run_in_executor(self._redis_pool, func, *args)
-            except TRANSIENT as exc:
-                self._outage(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            except Exception:
-                logger.exception("Worker %s: %s failed", self.name, getattr(func, "__name__", func))
-                raise
-            if self._outage_since is not None:
-                logger.warning(
-                    "Worker %s: Redis is reachable again after %.1fs", self.name, time.monotonic() - self._outage_since
-                )
-                self._outage_since = None
-            return result
-
-    def _outage(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._healthy_since = now
-        if self._outage_since is None:
-            self._outage_since = now
-            self._outage_logged = now
-            logger.warning(
-                "Worker %s: Redis at %s is not reachable (%s: %s); retrying with backoff, running jobs go on",
-                self.name, _safe_url(self.redis_url), type(exc).__name__, exc,
-            )
-        elif now - self._outage_logged >= 5.0:
-            self._outage_logged = now
-            logger.warning("Worker %s: Redis still unreachable after %.0fs (%s)", self.name, now - self._outage_since,
-                           type(exc).__name__)
+                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        process: Any = self.scheduler._process if self.scheduler else None  # RQ types it None
+        if self.scheduler and not (process and process.is_alive()):
+            self.scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
 
     # --- commands (rq's pub/sub channel) --------------------------------------------------------------------
     def _listen(self) -> None:
@@ -581,7 +515,7 @@ class TachyonWorker(BaseWorker):
             event = self.__dict__["_listener_event"] = threading.Event()
         return event
 
-    def _command(self, payload: dict) -> None:
+    def _command(self, payload: dict[str, Any]) -> None:
         command = payload.get("command")
         if command == "shutdown":
             logger.info("Worker %s: shutdown command received", self.name)
@@ -605,18 +539,19 @@ class TachyonWorker(BaseWorker):
         while self._running and not self._forced and time.monotonic() < deadline:
             self._slot.clear()
             await self._wait_slot(min(0.2, max(deadline - time.monotonic(), 0.01)))
-        unfinished = [r for r in self._running.values() if r.task is not None and not r.task.done()]
+        tasks = {r: r.task for r in self._running.values() if r.task is not None and not r.task.done()}
+        unfinished = list(tasks)
         if unfinished:
-            for running in unfinished:
+            for running, task in tasks.items():
                 kill_child(running)
-                running.task.cancel()
-            await asyncio.gather(*(r.task for r in unfinished), return_exceptions=True)
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
             logger.warning(
                 "Worker %s: %d job(s) still running at the shutdown deadline (%.0fs): putting them back on the queue",
                 self.name, len(unfinished), self.shutdown_timeout,
             )
             try:
-                await asyncio.wait_for(self._call(self._unclaim, [r.composite for r in unfinished]), 10)
+                await asyncio.wait_for(self._redis.call(self._ledger.unclaim, [r.composite for r in unfinished]), 10)
             except (asyncio.TimeoutError, Exception):
                 logger.error(
                     "Worker %s: could not put back %s; their leases will expire and they will be retried or failed",
@@ -644,17 +579,17 @@ class TachyonWorker(BaseWorker):
     async def _teardown(self) -> None:
         self._listener_stop.set()
         if self.scheduler is not None:
-            await self._loop.run_in_executor(self._redis_pool, self.stop_scheduler)
+            await self._loop.run_in_executor(self._redis.pool, self.stop_scheduler)
         for attempt in range(3):
             try:
-                await self._loop.run_in_executor(self._redis_pool, self.register_death)
+                await self._loop.run_in_executor(self._redis.pool, self.register_death)
                 break
             except TRANSIENT:
                 await asyncio.sleep(0.5)
         if self._listener is not None:
             await self._loop.run_in_executor(None, self._listener.join, 2.0)
         logger.info("Worker %s: stopped", self.name)
-        self._redis_pool.shutdown(wait=False)
+        self._redis.pool.shutdown(wait=False)
         self._wait_pool.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
