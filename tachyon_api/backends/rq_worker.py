@@ -129,6 +129,8 @@ class TachyonWorker(BaseWorker):
         self._pool: ThreadPoolExecutor  # sync jobs (or the threads waiting for forked children)
         self._executor: Executor
         self._listener: threading.Thread | None = None
+        self._listener_stop = threading.Event()
+        self._waiter: Redis | None = None  # the blocking wait's connection
 
     # BaseWorker would raise its socket timeout to the blocking dequeue's (over 400 s): this worker's calls are
     # short, and a hung Redis must be noticed within socket_timeout.
@@ -286,16 +288,10 @@ class TachyonWorker(BaseWorker):
             await self._sleep(0.5)  # the claim's call will report the outage and back off
 
     def _block(self, key: str) -> None:
+        """In the wait thread, on a connection of its own, which waits longer than the wait (1 s)."""
+        if self._waiter is None:
+            self._waiter = connect(self.redis_url, self.socket_timeout, self.socket_timeout + 2)
         self._waiter.execute_command("BLMOVE", key, key, "LEFT", "LEFT", 1)  # type: ignore[no-untyped-call]
-
-    @property
-    def _waiter(self) -> "Redis":
-        waiter = self.__dict__.get("_waiter_connection")
-        if waiter is None:
-            waiter = self.__dict__["_waiter_connection"] = connect(
-                self.redis_url, self.socket_timeout, self.socket_timeout + 2
-            )
-        return waiter
 
     def _claim(self, count: int) -> list[RunningJob]:
         """Claim up to ``count`` jobs (in the Redis thread); they are this worker's from the moment they are."""
@@ -507,13 +503,6 @@ class TachyonWorker(BaseWorker):
                 pubsub.close()
             except Exception:
                 pass
-
-    @property
-    def _listener_stop(self) -> threading.Event:
-        event = self.__dict__.get("_listener_event")
-        if event is None:
-            event = self.__dict__["_listener_event"] = threading.Event()
-        return event
 
     def _command(self, payload: dict[str, Any]) -> None:
         command = payload.get("command")
