@@ -63,6 +63,7 @@ __all__ = ["TachyonWorker", "WorkHorseKilled"]
 
 logger = logging.getLogger("tachyon_api.worker")
 
+
 class TachyonWorker(BaseWorker):
     """Run the jobs of ``queues`` (names) in this process: see the module docstring.
 
