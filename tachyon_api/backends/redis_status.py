@@ -135,7 +135,7 @@ return 'running'
 """
 
 
-# The same moves, inlined in the scripts of ``tachyon worker`` (``rq_worker.py``), which claim and finish jobs
+# The same moves, inlined in the scripts of ``tachyon worker`` (``rq_ledger.py``), which claim and finish jobs
 # in one round trip each. Lua locals they need: ``key`` (the job's hash), ``id`` (its id), and for the start
 # ``tnow`` (Unix time, text), for the end ``tstate`` (succeeded or cancelled), ``tnow``, ``tresult``,
 # ``terror``, ``tprogress`` (JSON, "" for none).
