@@ -268,6 +268,51 @@ def test_fork_mode_survives_a_killed_work_horse(site: Site) -> None:
     assert "killed by signal SIGKILL without a result" in site.output(worker)
 
 
+def horse_state(pid: int) -> str:
+    """The state letter of a process ("Z": a zombie, its parent gone too), "" once it no longer exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def test_fork_mode_worker_and_work_horses_killed_together_are_taken_over(site: Site) -> None:
+    """A lost container: a ``--fork`` worker's main process and its work horses SIGKILLed at once (its whole
+    process group). A live worker takes their jobs over within two heartbeats: the one with retries left runs
+    again (the documented at-least-once case), the one without goes to the failed registry; every other job
+    answered 2xx runs exactly once. Catches the take-over disabled (``Leases.recover`` doing nothing, or RQ's
+    registry cleanup not called): the held jobs then stay ``started`` for RQ's 10-minute maintenance."""
+    site.serve()
+    victim = site.worker("--fork", "--concurrency", "2", group=True)
+    assert site.post("/slow/lost0", seconds=60).status_code == 200
+    assert site.post("/slow/lost1", seconds=60, retries=1).status_code == 200
+    wait_for(lambda: len(site.starts()) == 2, "the victim's work horses started the jobs")
+    horses = [int(line.split(":")[2]) for line in site.lines() if ":start:" in line]
+    assert victim.pid not in horses and len(set(horses)) == 2  # one forked child per job
+    survivor = site.worker()
+    for i in range(10):
+        assert site.post(f"/record/before{i}").status_code == 200
+    wait_for(lambda: len(site.runs()) == 10, "the survivor ran the next jobs")
+    time.sleep(4.5)  # a worker takes over leases once it has been in touch with Redis for a lease + 2 s + a heartbeat
+    os.killpg(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    victim.wait(10)
+    wait_for(lambda: all(horse_state(pid) in ("", "Z") for pid in horses), "the work horses died with it", 10)
+    wait_for(lambda: site.runs()["lost1"] == 1, "the held job with retries ran again", 30)
+    taken_over = time.monotonic() - killed
+    for i in range(10):
+        assert site.post(f"/record/after{i}").status_code == 200
+    wait_for(lambda: site.stats()["failed"] == 1 and len(site.runs()) == 21, "the other one failed, the rest ran")
+    assert site.runs() == Counter({**{f"before{i}": 1 for i in range(10)}, **{f"after{i}": 1 for i in range(10)},
+                                   "lost1": 1})
+    assert site.starts() == Counter({"lost0": 1, "lost1": 2})
+    assert site.stats() == {"queued": 0, "started": 0, "finished": 21, "failed": 1}
+    assert taken_over < 2 * 1 + 1.5, taken_over  # two heartbeats of 1 s, and time to run them on a busy machine
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(15) == 0, site.output(survivor)
+    assert "were held by a worker that stopped renewing their leases" in site.output(survivor)
+
+
 # --- stopping ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["main", "group", "group-fork"])
 def test_sigterm_finishes_the_running_jobs_then_exits_0(site: Site, target: str) -> None:

@@ -52,7 +52,7 @@ class TaskBackend(StatusSource, Protocol):
     #: The name of the queue this backend stores into (shown on the dashboard, default of ``tachyon worker``).
     queue_name: str
 
-    def check(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def check(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """At ``add_task``: raise ``TypeError`` if a worker in another process could not run
         ``func(*args, **kwargs)`` (the function cannot be imported by reference, the arguments cannot be
         serialised)."""

@@ -64,7 +64,8 @@ def import_function(path: str) -> Callable[..., Any]:
     target: Any = importlib.import_module(module)
     for part in name.split("."):
         target = getattr(target, part)
-    return target
+    func: Callable[..., Any] = target
+    return func
 
 
 def check_job_id(job_id: Any) -> None:

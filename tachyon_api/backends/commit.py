@@ -38,6 +38,7 @@ __all__ = ["GroupCommit", "NotStored", "OutcomeUnknown", "bulk"]
 
 logger = logging.getLogger("tachyon_api.background")
 
+_errors: Any
 try:
     from redis import exceptions as _errors
 except ImportError:  # redis is the optional ``rq`` extra; only an RQBackend, which needs it, commits
@@ -84,7 +85,7 @@ class OutcomeUnknown(Exception):
 class _Entry:
     __slots__ = ("chunks", "count", "future")
 
-    def __init__(self, chunks: list[bytes], count: int, future: asyncio.Future) -> None:
+    def __init__(self, chunks: list[bytes], count: int, future: asyncio.Future[Any]) -> None:
         self.chunks = chunks
         self.count = count
         self.future = future
@@ -109,7 +110,7 @@ class GroupCommit:
         self._max = max_entries
         self._conn: Any = None
         self._waiting: list[_Entry] = []
-        self._flusher: asyncio.Task | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def commit(self, chunks: list[bytes], count: int) -> Any:
         """Store one entry (``count`` encoded arguments); returns the script's reply for it.

@@ -33,7 +33,7 @@ import datetime as dt
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
 
 import msgspec
 
@@ -79,7 +79,7 @@ RQ_STATES = {
 _RQ_FINAL = ("finished", "failed", "stopped", "canceled")
 
 
-def _lua_table(mapping: dict[str, Iterable[str]]) -> str:
+def _lua_table(mapping: Mapping[str, Iterable[str]]) -> str:
     return "{" + ", ".join(
         f"[{name!r}] = {{" + ", ".join(f"[{target!r}] = true" for target in sorted(targets)) + "}"
         for name, targets in mapping.items()
@@ -135,7 +135,7 @@ return 'running'
 """
 
 
-# The same moves, inlined in the scripts of ``tachyon worker`` (``rq_worker.py``), which claim and finish jobs
+# The same moves, inlined in the scripts of ``tachyon worker`` (``rq_ledger.py``), which claim and finish jobs
 # in one round trip each. Lua locals they need: ``key`` (the job's hash), ``id`` (its id), and for the start
 # ``tnow`` (Unix time, text), for the end ``tstate`` (succeeded or cancelled), ``tnow``, ``tresult``,
 # ``terror``, ``tprogress`` (JSON, "" for none).
@@ -206,7 +206,7 @@ def record_from(task_id: str, values: list[bytes | None]) -> tuple[TaskRecord, s
     state = _text(ours) or RQ_STATES.get(rq_status or "", QUEUED)
     failure = msgspec.json.decode(error, type=TaskError) if error else None
     if state not in FINAL and rq_status in _RQ_FINAL:
-        state = RQ_STATES[rq_status]  # type: ignore[index]
+        state = RQ_STATES[rq_status]
         if state == FAILED and failure is None:
             failure = TaskError("WorkerLost", "the job failed outside the task (its worker process stopped?)")
     done, message = msgspec.json.decode(progress) if progress else (None, None)
@@ -215,7 +215,7 @@ def record_from(task_id: str, values: list[bytes | None]) -> tuple[TaskRecord, s
         name=_text(name) or _text(description) or "",
         state=state,
         attempts=int(attempts) if attempts else (1 if rq_status in ("started", "finished", "failed") else 0),
-        created_at=_time(created) or _rq_time(rq_created) or iso(0.0),
+        created_at=_time(created) or _rq_time(rq_created) or dt.datetime.fromtimestamp(0.0, dt.timezone.utc),
         started_at=_time(started) or _rq_time(rq_started),
         ended_at=_time(ended) or (_rq_time(rq_ended) if state in FINAL else None),
         progress=Progress(done, message),
@@ -250,9 +250,9 @@ class StatusHub:
         self.url = url
         self.socket_timeout = socket_timeout
         self._listeners: dict[bytes, set[Callable[[bytes | None], None]]] = {}
-        self._ready: dict[bytes, asyncio.Future] = {}
+        self._ready: dict[bytes, asyncio.Future[None]] = {}
         self._pubsub: Any = None
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Future[None] | None = None
 
     @contextlib.asynccontextmanager
     async def listen(

@@ -48,7 +48,7 @@ class RedisTaskStore(MemoryTaskStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
         self._flush_task: "asyncio.Future[None] | None" = None
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Future[None] | None = None
 
     @classmethod
     def of(cls, backend: Any, **options: Any) -> "RedisTaskStore":
