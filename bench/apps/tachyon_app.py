@@ -15,6 +15,7 @@ import collections
 import os
 import threading
 import time
+from typing import List, Optional
 
 from tachyon_api import (
     Body,
@@ -55,7 +56,7 @@ class OrderLine(Struct):
 
 class Order(Struct):
     customer: str
-    lines: list[OrderLine]
+    lines: List[OrderLine]
 
 
 class UserOut(Struct):
@@ -79,7 +80,7 @@ def hello():
 
 
 @app.get("/items/{item_id}")
-def get_item(item_id: int, q: str | None = Query(None), limit: int = Query(10)):
+def get_item(item_id: int, q: Optional[str] = Query(None), limit: int = Query(10)):
     return {"item_id": item_id, "q": q, "limit": limit}
 
 
