@@ -9,7 +9,8 @@ import inspect
 import logging
 import sys
 import time
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from ._utils import is_async_callable
 from .backends.base import TaskBackend
@@ -32,7 +33,6 @@ from .responses import (
     response_validation_error_response,
     send_any,
 )
-from .tasks.schedule import PeriodicJob, Scheduler
 from .routing import (
     PathTree,
     Route,
@@ -42,6 +42,7 @@ from .routing import (
     prefixed_route,
 )
 from .tasks import BackgroundRunner, ErrorHook, MemoryTaskStore, TaskControl
+from .tasks.schedule import PeriodicJob, Scheduler
 from .websockets import OpenSockets, warn_if_the_server_cannot_serve
 
 __all__ = ["Tachyon"]
@@ -55,7 +56,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # which), or the HTTPException of a status code; it returns a response, or an awaitable of one.
 ExceptionHandler = Callable[[Request, Any], Any]
 # An ``@asynccontextmanager`` function, or an undecorated ``async def`` generator function (as 1.3 accepted).
-Lifespan = Callable[["Tachyon"], AsyncContextManager[Any] | AsyncIterator[Any]]
+Lifespan = Callable[["Tachyon"], contextlib.AbstractAsyncContextManager[Any] | AsyncIterator[Any]]
 
 
 
@@ -187,7 +188,7 @@ class Tachyon(RouteDecorators):
         )
         self.scheduler = Scheduler(self, schedule_lease)
         self._lifespan = lifespan
-        self._lifespan_context: AsyncContextManager[Any] | None = None
+        self._lifespan_context: contextlib.AbstractAsyncContextManager[Any] | None = None
         self._on_startup: list[Callable[[], Any]] = []
         self._on_shutdown: list[Callable[[], Any]] = []
         self._routes: list[Route] = []
@@ -477,8 +478,8 @@ class Tachyon(RouteDecorators):
         ``catch_up=True`` (which runs the latest one); ``jitter`` delays each tick by up to that many seconds.
         Mistakes raise here, at declaration. See docs/scheduling.md for the guarantees.
         """
-        options = {key: value for key, value in
-                   dict(timeout=timeout, retries=retries, retry_delay=retry_delay).items() if value is not None}
+        given = {"timeout": timeout, "retries": retries, "retry_delay": retry_delay}
+        options = {key: value for key, value in given.items() if value is not None}
 
         def decorator(func: F) -> F:
             self.scheduler.add(PeriodicJob.declare(
@@ -519,7 +520,7 @@ class Tachyon(RouteDecorators):
         if self._lifespan is not None:
             made = self._lifespan(self)
             if inspect.isasyncgen(made):  # an undecorated ``async def`` generator function's generator
-                context: AsyncContextManager[Any] = contextlib.asynccontextmanager(lambda: made)()
+                context: contextlib.AbstractAsyncContextManager[Any] = contextlib.asynccontextmanager(lambda: made)()
             else:
                 context = made  # type: ignore[assignment]  # not an async generator: a context manager
             value = await context.__aenter__()

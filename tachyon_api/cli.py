@@ -19,8 +19,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .scaffold import ScaffoldError
 
@@ -192,7 +193,7 @@ def _schedule(args: argparse.Namespace) -> None:
     widths = [max(len(title), *(len(row[i] if i < 3 else row[3][0]) for row in rows)) for i, title in enumerate(titles)]
 
     def line(*cells: str) -> str:
-        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)) + "  " + cells[-1]
+        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
 
     print(line(*titles, "OPTIONS"))
     for name, schedule, where, ticks, listed in rows:
@@ -460,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", "-c", type=int, default=16,
         help="jobs running at once: async tasks on the event loop, sync tasks in threads (default 16)",
     )
-    worker.add_argument("--threads", type=int, default=None, help="threads for sync tasks (default: min(concurrency, 32))")
+    worker.add_argument(
+        "--threads", type=int, default=None, help="threads for sync tasks (default: min(concurrency, 32))"
+    )
     worker.add_argument(
         "--fork", action="store_true",
         help="run each job in a forked child (isolation, timeouts kill it; about 20 times slower per job)",

@@ -26,7 +26,8 @@ import contextlib
 import inspect
 import logging
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -93,7 +94,7 @@ class Context:
                  "stack", "early", "held", "background")
     is_websocket = False
 
-    def __init__(self, app: "Tachyon", scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
+    def __init__(self, app: Tachyon, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
         self.app = app
         self.scope = scope
         self.receive = receive
@@ -215,7 +216,7 @@ class WebSocketContext(Context):
     __slots__ = ("websocket",)
     is_websocket = True
 
-    def __init__(self, app: "Tachyon", websocket: WebSocket, path_params: dict[str, str]) -> None:
+    def __init__(self, app: Tachyon, websocket: WebSocket, path_params: dict[str, str]) -> None:
         super().__init__(app, websocket.scope, websocket.receive, path_params)
         self.websocket = websocket
 
@@ -263,7 +264,7 @@ class Plan:
         self,
         steps: list[tuple[str, Extractor, bool]],
         params: list[Parameter] | None = None,
-        dependencies: list["Dependency"] | None = None,
+        dependencies: list[Dependency] | None = None,
     ) -> None:
         self.steps = steps
         self.params = params or []
@@ -321,7 +322,8 @@ class Dependency:
     ) -> None:
         self.call = call
         self.plan = plan
-        target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)
+        # A callable object: its __call__ method says whether it is a (async) generator.
+        target = call if inspect.isroutine(call) or isinstance(call, type) else getattr(type(call), "__call__", call)  # noqa: B004
         self.is_asyncgen = inspect.isasyncgenfunction(target)
         self.is_gen = inspect.isgeneratorfunction(target)
         self.is_async = is_async_callable(call)

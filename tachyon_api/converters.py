@@ -12,7 +12,8 @@ import ast
 import decimal
 import math
 import re
-from typing import Annotated, Any, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import msgspec
 
@@ -54,7 +55,11 @@ _BOUNDS = {
     "<=": ("less_than_equal", "less than or equal to"),
     "<": ("less_than", "less than"),
 }
-_SIZED = {"str": ("string_", "String", "character"), "bytes": ("bytes_", "Data", "byte"), "object": ("", "Object", "item")}
+_SIZED = {
+    "str": ("string_", "String", "character"),
+    "bytes": ("bytes_", "Data", "byte"),
+    "object": ("", "Object", "item"),
+}
 
 
 def describe_validation_error(message: str) -> tuple[str, str]:
@@ -117,7 +122,9 @@ def effective_type(tp: Any, marker: Param | None) -> Any:
         metas.append(meta)
     if metas:
         inner = Annotated[(inner, *metas)]
-    return Optional[inner] if optional else inner
+    # typing.Optional makes the same typing.Union for any inner type (``X | None`` would make a
+    # types.UnionType for a class and a typing.Union for an alias).
+    return Optional[inner] if optional else inner  # noqa: UP045
 
 
 def constraint_check(tp: Any) -> Callable[[Any], Any] | None:

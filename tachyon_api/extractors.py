@@ -14,7 +14,8 @@ import dataclasses
 import enum
 import re
 import typing
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 

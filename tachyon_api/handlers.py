@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._utils import is_async_callable
 from .compiler import (
@@ -55,7 +56,7 @@ class ResponseFailed(Exception):
     """Sending a response object failed; the failure has been answered (500) or logged."""
 
 
-async def send_response(app: "Tachyon", response: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def send_response(app: Tachyon, response: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Send a response object (ours or Starlette's). A failure before the first byte becomes an error
     response through the app's exception handlers; a failure after it can only be logged."""
     started = False
@@ -76,7 +77,7 @@ async def send_response(app: "Tachyon", response: Any, scope: dict[str, Any], re
         raise ResponseFailed() from exc
 
 
-def build_handler(route: Route, app: "Tachyon") -> Handler:
+def build_handler(route: Route, app: Tachyon) -> Handler:
     """Compile ``route`` for ``app``: everything decided here is not paid again per request."""
     func = route.endpoint
     path_names = frozenset(route.param_names)
@@ -119,7 +120,8 @@ def build_handler(route: Route, app: "Tachyon") -> Handler:
                     background = BackgroundTasks(backend=app.task_backend)  # read now: it may be set after routes
                     kwargs = {tasks_param: background}
                 else:
-                    scope["path_params"] = path_params = dict(zip(names, values))
+                    # The tree matched these names, one value each; strict= would cost the request path a check.
+                    scope["path_params"] = path_params = dict(zip(names, values))  # noqa: B905
                     ctx = Context(app, scope, receive, path_params)
                     for guard in guards:
                         await guard.resolve(ctx)
@@ -225,7 +227,7 @@ ws_logger = logging.getLogger("tachyon_api.websockets")
 _INTERNAL_ERROR = {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}
 
 
-def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
+def build_websocket_handler(route: WebSocketRoute, app: Tachyon) -> Handler:
     """Compile a WebSocket route for ``app``: parameters and dependencies are classified here, once.
 
     Per connection: dependencies and parameters are solved before the handler runs (a path value that does
@@ -250,7 +252,7 @@ def build_websocket_handler(route: WebSocketRoute, app: "Tachyon") -> Handler:
     credentials = credentials_of(plan, guards)
 
     async def handle(scope: dict[str, Any], receive: Any, send: Any, values: Sequence[str]) -> None:
-        scope["path_params"] = path_params = dict(zip(names, values))
+        scope["path_params"] = path_params = dict(zip(names, values))  # noqa: B905 - one value per name
         websocket = WebSocket(scope, receive, send, max_size)
         ctx = WebSocketContext(app, websocket, path_params)
         sockets.add(websocket)
@@ -324,11 +326,11 @@ async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
     """Refuse a handshake: a close before ``accept`` (servers answer it with HTTP 403)."""
     try:
         await websocket.send({"type": "websocket.close", "code": code, "reason": reason})
-    except Exception:  # noqa: BLE001 - the client is gone already
+    except Exception:
         pass
 
 
-async def _deny(app: "Tachyon", websocket: WebSocket, exc: BaseException | None) -> bool:
+async def _deny(app: Tachyon, websocket: WebSocket, exc: BaseException | None) -> bool:
     """Refuse a handshake with an HTTP response, where the server supports denial responses (False if it
     does not): the one the app's exception handlers give an HTTP exception ``exc``, else a plain 500."""
     if "websocket.http.response" not in (websocket.scope.get("extensions") or {}):
@@ -339,12 +341,12 @@ async def _deny(app: "Tachyon", websocket: WebSocket, exc: BaseException | None)
         response = JSONResponse(_INTERNAL_ERROR, 500)
     try:
         await websocket.send_denial_response(response)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         ws_logger.error("Sending the denial response of WEBSOCKET %s failed", websocket.scope["path"], exc_info=error)
     return True
 
 
-async def _close_after(app: "Tachyon", websocket: WebSocket, exc: BaseException) -> None:
+async def _close_after(app: Tachyon, websocket: WebSocket, exc: BaseException) -> None:
     """Close the socket the way ``exc`` calls for; never raises, never hangs.
 
     - the client left (``WebSocketDisconnect``): nothing to send;

@@ -57,7 +57,7 @@ def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) < len(typing.get_args(tp)):
-            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
+            return (args[0] if len(args) == 1 else Union[tuple(args)]), True  # noqa: UP007 - built from a tuple
     return tp, False
 
 
@@ -154,7 +154,7 @@ def type_hints(func: Any) -> dict[str, Any]:
     # A class's own __init__, read for its annotations (mypy warns against reading it from an instance).
     target = func.__init__ if isinstance(func, type) else func  # type: ignore[misc]
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(func), "__call__", target)
+        target = getattr(type(func), "__call__", target)  # noqa: B004 - the method itself, for its annotations
     try:
         return typing.get_type_hints(target, include_extras=True)  # keep Annotated[T, Meta(...)]
     except Exception as exc:  # an annotation that cannot be evaluated

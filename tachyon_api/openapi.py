@@ -3,8 +3,9 @@
 When a route is registered, the compiler records in each plan one :class:`~tachyon_api.compiler.Parameter`
 per request parameter (where the value comes from, the name looked up, the effective type with its
 constraints, the default, the marker) and the dependencies it calls, each with its own plan. The generator
-reads those records and nothing else, so the schema documents exactly what the extractors do. JSON Schemas come from msgspec
-(``msgspec.json.schema_components``), the same library that validates the requests, so constraints such as
+reads those records and nothing else, so the schema documents exactly what the extractors do. JSON Schemas
+come from msgspec (``msgspec.json.schema_components``), the same library that validates the requests, so
+constraints such as
 ``Meta(ge=1, max_length=20, pattern=...)`` appear in the schema because they are enforced.
 
 OpenAPI 3.1.0 (JSON Schema 2020-12) is the default; an ``openapi_version`` starting with ``3.0`` gives 3.0
@@ -20,7 +21,8 @@ import dataclasses
 import http
 import inspect
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -32,6 +34,7 @@ from .compiler import (
     compile_endpoint,
 )
 from .introspection import is_model, is_upload, list_item, strip_annotated, unwrap_optional
+from .routing import Route
 from .schemas import (
     REF_TEMPLATE,
     TypeSchemas,
@@ -40,7 +43,6 @@ from .schemas import (
     document_to_30,
     to_builtin,
 )
-from .routing import Route
 
 __all__ = [
     "OpenAPIConfig",
@@ -203,7 +205,7 @@ def create_openapi_config(
     redoc_url: str | None = "/redoc",
     openapi_url: str | None = "/openapi.json",
     contact: Contact | dict[str, Any] | None = None,
-    license: License | dict[str, Any] | None = None,  # noqa: A002 - the existing framework's name
+    license: License | dict[str, Any] | None = None,
     servers: Iterable[Server | dict[str, Any]] | None = None,
     terms_of_service: str | None = None,
     scalar_js_url: str | None = None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .compiler import (
     Dependency,
@@ -108,7 +108,7 @@ class Route(_ReadsLikeADict):
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
         responses: dict[int | str, Any] | None = None,
-    ) -> "Route":
+    ) -> Route:
         """This route at another path, with the tags, dependencies and extra OpenAPI ``responses`` of the
         routers it was included through (the route's own responses win)."""
         options = self.options
@@ -174,7 +174,7 @@ class WebSocketRoute(_ReadsLikeADict):
         tags: Sequence[str] = (),
         dependencies: Sequence[Depends] = (),
         responses: dict[int | str, Any] | None = None,
-    ) -> "WebSocketRoute":
+    ) -> WebSocketRoute:
         """This route at another path, behind the dependencies of the routers it was included through (tags
         and OpenAPI ``responses`` do not apply to a WebSocket)."""
         return WebSocketRoute(path, self.endpoint, name=self.name, dependencies=[*dependencies, *self.dependencies],
@@ -220,7 +220,9 @@ class RouteDecorators:
         """
 
         def decorator(func: F) -> F:
-            self.add_websocket_route(path, func, name=name, dependencies=dependencies, max_message_size=max_message_size)
+            self.add_websocket_route(
+                path, func, name=name, dependencies=dependencies, max_message_size=max_message_size
+            )
             return func
 
         return decorator
@@ -301,7 +303,7 @@ class Router(RouteDecorators):
         self.routes.append(route)
         return route
 
-    def include_router(self, router: "Router", prefix: str = "", **kwargs: Any) -> None:
+    def include_router(self, router: Router, prefix: str = "", **kwargs: Any) -> None:
         for route in router.routes:
             self.routes.append(prefixed_route(router, route, prefix, **kwargs))
 
@@ -419,7 +421,9 @@ class PathTree:
             allowed.append("HEAD")
         return None, [], sorted(set(allowed))
 
-    def _walk(self, node: _Node, segments: list[str], index: int, values: list[str]) -> Iterator[tuple[_Node, list[str]]]:
+    def _walk(
+        self, node: _Node, segments: list[str], index: int, values: list[str]
+    ) -> Iterator[tuple[_Node, list[str]]]:
         if index == len(segments):
             if node.routes:
                 yield node, values

@@ -74,7 +74,7 @@ class TypeSchemas:
         if not self._wanted:
             return
         schemas, self.components = _schemas([tp for _, tp, _ in self._wanted])
-        for (slot, tp, extra), schema in zip(self._wanted, schemas):
+        for (slot, tp, extra), schema in zip(self._wanted, schemas, strict=True):
             slot.update(copy.deepcopy(schema))
             _add_format(slot, tp)
             slot.update(extra)
