@@ -39,7 +39,6 @@ from .stats import (
     DROPPED,
     DURATION_BOUNDS,
     FAILED,
-    MAX_NAME_LENGTH,
     OUTCOMES,
     RETRIED,
     SUCCEEDED,

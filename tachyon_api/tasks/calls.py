@@ -7,7 +7,8 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..concurrency import ThreadPool
@@ -99,6 +100,6 @@ async def _captured(call: Awaitable[Any]) -> tuple[BaseException | None, Any]:
         result = await call
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         return exc, None
     return None, result

@@ -3,7 +3,8 @@ of a request's tasks, with what identifies the request for its ``Idempotency-Key
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..idempotency import client_scope, fingerprint
 
@@ -17,7 +18,9 @@ __all__ = ["has_durable", "store_durable"]
 
 
 def has_durable(tasks: list[BackgroundTask]) -> bool:
-    for task in tasks:
+    """Whether any task of a request goes to a durable backend (per request with tasks: a plain loop, cheaper
+    than ``any()`` over a generator)."""
+    for task in tasks:  # noqa: SIM110
         if task.backend is not None:
             return True
     return False
@@ -25,9 +28,9 @@ def has_durable(tasks: list[BackgroundTask]) -> bool:
 
 async def store_durable(
     tasks: list[BackgroundTask],
-    connection: "HTTPConnection",
+    connection: HTTPConnection,
     method: str,
-    credentials: "Credentials | None" = None,
+    credentials: Credentials | None = None,
     *,
     held: Sequence[Any] = (),
     joined: list[BackgroundTask] | None = None,

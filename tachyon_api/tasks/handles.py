@@ -14,7 +14,8 @@ import inspect
 import os
 import types
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, ParamSpec, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from .._utils import callable_name, is_async_callable
 from .runner import BackgroundRunner
@@ -69,8 +70,8 @@ class _Callee:
 # request does not grow the table); bound methods have their own table, as their signature skips ``self``. A
 # plain dict of weak references rather than a WeakKeyDictionary: the lookup stays in C, and ``add_task`` is on
 # the request path.
-_callees: dict["weakref.ref[Any]", _Callee] = {}
-_method_callees: dict["weakref.ref[Any]", _Callee] = {}
+_callees: dict[weakref.ref[Any], _Callee] = {}
+_method_callees: dict[weakref.ref[Any], _Callee] = {}
 
 
 def _callee(func: Any) -> _Callee:
@@ -99,7 +100,7 @@ def _callee(func: Any) -> _Callee:
     return _Callee(func, func, 0)
 
 
-def _forget(table: dict["weakref.ref[Any]", _Callee], ref: "weakref.ref[Any]") -> None:
+def _forget(table: dict[weakref.ref[Any], _Callee], ref: weakref.ref[Any]) -> None:
     """Drop a collected function's entry (a weak reference's callback)."""
     table.pop(ref, None)
 
@@ -151,7 +152,7 @@ class BackgroundTask:
         kwargs: dict[str, Any],
         backend: TaskBackend | None,
         durable: bool | None = None,
-    ) -> "BackgroundTask":
+    ) -> BackgroundTask:
         """A task that is durable on ``backend`` (None: in-process) unless ``func`` was marked otherwise;
         ``durable=False`` keeps it in-process whatever the backend or mark (and skips the durable checks)."""
         task = cls.__new__(cls)
@@ -212,7 +213,7 @@ class BackgroundTask:
         keep_result: bool | None = None,
         owner: str | int | None = None,
         durable: bool | None = None,
-    ) -> "BackgroundTask":
+    ) -> BackgroundTask:
         """Set per-task options and return the task, so they chain onto ``add_task(...)``.
 
         ``durable=False`` runs this task in-process after the response even in an app whose tasks are durable
@@ -247,7 +248,7 @@ class BackgroundTask:
             raise TypeError(f"with_options(delay={delay!r}): seconds (a number) or a datetime.timedelta")
         if at is not None and not isinstance(at, dt.datetime):
             raise TypeError(f"with_options(at={at!r}): a datetime.datetime")
-        durable_only = zip(_DURABLE_ONLY, (job_id, result_ttl, failure_ttl))
+        durable_only = zip(_DURABLE_ONLY, (job_id, result_ttl, failure_ttl), strict=True)
         given: dict[str, Any] = {key: value for key, value in durable_only if value is not None}
         if given and self.backend is None:
             need = "need a durable task (Tachyon(task_backend=...) or @backend.task())"
@@ -337,7 +338,7 @@ class BackgroundTasks:
         self._tasks.append(task)
         return task
 
-    def with_options(self, *, durable: bool | None = None, **options: Any) -> "TaskOptions":
+    def with_options(self, *, durable: bool | None = None, **options: Any) -> TaskOptions:
         """Options for the next ``add_task``: ``background_tasks.with_options(durable=False).add_task(...)``.
 
         The options are those of :meth:`BackgroundTask.with_options`. Given here, ``durable=False`` applies

@@ -16,7 +16,8 @@ import os
 import re
 import tempfile
 import uuid
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = ["ScheduleLease", "FileLease", "RedisLease", "FILE_POLL"]
 
@@ -74,7 +75,7 @@ class FileLease:
         self._fd: int | None = None
 
     @classmethod
-    def for_job(cls, name: str, func: Callable[..., Any]) -> "FileLease":
+    def for_job(cls, name: str, func: Callable[..., Any]) -> FileLease:
         """The lease of the job ``name`` in this user's lock folder, named after the job and the file that
         defines its function ``func``: two checkouts of an app are two apps, the ``--workers`` of one app share
         the lock."""

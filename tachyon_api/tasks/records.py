@@ -25,7 +25,8 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Any, AsyncIterator, overload
+from collections.abc import AsyncIterator
+from typing import Any, overload
 
 import msgspec
 
@@ -70,7 +71,7 @@ class TaskError(msgspec.Struct):
     message: str
 
     @classmethod
-    def of(cls, exc: BaseException) -> "TaskError":
+    def of(cls, exc: BaseException) -> TaskError:
         return cls(type(exc).__name__, str(exc))
 
 
@@ -147,7 +148,7 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     when the task ends).
     """
 
-    store: "MemoryTaskStore"
+    store: MemoryTaskStore
     id: str
     name: str
     owner: str | None = None

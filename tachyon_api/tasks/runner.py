@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,7 +27,16 @@ from ..tracing import task_span
 from . import records
 from .calls import being_cancelled, call_in_thread, execute, on_loop, uncancel
 from .stats import (
-    CANCELLED, DROPPED, FAILED, OUTCOMES, RETRIED, SUCCEEDED, TIMED_OUT, TaskFailure, TaskMetrics, TaskStats,
+    CANCELLED,
+    DROPPED,
+    FAILED,
+    OUTCOMES,
+    RETRIED,
+    SUCCEEDED,
+    TIMED_OUT,
+    TaskFailure,
+    TaskMetrics,
+    TaskStats,
     stat_name,
 )
 from .status import running_task, thread_slot
@@ -516,7 +526,7 @@ class BackgroundRunner:
                     else:
                         with span:
                             result = call_in_thread(task, batch.loop)
-                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                except BaseException as exc:
                     error = exc
                 if tracker is not None:
                     slot[0] = None  # type: ignore[index]  # set above, as tracker is not None
@@ -623,7 +633,7 @@ class BackgroundRunner:
                     failure = self._attempt_ended(task, batch, attempt, exc)  # raised by the task itself
                     await self._notify(failure)  # type: ignore[arg-type]
                     return
-                except BaseException as exc:  # noqa: BLE001 - a task must never take the runner down
+                except BaseException as exc:
                     final = attempt > task.retries
                     failure = self._attempt_ended(task, batch, attempt, exc, final)
                     if failure is not None:

@@ -23,7 +23,7 @@ __all__ = [
 class TaskFailure(msgspec.Struct, frozen=True):
     """What an error hook receives: the task, its final exception, and the request that added it."""
 
-    task: "BackgroundTask"
+    task: BackgroundTask
     exception: BaseException
     attempts: int
     method: str
@@ -175,7 +175,7 @@ class TaskMetrics:
         names = []
         for name, m in sorted(self.by_name.items()):
             row: dict[str, Any] = {"name": name}
-            row.update(zip(OUTCOMES, m.counts))
+            row.update(zip(OUTCOMES, m.counts, strict=True))
             row["count"] = sum(m.buckets)
             row["duration_total"] = m.total
             row.update((f"p{q}", m.percentile(q / 100)) for q in (50, 95, 99))

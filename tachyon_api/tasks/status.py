@@ -21,7 +21,8 @@ import contextvars
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Iterable, Protocol
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..exceptions import TaskNotFound
 from .records import QUEUED, SCHEDULED, MemoryTaskStore, TaskRecord, check_progress
@@ -135,7 +136,7 @@ class TaskControl:
         return self.store.result_limit
 
     # --- the request's side: records before the response ------------------------------------------------
-    def accept(self, tasks: Iterable["BackgroundTask"]) -> Awaitable[None] | None:
+    def accept(self, tasks: Iterable[BackgroundTask]) -> Awaitable[None] | None:
         """Give the held in-process tasks of a request a queued record, before the response that may carry
         their ids is sent. Returns an awaitable the caller awaits before that response when the records must
         be written elsewhere first (a shared store); None otherwise.
@@ -165,7 +166,7 @@ class TaskControl:
         return None if created is None else self.store.publish(created)  # type: ignore[attr-defined]
 
     @staticmethod
-    def abandon(tasks: Iterable["BackgroundTask"], reason: str) -> None:
+    def abandon(tasks: Iterable[BackgroundTask], reason: str) -> None:
         """Held tasks that will never run (their response failed): their records end failed."""
         for task in tasks:
             if task.tracker is not None:
@@ -251,7 +252,7 @@ class _Unschedule:
 
     __slots__ = ("runner", "task")
 
-    def __init__(self, runner: Any, task: "BackgroundTask") -> None:
+    def __init__(self, runner: Any, task: BackgroundTask) -> None:
         self.runner = runner
         self.task = task
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .handles import BackgroundTask
@@ -34,10 +35,12 @@ async def run_when_due(tasks: list[BackgroundTask], run: Callable[[list[Backgrou
     """Without a lifespan, in the request's own call: ``run`` the tasks that may start now (in order), then each
     delayed one at its time."""
     dues = [due_time(task) for task in tasks]
-    now = [task for task, due in zip(tasks, dues) if due is None]
+    now = [task for task, due in zip(tasks, dues, strict=True) if due is None]
     if now:
         await run(now)
-    delayed = sorted((due, index, task) for index, (task, due) in enumerate(zip(tasks, dues)) if due is not None)
+    delayed = sorted(
+        (due, index, task) for index, (task, due) in enumerate(zip(tasks, dues, strict=True)) if due is not None
+    )
     for due, _, task in delayed:
         while time.time() < due:  # a sleep may end a little early (libuv counts milliseconds)
             await asyncio.sleep(due - time.time() + 0.001)
