@@ -24,6 +24,7 @@ import pytest
 from tachyon_api import Tachyon
 from tachyon_api.backends.postgres import PostgresBackend
 from tachyon_api.background import BackgroundTasks
+from tachyon_api.dashboard import task_dashboard
 from tachyon_api.testing import TachyonTestClient
 
 from .conftest import ROOT, ServerProcess, serve, wait_until
@@ -174,6 +175,38 @@ def test_retries_then_failed_jobs_and_requeue(db: str) -> None:
     burst(db)
     assert rows(db, "SELECT key, count FROM attempts ORDER BY key") == [("thrice", 3), ("twice", 3)]
     assert backend.stats()["failed"] == 0
+
+
+def test_the_dashboard_shows_the_postgres_queue_and_requeues_a_failed_job(db: str) -> None:
+    """The dashboard's durable view reads this tier as it reads Redis: counts by state, the failed job with
+    the worker's traceback, and its requeue button (the same route) puts the job back on the queue."""
+    app = Tachyon(task_backend=pg_app.app.task_backend)
+    app.include_router(task_dashboard(public=True))
+
+    @app.post("/flaky/{key}")
+    async def add(key: str, failures: int, background_tasks: BackgroundTasks) -> dict[str, Any]:
+        background_tasks.add_task(pg_app.flaky, key, failures)
+        return {}
+
+    with TachyonTestClient(app) as client:
+        assert client.post("/flaky/ok?failures=0").status_code == 200
+        assert client.post("/flaky/bad?failures=1").status_code == 200
+        durable = client.get("/tasks/data").json()["durable"]
+        assert (durable["counts"]["queued"], durable["counts"]["failed"], durable["failed"]) == (2, 0, [])
+        burst(db)
+        durable = client.get("/tasks/data").json()["durable"]
+        assert (durable["counts"]["finished"], durable["counts"]["failed"], durable["running"]) == (1, 1, [])
+        [failed] = durable["failed"]
+        assert failed["name"] == "pg_app:flaky" and "bad: failure 1 of 1" in failed["exc_info"]
+        page = client.get("/tasks/")
+        assert page.status_code == 200 and "Durable queue" in page.text
+        requeue = {"x-tachyon-dashboard": "requeue"}
+        assert client.post(f"/tasks/requeue/{failed['id']}", headers=requeue).status_code == 200
+        assert client.post(f"/tasks/requeue/{failed['id']}", headers=requeue).status_code == 404  # not failed now
+        burst(db)  # the second run succeeds (the attempt counter is past its failures)
+        durable = client.get("/tasks/data").json()["durable"]
+        assert (durable["counts"]["finished"], durable["counts"]["failed"], durable["failed"]) == (2, 0, [])
+    assert rows(db, "SELECT key, count FROM attempts ORDER BY key") == [("bad", 2), ("ok", 1)]
 
 
 def test_a_delayed_task_waits_for_its_time(db: str) -> None:
