@@ -1,4 +1,5 @@
-"""A live task dashboard: in-process tasks and, with an ``RQBackend``, the durable queue, on one page.
+"""A live task dashboard: in-process tasks and the durable queue of the app's task backend (Redis or PostgreSQL),
+on one page.
 
 ``task_dashboard(...)`` returns a :class:`~tachyon_api.routing.Router` the app includes wherever it likes. It
 is off until included, and it refuses to be built without a guard (a dependency that rejects strangers)
