@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port, wait_port
+from ports import free_port, start_redis, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -100,33 +100,13 @@ def main() -> None:
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is required (apt-get install wrk util-linux)")
-    redis_port, web_port = free_port(), free_port()
+    web_port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = venv(SERVER, dict(os.environ)).strip()
-    redis = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "1",
-            server,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis, redis_port = start_redis(server, workdir, pin=["taskset", "-c", "1"])
     env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PYTHONPATH": str(HERE / "apps")}
     web = None
     try:
-        wait_port(redis_port)
         web = subprocess.Popen(
             [
                 "taskset",

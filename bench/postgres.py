@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port, wait_port
+from ports import free_port, start_redis, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -129,25 +129,7 @@ def main() -> None:
     server = redis_server()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     if server:
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(redis_port)
+        redis, redis_port = start_redis(server, workdir)
         env["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     rows: list[tuple[str, float]] = []
     try:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port, wait_port
+from ports import free_port, start_redis, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -172,30 +172,12 @@ def main() -> None:
     parser.add_argument("--io-jobs", type=int, default=2500, help="1-second async jobs per run")
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk load in the last scenario")
     args = parser.parse_args()
-    redis_port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = python(SERVER, dict(os.environ)).strip()
-    redis = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis, redis_port = start_redis(server, workdir)
     env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PYTHONPATH": f"{HERE / 'apps'}"}
     rows = []
     try:
-        wait_port(redis_port)
         for processes in (1, 2):
             rate = drain(env, "trivial", args.jobs, processes)
             rows.append(
