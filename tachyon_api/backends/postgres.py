@@ -12,16 +12,14 @@ its transaction. They commit with the data or roll back with it, and no worker s
 (another session cannot read uncommitted rows). Without such a dependency, the jobs are inserted in a
 transaction of their own before the response, as in the Redis tier.
 
-A job row names its function by reference (``module:qualname``, procrastinate's ``task_name``) and carries
-``{"args": [...], "kwargs": {...}}`` plus the task's options and its status record's id as its JSON ``args``; a
-``job_id`` is procrastinate's queueing lock (one waiting job per id). Status records and periodic jobs' leases
-are in ``postgres_status.py``.
+A job row names its function by reference and carries the task's JSON arguments and options (its format is
+``postgres_jobs.py``'s); a ``job_id`` is procrastinate's queueing lock (one waiting job per id). Status records
+and periodic jobs' leases are in ``postgres_status.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import math
@@ -29,9 +27,9 @@ import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
-from ..tasks.timers import due_time
 from .base import TaskBackend
-from .calls import F, check_job_id, check_reference, durable_mark, function_path
+from .calls import F, check_job_id, check_reference, durable_mark
+from .postgres_jobs import job_row, json_problem
 from .postgres_status import SCHEMA as STATUS_SCHEMA
 from .postgres_status import PostgresLease, PostgresStatus, job_state
 
@@ -42,6 +40,7 @@ if TYPE_CHECKING:
     from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
     from ..tasks.records import TaskRecord
+    from .postgres_jobs import JobRow
 
 __all__ = ["PostgresBackend"]
 
@@ -151,11 +150,11 @@ class PostgresBackend(TaskBackend):
         """
         return durable_mark(self, retries=retries, retry_delay=retry_delay, timeout=timeout)
 
-    def check(self, func: Any, args: tuple, kwargs: dict) -> None:
+    def check(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse, at ``add_task``, what a worker in another process could not run: a function that does not
         import by reference, or arguments that are not JSON (the job's ``args`` column is ``jsonb``)."""
         check_reference(func)
-        problem = _not_json((list(args), kwargs))
+        problem = json_problem((list(args), kwargs))
         if problem is not None:
             raise TypeError(
                 f"add_task({func.__qualname__}, ...): the arguments cannot be stored as JSON for the durable "
@@ -225,7 +224,7 @@ class PostgresBackend(TaskBackend):
             return True
         try:
             if marker is None and all(task.job_id is None for task in tasks):
-                await self._group(asyncio.get_running_loop()).add([self._job(task) for task in tasks])
+                await self._group(asyncio.get_running_loop()).add([self._row(task) for task in tasks])
             else:  # a marker to check, or job ids to skip: a transaction of its own
                 await self._store_alone(tasks, marker, fingerprint)
         except _StoredBefore:
@@ -234,13 +233,13 @@ class PostgresBackend(TaskBackend):
             self._log_reused(method, path, idempotency_key, names)
             raise
         except _NotStored as failure:
-            exc = failure.__cause__
+            cause = failure.__cause__
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
-                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, exc,
-                exc_info=exc,
+                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, cause,
+                exc_info=cause,
             )
-            raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from exc
+            raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from cause
         return False
 
     async def _store_alone(self, tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes) -> None:
@@ -262,7 +261,7 @@ class PostgresBackend(TaskBackend):
             group = self._groups[loop] = _GroupInsert(self)
         return group
 
-    async def _insert_jobs(self, jobs: list[tuple]) -> None:
+    async def _insert_jobs(self, jobs: list[JobRow]) -> None:
         """Insert ``jobs`` in one autocommitted statement (atomic: all or none); raise ``_NotStored``."""
         from procrastinate import sql
 
@@ -293,9 +292,9 @@ class PostgresBackend(TaskBackend):
                     raise _StoredBefore()
                 raise IdempotencyKeyReused()
         query = sql.queries["defer_jobs"]
-        batch: list[tuple] = []
+        batch: list[JobRow] = []
         for task in tasks:
-            job = self._job(task)
+            job = self._row(task)
             if task.job_id is None:
                 batch.append(job)
                 continue
@@ -310,27 +309,9 @@ class PostgresBackend(TaskBackend):
         if batch:
             await conn.execute(query, {"jobs": batch})
 
-    def _job(self, task: "BackgroundTask") -> tuple:
-        """procrastinate's ``JobToDefer`` for ``task``: queue, task name, priority, lock, queueing lock, args,
-        scheduled time."""
-        from procrastinate.types import JobToDefer
-        from psycopg.types.json import Jsonb
-
-        args: dict[str, Any] = {"args": tag(list(task.args)), "kwargs": tag(task.kwargs), "id": task.id}
-        if task.owner is not None:
-            args["owner"] = task.owner
-        if task.keep_result:
-            args["keep"] = self.result_limit
-        timeout = task.timeout if task.timeout is not None else self.default_timeout
-        if timeout is not None:
-            args["timeout"] = timeout
-        if task.retries:
-            args["retries"], args["retry_delay"] = task.retries, task.retry_delay
-        if task.name != task.func.__qualname__:
-            args["name"] = task.name
-        due = due_time(task)
-        when = None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
-        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, Jsonb(args), when)
+    def _row(self, task: BackgroundTask) -> JobRow:
+        """``task``'s row of procrastinate's job table, on this backend's queue (see ``postgres_jobs.py``)."""
+        return job_row(task, self.queue_name, default_timeout=self.default_timeout, result_limit=self.result_limit)
 
     async def _joinable(self, within: Sequence[Any]) -> "psycopg.AsyncConnection | None":
         """The connection among ``within`` whose transaction the jobs can join: an async psycopg connection (or
@@ -415,7 +396,7 @@ class PostgresBackend(TaskBackend):
         names = {"doing": "started", "succeeded": "finished", "failed": "failed", "cancelled": "cancelled",
                  "aborting": "started", "aborted": "cancelled"}
         with self._connect() as conn:
-            rows = conn.execute(
+            rows: list[tuple[str, bool, int]] = conn.execute(
                 "SELECT status::text, status = 'todo' AND scheduled_at > now(), count(*) FROM procrastinate_jobs "
                 "WHERE queue_name = %s GROUP BY 1, 2",
                 (self.queue_name,),
@@ -507,10 +488,10 @@ class _GroupInsert:
 
     def __init__(self, backend: PostgresBackend) -> None:
         self.backend = backend
-        self.pending: list[tuple[list[tuple], asyncio.Future]] = []
-        self.running: asyncio.Task | None = None
+        self.pending: list[tuple[list[JobRow], asyncio.Future[None]]] = []
+        self.running: asyncio.Task[None] | None = None
 
-    async def add(self, jobs: list[tuple]) -> None:
+    async def add(self, jobs: list[JobRow]) -> None:
         future = asyncio.get_running_loop().create_future()
         self.pending.append((jobs, future))
         if self.running is None:
@@ -583,60 +564,3 @@ def _where(host: Any, port: Any, dbname: Any) -> tuple[str, int, str]:
 def _same_unknown(where: tuple[str, int, str], info: Any) -> bool:
     """A DSN without a database name names the user's database: compare host and port only."""
     return where[2] == "" and _where(info.host, info.port, "")[:2] == where[:2]
-
-
-def _not_json(value: Any, at: str = "arguments") -> str | None:
-    """Why ``value`` would not come back the same from a JSON column (None: it would): only None, bool,
-    int, float (finite), str, list, tuple (read back as a list), dict with str keys, and datetime (stored
-    tagged, see :func:`tag`: a periodic job's ``tick`` is one)."""
-    if value is None or isinstance(value, (bool, int, str, dt.datetime)):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{at} is {value!r} (JSON has no NaN or infinity)"
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            problem = _not_json(item, f"{at}[{index}]")
-            if problem:
-                return problem
-        return None
-    if isinstance(value, dict):
-        if _DATETIME in value:
-            return f"{at} has the key {_DATETIME!r} (reserved: it marks a datetime)"
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{at} has the key {key!r} (JSON keys are strings)"
-            problem = _not_json(item, f"{at}[{key!r}]")
-            if problem:
-                return problem
-        return None
-    return f"{at} holds a {type(value).__name__} (JSON holds None, bool, int, float, str, list and dict)"
-
-
-
-# A datetime argument, in JSON: ``{"$datetime": "<ISO 8601>"}`` (a key that ``_not_json`` refuses in user dicts).
-_DATETIME = "$datetime"
-
-
-def tag(value: Any) -> Any:
-    """``value`` (checked by ``_not_json``) with each datetime as ``{"$datetime": iso}``, for the JSON column;
-    the same object when it holds none."""
-    if isinstance(value, dt.datetime):
-        return {_DATETIME: value.isoformat()}
-    if isinstance(value, (list, tuple)):
-        items = [tag(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    if isinstance(value, dict):
-        tagged = {key: tag(item) for key, item in value.items()}
-        return value if all(tagged[key] is item for key, item in value.items()) else tagged
-    return value
-
-
-def untag(value: Any) -> Any:
-    """The worker's side of :func:`tag`: the datetimes back."""
-    if isinstance(value, list):
-        return [untag(item) for item in value]
-    if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get(_DATETIME), str):
-            return dt.datetime.fromisoformat(value[_DATETIME])
-        return {key: untag(item) for key, item in value.items()}
-    return value

@@ -29,8 +29,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..tasks.status import running_task
 from .calls import import_function
-from .postgres import untag
 from .postgres_batch import RECORD_FAILURE, BatchWorker
+from .postgres_jobs import untag
 from .postgres_status import JobTracker, purge
 
 if TYPE_CHECKING:
