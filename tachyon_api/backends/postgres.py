@@ -24,7 +24,8 @@ import hashlib
 import logging
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from .base import TaskBackend
@@ -103,7 +104,7 @@ class PostgresBackend(TaskBackend):
         connect_timeout: float = 5.0,
         pool_size: int = 10,
         idempotency_ttl: int = 86_400,
-        idempotency_scope: "IdempotencyScope | None" = None,
+        idempotency_scope: IdempotencyScope | None = None,
         stalled_after: float = 30.0,
         result_ttl: int = 500,
         failure_ttl: int = 31_536_000,
@@ -177,7 +178,7 @@ class PostgresBackend(TaskBackend):
     # --- storing ---------------------------------------------------------------------------------------
     async def store(
         self,
-        tasks: Sequence["BackgroundTask"],
+        tasks: Sequence[BackgroundTask],
         method: str,
         path: str,
         idempotency_key: str | None = None,
@@ -216,9 +217,9 @@ class PostgresBackend(TaskBackend):
                 self._log_reused(method, path, idempotency_key, names)
                 raise
             except Exception as exc:
-                logger.error(
+                logger.exception(
                     "Could not store durable task(s) %s of request %s %s in its transaction: %s",
-                    names, method, path, exc, exc_info=True,
+                    names, method, path, exc,
                 )
                 raise TaskBackendUnavailable() from exc
             return True
@@ -242,7 +243,7 @@ class PostgresBackend(TaskBackend):
             raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from cause
         return False
 
-    async def _store_alone(self, tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes) -> None:
+    async def _store_alone(self, tasks: Sequence[BackgroundTask], marker: str | None, fingerprint: bytes) -> None:
         committing = False
         try:
             pool = await self._pool()
@@ -255,7 +256,7 @@ class PostgresBackend(TaskBackend):
         except Exception as exc:
             raise _NotStored(committing and getattr(exc, "sqlstate", None) is None) from exc
 
-    def _group(self, loop: asyncio.AbstractEventLoop) -> "_GroupInsert":
+    def _group(self, loop: asyncio.AbstractEventLoop) -> _GroupInsert:
         group = self._groups.get(loop)
         if group is None:
             group = self._groups[loop] = _GroupInsert(self)
@@ -277,7 +278,7 @@ class PostgresBackend(TaskBackend):
             raise _NotStored(sent and getattr(exc, "sqlstate", None) is None) from exc
 
     async def _insert(
-        self, conn: "psycopg.AsyncConnection", tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes
+        self, conn: psycopg.AsyncConnection, tasks: Sequence[BackgroundTask], marker: str | None, fingerprint: bytes
     ) -> None:
         """The request's idempotency marker, then its jobs, in order, on ``conn`` (in a transaction)."""
         from procrastinate import sql
@@ -313,7 +314,7 @@ class PostgresBackend(TaskBackend):
         """``task``'s row of procrastinate's job table, on this backend's queue (see ``postgres_jobs.py``)."""
         return job_row(task, self.queue_name, default_timeout=self.default_timeout, result_limit=self.result_limit)
 
-    async def _joinable(self, within: Sequence[Any]) -> "psycopg.AsyncConnection | None":
+    async def _joinable(self, within: Sequence[Any]) -> psycopg.AsyncConnection | None:
         """The connection among ``within`` whose transaction the jobs can join: an async psycopg connection (or
         a SQLAlchemy ``AsyncSession``/``AsyncConnection`` on psycopg) to this database that is in a transaction
         or will be committed (autocommit off)."""
@@ -344,7 +345,7 @@ class PostgresBackend(TaskBackend):
             method, path, key, names,
         )
 
-    async def _pool(self) -> "AsyncConnectionPool":
+    async def _pool(self) -> AsyncConnectionPool:
         """The connection pool of the running event loop (psycopg's async connections belong to one loop),
         opened without waiting: it connects, and reconnects after an outage, in the background; each
         connection is checked as it is taken, so one that died with the server is replaced, not used."""
@@ -384,7 +385,7 @@ class PostgresBackend(TaskBackend):
             await pool.close()
 
     # --- watching (the dashboard calls these in a thread) ----------------------------------------------
-    def _connect(self) -> "psycopg.Connection":
+    def _connect(self) -> psycopg.Connection:
         import psycopg
 
         return psycopg.connect(self.dsn, connect_timeout=max(1, math.ceil(self.connect_timeout)), autocommit=True)
@@ -440,11 +441,11 @@ class PostgresBackend(TaskBackend):
         return row is not None
 
     # --- status records (postgres_status.py) ----------------------------------------------------------------
-    async def read_status(self, task_id: str) -> "tuple[TaskRecord, str | None] | None":
+    async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
         """The job's status record and owner; None for an unknown or expired id."""
         return await self._status.read(task_id)
 
-    def watch_status(self, task_id: str) -> "AsyncIterator[TaskRecord]":
+    def watch_status(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The current record, then one per change (``LISTEN/NOTIFY``), until a final one."""
         return self._status.watch(task_id)
 
@@ -522,7 +523,7 @@ class _GroupInsert:
             self.running = None
 
 
-async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
+async def _create_schema(conn: psycopg.AsyncConnection) -> None:
     from procrastinate.schema import SchemaManager
 
     async with conn.transaction():
@@ -535,7 +536,7 @@ async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
         await conn.execute(STATUS_SCHEMA)
 
 
-async def _driver_connection(value: Any) -> "psycopg.AsyncConnection | None":
+async def _driver_connection(value: Any) -> psycopg.AsyncConnection | None:
     """The psycopg connection under a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` (its transaction
     begins here if it has not yet: the one the session commits), else None."""
     module = type(value).__module__

@@ -50,13 +50,13 @@ _DUE = (
 
 
 def run_worker(
-    backend: "PostgresBackend", queues: list[str], *, concurrency: int, burst: bool, shutdown_timeout: float
+    backend: PostgresBackend, queues: list[str], *, concurrency: int, burst: bool, shutdown_timeout: float
 ) -> int:
     """Run the worker until SIGTERM/SIGINT (or, with ``burst``, until no job is due); the exit status."""
     return asyncio.run(_run(backend, queues, concurrency, burst, shutdown_timeout))
 
 
-async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, burst: bool, shutdown: float) -> int:
+async def _run(backend: PostgresBackend, queues: list[str], concurrency: int, burst: bool, shutdown: float) -> int:
     delay = 0.5
     while True:  # the database may still be starting: wait for it, one line per attempt, no traceback
         try:
@@ -117,7 +117,7 @@ class _Tasks(dict[str, "Task[..., Any, ...]"]):
         try:
             func = import_function(name)
         except Exception as exc:
-            logger.error("Cannot import the task %s: %s", name, exc, exc_info=True)
+            logger.exception("Cannot import the task %s: %s", name, exc)
             raise KeyError(name) from exc
         task = self[name] = _task(self.app, name, func, self.backend)
         return task
@@ -142,7 +142,8 @@ def _task(app: App, name: str, func: Callable[..., Any], backend: PostgresBacken
                 try:
                     value = await asyncio.wait_for(call, timeout)
                 except asyncio.TimeoutError:  # a sync task's thread cannot be stopped: it runs on, unawaited
-                    raise TimeoutError(f"{options.get('name', name)} ran longer than its timeout of {timeout} s") from None
+                    label = options.get("name", name)
+                    raise TimeoutError(f"{label} ran longer than its timeout of {timeout} s") from None
         except Exception as exc:
             logger.error(
                 "Job %s (%s) failed on attempt %d", job.id, options.get("name", name), job.attempts + 1, exc_info=exc
@@ -152,7 +153,7 @@ def _task(app: App, name: str, func: Callable[..., Any], backend: PostgresBacken
                     RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
                 )
             except Exception:  # the job's own failure is what matters; this one is logged
-                logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
+                logger.exception("Could not record the traceback of job %s", job.id)
             await _ended(app, backend, tracker, error=exc)
             raise
         await _ended(app, backend, tracker, value)
@@ -188,7 +189,7 @@ async def _in_thread(context: JobContext, func: Callable[..., Any], args: list[A
 
 
 async def _ended(
-    app: App, backend: "PostgresBackend", tracker: JobTracker | None, value: Any = None, error: Exception | None = None
+    app: App, backend: PostgresBackend, tracker: JobTracker | None, value: Any = None, error: Exception | None = None
 ) -> None:
     """The attempt ended: its record gets the error or kept result (procrastinate then moves its state); a sync
     task that saw ``cancelled()`` and then returned or raised ends cancelled (procrastinate's aborted, never
