@@ -204,7 +204,7 @@ def test_datetimes_are_stored_tagged_and_the_tag_is_reserved() -> None:
     (the periodic test below runs ticks through it); a user's dict cannot fake the tag."""
     import datetime as dt
 
-    from tachyon_api.backends.postgres import tag, untag
+    from tachyon_api.backends.postgres_jobs import tag, untag
 
     when = dt.datetime(2026, 12, 7, 23, 0, tzinfo=dt.timezone.utc)
     stored = tag({"tick": when, "ids": [1, when]})

@@ -19,22 +19,23 @@ Where a call happens, and why it is shaped so:
   yielded (``within``): a backend on the same database as the app's data may store the tasks in that
   transaction, so they commit or roll back with the data. A backend that cannot join one ignores ``within``.
 - :meth:`aclose` runs at shutdown, on the app's event loop.
-- :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may block (the dashboard
-  calls them in a thread).
+- :meth:`stats`, :meth:`started_jobs`, :meth:`failed_jobs` and :meth:`requeue` serve the dashboard. They may
+  block (the dashboard calls them in a thread).
 - Periodic jobs (``tasks/schedule.py``): :meth:`schedule_lease` elects, among every process sharing the
   backend, the one that enqueues a job's ticks; a tick is enqueued with :meth:`store`, with a job id and an
   idempotency key made of the tick, so that a tick stored twice is stored once; :meth:`job_state` tells
   whether the previous tick's job still runs (overlap). ``job_state`` may block.
 
-- ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the status routes
-  (see ``tasks/status.py``): a durable task's status record lives with the job, in the backend. They run on the
-  event loop and must not block it. A backend reads and writes the one record shape of ``tasks/records.py``,
-  following its state machine (a final state is never left).
+- ``read_status``, ``watch_status`` and ``cancel_status`` (:class:`StatusSource`) serve ``app.tasks`` and the
+  status routes (see ``tasks/status.py``): a durable task's status record lives with the job, in the backend.
+  They run on the event loop and must not block it. A backend reads and writes the one record shape of
+  ``tasks/records.py``, following its state machine (a final state is never left).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..tasks.status import StatusSource
 
@@ -84,9 +85,9 @@ class TaskBackend(StatusSource, Protocol):
         ``client`` (its credentials) with the same ``fingerprint`` (a hash of its payload) stores nothing again.
 
         ``within`` holds the values the request's ``scope="function"`` dependencies yielded (empty without them; a
-        backend that cannot join a transaction ignores it). Return True when the tasks were written in the open transaction of one of them: they are then
-        stored only if that transaction commits (after this call). Return None or False when they were stored on
-        their own.
+        backend that cannot join a transaction ignores it). Return True when the tasks were written in the open
+        transaction of one of them: they are then stored only if that transaction commits (after this call).
+        Return None or False when they were stored on their own.
 
         Raises ``TaskBackendUnavailable`` when nothing was stored (safe to retry), ``TaskOutcomeUnknown`` when the
         tasks may have been stored but the answer was lost, ``IdempotencyKeyReused`` when the key was used before

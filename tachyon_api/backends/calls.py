@@ -12,14 +12,15 @@ import inspect
 import re
 import sys
 import weakref
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["check_reference", "check_job_id", "function_path", "import_function", "JOB_ID"]
 
 # Job ids both tiers accept (RQ's rq.job.validate_job_id): a job id moves between backends unchanged.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
-_verified: "weakref.WeakSet[Callable[..., Any]]" = weakref.WeakSet()
+_verified: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
 def check_reference(func: Any) -> None:

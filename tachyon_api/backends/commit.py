@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["GroupCommit", "NotStored", "OutcomeUnknown", "bulk"]
 
@@ -152,7 +153,7 @@ class GroupCommit:
                     self._waiting = []
                     await self._drop()
                     raise
-                for entry, reply in zip(batch, replies):
+                for entry, reply in zip(batch, replies, strict=True):  # _flush checked the count
                     if not entry.future.done():
                         entry.future.set_result(reply)
         finally:

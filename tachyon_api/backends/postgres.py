@@ -12,26 +12,25 @@ its transaction. They commit with the data or roll back with it, and no worker s
 (another session cannot read uncommitted rows). Without such a dependency, the jobs are inserted in a
 transaction of their own before the response, as in the Redis tier.
 
-A job row names its function by reference (``module:qualname``, procrastinate's ``task_name``) and carries
-``{"args": [...], "kwargs": {...}}`` plus the task's options and its status record's id as its JSON ``args``; a
-``job_id`` is procrastinate's queueing lock (one waiting job per id). Status records and periodic jobs' leases
-are in ``postgres_status.py``.
+A job row names its function by reference and carries the task's JSON arguments and options (its format is
+``postgres_jobs.py``'s); a ``job_id`` is procrastinate's queueing lock (one waiting job per id). Status records
+and periodic jobs' leases are in ``postgres_status.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
-from ..tasks.timers import due_time
 from .base import TaskBackend
-from .calls import F, check_job_id, check_reference, durable_mark, function_path
+from .calls import F, check_job_id, check_reference, durable_mark
+from .postgres_jobs import job_row, json_problem
 from .postgres_status import SCHEMA as STATUS_SCHEMA
 from .postgres_status import PostgresLease, PostgresStatus, job_state
 
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from ..idempotency import IdempotencyScope
     from ..tasks.handles import BackgroundTask
     from ..tasks.records import TaskRecord
+    from .postgres_jobs import JobRow
 
 __all__ = ["PostgresBackend"]
 
@@ -104,7 +104,7 @@ class PostgresBackend(TaskBackend):
         connect_timeout: float = 5.0,
         pool_size: int = 10,
         idempotency_ttl: int = 86_400,
-        idempotency_scope: "IdempotencyScope | None" = None,
+        idempotency_scope: IdempotencyScope | None = None,
         stalled_after: float = 30.0,
         result_ttl: int = 500,
         failure_ttl: int = 31_536_000,
@@ -151,11 +151,11 @@ class PostgresBackend(TaskBackend):
         """
         return durable_mark(self, retries=retries, retry_delay=retry_delay, timeout=timeout)
 
-    def check(self, func: Any, args: tuple, kwargs: dict) -> None:
+    def check(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse, at ``add_task``, what a worker in another process could not run: a function that does not
         import by reference, or arguments that are not JSON (the job's ``args`` column is ``jsonb``)."""
         check_reference(func)
-        problem = _not_json((list(args), kwargs))
+        problem = json_problem((list(args), kwargs))
         if problem is not None:
             raise TypeError(
                 f"add_task({func.__qualname__}, ...): the arguments cannot be stored as JSON for the durable "
@@ -178,7 +178,7 @@ class PostgresBackend(TaskBackend):
     # --- storing ---------------------------------------------------------------------------------------
     async def store(
         self,
-        tasks: Sequence["BackgroundTask"],
+        tasks: Sequence[BackgroundTask],
         method: str,
         path: str,
         idempotency_key: str | None = None,
@@ -217,15 +217,15 @@ class PostgresBackend(TaskBackend):
                 self._log_reused(method, path, idempotency_key, names)
                 raise
             except Exception as exc:
-                logger.error(
+                logger.exception(
                     "Could not store durable task(s) %s of request %s %s in its transaction: %s",
-                    names, method, path, exc, exc_info=True,
+                    names, method, path, exc,
                 )
                 raise TaskBackendUnavailable() from exc
             return True
         try:
             if marker is None and all(task.job_id is None for task in tasks):
-                await self._group(asyncio.get_running_loop()).add([self._job(task) for task in tasks])
+                await self._group(asyncio.get_running_loop()).add([self._row(task) for task in tasks])
             else:  # a marker to check, or job ids to skip: a transaction of its own
                 await self._store_alone(tasks, marker, fingerprint)
         except _StoredBefore:
@@ -234,16 +234,16 @@ class PostgresBackend(TaskBackend):
             self._log_reused(method, path, idempotency_key, names)
             raise
         except _NotStored as failure:
-            exc = failure.__cause__
+            cause = failure.__cause__
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
-                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, exc,
-                exc_info=exc,
+                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, cause,
+                exc_info=cause,
             )
-            raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from exc
+            raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from cause
         return False
 
-    async def _store_alone(self, tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes) -> None:
+    async def _store_alone(self, tasks: Sequence[BackgroundTask], marker: str | None, fingerprint: bytes) -> None:
         committing = False
         try:
             pool = await self._pool()
@@ -256,13 +256,13 @@ class PostgresBackend(TaskBackend):
         except Exception as exc:
             raise _NotStored(committing and getattr(exc, "sqlstate", None) is None) from exc
 
-    def _group(self, loop: asyncio.AbstractEventLoop) -> "_GroupInsert":
+    def _group(self, loop: asyncio.AbstractEventLoop) -> _GroupInsert:
         group = self._groups.get(loop)
         if group is None:
             group = self._groups[loop] = _GroupInsert(self)
         return group
 
-    async def _insert_jobs(self, jobs: list[tuple]) -> None:
+    async def _insert_jobs(self, jobs: list[JobRow]) -> None:
         """Insert ``jobs`` in one autocommitted statement (atomic: all or none); raise ``_NotStored``."""
         from procrastinate import sql
 
@@ -278,7 +278,7 @@ class PostgresBackend(TaskBackend):
             raise _NotStored(sent and getattr(exc, "sqlstate", None) is None) from exc
 
     async def _insert(
-        self, conn: "psycopg.AsyncConnection", tasks: Sequence["BackgroundTask"], marker: str | None, fingerprint: bytes
+        self, conn: psycopg.AsyncConnection, tasks: Sequence[BackgroundTask], marker: str | None, fingerprint: bytes
     ) -> None:
         """The request's idempotency marker, then its jobs, in order, on ``conn`` (in a transaction)."""
         from procrastinate import sql
@@ -293,9 +293,9 @@ class PostgresBackend(TaskBackend):
                     raise _StoredBefore()
                 raise IdempotencyKeyReused()
         query = sql.queries["defer_jobs"]
-        batch: list[tuple] = []
+        batch: list[JobRow] = []
         for task in tasks:
-            job = self._job(task)
+            job = self._row(task)
             if task.job_id is None:
                 batch.append(job)
                 continue
@@ -310,29 +310,11 @@ class PostgresBackend(TaskBackend):
         if batch:
             await conn.execute(query, {"jobs": batch})
 
-    def _job(self, task: "BackgroundTask") -> tuple:
-        """procrastinate's ``JobToDefer`` for ``task``: queue, task name, priority, lock, queueing lock, args,
-        scheduled time."""
-        from procrastinate.types import JobToDefer
-        from psycopg.types.json import Jsonb
+    def _row(self, task: BackgroundTask) -> JobRow:
+        """``task``'s row of procrastinate's job table, on this backend's queue (see ``postgres_jobs.py``)."""
+        return job_row(task, self.queue_name, default_timeout=self.default_timeout, result_limit=self.result_limit)
 
-        args: dict[str, Any] = {"args": tag(list(task.args)), "kwargs": tag(task.kwargs), "id": task.id}
-        if task.owner is not None:
-            args["owner"] = task.owner
-        if task.keep_result:
-            args["keep"] = self.result_limit
-        timeout = task.timeout if task.timeout is not None else self.default_timeout
-        if timeout is not None:
-            args["timeout"] = timeout
-        if task.retries:
-            args["retries"], args["retry_delay"] = task.retries, task.retry_delay
-        if task.name != task.func.__qualname__:
-            args["name"] = task.name
-        due = due_time(task)
-        when = None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
-        return JobToDefer(self.queue_name, function_path(task.func), 0, None, task.job_id, Jsonb(args), when)
-
-    async def _joinable(self, within: Sequence[Any]) -> "psycopg.AsyncConnection | None":
+    async def _joinable(self, within: Sequence[Any]) -> psycopg.AsyncConnection | None:
         """The connection among ``within`` whose transaction the jobs can join: an async psycopg connection (or
         a SQLAlchemy ``AsyncSession``/``AsyncConnection`` on psycopg) to this database that is in a transaction
         or will be committed (autocommit off)."""
@@ -363,7 +345,7 @@ class PostgresBackend(TaskBackend):
             method, path, key, names,
         )
 
-    async def _pool(self) -> "AsyncConnectionPool":
+    async def _pool(self) -> AsyncConnectionPool:
         """The connection pool of the running event loop (psycopg's async connections belong to one loop),
         opened without waiting: it connects, and reconnects after an outage, in the background; each
         connection is checked as it is taken, so one that died with the server is replaced, not used."""
@@ -403,7 +385,7 @@ class PostgresBackend(TaskBackend):
             await pool.close()
 
     # --- watching (the dashboard calls these in a thread) ----------------------------------------------
-    def _connect(self) -> "psycopg.Connection":
+    def _connect(self) -> psycopg.Connection:
         import psycopg
 
         return psycopg.connect(self.dsn, connect_timeout=max(1, math.ceil(self.connect_timeout)), autocommit=True)
@@ -415,7 +397,7 @@ class PostgresBackend(TaskBackend):
         names = {"doing": "started", "succeeded": "finished", "failed": "failed", "cancelled": "cancelled",
                  "aborting": "started", "aborted": "cancelled"}
         with self._connect() as conn:
-            rows = conn.execute(
+            rows: list[tuple[str, bool, int]] = conn.execute(
                 "SELECT status::text, status = 'todo' AND scheduled_at > now(), count(*) FROM procrastinate_jobs "
                 "WHERE queue_name = %s GROUP BY 1, 2",
                 (self.queue_name,),
@@ -459,11 +441,11 @@ class PostgresBackend(TaskBackend):
         return row is not None
 
     # --- status records (postgres_status.py) ----------------------------------------------------------------
-    async def read_status(self, task_id: str) -> "tuple[TaskRecord, str | None] | None":
+    async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
         """The job's status record and owner; None for an unknown or expired id."""
         return await self._status.read(task_id)
 
-    def watch_status(self, task_id: str) -> "AsyncIterator[TaskRecord]":
+    def watch_status(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The current record, then one per change (``LISTEN/NOTIFY``), until a final one."""
         return self._status.watch(task_id)
 
@@ -507,10 +489,10 @@ class _GroupInsert:
 
     def __init__(self, backend: PostgresBackend) -> None:
         self.backend = backend
-        self.pending: list[tuple[list[tuple], asyncio.Future]] = []
-        self.running: asyncio.Task | None = None
+        self.pending: list[tuple[list[JobRow], asyncio.Future[None]]] = []
+        self.running: asyncio.Task[None] | None = None
 
-    async def add(self, jobs: list[tuple]) -> None:
+    async def add(self, jobs: list[JobRow]) -> None:
         future = asyncio.get_running_loop().create_future()
         self.pending.append((jobs, future))
         if self.running is None:
@@ -541,7 +523,7 @@ class _GroupInsert:
             self.running = None
 
 
-async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
+async def _create_schema(conn: psycopg.AsyncConnection) -> None:
     from procrastinate.schema import SchemaManager
 
     async with conn.transaction():
@@ -554,7 +536,7 @@ async def _create_schema(conn: "psycopg.AsyncConnection") -> None:
         await conn.execute(STATUS_SCHEMA)
 
 
-async def _driver_connection(value: Any) -> "psycopg.AsyncConnection | None":
+async def _driver_connection(value: Any) -> psycopg.AsyncConnection | None:
     """The psycopg connection under a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` (its transaction
     begins here if it has not yet: the one the session commits), else None."""
     module = type(value).__module__
@@ -583,60 +565,3 @@ def _where(host: Any, port: Any, dbname: Any) -> tuple[str, int, str]:
 def _same_unknown(where: tuple[str, int, str], info: Any) -> bool:
     """A DSN without a database name names the user's database: compare host and port only."""
     return where[2] == "" and _where(info.host, info.port, "")[:2] == where[:2]
-
-
-def _not_json(value: Any, at: str = "arguments") -> str | None:
-    """Why ``value`` would not come back the same from a JSON column (None: it would): only None, bool,
-    int, float (finite), str, list, tuple (read back as a list), dict with str keys, and datetime (stored
-    tagged, see :func:`tag`: a periodic job's ``tick`` is one)."""
-    if value is None or isinstance(value, (bool, int, str, dt.datetime)):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{at} is {value!r} (JSON has no NaN or infinity)"
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            problem = _not_json(item, f"{at}[{index}]")
-            if problem:
-                return problem
-        return None
-    if isinstance(value, dict):
-        if _DATETIME in value:
-            return f"{at} has the key {_DATETIME!r} (reserved: it marks a datetime)"
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{at} has the key {key!r} (JSON keys are strings)"
-            problem = _not_json(item, f"{at}[{key!r}]")
-            if problem:
-                return problem
-        return None
-    return f"{at} holds a {type(value).__name__} (JSON holds None, bool, int, float, str, list and dict)"
-
-
-
-# A datetime argument, in JSON: ``{"$datetime": "<ISO 8601>"}`` (a key that ``_not_json`` refuses in user dicts).
-_DATETIME = "$datetime"
-
-
-def tag(value: Any) -> Any:
-    """``value`` (checked by ``_not_json``) with each datetime as ``{"$datetime": iso}``, for the JSON column;
-    the same object when it holds none."""
-    if isinstance(value, dt.datetime):
-        return {_DATETIME: value.isoformat()}
-    if isinstance(value, (list, tuple)):
-        items = [tag(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    if isinstance(value, dict):
-        tagged = {key: tag(item) for key, item in value.items()}
-        return value if all(tagged[key] is item for key, item in value.items()) else tagged
-    return value
-
-
-def untag(value: Any) -> Any:
-    """The worker's side of :func:`tag`: the datetimes back."""
-    if isinstance(value, list):
-        return [untag(item) for item in value]
-    if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get(_DATETIME), str):
-            return dt.datetime.fromisoformat(value[_DATETIME])
-        return {key: untag(item) for key, item in value.items()}
-    return value

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable, Iterator, cast
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, cast
 
 from procrastinate import PsycopgConnector, job_context, jobs, retry, utils
 from procrastinate.worker import Worker

@@ -38,7 +38,8 @@ import logging
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -377,7 +378,8 @@ def job_state(conn: psycopg.Connection[Any], task_id: str) -> str | None:
 
 # --- periodic jobs -----------------------------------------------------------------------------------------
 _HOLD = """
-INSERT INTO tachyon_schedule AS s (key, holder, expires_at) VALUES (%(key)s, %(holder)s, now() + %(ttl)s * interval '1 second')
+INSERT INTO tachyon_schedule AS s (key, holder, expires_at)
+    VALUES (%(key)s, %(holder)s, now() + %(ttl)s * interval '1 second')
 ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
     WHERE s.holder = EXCLUDED.holder OR s.holder IS NULL OR s.expires_at < now()
 RETURNING tick

@@ -17,11 +17,12 @@ import asyncio
 import inspect
 import logging
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import JobAborted
-from procrastinate.job_context import AbortReason
+from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.tasks import Task
@@ -29,11 +30,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..tasks.status import running_task
 from .calls import import_function
-from .postgres import untag
 from .postgres_batch import RECORD_FAILURE, BatchWorker
+from .postgres_jobs import untag
 from .postgres_status import JobTracker, purge
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from .postgres import PostgresBackend
 
 __all__ = ["run_worker"]
@@ -47,13 +50,13 @@ _DUE = (
 
 
 def run_worker(
-    backend: "PostgresBackend", queues: list[str], *, concurrency: int, burst: bool, shutdown_timeout: float
+    backend: PostgresBackend, queues: list[str], *, concurrency: int, burst: bool, shutdown_timeout: float
 ) -> int:
     """Run the worker until SIGTERM/SIGINT (or, with ``burst``, until no job is due); the exit status."""
     return asyncio.run(_run(backend, queues, concurrency, burst, shutdown_timeout))
 
 
-async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, burst: bool, shutdown: float) -> int:
+async def _run(backend: PostgresBackend, queues: list[str], concurrency: int, burst: bool, shutdown: float) -> int:
     delay = 0.5
     while True:  # the database may still be starting: wait for it, one line per attempt, no traceback
         try:
@@ -81,23 +84,23 @@ async def _run(backend: "PostgresBackend", queues: list[str], concurrency: int, 
                 app=app, queues=queues, concurrency=concurrency, wait=not burst, shutdown_graceful_timeout=shutdown,
                 install_signal_handlers=True, stalled_after=backend.stalled_after,
             )
-            await worker.run()
+            await worker.run()  # type: ignore[no-untyped-call]  # procrastinate's Worker.run has no annotations
             # procrastinate's burst stops at the first empty fetch, while jobs still ran: one of them may have
             # been put back for a retry. Burst means "until nothing is due".
             if not burst or not (await app.connector.execute_query_one_async(_DUE, queues=queues))["due"]:
                 return 0
 
 
-async def _autocommit(conn: Any) -> None:
+async def _autocommit(conn: AsyncConnection[Any]) -> None:
     """Each new connection of the worker's pool (not a ``kwargs`` entry of the pool: procrastinate opens its
     LISTEN connection with the pool's ``kwargs`` and an ``autocommit`` of its own)."""
     await conn.set_autocommit(True)
 
 
-class _Tasks(dict):
+class _Tasks(dict[str, "Task[..., Any, ...]"]):
     """procrastinate's task registry, filled on demand: a job's ``task_name`` is ``module:qualname``."""
 
-    def __init__(self, app: App, builtin: dict, backend: "PostgresBackend") -> None:
+    def __init__(self, app: App, builtin: dict[str, Task[..., Any, ...]], backend: PostgresBackend) -> None:
         super().__init__(builtin)
         self.app = app
         self.backend = backend
@@ -114,17 +117,19 @@ class _Tasks(dict):
         try:
             func = import_function(name)
         except Exception as exc:
-            logger.error("Cannot import the task %s: %s", name, exc, exc_info=True)
+            logger.exception("Cannot import the task %s: %s", name, exc)
             raise KeyError(name) from exc
         task = self[name] = _task(self.app, name, func, self.backend)
         return task
 
 
-def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
+def _task(app: App, name: str, func: Callable[..., Any], backend: PostgresBackend) -> Task[..., Any, ...]:
     """A procrastinate task that runs ``func`` with a job's arguments and options."""
     is_async = inspect.iscoroutinefunction(func)
 
-    async def run(context: Any, args: list, kwargs: dict, timeout: float | None = None, **options: Any) -> Any:
+    async def run(
+        context: JobContext, args: list[Any], kwargs: dict[str, Any], timeout: float | None = None, **options: Any
+    ) -> Any:
         job = context.job
         tracker = _tracker(app, context, options)
         running_task.set(tracker)  # report_progress and cancelled() in the job (procrastinate's task of its own)
@@ -137,7 +142,8 @@ def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
                 try:
                     value = await asyncio.wait_for(call, timeout)
                 except asyncio.TimeoutError:  # a sync task's thread cannot be stopped: it runs on, unawaited
-                    raise TimeoutError(f"{options.get('name', name)} ran longer than its timeout of {timeout} s") from None
+                    label = options.get("name", name)
+                    raise TimeoutError(f"{label} ran longer than its timeout of {timeout} s") from None
         except Exception as exc:
             logger.error(
                 "Job %s (%s) failed on attempt %d", job.id, options.get("name", name), job.attempts + 1, exc_info=exc
@@ -147,7 +153,7 @@ def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
                     RECORD_FAILURE, job_id=job.id, exc_info="".join(traceback.format_exception(exc))
                 )
             except Exception:  # the job's own failure is what matters; this one is logged
-                logger.error("Could not record the traceback of job %s", job.id, exc_info=True)
+                logger.exception("Could not record the traceback of job %s", job.id)
             await _ended(app, backend, tracker, error=exc)
             raise
         await _ended(app, backend, tracker, value)
@@ -157,18 +163,19 @@ def _task(app: App, name: str, func: Any, backend: "PostgresBackend") -> Task:
 
 
 # --- status records (postgres_status.py): the worker writes progress, a kept result, an error ---------------
-def _tracker(app: App, context: Any, options: dict[str, Any]) -> JobTracker | None:
+def _tracker(app: App, context: JobContext, options: dict[str, Any]) -> JobTracker | None:
     """The running job's status record (None for a job stored without one); ``cancelled()`` in the job is
     procrastinate's abort requested by a user (``app.tasks.cancel``), not the worker's own shutdown."""
     if "id" not in options:
         return None
+    assert context.job.id is not None  # a job the worker fetched has its row's id
     return JobTracker(
         options["id"], context.job.id, app.connector.execute_query_async,
         lambda: context.abort_reason() == AbortReason.USER_REQUEST, options.get("keep"),
     )
 
 
-async def _in_thread(context: Any, func: Any, args: list, kwargs: dict) -> Any:
+async def _in_thread(context: JobContext, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
     """A sync task in a thread. procrastinate answers a user's abort by cancelling the job's asyncio task, which
     cannot stop a thread: the job would be recorded aborted while its thread runs on. So that cancellation is
     absorbed here; the task sees ``cancelled()`` turn true and returns, and the job ends then (cancelled)."""
@@ -182,7 +189,7 @@ async def _in_thread(context: Any, func: Any, args: list, kwargs: dict) -> Any:
 
 
 async def _ended(
-    app: App, backend: "PostgresBackend", tracker: JobTracker | None, value: Any = None, error: Exception | None = None
+    app: App, backend: PostgresBackend, tracker: JobTracker | None, value: Any = None, error: Exception | None = None
 ) -> None:
     """The attempt ended: its record gets the error or kept result (procrastinate then moves its state); a sync
     task that saw ``cancelled()`` and then returned or raised ends cancelled (procrastinate's aborted, never
@@ -199,7 +206,8 @@ class _JobRetry(BaseRetryStrategy):
     """The job's own ``retries`` and ``retry_delay`` (doubling), read from its arguments."""
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        retries = job.task_kwargs.get("retries") or 0
-        if job.attempts >= retries:
+        retries, delay = job.task_kwargs.get("retries"), job.task_kwargs.get("retry_delay")  # as job_row wrote them
+        if not isinstance(retries, int) or job.attempts >= retries:
             return None
-        return RetryDecision(retry_in={"seconds": float(job.task_kwargs.get("retry_delay") or 0) * 2**job.attempts})
+        seconds = (delay if isinstance(delay, (int, float)) else 0.0) * 2**job.attempts
+        return RetryDecision(retry_in={"seconds": seconds})

@@ -33,7 +33,8 @@ import datetime as dt
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -92,8 +93,8 @@ _RQ_MAP = "{" + ", ".join(f"[{k!r}] = {v!r}" for k, v in RQ_STATES.items()) + "}
 
 # KEYS[1]: the record's hash. ARGV[1]: its channel; ARGV[2]: the new state ("" leaves it); ARGV[3]: the hash's
 # time to live in seconds ("" leaves it); ARGV[4]: flags ("e": the hash must exist already, "a": count an
-# attempt, "r": only if the record says running); then field/value pairs to set. Returns 1 (written and published), 0 (refused by the state machine)
-# or -1 (no such record).
+# attempt, "r": only if the record says running); then field/value pairs to set. Returns 1 (written and
+# published), 0 (refused by the state machine) or -1 (no such record).
 ADVANCE = f"""
 local allowed, final = {_ALLOWED}, {_FINAL}
 local key, state, flags = KEYS[1], ARGV[2], ARGV[4]
@@ -429,7 +430,7 @@ class JobTracker:
     PROGRESS_INTERVAL = 0.05
     CANCEL_INTERVAL = 0.25
 
-    def __init__(self, job_id: str, key: str, redis: "Redis", *, keep: int | None = None,
+    def __init__(self, job_id: str, key: str, redis: Redis, *, keep: int | None = None,
                  send: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         global _advance_script
         self.id = job_id

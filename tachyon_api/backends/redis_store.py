@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 
@@ -47,11 +48,11 @@ class RedisTaskStore(MemoryTaskStore):
         self._dirty: dict[str, Tracker] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
-        self._flush_task: "asyncio.Future[None] | None" = None
+        self._flush_task: asyncio.Future[None] | None = None
         self._listener: asyncio.Future[None] | None = None
 
     @classmethod
-    def of(cls, backend: Any, **options: Any) -> "RedisTaskStore":
+    def of(cls, backend: Any, **options: Any) -> RedisTaskStore:
         """The store on the Redis of an ``RQBackend``."""
         return cls(backend.redis_url, socket_timeout=backend.socket_timeout, **options)
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import IdempotencyKeyReused, TaskBackendUnavailable, TaskOutcomeUnknown
 from ..tasks.records import CANCELLED, FAILED, RETRYING, SUCCEEDED, TaskError, TaskRecord, encode_result
@@ -65,7 +66,7 @@ class RQBackend(TaskBackend):
         failure_ttl: int | None = None,
         socket_timeout: float = 5.0,
         idempotency_ttl: int = 86_400,
-        idempotency_scope: "IdempotencyScope | None" = None,
+        idempotency_scope: IdempotencyScope | None = None,
         result_limit: int = 64 * 1024,
     ) -> None:
         self.redis_url = redis_url
@@ -89,7 +90,7 @@ class RQBackend(TaskBackend):
 
     # --- connection ------------------------------------------------------------------------------------
     @property
-    def redis(self) -> "Redis":
+    def redis(self) -> Redis:
         if self._redis is None:
             from redis import Redis
 
@@ -99,7 +100,7 @@ class RQBackend(TaskBackend):
         return self._redis
 
     @property
-    def queue(self) -> "Queue":
+    def queue(self) -> Queue:
         if self._queue is None:
             from rq import Queue
 
@@ -153,7 +154,7 @@ class RQBackend(TaskBackend):
     # --- storing ---------------------------------------------------------------------------------------
     async def store(
         self,
-        tasks: Sequence["BackgroundTask"],
+        tasks: Sequence[BackgroundTask],
         method: str,
         path: str,
         idempotency_key: str | None = None,
@@ -192,9 +193,9 @@ class RQBackend(TaskBackend):
             try:
                 raise NotStored(f"Redis cannot store them: {reply.decode(errors='replace')}")
             except NotStored as exc:  # raised, so the log carries a traceback
-                logger.error(
+                logger.exception(
                     "Could not store durable task(s) %s of request %s %s in %s: %s",
-                    names, method, path, self.redis_url, exc, exc_info=True,
+                    names, method, path, self.redis_url, exc,
                 )
                 raise TaskBackendUnavailable() from exc
         if reply == -2:
@@ -209,11 +210,11 @@ class RQBackend(TaskBackend):
                 method, path, idempotency_key,
             )
             return
-        for task, stored in zip(tasks, reply):
+        for task, stored in zip(tasks, reply, strict=True):  # the script's flag for each task
             if not stored:
                 logger.info("Durable task %s with job id %s is already queued", task.name, task.job_id)
 
-    def _group_commit(self) -> "GroupCommit":
+    def _group_commit(self) -> GroupCommit:
         """The group commit of the running event loop (asyncio connections belong to one loop)."""
         loop = asyncio.get_running_loop()
         commit = self._commits.get(loop)
@@ -244,7 +245,7 @@ class RQBackend(TaskBackend):
             await self._status.aclose()
 
     # --- periodic jobs ---------------------------------------------------------------------------------
-    def schedule_lease(self, name: str, ttl: float) -> "ScheduleLease":
+    def schedule_lease(self, name: str, ttl: float) -> ScheduleLease:
         """The lease of the periodic job ``name`` in this Redis, shared by every app on this queue: a key with a
         time to live (see ``tasks/leases.py``), on one ``redis.asyncio`` connection per event loop."""
         from redis.asyncio import Redis
@@ -341,7 +342,11 @@ class RQBackend(TaskBackend):
         ids = self.queue.failed_job_registry.get_job_ids(0, limit - 1)
         jobs = Job.fetch_many(ids, connection=self.redis)
         return [
-            {"id": job.id, "name": job.description, "exc_info": result.exc_string if (result := job.latest_result()) else None}
+            {
+                "id": job.id,
+                "name": job.description,
+                "exc_info": result.exc_string if (result := job.latest_result()) else None,
+            }
             for job in jobs
             if job is not None
         ]

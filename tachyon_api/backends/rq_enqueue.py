@@ -12,7 +12,8 @@ import calendar
 import datetime as dt
 import hashlib
 import zlib
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..tasks.timers import due_time
 from ..tracing import traceparent
@@ -78,7 +79,8 @@ for r = 1, n do
     end
     local flags = {}
     for j = 1, jobs do
-      local key, id, unique, target, at, count = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+      local key, id, unique, target, at, count =
+        ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
       if again or (unique == '1' and redis.call('EXISTS', key) == 1) then
         flags[j] = 0
       else
@@ -105,7 +107,7 @@ class JobWriter:
 
     def entry(
         self,
-        tasks: Sequence["BackgroundTask"],
+        tasks: Sequence[BackgroundTask],
         method: str,
         path: str,
         idempotency_key: str | None,
@@ -119,7 +121,9 @@ class JobWriter:
             scope = f"{self.backend.queue_name}\0{method}\0{path}\0{client}\0{idempotency_key}"
             digest = hashlib.sha256(scope.encode("utf-8", "surrogateescape")).hexdigest()
             chunks = [
-                bulk(f"tachyon:idempotency:{digest}".encode()), bulk(fingerprint), bulk(b"%d" % self.backend.idempotency_ttl)
+                bulk(f"tachyon:idempotency:{digest}".encode()),
+                bulk(fingerprint),
+                bulk(b"%d" % self.backend.idempotency_ttl),
             ]
         chunks.append(bulk(b"%d" % len(tasks)))
         count = 4
@@ -158,7 +162,7 @@ class JobWriter:
             chunks += extra
         return chunks, count
 
-    def template(self, task: "BackgroundTask", scheduled: bool) -> "JobTemplate":
+    def template(self, task: BackgroundTask, scheduled: bool) -> JobTemplate:
         """What RQ would write for a job of this function and options, built by RQ once and then reused."""
         key = (task.func, task.name, task.timeout, task.result_ttl, task.failure_ttl, task.retries,
                task.retry_delay, scheduled)
@@ -175,7 +179,7 @@ class JobWriter:
             template = self._templates[key] = JobTemplate(job, target, scheduled)
         return template
 
-    def options(self, task: "BackgroundTask") -> dict[str, Any]:
+    def options(self, task: BackgroundTask) -> dict[str, Any]:
         """RQ's job options for ``task`` (timeouts, time-to-live, retries, description)."""
         from rq import Retry
 
@@ -232,7 +236,7 @@ def _encode(value: Any) -> bytes:
     return str.encode(value) if isinstance(value, str) else str(value).encode()
 
 
-def _when(task: "BackgroundTask") -> dt.datetime | None:
+def _when(task: BackgroundTask) -> dt.datetime | None:
     """When a delayed task is due (None: run as soon as a worker is free), as the in-process tier counts it."""
     due = due_time(task)
     return None if due is None else dt.datetime.fromtimestamp(due, dt.timezone.utc)
@@ -248,5 +252,5 @@ def _next_second(when: dt.datetime) -> dt.datetime:
 
 
 def _seconds(value: float | None) -> int | None:
-    return None if value is None else max(1, int(round(value)))
+    return None if value is None else max(1, round(value))
 

@@ -19,8 +19,9 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable, NoReturn
+from typing import Any, NoReturn
 
 from rq.timeouts import JobTimeoutException
 
@@ -147,7 +148,9 @@ class Executor:
             raise
         if not done:
             kill_child(running)
-            raise JobTimeoutException(f"Task exceeded maximum timeout value ({limit:g} seconds); its work horse was killed")
+            raise JobTimeoutException(
+                f"Task exceeded maximum timeout value ({limit:g} seconds); its work horse was killed"
+            )
         ok, payload = future.result()
         if not ok:
             raise ChildFailed(payload)

@@ -10,7 +10,8 @@ import asyncio
 import threading
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import msgspec
 from rq.exceptions import DeserializationError
@@ -46,7 +47,7 @@ class JobSpec:
     __slots__ = ("id", "origin", "func_name", "instance", "args", "kwargs", "description", "timeout", "meta",
                  "result_ttl", "retries_left", "error")
 
-    _functions: dict[str, Callable[..., Any]] = {}  # imported task functions, by name (bounded)
+    _functions: ClassVar[dict[str, Callable[..., Any]]] = {}  # imported task functions, by name (bounded)
 
     def __init__(self, job_id: str, origin: str, fields: list[Any], serializer: Any) -> None:
         data, description, timeout, meta, result_ttl, retries_left = fields

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry

@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rq.executions import Execution
 from rq.job import Job
@@ -44,7 +45,8 @@ CLAIM = """
 local q = tonumber(ARGV[1])
 local a = 2 + 2 * q
 local prefix, worker, wkey, wexec = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-local iso, now, lease, ttl, wttl = ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+local iso, now, lease, ttl, wttl =
+  ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
 local out = {}
 local e = a + 9
 local qi = 1
@@ -59,7 +61,8 @@ while e <= #ARGV and qi <= q do
       e = e + 1
       local composite = id .. ':' .. eid
       local ekey = 'rq:execution:' .. composite
-      redis.call('HSET', ekey, 'id', eid, 'job_id', id, 'created_at', ARGV[a + 5], 'last_heartbeat', ARGV[a + 5], 'worker_name', worker)
+      redis.call('HSET', ekey, 'id', eid, 'job_id', id, 'created_at', ARGV[a + 5], 'last_heartbeat', ARGV[a + 5],
+        'worker_name', worker)
       redis.call('EXPIRE', ekey, ttl)
       redis.call('ZADD', 'rq:executions:' .. id, now + ttl + 60, eid)
       redis.call('EXPIRE', 'rq:executions:' .. id, ttl + 60)
@@ -72,10 +75,13 @@ while e <= #ARGV and qi <= q do
       local f = redis.call('HMGET', key, 'data', 'description', 'timeout', 'meta', 'result_ttl', 'retries_left',
         'success_callback_name', 'repeats_left', 'rate_limit_key', 'webhooks')
       local plain = 1
-      if (f[7] and f[7] ~= '') or f[8] or f[9] or f[10] or f[5] == '0' or redis.call('EXISTS', key .. ':dependents') == 1 then
+      if (f[7] and f[7] ~= '') or f[8] or f[9] or f[10] or f[5] == '0'
+          or redis.call('EXISTS', key .. ':dependents') == 1 then
         plain = 0
       end
-      out[#out + 1] = {qi, id, eid, plain, trun, tkeep, f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
+      out[#out + 1] = {
+        qi, id, eid, plain, trun, tkeep, f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''
+      }
     end
   end
 end
@@ -99,7 +105,8 @@ FINISH = """
 local prefix, wkey, wexec, iso, nowi, nowf = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local out, done = {}, 0
 for a = 9, #ARGV, 11 do
-  local id, eid, wip, finished, ttl, value, started = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
+  local id, eid, wip, finished, ttl, value, started =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
   local tstate, tresult, terror, tprogress, tnow = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], nowf
   local composite = id .. ':' .. eid
   if redis.call('ZSCORE', wip, composite) then
@@ -109,9 +116,11 @@ for a = 9, #ARGV, 11 do
 """ + END_LUA + """
       local rkey = 'rq:results:' .. id
       if value == '' then
-        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
+        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid,
+          'execution_started_at', started, 'execution_ended_at', nowf)
       else
-        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'return_value', value, 'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
+        redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'return_value', value,
+          'execution_id', eid, 'execution_started_at', started, 'execution_ended_at', nowf)
       end
       if ttl < 0 then
         redis.call('PERSIST', rkey)
@@ -146,7 +155,8 @@ return out
 # worker key's time-to-live, the worker's state, then per job: its started registry key and its composite key
 # (job id:execution id). Returns the composite keys whose lease was gone (taken over by another worker).
 RENEW = """
-local prefix, wkey, wexec, iso, now, lease, ttl, wttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local prefix, wkey, wexec, iso, now, lease, ttl, wttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local lost = {}
 for a = 10, #ARGV, 2 do
   local wip, composite = ARGV[a], ARGV[a + 1]
@@ -292,7 +302,7 @@ class Ledger:
         for outcome in outcomes:
             outcome.running.tries += 1
         reply = self.script(FINISH)(args=args)
-        return [outcome for outcome, stored in zip(outcomes, reply) if not stored]
+        return [outcome for outcome, stored in zip(outcomes, reply, strict=True) if not stored]  # a flag per job
 
     def renew(self, jobs: Sequence[RunningJob], state: str) -> list[str]:
         """Renew the leases of ``jobs`` and the worker's heartbeat; returns the composite keys of the jobs whose

@@ -36,8 +36,9 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from rq.exceptions import NoSuchJobError
@@ -135,7 +136,7 @@ class TachyonWorker(BaseWorker):
 
     # BaseWorker would raise its socket timeout to the blocking dequeue's (over 400 s): this worker's calls are
     # short, and a hung Redis must be noticed within socket_timeout.
-    def _set_connection(self, connection: "Redis") -> "Redis":
+    def _set_connection(self, connection: Redis) -> Redis:
         return connection
 
     # --- running --------------------------------------------------------------------------------------------
@@ -570,7 +571,7 @@ class TachyonWorker(BaseWorker):
         self._listener_stop.set()
         if self.scheduler is not None:
             await self._loop.run_in_executor(self._redis.pool, self.stop_scheduler)
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 await self._loop.run_in_executor(self._redis.pool, self.register_death)
                 break
