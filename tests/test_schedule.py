@@ -195,6 +195,31 @@ def test_overlapping_ticks_are_skipped_and_counted_unless_overlap_is_allowed(cap
     assert len(together) >= 2 and any(start < end for (_, end), (start, _) in itertools.pairwise(together))
 
 
+def test_an_in_process_run_has_a_status_record_the_dashboard_shows_and_cancels() -> None:
+    app = Tachyon()
+    app.include_router(task_dashboard(public=True))
+    ended: list[str] = []
+
+    @app.periodic(every=1, name="stuck")
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.append("finally")
+
+    with serve(app) as url:
+        def running() -> list[dict[str, Any]]:
+            return [row for row in httpx.get(url + "/tasks/data").json()["running"] if row["name"] == "stuck"]
+
+        assert wait_until(running, 8)
+        task_id = running()[0]["id"]
+        assert task_id
+        cancel = httpx.post(f"{url}/tasks/cancel/{task_id}", headers={"x-tachyon-dashboard": "cancel"})
+        assert cancel.status_code == 200, cancel.text
+        assert wait_until(lambda: ended == ["finally"], 5)  # cancelled, its finally ran (the next tick may start)
+        assert app.background.stats().cancelled == 1
+
+
 def test_each_run_is_a_task_with_its_options_hooks_stats_and_dashboard_row(caplog: pytest.LogCaptureFixture) -> None:
     app = Tachyon()
     app.include_router(task_dashboard(public=True))
