@@ -379,7 +379,7 @@ class RedisStatus:
         """The record and owner (None: no such hash). Raises ``TaskBackendUnavailable`` when Redis fails."""
         try:
             values = await self.client().hmget(self.key(task_id), FIELDS)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:  # unreachable, timed out, refusing: not a bug here
             raise _unavailable("read", task_id, self.url, exc) from exc
         return record_from(task_id, values)
 
@@ -408,7 +408,7 @@ class RedisStatus:
             reply = await self.client().eval(
                 CANCEL, 1, self.key(task_id), channel(task_id), f"{time.time():.6f}", self.cancel_channel, task_id
             )
-        except Exception as exc:
+        except (RedisError, OSError) as exc:  # unreachable, timed out, refusing: not a bug here
             raise _unavailable("change", task_id, self.url, exc) from exc
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
@@ -422,12 +422,9 @@ class RedisStatus:
             await client.aclose()
 
 
-def _unavailable(action: str, task_id: str, url: str, exc: Exception) -> Exception:
-    """A failure of Redis (unreachable, timed out, refusing: any ``RedisError`` or ``OSError``) as the
-    ``TaskBackendUnavailable`` the status routes answer 503 with, logged with its traceback; anything else (a
-    bug here) is returned as it is, to stay a 500."""
-    if not isinstance(exc, (RedisError, OSError)):
-        return exc
+def _unavailable(action: str, task_id: str, url: str, exc: Exception) -> TaskBackendUnavailable:
+    """A failure of Redis as the ``TaskBackendUnavailable`` the status routes answer 503 with, logged with its
+    traceback."""
     logger.error("Could not %s the status of task %s in Redis at %s: %s", action, task_id, safe_url(url), exc,
                  exc_info=exc)
     return TaskBackendUnavailable(f"Task status could not be {'read' if action == 'read' else 'changed'}; "
