@@ -74,7 +74,7 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
 
 
 def _request_error(request: Request, exc: RequestError) -> Response:
-    return JSONResponse(exc.body(), exc.status_code)
+    return JSONResponse(exc.body(), exc.status_code, exc.headers())
 
 
 def _response_invalid(request: Request, exc: ResponseValidationError) -> Response:

@@ -48,6 +48,8 @@ class RequestError(Exception):
 
     status_code = 400
     code = "BAD_REQUEST"
+    #: Seconds after which a retry may succeed, sent as ``Retry-After`` (a 503 the client can simply wait out).
+    retry_after: int | None = None
 
     def __init__(self, error: str, errors: list[dict[str, Any]] | None = None) -> None:
         self.error = error
@@ -56,6 +58,10 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "error": self.error, "code": self.code, "errors": self.errors}
+
+    def headers(self) -> dict[str, str] | None:
+        """The response's extra headers: ``Retry-After`` when the error says when to come back."""
+        return None if self.retry_after is None else {"retry-after": str(self.retry_after)}
 
 
 class RequestValidationError(RequestError):
@@ -83,16 +89,19 @@ class RequestTooLarge(RequestError):
 
 
 class TaskBackendUnavailable(RequestError):
-    """A durable background task could not be stored (its backend is down): 503, so no 2xx lies.
+    """The task backend is down: a durable background task could not be stored (so no 2xx lies), or a task's
+    status could not be read or changed (``app.tasks`` and the status routes). 503 with ``Retry-After``.
 
-    Nothing of the request was stored, so the client may simply retry.
+    The client may simply retry: nothing of the request was stored, or the status was not read (a cancellation
+    asked twice is harmless). ``error`` says which of them failed.
     """
 
     status_code = 503
     code = "TASK_BACKEND_UNAVAILABLE"
+    retry_after = 5
 
-    def __init__(self) -> None:
-        super().__init__("Background task could not be stored; try again later")
+    def __init__(self, error: str = "Background task could not be stored; try again later") -> None:
+        super().__init__(error)
 
 
 class IdempotencyKeyReused(RequestError):
@@ -116,6 +125,7 @@ class TaskOutcomeUnknown(RequestError):
 
     status_code = 503
     code = "TASK_OUTCOME_UNKNOWN"
+    retry_after = 5
 
     def __init__(self) -> None:
         super().__init__(

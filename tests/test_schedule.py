@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,13 @@ def intervals(events: list[tuple[str, float]]) -> list[tuple[float, float]]:
     return list(zip(starts, ends, strict=False))  # the last start may have no end yet
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+SKIP_RUNNING = re.compile(
+    rf"Periodic job single: tick {STAMP} skipped, the previous run \(tick {STAMP}\) is still running: attempt 1 "
+    rf"started {STAMP} \(\d+s ago\)"
+)
+
+
 def test_overlapping_ticks_are_skipped_and_counted_unless_overlap_is_allowed(caplog: pytest.LogCaptureFixture) -> None:
     app = Tachyon()
     app.include_router(task_dashboard(public=True))
@@ -180,9 +188,36 @@ def test_overlapping_ticks_are_skipped_and_counted_unless_overlap_is_allowed(cap
     runs = intervals(events["single"])
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(runs))  # one at a time
     assert periodic["single"]["skipped"] >= 1 and periodic["overlap"]["skipped"] == 0
-    assert "Periodic job single: tick" in caplog.text and "skipped, the previous run is still running" in caplog.text
+    # The skip line says what the previous run is doing and since when: a slow run, not a stuck one.
+    skips = [r.getMessage() for r in caplog.records if r.name == "tachyon_api.schedule" and "skipped" in r.getMessage()]
+    assert skips and all(SKIP_RUNNING.fullmatch(line) for line in skips), skips
     together = intervals(events["overlap"])
     assert len(together) >= 2 and any(start < end for (_, end), (start, _) in itertools.pairwise(together))
+
+
+def test_an_in_process_run_has_a_status_record_the_dashboard_shows_and_cancels() -> None:
+    app = Tachyon()
+    app.include_router(task_dashboard(public=True))
+    ended: list[str] = []
+
+    @app.periodic(every=1, name="stuck")
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.append("finally")
+
+    with serve(app) as url:
+        def running() -> list[dict[str, Any]]:
+            return [row for row in httpx.get(url + "/tasks/data").json()["running"] if row["name"] == "stuck"]
+
+        assert wait_until(running, 8)
+        task_id = running()[0]["id"]
+        assert task_id
+        cancel = httpx.post(f"{url}/tasks/cancel/{task_id}", headers={"x-tachyon-dashboard": "cancel"})
+        assert cancel.status_code == 200, cancel.text
+        assert wait_until(lambda: ended == ["finally"], 5)  # cancelled, its finally ran (the next tick may start)
+        assert app.background.stats().cancelled == 1
 
 
 def test_each_run_is_a_task_with_its_options_hooks_stats_and_dashboard_row(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +184,13 @@ def here(tick):
             app.stop()
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+SKIP = re.compile(
+    rf"skipped, the previous run \(tick {STAMP}\) is still (running: attempt 1 started|queued since) {STAMP} "
+    r"\(\d+s ago\)$"
+)
+
+
 def test_a_durable_tick_is_skipped_while_the_previous_job_still_runs_on_a_worker(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -239,6 +247,9 @@ async def row():
         seen = set()  # the last tick's job as the worker moves it along
         assert wait_until(lambda: seen.add(httpx.get(web.url + "/row").json()["last_outcome"]) or len(seen) >= 2, 8)
         assert seen <= {"queued", "running", "succeeded"} and seen & {"running", "succeeded"}
+        # Each skip says the previous job's state, from its status record, and since when.
+        skips = [line for line in web.output().splitlines() if "Periodic job slow: tick" in line and "skipped" in line]
+        assert skips and all(SKIP.search(line) for line in skips), skips
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

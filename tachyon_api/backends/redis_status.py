@@ -37,7 +37,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import RedisError
 
+from ..exceptions import TaskBackendUnavailable
 from ..tasks.records import (
     CANCELLED,
     FAILED,
@@ -52,6 +54,7 @@ from ..tasks.records import (
     TaskRecord,
     iso,
 )
+from .rq_redis import safe_url
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -374,7 +377,11 @@ class RedisStatus:
         return hub
 
     async def read(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
-        values = await self.client().hmget(self.key(task_id), FIELDS)
+        """The record and owner (None: no such hash). Raises ``TaskBackendUnavailable`` when Redis fails."""
+        try:
+            values = await self.client().hmget(self.key(task_id), FIELDS)
+        except (RedisError, OSError) as exc:  # unreachable, timed out, refusing: not a bug here
+            raise _unavailable("read", task_id, self.url, exc) from exc
         return record_from(task_id, values)
 
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
@@ -396,11 +403,14 @@ class RedisStatus:
                     await asyncio.wait_for(changed.wait(), FALLBACK_SECONDS)
 
     async def cancel(self, task_id: str) -> str:
-        """Run :data:`CANCEL`: "unknown", "final:<state>", "cancelled" or "running"."""
-        client = self.client()
-        reply = await client.eval(
-            CANCEL, 1, self.key(task_id), channel(task_id), f"{time.time():.6f}", self.cancel_channel, task_id
-        )
+        """Run :data:`CANCEL`: "unknown", "final:<state>", "cancelled" or "running". Raises
+        ``TaskBackendUnavailable`` when Redis fails."""
+        try:
+            reply = await self.client().eval(
+                CANCEL, 1, self.key(task_id), channel(task_id), f"{time.time():.6f}", self.cancel_channel, task_id
+            )
+        except (RedisError, OSError) as exc:  # unreachable, timed out, refusing: not a bug here
+            raise _unavailable("change", task_id, self.url, exc) from exc
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def aclose(self) -> None:
@@ -411,6 +421,15 @@ class RedisStatus:
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+
+def _unavailable(action: str, task_id: str, url: str, exc: Exception) -> TaskBackendUnavailable:
+    """A failure of Redis as the ``TaskBackendUnavailable`` the status routes answer 503 with, logged with its
+    traceback."""
+    logger.error("Could not %s the status of task %s in Redis at %s: %s", action, task_id, safe_url(url), exc,
+                 exc_info=exc)
+    return TaskBackendUnavailable(f"Task status could not be {'read' if action == 'read' else 'changed'}; "
+                                  "try again later")
 
 
 _advance_script: Any = None

@@ -10,6 +10,9 @@ the prefix:
 - ``DELETE /{id}``: ask the task to stop: 202 (with the record as it is now), 409 ``TASK_FINISHED`` when it had
   already ended, 404 as above.
 
+Each answers 503 ``TASK_BACKEND_UNAVAILABLE`` (with ``Retry-After``) while the store it asks is down (Redis,
+PostgreSQL): the client cannot tell an unknown task from one it cannot read, so neither a 404 nor a 500.
+
 Ids are capabilities, and the routes treat them so: an unknown id, an expired one and another principal's all
 get the same 404, so answers cannot tell them apart. The router refuses to be built without a guard
 (``dependencies``) unless ``public=True``; the first guard's return value, when it is a ``str`` or an ``int``,
@@ -24,7 +27,7 @@ from typing import Any, AsyncIterator, Sequence
 from urllib.parse import quote
 
 from ..dependencies import Depends
-from ..exceptions import TaskAlreadyFinished, TaskNotFound
+from ..exceptions import TaskAlreadyFinished, TaskBackendUnavailable, TaskNotFound
 from ..requests import Request
 from ..responses import JSONResponse, Response, StreamingResponse, encode_json
 from ..routing import Router
@@ -94,7 +97,11 @@ def task_status_router(
         return JSONResponse(record, status_code=202, headers=_NO_STORE)
 
     task_status.__tachyon_task_status__ = True  # type: ignore[attr-defined]  # found by status_url()
-    missing = {404: {"description": "No such task (unknown, expired, or not yours)", "content": _ERROR_BODY}}
+    missing = {
+        404: {"description": "No such task (unknown, expired, or not yours)", "content": _ERROR_BODY},
+        503: {"description": "The task store is down: try again after Retry-After", "content": _ERROR_BODY,
+              "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
+    }
     router.add_api_route(
         "/{task_id}", task_status, ["GET"], name="task_status",
         responses={200: {"description": "The task's status record", "model": TaskRecord}, **missing},
@@ -158,7 +165,12 @@ async def _find(request: Request, task_id: str, principal: Any) -> tuple[Any, Ta
 
 async def _events(records: AsyncIterator[TaskRecord], keepalive: float) -> AsyncIterator[bytes]:
     """One ``data:`` event per record (numbered, so a reconnecting browser says where it was), a comment line
-    every ``keepalive`` seconds of silence so proxies keep the stream open; ends after the final record."""
+    every ``keepalive`` seconds of silence so proxies keep the stream open; ends after the final record.
+
+    If the store goes down meanwhile, the stream ends cleanly with an ``unavailable`` event (the 503 body) and a
+    ``retry:`` of the 503's ``Retry-After``: a browser's EventSource reconnects then, and gets the record again,
+    or the 503 while the store is still down. Waiting inside the stream instead would hold the connection
+    open for as long as the outage lasts, with nothing to show."""
     iterator = records.__aiter__()
     number = 0
     try:
@@ -177,6 +189,11 @@ async def _events(records: AsyncIterator[TaskRecord], keepalive: float) -> Async
             try:
                 record = step.result()
             except StopAsyncIteration:
+                return
+            except TaskBackendUnavailable as exc:  # the store went down (logged where it failed): say so, end
+                yield b"retry: %d\nevent: unavailable\ndata: %s\n\n" % (
+                    (exc.retry_after or 0) * 1000, encode_json(exc.body())
+                )
                 return
             number += 1
             yield b"id: %d\ndata: %s\n\n" % (number, encode_json(record))

@@ -26,6 +26,7 @@ durable job on the workers):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import inspect
@@ -38,12 +39,15 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..concurrency import run_in_threadpool
+from ..exceptions import TaskBackendUnavailable
 from .handles import BackgroundTask
 from .leases import FileLease, ScheduleLease
+from .records import RETRYING, RUNNING, TaskRecord
 
 if TYPE_CHECKING:
     from ..applications import Tachyon
     from ..backends.base import TaskBackend
+    from .records import Tracker
 
 __all__ = ["PeriodicJob", "Scheduler", "Every", "Cron", "GRACE"]
 
@@ -190,6 +194,7 @@ class PeriodicJob:
         self.last_run: int | None = None  # the last tick run, and its outcome, as far as seen here
         self.last_outcome: str | None = None
         self.next_tick: int | None = None
+        self.record: Tracker | None = None  # the status record of the last run started here (in-process)
 
     @classmethod
     def declare(
@@ -411,10 +416,9 @@ class Scheduler:
                 "; running the latest" if run and late > GRACE else "",
             )
         backend = self._backend(job)
-        if run and not job.overlap and await self._still_running(job, backend, lease):
-            logger.warning(
-                "Periodic job %s: tick %s skipped, the previous run is still running", job.name, iso(due, zone)
-            )
+        previous = None if not run or job.overlap else await self._still_running(job, backend, lease)
+        if previous is not None:
+            logger.warning("Periodic job %s: tick %s skipped, %s", job.name, iso(due, zone), previous)
             job.skipped += 1
             run = False
         if not run:
@@ -431,16 +435,31 @@ class Scheduler:
             job.last_tick, job.last_run, job.last_outcome = due, due, "queued"
             job.runs += 1
 
-    async def _still_running(self, job: PeriodicJob, backend: TaskBackend | None, lease: ScheduleLease) -> bool:
-        """Whether the last run of ``job`` has not ended: counted here in-process (a run of a process that
-        died ended with it), asked of the backend for a durable job."""
+    async def _still_running(
+        self, job: PeriodicJob, backend: TaskBackend | None, lease: ScheduleLease
+    ) -> str | None:
+        """If the last run of ``job`` has not ended, what it is doing (for the skip warning); else None. Counted
+        here in-process (a run of a process that died ended with it), asked of the backend for a durable job."""
+        zone = job.schedule.zone()
         if backend is None:
-            return job.running > 0
+            if job.running == 0:
+                return None
+            record = None
+            if job.record is not None:
+                with self.app.tasks.store.lock:
+                    record = job.record.record()
+            return _previous(job.last_run, "running", record, zone)
         run = (await lease.read()).get("run")
         if run is None:
-            return False
+            return None
         state = await run_in_threadpool(backend.job_state, job.job_id(run))
-        return state in ("queued", "started", "scheduled", "deferred")
+        if state not in ("queued", "started", "scheduled", "deferred"):
+            return None
+        found = None
+        if hasattr(backend, "read_status"):  # the job's status record says since when (the backend logs a failure)
+            with contextlib.suppress(TaskBackendUnavailable):
+                found = await backend.read_status(job.job_id(run))
+        return _previous(run, state or "", None if found is None else found[0], zone)
 
     async def _store(self, job: PeriodicJob, backend: TaskBackend, tick: int) -> None:
         task = BackgroundTask.create(job.func, (), job.arguments(tick), backend)
@@ -451,6 +470,9 @@ class Scheduler:
         """Hand the tick to the app's runner as a normal task: its timeout, retries, logs, hooks and stats."""
         task = BackgroundTask.create(job.func, (), job.arguments(tick), None, durable=False)
         task.with_options(name=job.name, **job.options)
+        # A status record, as a held task has: the skip warning says the run's state from it, and the dashboard
+        # shows the run's id (and cancels it).
+        task.tracker = job.record = self.app.tasks.store.create(task.id, job.name, is_async=task.is_async)
         loop = asyncio.get_running_loop()
         job.running += 1
         job.runs += 1
@@ -497,6 +519,21 @@ class Scheduler:
                 logger.warning("Could not read the schedule state of %s: %s", job.name, exc)
             rows.append(job.row(state))
         return rows
+
+
+def _previous(run: int | None, state: str, record: TaskRecord | None, zone: dt.tzinfo) -> str:
+    """The skip warning's account of the previous run: its tick, its state and since when, as its status record
+    says (else ``state``, the backend's word), so that an operator can tell a slow run (started long ago) from a
+    stuck one (queued long ago: no worker takes it)."""
+    text = "the previous run" + ("" if run is None else f" (tick {iso(run, zone)})") + " is still "
+    if record is None:
+        return text + state
+    if record.state in (RUNNING, RETRYING) and record.started_at is not None:
+        when, how = record.started_at, f"{record.state}: attempt {record.attempts} started"
+    else:
+        when, how = record.created_at, f"{record.state} since"
+    age = (dt.datetime.now(dt.timezone.utc) - when).total_seconds()
+    return text + f"{how} {when.astimezone(zone).isoformat(timespec='seconds')} ({age:.0f}s ago)"
 
 
 # RQ's job states where the dashboard has a word of its own for the same outcome.
