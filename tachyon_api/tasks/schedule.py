@@ -36,7 +36,8 @@ import os
 import random
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..concurrency import run_in_threadpool
 from ..exceptions import TaskBackendUnavailable
@@ -210,7 +211,7 @@ class PeriodicJob:
         catch_up: bool,
         jitter: float | dt.timedelta | None,
         durable: bool | None,
-    ) -> "PeriodicJob":
+    ) -> PeriodicJob:
         """Check a declaration (raises TypeError or ValueError with what is wrong) and build the job."""
         if (every is None) == (cron is None):
             raise TypeError("periodic() needs exactly one of every= (a timedelta or seconds) or cron= (an expression)")
@@ -293,7 +294,7 @@ class PeriodicJob:
 class Scheduler:
     """The app's periodic jobs and, while the app runs, one loop per job (see the module docstring)."""
 
-    def __init__(self, app: "Tachyon", lease_ttl: float = 10.0) -> None:
+    def __init__(self, app: Tachyon, lease_ttl: float = 10.0) -> None:
         if lease_ttl <= 0:
             raise ValueError("schedule_lease must be positive (seconds)")
         self.app = app
