@@ -59,7 +59,6 @@ ExceptionHandler = Callable[[Request, Any], Any]
 Lifespan = Callable[["Tachyon"], contextlib.AbstractAsyncContextManager[Any] | AsyncIterator[Any]]
 
 
-
 def _normal(path: str) -> str:
     """A path as the matcher sees it: no empty segments, parameter names left out."""
     return "/" + "/".join("{}" if part.startswith("{") else part for part in path.split("/") if part)
@@ -305,7 +304,11 @@ class Tachyon(RouteDecorators):
             self.openapi_generator.remove_route(docs)
             docs_logger.warning(
                 "%s %s is served by %s instead of the docs page %s; set that URL to None or another path in "
-                "openapi_config to silence this", method, route.path, route.name, docs.name,
+                "openapi_config to silence this",
+                method,
+                route.path,
+                route.name,
+                docs.name,
             )
 
     def openapi(self) -> dict[str, Any]:
@@ -482,10 +485,20 @@ class Tachyon(RouteDecorators):
         options = {key: value for key, value in given.items() if value is not None}
 
         def decorator(func: F) -> F:
-            self.scheduler.add(PeriodicJob.declare(
-                func, every=every, cron=cron, timezone=timezone, name=name, options=options, overlap=overlap,
-                catch_up=catch_up, jitter=jitter, durable=durable,
-            ))
+            self.scheduler.add(
+                PeriodicJob.declare(
+                    func,
+                    every=every,
+                    cron=cron,
+                    timezone=timezone,
+                    name=name,
+                    options=options,
+                    overlap=overlap,
+                    catch_up=catch_up,
+                    jitter=jitter,
+                    durable=durable,
+                )
+            )
             return func
 
         return decorator
@@ -551,8 +564,11 @@ class Tachyon(RouteDecorators):
             timeout = self.background.shutdown_timeout
             lifespan_logger.info(
                 "Waiting up to %.1fs (until %s) for %d background task(s) to finish: %s%s",
-                timeout, time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)), len(unfinished),
-                ", ".join(unfinished[:10]), f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
+                timeout,
+                time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)),
+                len(unfinished),
+                ", ".join(unfinished[:10]),
+                f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "",
             )
         try:
             await self.background.shutdown()

@@ -28,7 +28,13 @@ from .tasks import (  # noqa: F401 - re-exported
 from .tasks.stats import MAX_NAME_LENGTH  # noqa: F401 - re-exported (tasks/ does not list it)
 
 __all__ = [  # noqa: F822 - RQBackend comes from __getattr__ below
-    "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
+    "BackgroundTask",
+    "BackgroundTasks",
+    "BackgroundRunner",
+    "RQBackend",
+    "TaskFailure",
+    "TaskOptions",
+    "TaskStats",
     "TaskMetrics",
 ]
 

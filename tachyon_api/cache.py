@@ -376,11 +376,15 @@ def cache(
                     warned.add(exc.name)
                     logger.warning(
                         "@cache on %s: %s, so every call is a miss; give @cache a key_builder= that keys on what "
-                        "the answer depends on", func.__qualname__, exc,
+                        "the answer depends on",
+                        func.__qualname__,
+                        exc,
                     )
                 return None
-            return config.backend if backend is None else backend, key, (
-                config.default_ttl if chosen_ttl is None else chosen_ttl
+            return (
+                config.backend if backend is None else backend,
+                key,
+                (config.default_ttl if chosen_ttl is None else chosen_ttl),
             )
 
         # unwrap: an async function under a sync decorator (functools.wraps) still returns a coroutine,
@@ -524,4 +528,3 @@ class _Flight:
         if self.error is not None:
             raise self.error
         return self.value
-

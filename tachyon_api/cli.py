@@ -137,7 +137,9 @@ def _announce_force_exit(server: Any) -> None:
     if tasks or requests:
         logging.getLogger("tachyon_api.lifespan").warning(
             "Stopping after %d request(s) in progress and %d background task(s); press Ctrl+C again to exit at "
-            "once (they would be lost)", requests, tasks,
+            "once (they would be lost)",
+            requests,
+            tasks,
         )
 
 
@@ -148,7 +150,9 @@ def _force_exit(server: Any) -> None:
     lost = app.background.unfinished() if app is not None else []
     logging.getLogger("tachyon_api.lifespan").error(
         "Forced exit on a second Ctrl+C: %d request(s) in progress cancelled, %d background task(s) lost%s",
-        len(server.server_state.tasks), len(lost), (": " + ", ".join(lost)) if lost else "",
+        len(server.server_state.tasks),
+        len(lost),
+        (": " + ", ".join(lost)) if lost else "",
     )
     logging.shutdown()  # flush the handlers: os._exit does not
     sys.stdout.flush()
@@ -217,16 +221,25 @@ def _worker(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"{args.app} has no RQBackend or PostgresBackend task_backend; pass --url redis://... or postgresql://..."
         )
-    for name, value, least in (("--concurrency", args.concurrency, 1), ("--threads", args.threads, 1),
-                               ("--heartbeat", args.heartbeat, 0.1), ("--shutdown-timeout", args.shutdown_timeout, 0)):
+    for name, value, least in (
+        ("--concurrency", args.concurrency, 1),
+        ("--threads", args.threads, 1),
+        ("--heartbeat", args.heartbeat, 0.1),
+        ("--shutdown-timeout", args.shutdown_timeout, 0),
+    ):
         if value is not None and value < least:
             raise SystemExit(f"tachyon worker: {name} must be at least {least}, got {value}")
     _worker_logging(args.log_level)
     if isinstance(backend, PostgresBackend):
         _postgres_worker(args, backend)
     worker = TachyonWorker(
-        args.queue or [backend.queue_name], backend.redis_url, concurrency=args.concurrency, threads=args.threads,
-        fork=args.fork, heartbeat=args.heartbeat, shutdown_timeout=args.shutdown_timeout,
+        args.queue or [backend.queue_name],
+        backend.redis_url,
+        concurrency=args.concurrency,
+        threads=args.threads,
+        fork=args.fork,
+        heartbeat=args.heartbeat,
+        shutdown_timeout=args.shutdown_timeout,
         socket_timeout=backend.socket_timeout,
     )
     status = worker.run(burst=args.burst, with_scheduler=args.with_scheduler)
@@ -245,8 +258,13 @@ def _postgres_worker(args: argparse.Namespace, backend: Any) -> NoReturn:
         if getattr(args, option) not in (None, False):
             raise SystemExit(f"tachyon worker: --{option.replace('_', '-')} is for RQBackend workers only")
     raise SystemExit(
-        run_worker(backend, args.queue or [backend.queue_name], concurrency=args.concurrency, burst=args.burst,
-                   shutdown_timeout=args.shutdown_timeout)
+        run_worker(
+            backend,
+            args.queue or [backend.queue_name],
+            concurrency=args.concurrency,
+            burst=args.burst,
+            shutdown_timeout=args.shutdown_timeout,
+        )
     )
 
 
@@ -303,10 +321,12 @@ def _generate(args: argparse.Namespace) -> None:
         return
     # Where each line goes matters: an import below code is ruff's E402, and a router included before the
     # app exists is a NameError.
-    print(f"To use it, add to app.py, among the imports at the top (`tachyon lint fix` sorts them):\n"
-          f"    from {source} import {imported}\n"
-          f"and below `app = Tachyon(...)`:\n"
-          f"    {line}")
+    print(
+        f"To use it, add to app.py, among the imports at the top (`tachyon lint fix` sorts them):\n"
+        f"    from {source} import {imported}\n"
+        f"and below `app = Tachyon(...)`:\n"
+        f"    {line}"
+    )
 
 
 def _import_path(path: Path) -> str:
@@ -418,22 +438,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", "-p", type=int, default=8000)
     run.add_argument("--workers", "-w", type=int, default=1)
     run.add_argument(
-        "--reload", action=argparse.BooleanOptionalAction, default=False,
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="restart on code changes (development); off unless given",
     )
     run.add_argument("--prod", action="store_true", help="tachyon-api 1.3's production mode: no reload, no access log")
     run.add_argument(
-        "--tachyon-server", action="store_true",
+        "--tachyon-server",
+        action="store_true",
         help="accepted for tachyon-api 1.3 command lines; the default server is used (with a notice)",
     )
     run.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="for uvicorn's loggers and the framework's (tachyon_api.*)",
     )
     run.add_argument("--log-config", help="a logging config file (.json, .yaml or .ini) replacing the default")
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument(
-        "--graceful-timeout", type=float, default=None,
+        "--graceful-timeout",
+        type=float,
+        default=None,
         help="seconds to wait for open connections at shutdown (background tasks have their own shutdown_timeout)",
     )
     run.set_defaults(handler=_run)
@@ -458,22 +485,30 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", "-q", action="append", help="queue name (repeatable; default: the app's)")
     worker.add_argument("--url", help="redis:// or postgresql:// URL (default: the app's task_backend)")
     worker.add_argument(
-        "--concurrency", "-c", type=int, default=16,
+        "--concurrency",
+        "-c",
+        type=int,
+        default=16,
         help="jobs running at once: async tasks on the event loop, sync tasks in threads (default 16)",
     )
     worker.add_argument(
         "--threads", type=int, default=None, help="threads for sync tasks (default: min(concurrency, 32))"
     )
     worker.add_argument(
-        "--fork", action="store_true",
+        "--fork",
+        action="store_true",
         help="run each job in a forked child (isolation, timeouts kill it; about 20 times slower per job)",
     )
     worker.add_argument(
-        "--heartbeat", type=float, default=5.0,
+        "--heartbeat",
+        type=float,
+        default=5.0,
         help="seconds between lease renewals; a dead worker's jobs are recovered within two (default 5)",
     )
     worker.add_argument(
-        "--shutdown-timeout", type=float, default=25.0,
+        "--shutdown-timeout",
+        type=float,
+        default=25.0,
         help="on SIGTERM/SIGINT, seconds to let running jobs finish before putting them back (default 25)",
     )
     worker.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -73,8 +73,16 @@ if typing.TYPE_CHECKING:
 # describe_validation_error, MAX_LIST_ITEMS and PathNotFound live in converters.py and extractors.py; they stay
 # importable from here, where they were (the docs name tachyon_api.compiler.PathNotFound).
 __all__ = [
-    "Plan", "Parameter", "Context", "WebSocketContext", "Dependency", "compile_endpoint", "compile_dependency",
-    "describe_validation_error", "MAX_LIST_ITEMS", "PathNotFound",
+    "Plan",
+    "Parameter",
+    "Context",
+    "WebSocketContext",
+    "Dependency",
+    "compile_endpoint",
+    "compile_dependency",
+    "describe_validation_error",
+    "MAX_LIST_ITEMS",
+    "PathNotFound",
 ]
 
 logger = logging.getLogger("tachyon_api.errors")
@@ -90,8 +98,21 @@ class Context:
     durable backend can store the request's tasks in that same transaction.
     """
 
-    __slots__ = ("app", "scope", "receive", "path_params", "_request", "_query", "_headers", "errors", "cache",
-                 "stack", "early", "held", "background")
+    __slots__ = (
+        "app",
+        "scope",
+        "receive",
+        "path_params",
+        "_request",
+        "_query",
+        "_headers",
+        "errors",
+        "cache",
+        "stack",
+        "early",
+        "held",
+        "background",
+    )
     is_websocket = False
 
     def __init__(self, app: Tachyon, scope: dict[str, Any], receive: Any, path_params: dict[str, str]) -> None:
@@ -202,7 +223,9 @@ class Context:
             if error is not exc:
                 logger.error(
                     "Dependency cleanup failed after %s %s",
-                    self.scope.get("method", "WEBSOCKET"), self.scope["path"], exc_info=error,
+                    self.scope.get("method", "WEBSOCKET"),
+                    self.scope["path"],
+                    exc_info=error,
                 )
         finally:
             if self._request is not None:
@@ -248,7 +271,6 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, source={self.source!r}, key={self.key!r}, type={self.type!r})"
-
 
 
 class Plan:
@@ -303,7 +325,6 @@ _SOURCES: dict[str, Callable[[Context], Any]] = {
 }
 
 
-
 # --- dependencies ----------------------------------------------------------------------------------------
 class Dependency:
     """A compiled dependency: its callable, kind, scope and the plan of its own parameters.
@@ -313,8 +334,20 @@ class Dependency:
     ``uses_early`` when it or anything it depends on has such exit code.
     """
 
-    __slots__ = ("call", "plan", "is_async", "is_gen", "is_asyncgen", "scope", "use_cache", "name", "exit_scope",
-                 "early", "uses_early", "cache_key")
+    __slots__ = (
+        "call",
+        "plan",
+        "is_async",
+        "is_gen",
+        "is_asyncgen",
+        "scope",
+        "use_cache",
+        "name",
+        "exit_scope",
+        "early",
+        "uses_early",
+        "cache_key",
+    )
     uses_early: bool  # set at the end of __init__, after the plan's dependencies were read
 
     def __init__(
@@ -506,9 +539,7 @@ def _compile_plan(
         if is_background_type(tp):
             steps.append((name, Context.tasks, False))
             continue
-        if isinstance(default, Depends) or (
-            default is EMPTY and injectable_scope(tp) is not None
-        ):
+        if isinstance(default, Depends) or (default is EMPTY and injectable_scope(tp) is not None):
             target = default.dependency if isinstance(default, Depends) else None
             if target is None:
                 target = unwrap_optional(tp)[0]
@@ -516,7 +547,12 @@ def _compile_plan(
                     raise TypeError(f"{where}: Depends() on parameter '{name}' needs a class annotation")
             use_cache, exit_scope = (default.use_cache, default.scope) if isinstance(default, Depends) else (True, None)
             dep = compile_dependency(
-                target, path_names, stack, use_cache=use_cache, strict=strict, exit_scope=exit_scope,
+                target,
+                path_names,
+                stack,
+                use_cache=use_cache,
+                strict=strict,
+                exit_scope=exit_scope,
                 websocket=websocket,
             )
             dependencies.append(dep)

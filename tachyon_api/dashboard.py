@@ -153,9 +153,7 @@ class _SharedData:
 
     def __init__(self, refresh: float) -> None:
         self._max_age = refresh / 2
-        self._latest: weakref.WeakKeyDictionary[Any, tuple[float, asyncio.Future[bytes]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._latest: weakref.WeakKeyDictionary[Any, tuple[float, asyncio.Future[bytes]]] = weakref.WeakKeyDictionary()
 
     async def get(self, app: Any) -> bytes:
         loop = asyncio.get_running_loop()

@@ -65,8 +65,13 @@ def swagger_ui_assets() -> Path | None:
 def _js(value: Any) -> str:
     """``value`` as a JavaScript literal that cannot end the surrounding ``<script>`` element."""
     text = json.dumps(value)
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                          ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text
 
@@ -84,8 +89,8 @@ def _local_swagger(config: OpenAPIConfig, root_path: str) -> str | None:
 
 def _page(title: str, head: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n{head}</head>\n<body>\n{body}</body>\n</html>\n"
     )
 
@@ -102,10 +107,10 @@ def _offline_notice(config: OpenAPIConfig, openapi_url: str, root_path: str, scr
     if config.swagger_url:
         swagger = root_path + config.swagger_url
         offline = "" if _local_swagger(config, root_path) else " once the app is installed with the docs extra"
-        link = f"<a href=\"{_attr(swagger)}\">{html.escape(swagger)}</a>"
+        link = f'<a href="{_attr(swagger)}">{html.escape(swagger)}</a>'
         text += f" Swagger UI at {link} works without internet{offline}."
-    text += f" The schema itself is at <a href=\"{_attr(openapi_url)}\">{html.escape(openapi_url)}</a>."
-    notice = f"<p id=\"docs-offline\" hidden>{text}</p>\n<noscript><p>{text}</p></noscript>\n"
+    text += f' The schema itself is at <a href="{_attr(openapi_url)}">{html.escape(openapi_url)}</a>.'
+    notice = f'<p id="docs-offline" hidden>{text}</p>\n<noscript><p>{text}</p></noscript>\n'
     return notice, " onerror=\"document.getElementById('docs-offline').hidden = false\""
 
 
@@ -127,14 +132,14 @@ def swagger_ui_html(config: OpenAPIConfig, openapi_url: str, title: str, root_pa
     if local:
         options["oauth2RedirectUrl"] = f"{local}/oauth2-redirect.html"
     options.update(config.swagger_ui_parameters or {})
-    head = f"<link rel=\"stylesheet\" href=\"{_attr(css)}\">\n<link rel=\"icon\" href=\"{_attr(favicon)}\">\n"
+    head = f'<link rel="stylesheet" href="{_attr(css)}">\n<link rel="icon" href="{_attr(favicon)}">\n'
     notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        f"{notice}<div id=\"swagger-ui\"></div>\n"
-        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
+        f'{notice}<div id="swagger-ui"></div>\n'
+        f'<script src="{_attr(js)}"{onerror}></script>\n'
         "<script>\n"
         f"window.ui = SwaggerUIBundle(Object.assign({{presets: [SwaggerUIBundle.presets.apis, "
-        f"SwaggerUIBundle.SwaggerUIStandalonePreset], layout: \"BaseLayout\"}}, {_js(options)}));\n"
+        f'SwaggerUIBundle.SwaggerUIStandalonePreset], layout: "BaseLayout"}}, {_js(options)}));\n'
         "</script>\n"
     )
     return _page(title, head, body)
@@ -144,21 +149,18 @@ def redoc_html(config: OpenAPIConfig, openapi_url: str, title: str, root_path: s
     """The ReDoc page for the schema at ``openapi_url``."""
     js = config.redoc_js_url or REDOC_JS_URL
     notice, onerror = _offline_notice(config, openapi_url, root_path, js)
-    body = (
-        f"{notice}<redoc spec-url=\"{_attr(openapi_url)}\"></redoc>\n"
-        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
-    )
+    body = f'{notice}<redoc spec-url="{_attr(openapi_url)}"></redoc>\n<script src="{_attr(js)}"{onerror}></script>\n'
     return _page(title, "", body)
 
 
 def scalar_html(config: OpenAPIConfig, openapi_url: str, title: str, root_path: str = "") -> str:
     """The Scalar API reference page for the schema at ``openapi_url`` (``docs_url``, as in tachyon-api 1.3)."""
     js = config.scalar_js_url or SCALAR_JS_URL
-    head = f"<link rel=\"icon\" href=\"{_attr(config.scalar_favicon_url)}\">\n" if config.scalar_favicon_url else ""
+    head = f'<link rel="icon" href="{_attr(config.scalar_favicon_url)}">\n' if config.scalar_favicon_url else ""
     notice, onerror = _offline_notice(config, openapi_url, root_path, js)
     body = (
-        f"{notice}<script id=\"api-reference\" data-url=\"{_attr(openapi_url)}\"></script>\n"
-        f"<script src=\"{_attr(js)}\"{onerror}></script>\n"
+        f'{notice}<script id="api-reference" data-url="{_attr(openapi_url)}"></script>\n'
+        f'<script src="{_attr(js)}"{onerror}></script>\n'
     )
     return _page(title, head, body)
 
@@ -207,8 +209,11 @@ def docs_routes(app: Tachyon) -> list[Route]:
             return Response(generator.encode(app.openapi()), media_type="application/json")
 
         routes.append(Route(config.openapi_url, openapi, ["GET"], include_in_schema=False))
-        pages = ((config.docs_url, scalar_html, "scalar"), (config.swagger_url, swagger_ui_html, "swagger_ui"),
-                 (config.redoc_url, redoc_html, "redoc"))
+        pages = (
+            (config.docs_url, scalar_html, "scalar"),
+            (config.swagger_url, swagger_ui_html, "swagger_ui"),
+            (config.redoc_url, redoc_html, "redoc"),
+        )
         for url, render, name in pages:
             if url:
                 endpoint = _html_page(config, render)

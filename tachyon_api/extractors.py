@@ -38,8 +38,16 @@ if TYPE_CHECKING:
     from .compiler import Context
 
 __all__ = [
-    "MAX_LIST_ITEMS", "Extractor", "FieldError", "PathNotFound", "value_extractor", "path_extractor",
-    "form_extractor", "body_extractor", "form_json_extractor", "foreign_websocket",
+    "MAX_LIST_ITEMS",
+    "Extractor",
+    "FieldError",
+    "PathNotFound",
+    "value_extractor",
+    "path_extractor",
+    "form_extractor",
+    "body_extractor",
+    "form_json_extractor",
+    "foreign_websocket",
 ]
 
 MAX_LIST_ITEMS = 1000  # items of one list parameter; more is a 422, before any conversion

@@ -217,7 +217,8 @@ async def _exit_function_scope(ctx: Context, stored: list[BackgroundTask] | None
                 "exit: they will not find what this request wrote (tasks load data by id and do nothing when "
                 "it is absent)",
                 ", ".join(task.name for task in stored if task.backend is not None),
-                ctx.scope["method"], ctx.scope["path"],
+                ctx.scope["method"],
+                ctx.scope["path"],
             )
         raise
 

@@ -80,8 +80,14 @@ async def client_scope(
             raise TypeError(f"idempotency_scope returned {type(value).__name__}, expected str")
         return "scope:" + value
     places = credentials or DEFAULT_CREDENTIALS
-    found = [b"h", *(name + b"=" + value for name, value in connection.scope["headers"]
-                     if name.decode("latin-1").lower() in places.headers)]
+    found = [
+        b"h",
+        *(
+            name + b"=" + value
+            for name, value in connection.scope["headers"]
+            if name.decode("latin-1").lower() in places.headers
+        ),
+    ]
     if places.query:
         found.append(b"q")
         for name, value in connection.query_params.multi_items():
@@ -97,12 +103,14 @@ async def fingerprint(connection: HTTPConnection, method: str) -> bytes:
     endpoint did not). A body parsed as a stream (multipart) is not kept: its declared length stands in for it.
     A WebSocket's handshake has no body."""
     scope = connection.scope
-    digest = hashlib.sha256(_frame(
-        method.encode("latin-1"),
-        scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass"),
-        scope.get("query_string", b""),
-        connection.headers.get("content-type", "").encode("latin-1"),
-    ))
+    digest = hashlib.sha256(
+        _frame(
+            method.encode("latin-1"),
+            scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass"),
+            scope.get("query_string", b""),
+            connection.headers.get("content-type", "").encode("latin-1"),
+        )
+    )
     body = getattr(connection, "body", None)
     if body is not None:
         try:

@@ -28,9 +28,22 @@ from .tasks import BackgroundTasks
 from .websockets import WebSocket
 
 __all__ = [
-    "EMPTY", "SCALARS", "split_annotated", "strip_annotated", "unwrap_optional", "bare_type", "list_item",
-    "is_scalar", "is_model", "is_upload", "is_request_type", "is_http_only", "is_websocket_type",
-    "is_background_type", "type_name", "type_hints",
+    "EMPTY",
+    "SCALARS",
+    "split_annotated",
+    "strip_annotated",
+    "unwrap_optional",
+    "bare_type",
+    "list_item",
+    "is_scalar",
+    "is_model",
+    "is_upload",
+    "is_request_type",
+    "is_http_only",
+    "is_websocket_type",
+    "is_background_type",
+    "type_name",
+    "type_hints",
 ]
 
 EMPTY = inspect.Parameter.empty

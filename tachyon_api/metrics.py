@@ -114,11 +114,14 @@ class _HTTPCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         rows = [(key, list(row)) for key, row in list(self.metrics.requests.items())]  # a copy: the loop goes on
-        requests = CounterMetricFamily("tachyon_http_requests", "HTTP requests answered",
-                                       labels=["method", "route", "status"])
-        latency = HistogramMetricFamily("tachyon_http_request_duration_seconds",
-                                        "Time from the request's arrival to the end of its response",
-                                        labels=["method", "route"])
+        requests = CounterMetricFamily(
+            "tachyon_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
+        )
+        latency = HistogramMetricFamily(
+            "tachyon_http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response",
+            labels=["method", "route"],
+        )
         by_route: dict[tuple[str, str], list[float]] = {}
         for (method, route, status), row in rows:
             requests.add_metric([method, route, str(status)], sum(row[1:]))

@@ -326,8 +326,11 @@ class OpenAPIGenerator:
         route = Route(path, endpoint_func, [method], **kwargs)
         names = frozenset(route.param_names)
         route.plan = compile_endpoint(endpoint_func, names, route.options.get("strict", True))
-        route.guards = [compile_dependency(dep.dependency, names, use_cache=dep.use_cache)
-                        for dep in route.dependencies if dep.dependency is not None]
+        route.guards = [
+            compile_dependency(dep.dependency, names, use_cache=dep.use_cache)
+            for dep in route.dependencies
+            if dep.dependency is not None
+        ]
         self.add_route(route)
 
     def add_path(self, path: str, method: str, operation: dict[str, Any]) -> None:
@@ -479,8 +482,9 @@ class _Builder:
         if found.security:
             for name, scheme in found.security.items():
                 self.security_schemes[name] = _scheme_object(scheme.model)
-            operation["security"] = [{name: list(getattr(scheme, "scopes", None) or []) for name, scheme in
-                                      found.security.items()}]
+            operation["security"] = [
+                {name: list(getattr(scheme, "scopes", None) or []) for name, scheme in found.security.items()}
+            ]
         return operation
 
     def operation_id(self, route: Route, method: str) -> str:

@@ -23,8 +23,20 @@ class Param(DefaultMarker):  # type: ignore[misc]  # see DefaultMarker
     """
 
     __slots__ = (
-        "default", "alias", "title", "description", "examples", "deprecated",
-        "gt", "ge", "lt", "le", "multiple_of", "min_length", "max_length", "pattern",
+        "default",
+        "alias",
+        "title",
+        "description",
+        "examples",
+        "deprecated",
+        "gt",
+        "ge",
+        "lt",
+        "le",
+        "multiple_of",
+        "min_length",
+        "max_length",
+        "pattern",
     )
     source = ""
     # What positional arguments after ``default`` meant in tachyon-api 1.3 (``Query(1, "Page")``,

@@ -139,8 +139,10 @@ class Response:
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         names = {k for k, _ in raw}
         body = getattr(self, "body", None)
-        if body is not None and b"content-length" not in names and not (
-            self.status_code < 200 or self.status_code in (204, 304)
+        if (
+            body is not None
+            and b"content-length" not in names
+            and not (self.status_code < 200 or self.status_code in (204, 304))
         ):
             raw.append((b"content-length", str(len(body)).encode("latin-1")))
         if self.media_type is not None and b"content-type" not in names:
@@ -467,11 +469,7 @@ RESPONSE_INVALID = {"success": False, "error": "Internal Server Error", "code": 
 def is_foreign_response(value: Any) -> bool:
     """A response object of another ASGI framework (Starlette's, as the existing tachyon-api re-exported),
     or of a user subclass of one."""
-    return (
-        callable(value)
-        and hasattr(value, "background")
-        and is_starlette_class(type(value))
-    )
+    return callable(value) and hasattr(value, "background") and is_starlette_class(type(value))
 
 
 async def send_any(response: Any, scope: dict[str, Any], receive: Any, send: Send) -> None:

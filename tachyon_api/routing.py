@@ -72,8 +72,21 @@ def tag_list(tags: Sequence[str] | str | None) -> list[str]:
 class Route(_ReadsLikeADict):
     """One path and method set bound to an endpoint, with the options given to the decorator."""
 
-    __slots__ = ("path", "methods", "endpoint", "name", "status_code", "response_model", "dependencies",
-                 "tags", "options", "param_names", "handler", "plan", "guards")
+    __slots__ = (
+        "path",
+        "methods",
+        "endpoint",
+        "name",
+        "status_code",
+        "response_model",
+        "dependencies",
+        "tags",
+        "options",
+        "param_names",
+        "handler",
+        "plan",
+        "guards",
+    )
 
     def __init__(
         self,
@@ -177,13 +190,23 @@ class WebSocketRoute(_ReadsLikeADict):
     ) -> WebSocketRoute:
         """This route at another path, behind the dependencies of the routers it was included through (tags
         and OpenAPI ``responses`` do not apply to a WebSocket)."""
-        return WebSocketRoute(path, self.endpoint, name=self.name, dependencies=[*dependencies, *self.dependencies],
-                              max_message_size=self.max_message_size)
+        return WebSocketRoute(
+            path,
+            self.endpoint,
+            name=self.name,
+            dependencies=[*dependencies, *self.dependencies],
+            max_message_size=self.max_message_size,
+        )
 
     def as_dict(self, method: str | None = None) -> dict[str, Any]:
         """As a route dict: ``method`` is ``"WEBSOCKET"``."""
-        return {"path": self.path, "method": "WEBSOCKET", "func": self.endpoint, "name": self.name,
-                "dependencies": self.dependencies}
+        return {
+            "path": self.path,
+            "method": "WEBSOCKET",
+            "func": self.endpoint,
+            "name": self.name,
+            "dependencies": self.dependencies,
+        }
 
     def __repr__(self) -> str:
         return f"WebSocketRoute({self.path!r}, endpoint={self.name})"
@@ -297,9 +320,7 @@ class Router(RouteDecorators):
         dependencies: Sequence[Depends] | None = None,
         max_message_size: int | None = None,
     ) -> WebSocketRoute:
-        route = WebSocketRoute(
-            path, endpoint, name=name, dependencies=dependencies, max_message_size=max_message_size
-        )
+        route = WebSocketRoute(path, endpoint, name=name, dependencies=dependencies, max_message_size=max_message_size)
         self.routes.append(route)
         return route
 
@@ -365,7 +386,10 @@ class PathTree:
             if method in node.routes:
                 logger.warning(
                     "%s %s is already served by %s; %s is not reachable there",
-                    method, route.path, node.routes[method].name, route.name,
+                    method,
+                    route.path,
+                    node.routes[method].name,
+                    route.name,
                 )
                 continue
             node.routes[method] = route

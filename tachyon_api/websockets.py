@@ -210,9 +210,13 @@ class WebSocket(HTTPConnection):
         if self.client_state is CONNECTING:
             await self.receive()  # the "websocket.connect" message
         raw: list[tuple[bytes, bytes]] = []
-        for name, value in (headers.items() if isinstance(headers, dict) else headers or ()):
-            raw.append((name.encode("latin-1") if isinstance(name, str) else name,
-                        value.encode("latin-1") if isinstance(value, str) else value))
+        for name, value in headers.items() if isinstance(headers, dict) else headers or ():
+            raw.append(
+                (
+                    name.encode("latin-1") if isinstance(name, str) else name,
+                    value.encode("latin-1") if isinstance(value, str) else value,
+                )
+            )
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": raw})
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
@@ -329,9 +333,9 @@ class WebSocket(HTTPConnection):
             await self.send({"type": "websocket.send", "bytes": encoded})
 
 
-DISCONNECTS: tuple[type[BaseException], ...] = (WebSocketDisconnect, _ForeignDisconnect) if (
-    _ForeignDisconnect is not Exception
-) else (WebSocketDisconnect,)
+DISCONNECTS: tuple[type[BaseException], ...] = (
+    (WebSocketDisconnect, _ForeignDisconnect) if (_ForeignDisconnect is not Exception) else (WebSocketDisconnect,)
+)
 
 
 def is_foreign_websocket_exception(exc: BaseException) -> bool:
@@ -357,7 +361,8 @@ def warn_if_the_server_cannot_serve(paths: Iterable[str]) -> None:
     logger.warning(
         "This app has WebSocket routes (%s), but no WebSocket library is installed for uvicorn (websockets or "
         "wsproto): every WebSocket connection will be refused. Install the websockets extra: %s",
-        ", ".join(paths), install_hint("websockets"),
+        ", ".join(paths),
+        install_hint("websockets"),
     )
 
 
@@ -405,8 +410,9 @@ class OpenSockets:
         """Close every open socket with 1001 and cancel the handlers still running after ``shutdown_timeout``."""
         self.going_away = True
         sockets = list(self.sockets.items())
-        await asyncio.gather(*(ws.close_for_handler(WebSocketClose.GOING_AWAY, "Server shutting down")
-                               for ws, _ in sockets))
+        await asyncio.gather(
+            *(ws.close_for_handler(WebSocketClose.GOING_AWAY, "Server shutting down") for ws, _ in sockets)
+        )
         if self._cancel_timer is None and self.sockets:
             loop = asyncio.get_running_loop()
             self._cancel_timer = loop.call_later(self.shutdown_timeout, self._cancel_handlers)
@@ -414,8 +420,11 @@ class OpenSockets:
     def _cancel_handlers(self) -> None:
         self._cancel_timer = None
         if self.sockets:
-            logger.error("%d WebSocket handler(s) still running %.1fs after shutdown began; cancelling",
-                         len(self.sockets), self.shutdown_timeout)
+            logger.error(
+                "%d WebSocket handler(s) still running %.1fs after shutdown began; cancelling",
+                len(self.sockets),
+                self.shutdown_timeout,
+            )
         for websocket, task in self.sockets.items():
             if task is not None:
                 self._cancelled.add(websocket)

@@ -55,18 +55,43 @@ class PostgresServer:
             for folder in self.data.parents:  # nobody must reach its folder
                 os.chmod(folder, os.stat(folder).st_mode | 0o001)
         subprocess.run(
-            [postgres_bin() / "initdb", "-D", self.data, "--auth=trust", "-U", "postgres", "--encoding=utf8",
-             "--no-sync"],
-            check=True, capture_output=True, **self._user,
+            [
+                postgres_bin() / "initdb",
+                "-D",
+                self.data,
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=utf8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **self._user,
         )
         self.start()
 
     def start(self) -> None:
         with open(self.workdir / "postgres.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [postgres_bin() / "postgres", "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
-                 "-c", "fsync=off", "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, **self._user,
+                [
+                    postgres_bin() / "postgres",
+                    "-D",
+                    self.data,
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    "",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._user,
             )
         import psycopg
 

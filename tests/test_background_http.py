@@ -222,7 +222,8 @@ def test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked(caplog: 
 
     for failures in (sync_failures, async_failures):
         assert [f.task.name for f in failures] == [
-            "test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked.<locals>.explode_sync", "broken-async"
+            "test_tasks_run_in_order_and_failures_are_isolated_logged_and_hooked.<locals>.explode_sync",
+            "broken-async",
         ]
         assert [type(f.exception) for f in failures] == [ValueError, RuntimeError]
         assert all(f.method == "POST" and f.path == "/orders/42" and f.attempts == 1 for f in failures)
@@ -737,9 +738,7 @@ def test_overflow_wait_gives_up_after_shutdown_timeout_and_queues_past_the_limit
         assert wait_until(lambda: len(done) == 2, 5)
 
     warnings = [r.getMessage() for r in caplog.records if r.name == BG_LOGGER and r.levelno == logging.WARNING]
-    assert warnings == [
-        "No room in the background queue for request POST /job/2 within 0.8s; queueing past the limit"
-    ]
+    assert warnings == ["No room in the background queue for request POST /job/2 within 0.8s; queueing past the limit"]
     assert sorted(done) == [1, 2]
     assert app.background.stats().dropped == 0
 

@@ -437,8 +437,11 @@ def test_the_first_ctrl_c_says_what_it_waits_for_until_when_and_how_to_stop_wait
     assert "Stopping after 0 request(s) in progress and 1 background task(s); press Ctrl+C again to exit at once" in (
         hint
     )
-    assert re.search(r"Waiting up to 30\.0s \(until \d\d:\d\d:\d\d\) for 1 background task\(s\) to finish: "
-                     r"send_report \(POST /report\)$", waiting), waiting
+    assert re.search(
+        r"Waiting up to 30\.0s \(until \d\d:\d\d:\d\d\) for 1 background task\(s\) to finish: "
+        r"send_report \(POST /report\)$",
+        waiting,
+    ), waiting
     assert lines.index(hint) < lines.index(waiting)
     time.sleep(0.5)
     assert server.proc.poll() is None, server.output()  # still waiting for the task

@@ -239,6 +239,7 @@ def test_with_options_chains_and_validates() -> None:
     for bad in ({"timeout": 0}, {"timeout": -1}, {"retries": -1}, {"retry_delay": -0.5}):
         with pytest.raises(ValueError):
             task.with_options(**bad)
+
     # Options never collide with the task's own keyword arguments.
     def takes_name(name: str, timeout: int) -> None:
         pass

@@ -502,7 +502,9 @@ def test_413_comes_before_the_rest_of_an_oversized_body_is_sent():
         kinds = [("/raw", b"application/octet-stream"), ("/upload", b"multipart/form-data; boundary=x")]
         for path, content_type in kinds:
             head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
-                path.encode(), content_type, declared
+                path.encode(),
+                content_type,
+                declared,
             )
             _assert_prompt_413(*_answer_while_client_stalls(url, head, b"--x\r\n" + b"y" * 95))
         chunked_head = b"POST /raw HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"

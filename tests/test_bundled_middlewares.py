@@ -229,8 +229,13 @@ def _streaming_app(gate: threading.Event) -> Tachyon:
 def test_security_headers_on_streaming_responses_over_http():
     gate = threading.Event()
     app = _streaming_app(gate)
-    app.add_middleware(SecurityHeadersMiddleware, hsts="max-age=63072000", csp="default-src 'self'",
-                       extra_headers={"Permissions-Policy": "camera=()"}, referrer_policy=None)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        hsts="max-age=63072000",
+        csp="default-src 'self'",
+        extra_headers={"Permissions-Policy": "camera=()"},
+        referrer_policy=None,
+    )
     with serve(app) as url:
         with httpx.stream("GET", url + "/stream", timeout=5) as response:
             chunks = response.iter_raw()
@@ -303,7 +308,11 @@ def test_logger_keeps_the_1_3_line_format_and_order(caplog):
         assert httpx.post(url + "/items", json={"name": "pen"}, headers={"X-Trace": "t1"}).status_code == 200
     lines = _access_lines(caplog)
     assert [line.split(":")[0].split(" (")[0] for line in lines] == [
-        "--> POST /items", "    req headers", "    req body", "<-- POST /items 200", "    res headers"
+        "--> POST /items",
+        "    req headers",
+        "    req body",
+        "<-- POST /items 200",
+        "    res headers",
     ]
     assert "('x-trace', 't1')" in lines[1]
     assert lines[2] == '    req body: {"name":"pen"}'
@@ -322,8 +331,11 @@ def test_logger_escapes_what_the_client_sent_over_http(caplog):
     caplog.set_level(logging.INFO, logger="tachyon_api.access")
     forged = "%0d%0a<-- GET admin 200 (0.0001s)%1b[2J%e2%80%a8"
     with serve(app) as url:
-        response = httpx.post(url + "/x" + forged, content=b'{"note": "a\\r\\nb", "\\u001b": 1}',
-                              headers={"Content-Type": "application/json"})
+        response = httpx.post(
+            url + "/x" + forged,
+            content=b'{"note": "a\\r\\nb", "\\u001b": 1}',
+            headers={"Content-Type": "application/json"},
+        )
         assert response.status_code == 200
     records = [r for r in caplog.records if r.name == "tachyon_api.access"]
     for record in records:
@@ -338,9 +350,13 @@ def test_logger_escapes_what_the_client_sent_over_http(caplog):
     [
         ("application/json", b'{"user": "ada", "password": "hunter2", "profile": {"api_key": "k-hunter2"}}'),
         ("application/x-www-form-urlencoded", b"user=ada&password=hunter2&apiKey=k-hunter2"),
-        ("multipart/form-data; boundary=XX",
-         (b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
-          b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--XX--\r\n')),
+        (
+            "multipart/form-data; boundary=XX",
+            (
+                b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
+                b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--XX--\r\n'
+            ),
+        ),
         ("text/plain", b'{"user": "ada", "password": "hunter2"'),  # not parsed: redacted by pattern
         ("application/json", b'{"user": "ada", "password": "hunter2", "pad": "' + b"x" * 70_000 + b'"}'),
     ],

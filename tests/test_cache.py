@@ -163,8 +163,11 @@ def test_sync_error_in_flight_is_not_cached():
 def test_none_is_cached_key_builder_and_unless():
     calls = []
 
-    @cache(TTL=60, key_builder=lambda func, args, kwargs: f"user:{kwargs['user_id']}",
-           unless=lambda args, kwargs: kwargs.get("fresh", False))
+    @cache(
+        TTL=60,
+        key_builder=lambda func, args, kwargs: f"user:{kwargs['user_id']}",
+        unless=lambda args, kwargs: kwargs.get("fresh", False),
+    )
     def lookup(user_id: int, fresh: bool = False):
         calls.append(user_id)
         return None if user_id == 0 else {"id": user_id}

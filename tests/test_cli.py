@@ -267,8 +267,9 @@ def test_run_logs_the_framework_with_time_level_and_logger_at_the_chosen_level(s
 
 def test_run_takes_a_log_config_file(serve_process, tmp_path) -> None:
     """The documented way to JSON logs: a dictConfig file with a formatter from the app's package."""
-    (tmp_path / "jsonlog.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "jsonlog.py").write_text(
+        textwrap.dedent(
+            """
         import json
         import logging
 
@@ -281,17 +282,22 @@ def test_run_takes_a_log_config_file(serve_process, tmp_path) -> None:
                     entry["traceback"] = self.formatException(record.exc_info)
                 return json.dumps(entry)
         """
-    ))
-    (tmp_path / "logging.json").write_text(json.dumps({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "jsonlog.JSONFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "tachyon_api": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }))
+        )
+    )
+    (tmp_path / "logging.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {"json": {"()": "jsonlog.JSONFormatter"}},
+                "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+                "loggers": {
+                    "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                    "tachyon_api": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                },
+            }
+        )
+    )
     server = serve_process(FAILING_TASK_APP, "--log-config", "logging.json")
     httpx.post(f"{server.url}/orders", timeout=5)
     assert wait_until(lambda: "send_receipt failed (request" in server.output(), 5), server.output()

@@ -85,11 +85,20 @@ def test_response_helpers_over_http(caplog):
         "/error-code": (403, {"success": False, "error": "Nope", "code": "FORBIDDEN"}),
         "/not-found": (404, {"success": False, "error": "Resource not found", "code": "NOT_FOUND"}),
         "/conflict": (409, {"success": False, "error": "Email taken", "code": "CONFLICT"}),
-        "/invalid": (422, {"success": False, "error": "Validation failed", "code": "VALIDATION_ERROR",
-                           "errors": {"email": ["required"]}}),
+        "/invalid": (
+            422,
+            {
+                "success": False,
+                "error": "Validation failed",
+                "code": "VALIDATION_ERROR",
+                "errors": {"email": ["required"]},
+            },
+        ),
         "/invalid-plain": (422, {"success": False, "error": "Bad input", "code": "VALIDATION_ERROR"}),
-        "/response-invalid": (500, {"success": False, "error": "Internal Server Error",
-                                    "code": "RESPONSE_VALIDATION_ERROR"}),
+        "/response-invalid": (
+            500,
+            {"success": False, "error": "Internal Server Error", "code": "RESPONSE_VALIDATION_ERROR"},
+        ),
         "/internal": (500, {"success": False, "error": "Internal Server Error", "code": "INTERNAL_SERVER_ERROR"}),
         "/json": (202, {"a": [1, 2]}),
         "/bytes": (200, {"pre": "encoded"}),
@@ -118,8 +127,10 @@ def test_routes_in_the_shape_of_1_3():
     def update(uid: int):
         return uid
 
-    assert [(r["path"], r["method"], r["func"]) for r in router.routes] == [("/", "GET", list_users),
-                                                                          ("/{uid}", "POST", update)]
+    assert [(r["path"], r["method"], r["func"]) for r in router.routes] == [
+        ("/", "GET", list_users),
+        ("/{uid}", "POST", update),
+    ]
     assert router.routes[0]["summary"] == "All users"
     assert router.routes[0].get("missing", "dflt") == "dflt"
     assert {"path", "method", "func", "tags", "dependencies"} <= set(router.routes[0].keys())

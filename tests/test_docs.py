@@ -82,8 +82,9 @@ def test_the_consistency_example_runs_as_its_page_says(redis_server: RedisServer
     # thread, which is RQ's own business: the test stops it once it has quit the queue.
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tachyon_api", *worker], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tachyon_api", *worker], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         assert wait_until(lambda: proc.poll() is not None or "done, quitting" in log.read_text(), 60), log.read_text()
     finally:

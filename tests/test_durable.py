@@ -19,7 +19,7 @@ from tachyon_api.background import BackgroundTasks, RQBackend
 
 from .conftest import ROOT, free_port, wait_for_port
 
-APP = '''
+APP = """
 import os, time
 from tachyon_api import Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
@@ -94,7 +94,7 @@ def post_burst(n: int, background_tasks: BackgroundTasks):
 def post_dedup(tag: str, background_tasks: BackgroundTasks):
     background_tasks.add_task(record, tag).with_options(job_id=f"dedup-{tag}")
     return {"stored": tag}
-'''
+"""
 
 
 class Project:
@@ -354,9 +354,7 @@ with TachyonTestClient(app) as client:  # still importing this module
 """
 
 
-def test_a_module_that_serves_a_request_while_it_is_imported_does_not_deadlock(
-    redis_url: str, tmp_path: Path
-) -> None:
+def test_a_module_that_serves_a_request_while_it_is_imported_does_not_deadlock(redis_url: str, tmp_path: Path) -> None:
     """The check that a durable task imports back runs in the endpoint's thread; the module is then still
     being imported by the main thread, which holds its import lock while it waits for the response: the check
     finds the module in ``sys.modules`` instead of importing it (waiting on that lock was a deadlock)."""

@@ -119,8 +119,10 @@ def layout_func(tag: Any, part: int = 0) -> None:
 # Each case: the task's options, and the same job in the terms of RQ's own ``Queue.enqueue``/``enqueue_in``.
 LAYOUTS = [
     ({}, {}),
-    ({"retries": 2, "retry_delay": 1, "timeout": 30, "name": "n"},
-     {"retry": Retry(max=2, interval=[1, 2]), "job_timeout": 30, "description": "n"}),
+    (
+        {"retries": 2, "retry_delay": 1, "timeout": 30, "name": "n"},
+        {"retry": Retry(max=2, interval=[1, 2]), "job_timeout": 30, "description": "n"},
+    ),
     ({"delay": 60}, {}),
 ]
 
@@ -163,13 +165,12 @@ def test_store_writes_what_rqs_own_enqueue_writes(redis_url: str, options: dict,
     job = Job.fetch(ours_id, connection=connection)
     assert (job.func_name, job.args, job.kwargs) == (f"{__name__}.layout_func", (7,), {"part": 1})
     assert job.get_status() == ("scheduled" if scheduled else "queued")
-    connection.delete(Job.key_for(ours_id), Job.key_for(reference.id), backend.queue.key,
-                      backend.queue.scheduled_job_registry.key)
+    connection.delete(
+        Job.key_for(ours_id), Job.key_for(reference.id), backend.queue.key, backend.queue.scheduled_job_registry.key
+    )
 
 
-def test_redis_killed_and_restarted_under_load_loses_and_duplicates_nothing(
-    serve_process: Any, tmp_path: Path
-) -> None:
+def test_redis_killed_and_restarted_under_load_loses_and_duplicates_nothing(serve_process: Any, tmp_path: Path) -> None:
     """SIGKILL a persistent redis-server under load, restart it: every 2xx is a job, no 503 "not stored" is,
     the app reconnects by itself, and retrying the failed requests with their Idempotency-Key stores each
     request exactly once; then two ``tachyon worker`` processes run every job once."""
@@ -240,8 +241,12 @@ def test_redis_killed_and_restarted_under_load_loses_and_duplicates_nothing(
 
         Redis.from_url(redis_url).config_set("appendfsync", "no")  # the faults are over: workers need no fsync
         out = tmp_path / "ran.txt"
-        env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "TASK_OUT": str(out),
-               **app_env(redis_url, "faults")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+            "TASK_OUT": str(out),
+            **app_env(redis_url, "faults"),
+        }
         command = [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--burst"]
         workers = [
             subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -510,6 +515,7 @@ def test_an_idempotency_key_covers_the_query_string(redis_url: str) -> None:
         return {"email": email}
 
     with serve(app) as url:
+
         def post(email: str) -> httpx.Response:
             return httpx.post(f"{url}/signup", params={"email": email}, headers={"Idempotency-Key": "signup-1"})
 
@@ -566,13 +572,25 @@ def test_an_idempotency_key_is_scoped_by_every_credential_the_request_carries(re
         for path, tenants in cases:
             for options in tenants * 2:  # each tenant twice: the second is a retry
                 with httpx.Client(base_url=url, cookies=options.get("cookies")) as client:
-                    response = client.post(path, json={"order": 1001}, headers={
-                        "Idempotency-Key": "order-1001", **options.get("headers", {})}, params=options.get("params"))
+                    response = client.post(
+                        path,
+                        json={"order": 1001},
+                        headers={"Idempotency-Key": "order-1001", **options.get("headers", {})},
+                        params=options.get("params"),
+                    )
                 assert response.status_code == 200, (path, options, response.text)
-    assert _jobs(backend) == sorted([
-        ("header:t1",), ("header:t2",), ("query:t1",), ("query:t2",), ("cookie",), ("cookie",),
-        ("x-api-key",), ("x-api-key",),
-    ])
+    assert _jobs(backend) == sorted(
+        [
+            ("header:t1",),
+            ("header:t2",),
+            ("query:t1",),
+            ("query:t2",),
+            ("cookie",),
+            ("cookie",),
+            ("x-api-key",),
+            ("x-api-key",),
+        ]
+    )
     backend.queue.empty()
 
 
@@ -595,6 +613,7 @@ def test_an_explicit_idempotency_scope(redis_url: str) -> None:
         return {}
 
     with serve(app) as url:
+
         def post(user: str, token: str, amount: int = 5) -> httpx.Response:
             headers = {"Idempotency-Key": "pay-1", "X-User": user, "Authorization": f"Bearer {token}"}
             return httpx.post(f"{url}/pay", json={"amount": amount}, headers=headers)

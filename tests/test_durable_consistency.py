@@ -34,7 +34,11 @@ def run_worker(cwd: Path, env: dict[str, str], target: str) -> str:
     with open(cwd / f"worker-{uuid.uuid4().hex[:6]}.log", "w+b") as log:
         worker = subprocess.run(
             [sys.executable, "-m", "tachyon_api", "worker", target, "--burst"],
-            cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, timeout=60,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=60,
         )
         log.seek(0)
         output = log.read().decode(errors="replace")
@@ -114,7 +118,7 @@ def test_shop_writes_nothing_while_redis_is_down_and_the_retry_sends_once(
 
 
 # --- a commit that fails after the store ---------------------------------------------------------------------
-ORDERS_APP = '''
+ORDERS_APP = """
 import logging, os, sqlite3
 from tachyon_api import Depends, Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
@@ -155,14 +159,18 @@ def create_order(customer_id: int, background_tasks: BackgroundTasks, db=Depends
     order_id = db.execute("INSERT INTO purchases (customer_id) VALUES (?)", (customer_id,)).lastrowid
     background_tasks.add_task(confirm_order, order_id).with_options(retries=3)
     return {"id": order_id}
-'''
+"""
 
 
 def test_a_commit_failing_after_the_store_leaves_a_task_that_finds_nothing(tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "orders_app.py").write_text(ORDERS_APP)
     queue = f"orders-{uuid.uuid4().hex[:8]}"
-    env = {"SHOP_DB": str(tmp_path / "orders.sqlite3"), "SHOP_DATA_DIR": str(tmp_path / "shop"), "REDIS_URL": redis_url,
-           "QUEUE": queue}
+    env = {
+        "SHOP_DB": str(tmp_path / "orders.sqlite3"),
+        "SHOP_DATA_DIR": str(tmp_path / "shop"),
+        "REDIS_URL": redis_url,
+        "QUEUE": queue,
+    }
     server = ServerProcess("orders_app:app", tmp_path, env)
     try:
         good = httpx.post(f"{server.url}/orders", params={"customer_id": 1}, timeout=20)
@@ -261,7 +269,13 @@ def test_store_then_commit_then_response_then_other_exits_then_in_process_tasks(
         assert httpx.post(f"{url}/work").json() == {"db": "tx"}
         assert wait_until(lambda: "task in-process" in events)
     assert events == [
-        "tx open", "endpoint", "tx commit, 1 stored", "tx close", "sent", "request exit", "task in-process"
+        "tx open",
+        "endpoint",
+        "tx commit, 1 stored",
+        "tx close",
+        "sent",
+        "request exit",
+        "task in-process",
     ]
     backend.queue.empty()
 
@@ -274,7 +288,11 @@ def test_a_failed_store_is_raised_at_the_yield_and_nothing_runs(caplog: pytest.L
         assert_error_shape(response, {503}, "TASK_BACKEND_UNAVAILABLE")
         assert wait_until(lambda: "request exit TaskBackendUnavailable" in events)
     assert events == [
-        "tx open", "endpoint", "tx rollback TaskBackendUnavailable", "tx close", "sent",
+        "tx open",
+        "endpoint",
+        "tx rollback TaskBackendUnavailable",
+        "tx close",
+        "sent",
         "request exit TaskBackendUnavailable",
     ]  # and the in-process task never ran
 
@@ -334,8 +352,11 @@ def test_scope_is_checked_at_registration() -> None:
         yield s  # its exit code runs after the response, when the session is closed already
 
     app = Tachyon()
-    with pytest.raises(TypeError, match=r"audit has exit code that runs after the response .scope 'request'., so it "
-                                        r"cannot depend on .*session, whose exit code runs before the response"):
+    with pytest.raises(
+        TypeError,
+        match=r"audit has exit code that runs after the response .scope 'request'., so it "
+        r"cannot depend on .*session, whose exit code runs before the response",
+    ):
         app.post("/a")(lambda a=Depends(audit): a)
 
     # The other way round is fine, and the same generator in both scopes gives two values, as in FastAPI.

@@ -449,9 +449,11 @@ def test_exception_inside_handler_is_logged_500(async_handler, caplog):
     app = Tachyon()
 
     if async_handler:
+
         async def handler(request, exc):
             raise LookupError("handler broke")
     else:
+
         def handler(request, exc):
             raise LookupError("handler broke")
 

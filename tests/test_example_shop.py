@@ -168,9 +168,11 @@ def test_signup_refuses_control_characters_that_would_break_the_email_headers(sh
     """The name goes into the Subject and the address into To: a line break there made every attempt of the
     welcome email fail (found by schemathesis). A pattern's ``$`` also matches before a final newline in
     Python, so the address pattern alone let ``ada@example.com\\n`` through."""
-    for body, field in (({"email": "eve@example.com", "name": "Eve\r\nBcc: all@example.com"}, "name"),
-                        ({"email": "eve@example.com\n", "name": "Eve"}, "email"),
-                        ({"email": "eve@example.com", "name": "Eve\x00"}, "name")):
+    for body, field in (
+        ({"email": "eve@example.com", "name": "Eve\r\nBcc: all@example.com"}, "name"),
+        ({"email": "eve@example.com\n", "name": "Eve"}, "email"),
+        ({"email": "eve@example.com", "name": "Eve\x00"}, "name"),
+    ):
         response = shop.http.post("/signup", json=body)
         assert response.status_code == 422, response.text
         assert [error["loc"] for error in response.json()["errors"]] == [["body", field]]
@@ -225,6 +227,7 @@ def products_csv(rows: int, broken: dict[int, str]) -> bytes:
 
 def follow(shop: Shop, status_url: str, **headers: str) -> dict[str, Any]:
     """The task's record once it has ended (it must never be seen in another state than these)."""
+
     def ended() -> dict[str, Any] | None:
         record = shop.http.get(status_url, headers=headers).json()
         assert record["state"] in ("queued", "running", "succeeded", "failed"), record
@@ -245,8 +248,13 @@ def test_csv_import_is_accepted_with_a_status_url_and_reports_progress_and_broke
     assert record["progress"] == {"done": 1.0, "message": "3,000 of 3,000 rows"}
     summary = record["result"]
     import_id = summary["import_id"]
-    assert summary == {"import_id": import_id, "total_rows": 3000, "imported_rows": 2998, "error_count": 2,
-                       "details": f"/imports/{import_id}"}
+    assert summary == {
+        "import_id": import_id,
+        "total_rows": 3000,
+        "imported_rows": 2998,
+        "error_count": 2,
+        "details": f"/imports/{import_id}",
+    }
     result = shop.http.get(summary["details"]).json()
     assert result["status"] == "completed"
     assert (result["total_rows"], result["processed_rows"], result["imported_rows"]) == (3000, 3000, 2998)
@@ -261,7 +269,10 @@ def test_csv_import_is_accepted_with_a_status_url_and_reports_progress_and_broke
     assert shop.query("SELECT count(*) FROM products WHERE id LIKE 'IMP-%'")[0][0] == 2998
     assert not shop.query("SELECT * FROM products WHERE id IN ('IMP-01000', 'IMP-02500')")
     assert shop.http.get("/products/IMP-00123").json() == {
-        "id": "IMP-00123", "name": "Product 123", "price": "23.39", "stock": 4
+        "id": "IMP-00123",
+        "name": "Product 123",
+        "price": "23.39",
+        "stock": 4,
     }
     assert list((shop.data / "uploads").iterdir()) == []  # the saved upload is removed when done
 
@@ -349,8 +360,11 @@ def test_ids_and_limits_beyond_sqlite_integers_are_a_422_not_a_500(shop: Shop) -
     the value with a 422."""
     status_url = shop.http.post("/import", files={"file": ("p.csv", b"sku,name,price,stock\n")}).json()["status_url"]
     import_id = follow(shop, status_url)["result"]["import_id"]
-    for url in ("/orders/210869809585473248559104", "/orders/9223372036854775808/complete",
-                f"/imports/{import_id}?max_errors=9223372036854775808"):
+    for url in (
+        "/orders/210869809585473248559104",
+        "/orders/9223372036854775808/complete",
+        f"/imports/{import_id}?max_errors=9223372036854775808",
+    ):
         response = shop.http.get(url) if "complete" not in url else shop.http.post(url)
         assert response.status_code == 422, (url, response.text)
     assert shop.http.get("/orders/9223372036854775807").status_code == 404  # the largest id is a valid one
@@ -399,8 +413,12 @@ def test_webhook_that_never_gets_through_is_recorded_as_failed(shop: Shop) -> No
     order = eventually(exhausted, what="1 attempt and 3 retries")  # SHOP_WEBHOOK_RETRIES=3
     assert order["webhook_delivered_at"] is None
     assert order["webhook_last_error"].startswith("ConnectError")
-    eventually(lambda: f"Background task order-webhook failed (request POST /orders/{order_id}/complete)"
-               in shop.server.output(), what="the final failure in the log")
+    eventually(
+        lambda: (
+            f"Background task order-webhook failed (request POST /orders/{order_id}/complete)" in shop.server.output()
+        ),
+        what="the final failure in the log",
+    )
 
 
 # --- views and stats ---------------------------------------------------------------------------------------
@@ -523,8 +541,11 @@ def burst_worker(shop: Shop) -> str:
     """``tachyon worker --burst`` with the shop's settings, until no job is due; what it printed."""
     worker = subprocess.run(
         [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
-        cwd=shop.data.parent, env={**os.environ, "PYTHONPATH": str(ROOT), **shop.env},
-        capture_output=True, text=True, timeout=60,
+        cwd=shop.data.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **shop.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert worker.returncode == 0, worker.stdout + worker.stderr
     return worker.stdout + worker.stderr
@@ -557,8 +578,10 @@ def test_postgres_mode_keeps_the_data_and_its_tasks_in_one_database(tmp_path: Pa
         assert [job["args"]["args"] for job in jobs(running, "send_order_webhook")] == [[order_id]]
 
         # PostgreSQL refuses a NUL character in a text (SQLite takes it): the client's mistake, a 422, not a 500.
-        for response in (running.http.get("/products/A%00B"),
-                         running.http.post("/reset-password", params={"email": "dave@example.com\x00"})):
+        for response in (
+            running.http.get("/products/A%00B"),
+            running.http.post("/reset-password", params={"email": "dave@example.com\x00"}),
+        ):
             assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR", response.text
 
         stats = running.http.get("/stats").json()
@@ -652,12 +675,16 @@ def test_postgres_mode_imports_a_csv_and_its_progress_shows_while_it_runs(tmp_pa
             lock.execute("SELECT * FROM products WHERE id = 'IMP-00600' FOR UPDATE")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tachyon_api", "worker", APP, "--burst"],
-                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **running.env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             try:
-                halfway = eventually(lambda: (i := running.http.get(url).json())["processed_rows"] and i,
-                                     what="the first chunk")
+                halfway = eventually(
+                    lambda: (i := running.http.get(url).json())["processed_rows"] and i, what="the first chunk"
+                )
                 assert (halfway["status"], halfway["total_rows"], halfway["processed_rows"]) == ("running", 1200, 500)
                 assert running.query("SELECT name FROM products WHERE id = 'IMP-00600'") == [{"name": "Old name"}]
                 lock.rollback()  # the second chunk goes on
@@ -711,7 +738,8 @@ def test_postgres_mode_answers_503_while_the_database_is_down_and_recovers(
         again = running.http.post("/signup", json={"email": "hana@example.com", "name": "Hana"})
         assert again.status_code == 201, again.text  # the pool replaced the connections that died
         assert [row["email"] for row in running.query("SELECT email FROM users ORDER BY id")] == [
-            "gil@example.com", "hana@example.com"
+            "gil@example.com",
+            "hana@example.com",
         ]
         assert len(jobs(running, "send_welcome_email")) == 2
         running.stop()

@@ -71,8 +71,9 @@ def test_form_list_field_from_repeated_keys():
         return {"choice": choice}
 
     with TachyonTestClient(app) as client:
-        response = client.post("/f", content=b"choice=1&choice=2&choice=3",
-                               headers={"content-type": "application/x-www-form-urlencoded"})
+        response = client.post(
+            "/f", content=b"choice=1&choice=2&choice=3", headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         assert response.json() == {"choice": [1, 2, 3]}
         multi = client.post("/f", content=multipart([("choice", "4"), ("choice", "5")]), headers=mp_headers())
         assert multi.json() == {"choice": [4, 5]}
@@ -208,7 +209,10 @@ def test_filename_sanitised_against_path_traversal(sent, expected):
 @pytest.mark.parametrize(
     ("sent", "expected"),
     [
-        ("../../etc/passwd", "passwd"), ("..\\..\\x.txt", "x.txt"), ("a/b/c.txt", "c.txt"), ("..", None),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\x.txt", "x.txt"),
+        ("a/b/c.txt", "c.txt"),
+        ("..", None),
         ("x.txt", "x.txt"),
     ],
 )
@@ -462,9 +466,12 @@ def test_truncated_multipart_without_closing_boundary_is_400(upload_client):
     [
         b"garbage without any boundary",
         b"--" + BOUNDARY.encode() + b"\r\nno headers end",
-        b"--wrong-boundary\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--wrong-boundary--\r\n",
-        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: text/plain\r\n\r\nnameless\r\n--"
-        + BOUNDARY.encode() + b"--\r\n",
+        b'--wrong-boundary\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n--wrong-boundary--\r\n',
+        b"--"
+        + BOUNDARY.encode()
+        + b"\r\nContent-Type: text/plain\r\n\r\nnameless\r\n--"
+        + BOUNDARY.encode()
+        + b"--\r\n",
     ],
 )
 def test_garbage_multipart_is_400_not_500(upload_client, raw):
@@ -523,10 +530,14 @@ def test_chunked_form_and_upload_over_limit_are_413():
         sent.append(dict(request.headers))
 
     with TachyonTestClient(app, event_hooks={"request": [record]}) as client:
-        upload = client.post("/upload", content=iter([body[i : i + 256] for i in range(0, len(body), 256)]),
-                             headers=mp_headers())
-        form = client.post("/form", content=iter([b"text=", b"a" * 700, b"a" * 700]),
-                           headers={"content-type": "application/x-www-form-urlencoded"})
+        upload = client.post(
+            "/upload", content=iter([body[i : i + 256] for i in range(0, len(body), 256)]), headers=mp_headers()
+        )
+        form = client.post(
+            "/form",
+            content=iter([b"text=", b"a" * 700, b"a" * 700]),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
     assert all("content-length" not in headers for headers in sent)
     assert_error_shape(upload, {413}, "PAYLOAD_TOO_LARGE")
     assert_error_shape(form, {413}, "PAYLOAD_TOO_LARGE")

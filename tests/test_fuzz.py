@@ -33,9 +33,38 @@ FUZZ = settings(
 
 # Values known to break naive parsers, mixed with arbitrary text.
 NASTY = [
-    "", " ", "0", "-1", "+1", "1_000", "٣", "５", "1e999", "-0.0", "nan", "inf", "9" * 5000, "0x10",
-    "../../etc/passwd", "..", "%00", "\x00", "null", "true", "[]", "{}", "'", '"', "\\", "<script>",
-    "\u202e", "a" * 300, "😀", "\ufeff1", "1\n", "\r\n",
+    "",
+    " ",
+    "0",
+    "-1",
+    "+1",
+    "1_000",
+    "٣",
+    "５",
+    "1e999",
+    "-0.0",
+    "nan",
+    "inf",
+    "9" * 5000,
+    "0x10",
+    "../../etc/passwd",
+    "..",
+    "%00",
+    "\x00",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "'",
+    '"',
+    "\\",
+    "<script>",
+    "\u202e",
+    "a" * 300,
+    "😀",
+    "\ufeff1",
+    "1\n",
+    "\r\n",
 ]
 TEXT = st.one_of(st.sampled_from(NASTY), st.text(max_size=30))
 FILENAMES = st.one_of(  # long names (file systems take 255 bytes), paths, odd characters
@@ -50,8 +79,14 @@ JSON = st.recursive(
 )
 CONTENT_TYPES = st.sampled_from(
     [
-        "application/json", "application/vnd.api+json", "text/plain", "", "application/x-www-form-urlencoded",
-        "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=x",
+        "application/json",
+        "application/vnd.api+json",
+        "text/plain",
+        "",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "multipart/form-data; boundary=",
+        "multipart/form-data; boundary=x",
         "application/json; charset=latin-1",
     ]
 )
@@ -230,9 +265,19 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 # chance would send it to an address on the internet.
 SHOP_ROUTES = st.sampled_from(
     [
-        ("GET", "/"), ("POST", "/signup"), ("POST", "/reset-password"), ("POST", "/reset-password/verify"),
-        ("POST", "/import"), ("GET", "/imports/{}"), ("POST", "/products"), ("GET", "/products/{}"), ("GET", "/stats"),
-        ("POST", "/orders"), ("GET", "/orders/{}"), ("POST", "/webhooks/receiver"), ("GET", "/webhooks/received"),
+        ("GET", "/"),
+        ("POST", "/signup"),
+        ("POST", "/reset-password"),
+        ("POST", "/reset-password/verify"),
+        ("POST", "/import"),
+        ("GET", "/imports/{}"),
+        ("POST", "/products"),
+        ("GET", "/products/{}"),
+        ("GET", "/stats"),
+        ("POST", "/orders"),
+        ("GET", "/orders/{}"),
+        ("POST", "/webhooks/receiver"),
+        ("GET", "/webhooks/received"),
     ]
 )
 SHOP_BODIES = st.one_of(
@@ -241,7 +286,15 @@ SHOP_BODIES = st.one_of(
         {},
         optional=dict.fromkeys(
             (
-                "email", "name", "token", "id", "price", "stock", "customer_email", "total", "webhook_url",
+                "email",
+                "name",
+                "token",
+                "id",
+                "price",
+                "stock",
+                "customer_email",
+                "total",
+                "webhook_url",
                 "delivery_id",
             ),
             TEXT | JSON,
@@ -419,14 +472,15 @@ def test_cached_answers_never_cross_clients(surfaces: Surfaces, calls: list[tupl
 
 IDEMPOTENCY_STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["k1", "k2"]),                       # the Idempotency-Key
-        st.sampled_from([None, "t1", "t2"]),                 # X-Tenant-Key, declared by the route's scheme
-        st.sampled_from([None, "Bearer a", "Bearer b"]),     # Authorization
-        st.sampled_from([None, "sid=1", "sid=2"]),           # Cookie
-        st.sampled_from([{"n": 1}, {"n": 2}]),               # the body
-        st.sampled_from(["", "x", "y"]),                     # the query
+        st.sampled_from(["k1", "k2"]),  # the Idempotency-Key
+        st.sampled_from([None, "t1", "t2"]),  # X-Tenant-Key, declared by the route's scheme
+        st.sampled_from([None, "Bearer a", "Bearer b"]),  # Authorization
+        st.sampled_from([None, "sid=1", "sid=2"]),  # Cookie
+        st.sampled_from([{"n": 1}, {"n": 2}]),  # the body
+        st.sampled_from(["", "x", "y"]),  # the query
     ),
-    min_size=1, max_size=10,
+    min_size=1,
+    max_size=10,
 )
 
 
@@ -455,8 +509,8 @@ def test_idempotency_keys_never_swallow_another_request(surfaces: Surfaces, step
 
 
 WS_SIZES = st.one_of(
-    st.integers(0, WS_LIMIT),                                 # accepted
-    st.integers(WS_LIMIT + 1, 4 * WS_LIMIT),                  # refused
+    st.integers(0, WS_LIMIT),  # accepted
+    st.integers(WS_LIMIT + 1, 4 * WS_LIMIT),  # refused
     st.sampled_from([WS_LIMIT, WS_LIMIT + 1, 15 * 1024 * 1024]),  # the edges, and an attacker's 15 MiB
 )
 
@@ -504,10 +558,16 @@ HOSTILE_TEXT = st.one_of(
 
 
 @FUZZ
-@given(path=HOSTILE_TEXT, header=HEADER_TEXT, field=st.sampled_from(["password", "api_key", "Token", "client-secret"]),
-       text=HOSTILE_TEXT, as_form=st.booleans())
-def test_request_logs_cannot_be_forged_and_hide_secrets(surfaces: Surfaces, path: str, header: str, field: str,
-                                                        text: str, as_form: bool) -> None:
+@given(
+    path=HOSTILE_TEXT,
+    header=HEADER_TEXT,
+    field=st.sampled_from(["password", "api_key", "Token", "client-secret"]),
+    text=HOSTILE_TEXT,
+    as_form=st.booleans(),
+)
+def test_request_logs_cannot_be_forged_and_hide_secrets(
+    surfaces: Surfaces, path: str, header: str, field: str, text: str, as_form: bool
+) -> None:
     """Control characters anywhere a client writes end up escaped in the log (checked on the whole log when the
     module ends), and secret-looking fields of JSON and form bodies never appear in it."""
     payload = {"note": text, field: SECRET}

@@ -118,7 +118,10 @@ def test_path_numbers_accept_ascii_digits_only(http: httpx.Client, kind: str, va
 @pytest.mark.parametrize(
     "kind, value, expected",
     [
-        ("int", "-12", -12), ("int", "+7", 7), ("float", "1.5e3", 1500.0), ("float", "-.5", -0.5),
+        ("int", "-12", -12),
+        ("int", "+7", 7),
+        ("float", "1.5e3", 1500.0),
+        ("float", "-.5", -0.5),
         ("decimal", "2.50", "2.50"),
     ],
 )

@@ -18,9 +18,25 @@ import pytest
 
 # tachyon_api.background as 1.3 and today's docs, examples and bench import it.
 BACKGROUND = [
-    "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions", "TaskStats",
-    "TaskMetrics", "ErrorHook", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED", "TIMED_OUT",
-    "DROPPED", "collect", "has_durable", "store_durable",
+    "BackgroundTask",
+    "BackgroundTasks",
+    "BackgroundRunner",
+    "RQBackend",
+    "TaskFailure",
+    "TaskOptions",
+    "TaskStats",
+    "TaskMetrics",
+    "ErrorHook",
+    "DURATION_BOUNDS",
+    "OUTCOMES",
+    "SUCCEEDED",
+    "FAILED",
+    "RETRIED",
+    "TIMED_OUT",
+    "DROPPED",
+    "collect",
+    "has_durable",
+    "store_durable",
 ]
 
 
@@ -34,8 +50,14 @@ def test_background_all_is_unchanged() -> None:
     module = importlib.import_module("tachyon_api.background")
     assert sorted(module.__all__) == sorted(
         [
-            "BackgroundTask", "BackgroundTasks", "BackgroundRunner", "RQBackend", "TaskFailure", "TaskOptions",
-            "TaskStats", "TaskMetrics",
+            "BackgroundTask",
+            "BackgroundTasks",
+            "BackgroundRunner",
+            "RQBackend",
+            "TaskFailure",
+            "TaskOptions",
+            "TaskStats",
+            "TaskMetrics",
         ]
     )
     for name in module.__all__:
@@ -71,9 +93,18 @@ def test_rq_backend_implements_the_backend_protocol() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["tachyon_api.tasks", "tachyon_api.tasks.handles", "tachyon_api.tasks.runner", "tachyon_api.tasks.stats",
-     "tachyon_api.tasks.durable", "tachyon_api.tasks.schedule", "tachyon_api.tasks.leases", "tachyon_api.background",
-     "tachyon_api.backends.rq", "tachyon_api"],
+    [
+        "tachyon_api.tasks",
+        "tachyon_api.tasks.handles",
+        "tachyon_api.tasks.runner",
+        "tachyon_api.tasks.stats",
+        "tachyon_api.tasks.durable",
+        "tachyon_api.tasks.schedule",
+        "tachyon_api.tasks.leases",
+        "tachyon_api.background",
+        "tachyon_api.backends.rq",
+        "tachyon_api",
+    ],
 )
 def test_each_task_module_imports_first_and_the_engine_imports_no_backend(module: str) -> None:
     """In a fresh interpreter (an import cycle shows only when its modules are imported in some order), and
@@ -203,12 +234,16 @@ def test_no_private_name_or_attribute_crosses_modules() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tachyon_api")):
                 crossing.update(
-                    (where, f"import {alias.name}") for alias in node.names if alias.name.startswith("_")
-                    and not alias.name.startswith("__")
+                    (where, f"import {alias.name}")
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
                 )
             elif (
-                isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                and node.attr not in own and ast.unparse(node) != "os._exit"
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and node.attr not in own
+                and ast.unparse(node) != "os._exit"
                 and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))  # inherited
             ):
                 crossing.add((where, ast.unparse(node)))

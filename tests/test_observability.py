@@ -220,8 +220,11 @@ def test_prometheus_metrics_match_requests_and_tasks() -> None:
     assert samples[("tachyon_task_duration_seconds_count", (("name", fine_name),))] == 5
     assert samples[("tachyon_task_duration_seconds_bucket", (("le", "+Inf"), ("name", bad_name)))] == 2
     assert samples[("tachyon_tasks_running", ())] == 0
-    buckets = [v for (name, labels), v in samples.items() if name == "tachyon_task_duration_seconds_bucket"
-               and ("name", fine_name) in labels]
+    buckets = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "tachyon_task_duration_seconds_bucket" and ("name", fine_name) in labels
+    ]
     assert buckets == sorted(buckets) and len(buckets) == len(range(0, len(DURATION_BOUNDS), 4)) + 1
 
 
@@ -318,8 +321,7 @@ def test_a_durable_job_continues_the_request_trace_in_the_worker(spans: Any, red
     connection = Redis.from_url(redis_url)
     [job] = Queue("traced", connection=connection).get_jobs()
     assert job.meta["traceparent"].split("-")[1] == format(request_span.context.trace_id, "032x")
-    worker = SimpleWorker([Queue("traced", connection=connection)], connection=connection,
-                          job_class=traced_job_class())
+    worker = SimpleWorker([Queue("traced", connection=connection)], connection=connection, job_class=traced_job_class())
     assert worker.work(burst=True)
     job_span = next(s for s in spans.get_finished_spans() if s.name.startswith("task "))
     assert job_span.name == "task durable_report"  # the task name, as the in-process spans have
@@ -337,7 +339,7 @@ def durable_report(name: str) -> None:
 
 
 # --- the page in a real browser -------------------------------------------------------------------------------
-DASHBOARD_APP = '''
+DASHBOARD_APP = """
 import os
 from tachyon_api import BackgroundTasks, Depends, HTTPException, Tachyon
 from tachyon_api.dashboard import task_dashboard
@@ -358,7 +360,7 @@ def admin(request: Request):
         raise HTTPException(403, "admins only")
 
 app.include_router(task_dashboard(prefix="/admin/tasks", dependencies=[Depends(admin)]))
-'''
+"""
 
 
 def test_a_failure_appears_on_the_open_page_without_a_reload(page: Any, serve_process: Any) -> None:
@@ -428,7 +430,7 @@ def test_open_dashboards_share_their_reads_of_redis(redis_url: str) -> None:
     assert 1 <= len(reads) <= 2 * periods + 2, (len(reads), periods)
 
 
-DURABLE_APP = '''
+DURABLE_APP = """
 import os
 from tachyon_api import BackgroundTasks, Tachyon
 from tachyon_api.background import RQBackend
@@ -451,21 +453,35 @@ def start_import(name: str, background_tasks: BackgroundTasks):
     return {"queued": name}
 
 app.include_router(task_dashboard(prefix="/admin/tasks", public=True))
-'''
+"""
 
 
 def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "durable_app.py").write_text(DURABLE_APP)
     env = {
-        **os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "REDIS_URL": redis_url,
-        "QUEUE": "dashboard-test", "FLAG": str(tmp_path / "uploaded"), "OUT": str(tmp_path / "out.txt"),
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "REDIS_URL": redis_url,
+        "QUEUE": "dashboard-test",
+        "FLAG": str(tmp_path / "uploaded"),
+        "OUT": str(tmp_path / "out.txt"),
     }
     port = free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tachyon_api", "run", "durable_app:app", "--port", str(port)],
-                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, "-m", "tachyon_api", "worker", "durable_app:app"],
-                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [sys.executable, "-m", "tachyon_api", "run", "durable_app:app", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "tachyon_api", "worker", "durable_app:app"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     try:
         wait_for_port(port, 20)
@@ -497,7 +513,8 @@ def test_a_failed_durable_job_is_requeued_from_the_page(page: Any, tmp_path: Pat
 def _samples(text: str) -> dict:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
@@ -545,6 +562,7 @@ def test_metrics_route_is_guarded_by_its_dependencies() -> None:
 def test_a_failing_app_is_counted_as_500() -> None:
     """A middleware inside the metrics one fails before any answer: the server answers 500, and so do the
     metrics (never the 200 a default status would claim)."""
+
     class Broken:
         def __init__(self, app: Any) -> None:
             self.app = app
@@ -583,8 +601,11 @@ def test_the_inf_bucket_counts_every_observation() -> None:
     assert samples[("tachyon_http_request_duration_seconds_bucket", (("le", "+Inf"), *http_labels))] == 2
     assert samples[("tachyon_http_request_duration_seconds_count", http_labels)] == 2
     task_labels = (("name", "slow_task"),)
-    task_buckets = [v for (name, labels), v in samples.items()
-                    if name == "tachyon_task_duration_seconds_bucket" and ("name", "slow_task") in labels]
+    task_buckets = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "tachyon_task_duration_seconds_bucket" and ("name", "slow_task") in labels
+    ]
     assert max(task_buckets) == 2 and sorted(task_buckets)[-2] == 1
     assert samples[("tachyon_task_duration_seconds_bucket", (("le", "+Inf"), *task_labels))] == 2
     assert samples[("tachyon_task_duration_seconds_count", task_labels)] == 2

@@ -173,8 +173,12 @@ def build_app(**config: Any) -> Tachyon:
     def crash() -> dict:
         raise RuntimeError("boom")
 
-    router = Router(prefix="/admin", tags=["admin"], dependencies=[Depends(bearer)],
-                    responses={403: {"description": "Forbidden", "model": ItemOut}})
+    router = Router(
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(bearer)],
+        responses={403: {"description": "Forbidden", "model": ItemOut}},
+    )
 
     @router.get("/stats", tags=["stats"], responses={403: {"description": "Not an admin"}})
     async def stats() -> dict:
@@ -224,8 +228,11 @@ def test_openapi_30_output_is_valid_and_uses_nullable() -> None:
     assert doc["openapi"] == "3.0.3"
     params = {p["name"]: p for p in operation(doc, "get", "/items/{item_id}")["parameters"]}
     assert params["since"]["schema"] == {"type": "string", "format": "date-time", "nullable": True, "default": None}
-    assert params["color"]["schema"] == {"nullable": True, "allOf": [{"$ref": "#/components/schemas/Color"}],
-                                         "default": None}
+    assert params["color"]["schema"] == {
+        "nullable": True,
+        "allOf": [{"$ref": "#/components/schemas/Color"}],
+        "default": None,
+    }
     item = doc["components"]["schemas"]["Item"]["properties"]
     assert item["price"] == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
     assert item["address"]["nullable"] is True
@@ -237,9 +244,18 @@ def test_openapi_30_output_is_valid_and_uses_nullable() -> None:
 def test_every_operation_and_nothing_else(doc: dict[str, Any]) -> None:
     operations = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert operations == {
-        ("get", "/items/{item_id}"), ("post", "/items"), ("post", "/upload"), ("post", "/upload-meta"),
-        ("post", "/login"), ("put", "/embed"), ("get", "/old"), ("delete", "/items/{item_id}"), ("get", "/crash"),
-        ("get", "/admin/stats"), ("get", "/admin/again"), ("get", "/items-copy/{item_id}"),
+        ("get", "/items/{item_id}"),
+        ("post", "/items"),
+        ("post", "/upload"),
+        ("post", "/upload-meta"),
+        ("post", "/login"),
+        ("put", "/embed"),
+        ("get", "/old"),
+        ("delete", "/items/{item_id}"),
+        ("get", "/crash"),
+        ("get", "/admin/stats"),
+        ("get", "/admin/again"),
+        ("get", "/items-copy/{item_id}"),
     }  # no /hidden (include_in_schema=False), no docs pages
 
 
@@ -263,8 +279,10 @@ def test_parameters_of_every_source_with_dependencies(doc: dict[str, Any]) -> No
     ]  # the security scheme's own parameters (x-unused) are not listed: the scheme documents them
     by_name = {p["name"]: p for p in params}
     assert by_name["item_id"]["schema"] == {"type": "string", "format": "uuid"}
-    assert by_name["color"]["schema"] == {"anyOf": [{"$ref": "#/components/schemas/Color"}, {"type": "null"}],
-                                          "default": None}
+    assert by_name["color"]["schema"] == {
+        "anyOf": [{"$ref": "#/components/schemas/Color"}, {"type": "null"}],
+        "default": None,
+    }
     assert doc["components"]["schemas"]["Color"] == {"title": "Color", "enum": ["green", "red"]}
     assert by_name["kind"]["schema"] == {"enum": ["a", "b"], "default": "a"}
     assert by_name["day"]["schema"] == {"type": "string", "format": "date"}
@@ -272,11 +290,19 @@ def test_parameters_of_every_source_with_dependencies(doc: dict[str, Any]) -> No
     assert by_name["price"]["schema"] == {"type": "string", "format": "decimal", "default": "1.5"}
     # Constraints from the marker and from Annotated[..., Meta(...)] are the ones the server enforces.
     assert by_name["code"]["schema"] == {"type": "string", "maxLength": 3, "pattern": "^[A-Z]{3}$", "default": "ABC"}
-    assert by_name["limit"] == {"name": "limit", "in": "query", "required": False, "description": "page size",
-                                "schema": {"description": "page size", "type": "integer", "minimum": 1,
-                                           "maximum": 100, "default": 10}}
+    assert by_name["limit"] == {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "page size",
+        "schema": {"description": "page size", "type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+    }
     assert by_name["legacy"] == {
-        "name": "legacy", "in": "query", "required": False, "description": "old", "deprecated": True,
+        "name": "legacy",
+        "in": "query",
+        "required": False,
+        "description": "old",
+        "deprecated": True,
         "schema": {"title": "Legacy", "description": "old", "examples": ["x"], "deprecated": True, "type": "string"},
     }
 
@@ -291,8 +317,9 @@ def test_documented_parameters_are_the_ones_served(app: Tachyon, doc: dict[str, 
     assert ok.json() == {"id": str(uuid.UUID(int=5)), "name": "t1:red:b"}
     assert_documented(doc, "get", "/items/{item_id}", ok)
     # Every documented required parameter is required by the server, under the documented name.
-    invalid = client.get(url, params={"color": "blue", "limit": "0", "code": "abcd"},
-                         headers={"authorization": "Bearer good"})
+    invalid = client.get(
+        url, params={"color": "blue", "limit": "0", "code": "abcd"}, headers={"authorization": "Bearer good"}
+    )
     assert_validation_error(
         invalid, [["query", "color"], ["header", "x-tenant"], ["query", "limit"], ["query", "code"]]
     )
@@ -305,8 +332,10 @@ def test_documented_parameters_are_the_ones_served(app: Tachyon, doc: dict[str, 
 # --- bodies ------------------------------------------------------------------------------------------------
 def test_json_body_from_msgspec_with_constraints_and_nested_optional_structs(doc: dict[str, Any]) -> None:
     body = operation(doc, "post", "/items")["requestBody"]
-    assert body == {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}},
-                    "required": True}
+    assert body == {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}},
+        "required": True,
+    }
     schemas = doc["components"]["schemas"]
     assert schemas["Item"] == {
         "title": "Item",
@@ -327,8 +356,10 @@ def test_several_body_parameters_are_one_object(app: Tachyon, doc: dict[str, Any
     assert op["operationId"] == "embedBoth"
     assert op["requestBody"]["content"]["application/json"]["schema"] == {
         "type": "object",
-        "properties": {"item": {"$ref": "#/components/schemas/Item"},
-                       "address": {"$ref": "#/components/schemas/Address"}},
+        "properties": {
+            "item": {"$ref": "#/components/schemas/Item"},
+            "address": {"$ref": "#/components/schemas/Address"},
+        },
         "required": ["item", "address"],
     }
     body = {"item": {"name": "a", "price": 1}, "address": {"street": "s", "zip": "12345"}}
@@ -359,10 +390,12 @@ def test_a_body_read_by_dependencies_is_documented_as_the_server_reads_it() -> N
     doc = app.openapi()
     # `payload` runs once per request (cached), so its body is documented once.
     assert doc["paths"]["/shared"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Item"}
+        "$ref": "#/components/schemas/Item"
+    }
     # The dependency and the endpoint each decode the whole body: it must satisfy both.
     assert doc["paths"]["/both"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "allOf": [{"$ref": "#/components/schemas/Address"}, {"$ref": "#/components/schemas/Item"}]}
+        "allOf": [{"$ref": "#/components/schemas/Address"}, {"$ref": "#/components/schemas/Item"}]
+    }
     both_ok = client_for(app).post("/both", json={"name": "n", "price": 1, "street": "s", "zip": "12345"})
     assert both_ok.json() == {"zip": "12345", "name": "n"}
 
@@ -370,15 +403,19 @@ def test_a_body_read_by_dependencies_is_documented_as_the_server_reads_it() -> N
 def test_uploads_are_multipart_with_binary_files(doc: dict[str, Any]) -> None:
     body = operation(doc, "post", "/upload")["requestBody"]
     assert body == {
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "properties": {
-                "file": {"type": "string", "format": "binary"},
-                "note": {"type": "string", "default": ""},
-                "more": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            },
-            "required": ["file"],
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "note": {"type": "string", "default": ""},
+                        "more": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
         "required": True,
     }
 
@@ -414,15 +451,19 @@ def test_a_model_beside_files_is_a_json_field_of_the_multipart_form(app: Tachyon
 def test_responses_status_model_errors_and_extras(app: Tachyon, doc: dict[str, Any]) -> None:
     create = operation(doc, "post", "/items")["responses"]
     assert list(create) == ["201", "409", "413", "422", "500"]
-    assert create["201"] == {"description": "Created",
-                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ItemOut"}}}}
+    assert create["201"] == {
+        "description": "Created",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ItemOut"}}},
+    }
     assert create["409"] == {"description": "Exists"}
     assert doc["components"]["schemas"]["ItemOut"]["properties"]["id"] == {"type": "string", "format": "uuid"}
     assert operation(doc, "delete", "/items/{item_id}")["responses"]["204"] == {"description": "No Content"}
     assert operation(doc, "get", "/old")["responses"] == {
         "200": {"description": "The old thing", "content": {"application/json": {"schema": {}}}},
-        "500": {"description": "Internal Server Error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseValidationError"}}}},
+        "500": {
+            "description": "Internal Server Error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseValidationError"}}},
+        },
     }  # no parameters: no 422
     # The router's entry applies to its routes; a route's own entry for the same status replaces it.
     assert operation(doc, "get", "/admin/again")["responses"]["403"] == {
@@ -459,8 +500,9 @@ def test_malformed_form_body_400_is_documented(app: Tachyon, doc: dict[str, Any]
     undocumented (only 413 and 422 were), so a client generated from the schema did not expect it."""
     client = client_for(app)
     for path in ("/upload", "/login"):
-        broken = client.post(path, content=b"--x\r\nTrue--x--\r\n",
-                             headers={"content-type": "multipart/form-data; boundary=x"})
+        broken = client.post(
+            path, content=b"--x\r\nTrue--x--\r\n", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
         assert broken.status_code == 400, broken.text
         assert_documented(doc, "post", path, broken)
     assert "400" not in operation(doc, "post", "/items")["responses"]  # a JSON body: bad JSON is a 422
@@ -551,9 +593,13 @@ def test_docs_pages_and_offline_swagger_assets(app: Tachyon) -> None:
 
 
 def test_cdn_urls_are_configurable() -> None:
-    app = build_app(swagger_js_url="https://cdn.example/sw.js", swagger_css_url="https://cdn.example/sw.css",
-                    redoc_js_url="https://cdn.example/redoc.js", scalar_js_url="https://cdn.example/scalar.js",
-                    swagger_ui_parameters={"docExpansion": "none"})
+    app = build_app(
+        swagger_js_url="https://cdn.example/sw.js",
+        swagger_css_url="https://cdn.example/sw.css",
+        redoc_js_url="https://cdn.example/redoc.js",
+        scalar_js_url="https://cdn.example/scalar.js",
+        swagger_ui_parameters={"docExpansion": "none"},
+    )
     client = client_for(app)
     swagger = client.get("/swagger").text
     assert '<script src="https://cdn.example/sw.js" onerror=' in swagger
@@ -604,7 +650,9 @@ def test_a_user_route_on_a_docs_url_wins_with_a_warning(caplog: pytest.LogCaptur
 
         app.include_router(router)
     assert [r.getMessage().split(" instead")[0] for r in caplog.records] == [
-        "GET /docs is served by my_docs", "GET /swagger/{page} is served by my_pages"]
+        "GET /docs is served by my_docs",
+        "GET /swagger/{page} is served by my_pages",
+    ]
     client = client_for(app)
     assert client.get("/docs").json() == {"mine": True}
     assert client.get("/swagger/swagger-ui.css").json() == {"page": "swagger-ui.css"}
@@ -625,10 +673,13 @@ def test_a_user_route_on_a_docs_url_wins_with_a_warning(caplog: pytest.LogCaptur
 
 def test_configured_strings_are_escaped_in_every_page() -> None:
     evil = "</title><script>alert(1)</script>"
-    app = Tachyon(openapi_config=create_openapi_config(
-        title=evil, swagger_ui_parameters={"x": "</script><script>alert(2)</script>"},
-        openapi_url='/o.json"><script>alert(3)</script>',
-    ))
+    app = Tachyon(
+        openapi_config=create_openapi_config(
+            title=evil,
+            swagger_ui_parameters={"x": "</script><script>alert(2)</script>"},
+            openapi_url='/o.json"><script>alert(3)</script>',
+        )
+    )
     client = client_for(app)
     for page in ("/docs", "/swagger", "/redoc"):
         text = client.get(page).text
@@ -648,8 +699,12 @@ async def test_pages_follow_the_root_path_of_a_mounted_app(app: Tachyon) -> None
 # --- configuration and the generator's public methods ------------------------------------------------------
 def test_info_contact_license_servers_and_manual_additions() -> None:
     config = create_openapi_config(
-        title="T", description=None, version="1", terms_of_service="https://t.example/terms",
-        contact={"name": "Ada", "email": "ada@example.com"}, license=License("MIT", identifier="MIT"),
+        title="T",
+        description=None,
+        version="1",
+        terms_of_service="https://t.example/terms",
+        contact={"name": "Ada", "email": "ada@example.com"},
+        license=License("MIT", identifier="MIT"),
         servers=[Server("https://api.example", "prod"), {"url": "http://localhost:8000"}],
     )
     app = Tachyon(openapi_config=config)
@@ -662,9 +717,13 @@ def test_info_contact_license_servers_and_manual_additions() -> None:
     )
     doc = app.openapi()
     validate_spec(doc)
-    assert doc["info"] == {"title": "T", "version": "1", "termsOfService": "https://t.example/terms",
-                           "contact": {"name": "Ada", "email": "ada@example.com"},
-                           "license": {"name": "MIT", "identifier": "MIT"}}
+    assert doc["info"] == {
+        "title": "T",
+        "version": "1",
+        "termsOfService": "https://t.example/terms",
+        "contact": {"name": "Ada", "email": "ada@example.com"},
+        "license": {"name": "MIT", "identifier": "MIT"},
+    }
     assert doc["servers"] == [{"url": "https://api.example", "description": "prod"}, {"url": "http://localhost:8000"}]
     assert doc["components"]["schemas"]["Extra"] == {"type": "string"}
     assert doc["paths"]["/external"]["get"]["summary"] == "Served elsewhere"
@@ -683,8 +742,14 @@ def test_schema_helpers() -> None:
 
 # --- the command line and the example shop -----------------------------------------------------------------
 def run_tachyon(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tachyon_api", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "tachyon_api", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_the_example_shop_schema_is_valid(tmp_path: Path) -> None:
@@ -697,7 +762,8 @@ def test_the_example_shop_schema_is_valid(tmp_path: Path) -> None:
     doc = json.loads(target.read_text())
     validate_spec(doc)
     assert doc["paths"]["/signup"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/SignupIn"}
+        "$ref": "#/components/schemas/SignupIn"
+    }
     assert "201" in doc["paths"]["/signup"]["post"]["responses"]
     upload = doc["paths"]["/import"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["properties"]["file"] == {"type": "string", "format": "binary"}
@@ -707,8 +773,9 @@ def test_the_example_shop_schema_is_valid(tmp_path: Path) -> None:
     assert ("header", "x-shop-signature") in [(p["in"], p["name"]) for p in signature]  # from a dependency
 
 
-def test_export_to_stdout_with_indent_and_validate_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_to_stdout_with_indent_and_validate_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "oa_cli_app.py").write_text(
         "from tachyon_api import Tachyon\napp = Tachyon()\n@app.get('/ping')\ndef ping() -> str:\n    return 'pong'\n"
     )
@@ -743,7 +810,11 @@ def test_path_segments_are_required_parameters() -> None:
 
     schema = app.openapi()
     parameters = {p["name"]: p for p in schema["paths"]["/folders/{folder}/files/{file_id}"]["get"]["parameters"]}
-    assert parameters["file_id"] == {"name": "file_id", "in": "path", "required": True,
-                                     "schema": parameters["file_id"]["schema"]}
+    assert parameters["file_id"] == {
+        "name": "file_id",
+        "in": "path",
+        "required": True,
+        "schema": parameters["file_id"]["schema"],
+    }
     assert parameters["file_id"]["schema"]["type"] == "integer"
     assert parameters["folder"] == {"name": "folder", "in": "path", "required": True, "schema": {"type": "string"}}

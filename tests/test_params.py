@@ -140,8 +140,19 @@ def test_unmarked_scalars_optionals_and_lists_are_query_params():
 
     value = uuid.uuid4()
     query = [
-        ("s", "text"), ("i", "3"), ("f", "1.5"), ("b", "true"), ("d", "9.99"), ("u", str(value)), ("c", "green"),
-        ("day", "2024-02-29"), ("at", "2024-02-29T10:11:12"), ("opt", "7"), ("pipe", "8"), ("tags", "a"), ("tags", "b"),
+        ("s", "text"),
+        ("i", "3"),
+        ("f", "1.5"),
+        ("b", "true"),
+        ("d", "9.99"),
+        ("u", str(value)),
+        ("c", "green"),
+        ("day", "2024-02-29"),
+        ("at", "2024-02-29T10:11:12"),
+        ("opt", "7"),
+        ("pipe", "8"),
+        ("tags", "a"),
+        ("tags", "b"),
     ]
     with TachyonTestClient(app) as client:
         response = client.get("/search", params=query)
@@ -636,9 +647,7 @@ def test_all_failing_non_body_fields_reported_at_once():
 
     with TachyonTestClient(app) as client:
         response = client.get("/items/1?limit=ten&offset=first")
-        errors = assert_validation_error(
-            response, [["query", "limit"], ["query", "offset"], ["header", "x-api-key"]]
-        )
+        errors = assert_validation_error(response, [["query", "limit"], ["query", "offset"], ["header", "x-api-key"]])
         assert errors[0]["type"] != "missing"
         assert errors[1]["type"] != "missing"
         assert errors[2]["type"] == "missing"

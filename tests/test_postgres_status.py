@@ -42,8 +42,11 @@ def worker(postgres_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"], cwd=TESTS, env=env(postgres_url),
-            stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"],
+            cwd=TESTS,
+            env=env(postgres_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         assert wait_until(lambda: b"Starting worker on queues" in log.read_bytes(), timeout=30), log.read_text()
@@ -66,7 +69,7 @@ def events(url: str, task_id: str, into: list[dict[str, Any]]) -> None:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: "):
-                into.append(json.loads(line[len("data: "):]))
+                into.append(json.loads(line[len("data: ") :]))
 
 
 def test_a_record_goes_from_queued_to_succeeded_with_progress_and_result(
@@ -86,8 +89,11 @@ def test_a_record_goes_from_queued_to_succeeded_with_progress_and_result(
         log = tmp_path / "worker.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"], cwd=TESTS, env=env(postgres_url),
-                stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"],
+                cwd=TESTS,
+                env=env(postgres_url),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         try:
             follower.join(60)
@@ -261,11 +267,15 @@ def test_two_apps_sharing_the_database_enqueue_each_tick_once_and_a_stopped_hold
     log = tmp_path / "ticks.log"
     environment = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **app_env(tmp_path)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tachyon_api", "worker", "app_module:app"], cwd=tmp_path, env=environment,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "tachyon_api", "worker", "app_module:app"],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     apps = [ServerProcess("app_module:app", tmp_path, app_env(tmp_path)) for _ in range(2)]
     try:
+
         def holders() -> list[ServerProcess]:
             return [app for app in apps if app.proc.poll() is None and httpx.get(app.url + "/holder").json()["held"]]
 

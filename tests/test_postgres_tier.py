@@ -68,7 +68,11 @@ def burst(url: str) -> subprocess.CompletedProcess:
     """``tachyon worker pg_app:app --burst``: runs every due job, then exits."""
     done = subprocess.run(
         [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app", "--burst"],
-        cwd=TESTS, env=env(url), capture_output=True, text=True, timeout=60,
+        cwd=TESTS,
+        env=env(url),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done
@@ -144,8 +148,11 @@ def test_a_worker_never_runs_a_job_before_its_commit(db: str, tmp_path: Path) ->
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"], cwd=TESTS, env=env(db),
-            stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app"],
+            cwd=TESTS,
+            env=env(db),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         assert wait_until(lambda: b"Starting worker on queues" in log.read_bytes(), timeout=30), log.read_text()
@@ -300,7 +307,11 @@ def test_the_worker_command_refuses_rq_only_options_for_postgres(db: str) -> Non
     for option in ("--fork", "--with-scheduler", "--threads=4"):
         done = subprocess.run(
             [sys.executable, "-m", "tachyon_api", "worker", "pg_app:app", "--burst", option],
-            cwd=TESTS, env=env(db), capture_output=True, text=True, timeout=60,
+            cwd=TESTS,
+            env=env(db),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode != 0 and "is for RQBackend workers only" in done.stderr
 

@@ -71,12 +71,19 @@ def statuses(url: str) -> dict[str, str]:
 
 
 def worker(url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TEST_PG_URL": url, "TEST_STALLED_AFTER": str(STALLED_AFTER),
-           "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    env = {
+        **os.environ,
+        "TEST_PG_URL": url,
+        "TEST_STALLED_AFTER": str(STALLED_AFTER),
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}",
+    }
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "tachyon_api", "worker", "pg_worker_app:app", *args], cwd=TESTS, env=env,
-            stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tachyon_api", "worker", "pg_worker_app:app", *args],
+            cwd=TESTS,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -220,5 +227,6 @@ def test_a_connection_lost_after_the_insert_was_sent_is_an_outcome_unknown_503(p
         thread.join(30)
     assert answers[0].status_code == 503 and answers[0].json()["code"] == "TASK_OUTCOME_UNKNOWN"
     assert rows(postgres_url, "SELECT args->'args'->>1 FROM procrastinate_jobs ORDER BY id") == [
-        ("first",), ("second",)
+        ("first",),
+        ("second",),
     ]

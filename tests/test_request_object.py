@@ -294,7 +294,12 @@ def test_starlette_request_annotation_is_injected():
         response = client.post("/s/abc?q=1", json={"x": 1}, headers={"x-h": "v"})
     assert response.status_code == 200, response.text
     assert response.json() == {
-        "key": "abc", "method": "POST", "path": "/s/abc", "q": "1", "header": "v", "data": {"x": 1}
+        "key": "abc",
+        "method": "POST",
+        "path": "/s/abc",
+        "q": "1",
+        "header": "v",
+        "data": {"x": 1},
     }
     assert issubclass(seen["type"], starlette.requests.Request)
 

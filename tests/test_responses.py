@@ -572,9 +572,7 @@ def test_response_model_converts_objects_by_attribute():
 
 
 def test_response_model_list():
-    app = one_route(
-        [{"id": 1, "name": "a", "extra": 1}, {"id": 2, "name": "b"}], response_model=list[PublicUser]
-    )
+    app = one_route([{"id": 1, "name": "a", "extra": 1}, {"id": 2, "name": "b"}], response_model=list[PublicUser])
     assert client_for(app).get("/v").json() == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 
 

@@ -169,8 +169,10 @@ def test_status_code_204_sends_no_body():
 def test_router_prefix_and_all_decorators():
     router = Router(prefix="/api")
     for verb in VERBS:
+
         def endpoint(verb=verb):
             return {"via": verb}
+
         assert getattr(router, verb)("/r")(endpoint) is endpoint
 
     def head_only():

@@ -287,8 +287,11 @@ def test_the_running_package_comes_from_this_checkout() -> None:
             "pip install 'tachyon-api-next[lint] @ file:///dist/tachyon_api_next-0.1.0-py3-none-any.whl'",
         ),
         (
-            {"url": "https://git.example/tachyon.git", "vcs_info": {"vcs": "git", "commit_id": "0f1e2d"},
-             "subdirectory": "py"},
+            {
+                "url": "https://git.example/tachyon.git",
+                "vcs_info": {"vcs": "git", "commit_id": "0f1e2d"},
+                "subdirectory": "py",
+            },
             "tachyon-api-next[speed] @ git+https://git.example/tachyon.git@0f1e2d#subdirectory=py",
             "pip install 'tachyon-api-next[lint] @ git+https://git.example/tachyon.git@0f1e2d#subdirectory=py'",
         ),

@@ -208,6 +208,7 @@ def test_an_in_process_run_has_a_status_record_the_dashboard_shows_and_cancels()
             ended.append("finally")
 
     with serve(app) as url:
+
         def running() -> list[dict[str, Any]]:
             return [row for row in httpx.get(url + "/tasks/data").json()["running"] if row["name"] == "stuck"]
 
@@ -324,7 +325,8 @@ def test_shutdown_releases_the_lease_after_the_runs_drained() -> None:
 
 # --- tachyon schedule --------------------------------------------------------------------------------------
 def test_the_cli_lists_each_job_with_its_next_run_times(tmp_path: Path) -> None:
-    (tmp_path / "jobs_app.py").write_text(textwrap.dedent("""
+    (tmp_path / "jobs_app.py").write_text(
+        textwrap.dedent("""
         from datetime import timedelta
         from tachyon_api import Tachyon
 
@@ -337,12 +339,17 @@ def test_the_cli_lists_each_job_with_its_next_run_times(tmp_path: Path) -> None:
         @app.periodic(cron="0 3 * * *", timezone="Europe/Madrid", retries=2, name="nightly-report")
         async def report(tick):
             pass
-    """))
+    """)
+    )
     before = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "tachyon_api", "schedule", "jobs_app:app", "--next", "2"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        capture_output=True, text=True, timeout=30, check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "SCHEDULE", "RUNS", "NEXT", "RUN", "OPTIONS"]

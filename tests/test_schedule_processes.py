@@ -137,8 +137,10 @@ def here(tick):
     env = app_env(tmp_path)
     worker = subprocess.Popen(
         [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--log-level", "warning"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     # The worker listens before the first tick is stored: a tick whose predecessor still waits for a worker that
     # is starting would be skipped (the previous run "still running"), which is not what this test counts.
@@ -148,6 +150,7 @@ def here(tick):
         assert wait_until(lambda: redis.scard(f"rq:workers:{queue}") > 0, 20)
     apps = [ServerProcess("app_module:app", tmp_path, env) for _ in range(2)]
     try:
+
         def holders() -> list[ServerProcess]:
             return [app for app in apps if app.proc.poll() is None and httpx.get(app.url + "/holder").json()["held"]]
 
@@ -226,10 +229,13 @@ async def row():
     web = ServerProcess("app_module:app", tmp_path, env)
     worker = subprocess.Popen(
         [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--log-level", "warning"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
+
         def ends() -> list[str]:
             return [line for line in log.read_text().splitlines() if line.startswith("end")] if log.exists() else []
 

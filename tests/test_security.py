@@ -101,8 +101,13 @@ def url():
         ("/basic", {"Authorization": "Bearer x"}, 401, "Invalid authentication credentials", 'Basic realm="simple"'),
         ("/basic", {"Authorization": "Basic !!!notbase64"}, 401, "Invalid authentication credentials", None),
         ("/basic", _basic("no-colon"), 401, "Invalid authentication credentials", None),
-        ("/basic", {"Authorization": "Basic " + base64.b64encode(b"\xff:\xfe").decode()}, 401,
-         "Invalid authentication credentials", None),
+        (
+            "/basic",
+            {"Authorization": "Basic " + base64.b64encode(b"\xff:\xfe").decode()},
+            401,
+            "Invalid authentication credentials",
+            None,
+        ),
         ("/basic-realm", {}, 401, "Not authenticated", 'Basic realm="Staff \\"only\\""'),
         ("/header", {}, 403, "Not authenticated", None),
         ("/header", {"X-API-Key": ""}, 403, "Not authenticated", None),
@@ -137,11 +142,17 @@ def test_auto_error_false_gives_none(url):
     assert httpx.get(url + "/optional").json() == {"bearer": False, "basic": False, "token": None, "key": None}
     garbage = {"Authorization": "Basic %%%", "X-API-Key": ""}
     assert httpx.get(url + "/optional", headers=garbage).json() == {
-        "bearer": False, "basic": False, "token": None, "key": None,
+        "bearer": False,
+        "basic": False,
+        "token": None,
+        "key": None,
     }
     both = {"Authorization": "Bearer t", "X-API-Key": "k"}
     assert httpx.get(url + "/optional", headers=both).json() == {
-        "bearer": True, "basic": False, "token": "t", "key": "k",
+        "bearer": True,
+        "basic": False,
+        "token": "t",
+        "key": "k",
     }
 
 

@@ -235,12 +235,7 @@ def build_chapter_app(sink: dict[str, list[Any]], base: dict[str, str], tmp_dir:
 
     @app.post("/keywords")
     def keywords(background_tasks: BackgroundTasks):
-        background_tasks.add_task(
-            send_notification,
-            user_id="123",
-            message="Hello!",
-            urgent=True
-        )
+        background_tasks.add_task(send_notification, user_id="123", message="Hello!", urgent=True)
         return {"ok": True}
 
     # seed, verbatim (⚠️ Manejo de Errores)
@@ -253,7 +248,7 @@ def build_chapter_app(sink: dict[str, list[Any]], base: dict[str, str], tmp_dir:
     @app.get("/with-error")
     def endpoint(background_tasks: BackgroundTasks):
         background_tasks.add_task(risky_task)  # Fallará
-        background_tasks.add_task(safe_task)   # Aún se ejecuta
+        background_tasks.add_task(safe_task)  # Aún se ejecuta
 
         return {"status": "ok"}  # Response: 200 OK
 

@@ -62,18 +62,26 @@ def assert_still_serving(url: str) -> None:
 ODD_REQUESTS = {
     "invalid-escape-in-path": (b"GET /ok%zz HTTP/1.1\r\nHost: t\r\n", 404, {"detail": "Not Found"}),
     "non-utf8-path-value": (
-        b"GET /echo/%ff%fe HTTP/1.1\r\nHost: t\r\n", 200, {"name": "\ufffd\ufffd", "q": "", "tag": ""}
+        b"GET /echo/%ff%fe HTTP/1.1\r\nHost: t\r\n",
+        200,
+        {"name": "\ufffd\ufffd", "q": "", "tag": ""},
     ),
     "nul-in-path-value": (b"GET /echo/a%00b HTTP/1.1\r\nHost: t\r\n", 200, {"name": "a\x00b", "q": "", "tag": ""}),
     "encoded-slash-in-path-value": (b"GET /echo/a%2fb HTTP/1.1\r\nHost: t\r\n", 404, {"detail": "Not Found"}),
     "invalid-escapes-in-query": (
-        b"GET /echo/x?q=%ff%zz&%fe=1 HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "\ufffd%zz", "tag": ""}
+        b"GET /echo/x?q=%ff%zz&%fe=1 HTTP/1.1\r\nHost: t\r\n",
+        200,
+        {"name": "x", "q": "\ufffd%zz", "tag": ""},
     ),
     "plus-and-escaped-space-in-query": (
-        b"GET /echo/x?q=a+b%20c HTTP/1.1\r\nHost: t\r\n", 200, {"name": "x", "q": "a b c", "tag": ""}
+        b"GET /echo/x?q=a+b%20c HTTP/1.1\r\nHost: t\r\n",
+        200,
+        {"name": "x", "q": "a b c", "tag": ""},
     ),
     "latin1-header-value": (
-        b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Tag: caf\xe9\r\n", 200, {"name": "x", "q": "", "tag": "caf\xe9"}
+        b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Tag: caf\xe9\r\n",
+        200,
+        {"name": "x", "q": "", "tag": "caf\xe9"},
     ),
     "chunk-extension": (
         b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n",

@@ -73,8 +73,10 @@ def test_swagger_ui_offline_lists_every_operation_and_executes_one(serve_process
     page.goto(f"{server.url}/swagger")
     page.wait_for_selector(".opblock", timeout=20_000)
     shown = {
-        (block.query_selector(".opblock-summary-method").inner_text().strip(),
-         block.query_selector(".opblock-summary-path").get_attribute("data-path"))
+        (
+            block.query_selector(".opblock-summary-method").inner_text().strip(),
+            block.query_selector(".opblock-summary-path").get_attribute("data-path"),
+        )
         for block in page.query_selector_all(".opblock")
     }
     assert shown == operations
@@ -144,8 +146,14 @@ def test_cdn_pages_without_internet_say_so_and_link_to_what_works_offline(
 
     # With the script loaded (a stand-in for the CDN's file), the line stays hidden.
     page.unroute("**/*")
-    page.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).hostname == "127.0.0.1"
-               else route.fulfill(body="window.fromCdn = true;", content_type="text/javascript"))
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if urlsplit(route.request.url).hostname == "127.0.0.1"
+            else route.fulfill(body="window.fromCdn = true;", content_type="text/javascript")
+        ),
+    )
     page.goto(f"{server.url}{url}")
     page.wait_for_function("window.fromCdn === true")
     assert page.locator("#docs-offline").is_hidden()

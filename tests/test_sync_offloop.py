@@ -263,5 +263,3 @@ def test_sync_to_thread_false_blocks_the_loop_as_documented():
             waited = time.perf_counter() - start
             assert slow.result().json() == {"slept": True}
     assert waited > SLEEP / 2, f"/ping answered in {waited:.2f}s although the loop was blocked"
-
-

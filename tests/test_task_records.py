@@ -71,8 +71,18 @@ def test_the_record_encodes_to_the_documented_shape() -> None:
         tracker.progress(0.5, "half")
         tracker.end(FAILED, error=TaskError("ValueError", "bad row"))
         data = msgspec.json.decode(msgspec.json.encode(tracker.record()))
-    assert set(data) == {"id", "name", "state", "attempts", "created_at", "started_at", "ended_at", "progress",
-                         "result", "error"}
+    assert set(data) == {
+        "id",
+        "name",
+        "state",
+        "attempts",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "progress",
+        "result",
+        "error",
+    }
     assert data["progress"] == {"done": 0.5, "message": "half"}
     assert data["error"] == {"type": "ValueError", "message": "bad row"}
     assert data["created_at"].endswith("Z") and data["state"] == "failed"
@@ -157,8 +167,10 @@ def test_watch_yields_the_current_record_then_each_change_until_the_final_one() 
         await asyncio.sleep(0)
 
         def work() -> None:  # changes from a worker thread wake the watcher on the loop; one at a time
-            for count, step in enumerate((lambda: tracker.advance(RUNNING), lambda: tracker.progress(0.5, None),
-                                          lambda: tracker.end(SUCCEEDED)), start=2):
+            for count, step in enumerate(
+                (lambda: tracker.advance(RUNNING), lambda: tracker.progress(0.5, None), lambda: tracker.end(SUCCEEDED)),
+                start=2,
+            ):
                 with store.lock:
                     step()
                 deadline = time.monotonic() + 5

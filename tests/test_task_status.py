@@ -294,8 +294,12 @@ def test_unknown_expired_and_other_owners_ids_get_the_same_404(gates: Gates) -> 
         time.sleep(0.4)  # the failed task's record expires (ttl=0.3); an unfinished one never does
         other = {"x-user": "bob"}
         answers = []
-        for location, headers in (("/tasks/" + "0" * 32, {}), (expired["status_url"], {}),
-                                  (mine["status_url"], other), (mine["status_url"], {})):
+        for location, headers in (
+            ("/tasks/" + "0" * 32, {}),
+            (expired["status_url"], {}),
+            (mine["status_url"], other),
+            (mine["status_url"], {}),
+        ):
             for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
                 response = httpx.request(method, f"{url}{location}{suffix}", headers=headers)
                 assert_error_shape(response, {404}, "TASK_NOT_FOUND")
@@ -357,7 +361,7 @@ def test_fire_and_forget_tasks_get_no_record_unless_the_app_keeps_them_all() -> 
 
 
 # --- the dashboard: ids and cancellation ------------------------------------------------------------------
-DASHBOARD_APP = '''
+DASHBOARD_APP = """
 import asyncio
 from tachyon_api import BackgroundTasks, Tachyon
 from tachyon_api.dashboard import task_dashboard
@@ -380,7 +384,7 @@ def rebuild(background_tasks: BackgroundTasks):
 @app.get("/log")
 def log():
     return LOG
-'''
+"""
 
 
 def test_the_dashboard_shows_the_running_task_id_and_cancels_it(page: Any, serve_process: Any) -> None:

@@ -79,8 +79,13 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 def assert_logged(caplog: pytest.LogCaptureFixture, action: str) -> None:
-    logged = [r for r in caplog.records if r.name == "tachyon_api.background" and r.levelno == logging.ERROR
-              and r.getMessage().startswith(f"Could not {action} the status of task")]
+    logged = [
+        r
+        for r in caplog.records
+        if r.name == "tachyon_api.background"
+        and r.levelno == logging.ERROR
+        and r.getMessage().startswith(f"Could not {action} the status of task")
+    ]
     assert logged and all(r.exc_info for r in logged), [r.getMessage() for r in caplog.records]
 
 

@@ -17,7 +17,7 @@ import pytest
 from .conftest import ROOT, ServerProcess, assert_error_shape, wait_until
 from .test_task_status import Events, states
 
-WEB_APP = '''
+WEB_APP = """
 import asyncio, os, time
 from tachyon_api import Tachyon
 from tachyon_api.background import BackgroundTasks
@@ -53,7 +53,7 @@ def post_slow(background_tasks: BackgroundTasks):
 @app.post("/sleep")
 def post_sleep(background_tasks: BackgroundTasks):
     return Accepted(background_tasks.add_task(sleeper))
-'''
+"""
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_several_processes_without_a_shared_store_say_so_at_startup(web_app: Any
 
 
 # --- the durable tier ------------------------------------------------------------------------------------
-DURABLE_APP = '''
+DURABLE_APP = """
 import os, time
 from tachyon_api import Depends, Header, Tachyon
 from tachyon_api.background import BackgroundTasks, RQBackend
@@ -175,7 +175,7 @@ def post_broken(background_tasks: BackgroundTasks):
 @app.post("/endless")
 def post_endless(background_tasks: BackgroundTasks):
     return Accepted(background_tasks.add_task(endless))
-'''
+"""
 
 
 class Durable:
@@ -198,9 +198,11 @@ class Durable:
     def worker(self, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"worker-{len(self.workers)}.log", "w+b")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tachyon_api", "worker", "durable_app:app", *args], cwd=self.folder,
+            [sys.executable, "-m", "tachyon_api", "worker", "durable_app:app", *args],
+            cwd=self.folder,
             env={**os.environ, "PYTHONPATH": f"{self.folder}{os.pathsep}{ROOT}", **self.env},
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.workers.append(proc)
         return proc

@@ -40,8 +40,17 @@ class ToyBackend:
         if options.get("job_id") == "refused":
             raise TypeError("the toy refuses this job id")
 
-    async def store(self, tasks: Sequence[Any], method: str, path: str, idempotency_key: str | None = None, *,
-                    client: str = "", fingerprint: bytes = b"", within: Sequence[Any] = ()) -> bool:
+    async def store(
+        self,
+        tasks: Sequence[Any],
+        method: str,
+        path: str,
+        idempotency_key: str | None = None,
+        *,
+        client: str = "",
+        fingerprint: bytes = b"",
+        within: Sequence[Any] = (),
+    ) -> bool:
         jobs = [(task.name, task.args, task.kwargs) for task in tasks]
         for held in within:
             if isinstance(held, Transaction):
@@ -86,8 +95,12 @@ def test_a_toy_backend_stores_joins_a_transaction_and_serves_the_dashboard() -> 
         return {}
 
     @app.post("/joined")
-    async def joined(email: str, background_tasks: BackgroundTasks, fail: bool = False,
-                     tx: Transaction = Depends(transaction, scope="function")) -> dict:
+    async def joined(
+        email: str,
+        background_tasks: BackgroundTasks,
+        fail: bool = False,
+        tx: Transaction = Depends(transaction, scope="function"),
+    ) -> dict:
         background_tasks.add_task(welcome, email)
         if fail:
             raise HTTPException(409, "no")

@@ -107,9 +107,13 @@ def test_connection_details_and_iterators() -> None:
     async def room(websocket: WebSocket, name: str) -> None:
         await websocket.accept()
         seen.update(
-            url=str(websocket.url), name=name, path_params=websocket.path_params,
-            query=websocket.query_params.get("since"), header=websocket.headers.get("x-token"),
-            cookie=websocket.cookies.get("session"), client=websocket.client.host,  # type: ignore[union-attr]
+            url=str(websocket.url),
+            name=name,
+            path_params=websocket.path_params,
+            query=websocket.query_params.get("since"),
+            header=websocket.headers.get("x-token"),
+            cookie=websocket.cookies.get("session"),
+            client=websocket.client.host,  # type: ignore[union-attr]
             app=websocket.app is app,
         )
         websocket.state.user = "ann"
@@ -121,9 +125,15 @@ def test_connection_details_and_iterators() -> None:
         ws.send_text("one")
         ws.send_text("two")
     assert seen == {
-        "url": f"ws://{client.base_url.host}/rooms/blue?since=5", "name": "blue", "path_params": {"name": "blue"},
+        "url": f"ws://{client.base_url.host}/rooms/blue?since=5",
+        "name": "blue",
+        "path_params": {"name": "blue"},
         "query": "5",
-        "header": "t", "cookie": "s1", "client": "testclient", "app": True, "texts": ["one", "two"],
+        "header": "t",
+        "cookie": "s1",
+        "client": "testclient",
+        "app": True,
+        "texts": ["one", "two"],
         "state": "ann",
     }
 
@@ -246,6 +256,7 @@ def test_the_socket_by_name_and_unclassifiable_parameters_fail_at_registration()
     with pytest.raises(TypeError, match="must be an 'async def'"):
         app.add_websocket_route("/d", sync_handler)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="asks for a WebSocket, but this is an HTTP route"):
+
         @app.get("/e")
         def http(websocket: WebSocket) -> None: ...
 
@@ -266,6 +277,7 @@ def test_dependencies_scopes_cleanups_after_close_and_overrides() -> None:
     events: list[str] = []
 
     Hub.built = 0
+
     def session(websocket: WebSocket) -> Iterator[str]:
         events.append(f"open {websocket.path_params['room']}")
         yield "db"
@@ -276,8 +288,12 @@ def test_dependencies_scopes_cleanups_after_close_and_overrides() -> None:
 
     @app.websocket("/rooms/{room}")
     async def room(
-        websocket: WebSocket, hub: Hub, a: PerConnection, b: PerConnection,
-        db: str = Depends(session), user: str = Depends(current_user),
+        websocket: WebSocket,
+        hub: Hub,
+        a: PerConnection,
+        b: PerConnection,
+        db: str = Depends(session),
+        user: str = Depends(current_user),
     ) -> None:
         await websocket.accept()
         await websocket.send_json({"db": db, "user": user, "same": a is b, "hub": id(hub)})
@@ -295,8 +311,12 @@ def test_dependencies_scopes_cleanups_after_close_and_overrides() -> None:
     assert first["db"] == "db" and first["user"] == "ann" and first["same"] is True
     assert second["user"] == "anonymous" and second["hub"] == first["hub"]
     assert events == [
-        "open blue", "handler done", "cleanup, socket DISCONNECTED",
-        "open red", "handler done", "cleanup, socket DISCONNECTED",
+        "open blue",
+        "handler done",
+        "cleanup, socket DISCONNECTED",
+        "open red",
+        "handler done",
+        "cleanup, socket DISCONNECTED",
     ]
     assert Hub.built == 1
     assert client.get("/me", headers={"x-user": "bob"}).json() == {"user": "bob"}
@@ -500,6 +520,7 @@ def test_http_exception_of_a_guard_is_an_http_denial_with_the_error_body() -> No
     assert denied.value.status_code == 401
     assert denied.value.json() == {"detail": "Bad token"}
     assert denied.value.headers["www-authenticate"] == "Bearer"
+
     def starlette_guard() -> None:
         raise starlette.exceptions.HTTPException(403, "Starlette says no")
 
@@ -543,7 +564,8 @@ def test_unexpected_errors_are_logged_and_give_1011_or_an_http_500(caplog: pytes
     assert closed.value.code == 1011
     records = [r for r in caplog.records if r.name == WS_LOGGER]
     assert [r.getMessage() for r in records] == [
-        "Unhandled error in WEBSOCKET /early", "Unhandled error in WEBSOCKET /late"
+        "Unhandled error in WEBSOCKET /early",
+        "Unhandled error in WEBSOCKET /late",
     ]
     assert [type(r.exc_info[1]) for r in records] == [KeyError, ZeroDivisionError]  # type: ignore[index]
 

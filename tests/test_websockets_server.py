@@ -285,7 +285,9 @@ def test_a_thousand_sockets_each_receive_every_broadcast(serve_process: Any) -> 
                     room.discard(websocket)
             """
         ),
-        "--log-level", "warning", "--no-access-log",
+        "--log-level",
+        "warning",
+        "--no-access-log",
     )
     import httpx
 
@@ -343,7 +345,8 @@ def test_sigterm_closes_an_idle_socket_with_1001_and_the_server_exits(serve_proc
                         pass
             """
         ),
-        "--log-level", "info",
+        "--log-level",
+        "info",
     )
 
     async def main() -> tuple[int | None, int | None, float]:
@@ -367,7 +370,7 @@ def test_sigterm_closes_an_idle_socket_with_1001_and_the_server_exits(serve_proc
 
 
 # --- limits before buffering, quiet refusals (under `tachyon run`) --------------------------------------------
-LIMITED_APP = textwrap.dedent('''
+LIMITED_APP = textwrap.dedent("""
     from tachyon_api import Tachyon, WebSocket
 
     app = Tachyon()  # websocket_max_size: 2 MiB, used by no route below
@@ -384,7 +387,7 @@ LIMITED_APP = textwrap.dedent('''
 
     app.add_websocket_route("/small", echo_sizes, max_message_size=64 * 1024)
     app.add_websocket_route("/large", echo_sizes, max_message_size=128 * 1024)
-''')
+""")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -412,6 +415,7 @@ def test_tachyon_run_refuses_a_message_over_every_limit_before_buffering_it(serv
         async with connect(url + "/small", max_size=None) as ws:
             await ws.send(b"y" * (100 * 1024))  # within the server's limit, over this route's: the app says 1009
             assert await closed_code(ws) == 1009
+
         async def oversize() -> Any:
             async with connect(url + "/small", max_size=None, write_limit=2**24) as ws:
                 try:

@@ -114,8 +114,11 @@ class Site:
         self.redis_url = redis_url
         self.queue = queue
         self.env = {
-            **os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "TASK_OUT": str(self.out),
-            "REDIS_URL": redis_url, "QUEUE": queue,
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+            "TASK_OUT": str(self.out),
+            "REDIS_URL": redis_url,
+            "QUEUE": queue,
         }
         self.workers: list[subprocess.Popen] = []
         self.web: ServerProcess | None = None
@@ -129,7 +132,11 @@ class Site:
         log = open(self.dir / f"worker-{len(self.workers)}.log", "w+b")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "tachyon_api", "worker", "app_module:app", "--heartbeat", "1", *args],
-            cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=group,
+            cwd=self.dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=group,
         )
         proc.log = log  # type: ignore[attr-defined]
         self.workers.append(proc)
@@ -157,8 +164,10 @@ class Site:
     def stats(self) -> dict[str, int]:
         queue = Queue(self.queue, connection=Redis.from_url(self.redis_url))
         return {
-            "queued": queue.count, "started": queue.started_job_registry.get_job_count(cleanup=False),
-            "finished": queue.finished_job_registry.count, "failed": queue.failed_job_registry.count,
+            "queued": queue.count,
+            "started": queue.started_job_registry.get_job_count(cleanup=False),
+            "finished": queue.finished_job_registry.count,
+            "failed": queue.failed_job_registry.count,
         }
 
     def stop(self) -> None:
@@ -243,8 +252,9 @@ def test_sigkilled_worker_jobs_are_taken_over_within_two_heartbeats(site: Site) 
     for i in range(20):
         assert site.post(f"/record/after{i}").status_code == 200
     wait_for(lambda: site.stats()["failed"] == 2 and len(site.runs()) == 42, "the others failed, the rest ran")
-    assert site.runs() == Counter({**{f"before{i}": 1 for i in range(20)}, **{f"after{i}": 1 for i in range(20)},
-                                   **dict.fromkeys(retried, 1)})
+    assert site.runs() == Counter(
+        {**{f"before{i}": 1 for i in range(20)}, **{f"after{i}": 1 for i in range(20)}, **dict.fromkeys(retried, 1)}
+    )
     assert site.starts() == Counter({"held0": 1, "held1": 2, "held2": 1, "held3": 2})
     assert taken_over < 2 * 1 + 1.5, taken_over  # two heartbeats of 1 s, and time to run them on a busy machine
     survivor.send_signal(signal.SIGTERM)
@@ -303,8 +313,9 @@ def test_fork_mode_worker_and_work_horses_killed_together_are_taken_over(site: S
     for i in range(10):
         assert site.post(f"/record/after{i}").status_code == 200
     wait_for(lambda: site.stats()["failed"] == 1 and len(site.runs()) == 21, "the other one failed, the rest ran")
-    assert site.runs() == Counter({**{f"before{i}": 1 for i in range(10)}, **{f"after{i}": 1 for i in range(10)},
-                                   "lost1": 1})
+    assert site.runs() == Counter(
+        {**{f"before{i}": 1 for i in range(10)}, **{f"after{i}": 1 for i in range(10)}, "lost1": 1}
+    )
     assert site.starts() == Counter({"lost0": 1, "lost1": 2})
     assert site.stats() == {"queued": 0, "started": 0, "finished": 21, "failed": 1}
     assert taken_over < 2 * 1 + 1.5, taken_over  # two heartbeats of 1 s, and time to run them on a busy machine

@@ -72,8 +72,9 @@ async def lifespan(app: Tachyon) -> AsyncIterator[dict[str, Any]]:
             if exc.errno != errno.EADDRINUSE:
                 raise
             # Several web processes (tachyon run --workers N): the first one serves the mailbox.
-            logger.warning("SMTP port %d is in use; assuming another shop process serves the mailbox there",
-                           settings.smtp_port)
+            logger.warning(
+                "SMTP port %d is in use; assuming another shop process serves the mailbox there", settings.smtp_port
+            )
     yield {"mail_server": server}
     if server is not None:
         server.close()
@@ -195,8 +196,11 @@ async def signup(
     """
     email = user.email.lower()
     row = await query_one(
-        db, "INSERT INTO users (email, name, created_at) VALUES (%s, %s, %s) ON CONFLICT (email) DO NOTHING "
-        "RETURNING id", email, user.name, now()
+        db,
+        "INSERT INTO users (email, name, created_at) VALUES (%s, %s, %s) ON CONFLICT (email) DO NOTHING RETURNING id",
+        email,
+        user.name,
+        now(),
     )
     if row is None:
         raise HTTPException(409, "A user with this email already exists")
@@ -298,8 +302,11 @@ async def import_products(
     import_id = uuid.uuid4().hex
     path = await asyncio.to_thread(save_upload, file, import_id)
     await query(
-        db, "INSERT INTO imports (id, filename, status, created_at) VALUES (%s, %s, 'queued', %s)",
-        import_id, file.filename, now(),
+        db,
+        "INSERT INTO imports (id, filename, status, created_at) VALUES (%s, %s, 'queued', %s)",
+        import_id,
+        file.filename,
+        now(),
     )
     task = background_tasks.add_task(tasks.import_products_csv, import_id, path).with_options(
         name="csv-import", timeout=600, keep_result=True, owner=owner
@@ -318,8 +325,10 @@ async def import_status(
     if row is None:
         raise HTTPException(404, "Import not found")
     errors = await query(
-        db, "SELECT line, message FROM import_errors WHERE import_id = %s ORDER BY line LIMIT %s",
-        import_id, max(0, max_errors),
+        db,
+        "SELECT line, message FROM import_errors WHERE import_id = %s ORDER BY line LIMIT %s",
+        import_id,
+        max(0, max_errors),
     )
     return {**row, "errors": errors}
 
@@ -333,8 +342,12 @@ class ProductIn(Struct):
 
 
 def product_out(row: Row) -> dict[str, Any]:
-    return {"id": row["id"], "name": row["name"], "price": tasks.format_cents(row["price_cents"]),
-            "stock": row["stock"]}
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "price": tasks.format_cents(row["price_cents"]),
+        "stock": row["stock"],
+    }
 
 
 @app.post("/products", status_code=201)
@@ -345,7 +358,11 @@ async def create_product(product: ProductIn, db: AsyncConnection = Depends(trans
         "INSERT INTO products (id, name, price_cents, stock, updated_at) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents, "
         "stock = excluded.stock, updated_at = excluded.updated_at RETURNING *",
-        product.id, product.name, cents, product.stock, now(),
+        product.id,
+        product.name,
+        cents,
+        product.stock,
+        now(),
     )
     return product_out(row)
 
@@ -366,8 +383,9 @@ async def get_product(
 async def stats(db: AsyncConnection = Depends(transaction, scope="function")):
     views = await query(db, "SELECT product_id, views FROM product_views ORDER BY views DESC, product_id")
     totals = await query_one(
-        db, "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM products) AS products, "
-        "(SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM imports) AS imports"
+        db,
+        "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM products) AS products, "
+        "(SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM imports) AS imports",
     )
     result: dict[str, Any] = {
         "product_views": {row["product_id"]: row["views"] for row in views},
@@ -403,7 +421,10 @@ async def create_order(order: OrderIn, db: AsyncConnection = Depends(transaction
         db,
         "INSERT INTO orders (customer_email, total_cents, webhook_url, status, created_at) "
         "VALUES (%s, %s, %s, 'pending', %s) RETURNING *",
-        order.customer_email, cents, order.webhook_url, now(),
+        order.customer_email,
+        cents,
+        order.webhook_url,
+        now(),
     )
     return order_out(row)
 
@@ -426,8 +447,11 @@ async def complete_order(
     pending and the client's retry completes it (and sends the webhook) then.
     """
     changed = await query(
-        db, "UPDATE orders SET status = 'completed', completed_at = %s WHERE id = %s AND status != 'completed' "
-        "RETURNING id", now(), order_id
+        db,
+        "UPDATE orders SET status = 'completed', completed_at = %s WHERE id = %s AND status != 'completed' "
+        "RETURNING id",
+        now(),
+        order_id,
     )
     row = await query_one(db, "SELECT * FROM orders WHERE id = %s", order_id)
     if row is None:
@@ -490,7 +514,11 @@ async def receive_webhook(
         db,
         "INSERT INTO received_webhooks (delivery_id, event, order_id, payload, received_at) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
-        delivery_id, str(event.get("event")), order_id, body.decode(), now(),
+        delivery_id,
+        str(event.get("event")),
+        order_id,
+        body.decode(),
+        now(),
     )
     return {"status": "received" if inserted else "duplicate", "delivery_id": delivery_id, "attempt": attempt}
 
@@ -504,8 +532,14 @@ async def received_webhooks(db: AsyncConnection = Depends(transaction, scope="fu
         "LEFT JOIN receiver_attempts USING (delivery_id) ORDER BY received_webhooks.id",
     )
     return [
-        {"delivery_id": row["delivery_id"], "event": row["event"], "order_id": row["order_id"],
-         "signature_verified": True, "attempts": row["attempts"], "received_at": row["received_at"],
-         "payload": json.loads(row["payload"])}
+        {
+            "delivery_id": row["delivery_id"],
+            "event": row["event"],
+            "order_id": row["order_id"],
+            "signature_verified": True,
+            "attempts": row["attempts"],
+            "received_at": row["received_at"],
+            "payload": json.loads(row["payload"]),
+        }
         for row in rows
     ]

@@ -222,8 +222,14 @@ async def open_database() -> None:
     from psycopg_pool import AsyncConnectionPool
 
     _pool = AsyncConnectionPool(
-        url, kwargs={"row_factory": dict_row}, min_size=1, max_size=10, timeout=5, open=False,
-        check=AsyncConnectionPool.check_connection, name="shop",
+        url,
+        kwargs={"row_factory": dict_row},
+        min_size=1,
+        max_size=10,
+        timeout=5,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        name="shop",
     )
     await _pool.open()
 

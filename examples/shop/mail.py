@@ -35,8 +35,9 @@ def send(message: EmailMessage, settings: Settings | None = None) -> None:
     host = settings.smtp_host or "127.0.0.1"
     timeout = 10
     if settings.smtp_tls == "ssl":
-        smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, settings.smtp_port, timeout=timeout,
-                                              context=ssl.create_default_context())
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+            host, settings.smtp_port, timeout=timeout, context=ssl.create_default_context()
+        )
     else:
         smtp = smtplib.SMTP(host, settings.smtp_port, timeout=timeout)
     with smtp:

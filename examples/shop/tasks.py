@@ -212,8 +212,13 @@ def import_products_csv(import_id: str, path: str) -> dict | None:
         raise
     _finish(import_id, "completed", None)
     file.unlink(missing_ok=True)
-    return {"import_id": import_id, "total_rows": total, "imported_rows": imported, "error_count": errors,
-            "details": f"/imports/{import_id}"}
+    return {
+        "import_id": import_id,
+        "total_rows": total,
+        "imported_rows": imported,
+        "error_count": errors,
+        "details": f"/imports/{import_id}",
+    }
 
 
 def _import(import_id: str, file: Path) -> tuple[int, int, int]:

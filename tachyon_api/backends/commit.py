@@ -49,12 +49,20 @@ if _errors is not None:
     # Error replies Redis gives *instead of* running a command (nothing was written), by redis-py's class for
     # the codes it knows and by code for the others.
     REFUSALS: tuple[type[BaseException], ...] = (
-        _errors.ReadOnlyError, _errors.BusyLoadingError, _errors.OutOfMemoryError, _errors.AuthenticationError,
-        _errors.NoPermissionError, _errors.ExecAbortError, _errors.ClusterDownError, _errors.TryAgainError,
+        _errors.ReadOnlyError,
+        _errors.BusyLoadingError,
+        _errors.OutOfMemoryError,
+        _errors.AuthenticationError,
+        _errors.NoPermissionError,
+        _errors.ExecAbortError,
+        _errors.ClusterDownError,
+        _errors.TryAgainError,
     )
     # An error reply: Redis answered (the connection is in step), with an error instead of a result.
     ANSWERED: tuple[type[BaseException], ...] = (
-        _errors.ResponseError, _errors.BusyLoadingError, _errors.AuthenticationError
+        _errors.ResponseError,
+        _errors.BusyLoadingError,
+        _errors.AuthenticationError,
     )
     # The connection failed: what Redis did is unknown.
     BROKEN: tuple[type[BaseException], ...] = (_errors.RedisError, OSError, asyncio.TimeoutError)
@@ -100,9 +108,7 @@ class GroupCommit:
     entries...`` and returns one reply per entry. ``max_entries`` bounds one flush.
     """
 
-    def __init__(
-        self, connect: Callable[[], Any], script: str, prologue: list[bytes], max_entries: int = 512
-    ) -> None:
+    def __init__(self, connect: Callable[[], Any], script: str, prologue: list[bytes], max_entries: int = 512) -> None:
         self._connect = connect
         self._script = script.encode()
         self._sha = hashlib.sha1(self._script).hexdigest().encode()

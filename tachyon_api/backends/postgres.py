@@ -130,7 +130,10 @@ class PostgresBackend(TaskBackend):
                 raise ValueError(f"PostgresBackend({label}={value!r}): a whole number, at least 1")
         self.result_ttl, self.failure_ttl, self.result_limit = result_ttl, failure_ttl, result_limit
         self._status = PostgresStatus(
-            dsn, self._pool, connect_timeout=max(1, math.ceil(connect_timeout)), result_ttl=result_ttl,
+            dsn,
+            self._pool,
+            connect_timeout=max(1, math.ceil(connect_timeout)),
+            result_ttl=result_ttl,
             failure_ttl=failure_ttl,
         )
         self._where = _where(params.get("host"), params.get("port"), params.get("dbname"))
@@ -219,7 +222,10 @@ class PostgresBackend(TaskBackend):
             except Exception as exc:
                 logger.exception(
                     "Could not store durable task(s) %s of request %s %s in its transaction: %s",
-                    names, method, path, exc,
+                    names,
+                    method,
+                    path,
+                    exc,
                 )
                 raise TaskBackendUnavailable() from exc
             return True
@@ -237,7 +243,12 @@ class PostgresBackend(TaskBackend):
             cause = failure.__cause__
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
-                "Outcome unknown for" if failure.unknown else "Could not store", names, method, path, self, cause,
+                "Outcome unknown for" if failure.unknown else "Could not store",
+                names,
+                method,
+                path,
+                self,
+                cause,
                 exc_info=cause,
             )
             raise (TaskOutcomeUnknown() if failure.unknown else TaskBackendUnavailable()) from cause
@@ -331,7 +342,10 @@ class PostgresBackend(TaskBackend):
                     logger.warning(
                         "A scope='function' dependency yields a connection to %s:%s/%s, not to %s: durable tasks "
                         "are stored in a transaction of their own, not in the request's",
-                        info.host, info.port, info.dbname, self,
+                        info.host,
+                        info.port,
+                        info.dbname,
+                        self,
                     )
                 continue
             if conn.autocommit and info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
@@ -342,7 +356,10 @@ class PostgresBackend(TaskBackend):
     def _log_reused(self, method: str, path: str, key: str | None, names: str) -> None:
         logger.warning(
             "Request %s %s reused idempotency key %r with another payload: its durable task(s) %s are not stored",
-            method, path, key, names,
+            method,
+            path,
+            key,
+            names,
         )
 
     async def _pool(self) -> AsyncConnectionPool:
@@ -355,9 +372,14 @@ class PostgresBackend(TaskBackend):
             from psycopg_pool import AsyncConnectionPool
 
             pool = self._pools[loop] = AsyncConnectionPool(
-                self.dsn, min_size=1, max_size=self.pool_size, open=False, timeout=self.connect_timeout,
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                open=False,
+                timeout=self.connect_timeout,
                 kwargs={"connect_timeout": max(1, math.ceil(self.connect_timeout)), "autocommit": True},
-                check=AsyncConnectionPool.check_connection, name=f"tachyon-{self.queue_name}",
+                check=AsyncConnectionPool.check_connection,
+                name=f"tachyon-{self.queue_name}",
             )
             await pool.open(wait=False)
         if not self._schema_ready:  # the tables, on first use (once per process) when they are missing
@@ -394,8 +416,14 @@ class PostgresBackend(TaskBackend):
         """Counts of this queue's jobs: ``queued`` (due), ``scheduled`` (waiting for their time or a retry),
         ``started``, ``finished``, ``failed``, ``cancelled`` (blocking)."""
         counts = dict.fromkeys(("queued", "started", "scheduled", "finished", "failed", "cancelled"), 0)
-        names = {"doing": "started", "succeeded": "finished", "failed": "failed", "cancelled": "cancelled",
-                 "aborting": "started", "aborted": "cancelled"}
+        names = {
+            "doing": "started",
+            "succeeded": "finished",
+            "failed": "failed",
+            "cancelled": "cancelled",
+            "aborting": "started",
+            "aborted": "cancelled",
+        }
         with self._connect() as conn:
             rows: list[tuple[str, bool, int]] = conn.execute(
                 "SELECT status::text, status = 'todo' AND scheduled_at > now(), count(*) FROM procrastinate_jobs "

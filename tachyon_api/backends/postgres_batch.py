@@ -146,9 +146,7 @@ class BatchWorker(Worker):
     of it."""
 
     def __init__(self, *, stalled_after: float = 30.0, **options: Any) -> None:
-        super().__init__(
-            update_heartbeat_interval=stalled_after / 3, stalled_worker_timeout=stalled_after, **options
-        )
+        super().__init__(update_heartbeat_interval=stalled_after / 3, stalled_worker_timeout=stalled_after, **options)
         self._outcomes: list[tuple[int, str, asyncio.Future[None]]] = []
         self._fetch_lost = False
         self._recording: asyncio.Task[None] | None = None
@@ -203,7 +201,9 @@ class BatchWorker(Worker):
     async def _fetch_jobs(self, limit: int) -> list[jobs.Job]:
         assert self.worker_id is not None
         rows = await self._connector.execute_query_all_async(
-            _FETCH_JOBS, queues=_queue_list(self.queues), worker_id=self.worker_id,
+            _FETCH_JOBS,
+            queues=_queue_list(self.queues),
+            worker_id=self.worker_id,
             limit=limit,
         )
         return sorted((jobs.Job.from_row(row) for row in rows), key=lambda job: (-job.priority, job.id or 0))
@@ -302,7 +302,8 @@ class BatchWorker(Worker):
                     await self._record([outcome])
                 return
             logger.error(
-                "Could not record the outcome of job(s) %s", ", ".join(str(job_id) for job_id, _, _ in batch),
+                "Could not record the outcome of job(s) %s",
+                ", ".join(str(job_id) for job_id, _, _ in batch),
                 exc_info=exc,
             )
             for _, _, future in batch:
@@ -365,7 +366,10 @@ class BatchWorker(Worker):
         old, self.worker_id = self.worker_id, await self.app.job_manager.register_worker()
         logger.warning(
             "This worker (id %s) sent no heartbeat for over %g s and was taken for dead: its running jobs may run "
-            "again elsewhere; registered again as worker %s", old, self.stalled_worker_timeout, self.worker_id,
+            "again elsewhere; registered again as worker %s",
+            old,
+            self.stalled_worker_timeout,
+            self.worker_id,
         )
 
     async def _listen(self) -> None:
@@ -422,8 +426,13 @@ class BatchWorker(Worker):
             logger.error("Job %s (%s) is retried: %s", job.id, job.task_name, died)
             await conn.execute(
                 _RETRY_JOB,
-                {"id": job.id, "retry_at": retry_to.retry_at, "priority": retry_to.priority,
-                 "queue": retry_to.queue, "lock": retry_to.lock},
+                {
+                    "id": job.id,
+                    "retry_at": retry_to.retry_at,
+                    "priority": retry_to.priority,
+                    "queue": retry_to.queue,
+                    "lock": retry_to.lock,
+                },
             )
         else:
             logger.error("Job %s (%s) failed: %s, and it has no retry left", job.id, job.task_name, died)

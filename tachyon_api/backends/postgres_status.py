@@ -207,16 +207,28 @@ _OUTCOME = (
 
 # The record's states in the words of RQ's job statuses, which the scheduler reads from ``job_state``.
 _JOB_STATES = {
-    "queued": "queued", "scheduled": "scheduled", "running": "started", "retrying": "scheduled",
-    "succeeded": "finished", "failed": "failed", "cancelled": "canceled",
+    "queued": "queued",
+    "scheduled": "scheduled",
+    "running": "started",
+    "retrying": "scheduled",
+    "succeeded": "finished",
+    "failed": "failed",
+    "cancelled": "canceled",
 }
 
 
 def _record(task_id: str, row: tuple[Any, ...]) -> tuple[TaskRecord, str | None]:
     name, state, attempts, created, started, ended, done, message, result, error, owner = row
     return TaskRecord(
-        id=task_id, name=name, state=state, attempts=attempts, created_at=created, started_at=started,
-        ended_at=ended, progress=Progress(done, message), result=result,
+        id=task_id,
+        name=name,
+        state=state,
+        attempts=attempts,
+        created_at=created,
+        started_at=started,
+        ended_at=ended,
+        progress=Progress(done, message),
+        result=result,
         error=None if error is None else TaskError(str(error.get("type", "")), str(error.get("message", ""))),
     ), owner
 
@@ -424,7 +436,9 @@ class PostgresLease:
     async def record(self, tick: int, outcome: str) -> None:
         await self._one(
             "UPDATE tachyon_schedule SET outcome = %(outcome)s WHERE key = %(key)s AND run = %(tick)s",
-            key=self.key, tick=tick, outcome=outcome,
+            key=self.key,
+            tick=tick,
+            outcome=outcome,
         )
 
     async def read(self) -> dict[str, Any]:
@@ -436,7 +450,8 @@ class PostgresLease:
     async def release(self) -> None:
         await self._one(
             "UPDATE tachyon_schedule SET holder = NULL, expires_at = NULL WHERE key = %(key)s AND holder = %(holder)s",
-            key=self.key, holder=self.holder,
+            key=self.key,
+            holder=self.holder,
         )
 
 
@@ -453,7 +468,11 @@ class JobTracker:
     PROGRESS_INTERVAL = 0.05
 
     def __init__(
-        self, task_id: str, job_id: int, execute: Callable[..., Any], abort_requested: Callable[[], bool],
+        self,
+        task_id: str,
+        job_id: int,
+        execute: Callable[..., Any],
+        abort_requested: Callable[[], bool],
         keep: int | None,
     ) -> None:
         self.id = task_id
@@ -517,10 +536,14 @@ class JobTracker:
         done, message = pending or (None, None)
         try:
             await self.execute(
-                _OUTCOME, id=self.id, job=self.job_id,
+                _OUTCOME,
+                id=self.id,
+                job=self.job_id,
                 result=None if result is None else Jsonb(msgspec.json.decode(result)),
                 error=None if failure is None else Jsonb(msgspec.to_builtins(failure)),
-                progress=pending is not None, done=done, message=message,
+                progress=pending is not None,
+                done=done,
+                message=message,
             )
         except Exception as exc:  # the job's own outcome is recorded by procrastinate all the same
             logger.warning("Could not record the outcome of job %s in its status record: %r", self.job_id, exc)

@@ -81,8 +81,13 @@ async def _run(backend: PostgresBackend, queues: list[str], concurrency: int, bu
     async with pool, app.open_async(pool):
         while True:
             worker = BatchWorker(
-                app=app, queues=queues, concurrency=concurrency, wait=not burst, shutdown_graceful_timeout=shutdown,
-                install_signal_handlers=True, stalled_after=backend.stalled_after,
+                app=app,
+                queues=queues,
+                concurrency=concurrency,
+                wait=not burst,
+                shutdown_graceful_timeout=shutdown,
+                install_signal_handlers=True,
+                stalled_after=backend.stalled_after,
             )
             await worker.run()  # type: ignore[no-untyped-call]  # procrastinate's Worker.run has no annotations
             # procrastinate's burst stops at the first empty fetch, while jobs still ran: one of them may have
@@ -170,8 +175,11 @@ def _tracker(app: App, context: JobContext, options: dict[str, Any]) -> JobTrack
         return None
     assert context.job.id is not None  # a job the worker fetched has its row's id
     return JobTracker(
-        options["id"], context.job.id, app.connector.execute_query_async,
-        lambda: context.abort_reason() == AbortReason.USER_REQUEST, options.get("keep"),
+        options["id"],
+        context.job.id,
+        app.connector.execute_query_async,
+        lambda: context.abort_reason() == AbortReason.USER_REQUEST,
+        options.get("keep"),
     )
 
 

@@ -69,25 +69,49 @@ CANCEL_CHANNEL = b"tachyon:cancel"
 
 # The fields one read fetches: RQ's first, then ours.
 FIELDS = (
-    "status", "description", "created_at", "started_at", "ended_at",
-    "tachyon_state", "tachyon_attempts", "tachyon_created", "tachyon_started", "tachyon_ended", "tachyon_progress",
-    "tachyon_result", "tachyon_error", "tachyon_owner", "tachyon_name",
+    "status",
+    "description",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "tachyon_state",
+    "tachyon_attempts",
+    "tachyon_created",
+    "tachyon_started",
+    "tachyon_ended",
+    "tachyon_progress",
+    "tachyon_result",
+    "tachyon_error",
+    "tachyon_owner",
+    "tachyon_name",
 )
 
 # RQ's job statuses in our states (RQ's word stands in until our record has a state of its own).
 RQ_STATES = {
-    "created": QUEUED, "queued": QUEUED, "deferred": QUEUED, "ready_to_enqueue": QUEUED, "rate_limited": QUEUED,
-    "scheduled": SCHEDULED, "started": RUNNING, "finished": SUCCEEDED, "failed": FAILED, "stopped": CANCELLED,
+    "created": QUEUED,
+    "queued": QUEUED,
+    "deferred": QUEUED,
+    "ready_to_enqueue": QUEUED,
+    "rate_limited": QUEUED,
+    "scheduled": SCHEDULED,
+    "started": RUNNING,
+    "finished": SUCCEEDED,
+    "failed": FAILED,
+    "stopped": CANCELLED,
     "canceled": CANCELLED,
 }
 _RQ_FINAL = ("finished", "failed", "stopped", "canceled")
 
 
 def _lua_table(mapping: Mapping[str, Iterable[str]]) -> str:
-    return "{" + ", ".join(
-        f"[{name!r}] = {{" + ", ".join(f"[{target!r}] = true" for target in sorted(targets)) + "}"
-        for name, targets in mapping.items()
-    ) + "}"
+    return (
+        "{"
+        + ", ".join(
+            f"[{name!r}] = {{" + ", ".join(f"[{target!r}] = true" for target in sorted(targets)) + "}"
+            for name, targets in mapping.items()
+        )
+        + "}"
+    )
 
 
 _ALLOWED = _lua_table(TRANSITIONS)
@@ -204,8 +228,23 @@ def record_from(task_id: str, values: list[bytes | None]) -> tuple[TaskRecord, s
     """
     if not any(values):
         return None
-    (rq, description, rq_created, rq_started, rq_ended, ours, attempts, created, started, ended, progress,
-     result, error, owner, name) = values
+    (
+        rq,
+        description,
+        rq_created,
+        rq_started,
+        rq_ended,
+        ours,
+        attempts,
+        created,
+        started,
+        ended,
+        progress,
+        result,
+        error,
+        owner,
+        name,
+    ) = values
     rq_status = _text(rq)
     state = _text(ours) or RQ_STATES.get(rq_status or "", QUEUED)
     failure = msgspec.json.decode(error, type=TaskError) if error else None
@@ -228,8 +267,9 @@ def record_from(task_id: str, values: list[bytes | None]) -> tuple[TaskRecord, s
     ), _text(owner)
 
 
-def changes(state: str, *, error: TaskError | None = None, result: bytes | None = None,
-            now: float | None = None) -> list[Any]:
+def changes(
+    state: str, *, error: TaskError | None = None, result: bytes | None = None, now: float | None = None
+) -> list[Any]:
     """Field/value pairs for ADVANCE when moving to ``state``."""
     now = time.time() if now is None else now
     fields: list[Any] = []
@@ -426,10 +466,12 @@ class RedisStatus:
 def _unavailable(action: str, task_id: str, url: str, exc: Exception) -> TaskBackendUnavailable:
     """A failure of Redis as the ``TaskBackendUnavailable`` the status routes answer 503 with, logged with its
     traceback."""
-    logger.error("Could not %s the status of task %s in Redis at %s: %s", action, task_id, safe_url(url), exc,
-                 exc_info=exc)
-    return TaskBackendUnavailable(f"Task status could not be {'read' if action == 'read' else 'changed'}; "
-                                  "try again later")
+    logger.error(
+        "Could not %s the status of task %s in Redis at %s: %s", action, task_id, safe_url(url), exc, exc_info=exc
+    )
+    return TaskBackendUnavailable(
+        f"Task status could not be {'read' if action == 'read' else 'changed'}; try again later"
+    )
 
 
 _advance_script: Any = None
@@ -449,8 +491,15 @@ class JobTracker:
     PROGRESS_INTERVAL = 0.05
     CANCEL_INTERVAL = 0.25
 
-    def __init__(self, job_id: str, key: str, redis: Redis, *, keep: int | None = None,
-                 send: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        key: str,
+        redis: Redis,
+        *,
+        keep: int | None = None,
+        send: Callable[[Callable[[], Any]], Any] | None = None,
+    ) -> None:
         global _advance_script
         self.id = job_id
         self.key = key
@@ -466,8 +515,9 @@ class JobTracker:
             _advance_script = redis.register_script(ADVANCE)  # its SHA, once; each call names its client
 
     def advance(self, state: str, fields: list[Any], flags: str = "e") -> int:
-        return int(_advance_script(keys=[self.key], args=[channel(self.id), state, "", flags, *fields],
-                                   client=self.redis))
+        return int(
+            _advance_script(keys=[self.key], args=[channel(self.id), state, "", flags, *fields], client=self.redis)
+        )
 
     def start(self) -> bool:
         """The job starts an attempt: False when it must not run (cancelled while it waited). A job that had
@@ -479,8 +529,9 @@ class JobTracker:
             self.cancel_requested = True
             return False
         if state in (SUCCEEDED.encode(), FAILED.encode()):
-            self.redis.hdel(self.key, "tachyon_state", "tachyon_ended", "tachyon_error", "tachyon_result",
-                            "tachyon_progress")
+            self.redis.hdel(
+                self.key, "tachyon_state", "tachyon_ended", "tachyon_error", "tachyon_result", "tachyon_progress"
+            )
         return self.advance(RUNNING, changes(RUNNING), "ea") == 1
 
     def end(self, state: str, error: TaskError | None = None, result: bytes | None = None) -> None:

@@ -38,13 +38,21 @@ class RedisTaskStore(MemoryTaskStore):
 
     shared = True
 
-    def __init__(self, redis_url: str, *, ttl: float = 3_600.0, unfinished_ttl: float = 86_400.0,
-                 socket_timeout: float = 5.0, **limits: Any) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        ttl: float = 3_600.0,
+        unfinished_ttl: float = 86_400.0,
+        socket_timeout: float = 5.0,
+        **limits: Any,
+    ) -> None:
         super().__init__(ttl=ttl, **limits)
         self.redis_url = redis_url
         self.unfinished_ttl = unfinished_ttl
-        self.redis = RedisStatus(redis_url, "tachyon:task:", socket_timeout=socket_timeout,
-                                 cancel_channel=CANCEL_CHANNEL)
+        self.redis = RedisStatus(
+            redis_url, "tachyon:task:", socket_timeout=socket_timeout, cancel_channel=CANCEL_CHANNEL
+        )
         self._dirty: dict[str, Tracker] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
@@ -60,10 +68,16 @@ class RedisTaskStore(MemoryTaskStore):
     def _fields(self, tracker: Tracker) -> tuple[str, str, list[Any]]:
         """ADVANCE's state, ttl and fields for the tracker as it is now (call under the lock)."""
         fields: list[Any] = [
-            "tachyon_name", tracker.name, "tachyon_created", f"{tracker.created:.6f}",
-            "tachyon_attempts", str(tracker.attempts),
-            "tachyon_progress", msgspec.json.encode((tracker.done, tracker.message)),
-            "tachyon_error", b"" if tracker.error is None else msgspec.json.encode(tracker.error),
+            "tachyon_name",
+            tracker.name,
+            "tachyon_created",
+            f"{tracker.created:.6f}",
+            "tachyon_attempts",
+            str(tracker.attempts),
+            "tachyon_progress",
+            msgspec.json.encode((tracker.done, tracker.message)),
+            "tachyon_error",
+            b"" if tracker.error is None else msgspec.json.encode(tracker.error),
         ]
         for name, value in (("tachyon_started", tracker.started), ("tachyon_ended", tracker.ended)):
             if value is not None:
@@ -87,8 +101,12 @@ class RedisTaskStore(MemoryTaskStore):
         try:
             await self._write(writes)
         except Exception as exc:
-            logger.error("Could not write %d new task record(s) to %s: other web processes cannot answer for "
-                         "them yet", len(writes), self.redis_url, exc_info=exc)
+            logger.error(
+                "Could not write %d new task record(s) to %s: other web processes cannot answer for them yet",
+                len(writes),
+                self.redis_url,
+                exc_info=exc,
+            )
             with self.lock:
                 for tracker in trackers:
                     self.mirror(tracker)
@@ -128,8 +146,9 @@ class RedisTaskStore(MemoryTaskStore):
         script = self.redis.script(client)
         async with client.pipeline(transaction=False) as pipe:
             for task_id, (state, ttl, fields) in writes:
-                await script(keys=[self.redis.key(task_id)], args=[channel(task_id), state, ttl, "", *fields],
-                             client=pipe)
+                await script(
+                    keys=[self.redis.key(task_id)], args=[channel(task_id), state, ttl, "", *fields], client=pipe
+                )
             await pipe.execute()
 
     # --- the app's loop: flushes and cancellations from other processes --------------------------------

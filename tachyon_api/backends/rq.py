@@ -122,7 +122,11 @@ class RQBackend(TaskBackend):
         The options are the task's defaults; ``add_task(...).with_options(...)`` still overrides them.
         """
         return durable_mark(
-            self, retries=retries, retry_delay=retry_delay, timeout=timeout, result_ttl=result_ttl,
+            self,
+            retries=retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            result_ttl=result_ttl,
             failure_ttl=failure_ttl,
         )
 
@@ -185,7 +189,12 @@ class RQBackend(TaskBackend):
             unknown = isinstance(exc, OutcomeUnknown)
             logger.error(
                 "%s durable task(s) %s of request %s %s in %s: %s",
-                "Outcome unknown for" if unknown else "Could not store", names, method, path, self.redis_url, exc,
+                "Outcome unknown for" if unknown else "Could not store",
+                names,
+                method,
+                path,
+                self.redis_url,
+                exc,
                 exc_info=exc,
             )
             raise (TaskOutcomeUnknown() if unknown else TaskBackendUnavailable()) from exc
@@ -195,19 +204,28 @@ class RQBackend(TaskBackend):
             except NotStored as exc:  # raised, so the log carries a traceback
                 logger.exception(
                     "Could not store durable task(s) %s of request %s %s in %s: %s",
-                    names, method, path, self.redis_url, exc,
+                    names,
+                    method,
+                    path,
+                    self.redis_url,
+                    exc,
                 )
                 raise TaskBackendUnavailable() from exc
         if reply == -2:
             logger.warning(
                 "Request %s %s reused idempotency key %r with another payload: its durable task(s) %s are not stored",
-                method, path, idempotency_key, names,
+                method,
+                path,
+                idempotency_key,
+                names,
             )
             raise IdempotencyKeyReused()
         if reply == -1:
             logger.info(
                 "Request %s %s with idempotency key %r was stored before: its durable task(s) are not stored again",
-                method, path, idempotency_key,
+                method,
+                path,
+                idempotency_key,
             )
             return
         for task, stored in zip(tasks, reply, strict=True):  # the script's flag for each task
@@ -225,7 +243,9 @@ class RQBackend(TaskBackend):
 
             # No retries inside redis-py: a retried write could be stored twice; the next commit reconnects.
             pool = ConnectionPool.from_url(
-                self.redis_url, socket_connect_timeout=self.socket_timeout, socket_timeout=self.socket_timeout,
+                self.redis_url,
+                socket_connect_timeout=self.socket_timeout,
+                socket_timeout=self.socket_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
             prologue = [bulk(self.queue.redis_queues_keys.encode()), bulk(self.queue.key.encode())]
@@ -266,8 +286,9 @@ class RQBackend(TaskBackend):
         if self._status is None:
             from rq.job import Job
 
-            self._status = RedisStatus(self.redis_url, Job.redis_job_namespace_prefix,
-                                       socket_timeout=self.socket_timeout)
+            self._status = RedisStatus(
+                self.redis_url, Job.redis_job_namespace_prefix, socket_timeout=self.socket_timeout
+            )
         return self._status
 
     async def read_status(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
@@ -396,8 +417,9 @@ def traced_job_class() -> Any:
             def perform(self) -> Any:
                 tracker = JobTracker(self.id, self.key, self.connection)
                 if not tracker.start():
-                    logger.info("Durable task %s (job %s) was cancelled before it started: not run",
-                                self.description, self.id)
+                    logger.info(
+                        "Durable task %s (job %s) was cancelled before it started: not run", self.description, self.id
+                    )
                     return None
                 token = running_task.set(tracker)
                 try:

@@ -139,8 +139,10 @@ class JobWriter:
                 extra += (b"$13\r\ntachyon_owner\r\n", bulk(task.owner.encode()))
             if task.keep_result:
                 extra += (b"$12\r\ntachyon_keep\r\n", bulk(b"%d" % self.backend.result_limit))
-            field_count = template.field_count if parent is None and not extra else bulk(
-                b"%d" % (template.pair_count * 2 + len(extra) + (2 if parent is not None else 0))
+            field_count = (
+                template.field_count
+                if parent is None and not extra
+                else bulk(b"%d" % (template.pair_count * 2 + len(extra) + (2 if parent is not None else 0)))
             )
             chunks += (
                 bulk(template.key_prefix + job_id.encode()),
@@ -149,8 +151,10 @@ class JobWriter:
                 template.target,
                 bulk(b"" if when is None else b"%d" % calendar.timegm(_next_second(when).utctimetuple())),
                 field_count,
-                b"$4\r\ndata\r\n", bulk(data),
-                b"$10\r\ncreated_at\r\n", stamp,
+                b"$4\r\ndata\r\n",
+                bulk(data),
+                b"$10\r\ncreated_at\r\n",
+                stamp,
             )
             if when is None:
                 chunks += (b"$11\r\nenqueued_at\r\n", stamp)
@@ -164,8 +168,16 @@ class JobWriter:
 
     def template(self, task: BackgroundTask, scheduled: bool) -> JobTemplate:
         """What RQ would write for a job of this function and options, built by RQ once and then reused."""
-        key = (task.func, task.name, task.timeout, task.result_ttl, task.failure_ttl, task.retries,
-               task.retry_delay, scheduled)
+        key = (
+            task.func,
+            task.name,
+            task.timeout,
+            task.result_ttl,
+            task.failure_ttl,
+            task.retries,
+            task.retry_delay,
+            scheduled,
+        )
         template = self._templates.get(key)
         if template is None:
             from rq.job import JobStatus
@@ -200,9 +212,7 @@ class JobTemplate:
     """The constant part of a job's hash, as RQ writes it, encoded once: per job only the id, the pickled call
     and the timestamps change. Taken from ``Job.to_dict()`` of the installed RQ, so the fields follow RQ."""
 
-    __slots__ = (
-        "fields", "field_count", "pair_count", "arg_count", "func_name", "dumps", "key_prefix", "target"
-    )
+    __slots__ = ("fields", "field_count", "pair_count", "arg_count", "func_name", "dumps", "key_prefix", "target")
 
     def __init__(self, job: Any, target: str, scheduled: bool) -> None:
         fields = job.to_dict()
@@ -253,4 +263,3 @@ def _next_second(when: dt.datetime) -> dt.datetime:
 
 def _seconds(value: float | None) -> int | None:
     return None if value is None else max(1, round(value))
-

@@ -62,8 +62,15 @@ class Executor:
     ``overruns`` collects the sync jobs past their timeout whose thread may still run them (the worker's
     process must then end without joining its threads)."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, *, fork: bool,
-                 overruns: set[RunningJob]) -> None:
+    def __init__(
+        self,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        pool: ThreadPoolExecutor,
+        *,
+        fork: bool,
+        overruns: set[RunningJob],
+    ) -> None:
         self.name = name
         self.loop = loop
         self.pool = pool
@@ -176,8 +183,11 @@ class Executor:
         _, status = os.waitpid(pid, 0)
         running.pid = 0
         if not chunks:
-            how = (f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
-                   else f"exited with status {os.waitstatus_to_exitcode(status)}")
+            how = (
+                f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+                if os.WIFSIGNALED(status)
+                else f"exited with status {os.waitstatus_to_exitcode(status)}"
+            )
             raise WorkHorseKilled(f"the work horse (pid {pid}) running job {running.job.id} {how} without a result")
         result: tuple[bool, Any] = pickle.loads(b"".join(chunks))
         return result
@@ -208,6 +218,6 @@ def _child(running: RunningJob, write_fd: int, mask: Iterable[int]) -> NoReturn:
     try:
         view = memoryview(payload)
         while view:
-            view = view[os.write(write_fd, view):]
+            view = view[os.write(write_fd, view) :]
     finally:
         os._exit(0)

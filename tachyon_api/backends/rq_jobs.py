@@ -44,8 +44,20 @@ class Stopped(Exception):
 class JobSpec:
     """What running a job needs, read from the fields the claim returns."""
 
-    __slots__ = ("id", "origin", "func_name", "instance", "args", "kwargs", "description", "timeout", "meta",
-                 "result_ttl", "retries_left", "error")
+    __slots__ = (
+        "id",
+        "origin",
+        "func_name",
+        "instance",
+        "args",
+        "kwargs",
+        "description",
+        "timeout",
+        "meta",
+        "result_ttl",
+        "retries_left",
+        "error",
+    )
 
     _functions: ClassVar[dict[str, Callable[..., Any]]] = {}  # imported task functions, by name (bounded)
 
@@ -98,8 +110,21 @@ class RunningJob:
     """A claimed job, from its claim to the moment its outcome is recorded in Redis."""
 
     __slots__ = (
-        "job", "queue", "execution", "composite", "plain", "started", "task", "thread", "pid", "lock", "lost",
-        "stopped", "tries", "tracker", "skip",
+        "job",
+        "queue",
+        "execution",
+        "composite",
+        "plain",
+        "started",
+        "task",
+        "thread",
+        "pid",
+        "lock",
+        "lost",
+        "stopped",
+        "tries",
+        "tracker",
+        "skip",
     )
 
     def __init__(self, job: JobSpec, queue: Queue, execution: Execution, plain: bool) -> None:
@@ -125,8 +150,9 @@ class Outcome:
 
     __slots__ = ("running", "value", "error", "exc_string", "state", "result", "failure")
 
-    def __init__(self, running: RunningJob, value: Any = None, error: BaseException | None = None,
-                 exc_string: str = "") -> None:
+    def __init__(
+        self, running: RunningJob, value: Any = None, error: BaseException | None = None, exc_string: str = ""
+    ) -> None:
         self.running = running
         self.value = value
         self.error = error
@@ -164,6 +190,14 @@ class Outcome:
         if tracker is None:
             return
         fields = changes(self.state)
-        fields += [name for pair in (("tachyon_result", self.result), ("tachyon_error", self.failure),
-                                     ("tachyon_progress", tracker.pending_progress())) if pair[1] for name in pair]
+        fields += [
+            name
+            for pair in (
+                ("tachyon_result", self.result),
+                ("tachyon_error", self.failure),
+                ("tachyon_progress", tracker.pending_progress()),
+            )
+            if pair[1]
+            for name in pair
+        ]
         tracker.advance(self.state, fields)

@@ -53,7 +53,9 @@ class Leases:
                 job.lost = True
                 logger.warning(
                     "Worker %s: the lease of job %s was taken over while it ran (this worker could not renew it in "
-                    "time): another worker may run it again", self.name, job.job.id,
+                    "time): another worker may run it again",
+                    self.name,
+                    job.job.id,
                 )
 
     def recover(self, in_touch_for: float) -> None:
@@ -73,7 +75,10 @@ class Leases:
                 logger.warning(
                     "Worker %s: %d job(s) of queue %s were held by a worker that stopped renewing their leases: "
                     "retried if they have retries left, else failed: %s",
-                    self.name, len(expired), queue.name, ", ".join(expired),
+                    self.name,
+                    len(expired),
+                    queue.name,
+                    ", ".join(expired),
                 )
                 registry.cleanup()  # RQ's: each job to its queue (retries left) or to the failed registry
 
@@ -91,10 +96,13 @@ class Leases:
                 continue  # first seen now
             first = intermediate.get_first_seen(job_id)
             if first is None or (dt.datetime.now(dt.timezone.utc) - first).total_seconds() < max(
-                    self.heartbeat_interval / 2, 1.0):
+                self.heartbeat_interval / 2, 1.0
+            ):
                 continue
             if self.ledger.requeue_intermediate(queue, job_id):
                 logger.warning(
                     "Worker %s: job %s was left in %s by a worker that stopped before running it: back on the queue",
-                    self.name, job_id, intermediate.key,
+                    self.name,
+                    job_id,
+                    intermediate.key,
                 )

@@ -41,7 +41,8 @@ logger = logging.getLogger("tachyon_api.worker")
 # cancelled while it waited) and its status record's result limit ("" when not kept; START_LUA of
 # redis_status.py marks the record running), and the fields the worker needs to run it: data, description,
 # timeout, meta, result_ttl, retries_left.
-CLAIM = """
+CLAIM = (
+    """
 local q = tonumber(ARGV[1])
 local a = 2 + 2 * q
 local prefix, worker, wkey, wexec = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -71,7 +72,9 @@ while e <= #ARGV and qi <= q do
       redis.call('HSET', key, 'last_heartbeat', iso, 'status', 'started', 'started_at', iso, 'worker_name', worker)
       redis.call('PERSIST', key)
       local tnow = ARGV[a + 5]
-""" + START_LUA + """
+"""
+    + START_LUA
+    + """
       local f = redis.call('HMGET', key, 'data', 'description', 'timeout', 'meta', 'result_ttl', 'retries_left',
         'success_callback_name', 'repeats_left', 'rate_limit_key', 'webhooks')
       local plain = 1
@@ -92,6 +95,7 @@ if #out > 0 then
 end
 return out
 """
+)
 
 # Record successes. ARGV: the job key prefix, the worker's key, its executions key, now (RQ's format), now (Unix
 # timestamp, integer), now (Unix timestamp, float), the total working time of the batch, the worker's name, then
@@ -101,7 +105,8 @@ return out
 # redis_status.py): its state (succeeded, or cancelled), the kept result, the error and the latest progress
 # (JSON, "" for none). Returns per job 1 (recorded) or 0 (its
 # execution is no longer in the started registry: its lease was taken over, nothing written).
-FINISH = """
+FINISH = (
+    """
 local prefix, wkey, wexec, iso, nowi, nowf = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local out, done = {}, 0
 for a = 9, #ARGV, 11 do
@@ -113,7 +118,9 @@ for a = 9, #ARGV, 11 do
     local key = prefix .. id
     if redis.call('EXISTS', key) == 1 then  -- not deleted while it ran
       redis.call('HSET', key, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso)
-""" + END_LUA + """
+"""
+    + END_LUA
+    + """
       local rkey = 'rq:results:' .. id
       if value == '' then
         redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[8], 'execution_id', eid,
@@ -149,6 +156,7 @@ if done > 0 then
 end
 return out
 """
+)
 
 # Renew the leases of the running jobs and the worker's heartbeat. ARGV: the job key prefix, the worker's key,
 # its executions key, now (RQ's format), now (Unix timestamp), the lease, the executions' time-to-live, the
@@ -214,15 +222,24 @@ return 0
 """
 
 
-
 class Ledger:
     """One worker's jobs in Redis, claimed, renewed, finished and put back through the scripts above.
 
     Its methods make blocking Redis calls: the worker runs them in its Redis thread, retrying while Redis is
     away (a repeated call is safe: see the module docstring)."""
 
-    def __init__(self, connection: Redis, name: str, key: str, executions_key: str, *, lease: float,
-                 executions_ttl: int, worker_ttl: int, serializer: Any) -> None:
+    def __init__(
+        self,
+        connection: Redis,
+        name: str,
+        key: str,
+        executions_key: str,
+        *,
+        lease: float,
+        executions_ttl: int,
+        worker_ttl: int,
+        serializer: Any,
+    ) -> None:
         self.connection = connection
         self.name = name
         self.key = key
@@ -240,8 +257,9 @@ class Ledger:
             script = self._scripts[source] = self.connection.register_script(source)
         return script
 
-    def claim(self, queues: Sequence[Queue], count: int, known: Collection[str],
-              send: Callable[[Callable[[], Any]], Any]) -> list[RunningJob]:
+    def claim(
+        self, queues: Sequence[Queue], count: int, known: Collection[str], send: Callable[[Callable[[], Any]], Any]
+    ) -> list[RunningJob]:
         """Claim up to ``count`` jobs from ``queues`` (the first first). After a claim whose reply was lost, the
         executions of this worker not in ``known`` (the composite keys of its jobs) go back first. ``send``
         hands the jobs' status-record writes to the worker's Redis thread."""
@@ -254,10 +272,23 @@ class Ledger:
         keys = [queue.key for queue in queues]
         wips = [queue.started_job_registry.key for queue in queues]
         self._unsure = True  # until the reply is read
-        reply = self.script(CLAIM)(args=[
-            len(keys), *keys, *wips, Job.redis_job_namespace_prefix, self.name, self.key, self.executions_key,
-            utcformat(now), repr(stamp), self.lease, self.executions_ttl, self.worker_ttl, *ids,
-        ])
+        reply = self.script(CLAIM)(
+            args=[
+                len(keys),
+                *keys,
+                *wips,
+                Job.redis_job_namespace_prefix,
+                self.name,
+                self.key,
+                self.executions_key,
+                utcformat(now),
+                repr(stamp),
+                self.lease,
+                self.executions_ttl,
+                self.worker_ttl,
+                *ids,
+            ]
+        )
         self._unsure = False
         claimed = []
         for index, job_id, eid, plain, run, keep, *fields in reply:
@@ -267,8 +298,13 @@ class Ledger:
             execution.created_at = now
             running = RunningJob(spec, queue, execution, bool(plain))
             running.skip = run == b"0"
-            running.tracker = JobTracker(spec.id, Job.redis_job_namespace_prefix + spec.id, self.connection,
-                                         keep=int(keep) if keep else None, send=send)
+            running.tracker = JobTracker(
+                spec.id,
+                Job.redis_job_namespace_prefix + spec.id,
+                self.connection,
+                keep=int(keep) if keep else None,
+                send=send,
+            )
             claimed.append(running)
         return claimed
 
@@ -286,17 +322,29 @@ class Ledger:
         now = dt.datetime.now(dt.timezone.utc)
         stamp = now.timestamp()
         args: list[Any] = [
-            Job.redis_job_namespace_prefix, self.key, self.executions_key, utcformat(now), int(stamp), repr(stamp),
-            repr(sum(stamp - o.running.started for o in outcomes)), self.name,
+            Job.redis_job_namespace_prefix,
+            self.key,
+            self.executions_key,
+            utcformat(now),
+            int(stamp),
+            repr(stamp),
+            repr(sum(stamp - o.running.started for o in outcomes)),
+            self.name,
         ]
         for outcome in outcomes:
             running = outcome.running
             # The return value is kept in the status record when asked (keep_result), never in RQ's result.
             args += [
-                running.job.id, running.execution.id, running.queue.started_job_registry.key,
+                running.job.id,
+                running.execution.id,
+                running.queue.started_job_registry.key,
                 running.queue.finished_job_registry.key,
                 default_result_ttl if running.job.result_ttl is None else running.job.result_ttl,
-                "", repr(running.started), outcome.state, outcome.result, outcome.failure,
+                "",
+                repr(running.started),
+                outcome.state,
+                outcome.result,
+                outcome.failure,
                 running.tracker.pending_progress() if running.tracker is not None else b"",
             ]
         for outcome in outcomes:
@@ -309,8 +357,15 @@ class Ledger:
         lease was gone (taken over by another worker)."""
         now = dt.datetime.now(dt.timezone.utc)
         args: list[Any] = [
-            Job.redis_job_namespace_prefix, self.key, self.executions_key, utcformat(now), repr(now.timestamp()),
-            self.lease, self.executions_ttl, self.worker_ttl, state,
+            Job.redis_job_namespace_prefix,
+            self.key,
+            self.executions_key,
+            utcformat(now),
+            repr(now.timestamp()),
+            self.lease,
+            self.executions_ttl,
+            self.worker_ttl,
+            state,
         ]
         for running in jobs:
             args += [running.queue.started_job_registry.key, running.composite]
@@ -322,7 +377,9 @@ class Ledger:
         if ids:
             logger.warning(
                 "Worker %s: %d job(s) put back at the front of their queue: %s",
-                self.name, len(ids), ", ".join(i.decode() for i in ids),
+                self.name,
+                len(ids),
+                ", ".join(i.decode() for i in ids),
             )
 
     def requeue_intermediate(self, queue: Queue, job_id: str) -> bool:

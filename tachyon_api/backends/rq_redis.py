@@ -28,16 +28,22 @@ logger = logging.getLogger("tachyon_api.worker")
 
 # What a Redis call can fail with when Redis is away, restarting or loading its data: retried with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, OSError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    OSError,
 )
 
 
 def connect(url: str, socket_timeout: float, read_timeout: float | None = None) -> Redis:
     """A client that never retries by itself (see the module docstring)."""
     return Redis.from_url(
-        url, socket_connect_timeout=socket_timeout,
-        socket_timeout=socket_timeout if read_timeout is None else read_timeout, retry=Retry(NoBackoff(), 0),
+        url,
+        socket_connect_timeout=socket_timeout,
+        socket_timeout=socket_timeout if read_timeout is None else read_timeout,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -90,9 +96,16 @@ class RedisCalls:
             self.outage_logged = now
             logger.warning(
                 "Worker %s: Redis at %s is not reachable (%s: %s); retrying with backoff, running jobs go on",
-                self.name, safe_url(self.url), type(exc).__name__, exc,
+                self.name,
+                safe_url(self.url),
+                type(exc).__name__,
+                exc,
             )
         elif now - self.outage_logged >= 5.0:
             self.outage_logged = now
-            logger.warning("Worker %s: Redis still unreachable after %.0fs (%s)", self.name, now - self.outage_since,
-                           type(exc).__name__)
+            logger.warning(
+                "Worker %s: Redis still unreachable after %.0fs (%s)",
+                self.name,
+                now - self.outage_since,
+                type(exc).__name__,
+            )

@@ -96,7 +96,10 @@ class TachyonWorker(BaseWorker):
         self.heartbeat_interval = float(heartbeat)
         self.lease = 1.5 * self.heartbeat_interval
         super().__init__(
-            list(queues), name=name, connection=connection, worker_ttl=max(int(3 * self.heartbeat_interval), 1),
+            list(queues),
+            name=name,
+            connection=connection,
+            worker_ttl=max(int(3 * self.heartbeat_interval), 1),
             prepare_for_work=False,
         )
         self.log = logger
@@ -113,8 +116,14 @@ class TachyonWorker(BaseWorker):
         self._active = 0  # jobs executing: a finished job frees its slot before its outcome is recorded
         self._outcomes: list[Outcome] = []
         self._ledger = Ledger(
-            connection, self.name, self.key, self.executions_key, lease=self.lease,
-            executions_ttl=int(self.lease) + 60, worker_ttl=self.worker_ttl + 60, serializer=self.serializer,
+            connection,
+            self.name,
+            self.key,
+            self.executions_key,
+            lease=self.lease,
+            executions_ttl=int(self.lease) + 60,
+            worker_ttl=self.worker_ttl + 60,
+            serializer=self.serializer,
         )
         self._leases = Leases(self._ledger, self.queues, self.heartbeat_interval)
         self._stopping = False
@@ -191,14 +200,22 @@ class TachyonWorker(BaseWorker):
                     raise SystemExit(0) from None
                 logger.warning(
                     "Redis at %s is not reachable (%s: %s); attempt %d, next in %.1fs",
-                    safe_url(self.redis_url), type(exc).__name__, exc, attempt, delay,
+                    safe_url(self.redis_url),
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay,
                 )
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._redis.healthy_since = time.monotonic()
         logger.info(
             "Worker %s (pid %d) started on %s: queues %s, concurrency %d, %s, heartbeat %.1fs",
-            self.name, self.pid, safe_url(self.redis_url), ", ".join(self.queue_names()), self.concurrency,
+            self.name,
+            self.pid,
+            safe_url(self.redis_url),
+            ", ".join(self.queue_names()),
+            self.concurrency,
             "a forked child per job" if self.fork else f"sync tasks in {self.threads} threads",
             self.heartbeat_interval,
         )
@@ -231,7 +248,10 @@ class TachyonWorker(BaseWorker):
             self._stop_signal_at = now
             logger.info(
                 "Worker %s: %s received: finishing %d running job(s) (at most %.0fs), claiming no more",
-                self.name, signal.Signals(sig).name, len(self._running), self.shutdown_timeout,
+                self.name,
+                signal.Signals(sig).name,
+                len(self._running),
+                self.shutdown_timeout,
             )
         elif now - self._stop_signal_at > 1.0:  # the same signal sent to the group and to us counts once
             self._forced = True
@@ -338,7 +358,9 @@ class TachyonWorker(BaseWorker):
             retries = job.retries_left or 0
             logger.error(
                 "Worker %s: task %s (job %s) failed%s%s",
-                self.name, job.name, job.id,
+                self.name,
+                job.name,
+                job.id,
                 f"; retried ({retries} retries left)" if retries else "",
                 f" in its work horse:\n{outcome.exc_string}" if outcome.exc_string else "",
                 exc_info=None if outcome.exc_string else outcome.error,
@@ -365,7 +387,9 @@ class TachyonWorker(BaseWorker):
                     except Exception:
                         logger.error(
                             "Worker %s: the outcome of job %s could not be recorded; its lease will expire and it "
-                            "will be retried or failed", self.name, outcome.running.job.id,
+                            "will be retried or failed",
+                            self.name,
+                            outcome.running.job.id,
                         )
             for outcome in batch:
                 self._running.pop(outcome.running.composite, None)
@@ -391,7 +415,9 @@ class TachyonWorker(BaseWorker):
             running.lost = True
             logger.warning(
                 "Worker %s: job %s ran, but its lease had been taken over (the worker could not renew it in time): "
-                "another worker may run it again", self.name, running.job.id,
+                "another worker may run it again",
+                self.name,
+                running.job.id,
             )
 
     def _record_with_rq(self, outcome: Outcome) -> None:
@@ -539,14 +565,17 @@ class TachyonWorker(BaseWorker):
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             logger.warning(
                 "Worker %s: %d job(s) still running at the shutdown deadline (%.0fs): putting them back on the queue",
-                self.name, len(unfinished), self.shutdown_timeout,
+                self.name,
+                len(unfinished),
+                self.shutdown_timeout,
             )
             try:
                 await asyncio.wait_for(self._redis.call(self._ledger.unclaim, [r.composite for r in unfinished]), 10)
             except (asyncio.TimeoutError, Exception):
                 logger.error(
                     "Worker %s: could not put back %s; their leases will expire and they will be retried or failed",
-                    self.name, ", ".join(r.job.id for r in unfinished),
+                    self.name,
+                    ", ".join(r.job.id for r in unfinished),
                 )
             for running in unfinished:
                 self._running.pop(running.composite, None)
@@ -558,7 +587,9 @@ class TachyonWorker(BaseWorker):
             except asyncio.TimeoutError:
                 logger.error(
                     "Worker %s: the outcomes of %d job(s) could not be recorded before exiting: %s",
-                    self.name, len(self._running), ", ".join(r.job.id for r in self._running.values()),
+                    self.name,
+                    len(self._running),
+                    ", ".join(r.job.id for r in self._running.values()),
                 )
         return 0
 
@@ -588,5 +619,3 @@ class TachyonWorker(BaseWorker):
     def abandoned_threads(self) -> bool:
         """True when a sync job's thread was still running at exit: the process must end without joining it."""
         return any(running.thread is not None for running in [*self._overruns, *self._running.values()])
-
-

@@ -58,7 +58,8 @@ def create_decorated_middleware_class(func: Callable[..., Awaitable[Any]], middl
     if not inspect.iscoroutinefunction(func):
         raise TypeError(f"Middleware {func.__qualname__} must be an async function")
     positional = [
-        p for p in inspect.signature(func).parameters.values()
+        p
+        for p in inspect.signature(func).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     if len(positional) == 4:

@@ -24,8 +24,21 @@ REDACTED = "<redacted>"
 
 # Field and header names that look like they hold a secret: a name containing one of these, once lower-cased
 # and stripped of everything but letters and digits ("API-Key", "api_key" and "apiKey" all read "apikey").
-SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "apikey", "authorization", "credential",
-                "privatekey", "cookie", "session", "cvv", "cvc")
+SECRET_WORDS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "authorization",
+    "credential",
+    "privatekey",
+    "cookie",
+    "session",
+    "cvv",
+    "cvc",
+)
 
 # Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: written as they are, a client
 # could end a log line and forge the next one (CWE-117). They are written as escapes instead (\n, \x1b, \u2028).
@@ -56,7 +69,7 @@ def _redact_value(value: Any) -> Any:
 # Fallbacks for what cannot be parsed whole (a cut preview, a body over BODY_PARSED, multipart): the value after
 # a secret-looking JSON key, urlencoded field or multipart field name.
 _STRING = r'"(?:[^"\\]|\\.)*"?'
-_JSON_FIELD = re.compile(r'("([^"\\]*)"\s*:\s*)(' + _STRING + r'|[^,}\]\s]*)')
+_JSON_FIELD = re.compile(r'("([^"\\]*)"\s*:\s*)(' + _STRING + r"|[^,}\]\s]*)")
 _FORM_FIELD = re.compile(r"((?:^|[&;\s])([^=&;\s]+)=)([^&;\s]*)")
 _MULTIPART_FIELD = re.compile(r'(name="([^"]*)"[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n)([^\r\n]*)')
 

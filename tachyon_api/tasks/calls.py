@@ -44,7 +44,8 @@ async def execute(task: BackgroundTask, pool: ThreadPool, timed_out: Callable[[B
             timed_out(task)
             logger.warning(
                 "Background task %s overran its timeout of %ss; a thread cannot be stopped, still waiting for it",
-                task.name, task.timeout,
+                task.name,
+                task.timeout,
             )
     result = await future
     if inspect.isawaitable(result):  # a sync callable that returned a coroutine

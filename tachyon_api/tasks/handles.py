@@ -133,9 +133,27 @@ class BackgroundTask:
     task's own keyword arguments.
     """
 
-    __slots__ = ("func", "args", "kwargs", "is_async", "name", "timeout", "retries", "retry_delay", "backend",
-                 "delay", "at", "job_id", "result_ttl", "failure_ttl", "on_end", "_id", "owner", "keep_result",
-                 "tracker")
+    __slots__ = (
+        "func",
+        "args",
+        "kwargs",
+        "is_async",
+        "name",
+        "timeout",
+        "retries",
+        "retry_delay",
+        "backend",
+        "delay",
+        "at",
+        "job_id",
+        "result_ttl",
+        "failure_ttl",
+        "on_end",
+        "_id",
+        "owner",
+        "keep_result",
+        "tracker",
+    )
 
     # Set once any task's handle is taken (its id read, keep_result or owner set): until then no request needs
     # to look for held tasks before its response (see TaskControl.accept).

@@ -100,24 +100,39 @@ def task_status_router(
     task_status.__tachyon_task_status__ = True  # type: ignore[attr-defined]  # found by status_url()
     missing = {
         404: {"description": "No such task (unknown, expired, or not yours)", "content": _ERROR_BODY},
-        503: {"description": "The task store is down: try again after Retry-After", "content": _ERROR_BODY,
-              "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
+        503: {
+            "description": "The task store is down: try again after Retry-After",
+            "content": _ERROR_BODY,
+            "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+        },
     }
     router.add_api_route(
-        "/{task_id}", task_status, ["GET"], name="task_status",
+        "/{task_id}",
+        task_status,
+        ["GET"],
+        name="task_status",
         responses={200: {"description": "The task's status record", "model": TaskRecord}, **missing},
     )
     router.add_api_route(
-        "/{task_id}/events", task_events, ["GET"], name="task_events",
+        "/{task_id}/events",
+        task_events,
+        ["GET"],
+        name="task_events",
         responses={
-            200: {"description": "Server-Sent Events: one status record (JSON) per event, until a final state",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            200: {
+                "description": "Server-Sent Events: one status record (JSON) per event, until a final state",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
             204: {"description": "The task has ended and the client reconnected (Last-Event-ID): stop"},
             **missing,
         },
     )
     router.add_api_route(
-        "/{task_id}", cancel_task, ["DELETE"], name="cancel_task", status_code=202,
+        "/{task_id}",
+        cancel_task,
+        ["DELETE"],
+        name="cancel_task",
+        status_code=202,
         responses={
             202: {"description": "Cancellation requested: the record as it is now", "model": TaskRecord},
             409: {"description": "The task had already finished", "content": _ERROR_BODY},
@@ -148,7 +163,8 @@ def principal_id(value: Any) -> str | None:
             _warned.add(kind)
             logger.warning(
                 "The task status router's guard returned a %s: only a str or an int is a principal (compared with "
-                "with_options(owner=...)); return the principal's id to see owned tasks", kind,
+                "with_options(owner=...)); return the principal's id to see owned tasks",
+                kind,
             )
     return None
 
@@ -193,7 +209,8 @@ async def _events(records: AsyncIterator[TaskRecord], keepalive: float) -> Async
                 return
             except TaskBackendUnavailable as exc:  # the store went down (logged where it failed): say so, end
                 yield b"retry: %d\nevent: unavailable\ndata: %s\n\n" % (
-                    (exc.retry_after or 0) * 1000, encode_json(exc.body())
+                    (exc.retry_after or 0) * 1000,
+                    encode_json(exc.body()),
                 )
                 return
             number += 1

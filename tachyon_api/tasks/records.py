@@ -31,9 +31,24 @@ from typing import Any, overload
 import msgspec
 
 __all__ = [
-    "QUEUED", "SCHEDULED", "RUNNING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED", "STATES", "FINAL",
-    "TRANSITIONS", "Progress", "TaskError", "TaskRecord", "Tracker", "MemoryTaskStore", "encode_result",
-    "check_progress", "iso",
+    "QUEUED",
+    "SCHEDULED",
+    "RUNNING",
+    "RETRYING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "STATES",
+    "FINAL",
+    "TRANSITIONS",
+    "Progress",
+    "TaskError",
+    "TaskRecord",
+    "Tracker",
+    "MemoryTaskStore",
+    "encode_result",
+    "check_progress",
+    "iso",
 ]
 
 QUEUED, SCHEDULED, RUNNING, RETRYING = "queued", "scheduled", "running", "retrying"
@@ -176,9 +191,16 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
     def record(self) -> TaskRecord:
         """A snapshot (call it under the store's lock)."""
         return TaskRecord(
-            id=self.id, name=self.name, state=self.state, attempts=self.attempts, created_at=iso(self.created),
-            started_at=iso(self.started), ended_at=iso(self.ended), progress=Progress(self.done, self.message),
-            result=None if self.result is None else msgspec.json.decode(self.result), error=self.error,
+            id=self.id,
+            name=self.name,
+            state=self.state,
+            attempts=self.attempts,
+            created_at=iso(self.created),
+            started_at=iso(self.started),
+            ended_at=iso(self.ended),
+            progress=Progress(self.done, self.message),
+            result=None if self.result is None else msgspec.json.decode(self.result),
+            error=self.error,
         )
 
     @property
@@ -199,8 +221,9 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
             self.tell()
         return True
 
-    def end(self, state: str, perf: float | None = None, error: TaskError | None = None,
-            result: bytes | None = None) -> bool:
+    def end(
+        self, state: str, perf: float | None = None, error: TaskError | None = None, result: bytes | None = None
+    ) -> bool:
         """The attempt ended (at ``perf``, a ``time.perf_counter()`` value; None: now): the task is in ``state``
         (retrying, or a final one) with its error, or its kept result (JSON). False if it had ended already."""
         if state not in TRANSITIONS[self.state]:
@@ -370,8 +393,15 @@ class MemoryTaskStore:
     def __len__(self) -> int:
         return len(self._records)
 
-    def create(self, task_id: str, name: str, owner: str | None = None, keep_result: bool = False,
-               is_async: bool = False, state: str = QUEUED) -> Tracker:
+    def create(
+        self,
+        task_id: str,
+        name: str,
+        owner: str | None = None,
+        keep_result: bool = False,
+        is_async: bool = False,
+        state: str = QUEUED,
+    ) -> Tracker:
         """A new record, queued (or scheduled: a delayed task); it replaces an ended one with the same id."""
         tracker = self._records[task_id] = Tracker(
             self, task_id, name, owner, keep_result, is_async, time.perf_counter() + self.offset, state

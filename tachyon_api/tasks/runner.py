@@ -56,8 +56,7 @@ def _id_of(task: BackgroundTask) -> str | None:
 
 
 # The record's state for each outcome of an attempt (see records.py and stats.py).
-_STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING,
-          CANCELLED: records.CANCELLED}
+_STATE = {SUCCEEDED: records.SUCCEEDED, FAILED: records.FAILED, RETRIED: records.RETRYING, CANCELLED: records.CANCELLED}
 
 
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(..., context=) exists
@@ -67,8 +66,19 @@ class _Batch:
     """One request's tasks on their way through the runner. Its ``index``/``attempt``/``since``/``running``
     say which task runs now, since when: the runner's list of running tasks is read from its batches."""
 
-    __slots__ = ("tasks", "method", "path", "context", "index", "attempt", "since", "running", "threaded",
-                 "abandoned", "loop")
+    __slots__ = (
+        "tasks",
+        "method",
+        "path",
+        "context",
+        "index",
+        "attempt",
+        "since",
+        "running",
+        "threaded",
+        "abandoned",
+        "loop",
+    )
 
     def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
         self.tasks = tasks
@@ -185,8 +195,9 @@ class BackgroundRunner:
         delayed."""
         with self._lock:
             batches = [*self._active.values(), *self._threaded, *self._pending]
-        started = [f"{task.name} ({batch.method} {batch.path})"
-                   for batch in batches for task in batch.tasks[batch.index :]]
+        started = [
+            f"{task.name} ({batch.method} {batch.path})" for batch in batches for task in batch.tasks[batch.index :]
+        ]
         return started + self._delayed.labels()
 
     def cancel(self, task: BackgroundTask) -> bool:
@@ -211,11 +222,25 @@ class BackgroundRunner:
         now = time.perf_counter()
         with self._lock:
             detail = self.metrics.snapshot()
-            running = sorted((
-                (batch.since, stat_name(batch.tasks[batch.index].name), batch.method, batch.path, batch.attempt,
-                 _id_of(batch.tasks[batch.index]))
-                for batch in self._batches() if batch.running
-            ), key=lambda row: row[0]) if self.metrics.per_name else []
+            running = (
+                sorted(
+                    (
+                        (
+                            batch.since,
+                            stat_name(batch.tasks[batch.index].name),
+                            batch.method,
+                            batch.path,
+                            batch.attempt,
+                            _id_of(batch.tasks[batch.index]),
+                        )
+                        for batch in self._batches()
+                        if batch.running
+                    ),
+                    key=lambda row: row[0],
+                )
+                if self.metrics.per_name
+                else []
+            )
         stats = self.stats()
         totals = msgspec.structs.asdict(stats)
         totals["duration_mean"] = stats.duration_mean
@@ -275,7 +300,9 @@ class BackgroundRunner:
             except asyncio.TimeoutError:
                 logger.warning(
                     "No room in the background queue for request %s %s within %.1fs; queueing past the limit",
-                    method, path, self.shutdown_timeout,
+                    method,
+                    path,
+                    self.shutdown_timeout,
                 )
                 break
         return True
@@ -285,7 +312,8 @@ class BackgroundRunner:
         """True when a new batch would have to wait for room (see :meth:`admit`). Delayed tasks take room too:
         memory stays bounded however far ahead they are asked for."""
         return (
-            self.started and not self._closed
+            self.started
+            and not self._closed
             and len(self._active) + len(self._threaded) + len(self._pending) + len(self._delayed)
             >= self.concurrency + self.queue_size
         )
@@ -387,9 +415,7 @@ class BackgroundRunner:
                 self._drop([running], batch.method, batch.path, reason)
             self._drop(lost, batch.method, batch.path, "not started before the shutdown deadline")
 
-    async def run_batch(
-        self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None
-    ) -> None:
+    async def run_batch(self, tasks: list[BackgroundTask], method: str, path: str, batch: _Batch | None = None) -> None:
         """Run tasks in order in the current asyncio task (the inline path, and ``BackgroundTasks.run_tasks``)."""
         batch = batch or _Batch(tasks, method, path, contextvars.copy_context())
         self._inline.add(batch)
@@ -446,8 +472,14 @@ class BackgroundRunner:
             self._launch_or_queue(batch)
         if self._room_waiters:  # as many waiting requests as there is room for (each takes one batch's room)
             if self.started and not self._closed:
-                room = (self.concurrency + self.queue_size - len(self._active) - len(self._threaded)
-                        - len(self._pending) - len(self._delayed))
+                room = (
+                    self.concurrency
+                    + self.queue_size
+                    - len(self._active)
+                    - len(self._threaded)
+                    - len(self._pending)
+                    - len(self._delayed)
+                )
             else:
                 room = len(self._room_waiters)
             while self._room_waiters and room > 0:
@@ -550,7 +582,12 @@ class BackgroundRunner:
                     pass
 
     def _attempt_ended(
-        self, task: BackgroundTask, batch: _Batch, attempt: int, error: BaseException | None, final: bool = True,
+        self,
+        task: BackgroundTask,
+        batch: _Batch,
+        attempt: int,
+        error: BaseException | None,
+        final: bool = True,
         result: Any = None,
     ) -> TaskFailure | None:
         """Count one attempt of ``task`` (on the loop, or in the worker thread of a threaded batch), record it
@@ -584,7 +621,12 @@ class BackgroundRunner:
                 tracker.end(_STATE[outcome], now, failure, kept)
             if outcome == FAILED:
                 self.metrics.failure(  # the id only of a task that has a status record: ids are capabilities
-                    task.name, batch.method, batch.path, attempt, error, None if tracker is None else tracker.id  # type: ignore[arg-type]  # FAILED: error is set
+                    task.name,
+                    batch.method,
+                    batch.path,
+                    attempt,
+                    error,  # type: ignore[arg-type]  # FAILED: error is set
+                    None if tracker is None else tracker.id,
                 )
         if task.on_end is not None and outcome != RETRIED:
             task.on_end(OUTCOMES[outcome])
@@ -644,7 +686,13 @@ class BackgroundRunner:
                     delay = random.uniform(delay / 2, delay)
                     logger.warning(
                         "Background task %s failed (attempt %d of %d, request %s %s): %r; retrying in %.2fs",
-                        task.name, attempt, task.retries + 1, batch.method, batch.path, exc, delay,
+                        task.name,
+                        attempt,
+                        task.retries + 1,
+                        batch.method,
+                        batch.path,
+                        exc,
+                        delay,
                     )
                     if tracker is not None:
                         tracker.interrupt = current  # a cancellation ends the wait

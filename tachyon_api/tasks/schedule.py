@@ -226,8 +226,11 @@ class PeriodicJob:
         pass_tick = False
         if signature is not None:
             pass_tick = "tick" in signature.parameters
-            required = [p.name for p in signature.parameters.values() if p.name != "tick"
-                        and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            required = [
+                p.name
+                for p in signature.parameters.values()
+                if p.name != "tick" and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
             if required:
                 raise TypeError(
                     f"@periodic: {getattr(func, '__qualname__', func)} is called with no arguments (or only `tick`, "
@@ -242,8 +245,16 @@ class PeriodicJob:
         if isinstance(schedule, Every) and seconds >= schedule.seconds:
             raise ValueError(f"periodic(jitter={jitter!r}): shorter than the interval ({schedule.seconds}s)")
         job_name = probe.name if name is not None else f"{func.__module__}.{probe.name}"
-        job = cls(func, schedule, name=job_name, options=options, overlap=overlap, catch_up=catch_up,
-                  jitter=float(seconds), durable=durable)
+        job = cls(
+            func,
+            schedule,
+            name=job_name,
+            options=options,
+            overlap=overlap,
+            catch_up=catch_up,
+            jitter=float(seconds),
+            durable=durable,
+        )
         job.pass_tick = pass_tick
         return job
 
@@ -413,7 +424,10 @@ class Scheduler:
             job.missed += missed
             logger.warning(
                 "Periodic job %s: %d tick(s) missed between %s and %s (nothing held its schedule)%s",
-                job.name, missed, iso(last, zone), iso(due, zone),
+                job.name,
+                missed,
+                iso(last, zone),
+                iso(due, zone),
                 "; running the latest" if run and late > GRACE else "",
             )
         backend = self._backend(job)
@@ -436,9 +450,7 @@ class Scheduler:
             job.last_tick, job.last_run, job.last_outcome = due, due, "queued"
             job.runs += 1
 
-    async def _still_running(
-        self, job: PeriodicJob, backend: TaskBackend | None, lease: ScheduleLease
-    ) -> str | None:
+    async def _still_running(self, job: PeriodicJob, backend: TaskBackend | None, lease: ScheduleLease) -> str | None:
         """If the last run of ``job`` has not ended, what it is doing (for the skip warning); else None. Counted
         here in-process (a run of a process that died ended with it), asked of the backend for a durable job."""
         zone = job.schedule.zone()

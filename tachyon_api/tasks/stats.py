@@ -15,8 +15,19 @@ if TYPE_CHECKING:
     from .handles import BackgroundTask
 
 __all__ = [
-    "TaskFailure", "TaskStats", "TaskMetrics", "DURATION_BOUNDS", "OUTCOMES", "SUCCEEDED", "FAILED", "RETRIED",
-    "TIMED_OUT", "DROPPED", "CANCELLED", "MAX_NAME_LENGTH", "stat_name",
+    "TaskFailure",
+    "TaskStats",
+    "TaskMetrics",
+    "DURATION_BOUNDS",
+    "OUTCOMES",
+    "SUCCEEDED",
+    "FAILED",
+    "RETRIED",
+    "TIMED_OUT",
+    "DROPPED",
+    "CANCELLED",
+    "MAX_NAME_LENGTH",
+    "stat_name",
 ]
 
 
@@ -155,16 +166,18 @@ class TaskMetrics:
     ) -> None:
         if not self.per_name:
             return
-        self.failures.append({
-            "name": stat_name(name),
-            "id": task_id,
-            "method": method,
-            "path": path,
-            "attempts": attempts,
-            "time": time.time(),
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        })
+        self.failures.append(
+            {
+                "name": stat_name(name),
+                "id": task_id,
+                "method": method,
+                "path": path,
+                "attempts": attempts,
+                "time": time.time(),
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            }
+        )
 
     def rows(self) -> list[tuple[str, list[int], list[int], float]]:
         """A copy of the per-name data: (name, counts by outcome, histogram buckets, total seconds)."""

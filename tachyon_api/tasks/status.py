@@ -60,6 +60,7 @@ def _running() -> Any:
             task = slot[0]
     return task
 
+
 # Longer ids are never made (ours are 32 characters; RQ job ids given with ``job_id=`` are the user's): such a
 # path is answered 404 without a lookup.
 MAX_ID = 128

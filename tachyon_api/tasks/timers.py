@@ -107,7 +107,11 @@ class DelayedTasks:
         """The ``limit`` soonest, for the dashboard: name, request, and due time (ISO 8601, UTC)."""
         soonest = sorted(self._waiting.items(), key=lambda item: item[1].due)[:limit]
         return [
-            {"name": task.name, "method": w.method, "path": w.path,
-             "due": dt.datetime.fromtimestamp(w.due, dt.timezone.utc).isoformat()}
+            {
+                "name": task.name,
+                "method": w.method,
+                "path": w.path,
+                "due": dt.datetime.fromtimestamp(w.due, dt.timezone.utc).isoformat(),
+            }
             for task, w in soonest
         ]
