@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -187,13 +188,19 @@ class MemcachedCacheBackend(BaseCacheBackend):
     name the expiry ``time=`` rather than ``expire=``, and the backend switches to it when a client refuses
     ``expire=``, as tachyon-api 1.3 did. Values are pickled. Keys that memcached would refuse (non-ASCII, over
     250 bytes, spaces, control characters) are hashed. ``clear`` flushes the whole server: memcached cannot
-    list keys."""
+    list keys.
+
+    Cached functions call the backend from several threads at once (sync endpoints, and the thread an async one
+    hands the network call to). pymemcache's ``base.Client`` is one socket and not thread-safe: two threads'
+    replies cross (one reads the other's value) or the socket breaks. So calls through such a client take a lock;
+    pass a ``pymemcache.client.base.PooledClient`` (a connection per concurrent caller) to run them at once."""
 
     MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger expiry values as a Unix timestamp
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self._expiry_keyword = "expire"  # becomes "time" for the clients that name it so
+        self._lock = threading.Lock() if _single_socket(client) else contextlib.nullcontext()
 
     @staticmethod
     def _key(key: str) -> str:
@@ -204,7 +211,8 @@ class MemcachedCacheBackend(BaseCacheBackend):
         return "h:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     def get(self, key: str) -> Any:
-        raw = self.client.get(self._key(key))
+        with self._lock:
+            raw = self.client.get(self._key(key))
         return None if raw is None else pickle.loads(raw)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
@@ -214,19 +222,32 @@ class MemcachedCacheBackend(BaseCacheBackend):
             if expire > self.MAX_RELATIVE_EXPIRY:
                 expire = int(time.time()) + expire
         key, data = self._key(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        try:
-            self.client.set(key, data, **{self._expiry_keyword: expire})
-        except TypeError as exc:
-            if self._expiry_keyword != "expire" or "expire" not in str(exc):
-                raise
-            self._expiry_keyword = "time"
-            self.client.set(key, data, time=expire)
+        with self._lock:
+            try:
+                self.client.set(key, data, **{self._expiry_keyword: expire})
+            except TypeError as exc:
+                if self._expiry_keyword != "expire" or "expire" not in str(exc):
+                    raise
+                self._expiry_keyword = "time"
+                self.client.set(key, data, time=expire)
 
     def delete(self, key: str) -> None:
-        self.client.delete(self._key(key))
+        with self._lock:
+            self.client.delete(self._key(key))
 
     def clear(self) -> None:
-        self.client.flush_all()
+        with self._lock:
+            self.client.flush_all()
+
+
+def _single_socket(client: Any) -> bool:
+    """Whether ``client`` is pymemcache's one-socket ``base.Client`` (not its pooled or hashing clients, nor
+    python-memcached's, whose connections are per thread)."""
+    try:
+        from pymemcache.client.base import Client  # type: ignore[import-untyped]  # pymemcache ships no types
+    except ImportError:  # then the client is another library's
+        return False
+    return type(client) is Client
 
 
 # --- configuration ----------------------------------------------------------------------------------------

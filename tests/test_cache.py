@@ -392,6 +392,32 @@ def test_memcached_backend_on_a_real_server(memcached_address):
     assert names == ["josé"]  # cached under its hashed key (an unhashed one failed: computed on every call)
 
 
+def test_memcached_backend_shares_one_socket_client_between_threads(memcached_address):
+    """pymemcache's base Client is one socket: without the backend's lock, threads calling at once read each
+    other's replies (a wrong value) or break the socket. Each thread reads back only its own values."""
+    client = MemcacheClient(memcached_address, connect_timeout=2, timeout=2, no_delay=True)
+    backend = MemcachedCacheBackend(client)
+    wrong: list[tuple[str, object]] = []
+
+    def hammer(thread: int) -> None:
+        for i in range(50):
+            key = f"t{thread}:{i}"
+            try:
+                backend.set(key, key, ttl=60)
+                found = backend.get(key)
+            except Exception as exc:  # a broken socket: as wrong as a crossed reply
+                found = exc
+            if found != key:
+                wrong.append((key, found))
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert wrong == [] and not any(thread.is_alive() for thread in threads)
+
+
 # --- keys never built from an identity; only complete, successful answers cached -----------------------------
 class Account:
     """A dependency's value without a ``__repr__``: its default ``repr`` is its memory address."""
