@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..exceptions import TaskBackendUnavailable
-from ..tasks.records import FINAL, TRANSITIONS, Progress, TaskError, TaskRecord, encode_result
+from ..tasks.records import FINAL, TRANSITIONS, Progress, TaskError, TaskRecord, encode_result, follow_record
 
 if TYPE_CHECKING:
     import psycopg
@@ -337,20 +337,8 @@ class PostgresStatus:
         if hub is None:
             hub = self._hubs[loop] = StatusHub(self.dsn, self.connect_timeout)
         async with hub.listen(task_id) as changed:
-            last = None
-            while True:
-                changed.clear()
-                found = await self.read(task_id)
-                if found is None:
-                    return
-                record = found[0]
-                if record != last:
-                    last = record
-                    yield record
-                if record.final:
-                    return
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), FALLBACK_SECONDS)
+            async for record in follow_record(lambda: self.read(task_id), changed, FALLBACK_SECONDS):
+                yield record
 
     async def cancel(self, task_id: str) -> bool | None:
         """True when asked (a waiting job is cancelled, a running one told to stop), False when it had ended,

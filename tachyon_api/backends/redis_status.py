@@ -52,6 +52,7 @@ from ..tasks.records import (
     Progress,
     TaskError,
     TaskRecord,
+    follow_record,
     iso,
 )
 from .rq_redis import safe_url
@@ -427,20 +428,8 @@ class RedisStatus:
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The current record, then one per change (told by pub/sub), until a final one."""
         async with self.hub().listen(channel(task_id)) as changed:
-            last = None
-            while True:
-                changed.clear()
-                found = await self.read(task_id)
-                if found is None:
-                    return
-                record = found[0]
-                if record != last:
-                    last = record
-                    yield record
-                if record.final:
-                    return
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), FALLBACK_SECONDS)
+            async for record in follow_record(lambda: self.read(task_id), changed, FALLBACK_SECONDS):
+                yield record
 
     async def cancel(self, task_id: str) -> str:
         """Run :data:`CANCEL`: "unknown", "final:<state>", "cancelled" or "running". Raises

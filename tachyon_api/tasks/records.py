@@ -20,17 +20,19 @@ one written is the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, overload
 
 import msgspec
 
 __all__ = [
+    "follow_record",
     "QUEUED",
     "SCHEDULED",
     "RUNNING",
@@ -460,3 +462,26 @@ class MemoryTaskStore:
 async def _nothing() -> AsyncIterator[TaskRecord]:
     return
     yield  # an async generator that yields nothing
+
+
+async def follow_record(
+    read: Callable[[], Awaitable[tuple[TaskRecord, str | None] | None]], changed: asyncio.Event, fallback: float
+) -> AsyncIterator[TaskRecord]:
+    """How a shared store's watcher follows one record: the current one, then one per change, until a final one
+    (or the record is gone). ``changed`` is set by the store's notifications (Redis pub/sub, PostgreSQL
+    ``NOTIFY``); the record is also read again every ``fallback`` seconds, for a notification lost with a
+    connection. A notification between the read and the wait is not lost: the event is cleared before the read."""
+    last = None
+    while True:
+        changed.clear()
+        found = await read()
+        if found is None:
+            return
+        record = found[0]
+        if record != last:
+            last = record
+            yield record
+        if record.final:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), fallback)
