@@ -121,6 +121,29 @@ def test_a_failing_job_ends_failed_with_its_error(postgres_url: str) -> None:
     assert record["error"] == {"type": "ValueError", "message": "no such customer"}
 
 
+def test_a_job_whose_function_cannot_be_imported_fails_with_the_reason(postgres_url: str) -> None:
+    """A job stored by code the worker does not have (a deploy half done, a renamed function): the job fails,
+    and its record and the dashboard's failed jobs say why, not only the worker's log."""
+    import psycopg
+    from procrastinate import sql
+    from procrastinate.types import JobToDefer
+    from psycopg.types.json import Jsonb
+
+    args = Jsonb({"args": [1], "kwargs": {}, "id": "gone0001"})
+    with TachyonTestClient(pg_app.app) as client:
+        assert client.post("/status/wait?seconds=0").status_code == 202  # a job of the app: the tables exist
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            job = JobToDefer(pg_app.app.task_backend.queue_name, "pg_app:renamed_away", 0, None, None, args, None)
+            conn.execute(sql.queries["defer_jobs"], {"jobs": [job]})
+        assert client.get("/tasks/gone0001").json()["state"] == "queued"
+        burst(postgres_url)
+        record = client.get("/tasks/gone0001").json()
+    assert record["state"] == "failed"
+    assert record["error"]["type"] == "ImportError" and "pg_app:renamed_away" in record["error"]["message"]
+    [failed] = pg_app.app.task_backend.failed_jobs()
+    assert "cannot import the task pg_app:renamed_away" in failed["exc_info"]
+
+
 def test_a_cancelled_queued_or_scheduled_job_never_runs(postgres_url: str) -> None:
     with TachyonTestClient(pg_app.app) as client:
         waiting = client.post("/status/wait?seconds=0").json()["id"]

@@ -18,7 +18,7 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import JobAborted
@@ -123,9 +123,18 @@ class _Tasks(dict[str, "Task[..., Any, ...]"]):
             func = import_function(name)
         except Exception as exc:
             logger.exception("Cannot import the task %s: %s", name, exc)
-            raise KeyError(name) from exc
+            # A task that fails with the import error: the job then fails (or retries, per its options) like any
+            # job, its status record and the dashboard saying why. Not kept: the next job tries the import again.
+            return _task(self.app, name, _unimportable(name, exc), self.backend)
         task = self[name] = _task(self.app, name, func, self.backend)
         return task
+
+
+def _unimportable(name: str, exc: Exception) -> Callable[..., NoReturn]:
+    def fail(*args: Any, **kwargs: Any) -> NoReturn:
+        raise ImportError(f"cannot import the task {name}: {type(exc).__name__}: {exc}") from exc
+
+    return fail
 
 
 def _task(app: App, name: str, func: Callable[..., Any], backend: PostgresBackend) -> Task[..., Any, ...]:
