@@ -442,3 +442,35 @@ def test_a_delayed_task_is_scheduled_then_runs_and_one_cancelled_never_runs() ->
         assert wait_until(lambda: app.background.stats().delayed == 0)  # taken off its timer, not left waiting
         stats = app.background.stats()
     assert ran == ["soon"] and (stats.cancelled, stats.succeeded) == (1, 1)
+
+
+def test_a_task_that_succeeds_on_its_retry_keeps_no_error_from_the_failed_attempt() -> None:
+    """A record's error is written only when it changes at an attempt's end: the retry's success must still
+    clear the first attempt's error (sync on the loop with retries, and async)."""
+    app = Tachyon()
+    app.include_router(task_status_router(prefix="/tasks", public=True))
+    calls = {"sync": 0, "async": 0}
+
+    def flaky_sync() -> str:
+        calls["sync"] += 1
+        if calls["sync"] == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    async def flaky_async() -> str:
+        calls["async"] += 1
+        if calls["async"] == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    @app.post("/flaky/{kind}")
+    def start(kind: str, background_tasks: BackgroundTasks):
+        func = flaky_sync if kind == "sync" else flaky_async
+        return Accepted(background_tasks.add_task(func).with_options(retries=1, retry_delay=0.01, keep_result=True))
+
+    with serve(app) as url:
+        for kind in ("sync", "async"):
+            accepted = httpx.post(f"{url}/flaky/{kind}").json()
+            assert wait_until(lambda: record(url, accepted["status_url"])["state"] in FINAL)  # noqa: B023
+            done = record(url, accepted["status_url"])
+            assert (done["state"], done["attempts"], done["error"], done["result"]) == ("succeeded", 2, None, "ok")

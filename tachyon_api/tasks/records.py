@@ -231,13 +231,19 @@ class Tracker(msgspec.Struct, gc=False, repr_omit_defaults=True):
         if state not in TRANSITIONS[self.state]:
             return False
         self.state = state
-        self.error = error
+        # A field is written only when it changes: each write to a Struct's field goes through the generic
+        # attribute machinery (the interpreter does not specialise it), and a task that succeeds without a kept
+        # result, the usual case, changes none of these three.
+        if error is not self.error:
+            self.error = error
         self.version += 1
         if state != RETRYING:
             store = self.store
             self.ended = now = (time.perf_counter() if perf is None else perf) + store.offset
-            self.result = result
-            self.interrupt = None
+            if result is not None:  # a final state is reached once: the field is still None
+                self.result = result
+            if self.interrupt is not None:
+                self.interrupt = None
             store.ended(self, now)
         if self.waiters is not None or self.store.shared:
             self.tell()

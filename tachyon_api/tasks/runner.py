@@ -78,6 +78,7 @@ class _Batch:
         "threaded",
         "abandoned",
         "loop",
+        "task",
     )
 
     def __init__(self, tasks: list[BackgroundTask], method: str, path: str, context: contextvars.Context) -> None:
@@ -98,6 +99,9 @@ class _Batch:
         self.threaded = threaded
         self.abandoned = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        # The asyncio task running the batch when the runner made one (None: it runs in its caller's task, or
+        # in a worker thread): asyncio.current_task() is a Python function before 3.12, not worth a call per task.
+        self.task: asyncio.Task[None] | None = None
 
 
 ErrorHook = Callable[[TaskFailure], Awaitable[None] | None]
@@ -450,6 +454,7 @@ class BackgroundRunner:
             task = loop.create_task(self._run(batch), context=batch.context)
         else:
             task = batch.context.run(loop.create_task, self._run(batch))
+        batch.task = task
         self._active[task] = batch
         task.add_done_callback(self._finished)
 
@@ -641,7 +646,8 @@ class BackgroundRunner:
         the batch: its ``CancelledError`` then ends this task, not the batch."""
         tracker = task.tracker
         if tracker is not None:
-            current = asyncio.current_task()
+            # An eager task factory may have started the batch before create_task returned: then it is not set.
+            current = batch.task if batch.task is not None else asyncio.current_task()
             token = running_task.set(tracker)  # report_progress and cancelled() reach the record
         attempt = 0
         try:

@@ -150,19 +150,22 @@ class TaskControl:
             if task.backend is not None or task.tracker is not None:
                 continue
             keep = keep_all if task.keep_result is None else task.keep_result
-            task_id = task.known_id
-            if track_all or keep or task_id is not None or task.owner is not None:
+            task_id: str | None
+            if track_all or keep or task.owner is not None:
+                task_id = task.id  # made now if nobody read it: one property call, not two
+            else:
+                task_id = task.known_id  # held only if its id was read (or given)
                 if task_id is None:
-                    task_id = task.id
-                store = self.store
-                delayed = task.delay is not None or task.at is not None
-                task.tracker = tracker = store.create(
-                    task_id, task.name, task.owner, keep, task.is_async, SCHEDULED if delayed else QUEUED
-                )
-                if delayed:  # cancelling it takes it off the runner's timer
-                    tracker.interrupt = _Unschedule(self.app.background, task)
-                if store.shared:
-                    created = [*(created or ()), tracker]
+                    continue
+            store = self.store
+            delayed = task.delay is not None or task.at is not None
+            task.tracker = tracker = store.create(
+                task_id, task.name, task.owner, keep, task.is_async, SCHEDULED if delayed else QUEUED
+            )
+            if delayed:  # cancelling it takes it off the runner's timer
+                tracker.interrupt = _Unschedule(self.app.background, task)
+            if store.shared:
+                created = [*(created or ()), tracker]
         # ``created`` is only made for a shared store (``RedisTaskStore``, whose ``publish`` writes the records).
         return None if created is None else self.store.publish(created)  # type: ignore[attr-defined]
 
