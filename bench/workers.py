@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ports import free_port, start_redis, wait_port
+from ports import free_port, post_load, start_redis, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -138,20 +137,7 @@ def under_load(env: dict, duration: int) -> tuple[float, float, int]:
     try:
         wait_port(port)
         time.sleep(2)  # the workers are listening
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                "-c32",
-                f"-d{duration}s",
-                "-s",
-                str(HERE / "lua" / "post_empty.lua"),
-                f"http://127.0.0.1:{port}/durable",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        accepted = post_load(port, "/durable", duration)
         counts = python(
             "import os; from redis import Redis; from rq import Queue; q = Queue('bench-workers', connection="
             "Redis.from_url(os.environ['BENCH_REDIS_URL'])); print(q.finished_job_registry.get_job_count(cleanup="
@@ -162,7 +148,6 @@ def under_load(env: dict, duration: int) -> tuple[float, float, int]:
         stop(procs)
         web.terminate()
         web.wait(30)
-    accepted = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return accepted, int(counts[0]) / duration, int(counts[1])
 
 
